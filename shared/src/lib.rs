@@ -6,6 +6,16 @@
 //! ## Layout
 //! - [`config`]: config.toml and its `SAVESTREAM_*` environment overlay, loaded once into types.
 //! - [`link`]: Telegram message links parsed into [`link::TelegramLink`].
+//! - [`task`]: `TaskId`, `TaskStatus` and `Task::apply`, the Rust mirror of the transition rules.
+//! - [`event`]: `TaskEvent` and its wire form on the `events` stream.
+//! - [`keys`]: every Redis key name, under one hash tag.
+//! - [`store`]: `Store`, the door to Redis; `store/library.lua` holds every transition.
+//! - [`title`]: task titles in SaveAny-Bot's `[tgfiles](file->storage:/path)` form.
 
 pub mod config;
+pub mod event;
+pub mod keys;
 pub mod link;
+pub mod store;
+pub mod task;
+pub mod title;

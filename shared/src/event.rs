@@ -1,0 +1,311 @@
+//! [`TaskEvent`], the unit of the event log, and its wire form on the
+//! `events` stream.
+//!
+//! This module is one of the two serialization boundaries of the project (the
+//! other is the HTTP API). An entry on the stream is a flat list of fields:
+//! `v` (the format version), `type`, `task`, `at` (ms since the epoch), then
+//! the fields of its type. The function library (`store/library.lua`) writes
+//! them; [`TaskEvent::from_fields`] reads them. Changing a field name is a
+//! format change: bump [`EVENT_FORMAT_VERSION`] and keep reading the old one.
+
+use std::collections::HashMap;
+
+use crate::task::{Millis, SourceKind, TaskId};
+
+/// The `v` field of every event entry.
+pub const EVENT_FORMAT_VERSION: &str = "1";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskEvent {
+    pub task_id: TaskId,
+    pub at: Millis,
+    pub kind: EventKind,
+}
+
+/// Every event a task can have. The set is closed on purpose: a new kind of
+/// event is a new rule in the function library and in [`crate::task::Task::apply`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Created {
+        source: SourceKind,
+        link: String,
+        user_id: i64,
+        storage: String,
+        dir: String,
+        title: String,
+    },
+    /// The source named the file: its name, size when known, and where in the storage it goes.
+    Resolved {
+        attempt: u32,
+        file_name: String,
+        size: Option<u64>,
+        path: String,
+        title: String,
+    },
+    /// A worker took the task; `attempt` is the lease fence from now on.
+    Started {
+        attempt: u32,
+        worker: String,
+    },
+    /// The attempt ended without the file; the task is queued again, due at `due_at`.
+    Retrying {
+        attempt: u32,
+        error: String,
+        retries: u32,
+        due_at: Millis,
+    },
+    Completed {
+        attempt: u32,
+        size: Option<u64>,
+        path: String,
+    },
+    Failed {
+        attempt: u32,
+        error: String,
+    },
+    Canceled,
+}
+
+impl EventKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::Created { .. } => "created",
+            EventKind::Resolved { .. } => "resolved",
+            EventKind::Started { .. } => "started",
+            EventKind::Retrying { .. } => "retrying",
+            EventKind::Completed { .. } => "completed",
+            EventKind::Failed { .. } => "failed",
+            EventKind::Canceled => "canceled",
+        }
+    }
+}
+
+/// An entry on the `events` stream that is not a valid event of this format.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("event entry cannot be decoded: {0}")]
+pub struct DecodeError(pub String);
+
+impl TaskEvent {
+    /// The entry's fields, in the order the function library writes them.
+    pub fn to_fields(&self) -> Vec<(&'static str, String)> {
+        let mut fields = vec![
+            ("v", EVENT_FORMAT_VERSION.to_owned()),
+            ("type", self.kind.name().to_owned()),
+            ("task", self.task_id.to_string()),
+            ("at", self.at.to_string()),
+        ];
+        let size_text = |size: &Option<u64>| size.map(|size| size.to_string()).unwrap_or_default();
+        match &self.kind {
+            EventKind::Created {
+                source,
+                link,
+                user_id,
+                storage,
+                dir,
+                title,
+            } => fields.extend([
+                ("source", source.as_str().to_owned()),
+                ("link", link.clone()),
+                ("user", user_id.to_string()),
+                ("storage", storage.clone()),
+                ("dir", dir.clone()),
+                ("title", title.clone()),
+            ]),
+            EventKind::Resolved {
+                attempt,
+                file_name,
+                size,
+                path,
+                title,
+            } => fields.extend([
+                ("attempt", attempt.to_string()),
+                ("file", file_name.clone()),
+                ("size", size_text(size)),
+                ("path", path.clone()),
+                ("title", title.clone()),
+            ]),
+            EventKind::Started { attempt, worker } => {
+                fields.extend([("attempt", attempt.to_string()), ("worker", worker.clone())])
+            }
+            EventKind::Retrying {
+                attempt,
+                error,
+                retries,
+                due_at,
+            } => fields.extend([
+                ("attempt", attempt.to_string()),
+                ("error", error.clone()),
+                ("retries", retries.to_string()),
+                ("due", due_at.to_string()),
+            ]),
+            EventKind::Completed { attempt, size, path } => fields.extend([
+                ("attempt", attempt.to_string()),
+                ("size", size_text(size)),
+                ("path", path.clone()),
+            ]),
+            EventKind::Failed { attempt, error } => {
+                fields.extend([("attempt", attempt.to_string()), ("error", error.clone())])
+            }
+            EventKind::Canceled => {}
+        }
+        fields
+    }
+
+    /// Reads an entry of the `events` stream.
+    pub fn from_fields(fields: &HashMap<String, String>) -> Result<TaskEvent, DecodeError> {
+        let text = |name: &str| -> Result<String, DecodeError> {
+            fields
+                .get(name)
+                .cloned()
+                .ok_or_else(|| DecodeError(format!("missing field `{name}`")))
+        };
+        let number = |name: &str| -> Result<i64, DecodeError> {
+            let value = text(name)?;
+            value
+                .parse()
+                .map_err(|_| DecodeError(format!("field `{name}` is not a number: {value:?}")))
+        };
+        let attempt = || -> Result<u32, DecodeError> {
+            u32::try_from(number("attempt")?)
+                .map_err(|_| DecodeError("field `attempt` is out of range".into()))
+        };
+        let size = || -> Result<Option<u64>, DecodeError> {
+            let value = text("size")?;
+            if value.is_empty() {
+                return Ok(None);
+            }
+            value
+                .parse()
+                .map(Some)
+                .map_err(|_| DecodeError(format!("field `size` is not a size: {value:?}")))
+        };
+        let version = text("v")?;
+        if version != EVENT_FORMAT_VERSION {
+            return Err(DecodeError(format!("unknown event format version {version:?}")));
+        }
+        let task_id = TaskId::parse(&text("task")?).map_err(|error| DecodeError(error.to_string()))?;
+        let at = number("at")?;
+        let kind = match text("type")?.as_str() {
+            "created" => EventKind::Created {
+                source: SourceKind::parse(&text("source")?)
+                    .ok_or_else(|| DecodeError("field `source` is not a source kind".into()))?,
+                link: text("link")?,
+                user_id: number("user")?,
+                storage: text("storage")?,
+                dir: text("dir")?,
+                title: text("title")?,
+            },
+            "resolved" => EventKind::Resolved {
+                attempt: attempt()?,
+                file_name: text("file")?,
+                size: size()?,
+                path: text("path")?,
+                title: text("title")?,
+            },
+            "started" => EventKind::Started {
+                attempt: attempt()?,
+                worker: text("worker")?,
+            },
+            "retrying" => EventKind::Retrying {
+                attempt: attempt()?,
+                error: text("error")?,
+                retries: u32::try_from(number("retries")?)
+                    .map_err(|_| DecodeError("field `retries` is out of range".into()))?,
+                due_at: number("due")?,
+            },
+            "completed" => EventKind::Completed {
+                attempt: attempt()?,
+                size: size()?,
+                path: text("path")?,
+            },
+            "failed" => EventKind::Failed {
+                attempt: attempt()?,
+                error: text("error")?,
+            },
+            "canceled" => EventKind::Canceled,
+            other => return Err(DecodeError(format!("unknown event type {other:?}"))),
+        };
+        Ok(TaskEvent { task_id, at, kind })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(kind: EventKind) {
+        let task_event = TaskEvent {
+            task_id: TaskId::generate(),
+            at: 1_700_000_000_123,
+            kind,
+        };
+        let fields: HashMap<String, String> = task_event
+            .to_fields()
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value))
+            .collect();
+        assert_eq!(TaskEvent::from_fields(&fields), Ok(task_event));
+    }
+
+    #[test]
+    fn every_event_kind_round_trips_through_its_fields() {
+        round_trip(EventKind::Created {
+            source: SourceKind::Telegram,
+            link: "https://t.me/channel/123".into(),
+            user_id: 123456789,
+            storage: "local1".into(),
+            dir: "/downloads".into(),
+            title: "[tgfiles](https://t.me/channel/123->local1:/downloads)".into(),
+        });
+        round_trip(EventKind::Resolved {
+            attempt: 1,
+            file_name: "file.pdf".into(),
+            size: Some(42),
+            path: "/downloads/file.pdf".into(),
+            title: "[tgfiles](file.pdf->local1:/downloads/file.pdf)".into(),
+        });
+        round_trip(EventKind::Resolved {
+            attempt: 2,
+            file_name: "stream.bin".into(),
+            size: None,
+            path: "/stream.bin".into(),
+            title: "t".into(),
+        });
+        round_trip(EventKind::Started {
+            attempt: 3,
+            worker: "host-1-abc".into(),
+        });
+        round_trip(EventKind::Retrying {
+            attempt: 1,
+            error: "timed out".into(),
+            retries: 1,
+            due_at: 5,
+        });
+        round_trip(EventKind::Completed {
+            attempt: 1,
+            size: Some(0),
+            path: "/a".into(),
+        });
+        round_trip(EventKind::Failed {
+            attempt: 0,
+            error: "gone".into(),
+        });
+        round_trip(EventKind::Canceled);
+    }
+
+    #[test]
+    fn an_entry_of_another_format_version_is_refused() {
+        let mut fields: HashMap<String, String> = TaskEvent {
+            task_id: TaskId::generate(),
+            at: 1,
+            kind: EventKind::Canceled,
+        }
+        .to_fields()
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value))
+        .collect();
+        fields.insert("v".into(), "2".into());
+        let error = TaskEvent::from_fields(&fields).unwrap_err();
+        assert!(error.0.contains("version"), "{error}");
+    }
+}

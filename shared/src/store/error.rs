@@ -1,0 +1,50 @@
+//! [`StoreError`]: what a store call can answer besides success, in
+//! variants a caller acts on differently.
+
+use crate::task::{TaskId, TaskStatus};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No task with this id (never created, or expired after retention).
+    #[error("task {0} not found")]
+    NotFound(TaskId),
+    /// A task with this id exists already.
+    #[error("task {0} already exists")]
+    AlreadyExists(TaskId),
+    /// The task ended (completed, failed or canceled) and cannot change.
+    #[error("task {task_id} has already ended: it is {status}")]
+    Ended { task_id: TaskId, status: TaskStatus },
+    /// The caller's lease is gone: its attempt or work item is no longer the
+    /// current one, because another worker took the task over.
+    #[error("lease lost: {0}")]
+    LeaseLost(String),
+    /// Redis did not answer, or answered with an error savestream did not
+    /// expect; the operation may be retried.
+    #[error("redis is unavailable: {0}")]
+    Unavailable(#[from] fred::error::Error),
+    /// Redis holds data this version cannot read.
+    #[error("corrupt data in redis: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// Maps an error reply of the function library (`CODE details`) to its
+    /// variant; any other error means Redis itself is in trouble.
+    pub(crate) fn from_reply(task_id: &TaskId, error: fred::error::Error) -> StoreError {
+        let details = error.details().to_owned();
+        let (code, rest) = details.split_once(' ').unwrap_or((details.as_str(), ""));
+        match code {
+            "NOTFOUND" => StoreError::NotFound(task_id.clone()),
+            "EXISTS" => StoreError::AlreadyExists(task_id.clone()),
+            "ENDED" => match TaskStatus::parse(rest.trim()) {
+                Some(status) => StoreError::Ended {
+                    task_id: task_id.clone(),
+                    status,
+                },
+                None => StoreError::Corrupt(details),
+            },
+            "STALE" => StoreError::LeaseLost(rest.to_owned()),
+            _ => StoreError::Unavailable(error),
+        }
+    }
+}

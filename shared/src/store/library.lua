@@ -1,0 +1,272 @@
+#!lua name=savestream
+--[[
+The savestream function library: the only code that changes a task's state.
+
+Each function validates a transition against the projection, appends the
+event to the log (`events`), updates the projection (the task hash and the
+`queued` / `running` / `delayed` sorted sets) and, where the transition
+queues work, appends a work item to `jobs` -- all in one atomic call. The
+Rust mirror of these rules is `Task::apply` in shared/src/task.rs; a test
+proves a fold over the log equals the live projection.
+
+Errors are replies whose first word is a code the Rust store maps to a
+typed `StoreError`: NOTFOUND, EXISTS, ENDED <status>, STALE <why>.
+
+KEYS, in this order, for every per-task function (built by `Store::task_keys`):
+  1 task hash   2 task log list   3 events   4 jobs   5 queued   6 running
+  7 delayed     8 idempotency key (create only)
+]]
+
+local LIBRARY_VERSION = '__LIBRARY_VERSION__'
+local GROUP = 'workers'
+
+local function now_ms()
+  local time = redis.call('TIME')
+  return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+end
+
+local function fail_with(code, message)
+  return redis.error_reply(code .. ' ' .. message)
+end
+
+-- Appends an event to the log and remembers its id in the task's log list.
+local function append_event(keys, task_id, event_type, at, fields)
+  local id = redis.call('XADD', keys[3], '*', 'v', '1', 'type', event_type, 'task', task_id, 'at', at,
+    unpack(fields))
+  redis.call('RPUSH', keys[2], id)
+  return id
+end
+
+-- Terminal tasks leave the projection after the retention period.
+local function expire_task(keys, retention_ms)
+  redis.call('PEXPIRE', keys[1], retention_ms)
+  redis.call('PEXPIRE', keys[2], retention_ms)
+end
+
+-- Acknowledges and deletes the task's current work item, if it has one.
+local function drop_job(keys)
+  local job = redis.call('HGET', keys[1], 'job')
+  if job and job ~= '' then
+    redis.call('XACK', keys[4], GROUP, job)
+    redis.call('XDEL', keys[4], job)
+  end
+  redis.call('HSET', keys[1], 'job', '')
+end
+
+-- Checks that `attempt` is the running attempt: the lease fence.
+-- Returns nil when it is, or the error reply to give.
+local function check_lease(keys, task_id, attempt)
+  local state = redis.call('HMGET', keys[1], 'status', 'attempt')
+  local status, current = state[1], state[2]
+  if not status then
+    return fail_with('NOTFOUND', task_id)
+  end
+  if status == 'completed' or status == 'failed' or status == 'canceled' then
+    return fail_with('ENDED', status)
+  end
+  if status ~= 'running' or tonumber(current) ~= tonumber(attempt) then
+    return fail_with('STALE', 'attempt ' .. attempt .. ' of task ' .. task_id .. ' is no longer current (task is '
+      .. status .. ' at attempt ' .. current .. ')')
+  end
+  return nil
+end
+
+-- ARGV: task_id, source, link, user_id, storage, dir, title, idempotency_ttl_ms
+-- Returns {task_id, 1} when created, {existing_task_id, 0} for a repeated idempotency key.
+local function create(keys, args)
+  local task_id = args[1]
+  if keys[8] then
+    local existing = redis.call('GET', keys[8])
+    if existing then
+      return { existing, 0 }
+    end
+  end
+  if redis.call('EXISTS', keys[1]) == 1 then
+    return fail_with('EXISTS', task_id)
+  end
+  local at = now_ms()
+  local fields = { 'source', args[2], 'link', args[3], 'user', args[4], 'storage', args[5], 'dir', args[6],
+    'title', args[7] }
+  append_event(keys, task_id, 'created', at, fields)
+  local job = redis.call('XADD', keys[4], '*', 'task', task_id)
+  redis.call('HSET', keys[1], 'status', 'queued', 'created', at, 'updated', at, 'attempt', 0, 'retries', 0,
+    'error', '', 'job', job, unpack(fields))
+  redis.call('ZADD', keys[5], at, task_id)
+  if keys[8] then
+    redis.call('SET', keys[8], task_id, 'PX', args[8])
+  end
+  return { task_id, 1 }
+end
+
+-- ARGV: task_id, job_id, worker
+-- Starts the next attempt of a queued task, or takes over a running one
+-- whose lease expired (its work item was reclaimed). Returns {attempt, HGETALL}.
+local function start(keys, args)
+  local task_id, job, worker = args[1], args[2], args[3]
+  local state = redis.call('HMGET', keys[1], 'status', 'attempt', 'job')
+  local status, attempt, current_job = state[1], state[2], state[3]
+  if not status then
+    return fail_with('NOTFOUND', task_id)
+  end
+  if status ~= 'queued' and status ~= 'running' then
+    return fail_with('ENDED', status)
+  end
+  if current_job ~= job then
+    return fail_with('STALE', 'work item ' .. job .. ' is not the current one of task ' .. task_id)
+  end
+  attempt = tonumber(attempt) + 1
+  local at = now_ms()
+  append_event(keys, task_id, 'started', at, { 'attempt', attempt, 'worker', worker })
+  redis.call('HSET', keys[1], 'status', 'running', 'attempt', attempt, 'worker', worker, 'started', at,
+    'updated', at)
+  redis.call('ZREM', keys[5], task_id)
+  redis.call('ZADD', keys[6], at, task_id)
+  return { attempt, redis.call('HGETALL', keys[1]) }
+end
+
+-- ARGV: task_id, attempt, file_name, size ('' when unknown), path, title
+local function resolve(keys, args)
+  local task_id, attempt = args[1], args[2]
+  local refused = check_lease(keys, task_id, attempt)
+  if refused then
+    return refused
+  end
+  local at = now_ms()
+  append_event(keys, task_id, 'resolved', at,
+    { 'attempt', attempt, 'file', args[3], 'size', args[4], 'path', args[5], 'title', args[6] })
+  redis.call('HSET', keys[1], 'file', args[3], 'size', args[4], 'path', args[5], 'title', args[6], 'updated', at)
+  return 'OK'
+end
+
+-- ARGV: task_id, attempt, downloaded_bytes, total_bytes ('' when unknown), bytes_per_second
+-- Progress is not an event; the answer tells a worker its lease is gone
+-- (canceled, or taken over) even when it missed the pub/sub message.
+local function progress(keys, args)
+  local refused = check_lease(keys, args[1], args[2])
+  if refused then
+    return refused
+  end
+  redis.call('HSET', keys[1], 'done', args[3], 'total', args[4], 'bps', args[5])
+  return 'OK'
+end
+
+local function finish(keys, task_id, status, at, retention_ms)
+  redis.call('ZREM', keys[5], task_id)
+  redis.call('ZREM', keys[6], task_id)
+  redis.call('ZREM', keys[7], task_id)
+  drop_job(keys)
+  expire_task(keys, retention_ms)
+end
+
+-- ARGV: task_id, attempt, size ('' when unknown), path, retention_ms
+local function complete(keys, args)
+  local task_id, attempt = args[1], args[2]
+  local refused = check_lease(keys, task_id, attempt)
+  if refused then
+    return refused
+  end
+  local at = now_ms()
+  append_event(keys, task_id, 'completed', at, { 'attempt', attempt, 'size', args[3], 'path', args[4] })
+  redis.call('HSET', keys[1], 'status', 'completed', 'size', args[3], 'path', args[4], 'error', '',
+    'ended', at, 'updated', at)
+  finish(keys, task_id, 'completed', at, args[5])
+  return 'OK'
+end
+
+local function fail_task(keys, task_id, attempt, error_text, retention_ms)
+  local at = now_ms()
+  append_event(keys, task_id, 'failed', at, { 'attempt', attempt, 'error', error_text })
+  redis.call('HSET', keys[1], 'status', 'failed', 'error', error_text, 'ended', at, 'updated', at)
+  finish(keys, task_id, 'failed', at, retention_ms)
+  return 'failed'
+end
+
+-- ARGV: task_id, attempt, error, retention_ms
+local function fail(keys, args)
+  local refused = check_lease(keys, args[1], args[2])
+  if refused then
+    return refused
+  end
+  return fail_task(keys, args[1], args[2], args[3], args[4])
+end
+
+-- ARGV: task_id, attempt, error, counted (1: a failure that uses up a retry,
+-- 0: a release on shutdown), max_retries, delay_ms, retention_ms
+-- Returns 'retrying', or 'failed' when the retries are used up.
+local function retry(keys, args)
+  local task_id, attempt, error_text = args[1], args[2], args[3]
+  local refused = check_lease(keys, task_id, attempt)
+  if refused then
+    return refused
+  end
+  local state = redis.call('HMGET', keys[1], 'retries', 'created')
+  local retries = tonumber(state[1])
+  if args[4] == '1' then
+    if retries >= tonumber(args[5]) then
+      return fail_task(keys, task_id, attempt, error_text, args[7])
+    end
+    retries = retries + 1
+  end
+  local at = now_ms()
+  local due = at + tonumber(args[6])
+  append_event(keys, task_id, 'retrying', at,
+    { 'attempt', attempt, 'error', error_text, 'retries', retries, 'due', due })
+  redis.call('HSET', keys[1], 'status', 'queued', 'error', error_text, 'retries', retries, 'updated', at)
+  redis.call('ZREM', keys[6], task_id)
+  redis.call('ZADD', keys[5], state[2], task_id)
+  drop_job(keys)
+  if due <= at then
+    redis.call('HSET', keys[1], 'job', redis.call('XADD', keys[4], '*', 'task', task_id))
+  else
+    redis.call('ZADD', keys[7], due, task_id)
+  end
+  return 'retrying'
+end
+
+-- ARGV: task_id, retention_ms, cancel_channel
+local function cancel(keys, args)
+  local task_id = args[1]
+  local status = redis.call('HGET', keys[1], 'status')
+  if not status then
+    return fail_with('NOTFOUND', task_id)
+  end
+  if status ~= 'queued' and status ~= 'running' then
+    return fail_with('ENDED', status)
+  end
+  local at = now_ms()
+  append_event(keys, task_id, 'canceled', at, {})
+  redis.call('HSET', keys[1], 'status', 'canceled', 'ended', at, 'updated', at)
+  finish(keys, task_id, 'canceled', at, args[2])
+  redis.call('PUBLISH', args[3], task_id)
+  return status
+end
+
+-- KEYS: jobs, delayed. ARGV: task hash prefix, limit
+-- Moves tasks whose retry backoff is over from `delayed` onto `jobs`.
+local function promote(keys, args)
+  local due = redis.call('ZRANGE', keys[2], '-inf', now_ms(), 'BYSCORE', 'LIMIT', 0, tonumber(args[2]))
+  for _, task_id in ipairs(due) do
+    local task_key = args[1] .. task_id
+    redis.call('ZREM', keys[2], task_id)
+    local state = redis.call('HMGET', task_key, 'status', 'job')
+    if state[1] == 'queued' and (not state[2] or state[2] == '') then
+      redis.call('HSET', task_key, 'job', redis.call('XADD', keys[1], '*', 'task', task_id))
+    end
+  end
+  return #due
+end
+
+local function version()
+  return LIBRARY_VERSION
+end
+
+redis.register_function('savestream_create', create)
+redis.register_function('savestream_start', start)
+redis.register_function('savestream_resolve', resolve)
+redis.register_function('savestream_progress', progress)
+redis.register_function('savestream_complete', complete)
+redis.register_function('savestream_fail', fail)
+redis.register_function('savestream_retry', retry)
+redis.register_function('savestream_cancel', cancel)
+redis.register_function('savestream_promote', promote)
+redis.register_function { function_name = 'savestream_version', callback = version, flags = { 'no-writes' } }

@@ -1,0 +1,525 @@
+//! The task store: savestream's only door into Redis.
+//!
+//! [`Store`] calls the function library (`library.lua`) for every state
+//! transition and reads the projection for queries. It knows nothing of HTTP
+//! or Telegram. The API uses the task-side calls (`create`, `get`, `list`,
+//! `cancel`, `events`); workers use the queue-side calls in [`queue`].
+
+mod error;
+pub mod queue;
+mod rebuild;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use fred::prelude::*;
+use fred::types::Value;
+
+pub use error::StoreError;
+pub use queue::{Job, Lease, RetryOutcome};
+
+use crate::config::{QueueConfig, RedisConfig};
+use crate::event::TaskEvent;
+use crate::keys::{Keys, WORKERS_GROUP};
+use crate::task::{Millis, SourceKind, Task, TaskId, TaskStatus};
+
+/// The function library's source. Its version is a hash of the text, so a
+/// process loads it only when the one in Redis differs.
+const LIBRARY_SOURCE: &str = include_str!("library.lua");
+
+/// How long an `Idempotency-Key` keeps returning the task it created.
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A task to create, validated by the caller.
+#[derive(Clone, Debug)]
+pub struct NewTask {
+    pub task_id: TaskId,
+    pub source: SourceKind,
+    pub link: String,
+    pub user_id: i64,
+    pub storage: String,
+    pub dir: String,
+    pub title: String,
+}
+
+/// The answer to [`Store::create`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Created {
+    pub task_id: TaskId,
+    /// `false` when an earlier request with the same idempotency key created it.
+    pub is_new: bool,
+}
+
+/// Download progress, written by the running worker a few times a second.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub downloaded_bytes: u64,
+    pub total_bytes: Option<u64>,
+    pub bytes_per_second: u64,
+}
+
+/// A task with its progress, as `GET /api/v1/tasks/{id}` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskRecord {
+    pub task: Task,
+    pub progress: Progress,
+}
+
+/// One line of `GET /api/v1/tasks`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskSummary {
+    pub id: TaskId,
+    pub title: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TaskList {
+    pub queued: Vec<TaskSummary>,
+    pub running: Vec<TaskSummary>,
+}
+
+/// An event with its id on the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoggedEvent {
+    pub id: String,
+    pub event: TaskEvent,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+    keys: Keys,
+    retention: Duration,
+    lease: Duration,
+}
+
+impl Store {
+    /// Connects to `[redis] url` and makes sure the function library in
+    /// Redis is this build's.
+    pub async fn connect(redis: &RedisConfig, queue: &QueueConfig) -> Result<Store, StoreError> {
+        let config = Config::from_url(&redis.url)?;
+        let client = Builder::from_config(config)
+            .with_performance_config(|performance| {
+                // A bounded wait, so that a request made while Redis is down
+                // is answered (with 503) instead of hanging.
+                performance.default_command_timeout = Duration::from_secs(5);
+            })
+            .with_connection_config(|connection| {
+                connection.connection_timeout = Duration::from_secs(3);
+            })
+            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
+            .build()?;
+        client.init().await?;
+        let store = Store {
+            client,
+            keys: Keys::new(&redis.prefix),
+            retention: queue.retention(),
+            lease: queue.lease(),
+        };
+        store.load_library().await?;
+        Ok(store)
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub fn lease_duration(&self) -> Duration {
+        self.lease
+    }
+
+    /// A store on a connection of its own, for blocking reads that would
+    /// otherwise stall every other command multiplexed on this one.
+    pub async fn with_own_connection(&self) -> Result<Store, StoreError> {
+        let client = self.client.clone_new();
+        client.init().await?;
+        Ok(Store {
+            client,
+            ..self.clone()
+        })
+    }
+
+    /// The version of the library this build carries: a digest of its text.
+    pub fn library_version() -> String {
+        hex_digest(LIBRARY_SOURCE)[..16].to_owned()
+    }
+
+    /// Loads the function library with `FUNCTION LOAD REPLACE` unless Redis
+    /// already has this very version.
+    pub async fn load_library(&self) -> Result<(), StoreError> {
+        let version = Store::library_version();
+        let loaded: Result<String, _> = self
+            .client
+            .fcall("savestream_version", Vec::<String>::new(), Vec::<String>::new())
+            .await;
+        if loaded.as_deref().ok() == Some(version.as_str()) {
+            return Ok(());
+        }
+        let source = LIBRARY_SOURCE.replace("__LIBRARY_VERSION__", &version);
+        let _: String = self.client.function_load(true, source).await?;
+        Ok(())
+    }
+
+    /// Calls a library function, reloading the library once if Redis lost it
+    /// (a restart without persistence).
+    async fn call(
+        &self,
+        task_id: &TaskId,
+        function: &str,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<Value, StoreError> {
+        let mut reloaded = false;
+        loop {
+            match self
+                .client
+                .fcall::<Value, _, _, _>(function, keys.clone(), args.clone())
+                .await
+            {
+                Ok(value) => return Ok(value),
+                Err(error) if !reloaded && error.details().contains("Function not found") => {
+                    self.load_library().await?;
+                    reloaded = true;
+                }
+                Err(error) => return Err(StoreError::from_reply(task_id, error)),
+            }
+        }
+    }
+
+    /// The KEYS every per-task function takes, in the library's order.
+    fn task_keys(&self, task_id: &TaskId) -> Vec<String> {
+        vec![
+            self.keys.task(task_id),
+            self.keys.task_log(task_id),
+            self.keys.events(),
+            self.keys.jobs(),
+            self.keys.queued(),
+            self.keys.running(),
+            self.keys.delayed(),
+        ]
+    }
+
+    fn retention_ms(&self) -> String {
+        self.retention.as_millis().to_string()
+    }
+
+    /// Answers whether Redis responds, for readiness checks.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let _: String = self.client.ping(None).await?;
+        Ok(())
+    }
+
+    /// Creates a task: a `created` event, a queued projection and a work
+    /// item, atomically. With an idempotency key, a repeat within
+    /// [`IDEMPOTENCY_WINDOW`] returns the first task instead.
+    pub async fn create(
+        &self,
+        new_task: &NewTask,
+        idempotency_key: Option<&str>,
+    ) -> Result<Created, StoreError> {
+        let mut keys = self.task_keys(&new_task.task_id);
+        if let Some(key) = idempotency_key {
+            keys.push(self.keys.idempotency(&idempotency_digest(key)));
+        }
+        let args = vec![
+            new_task.task_id.to_string(),
+            new_task.source.as_str().to_owned(),
+            new_task.link.clone(),
+            new_task.user_id.to_string(),
+            new_task.storage.clone(),
+            new_task.dir.clone(),
+            new_task.title.clone(),
+            IDEMPOTENCY_WINDOW.as_millis().to_string(),
+        ];
+        let reply = self
+            .call(&new_task.task_id, "savestream_create", keys, args)
+            .await?;
+        let mut parts = reply.into_array().into_iter();
+        let task_id = parts
+            .next()
+            .and_then(|value| value.as_string())
+            .unwrap_or_default();
+        let is_new = parts.next().and_then(|value| value.as_i64()) == Some(1);
+        let task_id = TaskId::parse(&task_id).map_err(|error| StoreError::Corrupt(error.to_string()))?;
+        Ok(Created { task_id, is_new })
+    }
+
+    /// The task and its progress, or `None` when there is no such task.
+    pub async fn get(&self, task_id: &TaskId) -> Result<Option<TaskRecord>, StoreError> {
+        let fields: HashMap<String, String> = self.client.hgetall(self.keys.task(task_id)).await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(TaskRecord {
+            task: task_from_hash(task_id, &fields)?,
+            progress: progress_from_hash(&fields),
+        }))
+    }
+
+    /// Queued and running tasks, oldest first, at most `limit` of each.
+    pub async fn list(&self, limit: usize) -> Result<TaskList, StoreError> {
+        if limit == 0 {
+            return Ok(TaskList::default());
+        }
+        let stop = limit as i64 - 1;
+        let pipeline = self.client.pipeline();
+        let _: () = pipeline
+            .zrange(self.keys.queued(), 0, stop, None, false, None, false)
+            .await?;
+        let _: () = pipeline
+            .zrange(self.keys.running(), 0, stop, None, false, None, false)
+            .await?;
+        let (queued_ids, running_ids): (Vec<String>, Vec<String>) = pipeline.all().await?;
+        Ok(TaskList {
+            queued: self.summaries(queued_ids).await?,
+            running: self.summaries(running_ids).await?,
+        })
+    }
+
+    async fn summaries(&self, ids: Vec<String>) -> Result<Vec<TaskSummary>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let task_ids = ids
+            .iter()
+            .map(|id| TaskId::parse(id).map_err(|error| StoreError::Corrupt(error.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let pipeline = self.client.pipeline();
+        for task_id in &task_ids {
+            let _: () = pipeline.hget(self.keys.task(task_id), "title").await?;
+        }
+        let titles: Vec<Option<String>> = if task_ids.len() == 1 {
+            vec![pipeline.all().await?]
+        } else {
+            pipeline.all().await?
+        };
+        Ok(task_ids
+            .into_iter()
+            .zip(titles)
+            // A task may end between the two reads; it is no longer listed then.
+            .filter_map(|(id, title)| title.map(|title| TaskSummary { id, title }))
+            .collect())
+    }
+
+    /// Cancels a queued or running task. The pub/sub message it publishes
+    /// tells the running worker at once; the `canceled` event is the truth.
+    /// Returns the status the task had.
+    pub async fn cancel(&self, task_id: &TaskId) -> Result<TaskStatus, StoreError> {
+        let args = vec![
+            task_id.to_string(),
+            self.retention_ms(),
+            self.keys.cancel_channel(),
+        ];
+        let reply = self
+            .call(task_id, "savestream_cancel", self.task_keys(task_id), args)
+            .await?;
+        reply
+            .as_string()
+            .and_then(|status| TaskStatus::parse(&status))
+            .ok_or_else(|| StoreError::Corrupt(format!("cancel answered {reply:?}")))
+    }
+
+    /// The task's events from the log, oldest first.
+    pub async fn events(&self, task_id: &TaskId) -> Result<Vec<LoggedEvent>, StoreError> {
+        let ids: Vec<String> = self.client.lrange(self.keys.task_log(task_id), 0, -1).await?;
+        let mut logged = Vec::with_capacity(ids.len());
+        // One XRANGE per id, pipelined: a task has a handful of events.
+        let pipeline = self.client.pipeline();
+        for id in &ids {
+            let _: () = pipeline
+                .xrange(self.keys.events(), id.as_str(), id.as_str(), None)
+                .await?;
+        }
+        let replies: Vec<Value> = if ids.is_empty() {
+            Vec::new()
+        } else {
+            pipeline.all::<Vec<Value>>().await?
+        };
+        for reply in replies.into_iter() {
+            for entry in stream_entries(reply)? {
+                logged.push(LoggedEvent {
+                    event: decode_event(&entry.1)?,
+                    id: entry.0,
+                });
+            }
+        }
+        Ok(logged)
+    }
+
+    /// Trims the event log to the retention horizon, by time (MINID), never
+    /// by length, so no live task loses its history.
+    pub async fn trim_log(&self) -> Result<u64, StoreError> {
+        let horizon = now_ms() - self.retention.as_millis() as Millis;
+        let trimmed: u64 = self
+            .client
+            .custom(
+                fred::cmd!("XTRIM"),
+                vec![
+                    self.keys.events(),
+                    "MINID".into(),
+                    "~".into(),
+                    horizon.to_string(),
+                ],
+            )
+            .await?;
+        Ok(trimmed)
+    }
+
+    /// Reads every entry of the log, oldest first, for rebuilds and tests.
+    pub async fn read_log(&self) -> Result<Vec<LoggedEvent>, StoreError> {
+        let mut logged = Vec::new();
+        let mut start = "-".to_owned();
+        loop {
+            let reply: Value = self
+                .client
+                .xrange(self.keys.events(), start.as_str(), "+", Some(1000))
+                .await?;
+            let entries = stream_entries(reply)?;
+            let Some(last) = entries.last() else { break };
+            start = format!("({}", last.0);
+            let full_page = entries.len() == 1000;
+            for (id, fields) in entries {
+                logged.push(LoggedEvent {
+                    event: decode_event(&fields)?,
+                    id,
+                });
+            }
+            if !full_page {
+                break;
+            }
+        }
+        Ok(logged)
+    }
+
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub(crate) fn retention(&self) -> Duration {
+        self.retention
+    }
+}
+
+/// Idempotency keys are client-chosen text: a digest of one makes a
+/// short, safe Redis key whatever the key holds.
+fn idempotency_digest(key: &str) -> String {
+    hex_digest(key)
+}
+
+fn hex_digest(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+pub(crate) fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as Millis)
+        .unwrap_or_default()
+}
+
+fn decode_event(fields: &HashMap<String, String>) -> Result<TaskEvent, StoreError> {
+    TaskEvent::from_fields(fields).map_err(|error| StoreError::Corrupt(error.to_string()))
+}
+
+/// Reads an XRANGE-style reply: `[[id, [field, value, ...]], ...]`.
+pub(crate) fn stream_entries(reply: Value) -> Result<Vec<(String, HashMap<String, String>)>, StoreError> {
+    let mut entries = Vec::new();
+    for entry in reply.into_array() {
+        let mut parts = entry.into_array().into_iter();
+        let id = parts
+            .next()
+            .and_then(|id| id.as_string())
+            .ok_or_else(|| StoreError::Corrupt("stream entry without id".into()))?;
+        let flat = parts.next().map(Value::into_array).unwrap_or_default();
+        entries.push((id, pairs(flat)));
+    }
+    Ok(entries)
+}
+
+/// `[k1, v1, k2, v2, ...]` into a map.
+pub(crate) fn pairs(flat: Vec<Value>) -> HashMap<String, String> {
+    let mut map = HashMap::with_capacity(flat.len() / 2);
+    let mut values = flat.into_iter();
+    while let (Some(name), Some(value)) = (values.next(), values.next()) {
+        if let (Some(name), Some(value)) = (name.as_string(), value.as_string()) {
+            map.insert(name, value);
+        }
+    }
+    map
+}
+
+/// Reads a projection hash into a [`Task`].
+pub(crate) fn task_from_hash(task_id: &TaskId, fields: &HashMap<String, String>) -> Result<Task, StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("task {task_id}: {what}"));
+    let text = |name: &str| fields.get(name).cloned().unwrap_or_default();
+    let optional_text = |name: &str| fields.get(name).filter(|value| !value.is_empty()).cloned();
+    let number = |name: &str| -> Result<i64, StoreError> {
+        text(name)
+            .parse()
+            .map_err(|_| corrupt(&format!("field `{name}` is not a number")))
+    };
+    let optional_number = |name: &str| -> Result<Option<i64>, StoreError> {
+        optional_text(name)
+            .map(|value| {
+                value
+                    .parse()
+                    .map_err(|_| corrupt(&format!("field `{name}` is not a number")))
+            })
+            .transpose()
+    };
+    Ok(Task {
+        id: task_id.clone(),
+        status: TaskStatus::parse(&text("status")).ok_or_else(|| corrupt("unknown status"))?,
+        source: SourceKind::parse(&text("source")).ok_or_else(|| corrupt("unknown source"))?,
+        link: text("link"),
+        user_id: number("user")?,
+        storage: text("storage"),
+        dir: text("dir"),
+        title: text("title"),
+        file_name: optional_text("file"),
+        size: optional_number("size")?.map(|size| size as u64),
+        path: optional_text("path"),
+        created_at: number("created")?,
+        updated_at: number("updated")?,
+        started_at: optional_number("started")?,
+        ended_at: optional_number("ended")?,
+        attempt: number("attempt")? as u32,
+        retries: number("retries")? as u32,
+        error: text("error"),
+        worker: optional_text("worker"),
+    })
+}
+
+fn progress_from_hash(fields: &HashMap<String, String>) -> Progress {
+    let number = |name: &str| fields.get(name).and_then(|value| value.parse::<u64>().ok());
+    Progress {
+        downloaded_bytes: number("done").unwrap_or(0),
+        total_bytes: number("total"),
+        bytes_per_second: number("bps").unwrap_or(0),
+    }
+}
+
+/// Creates the `workers` group on `jobs` (and the stream) if missing.
+pub(crate) async fn ensure_group(client: &Client, keys: &Keys) -> Result<(), StoreError> {
+    let created: Result<String, fred::error::Error> = client
+        .custom(
+            fred::cmd!("XGROUP"),
+            vec![
+                "CREATE".to_owned(),
+                keys.jobs(),
+                WORKERS_GROUP.to_owned(),
+                "0".to_owned(),
+                "MKSTREAM".to_owned(),
+            ],
+        )
+        .await;
+    match created {
+        Ok(_) => Ok(()),
+        Err(error) if error.details().contains("BUSYGROUP") => Ok(()),
+        Err(error) => Err(error.into()),
+    }
+}

@@ -1,0 +1,380 @@
+//! The worker side of the store: reading work items from `jobs`, holding
+//! their [`Lease`]s, and the fenced transitions of a running attempt.
+//!
+//! A work item is an entry `{task: <id>}` on the `jobs` stream, read by the
+//! `workers` consumer group. The entry stays pending while a worker holds it;
+//! [`Store::heartbeat`] keeps its idle time low, and [`Store::claim_expired`]
+//! hands entries idle past the lease (their worker died) to a live worker.
+
+use std::time::Duration;
+
+use fred::prelude::*;
+use fred::types::Value;
+
+use super::{ensure_group, now_ms, pairs, stream_entries, task_from_hash, Progress, Store, StoreError};
+use crate::keys::WORKERS_GROUP;
+use crate::task::{Task, TaskId};
+
+/// A work item read from `jobs`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Job {
+    pub job_id: String,
+    /// The task it names, or the raw content when the entry cannot be
+    /// decoded (such an entry fails alone and never stops the worker).
+    pub task_id: Result<TaskId, String>,
+}
+
+/// The right to run one attempt of a task. Every transition a worker makes
+/// presents it; the library refuses it once the attempt is no longer current.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub task: Task,
+    pub attempt: u32,
+    pub job_id: String,
+    /// Progress left by an earlier attempt, if any.
+    pub progress: Progress,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryOutcome {
+    /// Queued again; a worker picks it up when the backoff is over.
+    Retrying,
+    /// The retries were used up: the task failed with the given error.
+    Failed,
+}
+
+/// Whether a retry uses up one of the task's retries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryKind {
+    /// A retryable failure of the attempt.
+    Failure { max_retries: u32 },
+    /// A hand-back that is not the task's fault (the worker is shutting down).
+    Release,
+}
+
+impl Store {
+    /// Creates the `workers` group if it does not exist yet.
+    pub async fn ensure_group(&self) -> Result<(), StoreError> {
+        ensure_group(self.client(), self.keys()).await
+    }
+
+    /// Reads up to `count` new work items, waiting up to `block` for the
+    /// first. Call it on a store [`with_own_connection`](Store::with_own_connection).
+    pub async fn read_jobs(
+        &self,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<Job>, StoreError> {
+        let args: Vec<String> = vec![
+            "GROUP".into(),
+            WORKERS_GROUP.into(),
+            consumer.into(),
+            "COUNT".into(),
+            count.to_string(),
+            "BLOCK".into(),
+            block.as_millis().to_string(),
+            "STREAMS".into(),
+            self.keys().jobs(),
+            ">".into(),
+        ];
+        let reply: Value = self
+            .client()
+            .custom(fred::cmd!("XREADGROUP", blocking: true), args)
+            .await?;
+        // RESP2 answers [[stream, entries]]; nil when the block timed out.
+        let mut jobs = Vec::new();
+        for stream in reply.into_array() {
+            let mut parts = stream.into_array().into_iter();
+            let _stream_name = parts.next();
+            if let Some(entries) = parts.next() {
+                jobs.extend(stream_entries(entries)?.into_iter().map(job_from_entry));
+            }
+        }
+        Ok(jobs)
+    }
+
+    /// Claims up to `count` work items whose holder has not renewed the
+    /// lease for longer than the lease duration: their worker is gone.
+    pub async fn claim_expired(&self, consumer: &str, count: usize) -> Result<Vec<Job>, StoreError> {
+        let mut jobs = Vec::new();
+        let mut cursor = "0-0".to_owned();
+        let min_idle = self.lease_duration().as_millis().to_string();
+        loop {
+            let wanted = count - jobs.len();
+            let args: Vec<String> = vec![
+                self.keys().jobs(),
+                WORKERS_GROUP.into(),
+                consumer.into(),
+                min_idle.clone(),
+                cursor.clone(),
+                "COUNT".into(),
+                wanted.to_string(),
+            ];
+            let reply: Value = self.client().custom(fred::cmd!("XAUTOCLAIM"), args).await?;
+            let mut parts = reply.into_array().into_iter();
+            cursor = parts
+                .next()
+                .and_then(|value| value.as_string())
+                .unwrap_or_else(|| "0-0".into());
+            if let Some(entries) = parts.next() {
+                // Entries deleted while pending come back as nil; Redis drops them from the PEL itself.
+                let entries: Vec<Value> = entries
+                    .into_array()
+                    .into_iter()
+                    .filter(|entry| !entry.is_null())
+                    .collect();
+                jobs.extend(
+                    stream_entries(Value::Array(entries))?
+                        .into_iter()
+                        .map(job_from_entry),
+                );
+            }
+            if cursor == "0-0" || jobs.len() >= count {
+                return Ok(jobs);
+            }
+        }
+    }
+
+    /// Renews the leases of the work items this consumer holds.
+    pub async fn heartbeat(&self, consumer: &str, job_ids: &[String]) -> Result<(), StoreError> {
+        if job_ids.is_empty() {
+            return Ok(());
+        }
+        let mut args: Vec<String> = vec![
+            self.keys().jobs(),
+            WORKERS_GROUP.into(),
+            consumer.into(),
+            "0".into(),
+        ];
+        args.extend(job_ids.iter().cloned());
+        args.push("JUSTID".into());
+        let _: Value = self.client().custom(fred::cmd!("XCLAIM"), args).await?;
+        Ok(())
+    }
+
+    /// Starts the attempt a work item stands for. `LeaseLost`, `Ended` and
+    /// `NotFound` mean the item is obsolete: [`Store::discard_job`] it.
+    pub async fn start(&self, job_id: &str, task_id: &TaskId, worker: &str) -> Result<Lease, StoreError> {
+        let args = vec![task_id.to_string(), job_id.to_owned(), worker.to_owned()];
+        let reply = self
+            .call(task_id, "savestream_start", self.task_keys(task_id), args)
+            .await?;
+        let mut parts = reply.into_array().into_iter();
+        let attempt = parts.next().and_then(|value| value.as_i64()).unwrap_or_default() as u32;
+        let fields = pairs(parts.next().map(Value::into_array).unwrap_or_default());
+        Ok(Lease {
+            task: task_from_hash(task_id, &fields)?,
+            attempt,
+            job_id: job_id.to_owned(),
+            progress: super::progress_from_hash(&fields),
+        })
+    }
+
+    /// Acknowledges and deletes a work item that must not run: its task
+    /// ended, was taken over, expired, or the entry cannot be decoded.
+    pub async fn discard_job(&self, job_id: &str) -> Result<(), StoreError> {
+        let pipeline = self.client().pipeline();
+        let _: () = pipeline.xack(self.keys().jobs(), WORKERS_GROUP, job_id).await?;
+        let _: () = pipeline.xdel(self.keys().jobs(), job_id).await?;
+        let _: Vec<Value> = pipeline.all().await?;
+        Ok(())
+    }
+
+    /// Records the resolved file: its name, size, path in the storage and the title.
+    pub async fn resolve(
+        &self,
+        lease: &Lease,
+        file_name: &str,
+        size: Option<u64>,
+        path: &str,
+        title: &str,
+    ) -> Result<(), StoreError> {
+        let args = vec![
+            lease.task.id.to_string(),
+            lease.attempt.to_string(),
+            file_name.to_owned(),
+            size.map(|size| size.to_string()).unwrap_or_default(),
+            path.to_owned(),
+            title.to_owned(),
+        ];
+        self.call(
+            &lease.task.id,
+            "savestream_resolve",
+            self.task_keys(&lease.task.id),
+            args,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Writes progress. An error answers that the lease is gone: the task
+    /// was canceled (`Ended`) or taken over (`LeaseLost`), so stop.
+    pub async fn progress(&self, lease: &Lease, progress: &Progress) -> Result<(), StoreError> {
+        let args = vec![
+            lease.task.id.to_string(),
+            lease.attempt.to_string(),
+            progress.downloaded_bytes.to_string(),
+            progress
+                .total_bytes
+                .map(|total| total.to_string())
+                .unwrap_or_default(),
+            progress.bytes_per_second.to_string(),
+        ];
+        self.call(
+            &lease.task.id,
+            "savestream_progress",
+            self.task_keys(&lease.task.id),
+            args,
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn complete(&self, lease: &Lease, size: Option<u64>, path: &str) -> Result<(), StoreError> {
+        let args = vec![
+            lease.task.id.to_string(),
+            lease.attempt.to_string(),
+            size.map(|size| size.to_string()).unwrap_or_default(),
+            path.to_owned(),
+            self.retention_ms(),
+        ];
+        self.call(
+            &lease.task.id,
+            "savestream_complete",
+            self.task_keys(&lease.task.id),
+            args,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Fails the task for good with `error` (a permanent failure).
+    pub async fn fail(&self, lease: &Lease, error: &str) -> Result<(), StoreError> {
+        let args = vec![
+            lease.task.id.to_string(),
+            lease.attempt.to_string(),
+            error.to_owned(),
+            self.retention_ms(),
+        ];
+        self.call(
+            &lease.task.id,
+            "savestream_fail",
+            self.task_keys(&lease.task.id),
+            args,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Queues the task again after `delay`, or fails it when a failure finds
+    /// its retries used up.
+    pub async fn retry(
+        &self,
+        lease: &Lease,
+        error: &str,
+        kind: RetryKind,
+        delay: Duration,
+    ) -> Result<RetryOutcome, StoreError> {
+        let (counted, max_retries) = match kind {
+            RetryKind::Failure { max_retries } => ("1", max_retries),
+            RetryKind::Release => ("0", 0),
+        };
+        let args = vec![
+            lease.task.id.to_string(),
+            lease.attempt.to_string(),
+            error.to_owned(),
+            counted.to_owned(),
+            max_retries.to_string(),
+            delay.as_millis().to_string(),
+            self.retention_ms(),
+        ];
+        let reply = self
+            .call(
+                &lease.task.id,
+                "savestream_retry",
+                self.task_keys(&lease.task.id),
+                args,
+            )
+            .await?;
+        match reply.as_string().as_deref() {
+            Some("retrying") => Ok(RetryOutcome::Retrying),
+            Some("failed") => Ok(RetryOutcome::Failed),
+            _ => Err(StoreError::Corrupt(format!("retry answered {reply:?}"))),
+        }
+    }
+
+    /// Moves up to `limit` tasks whose backoff is over onto `jobs`.
+    pub async fn promote_due(&self, limit: usize) -> Result<usize, StoreError> {
+        let keys = vec![self.keys().jobs(), self.keys().delayed()];
+        let args = vec![self.keys().task_prefix(), limit.to_string()];
+        let anchor = TaskId::generate();
+        let reply = self.call(&anchor, "savestream_promote", keys, args).await?;
+        Ok(reply.as_i64().unwrap_or_default() as usize)
+    }
+
+    /// When the earliest delayed task is due, if any is waiting.
+    pub async fn next_due(&self) -> Result<Option<i64>, StoreError> {
+        let first: Vec<(String, f64)> = self
+            .client()
+            .zrange(self.keys().delayed(), 0, 0, None, false, None, true)
+            .await?;
+        Ok(first.first().map(|(_, score)| *score as i64))
+    }
+
+    /// Deletes consumers of the `workers` group that hold nothing and have
+    /// not read for `min_idle`. A consumer that holds entries is never
+    /// deleted: that would orphan them.
+    pub async fn remove_idle_consumers(&self, min_idle: Duration) -> Result<Vec<String>, StoreError> {
+        let reply: Value = self
+            .client()
+            .custom(
+                fred::cmd!("XINFO"),
+                vec![
+                    "CONSUMERS".to_owned(),
+                    self.keys().jobs(),
+                    WORKERS_GROUP.to_owned(),
+                ],
+            )
+            .await?;
+        let mut removed = Vec::new();
+        for consumer in reply.into_array() {
+            let info = pairs(consumer.into_array());
+            let name = info.get("name").cloned().unwrap_or_default();
+            let pending: u64 = info
+                .get("pending")
+                .and_then(|value| value.parse().ok())
+                .unwrap_or(1);
+            let idle: u128 = info.get("idle").and_then(|value| value.parse().ok()).unwrap_or(0);
+            if pending == 0 && idle > min_idle.as_millis() && !name.is_empty() {
+                let _: Value = self
+                    .client()
+                    .custom(
+                        fred::cmd!("XGROUP"),
+                        vec![
+                            "DELCONSUMER".to_owned(),
+                            self.keys().jobs(),
+                            WORKERS_GROUP.to_owned(),
+                            name.clone(),
+                        ],
+                    )
+                    .await?;
+                removed.push(name);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Milliseconds since the epoch on this machine.
+    pub fn now_ms() -> i64 {
+        now_ms()
+    }
+}
+
+fn job_from_entry((job_id, fields): (String, std::collections::HashMap<String, String>)) -> Job {
+    let task_id = match fields.get("task") {
+        Some(text) => TaskId::parse(text).map_err(|_| text.clone()),
+        None => Err(format!("{fields:?}")),
+    };
+    Job { job_id, task_id }
+}

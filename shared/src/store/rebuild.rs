@@ -1,0 +1,220 @@
+//! Rebuilding the projection from the event log.
+//!
+//! The log is the truth; the projection is a cache of `Task::fold` over it
+//! that the function library keeps current. [`Store::rebuild`] recomputes it
+//! from scratch (after a projection was lost or damaged, with no process
+//! writing), and [`Store::fold_log`] / [`Store::projection`] let a test
+//! prove that the live projection equals the fold.
+
+use std::collections::{HashMap, HashSet};
+
+use fred::prelude::*;
+use fred::types::scan::Scanner;
+use fred::types::Value;
+use futures::TryStreamExt;
+
+use super::{now_ms, stream_entries, task_from_hash, Store, StoreError};
+use crate::event::EventKind;
+use crate::task::{Task, TaskId, TaskStatus};
+
+/// What a rebuild wrote.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RebuildReport {
+    pub tasks: usize,
+    pub queued: usize,
+    pub running: usize,
+    pub delayed: usize,
+    /// Terminal tasks past retention, left out.
+    pub expired: usize,
+}
+
+impl Store {
+    /// Folds the whole log into tasks, with each task's event ids.
+    pub async fn fold_log(&self) -> Result<HashMap<TaskId, (Task, Vec<String>, Option<i64>)>, StoreError> {
+        let mut tasks: HashMap<TaskId, (Option<Task>, Vec<String>, Option<i64>)> = HashMap::new();
+        for logged in self.read_log().await? {
+            let entry = tasks
+                .entry(logged.event.task_id.clone())
+                .or_insert((None, Vec::new(), None));
+            let task = Task::apply(entry.0.take(), &logged.event)
+                .map_err(|error| StoreError::Corrupt(format!("event {}: {error}", logged.id)))?;
+            entry.0 = Some(task);
+            entry.1.push(logged.id);
+            entry.2 = match logged.event.kind {
+                EventKind::Retrying { due_at, .. } => Some(due_at),
+                _ => None,
+            };
+        }
+        Ok(tasks
+            .into_iter()
+            .filter_map(|(task_id, (task, ids, due))| task.map(|task| (task_id, (task, ids, due))))
+            .collect())
+    }
+
+    /// Every task hash in the projection.
+    pub async fn projection(&self) -> Result<HashMap<TaskId, Task>, StoreError> {
+        let prefix = self.keys().task_prefix();
+        let pattern = format!("{}*", prefix.replace('{', "\\{").replace('}', "\\}"));
+        let mut keys = Vec::new();
+        let mut scan = self.client().scan(pattern, Some(1000), None);
+        while let Some(mut page) = scan.try_next().await? {
+            keys.extend(
+                page.take_results()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|key| key.into_string()),
+            );
+            page.next();
+        }
+        let mut tasks = HashMap::new();
+        for key in keys {
+            let Some(task_id) = key
+                .strip_prefix(&prefix)
+                .and_then(|rest| TaskId::parse(rest).ok())
+            else {
+                continue; // the `:log` lists share the prefix
+            };
+            let fields: HashMap<String, String> = self.client().hgetall(&key).await?;
+            tasks.insert(task_id.clone(), task_from_hash(&task_id, &fields)?);
+        }
+        Ok(tasks)
+    }
+
+    /// Rewrites the projection (task hashes, their log lists, `queued`,
+    /// `running`, `delayed`) from the log. Run it with no process writing.
+    pub async fn rebuild(&self) -> Result<RebuildReport, StoreError> {
+        let folded = self.fold_log().await?;
+        let jobs = self.live_jobs().await?;
+        let keys = self.keys().clone();
+        let retention_ms = self.retention().as_millis() as i64;
+        let now = now_ms();
+        let mut report = RebuildReport::default();
+        let stale: HashSet<TaskId> = self
+            .projection()
+            .await?
+            .into_keys()
+            .filter(|id| !folded.contains_key(id))
+            .collect();
+        for task_id in stale {
+            let _: i64 = self
+                .client()
+                .del(vec![keys.task(&task_id), keys.task_log(&task_id)])
+                .await?;
+        }
+        let _: i64 = self
+            .client()
+            .del(vec![keys.queued(), keys.running(), keys.delayed()])
+            .await?;
+        for (task_id, (task, event_ids, due)) in folded {
+            let hash_key = keys.task(&task_id);
+            let log_key = keys.task_log(&task_id);
+            let _: i64 = self.client().del(vec![hash_key.clone(), log_key.clone()]).await?;
+            if task.status.is_terminal() && task.ended_at.unwrap_or(0) + retention_ms <= now {
+                report.expired += 1;
+                continue;
+            }
+            let mut fields = task_to_hash(&task);
+            fields.push(("job", jobs.get(&task_id).cloned().unwrap_or_default()));
+            let _: () = self.client().hset(&hash_key, fields).await?;
+            let _: i64 = self.client().rpush(&log_key, event_ids).await?;
+            match task.status {
+                TaskStatus::Queued => {
+                    let _: () = self
+                        .client()
+                        .zadd(
+                            keys.queued(),
+                            None,
+                            None,
+                            false,
+                            false,
+                            (task.created_at as f64, task_id.as_str()),
+                        )
+                        .await?;
+                    report.queued += 1;
+                    if !jobs.contains_key(&task_id) {
+                        let due = due.unwrap_or(now);
+                        let _: () = self
+                            .client()
+                            .zadd(
+                                keys.delayed(),
+                                None,
+                                None,
+                                false,
+                                false,
+                                (due as f64, task_id.as_str()),
+                            )
+                            .await?;
+                        report.delayed += 1;
+                    }
+                }
+                TaskStatus::Running => {
+                    let started = task.started_at.unwrap_or(task.created_at);
+                    let _: () = self
+                        .client()
+                        .zadd(
+                            keys.running(),
+                            None,
+                            None,
+                            false,
+                            false,
+                            (started as f64, task_id.as_str()),
+                        )
+                        .await?;
+                    report.running += 1;
+                }
+                _ => {
+                    let expire_at = task.ended_at.unwrap_or(now) + retention_ms;
+                    let _: bool = self.client().pexpire_at(&hash_key, expire_at, None).await?;
+                    let _: bool = self.client().pexpire_at(&log_key, expire_at, None).await?;
+                }
+            }
+            report.tasks += 1;
+        }
+        Ok(report)
+    }
+
+    /// The work item of each task that has one on `jobs`.
+    async fn live_jobs(&self) -> Result<HashMap<TaskId, String>, StoreError> {
+        let reply: Value = self.client().xrange(self.keys().jobs(), "-", "+", None).await?;
+        let mut jobs = HashMap::new();
+        for (job_id, fields) in stream_entries(reply)? {
+            if let Some(task_id) = fields.get("task").and_then(|text| TaskId::parse(text).ok()) {
+                jobs.insert(task_id, job_id);
+            }
+        }
+        Ok(jobs)
+    }
+}
+
+/// The projection hash of a task, field for field as the library writes it.
+fn task_to_hash(task: &Task) -> Vec<(&'static str, String)> {
+    let optional = |value: Option<i64>| value.map(|value| value.to_string());
+    let mut fields = vec![
+        ("status", task.status.as_str().to_owned()),
+        ("source", task.source.as_str().to_owned()),
+        ("link", task.link.clone()),
+        ("user", task.user_id.to_string()),
+        ("storage", task.storage.clone()),
+        ("dir", task.dir.clone()),
+        ("title", task.title.clone()),
+        ("created", task.created_at.to_string()),
+        ("updated", task.updated_at.to_string()),
+        ("attempt", task.attempt.to_string()),
+        ("retries", task.retries.to_string()),
+        ("error", task.error.clone()),
+    ];
+    let optional_fields = [
+        ("file", task.file_name.clone()),
+        ("size", task.size.map(|size| size.to_string())),
+        ("path", task.path.clone()),
+        ("started", optional(task.started_at)),
+        ("ended", optional(task.ended_at)),
+        ("worker", task.worker.clone()),
+    ];
+    fields.extend(
+        optional_fields
+            .into_iter()
+            .filter_map(|(name, value)| value.map(|value| (name, value))),
+    );
+    fields
+}

@@ -1,0 +1,710 @@
+//! The task store against a real `redis-server`: every transition, legal and
+//! illegal, the cancel/complete race, retries, leases, expiry and rebuild.
+//!
+//! Each test starts its own Redis (see `savestream_testkit::RedisServer`),
+//! so tests run in parallel without sharing state.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use fred::prelude::*;
+use savestream_shared::config::{QueueConfig, RedisConfig};
+use savestream_shared::event::EventKind;
+use savestream_shared::store::queue::RetryKind;
+use savestream_shared::store::{Lease, NewTask, Progress, RetryOutcome, Store, StoreError};
+use savestream_shared::task::{SourceKind, TaskId, TaskStatus};
+use savestream_shared::title;
+use savestream_testkit::{eventually, RedisServer};
+
+const WORKER: &str = "test-worker";
+
+struct Harness {
+    redis: RedisServer,
+    store: Store,
+    /// A second connection for blocking reads, as workers use.
+    reader: Store,
+}
+
+impl Harness {
+    async fn start() -> Harness {
+        Harness::with_lease(30).await
+    }
+
+    async fn with_lease(lease_seconds: u64) -> Harness {
+        let redis = RedisServer::start();
+        let store = Store::connect(
+            &RedisConfig {
+                url: redis.url(),
+                prefix: "test".into(),
+            },
+            &QueueConfig {
+                lease_seconds,
+                retention_hours: 1,
+            },
+        )
+        .await
+        .expect("connecting to the test redis");
+        store.ensure_group().await.expect("creating the workers group");
+        let reader = store.with_own_connection().await.expect("a second connection");
+        Harness { redis, store, reader }
+    }
+
+    async fn raw(&self) -> Client {
+        let client = Builder::from_config(Config::from_url(&self.redis.url()).unwrap())
+            .build()
+            .unwrap();
+        client.init().await.unwrap();
+        client
+    }
+
+    async fn create(&self) -> TaskId {
+        let task_id = TaskId::generate();
+        let link = "https://t.me/channel/123";
+        let new_task = NewTask {
+            task_id: task_id.clone(),
+            source: SourceKind::Telegram,
+            link: link.into(),
+            user_id: 123456789,
+            storage: "local1".into(),
+            dir: "/downloads".into(),
+            title: title::pending(SourceKind::Telegram, link, "local1", "/downloads"),
+        };
+        let created = self.store.create(&new_task, None).await.expect("creating a task");
+        assert!(created.is_new);
+        task_id
+    }
+
+    /// Reads the next work item and starts it.
+    async fn start_next(&self) -> Lease {
+        let jobs = self
+            .reader
+            .read_jobs(WORKER, 1, Duration::from_secs(1))
+            .await
+            .expect("reading jobs");
+        let job = jobs.into_iter().next().expect("a work item is waiting");
+        let task_id = job.task_id.clone().expect("a decodable work item");
+        self.store
+            .start(&job.job_id, &task_id, WORKER)
+            .await
+            .expect("starting the task")
+    }
+
+    async fn status(&self, task_id: &TaskId) -> TaskStatus {
+        self.store
+            .get(task_id)
+            .await
+            .unwrap()
+            .expect("the task exists")
+            .task
+            .status
+    }
+
+    async fn event_names(&self, task_id: &TaskId) -> Vec<&'static str> {
+        self.store
+            .events(task_id)
+            .await
+            .unwrap()
+            .iter()
+            .map(|logged| logged.event.kind.name())
+            .collect()
+    }
+
+    async fn jobs_left(&self) -> (i64, i64) {
+        let raw = self.raw().await;
+        let length: i64 = raw.xlen(self.store.keys().jobs()).await.unwrap();
+        let pending: Vec<fred::types::Value> = raw
+            .xpending(self.store.keys().jobs(), "workers", ())
+            .await
+            .unwrap();
+        let pending_count = pending.first().and_then(|value| value.as_i64()).unwrap_or(0);
+        (length, pending_count)
+    }
+}
+
+#[tokio::test]
+async fn a_created_task_is_queued_listed_and_has_a_work_item() {
+    let harness = Harness::start().await;
+
+    let task_id = harness.create().await;
+
+    let record = harness
+        .store
+        .get(&task_id)
+        .await
+        .unwrap()
+        .expect("the task exists");
+    assert_eq!(record.task.status, TaskStatus::Queued);
+    assert_eq!(
+        record.task.title,
+        "[tgfiles](https://t.me/channel/123->local1:/downloads)"
+    );
+    assert_eq!(record.task.attempt, 0);
+    let list = harness.store.list(100).await.unwrap();
+    assert_eq!(
+        list.queued.iter().map(|summary| &summary.id).collect::<Vec<_>>(),
+        vec![&task_id]
+    );
+    assert!(list.running.is_empty());
+    assert_eq!(harness.jobs_left().await, (1, 0));
+    assert_eq!(harness.event_names(&task_id).await, vec!["created"]);
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_returns_the_first_task() {
+    let harness = Harness::start().await;
+    let new_task = |task_id: TaskId| NewTask {
+        task_id,
+        source: SourceKind::Http,
+        link: "https://example.com/a.bin".into(),
+        user_id: 1,
+        storage: "local1".into(),
+        dir: "/".into(),
+        title: "t".into(),
+    };
+
+    let first = harness
+        .store
+        .create(&new_task(TaskId::generate()), Some("key-1"))
+        .await
+        .unwrap();
+    let second = harness
+        .store
+        .create(&new_task(TaskId::generate()), Some("key-1"))
+        .await
+        .unwrap();
+    let other = harness
+        .store
+        .create(&new_task(TaskId::generate()), Some("key-2"))
+        .await
+        .unwrap();
+
+    assert!(first.is_new);
+    assert_eq!(second.task_id, first.task_id);
+    assert!(!second.is_new);
+    assert!(other.is_new && other.task_id != first.task_id);
+    assert_eq!(harness.store.list(10).await.unwrap().queued.len(), 2);
+}
+
+#[tokio::test]
+async fn a_task_runs_through_start_resolve_progress_and_complete() {
+    let harness = Harness::start().await;
+    let task_id = harness.create().await;
+
+    let lease = harness.start_next().await;
+    assert_eq!(lease.task.id, task_id);
+    assert_eq!(lease.attempt, 1);
+    assert_eq!(lease.task.status, TaskStatus::Running);
+    assert_eq!(harness.store.list(10).await.unwrap().running.len(), 1);
+
+    let final_title = title::resolved(SourceKind::Telegram, "file.pdf", "local1", "/downloads/file.pdf");
+    harness
+        .store
+        .resolve(&lease, "file.pdf", Some(10), "/downloads/file.pdf", &final_title)
+        .await
+        .unwrap();
+    let progress = Progress {
+        downloaded_bytes: 5,
+        total_bytes: Some(10),
+        bytes_per_second: 100,
+    };
+    harness.store.progress(&lease, &progress).await.unwrap();
+    let record = harness.store.get(&task_id).await.unwrap().unwrap();
+    assert_eq!(record.progress, progress);
+    assert_eq!(record.task.title, final_title);
+
+    harness
+        .store
+        .complete(&lease, Some(10), "/downloads/file.pdf")
+        .await
+        .unwrap();
+
+    let task = harness.store.get(&task_id).await.unwrap().unwrap().task;
+    assert_eq!(task.status, TaskStatus::Completed);
+    assert_eq!(task.path.as_deref(), Some("/downloads/file.pdf"));
+    assert!(task.ended_at.is_some());
+    assert_eq!(
+        harness.event_names(&task_id).await,
+        vec!["created", "started", "resolved", "completed"]
+    );
+    assert_eq!(
+        harness.jobs_left().await,
+        (0, 0),
+        "the work item is acknowledged and deleted"
+    );
+    assert_eq!(harness.store.list(10).await.unwrap(), Default::default());
+}
+
+#[tokio::test]
+async fn illegal_transitions_are_refused_and_change_nothing() {
+    let harness = Harness::start().await;
+
+    // A canceled task can be neither completed nor canceled again.
+    let canceled = harness.create().await;
+    let lease = harness.start_next().await;
+    assert_eq!(
+        harness.store.cancel(&canceled).await.unwrap(),
+        TaskStatus::Running
+    );
+    let events_before = harness.event_names(&canceled).await;
+    assert!(matches!(
+        harness.store.complete(&lease, None, "/x").await,
+        Err(StoreError::Ended {
+            status: TaskStatus::Canceled,
+            ..
+        })
+    ));
+    assert!(matches!(
+        harness.store.fail(&lease, "x").await,
+        Err(StoreError::Ended { .. })
+    ));
+    assert!(matches!(
+        harness.store.resolve(&lease, "f", None, "/f", "t").await,
+        Err(StoreError::Ended { .. })
+    ));
+    assert!(matches!(
+        harness.store.progress(&lease, &Progress::default()).await,
+        Err(StoreError::Ended {
+            status: TaskStatus::Canceled,
+            ..
+        })
+    ));
+    assert!(matches!(
+        harness.store.cancel(&canceled).await,
+        Err(StoreError::Ended {
+            status: TaskStatus::Canceled,
+            ..
+        })
+    ));
+    assert_eq!(harness.event_names(&canceled).await, events_before);
+    assert_eq!(harness.status(&canceled).await, TaskStatus::Canceled);
+
+    // A completed task cannot start again from its old work item.
+    let completed = harness.create().await;
+    let lease = harness.start_next().await;
+    harness.store.complete(&lease, None, "/f").await.unwrap();
+    assert!(matches!(
+        harness.store.start(&lease.job_id, &completed, WORKER).await,
+        Err(StoreError::Ended {
+            status: TaskStatus::Completed,
+            ..
+        })
+    ));
+
+    // A task that does not exist.
+    let unknown = TaskId::generate();
+    assert!(matches!(
+        harness.store.cancel(&unknown).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(harness.store.get(&unknown).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_queued_task_that_is_canceled_is_never_started() {
+    let harness = Harness::start().await;
+    let task_id = harness.create().await;
+
+    assert_eq!(harness.store.cancel(&task_id).await.unwrap(), TaskStatus::Queued);
+
+    assert_eq!(harness.jobs_left().await, (0, 0), "cancel removes the work item");
+    let jobs = harness
+        .reader
+        .read_jobs(WORKER, 1, Duration::from_millis(10))
+        .await
+        .unwrap();
+    assert!(jobs.is_empty());
+    assert_eq!(harness.event_names(&task_id).await, vec!["created", "canceled"]);
+}
+
+#[tokio::test]
+async fn a_lease_taken_over_fences_out_the_old_holder() {
+    let harness = Harness::with_lease(1).await;
+    let task_id = harness.create().await;
+    let old_lease = harness.start_next().await;
+
+    // The holder stops heartbeating; after the lease another worker claims the item.
+    let claimed = eventually(
+        "the expired work item to be claimable",
+        Duration::from_secs(5),
+        || async {
+            let jobs = harness.store.claim_expired("other-worker", 1).await.unwrap();
+            (!jobs.is_empty()).then_some(jobs)
+        },
+    )
+    .await;
+    assert_eq!(claimed[0].job_id, old_lease.job_id);
+    let new_lease = harness
+        .store
+        .start(&claimed[0].job_id, &task_id, "other-worker")
+        .await
+        .unwrap();
+    assert_eq!(new_lease.attempt, 2);
+
+    assert!(matches!(
+        harness.store.complete(&old_lease, None, "/a").await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    assert!(matches!(
+        harness.store.progress(&old_lease, &Progress::default()).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    harness.store.complete(&new_lease, None, "/b").await.unwrap();
+
+    let events = harness.store.events(&task_id).await.unwrap();
+    let completions = events
+        .iter()
+        .filter(|logged| logged.event.kind.name() == "completed")
+        .count();
+    assert_eq!(completions, 1);
+    assert_eq!(
+        harness
+            .store
+            .get(&task_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .task
+            .worker
+            .as_deref(),
+        Some("other-worker")
+    );
+}
+
+#[tokio::test]
+async fn a_heartbeat_keeps_the_lease() {
+    let harness = Harness::with_lease(1).await;
+    harness.create().await;
+    let lease = harness.start_next().await;
+
+    // Heartbeat for longer than the lease, and the item stays with its holder.
+    let deadline = std::time::Instant::now() + Duration::from_millis(1500);
+    while std::time::Instant::now() < deadline {
+        harness
+            .store
+            .heartbeat(WORKER, std::slice::from_ref(&lease.job_id))
+            .await
+            .unwrap();
+        assert!(harness
+            .store
+            .claim_expired("other-worker", 1)
+            .await
+            .unwrap()
+            .is_empty());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn retryable_failures_retry_until_the_limit_then_fail_with_the_last_error() {
+    let harness = Harness::start().await;
+    let task_id = harness.create().await;
+    let failure = RetryKind::Failure { max_retries: 2 };
+
+    for round in 1..=2 {
+        let lease = harness.start_next().await;
+        assert_eq!(lease.attempt, round);
+        let outcome = harness
+            .store
+            .retry(&lease, &format!("error {round}"), failure, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(outcome, RetryOutcome::Retrying);
+        let task = harness.store.get(&task_id).await.unwrap().unwrap().task;
+        assert_eq!((task.status, task.retries), (TaskStatus::Queued, round));
+    }
+    let lease = harness.start_next().await;
+    let outcome = harness
+        .store
+        .retry(&lease, "error 3", failure, Duration::ZERO)
+        .await
+        .unwrap();
+
+    assert_eq!(outcome, RetryOutcome::Failed);
+    let task = harness.store.get(&task_id).await.unwrap().unwrap().task;
+    assert_eq!(task.status, TaskStatus::Failed);
+    assert_eq!(task.error, "error 3");
+    assert_eq!(
+        harness.event_names(&task_id).await,
+        vec!["created", "started", "retrying", "started", "retrying", "started", "failed"]
+    );
+    assert_eq!(harness.jobs_left().await, (0, 0));
+}
+
+#[tokio::test]
+async fn a_retry_with_backoff_waits_in_delayed_until_promoted() {
+    let harness = Harness::start().await;
+    let task_id = harness.create().await;
+    let lease = harness.start_next().await;
+
+    harness
+        .store
+        .retry(
+            &lease,
+            "source timed out",
+            RetryKind::Failure { max_retries: 3 },
+            Duration::from_millis(200),
+        )
+        .await
+        .unwrap();
+
+    assert_eq!(
+        harness.jobs_left().await,
+        (0, 0),
+        "no work item while backing off"
+    );
+    assert!(harness.store.next_due().await.unwrap().is_some());
+    assert_eq!(harness.store.promote_due(10).await.unwrap(), 0, "not due yet");
+    eventually("the retry to become due", Duration::from_secs(5), || async {
+        (harness.store.promote_due(10).await.unwrap() == 1).then_some(())
+    })
+    .await;
+    let lease = harness.start_next().await;
+    assert_eq!((lease.task.id, lease.attempt), (task_id, 2));
+}
+
+#[tokio::test]
+async fn a_release_requeues_at_once_without_using_a_retry() {
+    let harness = Harness::start().await;
+    let task_id = harness.create().await;
+    let lease = harness.start_next().await;
+
+    let outcome = harness
+        .store
+        .retry(&lease, "worker shutting down", RetryKind::Release, Duration::ZERO)
+        .await
+        .unwrap();
+
+    assert_eq!(outcome, RetryOutcome::Retrying);
+    let lease = harness.start_next().await;
+    assert_eq!(lease.task.id, task_id);
+    assert_eq!(lease.task.retries, 0);
+}
+
+#[tokio::test]
+async fn cancel_racing_complete_has_exactly_one_winner() {
+    let harness = Harness::start().await;
+    let mut leases = Vec::new();
+    for _ in 0..40 {
+        harness.create().await;
+        leases.push(harness.start_next().await);
+    }
+
+    let races = leases.iter().map(|lease| {
+        let store = harness.store.clone();
+        let lease = lease.clone();
+        async move {
+            let completing = store.complete(&lease, None, "/f");
+            let canceling = store.cancel(&lease.task.id);
+            let (completed, canceled) = tokio::join!(completing, canceling);
+            (lease.task.id.clone(), completed.is_ok(), canceled.is_ok())
+        }
+    });
+    let outcomes = futures::future::join_all(races).await;
+
+    for (task_id, completed, canceled) in outcomes {
+        assert!(
+            completed ^ canceled,
+            "task {task_id}: exactly one of complete and cancel wins"
+        );
+        let expected = if completed {
+            TaskStatus::Completed
+        } else {
+            TaskStatus::Canceled
+        };
+        assert_eq!(harness.status(&task_id).await, expected);
+        let terminal_events = harness
+            .store
+            .events(&task_id)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|logged| {
+                matches!(
+                    logged.event.kind,
+                    EventKind::Completed { .. } | EventKind::Canceled
+                )
+            })
+            .count();
+        assert_eq!(terminal_events, 1);
+    }
+}
+
+#[tokio::test]
+async fn terminal_tasks_expire_after_retention_and_live_ones_do_not() {
+    let harness = Harness::start().await;
+    let raw = harness.raw().await;
+    let live = harness.create().await;
+    let ended = harness.create().await;
+    harness.store.cancel(&ended).await.unwrap();
+
+    let live_ttl: i64 = raw.pttl(harness.store.keys().task(&live)).await.unwrap();
+    let ended_ttl: i64 = raw.pttl(harness.store.keys().task(&ended)).await.unwrap();
+    let ended_log_ttl: i64 = raw.pttl(harness.store.keys().task_log(&ended)).await.unwrap();
+
+    assert_eq!(live_ttl, -1, "a live task never expires");
+    let hour_ms = 3_600_000;
+    assert!(
+        ended_ttl > hour_ms - 10_000 && ended_ttl <= hour_ms,
+        "ttl {ended_ttl}"
+    );
+    assert!(
+        ended_log_ttl > hour_ms - 10_000 && ended_log_ttl <= hour_ms,
+        "ttl {ended_log_ttl}"
+    );
+}
+
+#[tokio::test]
+async fn an_undecodable_work_item_is_reported_and_can_be_discarded() {
+    let harness = Harness::start().await;
+    let raw = harness.raw().await;
+    let _: String = raw
+        .xadd(
+            harness.store.keys().jobs(),
+            false,
+            None,
+            "*",
+            vec![("task", "not-a-task-id")],
+        )
+        .await
+        .unwrap();
+
+    let jobs = harness
+        .reader
+        .read_jobs(WORKER, 10, Duration::from_millis(100))
+        .await
+        .unwrap();
+
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].task_id, Err("not-a-task-id".to_owned()));
+    harness.store.discard_job(&jobs[0].job_id).await.unwrap();
+    assert_eq!(harness.jobs_left().await, (0, 0));
+}
+
+/// A mixed workload: completed, failed, canceled, retried, taken over,
+/// running and queued tasks.
+async fn mixed_workload(harness: &Harness) {
+    let failure = RetryKind::Failure { max_retries: 1 };
+    // completed
+    harness.create().await;
+    let lease = harness.start_next().await;
+    harness
+        .store
+        .resolve(
+            &lease,
+            "a.bin",
+            Some(3),
+            "/downloads/a.bin",
+            "[tgfiles](a.bin->local1:/downloads/a.bin)",
+        )
+        .await
+        .unwrap();
+    harness
+        .store
+        .complete(&lease, Some(3), "/downloads/a.bin")
+        .await
+        .unwrap();
+    // failed after a retry
+    harness.create().await;
+    let lease = harness.start_next().await;
+    harness
+        .store
+        .retry(&lease, "first", failure, Duration::ZERO)
+        .await
+        .unwrap();
+    let lease = harness.start_next().await;
+    harness
+        .store
+        .retry(&lease, "second", failure, Duration::ZERO)
+        .await
+        .unwrap();
+    // canceled while queued, and while running
+    let queued = harness.create().await;
+    harness.store.cancel(&queued).await.unwrap();
+    harness.create().await;
+    let lease = harness.start_next().await;
+    harness.store.cancel(&lease.task.id).await.unwrap();
+    // backing off
+    harness.create().await;
+    let lease = harness.start_next().await;
+    harness
+        .store
+        .retry(&lease, "later", failure, Duration::from_secs(60))
+        .await
+        .unwrap();
+    // running, and plain queued
+    harness.create().await;
+    harness.start_next().await;
+    harness.create().await;
+}
+
+#[tokio::test]
+async fn the_fold_over_the_log_equals_the_live_projection() {
+    let harness = Harness::start().await;
+    mixed_workload(&harness).await;
+
+    let folded: HashMap<_, _> = harness
+        .store
+        .fold_log()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, (task, _, _))| (id, task))
+        .collect();
+    let live = harness.store.projection().await.unwrap();
+
+    assert_eq!(folded.len(), 7);
+    assert_eq!(folded, live);
+}
+
+#[tokio::test]
+async fn rebuild_restores_a_lost_projection_that_equals_the_live_one() {
+    let harness = Harness::start().await;
+    mixed_workload(&harness).await;
+    let live = harness.store.projection().await.unwrap();
+    let list_before = harness.store.list(100).await.unwrap();
+    let raw = harness.raw().await;
+    let delayed_before: Vec<String> = raw
+        .zrange(harness.store.keys().delayed(), 0, -1, None, false, None, false)
+        .await
+        .unwrap();
+
+    // Lose the projection: every task hash and the sorted sets.
+    for task_id in live.keys() {
+        let _: i64 = raw.del(harness.store.keys().task(task_id)).await.unwrap();
+    }
+    let _: i64 = raw
+        .del(vec![
+            harness.store.keys().queued(),
+            harness.store.keys().running(),
+            harness.store.keys().delayed(),
+        ])
+        .await
+        .unwrap();
+    let report = harness.store.rebuild().await.unwrap();
+
+    assert_eq!(
+        (report.tasks, report.queued, report.running, report.delayed),
+        (7, 2, 1, 1)
+    );
+    assert_eq!(harness.store.projection().await.unwrap(), live);
+    assert_eq!(harness.store.list(100).await.unwrap(), list_before);
+    let delayed_after: Vec<String> = raw
+        .zrange(harness.store.keys().delayed(), 0, -1, None, false, None, false)
+        .await
+        .unwrap();
+    assert_eq!(delayed_after, delayed_before);
+    // The queued task still runs from its work item.
+    let lease = harness.start_next().await;
+    assert_eq!(lease.task.status, TaskStatus::Running);
+}
+
+#[tokio::test]
+async fn the_library_is_reloaded_when_redis_loses_it() {
+    let harness = Harness::start().await;
+    let raw = harness.raw().await;
+    let _: String = raw.custom(fred::cmd!("FUNCTION"), vec!["FLUSH"]).await.unwrap();
+
+    let task_id = harness.create().await;
+
+    assert_eq!(harness.status(&task_id).await, TaskStatus::Queued);
+}
