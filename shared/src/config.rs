@@ -945,9 +945,11 @@ impl<'c, 't> Section<'c, 't> {
         Ok(self.opt_string(key)?.unwrap_or_else(|| default.to_owned()))
     }
 
-    /// A string that must be present and not blank.
-    fn required_string(&mut self, key: &'static str, hint: &str) -> Result<String, ConfigError> {
-        match self.opt_string(key)? {
+    /// Checks a string that must be present and not blank. Called after
+    /// [`Section::finish`], so a misspelt key is reported as a typo rather than
+    /// as the correct key missing.
+    fn require(&self, key: &str, value: Option<String>, hint: &str) -> Result<String, ConfigError> {
+        match value {
             Some(text) if !text.trim().is_empty() => Ok(text),
             Some(_) => Err(self.error(key, format!("must not be empty ({hint})"))),
             None => Err(self.error(key, format!("missing ({hint})"))),
@@ -980,7 +982,7 @@ impl<'c, 't> Section<'c, 't> {
     }
 
     /// Every key not asked for is a typo: name the first, with a suggestion.
-    fn finish(self) -> Result<(), ConfigError> {
+    fn finish(&self) -> Result<(), ConfigError> {
         let Some(table) = self.table else { return Ok(()) };
         let Some(unknown) = table.keys().find(|key| !self.known.contains(&key.as_str())) else {
             return Ok(());
@@ -1120,12 +1122,13 @@ fn read_telegram(mut s: Section<'_, '_>) -> Result<TelegramConfig, ConfigError> 
 
     let mut p = s.section("proxy")?;
     let proxy_enable = p.bool("enable", false)?;
-    let proxy_url = match p.non_empty_string("url")? {
+    let proxy_url = p.non_empty_string("url")?;
+    p.finish()?;
+    let proxy_url = match proxy_url {
         None if proxy_enable => return Err(p.error("url", "missing: required when enable = true")),
         None => None,
         Some(text) => Some(parse_proxy_url(&text).map_err(|message| p.error("url", message))?),
     };
-    p.finish()?;
     let proxy = ProxyConfig {
         enable: proxy_enable,
         url: proxy_url,
@@ -1161,7 +1164,12 @@ fn read_storages(entries: Vec<Section<'_, '_>>) -> Result<(Vec<StorageConfig>, V
     let mut storages = Vec::new();
     let mut declared: Vec<String> = Vec::new();
     for mut s in entries {
-        let name = s.required_string("name", "a unique name users and tasks refer to")?;
+        let name = s.opt_string("name")?;
+        let kind = s.opt_string("type")?;
+        let enable = s.bool("enable", true)?;
+        let base_path = s.opt_string("base_path")?;
+        s.finish()?;
+        let name = s.require("name", name, "a unique name users and tasks refer to")?;
         if declared.contains(&name) {
             return Err(s.error(
                 "name",
@@ -1169,8 +1177,7 @@ fn read_storages(entries: Vec<Section<'_, '_>>) -> Result<(Vec<StorageConfig>, V
             ));
         }
         declared.push(name.clone());
-        let kind = s.required_string("type", "set type = \"local\"")?;
-        let enable = s.bool("enable", true)?;
+        let kind = s.require("type", kind, "set type = \"local\"")?;
         if kind != "local" {
             if enable {
                 return Err(s.error(
@@ -1182,11 +1189,9 @@ fn read_storages(entries: Vec<Section<'_, '_>>) -> Result<(Vec<StorageConfig>, V
                 ));
             }
             // Disabled and of another type: its other keys were stripped as ignored.
-            s.finish()?;
             continue;
         }
-        let base_path = s.required_string("base_path", "the directory files are saved under")?;
-        s.finish()?;
+        let base_path = s.require("base_path", base_path, "the directory files are saved under")?;
         storages.push(StorageConfig {
             name,
             kind: StorageKind::Local,
@@ -1204,15 +1209,16 @@ fn read_users(
 ) -> Result<Vec<UserConfig>, ConfigError> {
     let mut users: Vec<UserConfig> = Vec::new();
     for mut s in entries {
-        let id: i64 = match s.opt_int("id", 1..=i64::MAX)? {
-            Some(id) => id,
-            None => return Err(s.error("id", "missing (the user's numeric Telegram id)")),
+        let id: Option<i64> = s.opt_int("id", 1..=i64::MAX)?;
+        let names = s.string_list("storages")?;
+        let blacklist = s.bool("blacklist", false)?;
+        s.finish()?;
+        let Some(id) = id else {
+            return Err(s.error("id", "missing (the user's numeric Telegram id)"));
         };
         if users.iter().any(|user| user.id == id) {
             return Err(s.error("id", format!("duplicate user id {id}: each user may appear once")));
         }
-        let names = s.string_list("storages")?;
-        let blacklist = s.bool("blacklist", false)?;
         for (index, name) in names.iter().enumerate() {
             if !declared.contains(name) {
                 return Err(s.error(
@@ -1237,7 +1243,6 @@ fn read_users(
             };
             return Err(s.error("storages", format!("user {id} can use no enabled storage: {why}")));
         }
-        s.finish()?;
         users.push(user);
     }
     Ok(users)
@@ -1246,8 +1251,31 @@ fn read_users(
 fn read_redis(mut s: Section<'_, '_>) -> Result<RedisConfig, ConfigError> {
     let d = RedisConfig::default();
     let url = s.string("url", &d.url)?;
+    let scheme = url.trim().split_once("://").map_or("", |(scheme, _)| scheme);
+    if matches!(
+        scheme,
+        "rediss" | "valkeys" | "rediss-cluster" | "valkeys-cluster" | "rediss-sentinel" | "valkeys-sentinel"
+    ) {
+        // fred is built without a TLS feature and would quietly connect in plain text.
+        return Err(s.error(
+            "url",
+            format!("{scheme}:// (TLS) is not supported by this build: use redis://"),
+        ));
+    }
+    if !matches!(
+        scheme,
+        "redis" | "valkey" | "redis-cluster" | "valkey-cluster" | "redis-sentinel" | "valkey-sentinel"
+    ) {
+        return Err(s.error(
+            "url",
+            "must start with redis://, redis-cluster:// or redis-sentinel://",
+        ));
+    }
     // Validate with the client's own parser so a URL that loads here also connects
     // there. The URL itself is not echoed: it may hold a password.
+    if let Err(error) = Url::parse(url.trim()) {
+        return Err(s.error("url", format!("not a valid Redis URL: {error}")));
+    }
     if let Err(error) = fred::types::config::Config::from_url(url.trim()) {
         return Err(s.error(
             "url",

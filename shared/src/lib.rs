@@ -11,6 +11,7 @@
 //! - [`keys`]: every Redis key name, under one hash tag.
 //! - [`store`]: `Store`, the door to Redis; `store/library.lua` holds every transition.
 //! - [`title`]: task titles in SaveAny-Bot's `[tgfiles](file->storage:/path)` form.
+//! - [`telemetry`]: tracing set-up shared by both binaries (`--log-format human|json`).
 
 pub mod config;
 pub mod event;
@@ -18,4 +19,5 @@ pub mod keys;
 pub mod link;
 pub mod store;
 pub mod task;
+pub mod telemetry;
 pub mod title;
