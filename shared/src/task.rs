@@ -348,3 +348,165 @@ impl Task {
         Ok(state)
     }
 }
+
+/// A timestamp as the API and webhooks show it: RFC 3339 in UTC with a `Z`
+/// and whole seconds, like the contract's `2024-01-19T04:30:00Z`.
+pub fn rfc3339(millis: Millis) -> String {
+    chrono::DateTime::from_timestamp_millis(millis)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{EventKind, TaskEvent};
+
+    fn created(task_id: &TaskId) -> TaskEvent {
+        TaskEvent {
+            task_id: task_id.clone(),
+            at: 1,
+            kind: EventKind::Created {
+                source: SourceKind::Telegram,
+                link: "https://t.me/channel/1".into(),
+                user_id: 1,
+                storage: "local1".into(),
+                dir: "/".into(),
+                title: "t".into(),
+            },
+        }
+    }
+
+    fn event(task_id: &TaskId, at: Millis, kind: EventKind) -> TaskEvent {
+        TaskEvent {
+            task_id: task_id.clone(),
+            at,
+            kind,
+        }
+    }
+
+    /// Folds `kinds` after a `created` event and checks the resulting status,
+    /// or the name of the refused event.
+    fn check(kinds: Vec<EventKind>, expected: Result<TaskStatus, &str>) {
+        let task_id = TaskId::generate();
+        let mut events = vec![created(&task_id)];
+        events.extend(
+            kinds
+                .into_iter()
+                .enumerate()
+                .map(|(index, kind)| event(&task_id, index as Millis + 2, kind)),
+        );
+        let folded = Task::fold(&events);
+        match (folded, expected) {
+            (Ok(Some(task)), Ok(status)) => assert_eq!(task.status, status, "{events:?}"),
+            (Err(error), Err(refused)) => assert!(error.to_string().contains(refused), "{error}"),
+            (other, expected) => panic!("{events:?}: got {other:?}, expected {expected:?}"),
+        }
+    }
+
+    fn started(attempt: u32) -> EventKind {
+        EventKind::Started {
+            attempt,
+            worker: "w".into(),
+        }
+    }
+
+    fn completed(attempt: u32) -> EventKind {
+        EventKind::Completed {
+            attempt,
+            size: None,
+            path: "/f".into(),
+        }
+    }
+
+    fn retrying(attempt: u32) -> EventKind {
+        EventKind::Retrying {
+            attempt,
+            error: "e".into(),
+            retries: 1,
+            due_at: 0,
+        }
+    }
+
+    #[test]
+    fn legal_transitions() {
+        check(vec![], Ok(TaskStatus::Queued));
+        check(vec![started(1)], Ok(TaskStatus::Running));
+        check(vec![started(1), completed(1)], Ok(TaskStatus::Completed));
+        check(
+            vec![
+                started(1),
+                EventKind::Failed {
+                    attempt: 1,
+                    error: "e".into(),
+                },
+            ],
+            Ok(TaskStatus::Failed),
+        );
+        check(vec![started(1), retrying(1)], Ok(TaskStatus::Queued));
+        check(
+            vec![started(1), retrying(1), started(2), completed(2)],
+            Ok(TaskStatus::Completed),
+        );
+        check(
+            vec![started(1), started(2), completed(2)],
+            Ok(TaskStatus::Completed),
+        );
+        check(vec![EventKind::Canceled], Ok(TaskStatus::Canceled));
+        check(vec![started(1), EventKind::Canceled], Ok(TaskStatus::Canceled));
+    }
+
+    #[test]
+    fn illegal_transitions() {
+        check(
+            vec![completed(0)],
+            Err("`completed` is not allowed when the task is queued"),
+        );
+        check(
+            vec![started(1), EventKind::Canceled, completed(1)],
+            Err("when the task is canceled"),
+        );
+        check(
+            vec![started(1), completed(1), started(2)],
+            Err("`started` is not allowed when the task is completed"),
+        );
+        check(
+            vec![started(1), completed(1), EventKind::Canceled],
+            Err("when the task is completed"),
+        );
+        check(
+            vec![started(1), started(2), completed(1)],
+            Err("carries attempt 1, but the current attempt is 2"),
+        );
+        check(vec![started(2)], Err("carries attempt 2"));
+    }
+
+    #[test]
+    fn an_event_before_created_or_a_second_created_is_refused() {
+        let task_id = TaskId::generate();
+        let error = Task::fold(&[event(&task_id, 1, started(1))]).unwrap_err();
+        assert!(matches!(error, InvalidTransition::NotCreated { .. }));
+        let error = Task::fold(&[created(&task_id), created(&task_id)]).unwrap_err();
+        assert!(matches!(error, InvalidTransition::AlreadyCreated { .. }));
+    }
+
+    #[test]
+    fn task_ids_are_xids() {
+        let generated = TaskId::generate();
+        assert_eq!(TaskId::parse(generated.as_str()), Ok(generated));
+        for bad in [
+            "",
+            "c9h8t1234abcd",
+            "C9H8T1234ABCD5678901",
+            "c9h8t1234abcd567890w",
+            "../../../../etc/passwd",
+        ] {
+            assert!(TaskId::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_z() {
+        assert_eq!(rfc3339(1_705_638_600_000), "2024-01-19T04:30:00Z");
+    }
+}
