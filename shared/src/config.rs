@@ -19,8 +19,9 @@
 //! - `<VARIABLE>: <what is wrong>`, e.g. `SAVESTREAM_API_PORT: "abc" is not a valid port number`
 //! - `<file>: config file not found: ...` and `<file>: cannot read the config file: ...`
 //!
-//! Values of strings are never echoed in errors, so a misplaced token cannot
-//! leak into a log line.
+//! Errors echo storage names and bad numbers or booleans from the environment,
+//! never a token, URL or other string value, so a misplaced secret cannot leak
+//! into a log line.
 //!
 //! # Environment
 //! Every scalar key can be set by `SAVESTREAM_<SECTION>_<KEY>` (upper case, dots

@@ -28,7 +28,9 @@ impl std::str::FromStr for LogFormat {
 /// Installs the global subscriber. Call once, first thing in `main`.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.with_ansi(std::env::var_os("NO_COLOR").is_none()).init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

@@ -648,7 +648,7 @@ async fn the_fold_over_the_log_equals_the_live_projection() {
         .await
         .unwrap()
         .into_iter()
-        .map(|(id, (task, _, _))| (id, task))
+        .map(|(id, folded)| (id, folded.task))
         .collect();
     let live = harness.store.projection().await.unwrap();
 

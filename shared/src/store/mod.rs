@@ -8,6 +8,7 @@
 mod error;
 pub mod queue;
 mod rebuild;
+pub use rebuild::{FoldedTask, RebuildReport};
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -425,8 +426,11 @@ fn decode_event(fields: &HashMap<String, String>) -> Result<TaskEvent, StoreErro
     TaskEvent::from_fields(fields).map_err(|error| StoreError::Corrupt(error.to_string()))
 }
 
+/// A stream entry: its id and its fields.
+pub(crate) type StreamEntry = (String, HashMap<String, String>);
+
 /// Reads an XRANGE-style reply: `[[id, [field, value, ...]], ...]`.
-pub(crate) fn stream_entries(reply: Value) -> Result<Vec<(String, HashMap<String, String>)>, StoreError> {
+pub(crate) fn stream_entries(reply: Value) -> Result<Vec<StreamEntry>, StoreError> {
     let mut entries = Vec::new();
     for entry in reply.into_array() {
         let mut parts = entry.into_array().into_iter();

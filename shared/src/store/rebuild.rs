@@ -17,6 +17,16 @@ use super::{now_ms, stream_entries, task_from_hash, Store, StoreError};
 use crate::event::EventKind;
 use crate::task::{Task, TaskId, TaskStatus};
 
+/// One task as the log tells it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FoldedTask {
+    pub task: Task,
+    /// The ids of its events on the log, oldest first.
+    pub event_ids: Vec<String>,
+    /// When its retry is due, if its last event is `retrying`.
+    pub due_at: Option<i64>,
+}
+
 /// What a rebuild wrote.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RebuildReport {
@@ -30,25 +40,31 @@ pub struct RebuildReport {
 
 impl Store {
     /// Folds the whole log into tasks, with each task's event ids.
-    pub async fn fold_log(&self) -> Result<HashMap<TaskId, (Task, Vec<String>, Option<i64>)>, StoreError> {
-        let mut tasks: HashMap<TaskId, (Option<Task>, Vec<String>, Option<i64>)> = HashMap::new();
+    pub async fn fold_log(&self) -> Result<HashMap<TaskId, FoldedTask>, StoreError> {
+        let mut tasks: HashMap<TaskId, FoldedTask> = HashMap::new();
         for logged in self.read_log().await? {
-            let entry = tasks
-                .entry(logged.event.task_id.clone())
-                .or_insert((None, Vec::new(), None));
-            let task = Task::apply(entry.0.take(), &logged.event)
+            let task_id = logged.event.task_id.clone();
+            let (state, mut event_ids) = match tasks.remove(&task_id) {
+                Some(folded) => (Some(folded.task), folded.event_ids),
+                None => (None, Vec::new()),
+            };
+            let task = Task::apply(state, &logged.event)
                 .map_err(|error| StoreError::Corrupt(format!("event {}: {error}", logged.id)))?;
-            entry.0 = Some(task);
-            entry.1.push(logged.id);
-            entry.2 = match logged.event.kind {
+            event_ids.push(logged.id);
+            let due_at = match logged.event.kind {
                 EventKind::Retrying { due_at, .. } => Some(due_at),
                 _ => None,
             };
+            tasks.insert(
+                task_id,
+                FoldedTask {
+                    task,
+                    event_ids,
+                    due_at,
+                },
+            );
         }
-        Ok(tasks
-            .into_iter()
-            .filter_map(|(task_id, (task, ids, due))| task.map(|task| (task_id, (task, ids, due))))
-            .collect())
+        Ok(tasks)
     }
 
     /// Every task hash in the projection.
@@ -105,7 +121,15 @@ impl Store {
             .client()
             .del(vec![keys.queued(), keys.running(), keys.delayed()])
             .await?;
-        for (task_id, (task, event_ids, due)) in folded {
+        for (
+            task_id,
+            FoldedTask {
+                task,
+                event_ids,
+                due_at: due,
+            },
+        ) in folded
+        {
             let hash_key = keys.task(&task_id);
             let log_key = keys.task_log(&task_id);
             let _: i64 = self.client().del(vec![hash_key.clone(), log_key.clone()]).await?;

@@ -1,0 +1,26 @@
+# One image, two entry points: `savestream-api` and `savestream-worker`
+# (compose.yaml picks one per service with `command`).
+
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bins \
+ && mkdir -p /out \
+ && cp target/release/savestream-api target/release/savestream-worker /out/ \
+ && (cp target/release/savestream /out/ 2>/dev/null || true)
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates curl \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --home /var/lib/savestream savestream \
+ && mkdir -p /downloads /var/lib/savestream \
+ && chown savestream /downloads /var/lib/savestream
+COPY --from=build /out/ /usr/local/bin/
+USER savestream
+WORKDIR /var/lib/savestream
+ENV SAVESTREAM_API_HOST=0.0.0.0
+EXPOSE 8080
+CMD ["savestream-api", "--config", "/etc/savestream/config.toml"]
