@@ -73,7 +73,27 @@ impl Keys {
     pub fn task_prefix(&self) -> String {
         format!("{}:task:", self.tag)
     }
+
+    /// Webhook deliveries waiting for a try, scored by due time. A delivery
+    /// being tried stays in it, pushed forward by the claim's lease.
+    pub fn webhooks_due(&self) -> String {
+        format!("{}:webhooks:due", self.tag)
+    }
+
+    /// One webhook delivery: a hash keyed by its `webhook-id`.
+    pub fn webhook(&self, webhook_id: &str) -> String {
+        format!("{}:webhook:{}", self.tag, webhook_id)
+    }
+
+    /// The prefix of webhook delivery hashes, for the function library's batch calls.
+    pub fn webhook_prefix(&self) -> String {
+        format!("{}:webhook:", self.tag)
+    }
 }
 
 /// The consumer group on the `jobs` stream.
 pub const WORKERS_GROUP: &str = "workers";
+
+/// The consumer group on the `events` stream that turns terminal events
+/// into webhook deliveries.
+pub const WEBHOOKS_GROUP: &str = "webhooks";

@@ -270,3 +270,122 @@ redis.register_function('savestream_retry', retry)
 redis.register_function('savestream_cancel', cancel)
 redis.register_function('savestream_promote', promote)
 redis.register_function { function_name = 'savestream_version', callback = version, flags = { 'no-writes' } }
+
+--[[
+Webhook deliveries (shared/src/store/webhooks.rs calls these).
+
+A delivery is a hash `webhook:<webhook-id>` (task, event, body, status,
+attempts, deadline, claimed_by, last_status, last_error) plus a member of the
+`webhooks:due` sorted set, scored by when it may be tried next. Statuses:
+pending (never tried), retrying, delivered, gave_up, gone (the receiver
+answered 410). The last three are final: the delivery leaves the due set and
+expires after the retention period.
+
+A try is claimed the way a work item is leased: the claim bumps `attempts`
+(the fence) and pushes the due time forward by the lease, so exactly one live
+dispatcher sends it, and a crashed dispatcher's claim becomes due again once
+the lease is over. A result is recorded only with the attempt and consumer
+that claimed it.
+]]
+
+local function webhook_is_final(status)
+  return status == 'delivered' or status == 'gave_up' or status == 'gone'
+end
+
+-- KEYS: 1 events, 2 delivery hash, 3 webhooks due, 4 task hash
+-- ARGV: 1 group, 2 event id, 3 webhook id, 4 task id, 5 body, 6 span_ms
+-- Records the delivery unless it exists (the event was read again after a
+-- crash), then acknowledges the event. Returns 1 when recorded, 0 when not.
+local function webhook_enqueue(keys, args)
+  local recorded = 0
+  if redis.call('EXISTS', keys[2]) == 0 then
+    local at = now_ms()
+    redis.call('HSET', keys[2], 'task', args[4], 'event', args[2], 'body', args[5], 'status', 'pending',
+      'attempts', 0, 'created', at, 'updated', at, 'deadline', at + tonumber(args[6]), 'claimed_by', '',
+      'last_status', '', 'last_error', '')
+    redis.call('ZADD', keys[3], at, args[3])
+    -- A task past retention has no hash; writing one would create a husk.
+    if redis.call('EXISTS', keys[4]) == 1 then
+      redis.call('HSET', keys[4], 'webhook_id', args[3], 'webhook_state', 'pending', 'webhook_attempts', 0,
+        'webhook_last_status', '')
+    end
+    recorded = 1
+  end
+  redis.call('XACK', keys[1], args[1], args[2])
+  return recorded
+end
+
+-- KEYS: 1 webhooks due. ARGV: 1 delivery hash prefix, 2 limit, 3 lease_ms, 4 consumer
+-- Claims up to `limit` due deliveries. Returns {{webhook_id, attempt, task_id, body}, ...}.
+local function webhook_claim(keys, args)
+  local at = now_ms()
+  local due = redis.call('ZRANGE', keys[1], '-inf', at, 'BYSCORE', 'LIMIT', 0, tonumber(args[2]))
+  local claimed = {}
+  for _, webhook_id in ipairs(due) do
+    local key = args[1] .. webhook_id
+    local state = redis.call('HMGET', key, 'status', 'attempts', 'task', 'body')
+    if not state[1] or webhook_is_final(state[1]) then
+      redis.call('ZREM', keys[1], webhook_id)
+    else
+      local attempt = tonumber(state[2]) + 1
+      redis.call('HSET', key, 'attempts', attempt, 'claimed_by', args[4], 'updated', at)
+      redis.call('ZADD', keys[1], at + tonumber(args[3]), webhook_id)
+      table.insert(claimed, { webhook_id, attempt, state[3], state[4] })
+    end
+  end
+  return claimed
+end
+
+-- KEYS: 1 delivery hash, 2 webhooks due, 3 task hash
+-- ARGV: 1 webhook id, 2 attempt, 3 consumer, 4 result (delivered | retry | gave_up | gone),
+--       5 http status ('' when none), 6 error ('' when none), 7 retry delay_ms, 8 retention_ms
+-- Records the result of a claimed try. A retry is due after the delay, but
+-- never after the delivery's deadline; one asked for at or past the deadline
+-- gives up instead. Returns the status recorded.
+local function webhook_record(keys, args)
+  local webhook_id, attempt, consumer = args[1], args[2], args[3]
+  local state = redis.call('HMGET', keys[1], 'status', 'attempts', 'claimed_by', 'deadline')
+  if not state[1] then
+    return fail_with('NOTFOUND', webhook_id)
+  end
+  if webhook_is_final(state[1]) or tonumber(state[2]) ~= tonumber(attempt) or state[3] ~= consumer then
+    return fail_with('STALE', 'attempt ' .. attempt .. ' of webhook ' .. webhook_id .. ' is no longer claimed by '
+      .. consumer)
+  end
+  local at = now_ms()
+  local status = args[4]
+  local due = at
+  if status == 'retry' then
+    local deadline = tonumber(state[4])
+    due = at + tonumber(args[7])
+    if at >= deadline then
+      status = 'gave_up'
+    else
+      status = 'retrying'
+      if due > deadline then
+        due = deadline
+      end
+    end
+  end
+  redis.call('HSET', keys[1], 'status', status, 'claimed_by', '', 'last_status', args[5], 'last_error', args[6],
+    'updated', at)
+  if status == 'retrying' then
+    redis.call('ZADD', keys[2], due, webhook_id)
+  else
+    redis.call('ZREM', keys[2], webhook_id)
+    redis.call('PEXPIRE', keys[1], args[8])
+  end
+  if redis.call('EXISTS', keys[3]) == 1 then
+    local task_state = status
+    if status == 'gone' then
+      task_state = 'gave_up'
+    end
+    redis.call('HSET', keys[3], 'webhook_state', task_state, 'webhook_attempts', attempt,
+      'webhook_last_status', args[5])
+  end
+  return status
+end
+
+redis.register_function('savestream_webhook_enqueue', webhook_enqueue)
+redis.register_function('savestream_webhook_claim', webhook_claim)
+redis.register_function('savestream_webhook_record', webhook_record)

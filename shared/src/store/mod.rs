@@ -8,6 +8,7 @@
 mod error;
 pub mod queue;
 mod rebuild;
+pub mod webhooks;
 pub use rebuild::{FoldedTask, RebuildReport};
 
 use std::collections::HashMap;

@@ -1,0 +1,503 @@
+//! The webhook side of the store: the `webhooks` consumer group on the
+//! `events` stream, webhook deliveries waiting in the `webhooks:due` sorted
+//! set, their claims (leases) and the `webhook_*` fields of a task.
+//!
+//! It owns the Redis operations only; when and how a delivery is sent is the
+//! `savestream-webhook` crate's business. The atomic steps are functions of
+//! the library (`savestream_webhook_*` in `library.lua`), following the same
+//! rules as the `jobs` stream in [`super::queue`]: an event stays pending in
+//! the group until its delivery is recorded, a delivery's try is claimed for
+//! a lease, and a result is recorded only by the claim that made the try.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use fred::prelude::*;
+use fred::types::Value;
+
+use super::{pairs, stream_entries, Store, StoreError};
+use crate::event::TaskEvent;
+use crate::keys::WEBHOOKS_GROUP;
+use crate::task::{Millis, TaskId};
+
+/// An entry of the `events` stream read through the `webhooks` group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventEntry {
+    /// The entry's id on the stream.
+    pub id: String,
+    /// The event, or why the entry cannot be decoded (such an entry is
+    /// acknowledged and skipped; it never stops a dispatcher).
+    pub event: Result<TaskEvent, String>,
+}
+
+/// A delivery's try, claimed for one lease by one consumer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimedWebhook {
+    /// The `webhook-id`, the same for every try of the delivery.
+    pub webhook_id: String,
+    /// Which try this is, from 1; the fence every result presents.
+    pub attempt: u32,
+    pub task_id: TaskId,
+    /// The JSON body, fixed when the delivery was recorded.
+    pub body: String,
+}
+
+/// The result of one try, as the dispatcher decided it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WebhookResult {
+    /// The receiver answered 2xx.
+    Delivered,
+    /// Try again after `delay` (never later than the delivery's deadline).
+    Retry { delay: Duration },
+    /// The attempts are used up.
+    GaveUp,
+    /// The receiver answered 410 Gone: no more tries of this delivery.
+    Gone,
+}
+
+impl WebhookResult {
+    fn as_arg(self) -> &'static str {
+        match self {
+            WebhookResult::Delivered => "delivered",
+            WebhookResult::Retry { .. } => "retry",
+            WebhookResult::GaveUp => "gave_up",
+            WebhookResult::Gone => "gone",
+        }
+    }
+}
+
+/// Where a delivery stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WebhookState {
+    /// Recorded, never tried yet.
+    Pending,
+    /// Tried without success; the next try waits in the due set.
+    Retrying,
+    Delivered,
+    /// The attempts or the span were used up.
+    GaveUp,
+    /// The receiver answered 410 Gone.
+    Gone,
+}
+
+impl WebhookState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookState::Pending => "pending",
+            WebhookState::Retrying => "retrying",
+            WebhookState::Delivered => "delivered",
+            WebhookState::GaveUp => "gave_up",
+            WebhookState::Gone => "gone",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<WebhookState> {
+        [
+            WebhookState::Pending,
+            WebhookState::Retrying,
+            WebhookState::Delivered,
+            WebhookState::GaveUp,
+            WebhookState::Gone,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == text)
+    }
+
+    /// Delivered, gave up and gone deliveries are never tried again.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            WebhookState::Delivered | WebhookState::GaveUp | WebhookState::Gone
+        )
+    }
+}
+
+/// One delivery as Redis holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookDelivery {
+    pub webhook_id: String,
+    pub task_id: TaskId,
+    /// The id of the terminal event on the `events` stream it delivers.
+    pub event_id: String,
+    pub body: String,
+    pub state: WebhookState,
+    /// Tries claimed so far.
+    pub attempts: u32,
+    /// The HTTP status of the last try, `None` when it got no answer.
+    pub last_status: Option<u16>,
+    /// Why the last try failed, empty when it did not.
+    pub last_error: String,
+    pub created_at: Millis,
+    /// No try is due after this.
+    pub deadline: Millis,
+    /// The consumer holding the current claim, if any.
+    pub claimed_by: Option<String>,
+}
+
+/// The `webhook_*` fields of a task, for the API to show.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskWebhook {
+    pub webhook_id: String,
+    /// Pending, retrying, delivered or gave up (a 410 shows as gave up with
+    /// `last_status` 410).
+    pub state: WebhookState,
+    pub attempts: u32,
+    pub last_status: Option<u16>,
+}
+
+impl Store {
+    /// Creates the `webhooks` group on `events` if missing, at the end of
+    /// the stream (`$`): a new deployment does not replay the history of
+    /// tasks that ended before any dispatcher ran. Once the group exists, its
+    /// position is kept in Redis, so a restart misses nothing.
+    pub async fn ensure_webhooks_group(&self) -> Result<(), StoreError> {
+        let created: Result<String, fred::error::Error> = self
+            .client()
+            .custom(
+                fred::cmd!("XGROUP"),
+                vec![
+                    "CREATE".to_owned(),
+                    self.keys().events(),
+                    WEBHOOKS_GROUP.to_owned(),
+                    "$".to_owned(),
+                    "MKSTREAM".to_owned(),
+                ],
+            )
+            .await;
+        match created {
+            Ok(_) => Ok(()),
+            Err(error) if error.details().contains("BUSYGROUP") => Ok(()),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Reads up to `count` new events for the `webhooks` group, waiting up
+    /// to `block` for the first. Call it on a store
+    /// [`with_own_connection`](Store::with_own_connection).
+    pub async fn read_events(
+        &self,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<EventEntry>, StoreError> {
+        let args: Vec<String> = vec![
+            "GROUP".into(),
+            WEBHOOKS_GROUP.into(),
+            consumer.into(),
+            "COUNT".into(),
+            count.to_string(),
+            "BLOCK".into(),
+            block.as_millis().to_string(),
+            "STREAMS".into(),
+            self.keys().events(),
+            ">".into(),
+        ];
+        let reply: Value = self
+            .client()
+            .custom(fred::cmd!("XREADGROUP", blocking: true), args)
+            .await?;
+        // RESP2 answers [[stream, entries]]; nil when the block timed out.
+        let mut entries = Vec::new();
+        for stream in reply.into_array() {
+            let mut parts = stream.into_array().into_iter();
+            let _stream_name = parts.next();
+            if let Some(stream_entries_value) = parts.next() {
+                entries.extend(stream_entries(stream_entries_value)?.into_iter().map(event_entry));
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Claims up to `count` events that a consumer of the `webhooks` group
+    /// read but has not acknowledged for longer than `min_idle`: it died
+    /// before recording their deliveries.
+    pub async fn claim_stale_events(
+        &self,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<EventEntry>, StoreError> {
+        let mut entries = Vec::new();
+        let mut cursor = "0-0".to_owned();
+        let min_idle = min_idle.as_millis().to_string();
+        while entries.len() < count {
+            let args: Vec<String> = vec![
+                self.keys().events(),
+                WEBHOOKS_GROUP.into(),
+                consumer.into(),
+                min_idle.clone(),
+                cursor.clone(),
+                "COUNT".into(),
+                (count - entries.len()).to_string(),
+            ];
+            let reply: Value = self.client().custom(fred::cmd!("XAUTOCLAIM"), args).await?;
+            let mut parts = reply.into_array().into_iter();
+            cursor = parts
+                .next()
+                .and_then(|value| value.as_string())
+                .unwrap_or_else(|| "0-0".into());
+            if let Some(claimed) = parts.next() {
+                // Entries trimmed from the log while pending come back as
+                // nil; Redis drops them from the group's pending list itself.
+                let claimed: Vec<Value> = claimed
+                    .into_array()
+                    .into_iter()
+                    .filter(|entry| !entry.is_null())
+                    .collect();
+                entries.extend(
+                    stream_entries(Value::Array(claimed))?
+                        .into_iter()
+                        .map(event_entry),
+                );
+            }
+            if cursor == "0-0" {
+                break;
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Acknowledges events that need no delivery (not terminal, or not decodable).
+    pub async fn ack_events(&self, event_ids: &[String]) -> Result<(), StoreError> {
+        if event_ids.is_empty() {
+            return Ok(());
+        }
+        let _: Value = self
+            .client()
+            .xack(self.keys().events(), WEBHOOKS_GROUP, event_ids.to_vec())
+            .await?;
+        Ok(())
+    }
+
+    /// Records the delivery of a terminal event and acknowledges the event,
+    /// atomically: a delivery is recorded once per event even when a crash
+    /// makes the event be read again. It is due at once; no try is due after
+    /// `span` from now. Returns `false` when it was recorded before.
+    pub async fn enqueue_webhook(
+        &self,
+        event_id: &str,
+        webhook_id: &str,
+        task_id: &TaskId,
+        body: &str,
+        span: Duration,
+    ) -> Result<bool, StoreError> {
+        let keys = vec![
+            self.keys().events(),
+            self.keys().webhook(webhook_id),
+            self.keys().webhooks_due(),
+            self.keys().task(task_id),
+        ];
+        let args = vec![
+            WEBHOOKS_GROUP.to_owned(),
+            event_id.to_owned(),
+            webhook_id.to_owned(),
+            task_id.to_string(),
+            body.to_owned(),
+            span.as_millis().to_string(),
+        ];
+        let reply = self
+            .call(task_id, "savestream_webhook_enqueue", keys, args)
+            .await?;
+        Ok(reply.as_i64() == Some(1))
+    }
+
+    /// Claims up to `limit` deliveries that are due, each for `lease`: until
+    /// then no other consumer tries them, and after it (the consumer died
+    /// mid-try) they are due again.
+    pub async fn claim_webhooks(
+        &self,
+        consumer: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedWebhook>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let keys = vec![self.keys().webhooks_due()];
+        let args = vec![
+            self.keys().webhook_prefix(),
+            limit.to_string(),
+            lease.as_millis().to_string(),
+            consumer.to_owned(),
+        ];
+        // The call names no task; an anchor id only labels errors.
+        let anchor = TaskId::generate();
+        let reply = self.call(&anchor, "savestream_webhook_claim", keys, args).await?;
+        reply
+            .into_array()
+            .into_iter()
+            .map(|claimed| {
+                let mut parts = claimed.into_array().into_iter();
+                let webhook_id = parts.next().and_then(|value| value.as_string());
+                let attempt = parts.next().and_then(|value| value.as_i64());
+                let task_id = parts.next().and_then(|value| value.as_string());
+                let body = parts.next().and_then(|value| value.as_string());
+                match (webhook_id, attempt, task_id, body) {
+                    (Some(webhook_id), Some(attempt), Some(task_id), Some(body)) => Ok(ClaimedWebhook {
+                        task_id: TaskId::parse(&task_id)
+                            .map_err(|error| StoreError::Corrupt(format!("webhook {webhook_id}: {error}")))?,
+                        webhook_id,
+                        attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
+                        body,
+                    }),
+                    _ => Err(StoreError::Corrupt("a claimed webhook lacks a field".into())),
+                }
+            })
+            .collect()
+    }
+
+    /// Records the result of a claimed try and returns the state it left
+    /// the delivery in (a retry asked for past the deadline gives up).
+    /// `LeaseLost` means the claim had expired and another consumer took the
+    /// delivery over: this result no longer counts.
+    pub async fn record_webhook(
+        &self,
+        claimed: &ClaimedWebhook,
+        consumer: &str,
+        result: WebhookResult,
+        http_status: Option<u16>,
+        error: &str,
+    ) -> Result<WebhookState, StoreError> {
+        let delay = match result {
+            WebhookResult::Retry { delay } => delay,
+            _ => Duration::ZERO,
+        };
+        let keys = vec![
+            self.keys().webhook(&claimed.webhook_id),
+            self.keys().webhooks_due(),
+            self.keys().task(&claimed.task_id),
+        ];
+        let args = vec![
+            claimed.webhook_id.clone(),
+            claimed.attempt.to_string(),
+            consumer.to_owned(),
+            result.as_arg().to_owned(),
+            http_status.map(|status| status.to_string()).unwrap_or_default(),
+            error.to_owned(),
+            delay.as_millis().to_string(),
+            self.retention().as_millis().to_string(),
+        ];
+        let reply = self
+            .call(&claimed.task_id, "savestream_webhook_record", keys, args)
+            .await?;
+        reply
+            .as_string()
+            .and_then(|state| WebhookState::parse(&state))
+            .ok_or_else(|| StoreError::Corrupt(format!("webhook record answered {reply:?}")))
+    }
+
+    /// When the earliest delivery is due (ms since the epoch), if any is waiting.
+    pub async fn next_webhook_due(&self) -> Result<Option<Millis>, StoreError> {
+        let first: Vec<(String, f64)> = self
+            .client()
+            .zrange(self.keys().webhooks_due(), 0, 0, None, false, None, true)
+            .await?;
+        Ok(first.first().map(|(_, score)| *score as Millis))
+    }
+
+    /// One delivery, or `None` when there is no such delivery (never
+    /// recorded, or expired after its final state).
+    pub async fn webhook_delivery(&self, webhook_id: &str) -> Result<Option<WebhookDelivery>, StoreError> {
+        let fields: HashMap<String, String> = self.client().hgetall(self.keys().webhook(webhook_id)).await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let corrupt = |what: &str| StoreError::Corrupt(format!("webhook {webhook_id}: {what}"));
+        let text = |name: &str| fields.get(name).cloned().unwrap_or_default();
+        let number = |name: &str| -> Result<i64, StoreError> {
+            text(name)
+                .parse()
+                .map_err(|_| corrupt(&format!("field `{name}` is not a number")))
+        };
+        Ok(Some(WebhookDelivery {
+            webhook_id: webhook_id.to_owned(),
+            task_id: TaskId::parse(&text("task")).map_err(|error| corrupt(&error.to_string()))?,
+            event_id: text("event"),
+            body: text("body"),
+            state: WebhookState::parse(&text("status")).ok_or_else(|| corrupt("unknown status"))?,
+            attempts: number("attempts")? as u32,
+            last_status: text("last_status").parse().ok(),
+            last_error: text("last_error"),
+            created_at: number("created")?,
+            deadline: number("deadline")?,
+            claimed_by: fields.get("claimed_by").filter(|name| !name.is_empty()).cloned(),
+        }))
+    }
+
+    /// The task's webhook fields, or `None` when the task has no delivery
+    /// (not ended, no dispatcher running, or no such task).
+    pub async fn task_webhook(&self, task_id: &TaskId) -> Result<Option<TaskWebhook>, StoreError> {
+        let values: Vec<Option<String>> = self
+            .client()
+            .hmget(
+                self.keys().task(task_id),
+                vec![
+                    "webhook_id",
+                    "webhook_state",
+                    "webhook_attempts",
+                    "webhook_last_status",
+                ],
+            )
+            .await?;
+        let field = |index: usize| values.get(index).cloned().flatten().unwrap_or_default();
+        let Some(state) = WebhookState::parse(&field(1)) else {
+            return Ok(None);
+        };
+        Ok(Some(TaskWebhook {
+            webhook_id: field(0),
+            state,
+            attempts: field(2).parse().unwrap_or_default(),
+            last_status: field(3).parse().ok(),
+        }))
+    }
+
+    /// Deletes consumers of the `webhooks` group that hold nothing and have
+    /// not read for `min_idle` (each dispatcher process names a new one).
+    /// A consumer that holds events is never deleted: that would orphan them.
+    pub async fn remove_idle_webhook_consumers(&self, min_idle: Duration) -> Result<Vec<String>, StoreError> {
+        let reply: Value = self
+            .client()
+            .custom(
+                fred::cmd!("XINFO"),
+                vec![
+                    "CONSUMERS".to_owned(),
+                    self.keys().events(),
+                    WEBHOOKS_GROUP.to_owned(),
+                ],
+            )
+            .await?;
+        let mut removed = Vec::new();
+        for consumer in reply.into_array() {
+            let info = pairs(consumer.into_array());
+            let name = info.get("name").cloned().unwrap_or_default();
+            let pending: u64 = info
+                .get("pending")
+                .and_then(|value| value.parse().ok())
+                .unwrap_or(1);
+            let idle: u128 = info.get("idle").and_then(|value| value.parse().ok()).unwrap_or(0);
+            if pending == 0 && idle > min_idle.as_millis() && !name.is_empty() {
+                let _: Value = self
+                    .client()
+                    .custom(
+                        fred::cmd!("XGROUP"),
+                        vec![
+                            "DELCONSUMER".to_owned(),
+                            self.keys().events(),
+                            WEBHOOKS_GROUP.to_owned(),
+                            name.clone(),
+                        ],
+                    )
+                    .await?;
+                removed.push(name);
+            }
+        }
+        Ok(removed)
+    }
+}
+
+fn event_entry((id, fields): (String, HashMap<String, String>)) -> EventEntry {
+    EventEntry {
+        event: TaskEvent::from_fields(&fields).map_err(|error| error.to_string()),
+        id,
+    }
+}

@@ -1,0 +1,66 @@
+//! The JSON body of a webhook: `{"task_id","status","title","created_at","error"}`,
+//! the same fields, in the same order and form, as `GET /api/v1/tasks/{id}`
+//! shows them (SaveAny-Bot's contract, "Webhook Callback").
+
+use savestream_shared::task::{rfc3339, Task};
+use serde::Serialize;
+
+/// The fields are declared in the contract's order; serde keeps it.
+#[derive(Debug, Serialize)]
+struct WebhookBody<'a> {
+    task_id: &'a str,
+    status: &'a str,
+    title: &'a str,
+    created_at: String,
+    /// Empty when the task has no error, never absent.
+    error: &'a str,
+}
+
+/// The body for `task`, as compact JSON.
+pub fn body_json(task: &Task) -> String {
+    let body = WebhookBody {
+        task_id: task.id.as_str(),
+        status: task.status.as_str(),
+        title: &task.title,
+        created_at: rfc3339(task.created_at),
+        error: &task.error,
+    };
+    // Serializing a struct of strings into a String cannot fail.
+    serde_json::to_string(&body).expect("a struct of strings serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use savestream_shared::task::{SourceKind, TaskId, TaskStatus};
+
+    #[test]
+    fn the_body_has_the_contract_fields_in_order() {
+        let task = Task {
+            id: TaskId::parse("c9h8t1234abcdefghijk").unwrap(),
+            status: TaskStatus::Completed,
+            source: SourceKind::Telegram,
+            link: "https://t.me/channel/123".into(),
+            user_id: 1,
+            storage: "local1".into(),
+            dir: "/downloads".into(),
+            title: "[tgfiles](file.pdf->local1:/downloads/file.pdf)".into(),
+            file_name: None,
+            size: None,
+            path: None,
+            created_at: 1_705_638_600_000,
+            updated_at: 0,
+            started_at: None,
+            ended_at: None,
+            attempt: 1,
+            retries: 0,
+            error: String::new(),
+            worker: None,
+        };
+
+        assert_eq!(
+            body_json(&task),
+            r#"{"task_id":"c9h8t1234abcdefghijk","status":"completed","title":"[tgfiles](file.pdf->local1:/downloads/file.pdf)","created_at":"2024-01-19T04:30:00Z","error":""}"#
+        );
+    }
+}

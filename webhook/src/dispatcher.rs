@@ -1,0 +1,585 @@
+//! [`Dispatcher`]: the step functions that move a webhook from a terminal
+//! event to a recorded result, and [`Dispatcher::run`], the loop that drives
+//! them until shutdown.
+//!
+//! Two loops run side by side in `run`:
+//! - **ingest** reads the `events` stream through the `webhooks` consumer
+//!   group (`XREADGROUP BLOCK` on a connection of its own), acknowledges
+//!   non-terminal events at once and turns each terminal one into a
+//!   delivery, recorded and acknowledged in one atomic call. Every half
+//!   lease it also takes over events that a dead dispatcher read but never
+//!   recorded (`XAUTOCLAIM`, idle past the lease, as for jobs).
+//! - **deliver** waits for a free slot (a semaphore of `concurrency`
+//!   permits), claims as many due deliveries as it has slots, and tries each
+//!   in a task of its own. With nothing due it sleeps until the earliest due
+//!   time, at most `idle_poll`, or until ingest or a finished try wakes it.
+//!   A retry never sleeps in a task: it waits in the due set.
+//!
+//! Outcomes: 2xx is delivered; 410 gives up this delivery (`gone`; later
+//! events are still delivered to the same URL, which is the operator's
+//! config, not a subscription the receiver can cancel); 429 and 503 with
+//! `Retry-After` retry after that delay; anything else, a timeout or a
+//! connection error retries on the [`Backoff`] schedule, until
+//! `max_attempts` tries or the span are used up (`gave_up`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use savestream_shared::config::Config;
+use savestream_shared::event::EventKind;
+use savestream_shared::store::webhooks::{ClaimedWebhook, EventEntry, WebhookResult, WebhookState};
+use savestream_shared::store::{Store, StoreError};
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::body::body_json;
+use crate::error::WebhookError;
+use crate::options::{Backoff, DispatcherOptions};
+use crate::send::{check_url, Answer, Sender};
+use crate::signature::Signer;
+
+/// The metric that counts tries by outcome (`delivered`, `retrying`,
+/// `gave_up`, `gone`) and skipped events (`skipped`).
+pub const DELIVERIES_METRIC: &str = "savestream_webhook_deliveries_total";
+
+/// How many events one read takes at most.
+const READ_BATCH: usize = 100;
+
+/// How often idle consumers of the `webhooks` group are removed, and how
+/// long one must have been idle (every dispatcher process names a new one).
+const CONSUMER_CLEANUP_EVERY: Duration = Duration::from_secs(600);
+const CONSUMER_IDLE_LIMIT: Duration = Duration::from_secs(3600);
+
+/// The webhook id of the delivery of the event `event_id`: stable across
+/// retries and dispatchers, so receivers can dedupe on it.
+pub fn webhook_id(event_id: &str) -> String {
+    format!("msg_{event_id}")
+}
+
+/// What one [`Dispatcher::ingest`] step did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ingested {
+    /// Events read (or taken over).
+    pub read: usize,
+    /// Deliveries recorded.
+    pub enqueued: usize,
+}
+
+/// The webhook dispatcher. Cheap to share: the state is in Redis.
+pub struct Dispatcher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    options: DispatcherOptions,
+    backoff: Backoff,
+    consumer: String,
+    sender: Sender,
+    /// Woken when a delivery is recorded or a try ends, so the deliver loop
+    /// claims without waiting out its poll.
+    wake: Notify,
+}
+
+impl Dispatcher {
+    /// A dispatcher for `[api] webhook_url`, with options from config.
+    ///
+    /// Returns [`WebhookError::Disabled`] when no URL is configured: the
+    /// caller then runs no dispatcher (see [`WebhookError::is_disabled`]).
+    /// Fails for a URL that is not http(s) and for a `whsec_` secret that is
+    /// not base64.
+    pub fn new(store: Store, config: &Config) -> Result<Dispatcher, WebhookError> {
+        Dispatcher::with_options(store, config, DispatcherOptions::from_config(config))
+    }
+
+    /// Like [`Dispatcher::new`] with explicit options (tests shrink the
+    /// backoff, lease and polling).
+    pub fn with_options(
+        store: Store,
+        config: &Config,
+        options: DispatcherOptions,
+    ) -> Result<Dispatcher, WebhookError> {
+        let url = config.api.webhook_url.clone().ok_or(WebhookError::Disabled)?;
+        check_url(&url)?;
+        options.validate().map_err(WebhookError::InvalidOptions)?;
+        let signer = config
+            .api
+            .webhook_secret
+            .as_ref()
+            .map(|secret| Signer::from_secret(secret.expose()))
+            .transpose()?;
+        let sender = Sender::new(url, config.api.token.expose(), signer, &options)?;
+        Ok(Dispatcher {
+            inner: Arc::new(Inner {
+                store,
+                backoff: options.backoff(),
+                options,
+                consumer: consumer_name(),
+                sender,
+                wake: Notify::new(),
+            }),
+        })
+    }
+
+    /// This dispatcher's consumer name in the `webhooks` group and on its
+    /// claims: `<host>-<pid>-<xid>`, new for every dispatcher.
+    pub fn consumer(&self) -> &str {
+        &self.inner.consumer
+    }
+
+    pub fn options(&self) -> &DispatcherOptions {
+        &self.inner.options
+    }
+
+    /// Creates the `webhooks` group if missing (at the end of the stream:
+    /// see `Store::ensure_webhooks_group`). `run` does it first; tests call
+    /// it before the events they want delivered.
+    pub async fn ensure_group(&self) -> Result<(), WebhookError> {
+        Ok(self.inner.store.ensure_webhooks_group().await?)
+    }
+
+    /// Step: reads new events (waiting up to `block`) on `reader`, a store
+    /// on a connection of its own, and handles them.
+    pub async fn ingest(&self, reader: &Store, block: Duration) -> Result<Ingested, WebhookError> {
+        let entries = reader
+            .read_events(&self.inner.consumer, READ_BATCH, block)
+            .await?;
+        self.handle_events(entries).await
+    }
+
+    /// Step: takes over events that a consumer read but did not record for
+    /// longer than the lease, and handles them.
+    pub async fn reclaim_events(&self) -> Result<Ingested, WebhookError> {
+        let entries = self
+            .inner
+            .store
+            .claim_stale_events(&self.inner.consumer, self.inner.options.lease, READ_BATCH)
+            .await?;
+        if !entries.is_empty() {
+            info!(
+                count = entries.len(),
+                "took over webhook events of a dead dispatcher"
+            );
+        }
+        self.handle_events(entries).await
+    }
+
+    /// Acknowledges the non-terminal and undecodable events, and records a
+    /// delivery (acknowledging its event in the same call) for each terminal one.
+    pub async fn handle_events(&self, entries: Vec<EventEntry>) -> Result<Ingested, WebhookError> {
+        let mut ingested = Ingested {
+            read: entries.len(),
+            enqueued: 0,
+        };
+        let mut acks = Vec::new();
+        for entry in entries {
+            match &entry.event {
+                Err(why) => {
+                    warn!(event_id = %entry.id, %why, "skipping an event that cannot be decoded");
+                    acks.push(entry.id);
+                }
+                Ok(task_event) if is_terminal(&task_event.kind) => {
+                    if self.enqueue(&entry.id, task_event).await? {
+                        ingested.enqueued += 1;
+                    }
+                }
+                Ok(_) => acks.push(entry.id),
+            }
+        }
+        self.inner.store.ack_events(&acks).await?;
+        if ingested.enqueued > 0 {
+            self.inner.wake.notify_one();
+        }
+        Ok(ingested)
+    }
+
+    /// Records the delivery of one terminal event, with its body built from
+    /// the projection now (a terminal task never changes again).
+    async fn enqueue(
+        &self,
+        event_id: &str,
+        task_event: &savestream_shared::event::TaskEvent,
+    ) -> Result<bool, WebhookError> {
+        let store = &self.inner.store;
+        let Some(record) = store.get(&task_event.task_id).await? else {
+            // Only an event older than the retention period has no task;
+            // the API no longer knows the task either.
+            warn!(task_id = %task_event.task_id, event_id, "no webhook for a task past retention");
+            metrics::counter!(DELIVERIES_METRIC, "outcome" => "skipped").increment(1);
+            store.ack_events(&[event_id.to_owned()]).await?;
+            return Ok(false);
+        };
+        let webhook_id = webhook_id(event_id);
+        let recorded = store
+            .enqueue_webhook(
+                event_id,
+                &webhook_id,
+                &task_event.task_id,
+                &body_json(&record.task),
+                self.inner.options.span,
+            )
+            .await?;
+        debug!(%webhook_id, task_id = %task_event.task_id, recorded, "webhook delivery recorded");
+        Ok(recorded)
+    }
+
+    /// Step: claims up to `concurrency` due deliveries, tries them all at
+    /// once and records the results. Returns how many it tried.
+    pub async fn deliver_due(&self) -> Result<usize, WebhookError> {
+        let claimed = self
+            .inner
+            .store
+            .claim_webhooks(
+                &self.inner.consumer,
+                self.inner.options.concurrency,
+                self.inner.options.lease,
+            )
+            .await?;
+        let count = claimed.len();
+        let mut tries = JoinSet::new();
+        for claimed_webhook in claimed {
+            let inner = Arc::clone(&self.inner);
+            tries.spawn(async move { inner.deliver(claimed_webhook).await });
+        }
+        while let Some(joined) = tries.join_next().await {
+            if let Ok(Err(error)) = joined {
+                log_unrecorded(&error);
+            }
+        }
+        Ok(count)
+    }
+
+    /// Step: one try of a claimed delivery, and its result recorded.
+    /// Returns the state the delivery is left in.
+    pub async fn deliver(&self, claimed: ClaimedWebhook) -> Result<WebhookState, WebhookError> {
+        self.inner.deliver(claimed).await
+    }
+
+    /// Runs until `shutdown` is cancelled: ingest and deliver (see the
+    /// module docs). On shutdown it stops claiming and reading, lets the
+    /// tries in flight finish (each is bounded by the request timeout) and
+    /// records them; a try cut short by a harder stop is left claimed and
+    /// another dispatcher takes it over after the lease.
+    ///
+    /// Fails only at start, when the group cannot be created or the reading
+    /// connection opened; later Redis errors are logged and retried.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), WebhookError> {
+        self.ensure_group().await?;
+        let reader = self.inner.store.with_own_connection().await?;
+        info!(
+            consumer = %self.inner.consumer,
+            host = %self.inner.sender.host(),
+            concurrency = self.inner.options.concurrency,
+            "webhook dispatcher started"
+        );
+        tokio::join!(self.ingest_loop(&reader, &shutdown), self.deliver_loop(&shutdown));
+        info!(consumer = %self.inner.consumer, "webhook dispatcher stopped");
+        Ok(())
+    }
+
+    async fn ingest_loop(&self, reader: &Store, shutdown: &CancellationToken) {
+        let reclaim_every = (self.inner.options.lease / 2).max(Duration::from_millis(50));
+        let mut last_reclaim: Option<Instant> = None;
+        let mut last_cleanup = Instant::now();
+        let mut failures = 0u32;
+        // The read is never cancelled mid-way: events it took would be left
+        // pending on this consumer until the lease ran out. It blocks for at
+        // most `idle_poll`, which bounds how late shutdown is noticed.
+        while !shutdown.is_cancelled() {
+            let result = async {
+                if last_reclaim.is_none_or(|at| at.elapsed() >= reclaim_every) {
+                    self.reclaim_events().await?;
+                    last_reclaim = Some(Instant::now());
+                }
+                if last_cleanup.elapsed() >= CONSUMER_CLEANUP_EVERY {
+                    last_cleanup = Instant::now();
+                    let removed = self
+                        .inner
+                        .store
+                        .remove_idle_webhook_consumers(CONSUMER_IDLE_LIMIT)
+                        .await?;
+                    if !removed.is_empty() {
+                        debug!(?removed, "removed idle webhook consumers");
+                    }
+                }
+                self.ingest(reader, self.inner.options.idle_poll).await
+            }
+            .await;
+            match result {
+                Ok(_) => failures = 0,
+                Err(error) => {
+                    failures += 1;
+                    warn!(%error, "reading events for webhooks failed; retrying");
+                    if error.to_string().contains("NOGROUP") {
+                        // Redis lost the group (a restart without persistence).
+                        if let Err(error) = self.ensure_group().await {
+                            warn!(%error, "re-creating the webhooks group failed");
+                        }
+                    }
+                    pause(error_backoff(failures), shutdown).await;
+                }
+            }
+        }
+    }
+
+    async fn deliver_loop(&self, shutdown: &CancellationToken) {
+        let options = &self.inner.options;
+        let slots = Arc::new(Semaphore::new(options.concurrency));
+        let mut tries: JoinSet<()> = JoinSet::new();
+        let mut failures = 0u32;
+        loop {
+            while tries.try_join_next().is_some() {}
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                // The semaphore is never closed, so acquiring cannot fail.
+                permit = Arc::clone(&slots).acquire_owned() => permit.expect("the slots semaphore is never closed"),
+            };
+            let mut permits = vec![first];
+            while let Ok(permit) = Arc::clone(&slots).try_acquire_owned() {
+                permits.push(permit);
+            }
+            let claimed = match self
+                .inner
+                .store
+                .claim_webhooks(&self.inner.consumer, permits.len(), options.lease)
+                .await
+            {
+                Ok(claimed) => {
+                    failures = 0;
+                    claimed
+                }
+                Err(error) => {
+                    failures += 1;
+                    warn!(%error, "claiming due webhooks failed; retrying");
+                    drop(permits);
+                    pause(error_backoff(failures), shutdown).await;
+                    continue;
+                }
+            };
+            if claimed.is_empty() {
+                drop(permits);
+                let sleep = self.time_to_next_due().await;
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = self.inner.wake.notified() => {}
+                    _ = tokio::time::sleep(sleep) => {}
+                }
+                continue;
+            }
+            // Surplus permits (fewer deliveries were due) are dropped here.
+            for (claimed_webhook, permit) in claimed.into_iter().zip(permits) {
+                let inner = Arc::clone(&self.inner);
+                tries.spawn(async move {
+                    if let Err(error) = inner.deliver(claimed_webhook).await {
+                        log_unrecorded(&error);
+                    }
+                    drop(permit);
+                    inner.wake.notify_one();
+                });
+            }
+        }
+        // Dropping the set (a harder stop) would abort the tries; on a
+        // graceful one they finish, bounded by the request timeout.
+        while tries.join_next().await.is_some() {}
+    }
+
+    /// How long to sleep before the earliest delivery is due, at most
+    /// `idle_poll`. A claimed delivery counts at its lease's end, which is
+    /// harmless: the finished try wakes the loop anyway.
+    async fn time_to_next_due(&self) -> Duration {
+        let poll = self.inner.options.idle_poll;
+        match self.inner.store.next_webhook_due().await {
+            Ok(Some(due)) => {
+                let wait = due.saturating_sub(Store::now_ms()).max(1);
+                Duration::from_millis(wait as u64).min(poll)
+            }
+            Ok(None) | Err(_) => poll,
+        }
+    }
+}
+
+impl Inner {
+    async fn deliver(&self, claimed: ClaimedWebhook) -> Result<WebhookState, WebhookError> {
+        let answer = self.sender.send(&claimed.webhook_id, &claimed.body).await;
+        let result = decide(
+            &answer,
+            claimed.attempt,
+            &self.options,
+            &self.backoff,
+            rand::random(),
+        );
+        let recorded = self
+            .store
+            .record_webhook(&claimed, &self.consumer, result, answer.status, &answer.error)
+            .await;
+        let state = match recorded {
+            Ok(state) => state,
+            Err(StoreError::LeaseLost(why)) => {
+                // The claim outlived its lease and another dispatcher took
+                // the delivery over; its result is the one that counts.
+                debug!(webhook_id = %claimed.webhook_id, %why, "webhook result dropped: claim taken over");
+                return Err(StoreError::LeaseLost(why).into());
+            }
+            Err(error) => return Err(error.into()),
+        };
+        metrics::counter!(DELIVERIES_METRIC, "outcome" => state.as_str()).increment(1);
+        let status = answer.status.map(|status| status.to_string()).unwrap_or_default();
+        match state {
+            WebhookState::Delivered => debug!(
+                webhook_id = %claimed.webhook_id, task_id = %claimed.task_id,
+                attempt = claimed.attempt, "webhook delivered"
+            ),
+            WebhookState::Retrying => info!(
+                webhook_id = %claimed.webhook_id, task_id = %claimed.task_id,
+                attempt = claimed.attempt, %status, error = %answer.error, "webhook try failed; retrying"
+            ),
+            _ => warn!(
+                webhook_id = %claimed.webhook_id, task_id = %claimed.task_id,
+                attempt = claimed.attempt, %status, error = %answer.error, state = state.as_str(),
+                "webhook delivery given up"
+            ),
+        }
+        Ok(state)
+    }
+}
+
+/// The result of a try: see the module docs. `unit` is a uniform random
+/// number in `[0, 1)` for the jitter.
+pub fn decide(
+    answer: &Answer,
+    attempt: u32,
+    options: &DispatcherOptions,
+    backoff: &Backoff,
+    unit: f64,
+) -> WebhookResult {
+    if answer.is_success() {
+        return WebhookResult::Delivered;
+    }
+    if answer.status == Some(410) {
+        return WebhookResult::Gone;
+    }
+    if attempt >= options.max_attempts {
+        return WebhookResult::GaveUp;
+    }
+    let delay = answer.retry_after.unwrap_or_else(|| backoff.delay(attempt, unit));
+    WebhookResult::Retry { delay }
+}
+
+/// Logs a try whose result could not be recorded. A lost claim was logged
+/// where it was found (another dispatcher owns the delivery now); any other
+/// failure leaves the claim to expire, and the try is made again.
+fn log_unrecorded(error: &WebhookError) {
+    if !matches!(error, WebhookError::Store(StoreError::LeaseLost(_))) {
+        warn!(%error, "recording a webhook result failed; the try is repeated after the lease");
+    }
+}
+
+fn is_terminal(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Completed { .. } | EventKind::Failed { .. } | EventKind::Canceled
+    )
+}
+
+/// Waits `delay` or until shutdown, whichever comes first.
+async fn pause(delay: Duration, shutdown: &CancellationToken) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(delay) => {}
+    }
+}
+
+/// 100 ms, doubling per consecutive Redis failure, at most 5 s.
+fn error_backoff(failures: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1 << failures.min(6))).min(Duration::from_secs(5))
+}
+
+/// `<host>-<pid>-<xid>`: readable in `XINFO CONSUMERS`, unique per dispatcher.
+fn consumer_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|name| !name.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|name| name.trim().to_owned())
+                .filter(|name| !name.is_empty())
+        })
+        .unwrap_or_else(|| "host".to_owned());
+    format!("{host}-{}-{}", std::process::id(), xid::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use savestream_shared::config::Config;
+
+    fn answer(status: Option<u16>, retry_after: Option<Duration>) -> Answer {
+        Answer {
+            status,
+            retry_after,
+            error: String::new(),
+        }
+    }
+
+    fn decide_default(answer: &Answer, attempt: u32) -> WebhookResult {
+        let options = DispatcherOptions::from_config(&Config::default());
+        decide(answer, attempt, &options, &options.backoff(), 0.5)
+    }
+
+    #[test]
+    fn a_2xx_is_delivered_whatever_the_attempt() {
+        assert_eq!(
+            decide_default(&answer(Some(204), None), 10),
+            WebhookResult::Delivered
+        );
+        assert_eq!(
+            decide_default(&answer(Some(200), None), 1),
+            WebhookResult::Delivered
+        );
+    }
+
+    #[test]
+    fn a_410_gives_up_at_once() {
+        assert_eq!(decide_default(&answer(Some(410), None), 1), WebhookResult::Gone);
+    }
+
+    #[test]
+    fn retry_after_is_honoured_on_429_and_503() {
+        let delay = Duration::from_secs(42);
+        for status in [429, 503] {
+            assert_eq!(
+                decide_default(&answer(Some(status), Some(delay)), 1),
+                WebhookResult::Retry { delay }
+            );
+        }
+    }
+
+    #[test]
+    fn failures_follow_the_backoff_until_the_last_attempt() {
+        assert_eq!(
+            decide_default(&answer(Some(500), None), 1),
+            WebhookResult::Retry {
+                delay: Duration::from_secs(5)
+            }
+        );
+        assert!(matches!(
+            decide_default(&answer(None, None), 9),
+            WebhookResult::Retry { .. }
+        ));
+        assert_eq!(decide_default(&answer(None, None), 10), WebhookResult::GaveUp);
+        assert_eq!(
+            decide_default(&answer(Some(503), Some(Duration::ZERO)), 10),
+            WebhookResult::GaveUp
+        );
+    }
+
+    #[test]
+    fn consumer_names_are_unique_per_dispatcher() {
+        let (first, second) = (consumer_name(), consumer_name());
+        assert_ne!(first, second);
+        assert!(first.contains(&format!("-{}-", std::process::id())));
+    }
+}

@@ -1,0 +1,247 @@
+//! One HTTP try of a delivery, and what the receiver answered.
+//!
+//! [`Sender`] owns the reqwest client, the URL, the bearer token and the
+//! [`Signer`]; it builds the request (body and Standard Webhooks headers),
+//! bounds it by the per-try timeout, reads at most `max_response_body` bytes
+//! of the answer and throws them away. It decides nothing about retries:
+//! [`Answer`] reports the status and `Retry-After`, and the dispatcher
+//! decides. Redirects are not followed: a receiver that moved answers 3xx,
+//! which is retried like any other non-2xx until the config is fixed, and
+//! the bearer token never travels to a host it was not configured for.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use reqwest::StatusCode;
+use url::Url;
+
+use crate::error::WebhookError;
+use crate::options::DispatcherOptions;
+use crate::signature::Signer;
+
+const USER_AGENT_VALUE: &str = concat!("savestream-webhook/", env!("CARGO_PKG_VERSION"));
+
+/// What one try got back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    /// The HTTP status, `None` when no response came (connection refused,
+    /// timeout, reset).
+    pub status: Option<u16>,
+    /// `Retry-After` of a 429 or 503, as a delay from now.
+    pub retry_after: Option<Duration>,
+    /// Why the try failed, empty on 2xx. Never holds the URL, token or secret.
+    pub error: String,
+}
+
+impl Answer {
+    pub fn is_success(&self) -> bool {
+        self.status.is_some_and(|status| (200..300).contains(&status))
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Sender {
+    client: reqwest::Client,
+    url: Url,
+    /// `Bearer <token>`, marked sensitive so no reqwest debug output shows it.
+    authorization: Option<HeaderValue>,
+    signer: Option<Signer>,
+    max_response_body: usize,
+}
+
+impl Sender {
+    /// A sender to `url` (http or https only). `token` empty sends no
+    /// `Authorization`; `signer` `None` sends no `webhook-signature`.
+    pub fn new(
+        url: Url,
+        token: &str,
+        signer: Option<Signer>,
+        options: &DispatcherOptions,
+    ) -> Result<Sender, WebhookError> {
+        check_url(&url)?;
+        let authorization = if token.is_empty() {
+            None
+        } else {
+            let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| WebhookError::InvalidOptions("api.token is not a valid header value".into()))?;
+            value.set_sensitive(true);
+            Some(value)
+        };
+        let client = reqwest::Client::builder()
+            .timeout(options.request_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(WebhookError::Client)?;
+        Ok(Sender {
+            client,
+            url,
+            authorization,
+            signer,
+            max_response_body: options.max_response_body,
+        })
+    }
+
+    /// The receiver's host, the only part of the URL that may be logged.
+    pub fn host(&self) -> String {
+        match (self.url.host_str(), self.url.port()) {
+            (Some(host), Some(port)) => format!("{host}:{port}"),
+            (Some(host), None) => host.to_owned(),
+            _ => String::new(),
+        }
+    }
+
+    /// Sends one try of `body` as `webhook_id`, timestamped now.
+    pub async fn send(&self, webhook_id: &str, body: &str) -> Answer {
+        let timestamp = unix_seconds();
+        let mut request = self
+            .client
+            .post(self.url.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .header(USER_AGENT, USER_AGENT_VALUE)
+            .header("webhook-id", webhook_id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .body(body.to_owned());
+        if let Some(authorization) = &self.authorization {
+            request = request.header(AUTHORIZATION, authorization.clone());
+        }
+        if let Some(signer) = &self.signer {
+            request = request.header("webhook-signature", signer.sign(webhook_id, timestamp, body));
+        }
+        let mut response = match request.send().await {
+            Ok(response) => response,
+            Err(error) => {
+                return Answer {
+                    status: None,
+                    retry_after: None,
+                    error: describe(error),
+                }
+            }
+        };
+        let status = response.status();
+        let retry_after =
+            if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+                response
+                    .headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|value| parse_retry_after(value, SystemTime::now()))
+            } else {
+                None
+            };
+        // The status decides the outcome; the body is read only so that a
+        // well-behaved keep-alive connection can be reused, up to the cap,
+        // and a failure to read it changes nothing.
+        let mut read = 0usize;
+        while read < self.max_response_body {
+            match response.chunk().await {
+                Ok(Some(chunk)) => read += chunk.len(),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        drop(response);
+        Answer {
+            status: Some(status.as_u16()),
+            retry_after,
+            error: if status.is_success() {
+                String::new()
+            } else {
+                format!("the receiver answered {status}")
+            },
+        }
+    }
+}
+
+/// Refuses a URL that is not http or https.
+pub fn check_url(url: &Url) -> Result<(), WebhookError> {
+    match url.scheme() {
+        "http" | "https" => Ok(()),
+        other => Err(WebhookError::InvalidUrl {
+            scheme: other.to_owned(),
+        }),
+    }
+}
+
+/// A reqwest error and its causes, without the URL (it may hold credentials).
+fn describe(error: reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "could not connect"
+    } else {
+        "request failed"
+    };
+    let error = error.without_url();
+    let mut text = kind.to_owned();
+    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// `Retry-After` as a delay from `now`: delta-seconds or an HTTP date
+/// (RFC 9110). A date in the past is a delay of zero; junk is `None`.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if !value.is_empty() && value.bytes().all(|byte| byte.is_ascii_digit()) {
+        // A huge number of seconds saturates; the deadline caps it anyway.
+        return Some(Duration::from_secs(value.parse().unwrap_or(u64::MAX)));
+    }
+    // IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT") is RFC 2822 syntax.
+    let date = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    let at = UNIX_EPOCH + Duration::from_secs(u64::try_from(date.timestamp()).ok()?);
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+fn unix_seconds() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_in_seconds_is_a_delay() {
+        assert_eq!(
+            parse_retry_after(" 120 ", SystemTime::now()),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(parse_retry_after("0", SystemTime::now()), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn retry_after_as_an_http_date_is_the_time_until_it() {
+        let now = UNIX_EPOCH + Duration::from_secs(784_111_717); // 1994-11-06T08:48:37Z
+
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:40:00 GMT", now),
+            Some(Duration::ZERO),
+            "a date in the past means now"
+        );
+    }
+
+    #[test]
+    fn retry_after_that_is_neither_is_ignored() {
+        assert_eq!(parse_retry_after("soon", SystemTime::now()), None);
+        assert_eq!(parse_retry_after("-5", SystemTime::now()), None);
+        assert_eq!(parse_retry_after("", SystemTime::now()), None);
+    }
+
+    #[test]
+    fn only_http_and_https_urls_are_accepted() {
+        assert!(check_url(&Url::parse("https://example.com/hook").unwrap()).is_ok());
+        assert!(check_url(&Url::parse("http://127.0.0.1:9/hook").unwrap()).is_ok());
+        let error = check_url(&Url::parse("ftp://example.com/hook").unwrap()).unwrap_err();
+        assert!(matches!(error, WebhookError::InvalidUrl { ref scheme } if scheme == "ftp"));
+    }
+}

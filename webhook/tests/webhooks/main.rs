@@ -1,0 +1,913 @@
+//! The webhook dispatcher end to end: a private redis-server, tasks driven to
+//! their end through the real store API, dispatchers running in-process, and
+//! a real HTTP receiver on loopback (`receiver.rs`) that records what
+//! arrives and answers from a script.
+//!
+//! Nothing here sleeps to synchronise: tests wait on observable state with
+//! `eventually` (the delivery's state in Redis, what the receiver recorded).
+
+mod receiver;
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use savestream_shared::config::{Config, QueueConfig, RedisConfig, Secret};
+use savestream_shared::store::webhooks::{TaskWebhook, WebhookState};
+use savestream_shared::store::{NewTask, Store};
+use savestream_shared::task::{rfc3339, SourceKind, TaskId};
+use savestream_shared::title;
+use savestream_testkit::{eventually, free_port, RedisServer};
+use savestream_webhook::dispatcher::webhook_id;
+use savestream_webhook::{Dispatcher, DispatcherOptions, WebhookError};
+use sha2::Sha256;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use receiver::{Receiver, Recorded, Reply};
+
+const WORKER: &str = "test-worker";
+const TOKEN: &str = "your-secret-token-here";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// How a test task ends.
+#[derive(Clone, Copy, Debug)]
+enum End {
+    Complete,
+    Fail,
+    Cancel,
+}
+
+struct Harness {
+    _redis: RedisServer,
+    store: Store,
+    /// A second connection for the blocking job reads of the fake worker.
+    reader: Store,
+}
+
+impl Harness {
+    async fn start() -> Harness {
+        let redis = RedisServer::start();
+        let store = Store::connect(
+            &RedisConfig {
+                url: redis.url(),
+                prefix: "test".into(),
+            },
+            &QueueConfig {
+                lease_seconds: 30,
+                retention_hours: 1,
+            },
+        )
+        .await
+        .expect("connecting to the test redis");
+        store.ensure_group().await.expect("creating the workers group");
+        store
+            .ensure_webhooks_group()
+            .await
+            .expect("creating the webhooks group before any task ends");
+        let reader = store.with_own_connection().await.expect("a second connection");
+        Harness {
+            _redis: redis,
+            store,
+            reader,
+        }
+    }
+
+    /// Creates a task and ends it the given way, as a worker (or the API,
+    /// for a cancel) would.
+    async fn finish_task(&self, end: End) -> TaskId {
+        let task_id = self.create().await;
+        self.end(&task_id, end).await;
+        task_id
+    }
+
+    async fn create(&self) -> TaskId {
+        let task_id = TaskId::generate();
+        let link = "https://t.me/channel/123";
+        let new_task = NewTask {
+            task_id: task_id.clone(),
+            source: SourceKind::Telegram,
+            link: link.into(),
+            user_id: 123456789,
+            storage: "local1".into(),
+            dir: "/downloads".into(),
+            title: title::pending(SourceKind::Telegram, link, "local1", "/downloads"),
+        };
+        self.store.create(&new_task, None).await.expect("creating a task");
+        task_id
+    }
+
+    async fn end(&self, task_id: &TaskId, end: End) {
+        if let End::Cancel = end {
+            self.store
+                .cancel(task_id)
+                .await
+                .expect("canceling the queued task");
+            return;
+        }
+        let jobs = self
+            .reader
+            .read_jobs(WORKER, 1, Duration::from_secs(1))
+            .await
+            .expect("reading jobs");
+        let job = jobs.into_iter().next().expect("a work item is waiting");
+        assert_eq!(
+            job.task_id.as_ref().ok(),
+            Some(task_id),
+            "tasks are ended in order"
+        );
+        let lease = self
+            .store
+            .start(&job.job_id, task_id, WORKER)
+            .await
+            .expect("starting the task");
+        match end {
+            End::Complete => self
+                .store
+                .complete(&lease, Some(42), "/downloads/file.pdf")
+                .await
+                .expect("completing the task"),
+            End::Fail => self
+                .store
+                .fail(&lease, "the message has no file")
+                .await
+                .expect("failing the task"),
+            End::Cancel => unreachable!("handled above"),
+        }
+    }
+
+    /// Creates and ends `count` tasks, all created first (so the work items
+    /// are read in creation order).
+    async fn finish_tasks(&self, count: usize) -> Vec<TaskId> {
+        let mut task_ids = Vec::new();
+        for _ in 0..count {
+            task_ids.push(self.create().await);
+        }
+        for task_id in &task_ids {
+            self.end(task_id, End::Complete).await;
+        }
+        task_ids
+    }
+
+    /// The webhook id of the task's terminal event.
+    async fn webhook_id_of(&self, task_id: &TaskId) -> String {
+        let events = self
+            .store
+            .events(task_id)
+            .await
+            .expect("reading the task's events");
+        let terminal = events.last().expect("an ended task has events");
+        webhook_id(&terminal.id)
+    }
+
+    /// The exact body `GET /api/v1/tasks/{id}` fields give.
+    async fn expected_body(&self, task_id: &TaskId) -> String {
+        let task = self
+            .store
+            .get(task_id)
+            .await
+            .unwrap()
+            .expect("the task exists")
+            .task;
+        format!(
+            r#"{{"task_id":"{}","status":"{}","title":{},"created_at":"{}","error":{}}}"#,
+            task.id,
+            task.status,
+            serde_json::to_string(&task.title).unwrap(),
+            rfc3339(task.created_at),
+            serde_json::to_string(&task.error).unwrap(),
+        )
+    }
+
+    async fn task_webhook(&self, task_id: &TaskId) -> Option<TaskWebhook> {
+        self.store
+            .task_webhook(task_id)
+            .await
+            .expect("reading the task's webhook")
+    }
+
+    /// Waits until the task's delivery reaches `state`.
+    async fn wait_for_state(&self, task_id: &TaskId, state: WebhookState) -> TaskWebhook {
+        eventually(
+            &format!("task {task_id}'s webhook to be {state:?}"),
+            WAIT,
+            || async {
+                self.task_webhook(task_id)
+                    .await
+                    .filter(|webhook| webhook.state == state)
+            },
+        )
+        .await
+    }
+
+    fn config(&self, url: &str, secret: Option<&str>) -> Config {
+        let mut config = Config::default();
+        config.api.webhook_url = Some(Url::parse(url).expect("a valid test URL"));
+        config.api.token = Secret::new(TOKEN);
+        config.api.webhook_secret = secret.map(Secret::new);
+        config
+    }
+
+    /// Starts a dispatcher in-process; the handle's task is the dispatcher,
+    /// so aborting it kills the dispatcher with its tries in flight.
+    fn spawn(&self, config: &Config, options: DispatcherOptions) -> Running {
+        let dispatcher =
+            Dispatcher::with_options(self.store.clone(), config, options).expect("a valid dispatcher");
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(dispatcher.run(shutdown.clone()));
+        Running { handle, shutdown }
+    }
+}
+
+struct Running {
+    handle: JoinHandle<Result<(), WebhookError>>,
+    shutdown: CancellationToken,
+}
+
+impl Running {
+    /// A crash: the dispatcher and its tries in flight vanish mid-way.
+    async fn kill(self) {
+        self.handle.abort();
+        let _ = self.handle.await;
+    }
+
+    async fn stop(self) -> Result<(), WebhookError> {
+        self.shutdown.cancel();
+        self.handle.await.expect("the dispatcher task does not panic")
+    }
+}
+
+/// Options for tests: retries after 10-40 ms, a 1-minute span, quick polls.
+fn fast(config: &Config) -> DispatcherOptions {
+    DispatcherOptions {
+        backoff_first: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(40),
+        span: Duration::from_secs(60),
+        request_timeout: Duration::from_secs(5),
+        lease: Duration::from_secs(10),
+        idle_poll: Duration::from_millis(50),
+        ..DispatcherOptions::from_config(config)
+    }
+}
+
+async fn wait_for_requests(receiver: &Receiver, count: usize) -> Vec<Recorded> {
+    eventually(&format!("{count} requests at the receiver"), WAIT, || async {
+        let requests = receiver.requests();
+        (requests.len() >= count).then_some(requests)
+    })
+    .await
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// A verifier written from the Standard Webhooks spec, as a receiver would
+/// write it: the key is the base64 after `whsec_`; the signed content is
+/// `{id}.{timestamp}.{body}`; the header holds space-separated `v1,<base64>`
+/// signatures, any of which may match; the timestamp must be within 5
+/// minutes of now.
+fn verify_standard_webhook(
+    secret: &str,
+    headers: &HashMap<String, String>,
+    body: &str,
+) -> Result<(), String> {
+    let key = match secret.strip_prefix("whsec_") {
+        Some(encoded) => STANDARD.decode(encoded).map_err(|error| error.to_string())?,
+        None => secret.as_bytes().to_vec(),
+    };
+    let id = headers.get("webhook-id").ok_or("no webhook-id")?;
+    let timestamp = headers.get("webhook-timestamp").ok_or("no webhook-timestamp")?;
+    let signatures = headers.get("webhook-signature").ok_or("no webhook-signature")?;
+    let sent_at: i64 = timestamp.parse().map_err(|_| "timestamp is not a number")?;
+    if (unix_now() - sent_at).abs() > 5 * 60 {
+        return Err("timestamp is too far from now".into());
+    }
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).map_err(|error| error.to_string())?;
+    mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
+    let expected = mac.finalize().into_bytes();
+    for signature in signatures.split(' ') {
+        let Some(("v1", encoded)) = signature.split_once(',') else {
+            continue;
+        };
+        let Ok(candidate) = STANDARD.decode(encoded) else {
+            continue;
+        };
+        let mut check = Hmac::<Sha256>::new_from_slice(&key).map_err(|error| error.to_string())?;
+        check.update(format!("{id}.{timestamp}.{body}").as_bytes());
+        // verify_slice compares in constant time.
+        if check.verify_slice(&candidate).is_ok() {
+            assert_eq!(candidate.as_slice(), expected.as_slice());
+            return Ok(());
+        }
+    }
+    Err("no signature matches".into())
+}
+
+#[tokio::test]
+async fn each_terminal_task_gets_one_delivery_with_the_exact_body_and_headers() {
+    // Arrange
+    let harness = Harness::start().await;
+    let receiver = Receiver::start().await;
+    let config = harness.config(&receiver.url(), None);
+    let dispatcher = harness.spawn(&config, fast(&config));
+
+    // Act
+    let completed = harness.finish_task(End::Complete).await;
+    let failed = harness.finish_task(End::Fail).await;
+    let canceled = harness.finish_task(End::Cancel).await;
+    let still_queued = harness.create().await;
+
+    // Assert
+    for task_id in [&completed, &failed, &canceled] {
+        let webhook = harness.wait_for_state(task_id, WebhookState::Delivered).await;
+        assert_eq!(webhook.attempts, 1);
+        assert_eq!(webhook.last_status, Some(200));
+    }
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 3, "one request per terminal task: {requests:#?}");
+    let before = unix_now();
+    for task_id in [&completed, &failed, &canceled] {
+        let webhook_id = harness.webhook_id_of(task_id).await;
+        let request = requests
+            .iter()
+            .find(|request| request.webhook_id() == webhook_id)
+            .unwrap_or_else(|| panic!("no request for task {task_id}"));
+        assert_eq!(request.method, "POST");
+        assert_eq!(request.path, "/hook");
+        assert_eq!(request.header("content-type"), Some("application/json"));
+        assert_eq!(
+            request.header("authorization"),
+            Some("Bearer your-secret-token-here")
+        );
+        let sent_at: i64 = request.header("webhook-timestamp").unwrap().parse().unwrap();
+        assert!(
+            (before - sent_at).abs() <= 60,
+            "timestamp {sent_at} is unix seconds of now"
+        );
+        assert_eq!(
+            request.header("webhook-signature"),
+            None,
+            "no secret, no signature"
+        );
+        assert_eq!(request.body, harness.expected_body(task_id).await);
+        assert_eq!(
+            harness.task_webhook(task_id).await.unwrap().webhook_id,
+            webhook_id
+        );
+    }
+    let statuses: HashSet<String> = requests
+        .iter()
+        .map(|request| {
+            let body: serde_json::Value = serde_json::from_str(&request.body).unwrap();
+            body["status"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        HashSet::from(["completed".into(), "failed".into(), "canceled".into()])
+    );
+    let failed_id = harness.webhook_id_of(&failed).await;
+    let failed_request = requests
+        .iter()
+        .find(|request| request.webhook_id() == failed_id)
+        .unwrap();
+    let failed_body: serde_json::Value = serde_json::from_str(&failed_request.body).unwrap();
+    assert_eq!(failed_body["error"], "the message has no file");
+    assert_eq!(harness.task_webhook(&still_queued).await, None);
+    dispatcher.stop().await.expect("a clean stop");
+}
+
+#[tokio::test]
+async fn the_signature_is_accepted_by_a_verifier_written_from_the_spec() {
+    // Arrange
+    let harness = Harness::start().await;
+    let receiver = Receiver::start().await;
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let config = harness.config(&receiver.url(), Some(secret));
+    let dispatcher = harness.spawn(&config, fast(&config));
+
+    // Act
+    let task_id = harness.finish_task(End::Complete).await;
+
+    // Assert
+    harness.wait_for_state(&task_id, WebhookState::Delivered).await;
+    let request = receiver.requests().remove(0);
+    let signature = request.header("webhook-signature").expect("a signed delivery");
+    assert!(signature.starts_with("v1,"), "{signature}");
+    assert_eq!(
+        verify_standard_webhook(secret, &request.headers, &request.body),
+        Ok(())
+    );
+    // The verifier is not a rubber stamp: another body or key fails it.
+    assert!(verify_standard_webhook(
+        secret,
+        &request.headers,
+        &request.body.replace("completed", "failed")
+    )
+    .is_err());
+    assert!(verify_standard_webhook("whsec_QUFBQQ==", &request.headers, &request.body).is_err());
+    dispatcher.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_plain_secret_signs_with_its_raw_bytes() {
+    let harness = Harness::start().await;
+    let receiver = Receiver::start().await;
+    let config = harness.config(&receiver.url(), Some("a plain passphrase"));
+    let dispatcher = harness.spawn(&config, fast(&config));
+
+    let task_id = harness.finish_task(End::Complete).await;
+
+    harness.wait_for_state(&task_id, WebhookState::Delivered).await;
+    let request = receiver.requests().remove(0);
+    assert_eq!(
+        verify_standard_webhook("a plain passphrase", &request.headers, &request.body),
+        Ok(())
+    );
+    dispatcher.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_receiver_failing_three_times_gets_the_event_on_the_fourth_try_with_the_same_id() {
+    // Arrange
+    let harness = Harness::start().await;
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::Status(500), Reply::Status(500), Reply::Status(500)]);
+    let config = harness.config(&receiver.url(), Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"));
+    let dispatcher = harness.spawn(&config, fast(&config));
+
+    // Act
+    let task_id = harness.finish_task(End::Complete).await;
+
+    // Assert
+    let webhook = harness.wait_for_state(&task_id, WebhookState::Delivered).await;
+    assert_eq!(webhook.attempts, 4);
+    assert_eq!(webhook.last_status, Some(200));
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 4);
+    let expected_id = harness.webhook_id_of(&task_id).await;
+    assert!(requests.iter().all(|request| request.webhook_id() == expected_id));
+    assert!(requests.iter().all(|request| request.body == requests[0].body));
+    let delivery = harness
+        .store
+        .webhook_delivery(&expected_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(delivery.state, WebhookState::Delivered);
+    assert_eq!(delivery.attempts, 4);
+    assert_eq!(
+        harness.store.next_webhook_due().await.unwrap(),
+        None,
+        "nothing is left to try"
+    );
+    dispatcher.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_410_stops_the_retries_of_that_delivery() {
+    // Arrange
+    let harness = Harness::start().await;
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::Status(410)]);
+    let config = harness.config(&receiver.url(), None);
+    let dispatcher = harness.spawn(&config, fast(&config));
+
+    // Act
+    let gone = harness.finish_task(End::Complete).await;
+
+    // Assert
+    let webhook = harness.wait_for_state(&gone, WebhookState::GaveUp).await;
+    assert_eq!(webhook.attempts, 1);
+    assert_eq!(webhook.last_status, Some(410));
+    let delivery = harness
+        .store
+        .webhook_delivery(&webhook.webhook_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(delivery.state, WebhookState::Gone);
+    assert_eq!(
+        harness.store.next_webhook_due().await.unwrap(),
+        None,
+        "no retry is waiting"
+    );
+    // A later event is still tried (and delivered) at the same URL, and the
+    // gone delivery was never tried again meanwhile.
+    let later = harness.finish_task(End::Complete).await;
+    harness.wait_for_state(&later, WebhookState::Delivered).await;
+    let gone_tries = receiver
+        .requests()
+        .iter()
+        .filter(|request| request.webhook_id() == webhook.webhook_id)
+        .count();
+    assert_eq!(gone_tries, 1);
+    dispatcher.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_delivery_gives_up_after_max_attempts() {
+    let harness = Harness::start().await;
+    let receiver = Receiver::start().await;
+    receiver.set_default(Reply::Status(500));
+    let config = harness.config(&receiver.url(), None);
+    let options = DispatcherOptions {
+        max_attempts: 3,
+        ..fast(&config)
+    };
+    let dispatcher = harness.spawn(&config, options);
+
+    let task_id = harness.finish_task(End::Complete).await;
+
+    let webhook = harness.wait_for_state(&task_id, WebhookState::GaveUp).await;
+    assert_eq!(webhook.attempts, 3);
+    assert_eq!(webhook.last_status, Some(500));
+    assert_eq!(receiver.count(), 3);
+    assert_eq!(harness.store.next_webhook_due().await.unwrap(), None);
+    dispatcher.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn retry_after_on_a_503_is_honoured() {
+    // Arrange: the backoff alone would wait an hour.
+    let harness = Harness::start().await;
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::StatusWithHeaders(503, vec![("retry-after", "1".into())])]);
+    let config = harness.config(&receiver.url(), None);
+    let options = DispatcherOptions {
+        backoff_first: Duration::from_secs(3600),
+        backoff_max: Duration::from_secs(3600),
+        span: Duration::from_secs(7200),
+        ..fast(&config)
+    };
+    let dispatcher = harness.spawn(&config, options);
+
+    // Act
+    let task_id = harness.finish_task(End::Complete).await;
+
+    // Assert
+    let webhook = harness.wait_for_state(&task_id, WebhookState::Delivered).await;
+    assert_eq!(webhook.attempts, 2);
+    let requests = receiver.requests();
+    let gap = requests[1].arrived - requests[0].arrived;
+    assert!(
+        gap >= Duration::from_millis(900),
+        "the retry came after {gap:?}, not Retry-After's 1 s"
+    );
+    dispatcher.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_receiver_down_across_a_dispatcher_crash_gets_every_event_when_it_is_back() {
+    // Arrange: nobody listens on the webhook port yet.
+    let harness = Harness::start().await;
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/hook");
+    let config = harness.config(&url, None);
+    let options = DispatcherOptions {
+        lease: Duration::from_secs(6),
+        ..fast(&config)
+    };
+    let first = harness.spawn(&config, options.clone());
+    let mut task_ids = harness.finish_tasks(3).await;
+    for task_id in &task_ids {
+        let webhook = eventually("a failed try while the receiver is down", WAIT, || async {
+            harness
+                .task_webhook(task_id)
+                .await
+                .filter(|webhook| webhook.state == WebhookState::Retrying)
+        })
+        .await;
+        assert_eq!(webhook.last_status, None, "no HTTP answer from a closed port");
+    }
+
+    // Act: the dispatcher dies; more tasks end while none runs; then the
+    // receiver comes back and a new dispatcher starts.
+    first.kill().await;
+    task_ids.extend(harness.finish_tasks(2).await);
+    let receiver = Receiver::start_on(port).await;
+    let second = harness.spawn(&config, options);
+
+    // Assert
+    for task_id in &task_ids {
+        harness.wait_for_state(task_id, WebhookState::Delivered).await;
+    }
+    let mut expected = HashSet::new();
+    for task_id in &task_ids {
+        expected.insert(harness.webhook_id_of(task_id).await);
+    }
+    let received: HashSet<String> = receiver.requests().iter().map(Recorded::webhook_id).collect();
+    assert_eq!(received, expected);
+    second.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_try_cut_short_by_a_killed_dispatcher_is_taken_over_after_the_lease() {
+    // Arrange: the first try hangs at the receiver.
+    let harness = Harness::start().await;
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::Slow(Duration::from_secs(30), 200)]);
+    let config = harness.config(&receiver.url(), None);
+    let options = DispatcherOptions {
+        request_timeout: Duration::from_secs(2),
+        lease: Duration::from_secs(3),
+        ..fast(&config)
+    };
+    let first = harness.spawn(&config, options.clone());
+    let task_id = harness.finish_task(End::Complete).await;
+    wait_for_requests(&receiver, 1).await;
+
+    // Act: the dispatcher dies mid-try; another one starts.
+    first.kill().await;
+    let killed_at = Instant::now();
+    let second = harness.spawn(&config, options);
+
+    // Assert
+    let webhook = harness.wait_for_state(&task_id, WebhookState::Delivered).await;
+    assert_eq!(webhook.attempts, 2, "the cut-short try counts");
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[0].webhook_id(), requests[1].webhook_id());
+    assert!(
+        requests[1].arrived >= killed_at,
+        "the second try is the new dispatcher's"
+    );
+    second.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn events_read_but_not_recorded_by_a_dead_dispatcher_are_taken_over() {
+    // Arrange: a dispatcher read the events and died before recording them.
+    let harness = Harness::start().await;
+    let receiver = Receiver::start().await;
+    let task_ids = harness.finish_tasks(2).await;
+    let dead_reader = harness.store.with_own_connection().await.unwrap();
+    let taken = dead_reader
+        .read_events("dead-dispatcher", 100, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert!(taken.len() >= 2, "the dead dispatcher holds the events");
+    let config = harness.config(&receiver.url(), None);
+    let options = DispatcherOptions {
+        request_timeout: Duration::from_secs(2),
+        lease: Duration::from_millis(2500),
+        ..fast(&config)
+    };
+
+    // Act
+    let dispatcher = harness.spawn(&config, options);
+
+    // Assert
+    for task_id in &task_ids {
+        harness.wait_for_state(task_id, WebhookState::Delivered).await;
+    }
+    assert_eq!(receiver.count(), 2);
+    dispatcher.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn three_racing_dispatchers_deliver_each_of_50_events_exactly_once() {
+    // Arrange
+    let harness = Harness::start().await;
+    let receiver = Receiver::start().await;
+    let config = harness.config(&receiver.url(), None);
+    let dispatchers: Vec<Running> = (0..3).map(|_| harness.spawn(&config, fast(&config))).collect();
+
+    // Act
+    let task_ids = harness.finish_tasks(50).await;
+
+    // Assert
+    for task_id in &task_ids {
+        harness.wait_for_state(task_id, WebhookState::Delivered).await;
+    }
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for request in receiver.requests() {
+        *counts.entry(request.webhook_id()).or_default() += 1;
+    }
+    let mut expected = HashSet::new();
+    for task_id in &task_ids {
+        expected.insert(harness.webhook_id_of(task_id).await);
+    }
+    assert_eq!(counts.keys().cloned().collect::<HashSet<_>>(), expected);
+    let repeated: Vec<_> = counts.iter().filter(|(_, count)| **count != 1).collect();
+    assert!(repeated.is_empty(), "delivered more than once: {repeated:?}");
+    for dispatcher in dispatchers {
+        dispatcher.stop().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn slow_tries_run_in_parallel_up_to_the_concurrency() {
+    // Arrange: each request is held until 6 are in flight at once, which
+    // never happens unless the dispatcher sends 6 in parallel.
+    let harness = Harness::start().await;
+    let receiver = Receiver::start().await;
+    receiver.set_default(Reply::HoldUntilInFlight(6));
+    let config = harness.config(&receiver.url(), None);
+    let options = DispatcherOptions {
+        concurrency: 6,
+        ..fast(&config)
+    };
+    let dispatcher = harness.spawn(&config, options);
+    let started = Instant::now();
+
+    // Act
+    let task_ids = harness.finish_tasks(6).await;
+
+    // Assert
+    for task_id in &task_ids {
+        let webhook = harness.wait_for_state(task_id, WebhookState::Delivered).await;
+        assert_eq!(webhook.attempts, 1);
+    }
+    assert_eq!(receiver.max_in_flight(), 6);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the receiver's 10 s hold never ran out: the tries overlapped"
+    );
+    dispatcher.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn no_more_tries_are_in_flight_than_the_concurrency() {
+    let harness = Harness::start().await;
+    let receiver = Receiver::start().await;
+    receiver.set_default(Reply::Slow(Duration::from_millis(100), 200));
+    let config = harness.config(&receiver.url(), None);
+    let options = DispatcherOptions {
+        concurrency: 2,
+        ..fast(&config)
+    };
+    let dispatcher = harness.spawn(&config, options);
+
+    let task_ids = harness.finish_tasks(6).await;
+
+    for task_id in &task_ids {
+        harness.wait_for_state(task_id, WebhookState::Delivered).await;
+    }
+    assert_eq!(receiver.max_in_flight(), 2);
+    dispatcher.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_endless_response_body_does_not_stall_the_delivery() {
+    let harness = Harness::start().await;
+    let receiver = Receiver::start().await;
+    receiver.set_default(Reply::EndlessBody);
+    let config = harness.config(&receiver.url(), None);
+    let dispatcher = harness.spawn(&config, fast(&config));
+
+    let task_id = harness.finish_task(End::Complete).await;
+
+    let webhook = harness.wait_for_state(&task_id, WebhookState::Delivered).await;
+    assert_eq!(webhook.attempts, 1);
+    dispatcher.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_graceful_stop_lets_the_try_in_flight_finish_and_records_it() {
+    // Arrange
+    let harness = Harness::start().await;
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::Slow(Duration::from_millis(500), 200)]);
+    let config = harness.config(&receiver.url(), None);
+    let dispatcher = harness.spawn(&config, fast(&config));
+    let task_id = harness.finish_task(End::Complete).await;
+    wait_for_requests(&receiver, 1).await;
+
+    // Act
+    let stopped = dispatcher.stop().await;
+
+    // Assert: by the time `run` returned, the result was recorded.
+    assert!(stopped.is_ok());
+    let webhook = harness.task_webhook(&task_id).await.unwrap();
+    assert_eq!(webhook.state, WebhookState::Delivered);
+}
+
+#[tokio::test]
+async fn tasks_that_ended_before_the_group_existed_are_not_replayed() {
+    // Arrange: a Redis whose group does not exist yet, with history.
+    let redis = RedisServer::start();
+    let store = Store::connect(
+        &RedisConfig {
+            url: redis.url(),
+            prefix: "test".into(),
+        },
+        &QueueConfig {
+            lease_seconds: 30,
+            retention_hours: 1,
+        },
+    )
+    .await
+    .unwrap();
+    store.ensure_group().await.unwrap();
+    let harness = Harness {
+        reader: store.with_own_connection().await.unwrap(),
+        store,
+        _redis: redis,
+    };
+    let old = harness.finish_task(End::Complete).await;
+    let receiver = Receiver::start().await;
+    let config = harness.config(&receiver.url(), None);
+
+    // Act: the first dispatcher creates the group, then a task ends.
+    let dispatcher = Dispatcher::with_options(harness.store.clone(), &config, fast(&config)).unwrap();
+    dispatcher.ensure_group().await.unwrap();
+    let running = {
+        let shutdown = CancellationToken::new();
+        Running {
+            handle: tokio::spawn(dispatcher.run(shutdown.clone())),
+            shutdown,
+        }
+    };
+    let new = harness.finish_task(End::Complete).await;
+
+    // Assert
+    harness.wait_for_state(&new, WebhookState::Delivered).await;
+    assert_eq!(harness.task_webhook(&old).await, None);
+    assert_eq!(receiver.count(), 1);
+    running.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_dispatcher_is_disabled_without_a_url_and_refuses_bad_urls_and_secrets() {
+    let harness = Harness::start().await;
+
+    let disabled = Dispatcher::new(harness.store.clone(), &Config::default());
+    assert!(matches!(disabled, Err(WebhookError::Disabled)));
+    assert!(disabled.err().unwrap().is_disabled());
+
+    let mut ftp = Config::default();
+    ftp.api.webhook_url = Some(Url::parse("ftp://example.com/hook").unwrap());
+    assert!(matches!(
+        Dispatcher::new(harness.store.clone(), &ftp),
+        Err(WebhookError::InvalidUrl { .. })
+    ));
+
+    let bad_secret = harness.config("https://example.com/hook", Some("whsec_%%%"));
+    let error = Dispatcher::new(harness.store.clone(), &bad_secret).err().unwrap();
+    assert!(matches!(error, WebhookError::InvalidSecret));
+    assert!(!error.to_string().contains("%%%"), "the secret is not echoed");
+
+    let good = harness.config(
+        "https://example.com/hook",
+        Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+    );
+    let dispatcher = Dispatcher::new(harness.store.clone(), &good).unwrap();
+    assert_eq!(dispatcher.options().max_attempts, 10);
+    assert_eq!(dispatcher.options().span, Duration::from_secs(24 * 3600));
+    assert!(dispatcher.consumer().contains(&std::process::id().to_string()));
+}
+
+#[tokio::test]
+async fn the_step_functions_deliver_without_the_loop() {
+    // Arrange
+    let harness = Harness::start().await;
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::Status(500)]);
+    let config = harness.config(&receiver.url(), None);
+    let options = DispatcherOptions {
+        backoff_first: Duration::ZERO,
+        backoff_max: Duration::ZERO,
+        ..fast(&config)
+    };
+    let dispatcher = Dispatcher::with_options(harness.store.clone(), &config, options).unwrap();
+    let reader = harness.store.with_own_connection().await.unwrap();
+    let task_id = harness.create().await;
+    harness.end(&task_id, End::Complete).await;
+
+    // Act and Assert: created, started and completed are read; one is a delivery.
+    let ingested = dispatcher
+        .ingest(&reader, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(ingested.read, 3);
+    assert_eq!(ingested.enqueued, 1);
+    assert_eq!(dispatcher.deliver_due().await.unwrap(), 1);
+    let webhook = harness.task_webhook(&task_id).await.unwrap();
+    assert_eq!(
+        (webhook.state, webhook.attempts, webhook.last_status),
+        (WebhookState::Retrying, 1, Some(500))
+    );
+    let retried = eventually("the retry to be due and tried", WAIT, || async {
+        let tried = dispatcher.deliver_due().await.unwrap();
+        (tried > 0).then_some(tried)
+    })
+    .await;
+    assert_eq!(retried, 1);
+    let webhook = harness.task_webhook(&task_id).await.unwrap();
+    assert_eq!(
+        (webhook.state, webhook.attempts, webhook.last_status),
+        (WebhookState::Delivered, 2, Some(200))
+    );
+    assert_eq!(
+        dispatcher
+            .ingest(&reader, Duration::from_millis(10))
+            .await
+            .unwrap(),
+        Default::default()
+    );
+}
