@@ -708,3 +708,81 @@ async fn the_library_is_reloaded_when_redis_loses_it() {
 
     assert_eq!(harness.status(&task_id).await, TaskStatus::Queued);
 }
+
+#[tokio::test]
+async fn batches_apply_the_same_rules_task_by_task() {
+    let harness = Harness::start().await;
+    let new_tasks: Vec<NewTask> = (0..5)
+        .map(|index| NewTask {
+            task_id: TaskId::generate(),
+            source: SourceKind::Http,
+            link: format!("https://example.com/{index}"),
+            user_id: 1,
+            storage: "local1".into(),
+            dir: "/".into(),
+            title: format!("t{index}"),
+        })
+        .collect();
+
+    let created = harness.store.create_batch(&new_tasks).await.unwrap();
+    assert!(created
+        .iter()
+        .all(|result| result.as_ref().is_ok_and(|created| created.is_new)));
+    let canceled = &new_tasks[1].task_id;
+    harness.store.cancel(canceled).await.unwrap();
+    // Read the four work items left, plus the canceled task's deleted one by hand.
+    let jobs = harness
+        .reader
+        .read_jobs(WORKER, 10, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 4);
+    let mut to_start: Vec<(String, TaskId)> = jobs
+        .into_iter()
+        .map(|job| (job.job_id, job.task_id.expect("decodable")))
+        .collect();
+    to_start.push(("0-1".into(), canceled.clone()));
+    let started = harness.store.start_batch(&to_start, WORKER).await.unwrap();
+
+    assert_eq!(started.iter().filter(|result| result.is_ok()).count(), 4);
+    assert!(matches!(
+        started[4],
+        Err(StoreError::Ended {
+            status: TaskStatus::Canceled,
+            ..
+        })
+    ));
+    let leases: Vec<Lease> = started.into_iter().filter_map(Result::ok).collect();
+    assert!(leases
+        .iter()
+        .all(|lease| lease.attempt == 1 && lease.task.status == TaskStatus::Running));
+
+    // Complete three; the fourth presents a stale attempt and is refused alone.
+    let mut stale = leases[3].clone();
+    stale.attempt = 7;
+    let completions: Vec<(&Lease, Option<u64>, &str)> = vec![
+        (&leases[0], Some(1), "/a"),
+        (&leases[1], None, "/b"),
+        (&leases[2], Some(3), "/c"),
+        (&stale, None, "/d"),
+    ];
+    let completed = harness.store.complete_batch(&completions).await.unwrap();
+
+    assert!(completed[..3].iter().all(Result::is_ok));
+    assert!(matches!(completed[3], Err(StoreError::LeaseLost(_))));
+    assert_eq!(harness.status(&leases[3].task.id).await, TaskStatus::Running);
+    assert_eq!(
+        harness.jobs_left().await,
+        (1, 1),
+        "only the running task keeps its work item"
+    );
+    let folded: HashMap<_, _> = harness
+        .store
+        .fold_log()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, folded)| (id, folded.task))
+        .collect();
+    assert_eq!(folded, harness.store.projection().await.unwrap());
+}

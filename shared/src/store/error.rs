@@ -31,9 +31,15 @@ impl StoreError {
     /// Maps an error reply of the function library (`CODE details`) to its
     /// variant; any other error means Redis itself is in trouble.
     pub(crate) fn from_reply(task_id: &TaskId, error: fred::error::Error) -> StoreError {
-        let details = error.details().to_owned();
+        StoreError::from_library_error(task_id, error.details()).unwrap_or(StoreError::Unavailable(error))
+    }
+
+    /// Maps the text of a library error (`CODE details`), or `None` when it
+    /// is not one of the library's codes.
+    pub(crate) fn from_library_error(task_id: &TaskId, details: &str) -> Option<StoreError> {
+        let details = details.to_owned();
         let (code, rest) = details.split_once(' ').unwrap_or((details.as_str(), ""));
-        match code {
+        Some(match code {
             "NOTFOUND" => StoreError::NotFound(task_id.clone()),
             "EXISTS" => StoreError::AlreadyExists(task_id.clone()),
             "ENDED" => match TaskStatus::parse(rest.trim()) {
@@ -44,7 +50,7 @@ impl StoreError {
                 None => StoreError::Corrupt(details),
             },
             "STALE" => StoreError::LeaseLost(rest.to_owned()),
-            _ => StoreError::Unavailable(error),
-        }
+            _ => return None,
+        })
     }
 }

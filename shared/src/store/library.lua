@@ -150,7 +150,7 @@ local function progress(keys, args)
   return 'OK'
 end
 
-local function finish(keys, task_id, status, at, retention_ms)
+local function finish(keys, task_id, retention_ms)
   redis.call('ZREM', keys[5], task_id)
   redis.call('ZREM', keys[6], task_id)
   redis.call('ZREM', keys[7], task_id)
@@ -169,7 +169,7 @@ local function complete(keys, args)
   append_event(keys, task_id, 'completed', at, { 'attempt', attempt, 'size', args[3], 'path', args[4] })
   redis.call('HSET', keys[1], 'status', 'completed', 'size', args[3], 'path', args[4], 'error', '',
     'ended', at, 'updated', at)
-  finish(keys, task_id, 'completed', at, args[5])
+  finish(keys, task_id, args[5])
   return 'OK'
 end
 
@@ -177,7 +177,7 @@ local function fail_task(keys, task_id, attempt, error_text, retention_ms)
   local at = now_ms()
   append_event(keys, task_id, 'failed', at, { 'attempt', attempt, 'error', error_text })
   redis.call('HSET', keys[1], 'status', 'failed', 'error', error_text, 'ended', at, 'updated', at)
-  finish(keys, task_id, 'failed', at, retention_ms)
+  finish(keys, task_id, retention_ms)
   return 'failed'
 end
 
@@ -236,7 +236,7 @@ local function cancel(keys, args)
   local at = now_ms()
   append_event(keys, task_id, 'canceled', at, {})
   redis.call('HSET', keys[1], 'status', 'canceled', 'ended', at, 'updated', at)
-  finish(keys, task_id, 'canceled', at, args[2])
+  finish(keys, task_id, args[2])
   redis.call('PUBLISH', args[3], task_id)
   return status
 end
@@ -256,6 +256,33 @@ local function promote(keys, args)
   return #due
 end
 
+-- Batches: one call that applies a per-task function to many tasks, so a
+-- busy queue pays one round trip and one script invocation per batch rather
+-- than per task. KEYS: events, jobs, queued, running, delayed, then a task
+-- hash and its log list per task. ARGV: `width` arguments per task, as the
+-- per-task function takes them. Each task's result is its own: an error
+-- becomes the string 'ERR <code> <details>' in its slot, so one refused task
+-- does not fail the batch.
+local function batch_of(per_task, width)
+  return function(keys, args)
+    local results = {}
+    local count = (#keys - 5) / 2
+    for index = 0, count - 1 do
+      local task_keys = { keys[6 + 2 * index], keys[7 + 2 * index], keys[1], keys[2], keys[3], keys[4], keys[5] }
+      local task_args = {}
+      for position = 1, width do
+        task_args[position] = args[index * width + position]
+      end
+      local result = per_task(task_keys, task_args)
+      if type(result) == 'table' and result.err then
+        result = 'ERR ' .. result.err
+      end
+      results[index + 1] = result
+    end
+    return results
+  end
+end
+
 local function version()
   return LIBRARY_VERSION
 end
@@ -269,6 +296,9 @@ redis.register_function('savestream_fail', fail)
 redis.register_function('savestream_retry', retry)
 redis.register_function('savestream_cancel', cancel)
 redis.register_function('savestream_promote', promote)
+redis.register_function('savestream_create_batch', batch_of(create, 8))
+redis.register_function('savestream_start_batch', batch_of(start, 3))
+redis.register_function('savestream_complete_batch', batch_of(complete, 5))
 redis.register_function { function_name = 'savestream_version', callback = version, flags = { 'no-writes' } }
 
 --[[

@@ -5,6 +5,7 @@
 //! or Telegram. The API uses the task-side calls (`create`, `get`, `list`,
 //! `cancel`, `events`); workers use the queue-side calls in [`queue`].
 
+mod batch;
 mod error;
 pub mod queue;
 mod rebuild;

@@ -1,0 +1,154 @@
+//! Batched transitions: many tasks per function call.
+//!
+//! One `FCALL` costs Redis a script invocation and the client a round trip;
+//! at tens of thousands of tasks a second those fixed costs dominate, so the
+//! queue's hot path (create, start, complete) also comes in batches. Each
+//! task in a batch succeeds or fails on its own, with the same rules as the
+//! single calls: the batch functions apply the very same per-task functions.
+
+use fred::types::Value;
+
+use super::queue::Lease;
+use super::{pairs, progress_from_hash, task_from_hash, Created, NewTask, Store, StoreError};
+use crate::task::TaskId;
+
+impl Store {
+    /// KEYS of a batch call: the shared keys, then each task's hash and log.
+    fn batch_keys<'a>(&self, task_ids: impl Iterator<Item = &'a TaskId>) -> Vec<String> {
+        let keys = self.keys();
+        let mut batch_keys = vec![
+            keys.events(),
+            keys.jobs(),
+            keys.queued(),
+            keys.running(),
+            keys.delayed(),
+        ];
+        for task_id in task_ids {
+            batch_keys.push(keys.task(task_id));
+            batch_keys.push(keys.task_log(task_id));
+        }
+        batch_keys
+    }
+
+    async fn call_batch(
+        &self,
+        function: &str,
+        task_ids: &[&TaskId],
+        args: Vec<String>,
+    ) -> Result<Vec<Result<Value, StoreError>>, StoreError> {
+        let Some(first) = task_ids.first() else {
+            return Ok(Vec::new());
+        };
+        let keys = self.batch_keys(task_ids.iter().copied());
+        let reply = self.call(first, function, keys, args).await?;
+        let results = reply.into_array();
+        if results.len() != task_ids.len() {
+            return Err(StoreError::Corrupt(format!(
+                "{function} answered {} results for {} tasks",
+                results.len(),
+                task_ids.len()
+            )));
+        }
+        Ok(results
+            .into_iter()
+            .zip(task_ids)
+            .map(|(result, task_id)| {
+                match result
+                    .as_str()
+                    .as_deref()
+                    .and_then(|text| text.strip_prefix("ERR "))
+                {
+                    Some(details) => Err(StoreError::from_library_error(task_id, details)
+                        .unwrap_or_else(|| StoreError::Corrupt(details.to_owned()))),
+                    None => Ok(result),
+                }
+            })
+            .collect())
+    }
+
+    /// Creates many tasks in one call (no idempotency keys).
+    pub async fn create_batch(
+        &self,
+        new_tasks: &[NewTask],
+    ) -> Result<Vec<Result<Created, StoreError>>, StoreError> {
+        let task_ids: Vec<&TaskId> = new_tasks.iter().map(|new_task| &new_task.task_id).collect();
+        let mut args = Vec::with_capacity(new_tasks.len() * 8);
+        for new_task in new_tasks {
+            args.extend([
+                new_task.task_id.to_string(),
+                new_task.source.as_str().to_owned(),
+                new_task.link.clone(),
+                new_task.user_id.to_string(),
+                new_task.storage.clone(),
+                new_task.dir.clone(),
+                new_task.title.clone(),
+                String::new(),
+            ]);
+        }
+        let results = self
+            .call_batch("savestream_create_batch", &task_ids, args)
+            .await?;
+        Ok(results
+            .into_iter()
+            .zip(new_tasks)
+            .map(|(result, new_task)| {
+                result.map(|_| Created {
+                    task_id: new_task.task_id.clone(),
+                    is_new: true,
+                })
+            })
+            .collect())
+    }
+
+    /// Starts the attempts that many work items stand for, as [`Store::start`] does one.
+    pub async fn start_batch(
+        &self,
+        jobs: &[(String, TaskId)],
+        worker: &str,
+    ) -> Result<Vec<Result<Lease, StoreError>>, StoreError> {
+        let task_ids: Vec<&TaskId> = jobs.iter().map(|(_, task_id)| task_id).collect();
+        let mut args = Vec::with_capacity(jobs.len() * 3);
+        for (job_id, task_id) in jobs {
+            args.extend([task_id.to_string(), job_id.clone(), worker.to_owned()]);
+        }
+        let results = self.call_batch("savestream_start_batch", &task_ids, args).await?;
+        Ok(results
+            .into_iter()
+            .zip(jobs)
+            .map(|(result, (job_id, task_id))| {
+                let mut parts = result?.into_array().into_iter();
+                let attempt = parts.next().and_then(|value| value.as_i64()).unwrap_or_default() as u32;
+                let fields = pairs(parts.next().map(Value::into_array).unwrap_or_default());
+                Ok(Lease {
+                    task: task_from_hash(task_id, &fields)?,
+                    attempt,
+                    job_id: job_id.clone(),
+                    progress: progress_from_hash(&fields),
+                })
+            })
+            .collect())
+    }
+
+    /// Completes many attempts in one call, as [`Store::complete`] does one.
+    pub async fn complete_batch(
+        &self,
+        completions: &[(&Lease, Option<u64>, &str)],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let task_ids: Vec<&TaskId> = completions.iter().map(|(lease, _, _)| &lease.task.id).collect();
+        let retention_ms = self.retention_ms();
+        let mut args = Vec::with_capacity(completions.len() * 5);
+        for (lease, size, path) in completions {
+            args.extend([
+                lease.task.id.to_string(),
+                lease.attempt.to_string(),
+                size.map(|size| size.to_string()).unwrap_or_default(),
+                (*path).to_owned(),
+                retention_ms.clone(),
+            ]);
+        }
+        let results = self
+            .call_batch("savestream_complete_batch", &task_ids, args)
+            .await?;
+        Ok(results.into_iter().map(|result| result.map(|_| ())).collect())
+    }
+}
