@@ -1,0 +1,373 @@
+//! [`Downloader`]: a file's bytes from a start offset, fetched in parallel 1 MiB parts and
+//! yielded in order, surviving Telegram's faults.
+//!
+//! This module owns the download loop and its fault policy; it knows nothing of grammers
+//! (it speaks only [`TelegramApi`]) nor of storage (it yields [`Bytes`]).
+//!
+//! ## How
+//! [`crate::parts::plan`] lists the requests. Each part runs as its own tokio task, so parts
+//! make progress while the consumer is busy writing; `buffered` keeps at most
+//! [`crate::parts::parts_in_flight`] of them alive and hands results back in plan order. That
+//! is the reorder window: a part that finishes early waits in memory for the ones before it,
+//! and no new part starts until the consumer takes the oldest, so memory stays near
+//! `window × 1 MiB` however large the file. Dropping the stream drops the part tasks' handles,
+//! which aborts them: a cancelled download stops asking Telegram at once.
+//!
+//! ## Faults, per part
+//! - FLOOD_WAIT / FLOOD_PREMIUM_WAIT: every part holds its next request until the wait is
+//!   over (one flood wait means the account is throttled, not the part), then retries. A wait
+//!   longer than [`DownloadOptions::max_flood_wait`] ends the stream with the
+//!   [`TelegramError::FloodWait`] so the worker can release the task instead of holding a slot.
+//! - FILE_REFERENCE_EXPIRED: the message is refetched (once for all parts that saw the same
+//!   stale reference) and the part retried with the new reference, same offset.
+//! - FILE_MIGRATE_X: every later request goes to data centre X.
+//! - Dropped connections, timeouts and Telegram's 5xx: retried with doubling backoff, a few
+//!   times, then surfaced (they are retryable, so the worker tries the task again later).
+//! - An answer shorter than asked for is the end of the file.
+
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::{self, BoxStream, StreamExt};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+use tokio_util::task::AbortOnDropHandle;
+
+use crate::api::{FileLocation, MediaMessage, MessageRef, TelegramApi};
+use crate::error::TelegramError;
+use crate::parts::{self, Part};
+
+/// A file's bytes, in order, from the requested offset.
+pub type ByteStream = BoxStream<'static, Result<Bytes, TelegramError>>;
+
+/// How a [`Downloader`] behaves. [`DownloadOptions::new`] gives the defaults for a `threads`.
+#[derive(Debug, Clone)]
+pub struct DownloadOptions {
+    /// `threads` from config.toml: parts in flight for files under 64 MiB (see
+    /// [`parts::parts_in_flight`] for bigger ones).
+    pub threads: usize,
+    /// The longest flood wait slept through inside the download. Set it below the lease so a
+    /// long wait releases the task (a `retrying` event) instead of holding the slot.
+    pub max_flood_wait: Duration,
+    /// Flood waits one part sleeps through before giving up.
+    pub max_flood_waits_per_part: u32,
+    /// How long one part request may take before it counts as a dropped connection.
+    pub part_timeout: Duration,
+    /// Retries of one part after dropped connections, timeouts or Telegram's 5xx.
+    pub disconnect_retries: u32,
+    /// The first retry's delay; each further retry doubles it.
+    pub backoff: Duration,
+    /// Refetches of the message for fresh file references, per part.
+    pub max_reference_refreshes: u32,
+    /// FILE_MIGRATE redirects followed, per part.
+    pub max_migrations: u32,
+}
+
+impl DownloadOptions {
+    pub fn new(threads: usize) -> DownloadOptions {
+        DownloadOptions {
+            threads: threads.max(1),
+            max_flood_wait: Duration::from_secs(60),
+            max_flood_waits_per_part: 10,
+            part_timeout: Duration::from_secs(60),
+            disconnect_retries: 4,
+            backoff: Duration::from_millis(500),
+            max_reference_refreshes: 3,
+            max_migrations: 3,
+        }
+    }
+}
+
+impl Default for DownloadOptions {
+    fn default() -> DownloadOptions {
+        DownloadOptions::new(4)
+    }
+}
+
+/// Downloads files named by [`MediaMessage`]s through a [`TelegramApi`].
+#[derive(Clone)]
+pub struct Downloader {
+    api: Arc<dyn TelegramApi>,
+    options: DownloadOptions,
+}
+
+impl Downloader {
+    pub fn new(api: Arc<dyn TelegramApi>, options: DownloadOptions) -> Downloader {
+        Downloader { api, options }
+    }
+
+    pub fn options(&self) -> &DownloadOptions {
+        &self.options
+    }
+
+    /// How many parts a download of `message` from `start` keeps in flight.
+    pub fn window(&self, message: &MediaMessage, start: u64) -> usize {
+        let size = message.media.size().unwrap_or(0);
+        parts::parts_in_flight(size, self.options.threads, parts::plan(start, size).len())
+    }
+
+    /// The bytes of `message`'s file from `start` (the bytes already on disk) to its end, in
+    /// order. Fails at once when the message has no file or `start` is past the end.
+    ///
+    /// Must be polled inside a tokio runtime: each part is a tokio task.
+    pub fn stream(&self, message: &MediaMessage, start: u64) -> Result<ByteStream, TelegramError> {
+        let Some(file) = message.media.file() else {
+            return Err(TelegramError::Unsupported(format!(
+                "message {} in chat {} has no file to download",
+                message.message_id, message.chat.id
+            )));
+        };
+        if start > file.size {
+            return Err(TelegramError::OffsetBeyondEnd {
+                offset: start,
+                size: file.size,
+            });
+        }
+        let plan = parts::plan(start, file.size);
+        let window = parts::parts_in_flight(file.size, self.options.threads, plan.len());
+        let shared = Arc::new(Shared {
+            api: self.api.clone(),
+            message: message.reference(),
+            file_id: file.location.id,
+            current: Mutex::new(Current {
+                location: file.location.clone(),
+                dc: file.dc,
+                generation: 0,
+            }),
+            flood_gate: StdMutex::new(None),
+            options: self.options.clone(),
+        });
+
+        let parts_in_order = stream::iter(plan)
+            .map(move |part| {
+                let shared = shared.clone();
+                let task = AbortOnDropHandle::new(tokio::spawn(async move {
+                    let answer = fetch_part(&shared, part).await;
+                    (part, answer)
+                }));
+                async move {
+                    match task.await {
+                        Ok(done) => done,
+                        Err(join_error) => (
+                            part,
+                            Err(TelegramError::Protocol(format!(
+                                "the task fetching bytes from {} failed: {join_error}",
+                                part.offset
+                            ))),
+                        ),
+                    }
+                }
+            })
+            .buffered(window);
+
+        let state = Emitter {
+            parts: Box::pin(parts_in_order),
+            finished: false,
+        };
+        Ok(stream::unfold(state, Emitter::next).boxed())
+    }
+}
+
+type PartResults = std::pin::Pin<Box<dyn stream::Stream<Item = (Part, Result<Bytes, TelegramError>)> + Send>>;
+
+/// Turns part answers (in plan order) into the byte stream: drops the resumed prefix, stops
+/// after a short answer (the end of the file) or the first error.
+struct Emitter {
+    parts: PartResults,
+    finished: bool,
+}
+
+impl Emitter {
+    async fn next(mut self) -> Option<(Result<Bytes, TelegramError>, Emitter)> {
+        if self.finished {
+            return None;
+        }
+        loop {
+            let (part, answer) = self.parts.next().await?;
+            let bytes = match answer {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    self.finished = true;
+                    return Some((Err(error), self));
+                }
+            };
+            let short = (bytes.len() as u64) < u64::from(part.limit);
+            // `skip` is below 1 MiB, so the conversion cannot fail on any platform we build for.
+            let skip = usize::try_from(part.skip).unwrap_or(usize::MAX).min(bytes.len());
+            let chunk = bytes.slice(skip..);
+            if short {
+                self.finished = true;
+            }
+            if chunk.is_empty() {
+                if short {
+                    return None;
+                }
+                continue;
+            }
+            return Some((Ok(chunk), self));
+        }
+    }
+}
+
+/// State every part task of one download shares.
+struct Shared {
+    api: Arc<dyn TelegramApi>,
+    message: MessageRef,
+    file_id: i64,
+    /// The location and data centre parts ask; a tokio mutex because a refresh holds it across
+    /// the refetch, so parts that saw the same stale reference wait for one refetch.
+    current: Mutex<Current>,
+    /// No request starts before this instant (a flood wait is the account's, not the part's).
+    flood_gate: StdMutex<Option<Instant>>,
+    options: DownloadOptions,
+}
+
+struct Current {
+    location: FileLocation,
+    dc: i32,
+    /// Bumped on every refresh, so a part knows whether its stale reference was replaced.
+    generation: u64,
+}
+
+#[derive(Default)]
+struct Attempts {
+    flood_waits: u32,
+    refreshes: u32,
+    migrations: u32,
+    disconnects: u32,
+}
+
+async fn fetch_part(shared: &Shared, part: Part) -> Result<Bytes, TelegramError> {
+    let options = &shared.options;
+    let mut attempts = Attempts::default();
+    loop {
+        shared.wait_for_flood_gate().await;
+        let (location, dc, generation) = {
+            let current = shared.current.lock().await;
+            (current.location.clone(), current.dc, current.generation)
+        };
+        let request = shared.api.get_part(&location, dc, part.offset, part.limit);
+        let answer = match tokio::time::timeout(options.part_timeout, request).await {
+            Ok(answer) => answer,
+            Err(_) => Err(TelegramError::Disconnected(format!(
+                "no answer for the part at byte {} within {} s",
+                part.offset,
+                options.part_timeout.as_secs()
+            ))),
+        };
+        let error = match answer {
+            Ok(bytes) if bytes.len() as u64 > u64::from(part.limit) => {
+                return Err(TelegramError::Protocol(format!(
+                    "asked for {} bytes at {}, got {}",
+                    part.limit,
+                    part.offset,
+                    bytes.len()
+                )));
+            }
+            Ok(bytes) => return Ok(bytes),
+            Err(error) => error,
+        };
+        match error {
+            TelegramError::FloodWait { seconds, premium } => {
+                attempts.flood_waits += 1;
+                let wait = Duration::from_secs(u64::from(seconds));
+                if wait > options.max_flood_wait || attempts.flood_waits > options.max_flood_waits_per_part {
+                    return Err(error);
+                }
+                tracing::info!(
+                    seconds,
+                    premium,
+                    offset = part.offset,
+                    "Telegram asked to wait before the next part"
+                );
+                shared.hold_requests_for(wait);
+            }
+            TelegramError::FileReferenceExpired => {
+                attempts.refreshes += 1;
+                if attempts.refreshes > options.max_reference_refreshes {
+                    return Err(error);
+                }
+                tracing::debug!(
+                    offset = part.offset,
+                    "file reference expired, refetching the message"
+                );
+                shared.refresh(generation).await?;
+            }
+            TelegramError::FileMigrate(new_dc) => {
+                attempts.migrations += 1;
+                if attempts.migrations > options.max_migrations {
+                    return Err(error);
+                }
+                tracing::debug!(from = dc, to = new_dc, "the file lives on another data centre");
+                shared.current.lock().await.dc = new_dc;
+            }
+            error if error.is_retryable() => {
+                attempts.disconnects += 1;
+                if attempts.disconnects > options.disconnect_retries {
+                    return Err(error);
+                }
+                let delay = options
+                    .backoff
+                    .saturating_mul(2u32.saturating_pow(attempts.disconnects - 1));
+                tracing::debug!(
+                    offset = part.offset,
+                    attempt = attempts.disconnects,
+                    %error,
+                    "part failed, retrying after {delay:?}"
+                );
+                tokio::time::sleep(delay).await;
+            }
+            error => return Err(error),
+        }
+    }
+}
+
+impl Shared {
+    fn hold_requests_for(&self, wait: Duration) {
+        let until = Instant::now() + wait;
+        // A poisoned lock only means another part panicked mid-update of an Option<Instant>,
+        // which cannot be left half-written; keep using the value.
+        let mut gate = self
+            .flood_gate
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if gate.is_none_or(|current| current < until) {
+            *gate = Some(until);
+        }
+    }
+
+    async fn wait_for_flood_gate(&self) {
+        loop {
+            let until = *self
+                .flood_gate
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            match until {
+                Some(until) if until > Instant::now() => tokio::time::sleep_until(until).await,
+                _ => return,
+            }
+        }
+    }
+
+    /// Refetches the message for a fresh file reference, unless another part already did since
+    /// this part read generation `seen`.
+    async fn refresh(&self, seen: u64) -> Result<(), TelegramError> {
+        let mut current = self.current.lock().await;
+        if current.generation != seen {
+            return Ok(());
+        }
+        let fresh = self.api.refetch(&self.message).await?;
+        let Some(file) = fresh.media.file().filter(|file| file.location.id == self.file_id) else {
+            return Err(TelegramError::Protocol(format!(
+                "message {} in chat {} no longer holds the file being downloaded (it was edited): \
+                 send the task again",
+                self.message.message_id, self.message.chat.id
+            )));
+        };
+        current.location = file.location.clone();
+        current.dc = file.dc;
+        current.generation += 1;
+        Ok(())
+    }
+}

@@ -1,0 +1,644 @@
+//! [`FakeTelegram`]: an in-process Telegram for tests, faithful where savestream depends on it.
+//!
+//! It holds chats (public by username, private by id with or without membership), forum
+//! topics, linked discussion groups, albums, documents with and without names, photos and
+//! media that is not a file, and serves the real bytes of in-memory files. Like Telegram it
+//! enforces `upload.getFile`'s precise-mode rules (a misaligned or boundary-crossing request is
+//! a 400 `OFFSET_INVALID` / `LIMIT_INVALID`), answers a request sent to the wrong data centre
+//! with FILE_MIGRATE, and a stale file reference with FILE_REFERENCE_EXPIRED until the message
+//! is refetched. Faults are injected on a schedule ([`Fault`]) and every call is recorded,
+//! with the peak number of part requests in flight, for assertions.
+//!
+//! Errors are produced the way the real client produces them: as Telegram's RPC error text run
+//! through [`crate::rpc`], so tests see exactly the messages users will.
+//!
+//! It is compiled into the library (not only under `cfg(test)`) because the worker's tests
+//! drive the whole pipeline against it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use grammers_mtsender::InvocationError;
+use savestream_shared::link::{ChatRef, TelegramLink};
+
+use crate::api::{
+    chat_label, require_files, select_album, ChatKey, ChatKind, FileKind, FileLocation, Media, MediaMessage,
+    MessageRef, TelegramApi,
+};
+use crate::error::TelegramError;
+use crate::parts::{self, ALIGNMENT, PART_SIZE};
+use crate::rpc::{self, Subject};
+
+/// An in-memory file held by the fake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileId(pub i64);
+
+/// A chat to add to the fake.
+#[derive(Debug, Clone)]
+pub struct FakeChat {
+    id: i64,
+    username: Option<String>,
+    kind: ChatKind,
+    member: bool,
+}
+
+impl FakeChat {
+    /// A public channel anyone can read through `t.me/<username>/...`.
+    pub fn public(id: i64, username: &str) -> FakeChat {
+        FakeChat {
+            id,
+            username: Some(username.to_owned()),
+            kind: ChatKind::Channel,
+            member: true,
+        }
+    }
+
+    /// A private channel or supergroup (`t.me/c/<id>/...`) the account is a member of.
+    pub fn private(id: i64) -> FakeChat {
+        FakeChat {
+            id,
+            username: None,
+            kind: ChatKind::Channel,
+            member: true,
+        }
+    }
+
+    /// The account is not a member (it left, or never joined).
+    pub fn not_member(mut self) -> FakeChat {
+        self.member = false;
+        self
+    }
+}
+
+/// A message to add to a chat.
+#[derive(Debug, Clone)]
+pub struct FakeMessage {
+    pub id: i32,
+    /// The forum topic, for messages outside the General topic.
+    pub topic: Option<i32>,
+    pub grouped_id: Option<i64>,
+    pub content: FakeContent,
+}
+
+/// What a [`FakeMessage`] holds.
+#[derive(Debug, Clone)]
+pub enum FakeContent {
+    Document {
+        file: FileId,
+        name: Option<String>,
+        mime: Option<String>,
+    },
+    Photo {
+        file: FileId,
+    },
+    /// Not a file; the text says what, as in "a poll" or "no media".
+    Other(String),
+}
+
+impl FakeMessage {
+    pub fn document(id: i32, file: FileId, name: Option<&str>, mime: Option<&str>) -> FakeMessage {
+        FakeMessage::new(
+            id,
+            FakeContent::Document {
+                file,
+                name: name.map(str::to_owned),
+                mime: mime.map(str::to_owned),
+            },
+        )
+    }
+
+    pub fn photo(id: i32, file: FileId) -> FakeMessage {
+        FakeMessage::new(id, FakeContent::Photo { file })
+    }
+
+    /// A message whose media is not a file: `holds` is what it is, as in "a poll".
+    pub fn other(id: i32, holds: &str) -> FakeMessage {
+        FakeMessage::new(id, FakeContent::Other(holds.to_owned()))
+    }
+
+    pub fn in_topic(mut self, topic: i32) -> FakeMessage {
+        self.topic = Some(topic);
+        self
+    }
+
+    pub fn in_album(mut self, grouped_id: i64) -> FakeMessage {
+        self.grouped_id = Some(grouped_id);
+        self
+    }
+
+    fn new(id: i32, content: FakeContent) -> FakeMessage {
+        FakeMessage {
+            id,
+            topic: None,
+            grouped_id: None,
+            content,
+        }
+    }
+}
+
+/// A fault to inject into `get_part` answers.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    pub when: When,
+    pub kind: FaultKind,
+    /// How many matching requests it hits before it is spent.
+    pub times: u32,
+}
+
+impl Fault {
+    /// Hits the first request for part `index` (bytes `index` MiB to `index + 1` MiB).
+    pub fn at_part(index: u64, kind: FaultKind) -> Fault {
+        Fault {
+            when: When::Part(index),
+            kind,
+            times: 1,
+        }
+    }
+
+    /// Hits the `n`th `get_part` call (from 0), whatever it asks for.
+    pub fn at_call(n: usize, kind: FaultKind) -> Fault {
+        Fault {
+            when: When::Call(n),
+            kind,
+            times: 1,
+        }
+    }
+
+    /// Hits every request it matches, up to `times`.
+    pub fn times(mut self, times: u32) -> Fault {
+        self.times = times;
+        self
+    }
+}
+
+/// Which `get_part` requests a [`Fault`] matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    /// Requests whose offset falls in this 1 MiB part.
+    Part(u64),
+    /// The nth `get_part` call, counting from 0.
+    Call(usize),
+    /// Every request.
+    Always,
+}
+
+/// What a [`Fault`] does to the request it hits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FaultKind {
+    /// `420 FLOOD_WAIT_<seconds>`.
+    FloodWait(u32),
+    /// `420 FLOOD_PREMIUM_WAIT_<seconds>`.
+    FloodPremiumWait(u32),
+    /// The file reference expires now: this and later requests with the old reference get
+    /// FILE_REFERENCE_EXPIRED until the message is refetched.
+    ExpireReference,
+    /// The file moves to data centre `dc`: requests elsewhere get `FILE_MIGRATE_<dc>`.
+    Migrate(i32),
+    /// The connection drops (an I/O error, as grammers reports one).
+    Disconnect,
+    /// The answer comes after this delay (tokio time, so a paused clock skips it).
+    Delay(Duration),
+}
+
+/// One recorded `get_part` request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartCall {
+    pub file: FileId,
+    pub dc: i32,
+    pub offset: u64,
+    pub limit: u32,
+}
+
+/// One recorded call of any [`TelegramApi`] method.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    Resolve(String),
+    Refetch { chat_id: i64, message_id: i32 },
+    GetPart(PartCall),
+}
+
+/// The fake Telegram. Cheap to share: wrap it in an `Arc` and hand it out as
+/// `Arc<dyn TelegramApi>`.
+#[derive(Default)]
+pub struct FakeTelegram {
+    state: Mutex<State>,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+}
+
+#[derive(Default)]
+struct State {
+    chats: BTreeMap<i64, ChatState>,
+    files: HashMap<FileId, FileState>,
+    faults: Vec<Fault>,
+    calls: Vec<Call>,
+    part_calls: usize,
+    next_file: i64,
+}
+
+struct ChatState {
+    chat: FakeChat,
+    discussion: Option<i64>,
+    messages: BTreeMap<i32, FakeMessage>,
+}
+
+struct FileState {
+    bytes: Bytes,
+    dc: i32,
+    /// The current file reference is this number's bytes; expiring it bumps it.
+    generation: u32,
+}
+
+impl FakeTelegram {
+    pub fn new() -> FakeTelegram {
+        FakeTelegram::default()
+    }
+
+    /// Stores a file on data centre `dc`.
+    pub fn add_file(&self, bytes: impl Into<Bytes>, dc: i32) -> FileId {
+        let mut state = self.lock();
+        state.next_file += 1;
+        let id = FileId(state.next_file);
+        state.files.insert(
+            id,
+            FileState {
+                bytes: bytes.into(),
+                dc,
+                generation: 0,
+            },
+        );
+        id
+    }
+
+    pub fn add_chat(&self, chat: FakeChat) {
+        self.lock().chats.insert(
+            chat.id,
+            ChatState {
+                chat,
+                discussion: None,
+                messages: BTreeMap::new(),
+            },
+        );
+    }
+
+    /// Makes `group` the discussion group of channel `channel` (both must be added).
+    pub fn link_discussion(&self, channel: i64, group: i64) {
+        if let Some(chat) = self.lock().chats.get_mut(&channel) {
+            chat.discussion = Some(group);
+        }
+    }
+
+    /// Adds a message to chat `chat_id` (which must be added).
+    pub fn add_message(&self, chat_id: i64, message: FakeMessage) {
+        if let Some(chat) = self.lock().chats.get_mut(&chat_id) {
+            chat.messages.insert(message.id, message);
+        }
+    }
+
+    pub fn inject(&self, fault: Fault) {
+        self.lock().faults.push(fault);
+    }
+
+    /// Every call so far, in order.
+    pub fn calls(&self) -> Vec<Call> {
+        self.lock().calls.clone()
+    }
+
+    /// Every `get_part` call so far, in order.
+    pub fn part_calls(&self) -> Vec<PartCall> {
+        self.lock()
+            .calls
+            .iter()
+            .filter_map(|call| match call {
+                Call::GetPart(part) => Some(*part),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn refetch_count(&self) -> usize {
+        self.lock()
+            .calls
+            .iter()
+            .filter(|call| matches!(call, Call::Refetch { .. }))
+            .count()
+    }
+
+    /// `get_part` requests being answered right now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The most `get_part` requests ever answered at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The data centre a file lives on now.
+    pub fn file_dc(&self, file: FileId) -> Option<i32> {
+        self.lock().files.get(&file).map(|state| state.dc)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A test that panicked while holding the lock has already failed; later assertions
+        // may still read the state.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn resolve_now(&self, link: &TelegramLink) -> Result<Vec<MediaMessage>, TelegramError> {
+        let mut state = self.lock();
+        state.calls.push(Call::Resolve(link.to_string()));
+        let label = chat_label(&link.chat);
+        let chat = match &link.chat {
+            ChatRef::Username(username) => state
+                .chats
+                .values()
+                .find(|chat| {
+                    chat.chat
+                        .username
+                        .as_deref()
+                        .is_some_and(|name| name.eq_ignore_ascii_case(username.as_str()))
+                })
+                .ok_or_else(|| {
+                    rpc::from_rpc(
+                        &rpc::rpc_error(400, "USERNAME_NOT_OCCUPIED"),
+                        Subject::Username(username.as_str()),
+                    )
+                })?,
+            // A `c/` link needs the chat's access hash, which only a member's session has (the
+            // real client looks in the peer cache and the dialogs): a non-member cannot follow it.
+            ChatRef::Channel(id) => state
+                .chats
+                .get(&id.get())
+                .filter(|chat| chat.chat.member)
+                .ok_or_else(|| TelegramError::NotMember { chat: label.clone() })?,
+        };
+
+        let (chat, label, message_id) = match link.comment {
+            None => (chat, label, link.message_id.get()),
+            Some(comment) => {
+                let group = chat
+                    .discussion
+                    .and_then(|group| state.chats.get(&group))
+                    .ok_or_else(|| TelegramError::no_discussion(&label))?;
+                let group_label = format!("{} (the discussion group of {label})", group.chat.id);
+                (group, group_label, comment.get())
+            }
+        };
+        let target = chat
+            .messages
+            .get(&message_id)
+            .ok_or_else(|| TelegramError::message_not_found(&label, message_id))?;
+        if let (Some(link_topic), Some(topic)) = (link.topic_id, target.topic) {
+            if link_topic.get() != topic {
+                return Err(TelegramError::not_in_topic(&label, message_id, link_topic.get()));
+            }
+        }
+        let convert = |message: &FakeMessage| to_media_message(&state, &chat.chat, message);
+        let neighbours = match target.grouped_id {
+            Some(group) if !link.single => chat
+                .messages
+                .values()
+                .filter(|message| message.grouped_id == Some(group))
+                .map(convert)
+                .collect(),
+            _ => Vec::new(),
+        };
+        let messages = select_album(convert(target), neighbours, link.single);
+        require_files(messages, &label, message_id)
+    }
+
+    fn refetch_now(&self, message: &MessageRef) -> Result<MediaMessage, TelegramError> {
+        let mut state = self.lock();
+        state.calls.push(Call::Refetch {
+            chat_id: message.chat.id,
+            message_id: message.message_id,
+        });
+        let label = message.chat.id.to_string();
+        let chat = state
+            .chats
+            .get(&message.chat.id)
+            .ok_or_else(|| TelegramError::chat_not_found(&label))?;
+        let found = chat
+            .messages
+            .get(&message.message_id)
+            .ok_or_else(|| TelegramError::message_not_found(&label, message.message_id))?;
+        Ok(to_media_message(&state, &chat.chat, found))
+    }
+
+    /// Decides the whole answer under the lock; returns the delay to wait before giving it.
+    fn answer_part(
+        &self,
+        location: &FileLocation,
+        dc: i32,
+        offset: u64,
+        limit: u32,
+    ) -> (Duration, Result<Bytes, TelegramError>) {
+        let mut state = self.lock();
+        let file = FileId(location.id);
+        state.calls.push(Call::GetPart(PartCall {
+            file,
+            dc,
+            offset,
+            limit,
+        }));
+        let call = state.part_calls;
+        state.part_calls += 1;
+
+        let mut delay = Duration::ZERO;
+        let mut fault_error = None;
+        let mut file_changes = Vec::new();
+        for fault in state.faults.iter_mut() {
+            let hits = match fault.when {
+                When::Part(index) => offset / PART_SIZE == index,
+                When::Call(n) => n == call,
+                When::Always => true,
+            };
+            if !hits || fault.times == 0 {
+                continue;
+            }
+            fault.times -= 1;
+            match &fault.kind {
+                FaultKind::Delay(extra) => delay += *extra,
+                FaultKind::FloodWait(seconds) => {
+                    fault_error = Some(rpc::rpc_error(420, &format!("FLOOD_WAIT_{seconds}")));
+                    break;
+                }
+                FaultKind::FloodPremiumWait(seconds) => {
+                    fault_error = Some(rpc::rpc_error(420, &format!("FLOOD_PREMIUM_WAIT_{seconds}")));
+                    break;
+                }
+                FaultKind::Disconnect => {
+                    let io_error = std::io::Error::new(
+                        std::io::ErrorKind::ConnectionReset,
+                        "connection reset by peer (injected)",
+                    );
+                    return (
+                        delay,
+                        Err(rpc::from_invocation(
+                            &InvocationError::Io(io_error),
+                            Subject::File,
+                        )),
+                    );
+                }
+                FaultKind::ExpireReference | FaultKind::Migrate(_) => file_changes.push(fault.kind.clone()),
+            }
+        }
+        if let Some(error) = fault_error {
+            return (delay, Err(rpc::from_rpc(&error, Subject::File)));
+        }
+        if let Some(state_of_file) = state.files.get_mut(&file) {
+            for change in file_changes {
+                match change {
+                    FaultKind::ExpireReference => state_of_file.generation += 1,
+                    FaultKind::Migrate(to) => state_of_file.dc = to,
+                    _ => {}
+                }
+            }
+        }
+
+        let refuse = |message: &str| {
+            (
+                delay,
+                Err(rpc::from_rpc(&rpc::rpc_error(400, message), Subject::File)),
+            )
+        };
+        if !parts::is_valid_request(offset, limit) {
+            return if !offset.is_multiple_of(ALIGNMENT) {
+                refuse("OFFSET_INVALID")
+            } else {
+                refuse("LIMIT_INVALID")
+            };
+        }
+        let Some(stored) = state.files.get(&file) else {
+            return refuse("FILE_ID_INVALID");
+        };
+        if location.access_hash != access_hash(file) {
+            return refuse("FILE_ID_INVALID");
+        }
+        if dc != stored.dc {
+            let migrate = rpc::rpc_error(303, &format!("FILE_MIGRATE_{}", stored.dc));
+            return (delay, Err(rpc::from_rpc(&migrate, Subject::File)));
+        }
+        if location.file_reference != reference(stored.generation) {
+            return refuse("FILE_REFERENCE_EXPIRED");
+        }
+        let length = stored.bytes.len() as u64;
+        let start = offset.min(length);
+        let end = (offset + u64::from(limit)).min(length);
+        // Both ends are at most the file's length, which is a usize.
+        let range = usize::try_from(start).unwrap_or(usize::MAX)..usize::try_from(end).unwrap_or(usize::MAX);
+        (delay, Ok(stored.bytes.slice(range)))
+    }
+}
+
+impl TelegramApi for FakeTelegram {
+    fn resolve<'a>(
+        &'a self,
+        link: &'a TelegramLink,
+    ) -> BoxFuture<'a, Result<Vec<MediaMessage>, TelegramError>> {
+        Box::pin(async move { self.resolve_now(link) })
+    }
+
+    fn refetch<'a>(&'a self, message: &'a MessageRef) -> BoxFuture<'a, Result<MediaMessage, TelegramError>> {
+        Box::pin(async move { self.refetch_now(message) })
+    }
+
+    fn get_part<'a>(
+        &'a self,
+        location: &'a FileLocation,
+        dc: i32,
+        offset: u64,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Bytes, TelegramError>> {
+        Box::pin(async move {
+            let _in_flight = InFlight::enter(self);
+            let (delay, answer) = self.answer_part(location, dc, offset, limit);
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            answer
+        })
+    }
+}
+
+/// Counts a `get_part` as in flight until it is answered or dropped (a cancelled request
+/// stops counting the moment its future is dropped, as a real one stops being awaited).
+struct InFlight<'a>(&'a FakeTelegram);
+
+impl<'a> InFlight<'a> {
+    fn enter(fake: &'a FakeTelegram) -> InFlight<'a> {
+        let now = fake.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        fake.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(fake)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn access_hash(file: FileId) -> i64 {
+    file.0.wrapping_mul(31).wrapping_add(7)
+}
+
+fn reference(generation: u32) -> Vec<u8> {
+    generation.to_be_bytes().to_vec()
+}
+
+fn to_media_message(state: &State, chat: &FakeChat, message: &FakeMessage) -> MediaMessage {
+    let location = |file: FileId, kind: FileKind| -> Option<(FileLocation, &FileState)> {
+        let stored = state.files.get(&file)?;
+        Some((
+            FileLocation {
+                kind,
+                id: file.0,
+                access_hash: access_hash(file),
+                file_reference: reference(stored.generation),
+            },
+            stored,
+        ))
+    };
+    let media = match &message.content {
+        FakeContent::Document { file, name, mime } => match location(*file, FileKind::Document) {
+            Some((location, stored)) => Media::Document {
+                name: name.clone(),
+                mime: mime.clone(),
+                size: stored.bytes.len() as u64,
+                location,
+                dc: stored.dc,
+            },
+            None => Media::Unsupported("a file that no longer exists".to_owned()),
+        },
+        FakeContent::Photo { file } => match location(
+            *file,
+            FileKind::Photo {
+                thumb_size: "y".to_owned(),
+            },
+        ) {
+            Some((location, stored)) => Media::Photo {
+                size: stored.bytes.len() as u64,
+                location,
+                dc: stored.dc,
+            },
+            None => Media::Unsupported("a photo that no longer exists".to_owned()),
+        },
+        FakeContent::Other(holds) => Media::Unsupported(holds.clone()),
+    };
+    MediaMessage {
+        chat: ChatKey {
+            kind: chat.kind,
+            id: chat.id,
+            access_hash: 0,
+        },
+        message_id: message.id,
+        grouped_id: message.grouped_id,
+        media,
+    }
+}

@@ -1,0 +1,699 @@
+//! [`GrammersApi`]: [`TelegramApi`] over the network with grammers-client 0.11.
+//!
+//! This module is the only place that talks to Telegram. It owns the connection (made once per
+//! process, on first use, and reused), sign-in (bot token, or the user session file copied per
+//! process; see [`settings`]), the retry policy (grammers' is `NoRetries`, so every flood wait
+//! reaches [`crate::Downloader`], which decides), link resolution and `upload.getFile`.
+//!
+//! Compiled and unit-tested (its pure parts live in [`convert`], [`settings`] and
+//! [`crate::rpc`]); its behaviour is exercised through [`crate::fake::FakeTelegram`], because
+//! no machine that builds savestream reaches Telegram.
+
+pub mod convert;
+pub mod settings;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use grammers_client::Client;
+use grammers_mtsender::{ConnectionParams, InvocationError, NoRetries, SenderPool, SenderPoolHandle};
+use grammers_session::storages::{ErasedSession, MemorySession, SqliteSession};
+use grammers_session::types::{PeerAuth, PeerId, PeerKind, PeerRef};
+use grammers_session::Session;
+use grammers_tl_types as tl;
+use savestream_shared::config::TelegramConfig;
+use savestream_shared::link::{ChatRef, TelegramLink};
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::api::{
+    chat_label, require_files, select_album, FileLocation, MediaMessage, MessageRef, TelegramApi,
+};
+use crate::error::TelegramError;
+use crate::rpc::{self, Subject};
+use settings::{Account, SessionCopy, Settings};
+
+/// How long a metadata request (resolve, refetch, sign-in) may take. A machine with no route to
+/// Telegram fails within this instead of hanging in the kernel's connect timeout.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long one `upload.getFile` may take here; [`crate::DownloadOptions::part_timeout`] is
+/// normally shorter and fires first. This only guards direct callers.
+pub const PART_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Albums hold at most 10 items, so the other members of a message's album are within 9 ids
+/// of it. One `getMessages` for the 19 ids around the target finds them all.
+const ALBUM_REACH: i32 = 9;
+
+/// A login copied to a data centre this recently is not copied again for another part.
+const RECENT_AUTHORIZATION: Duration = Duration::from_secs(30);
+
+/// The Telegram source's real client. Cheap to clone; clones share one connection.
+#[derive(Clone)]
+pub struct GrammersApi {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: Settings,
+    /// The process's connection, made on first use. A tokio mutex because connecting awaits;
+    /// callers that arrive meanwhile wait for the same connection instead of making their own.
+    connection: Mutex<Option<Arc<Connection>>>,
+    /// `contacts.resolveUsername` is expensive and flood-limited; a username resolves once per
+    /// process. Keys are lowercase.
+    usernames: StdMutex<HashMap<String, PeerRef>>,
+    /// One dialog scan at a time: concurrent tasks for the same uncached private chat wait for
+    /// the first scan and then find the chat in the cache it filled.
+    dialog_scan: Mutex<()>,
+}
+
+struct Connection {
+    client: Client,
+    session: Arc<ErasedSession>,
+    handle: SenderPoolHandle,
+    runner: JoinHandle<()>,
+    is_bot: bool,
+    /// When this connection's login was last copied to each data centre other than home.
+    authorized_dcs: Mutex<HashMap<i32, Instant>>,
+    // Held for its Drop: the private copy of the user session is deleted with the connection.
+    _session_copy: Option<SessionCopy>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // Ends the pool's runner task, which closes every connection to Telegram.
+        self.handle.quit();
+        self.runner.abort();
+    }
+}
+
+impl std::fmt::Debug for GrammersApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrammersApi")
+            .field("settings", &self.inner.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GrammersApi {
+    /// Checks `[telegram]` without touching the network; the connection is made on first use,
+    /// so a worker starts (and fails its Telegram tasks with a clear reason) even when
+    /// Telegram is unreachable.
+    pub fn new(config: &TelegramConfig) -> Result<GrammersApi, TelegramError> {
+        Ok(GrammersApi::from_settings(Settings::from_config(config)?))
+    }
+
+    pub fn from_settings(settings: Settings) -> GrammersApi {
+        GrammersApi {
+            inner: Arc::new(Inner {
+                settings,
+                connection: Mutex::new(None),
+                usernames: StdMutex::new(HashMap::new()),
+                dialog_scan: Mutex::new(()),
+            }),
+        }
+    }
+
+    /// Connects and signs in now, for a start-up check. Optional: every method connects on
+    /// first use.
+    pub async fn connect(&self) -> Result<(), TelegramError> {
+        self.connection().await.map(|_| ())
+    }
+
+    async fn connection(&self) -> Result<Arc<Connection>, TelegramError> {
+        let mut slot = self.inner.connection.lock().await;
+        if let Some(connection) = slot.as_ref() {
+            if !connection.runner.is_finished() {
+                return Ok(connection.clone());
+            }
+            tracing::warn!("the Telegram connection pool stopped; reconnecting");
+        }
+        let connection = Arc::new(connect(&self.inner.settings).await?);
+        *slot = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// Drops the cached connection when grammers says its runner is gone, so the next call
+    /// makes a new one. Individual dropped sockets need nothing: the pool reconnects to a data
+    /// centre on the next request.
+    async fn forget_if_dropped(&self, connection: &Arc<Connection>, error: &InvocationError) {
+        if matches!(error, InvocationError::Dropped(_)) {
+            let mut slot = self.inner.connection.lock().await;
+            if slot
+                .as_ref()
+                .is_some_and(|current| Arc::ptr_eq(current, connection))
+            {
+                *slot = None;
+            }
+        }
+    }
+
+    /// Runs one request with [`REQUEST_TIMEOUT`], mapping its failure about `subject`.
+    async fn call<T>(
+        &self,
+        connection: &Arc<Connection>,
+        subject: Subject<'_>,
+        request: impl Future<Output = Result<T, InvocationError>>,
+    ) -> Result<T, TelegramError> {
+        match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => {
+                self.forget_if_dropped(connection, &error).await;
+                Err(rpc::from_invocation(&error, subject))
+            }
+            Err(_) => Err(no_answer(REQUEST_TIMEOUT)),
+        }
+    }
+
+    async fn resolve_link(&self, link: &TelegramLink) -> Result<Vec<MediaMessage>, TelegramError> {
+        let connection = self.connection().await?;
+        let mut label = chat_label(&link.chat);
+        let mut peer = self.resolve_chat(&connection, &link.chat, &label).await?;
+        let mut message_id = link.message_id.get();
+        if let Some(comment) = link.comment {
+            peer = self.discussion_of(&connection, peer, &label).await?;
+            label = format!(
+                "{} (the discussion group of {label})",
+                peer.id.bare_id().unwrap_or_default()
+            );
+            message_id = comment.get();
+        }
+
+        let ids: Vec<i32> = if link.single {
+            vec![message_id]
+        } else {
+            (message_id.saturating_sub(ALBUM_REACH)..=message_id.saturating_add(ALBUM_REACH))
+                .filter(|id| *id > 0)
+                .collect()
+        };
+        let subject = Subject::Message {
+            chat: &label,
+            id: message_id,
+        };
+        let found = self
+            .call(
+                &connection,
+                subject,
+                connection.client.get_messages_by_id(peer, &ids),
+            )
+            .await?;
+        let mut target = None;
+        let mut neighbours = Vec::new();
+        for message in found.into_iter().flatten() {
+            let tl::enums::Message::Message(raw) = &message.raw else {
+                continue;
+            };
+            let converted = MediaMessage {
+                chat: convert::chat_key(peer),
+                message_id: raw.id,
+                grouped_id: raw.grouped_id,
+                media: convert::media_from_raw(raw.media.as_ref()),
+            };
+            if raw.id == message_id {
+                target = Some((converted, convert::topic_of(raw.reply_to.as_ref())));
+            } else {
+                neighbours.push(converted);
+            }
+        }
+        let Some((target, topic)) = target else {
+            return Err(TelegramError::message_not_found(&label, message_id));
+        };
+        if let (Some(link_topic), Some(topic)) = (link.topic_id, topic) {
+            if link_topic.get() != topic {
+                return Err(TelegramError::not_in_topic(&label, message_id, link_topic.get()));
+            }
+        }
+        require_files(select_album(target, neighbours, link.single), &label, message_id)
+    }
+
+    /// The peer a link's chat names, with the access hash this account needs for it.
+    async fn resolve_chat(
+        &self,
+        connection: &Arc<Connection>,
+        chat: &ChatRef,
+        label: &str,
+    ) -> Result<PeerRef, TelegramError> {
+        match chat {
+            ChatRef::Username(username) => {
+                let key = username.as_str().to_ascii_lowercase();
+                let cached = self.usernames().get(&key).copied();
+                if let Some(peer) = cached {
+                    return Ok(peer);
+                }
+                let subject = Subject::Username(username.as_str());
+                let peer = self
+                    .call(
+                        connection,
+                        subject,
+                        connection.client.resolve_username(username.as_str()),
+                    )
+                    .await?
+                    .ok_or_else(|| TelegramError::username_not_found(username.as_str()))?;
+                let peer = match tokio::time::timeout(REQUEST_TIMEOUT, peer.to_ref()).await {
+                    Ok(Ok(Some(peer))) => peer,
+                    Ok(Ok(None)) => {
+                        return Err(TelegramError::NotMember {
+                            chat: label.to_owned(),
+                        })
+                    }
+                    Ok(Err(error)) => return Err(TelegramError::Session(error.to_string())),
+                    Err(_) => return Err(no_answer(REQUEST_TIMEOUT)),
+                };
+                self.usernames().insert(key, peer);
+                Ok(peer)
+            }
+            ChatRef::Channel(id) => {
+                let peer_id =
+                    PeerId::channel(id.get()).ok_or_else(|| TelegramError::chat_not_found(label))?;
+                if let Some(peer) = cached_peer(connection, peer_id).await? {
+                    return Ok(peer);
+                }
+                if connection.is_bot {
+                    return self.resolve_for_bot(connection, peer_id, label).await;
+                }
+                self.find_in_dialogs(connection, peer_id, label).await
+            }
+        }
+    }
+
+    /// A bot cannot list dialogs, but `channels.getChannels` accepts an access hash of 0 from a
+    /// bot for a channel it is in and answers with the real one (grammers caches it). A channel
+    /// the bot is not in comes back as an error (CHANNEL_INVALID, CHANNEL_PRIVATE) or not at
+    /// all, and both mean the bot is not a member.
+    async fn resolve_for_bot(
+        &self,
+        connection: &Arc<Connection>,
+        peer_id: PeerId,
+        label: &str,
+    ) -> Result<PeerRef, TelegramError> {
+        let not_member = || TelegramError::NotMember {
+            chat: label.to_owned(),
+        };
+        let answer = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            connection.client.resolve_peer(peer_id.to_ambient_ref()),
+        )
+        .await
+        .map_err(|_| no_answer(REQUEST_TIMEOUT))?;
+        let peer = match answer {
+            Ok(peer) => peer,
+            // grammers reports "the answer did not contain the channel" as Dropped; a dead pool
+            // is noticed by `connection()` on the next call.
+            Err(InvocationError::Dropped(_)) => return Err(not_member()),
+            Err(error) => return Err(rpc::from_invocation(&error, Subject::Chat(label))),
+        };
+        match peer.to_ref().await {
+            Ok(Some(peer)) => Ok(peer),
+            Ok(None) => Err(not_member()),
+            Err(error) => Err(TelegramError::Session(error.to_string())),
+        }
+    }
+
+    /// Walks the account's dialogs until `peer_id` shows up; grammers caches every peer it
+    /// sees (`auto_cache_peers`), so the session's cache is filled on the way. A chat that is
+    /// not among the dialogs is one the account is not in.
+    async fn find_in_dialogs(
+        &self,
+        connection: &Arc<Connection>,
+        peer_id: PeerId,
+        label: &str,
+    ) -> Result<PeerRef, TelegramError> {
+        let _one_scan_at_a_time = self.inner.dialog_scan.lock().await;
+        if let Some(peer) = cached_peer(connection, peer_id).await? {
+            return Ok(peer);
+        }
+        tracing::info!(
+            chat = label,
+            "chat not in the session's peer cache; scanning the dialogs"
+        );
+        let client = connection.client.clone();
+        // grammers' dialog iterator `expect`s some invariants of Telegram's answer; running it
+        // in its own task turns a panic there into an error for this task instead of a crash.
+        let scan = tokio::spawn(async move {
+            let mut dialogs = client.iter_dialogs();
+            loop {
+                match dialogs.next().await {
+                    Ok(Some(dialog)) if dialog.peer_id() == peer_id => return Ok(Some(dialog.peer_ref())),
+                    Ok(Some(_)) => continue,
+                    Ok(None) => return Ok(None),
+                    Err(error) => return Err(error),
+                }
+            }
+        });
+        // Large accounts have thousands of dialogs at 100 per request: allow several requests.
+        let found = match tokio::time::timeout(REQUEST_TIMEOUT * 4, scan).await {
+            Ok(Ok(Ok(found))) => found,
+            Ok(Ok(Err(error))) => return Err(rpc::from_invocation(&error, Subject::Chat(label))),
+            Ok(Err(join_error)) => {
+                return Err(TelegramError::Protocol(format!(
+                    "listing the account's chats failed: {join_error}"
+                )))
+            }
+            Err(_) => return Err(no_answer(REQUEST_TIMEOUT * 4)),
+        };
+        found.ok_or_else(|| TelegramError::NotMember {
+            chat: label.to_owned(),
+        })
+    }
+
+    /// The linked discussion group of channel `peer`, for `?comment=` links.
+    async fn discussion_of(
+        &self,
+        connection: &Arc<Connection>,
+        peer: PeerRef,
+        label: &str,
+    ) -> Result<PeerRef, TelegramError> {
+        if peer.id.kind() != PeerKind::Channel {
+            return Err(TelegramError::no_discussion(label));
+        }
+        let request = tl::functions::channels::GetFullChannel {
+            channel: tl::enums::InputChannel::from(peer),
+        };
+        let tl::enums::messages::ChatFull::Full(full) = self
+            .call(
+                connection,
+                Subject::Chat(label),
+                connection.client.invoke(&request),
+            )
+            .await?;
+        let linked = match &full.full_chat {
+            tl::enums::ChatFull::ChannelFull(channel) => channel.linked_chat_id,
+            _ => None,
+        };
+        let Some(linked) = linked else {
+            return Err(TelegramError::no_discussion(label));
+        };
+        let group_label = linked.to_string();
+        for chat in &full.chats {
+            match chat {
+                tl::enums::Chat::Channel(channel) if channel.id == linked => {
+                    let (Some(hash), false) = (channel.access_hash, channel.min) else {
+                        break;
+                    };
+                    let id =
+                        PeerId::channel(linked).ok_or_else(|| TelegramError::chat_not_found(&group_label))?;
+                    return Ok(PeerRef {
+                        id,
+                        auth: PeerAuth::from_hash(hash),
+                    });
+                }
+                tl::enums::Chat::ChannelForbidden(channel) if channel.id == linked => break,
+                _ => {}
+            }
+        }
+        Err(TelegramError::NotMember {
+            chat: format!("{group_label} (the discussion group of {label})"),
+        })
+    }
+
+    async fn refetch_message(&self, message: &MessageRef) -> Result<MediaMessage, TelegramError> {
+        let connection = self.connection().await?;
+        let label = message.chat.id.to_string();
+        let peer = convert::peer_ref(message).ok_or_else(|| TelegramError::chat_not_found(&label))?;
+        let subject = Subject::Message {
+            chat: &label,
+            id: message.message_id,
+        };
+        let found = self
+            .call(
+                &connection,
+                subject,
+                connection.client.get_messages_by_id(peer, &[message.message_id]),
+            )
+            .await?;
+        let raw = found.into_iter().flatten().find_map(|found| match found.raw {
+            tl::enums::Message::Message(raw) => Some(raw),
+            _ => None,
+        });
+        let Some(raw) = raw else {
+            return Err(TelegramError::message_not_found(&label, message.message_id));
+        };
+        Ok(MediaMessage {
+            chat: message.chat,
+            message_id: raw.id,
+            grouped_id: raw.grouped_id,
+            media: convert::media_from_raw(raw.media.as_ref()),
+        })
+    }
+
+    // `upload.getFile` is sent with `invoke_in_dc`, in precise mode with 1 MiB parts, rather
+    // than through grammers' `iter_download`. `iter_download` asks for one 512 KiB chunk at a
+    // time and waits for each answer before sending the next, so a download runs at one chunk
+    // per round trip; and it does not refresh expired file references. Sending our own requests
+    // lets the Downloader keep many 1 MiB parts in flight at once (the pool pipelines them over
+    // its connection to the file's data centre), resume at any offset, and handle every fault
+    // itself. The request goes straight to the data centre named in the document, so there is
+    // no FILE_MIGRATE round trip.
+    async fn fetch_part(
+        &self,
+        location: &FileLocation,
+        dc: i32,
+        offset: u64,
+        limit: u32,
+    ) -> Result<Bytes, TelegramError> {
+        let connection = self.connection().await?;
+        let request = tl::functions::upload::GetFile {
+            precise: true,
+            cdn_supported: false,
+            location: convert::location_to_tl(location),
+            offset: i64::try_from(offset)
+                .map_err(|_| TelegramError::Protocol(format!("offset {offset} is out of range")))?,
+            limit: i32::try_from(limit)
+                .map_err(|_| TelegramError::Protocol(format!("limit {limit} is out of range")))?,
+        };
+        let mut copied_authorization = false;
+        loop {
+            let answer = match tokio::time::timeout(
+                PART_TIMEOUT,
+                connection.client.invoke_in_dc(dc, &request),
+            )
+            .await
+            {
+                Ok(answer) => answer,
+                Err(_) => return Err(no_answer(PART_TIMEOUT)),
+            };
+            match answer {
+                Ok(tl::enums::upload::File::File(file)) => return Ok(Bytes::from(file.bytes)),
+                Ok(tl::enums::upload::File::CdnRedirect(_)) => {
+                    return Err(TelegramError::Protocol(
+                        "Telegram redirected the download to a CDN although we did not offer to use one"
+                            .to_owned(),
+                    ))
+                }
+                // A new connection to a data centre other than home has an auth key but no
+                // login: copy the login there once (auth.exportAuthorization on home,
+                // auth.importAuthorization there) and ask again.
+                Err(InvocationError::Rpc(error))
+                    if error.is("AUTH_KEY_UNREGISTERED") && !copied_authorization =>
+                {
+                    let home = connection
+                        .session
+                        .home_dc_id()
+                        .map_err(|error| TelegramError::Session(error.to_string()))?;
+                    if dc == home {
+                        return Err(rpc::from_rpc(&error, Subject::File));
+                    }
+                    self.copy_authorization(&connection, dc).await?;
+                    copied_authorization = true;
+                }
+                Err(error) => {
+                    self.forget_if_dropped(&connection, &error).await;
+                    return Err(rpc::from_invocation(&error, Subject::File));
+                }
+            }
+        }
+    }
+
+    async fn copy_authorization(&self, connection: &Arc<Connection>, dc: i32) -> Result<(), TelegramError> {
+        // Parts in flight to a new data centre all fail at once; the first copies the login and
+        // the others, finding it just done, only ask again.
+        let mut authorized = connection.authorized_dcs.lock().await;
+        if authorized
+            .get(&dc)
+            .is_some_and(|at| at.elapsed() < RECENT_AUTHORIZATION)
+        {
+            return Ok(());
+        }
+        let exported = self
+            .call(
+                connection,
+                Subject::Login,
+                connection
+                    .client
+                    .invoke(&tl::functions::auth::ExportAuthorization { dc_id: dc }),
+            )
+            .await?;
+        let tl::enums::auth::ExportedAuthorization::Authorization(exported) = exported;
+        let import = tl::functions::auth::ImportAuthorization {
+            id: exported.id,
+            bytes: exported.bytes,
+        };
+        self.call(
+            connection,
+            Subject::Login,
+            connection.client.invoke_in_dc(dc, &import),
+        )
+        .await?;
+        authorized.insert(dc, Instant::now());
+        Ok(())
+    }
+
+    fn usernames(&self) -> std::sync::MutexGuard<'_, HashMap<String, PeerRef>> {
+        // The map is only ever inserted into whole entries; a panic elsewhere cannot leave it
+        // half-updated, so a poisoned lock is still usable.
+        self.inner
+            .usernames
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl TelegramApi for GrammersApi {
+    fn resolve<'a>(
+        &'a self,
+        link: &'a TelegramLink,
+    ) -> BoxFuture<'a, Result<Vec<MediaMessage>, TelegramError>> {
+        Box::pin(self.resolve_link(link))
+    }
+
+    fn refetch<'a>(&'a self, message: &'a MessageRef) -> BoxFuture<'a, Result<MediaMessage, TelegramError>> {
+        Box::pin(self.refetch_message(message))
+    }
+
+    fn get_part<'a>(
+        &'a self,
+        location: &'a FileLocation,
+        dc: i32,
+        offset: u64,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Bytes, TelegramError>> {
+        Box::pin(self.fetch_part(location, dc, offset, limit))
+    }
+}
+
+/// The error for a request Telegram did not answer in time.
+fn no_answer(timeout: Duration) -> TelegramError {
+    TelegramError::Disconnected(format!(
+        "Telegram did not answer within {} s: check that this machine can reach Telegram's servers, \
+         or set `[telegram.proxy]`",
+        timeout.as_secs()
+    ))
+}
+
+/// A connection failure while connecting means Telegram is out of reach: say what to check.
+fn unreachable(error: TelegramError) -> TelegramError {
+    match error {
+        TelegramError::Disconnected(reason) => TelegramError::Disconnected(format!(
+            "could not reach Telegram's servers ({reason}): check that this machine can reach them, \
+             or set `[telegram.proxy]`"
+        )),
+        other => other,
+    }
+}
+
+async fn cached_peer(connection: &Connection, peer_id: PeerId) -> Result<Option<PeerRef>, TelegramError> {
+    connection
+        .session
+        .peer_ref(peer_id)
+        .await
+        .map_err(|error| TelegramError::Session(error.to_string()))
+}
+
+/// Connects and signs in as `settings` say.
+async fn connect(settings: &Settings) -> Result<Connection, TelegramError> {
+    let connection = match &settings.account {
+        Account::Bot { .. } => start(Arc::new(MemorySession::default()), settings, None, true),
+        Account::User { session } => {
+            let copy = SessionCopy::create(session).await?;
+            let sqlite = SqliteSession::open(copy.path()).await.map_err(|error| {
+                TelegramError::Session(format!("cannot open {}: {error}", session.display()))
+            })?;
+            start(Arc::new(sqlite), settings, Some(copy), false)
+        }
+    };
+    let authorized = tokio::time::timeout(REQUEST_TIMEOUT, connection.client.is_authorized())
+        .await
+        .map_err(|_| no_answer(REQUEST_TIMEOUT))?
+        .map_err(|error| unreachable(rpc::from_invocation(&error, Subject::Login)))?;
+    match &settings.account {
+        Account::Bot { token } if !authorized => {
+            tokio::time::timeout(
+                REQUEST_TIMEOUT,
+                connection
+                    .client
+                    .bot_sign_in(token.expose(), settings.app_hash.expose()),
+            )
+            .await
+            .map_err(|_| no_answer(REQUEST_TIMEOUT))?
+            .map_err(|error| unreachable(rpc::from_invocation(&error, Subject::Login)))?;
+            tracing::info!("signed in to Telegram as a bot");
+        }
+        Account::User { session } if !authorized => {
+            return Err(TelegramError::Unauthorized(format!(
+                "the user session at {} is not logged in (or was logged out): run `savestream-worker login` again",
+                session.display()
+            )));
+        }
+        _ => tracing::info!("connected to Telegram"),
+    }
+    Ok(connection)
+}
+
+/// Starts grammers' sender pool on `session` with our connection parameters, and a client on it.
+fn start<S>(session: Arc<S>, settings: &Settings, copy: Option<SessionCopy>, is_bot: bool) -> Connection
+where
+    S: Session + Sized,
+    S::Error: std::error::Error + Send + Sync + 'static,
+{
+    let params = ConnectionParams {
+        // Nothing is retried inside grammers: flood waits and dropped connections come back to
+        // the caller, whose policy (the Downloader's, the worker's) knows about leases.
+        retry_policy: Box::new(NoRetries),
+        proxy_url: settings.proxy_url.clone(),
+        ..ConnectionParams::default()
+    };
+    let SenderPool {
+        runner,
+        handle,
+        updates,
+    } = SenderPool::with_configuration(session, settings.app_id, params);
+    // savestream reads no updates; with the receiver gone, grammers stops forwarding them.
+    drop(updates);
+    let client = Client::new(handle.clone());
+    Connection {
+        client,
+        session: handle.session.clone(),
+        handle: handle.thin.clone(),
+        runner: tokio::spawn(runner.run()),
+        is_bot,
+        authorized_dcs: Mutex::new(HashMap::new()),
+        _session_copy: copy,
+    }
+}
+
+/// Starts a pool on a fresh SQLite session file for [`crate::login`]; returns the client and
+/// what stops it.
+pub(crate) fn start_login_pool(
+    session: SqliteSession,
+    settings_app_id: i32,
+    proxy_url: Option<String>,
+) -> (Client, SenderPoolHandle, JoinHandle<()>) {
+    let params = ConnectionParams {
+        retry_policy: Box::new(NoRetries),
+        proxy_url,
+        ..ConnectionParams::default()
+    };
+    let SenderPool {
+        runner,
+        handle,
+        updates,
+    } = SenderPool::with_configuration(Arc::new(session), settings_app_id, params);
+    drop(updates);
+    let client = Client::new(handle.clone());
+    (client, handle.thin.clone(), tokio::spawn(runner.run()))
+}

@@ -1,0 +1,167 @@
+//! Downloads without faults: byte-exact output for awkward sizes and thread counts, resumes
+//! from any offset, the fake's refusal of invalid requests, the reorder window's memory bound,
+//! and cancellation by dropping the stream.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use savestream_telegram::fake::FaultKind;
+use savestream_telegram::fake::{Fault, When};
+use savestream_telegram::{Media, TelegramApi, TelegramError};
+
+use crate::support::{assert_requests_valid, collect, downloader, one_file, MIB};
+
+#[tokio::test(start_paused = true)]
+async fn downloads_are_byte_identical_for_every_size_and_thread_count() {
+    for size in [0, 1, 1023, MIB, MIB + 1, 10 * MIB + 12_345] {
+        for threads in [1, 8] {
+            let world = one_file(size).await;
+            let stream = downloader(&world.fake, threads)
+                .stream(&world.message, 0)
+                .unwrap();
+            let received = collect(stream).await;
+            assert!(
+                received == world.bytes,
+                "size {size}, threads {threads}: bytes differ"
+            );
+            assert_requests_valid(&world.fake);
+            let expected_requests = size.div_ceil(MIB);
+            assert_eq!(
+                world.fake.part_calls().len(),
+                expected_requests,
+                "size {size}: one request per MiB, none past the end"
+            );
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn resumes_yield_exactly_the_remaining_bytes() {
+    let size = 5 * MIB + 777;
+    let world = one_file(size).await;
+    for start in [0, 1, 1024, 1500, MIB - 1, MIB, MIB + 1, size / 2, size - 1, size] {
+        let stream = downloader(&world.fake, 4)
+            .stream(&world.message, start as u64)
+            .unwrap();
+        let received = collect(stream).await;
+        assert!(
+            received == world.bytes[start..],
+            "resume from {start}: bytes differ"
+        );
+    }
+    assert_requests_valid(&world.fake);
+}
+
+#[tokio::test]
+async fn a_resume_past_the_end_is_refused() {
+    let world = one_file(100).await;
+    let error = downloader(&world.fake, 4)
+        .stream(&world.message, 101)
+        .err()
+        .unwrap();
+    assert_eq!(
+        error,
+        TelegramError::OffsetBeyondEnd {
+            offset: 101,
+            size: 100
+        }
+    );
+}
+
+#[tokio::test]
+async fn the_fake_refuses_requests_that_break_precise_mode() {
+    let world = one_file(3 * MIB).await;
+    let Media::Document { location, dc, .. } = &world.message.media else {
+        panic!();
+    };
+    let refused = |name: &str| TelegramError::Rpc {
+        code: 400,
+        name: name.to_owned(),
+        value: None,
+    };
+    let cases: [(u64, u32, &str); 5] = [
+        (1, 1024, "OFFSET_INVALID"),
+        (1000, 1024, "OFFSET_INVALID"),
+        (0, 1000, "LIMIT_INVALID"),
+        (0, (MIB + 1024) as u32, "LIMIT_INVALID"),
+        ((MIB - 1024) as u64, 2048, "LIMIT_INVALID"),
+    ];
+    for (offset, limit, name) in cases {
+        let answer = world.fake.get_part(location, *dc, offset, limit).await;
+        assert_eq!(answer, Err(refused(name)), "offset {offset} limit {limit}");
+    }
+    let wrong_dc = world.fake.get_part(location, dc + 1, 0, MIB as u32).await;
+    assert_eq!(wrong_dc, Err(TelegramError::FileMigrate(*dc)));
+    let valid = world
+        .fake
+        .get_part(location, *dc, (MIB - 1024) as u64, 1024)
+        .await
+        .unwrap();
+    assert_eq!(valid[..], world.bytes[MIB - 1024..MIB]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_reorder_window_bounds_parts_in_flight() {
+    let world = one_file(10 * MIB).await;
+    // Later parts answer sooner than earlier ones, so answers arrive out of order and must wait.
+    for part in 0..10u64 {
+        world.fake.inject(Fault::at_part(
+            part,
+            FaultKind::Delay(Duration::from_millis(100 * (10 - part))),
+        ));
+    }
+    let downloader = downloader(&world.fake, 4);
+    let window = downloader.window(&world.message, 0);
+    assert_eq!(window, 4);
+    let received = collect(downloader.stream(&world.message, 0).unwrap()).await;
+    assert!(received == world.bytes);
+    assert!(
+        world.fake.max_in_flight() <= window,
+        "{} parts were in flight at once, the window is {window}",
+        world.fake.max_in_flight()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_consumer_stops_new_requests() {
+    let world = one_file(20 * MIB).await;
+    let downloader = downloader(&world.fake, 4);
+    let window = downloader.window(&world.message, 0);
+    let mut stream = downloader.stream(&world.message, 0).unwrap();
+
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(first.len(), MIB);
+    // The consumer stops reading; time passes; nothing beyond the window is requested.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let requested = world.fake.part_calls().len();
+    assert!(
+        requested <= window + 1,
+        "{requested} parts requested while the consumer held one; window {window}"
+    );
+    drop(stream);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_stream_cancels_parts_in_flight() {
+    let world = one_file(10 * MIB).await;
+    world.fake.inject(Fault {
+        when: When::Always,
+        kind: FaultKind::Delay(Duration::from_secs(30)),
+        times: u32::MAX,
+    });
+    let mut stream = downloader(&world.fake, 4).stream(&world.message, 0).unwrap();
+
+    let nothing_yet = tokio::time::timeout(Duration::from_secs(1), stream.next()).await;
+    assert!(nothing_yet.is_err(), "every part is slow");
+    assert_eq!(world.fake.in_flight(), 4);
+
+    drop(stream);
+    // Aborted tasks are dropped the next time the runtime gets to them.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(world.fake.in_flight(), 0, "part requests outlived the stream");
+    let requested = world.fake.part_calls().len();
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(world.fake.part_calls().len(), requested, "requests after cancel");
+}

@@ -1,0 +1,200 @@
+//! Every fault Telegram throws, injected at the first, a middle and the last part: the
+//! download still yields identical bytes, or ends with a retryable error that a resume
+//! recovers from.
+
+use std::time::Duration;
+
+use savestream_telegram::fake::{Fault, FaultKind};
+use savestream_telegram::{DownloadOptions, Downloader, TelegramError};
+use tokio::time::Instant;
+
+use crate::support::{assert_requests_valid, collect, downloader, drain, one_file, HOME_DC, MIB};
+
+/// 10 MiB and a few bytes: 11 parts, the last one short.
+const SIZE: usize = 10 * MIB + 5;
+const FIRST: u64 = 0;
+const MIDDLE: u64 = 5;
+const LAST: u64 = 10;
+
+async fn survives(kind: FaultKind, threads: usize) -> (crate::support::OneFile, Duration) {
+    let mut last_world = None;
+    let mut slowest = Duration::ZERO;
+    for part in [FIRST, MIDDLE, LAST] {
+        let world = one_file(SIZE).await;
+        world.fake.inject(Fault::at_part(part, kind.clone()));
+        let started = Instant::now();
+        let received = collect(
+            downloader(&world.fake, threads)
+                .stream(&world.message, 0)
+                .unwrap(),
+        )
+        .await;
+        slowest = slowest.max(started.elapsed());
+        assert!(received == world.bytes, "{kind:?} at part {part}: bytes differ");
+        assert_requests_valid(&world.fake);
+        last_world = Some(world);
+    }
+    // The loop ran three times, so there is a world.
+    (last_world.unwrap(), slowest)
+}
+
+#[tokio::test(start_paused = true)]
+async fn flood_waits_are_slept_through() {
+    for threads in [1, 8] {
+        let (_, waited) = survives(FaultKind::FloodWait(7), threads).await;
+        assert!(waited >= Duration::from_secs(7), "waited only {waited:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn premium_flood_waits_are_slept_through() {
+    let (_, waited) = survives(FaultKind::FloodPremiumWait(3), 4).await;
+    assert!(waited >= Duration::from_secs(3), "waited only {waited:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn expired_file_references_are_refreshed_once() {
+    for threads in [1, 8] {
+        let (world, _) = survives(FaultKind::ExpireReference, threads).await;
+        assert_eq!(
+            world.fake.refetch_count(),
+            1,
+            "threads {threads}: one refetch for all parts"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn migrated_files_are_followed_to_their_new_data_centre() {
+    let (world, _) = survives(FaultKind::Migrate(4), 4).await;
+    assert_eq!(world.fake.file_dc(world.file), Some(4));
+    let calls = world.fake.part_calls();
+    let last = calls.last().unwrap();
+    assert_eq!(
+        last.dc, 4,
+        "requests after the migration go to the new data centre"
+    );
+    assert!(calls.iter().any(|call| call.dc == HOME_DC));
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropped_connections_are_retried() {
+    for threads in [1, 8] {
+        survives(FaultKind::Disconnect, threads).await;
+    }
+    let world = one_file(SIZE).await;
+    world
+        .fake
+        .inject(Fault::at_part(MIDDLE, FaultKind::Disconnect).times(3));
+    let received = collect(downloader(&world.fake, 4).stream(&world.message, 0).unwrap()).await;
+    assert!(received == world.bytes, "three drops in a row are still retried");
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_parts_still_arrive_in_order() {
+    for threads in [1, 8] {
+        survives(FaultKind::Delay(Duration::from_secs(5)), threads).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_part_slower_than_the_timeout_is_asked_again() {
+    let world = one_file(SIZE).await;
+    world
+        .fake
+        .inject(Fault::at_part(MIDDLE, FaultKind::Delay(Duration::from_secs(600))));
+    let received = collect(downloader(&world.fake, 4).stream(&world.message, 0).unwrap()).await;
+    assert!(received == world.bytes);
+    let asked = world
+        .fake
+        .part_calls()
+        .iter()
+        .filter(|call| call.offset == MIDDLE * MIB as u64)
+        .count();
+    assert_eq!(asked, 2, "the timed-out part was requested again");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flood_wait_longer_than_the_limit_ends_the_download_retryably() {
+    let world = one_file(SIZE).await;
+    world
+        .fake
+        .inject(Fault::at_part(MIDDLE, FaultKind::FloodWait(3600)));
+    let options = DownloadOptions {
+        max_flood_wait: Duration::from_secs(30),
+        ..DownloadOptions::new(4)
+    };
+    let stream = Downloader::new(world.fake.clone(), options)
+        .stream(&world.message, 0)
+        .unwrap();
+    let started = Instant::now();
+    let (received, error) = drain(stream).await;
+    assert_eq!(
+        error,
+        Some(TelegramError::FloodWait {
+            seconds: 3600,
+            premium: false
+        })
+    );
+    assert!(error.as_ref().is_some_and(TelegramError::is_retryable));
+    assert_eq!(error.unwrap().retry_after(), Some(Duration::from_secs(3600)));
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the long wait was not slept"
+    );
+    assert!(
+        received == world.bytes[..received.len()],
+        "what arrived is a correct prefix"
+    );
+    assert!(received.len() <= MIDDLE as usize * MIB);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_download_cut_by_a_fault_resumes_from_the_bytes_it_got() {
+    for part in [FIRST, MIDDLE, LAST] {
+        let world = one_file(SIZE).await;
+        let options = DownloadOptions::new(4);
+        // One more drop than the downloader retries: the first attempt gives up at this part.
+        let drops = options.disconnect_retries + 1;
+        world
+            .fake
+            .inject(Fault::at_part(part, FaultKind::Disconnect).times(drops));
+        let downloader = Downloader::new(world.fake.clone(), options);
+
+        let (prefix, error) = drain(downloader.stream(&world.message, 0).unwrap()).await;
+        let error = error.expect("the download gives up");
+        assert!(matches!(error, TelegramError::Disconnected(_)), "{error}");
+        assert!(error.is_retryable());
+        assert_eq!(
+            prefix.len(),
+            part as usize * MIB,
+            "bytes before the failing part arrived"
+        );
+
+        let rest = collect(downloader.stream(&world.message, prefix.len() as u64).unwrap()).await;
+        assert!(
+            [prefix, rest].concat() == world.bytes,
+            "part {part}: resumed bytes differ"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resume_inside_a_part_after_an_expired_reference_is_exact() {
+    let world = one_file(SIZE).await;
+    world
+        .fake
+        .inject(Fault::at_part(MIDDLE, FaultKind::ExpireReference));
+    world
+        .fake
+        .inject(Fault::at_part(MIDDLE + 1, FaultKind::FloodWait(2)));
+    let start = MIDDLE as usize * MIB - 3000;
+    let received = collect(
+        downloader(&world.fake, 8)
+            .stream(&world.message, start as u64)
+            .unwrap(),
+    )
+    .await;
+    assert!(received == world.bytes[start..]);
+    assert_requests_valid(&world.fake);
+}
