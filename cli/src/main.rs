@@ -12,7 +12,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "savestream", version, about = "Save Telegram media and direct links into storages")]
+#[command(
+    name = "savestream",
+    version,
+    about = "Save Telegram media and direct links into storages"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -38,7 +38,10 @@ impl Supervised {
             // Synchronous shutdown path: nothing to await but the child's exit.
             std::thread::sleep(Duration::from_millis(50));
         }
-        eprintln!("savestream: {} did not stop within {grace:?}; killing it", self.name);
+        eprintln!(
+            "savestream: {} did not stop within {grace:?}; killing it",
+            self.name
+        );
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -73,7 +76,11 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     children.push(spawn("savestream-worker")?);
     eprintln!(
         "savestream: API on http://{}:{} with one worker; Ctrl-C stops everything",
-        if config.api.host == "0.0.0.0" { "127.0.0.1" } else { &config.api.host },
+        if config.api.host == "0.0.0.0" {
+            "127.0.0.1"
+        } else {
+            &config.api.host
+        },
         config.api.port
     );
 
@@ -113,7 +120,9 @@ async fn wait_for_stop_or_exit(children: &mut [Supervised]) -> ExitCode {
 }
 
 async fn redis_answers(url: &str) -> bool {
-    let Ok(config) = fred::prelude::Config::from_url(url) else { return false };
+    let Ok(config) = fred::prelude::Config::from_url(url) else {
+        return false;
+    };
     let Ok(client) = Builder::from_config(config)
         .with_connection_config(|connection| connection.connection_timeout = Duration::from_secs(1))
         .build()
@@ -138,7 +147,14 @@ async fn start_private_redis(data_dir: &Path) -> anyhow::Result<(Supervised, Str
         .context("finding a free port for redis-server")?
         .port();
     let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--appendonly", "yes"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--appendonly",
+            "yes",
+        ])
         .arg("--dir")
         .arg(data_dir)
         .stdout(Stdio::null())
@@ -150,13 +166,19 @@ async fn start_private_redis(data_dir: &Path) -> anyhow::Result<(Supervised, Str
                  or point [redis] url at a running Redis"
             )
         })?;
-    let mut redis = Supervised { name: "redis-server", child };
+    let mut redis = Supervised {
+        name: "redis-server",
+        child,
+    };
     let url = format!("redis://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(10);
     while !redis_answers(&url).await {
         if Instant::now() > deadline || matches!(redis.child.try_wait(), Ok(Some(_))) {
             redis.stop(Duration::from_secs(1));
-            bail!("the private redis-server on port {port} did not start; is {} writable?", data_dir.display());
+            bail!(
+                "the private redis-server on port {port} did not start; is {} writable?",
+                data_dir.display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -168,7 +190,10 @@ fn sibling_binary(binary: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("finding this executable's path")?;
     let path = exe.with_file_name(format!("{binary}{}", std::env::consts::EXE_SUFFIX));
     if !path.exists() {
-        bail!("{} is missing: build every binary with `cargo build --release --bins`", path.display());
+        bail!(
+            "{} is missing: build every binary with `cargo build --release --bins`",
+            path.display()
+        );
     }
     Ok(path)
 }

@@ -6,6 +6,7 @@
 //! ## Layout
 //! - [`config`]: config.toml and its `SAVESTREAM_*` environment overlay, loaded once into types.
 //! - [`link`]: Telegram message links parsed into [`link::TelegramLink`].
+//! - [`dir_path`]: `dir_path` values parsed into [`dir_path::DirPath`], absolute and unable to escape the storage.
 //! - [`task`]: `TaskId`, `TaskStatus` and `Task::apply`, the Rust mirror of the transition rules.
 //! - [`event`]: `TaskEvent` and its wire form on the `events` stream.
 //! - [`keys`]: every Redis key name, under one hash tag.
@@ -14,6 +15,7 @@
 //! - [`telemetry`]: tracing set-up shared by both binaries (`--log-format human|json`).
 
 pub mod config;
+pub mod dir_path;
 pub mod event;
 pub mod keys;
 pub mod link;

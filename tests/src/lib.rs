@@ -17,6 +17,8 @@ use savestream_testkit::{eventually, free_port, target_bin_dir, RedisServer};
 
 pub use savestream_testkit;
 
+pub mod file_server;
+
 /// The user id every test config allows, as in the contract's examples.
 pub const TEST_USER: i64 = 123456789;
 /// The storage every test config has.

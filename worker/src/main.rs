@@ -1,1 +1,92 @@
-fn main() {}
+//! The `savestream-worker` binary: parses the command line, loads
+//! config.toml, installs logging, and runs an [`Application`] until SIGTERM
+//! or Ctrl-C. Everything else lives in the library.
+//!
+//! Exit codes: 0 after a graceful shutdown, 1 when the worker cannot start
+//! (Redis unreachable, a storage that cannot be created), 2 for a bad
+//! command line or config file.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+use savestream_shared::config::Config;
+use savestream_shared::telemetry::{self, LogFormat};
+use savestream_worker::Application;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "savestream-worker",
+    version,
+    about = "Runs savestream tasks: downloads files into storages"
+)]
+struct Cli {
+    /// The config file.
+    #[arg(long, global = true, env = "SAVESTREAM_CONFIG", default_value = "config.toml")]
+    config: PathBuf,
+    /// Log lines for people (`human`) or for machines (`json`).
+    #[arg(long, global = true, env = "SAVESTREAM_LOG", default_value = "human")]
+    log_format: LogFormat,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    let loaded = match Config::load(&cli.config) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    loaded.log_warnings();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(loaded.config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let application = Application::build(config).await.context("starting the worker")?;
+    application.run_until_stopped(shutdown_signal()).await;
+    Ok(())
+}
+
+/// Completes on SIGTERM (how containers are stopped) or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::warn!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("Ctrl-C received"),
+        _ = terminate => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,338 @@
+//! [`ApiError`]: every way a request can fail, and the one place that maps
+//! each to its status code and JSON body `{"error": "..."}` (its
+//! `ResponseError` impl).
+//!
+//! Also here:
+//! - [`Failure`] and [`ErrorSet`]: an `ApiError` as an operation's documented
+//!   error responses, so each operation's OpenAPI entry lists the statuses it
+//!   can really answer with;
+//! - [`into_json_response`]: errors that poem and poem-openapi raise on their
+//!   own (unknown path, wrong method, unparsable parameter) become `ApiError`s
+//!   too, so no error leaves the server as plain text.
+
+use std::marker::PhantomData;
+
+use poem::error::{MethodNotAllowedError, NotFoundError, ReadBodyError, ResponseError};
+use poem::http::{header, Method, StatusCode};
+use poem::{IntoResponse, Response};
+use poem_openapi::error::{ContentTypeError, ParseParamError, ParsePathError, ParseRequestPayloadError};
+use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, Registry};
+use poem_openapi::types::Type;
+use poem_openapi::ApiResponse;
+use savestream_shared::store::StoreError;
+use savestream_shared::task::TaskId;
+
+use crate::wire::ErrorBody;
+
+/// The largest request body accepted, in bytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+const REDIS_UNAVAILABLE: &str =
+    "the task store is unavailable (redis is not answering): try again in a few seconds";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the request body is larger than {} KiB: send a smaller body", MAX_BODY_BYTES / 1024)]
+    PayloadTooLarge,
+    #[error("{0}")]
+    Unavailable(String),
+    /// A status poem chose that none of the above covers (411, 414, ...).
+    #[error("{message}")]
+    Other { status: StatusCode, message: String },
+    /// A bug or corrupt data: the details go to the log, not to the client.
+    #[error("internal error: the api's log has the details")]
+    Internal,
+}
+
+impl ApiError {
+    pub fn task_not_found(task_id: &TaskId) -> ApiError {
+        ApiError::NotFound(format!(
+            "task {task_id} not found: it never existed, or it ended longer ago than the retention period"
+        ))
+    }
+
+    pub fn store_unavailable() -> ApiError {
+        ApiError::Unavailable(REDIS_UNAVAILABLE.to_owned())
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Other { status, .. } => *status,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status(&self) -> StatusCode {
+        ApiError::status(self)
+    }
+
+    fn as_response(&self) -> Response {
+        let body = serde_json::json!({ "error": self.to_string() }).to_string();
+        let mut response = Response::builder()
+            .status(ApiError::status(self))
+            .content_type("application/json; charset=utf-8");
+        if matches!(self, ApiError::Unauthorized(_)) {
+            response = response.header(header::WWW_AUTHENTICATE, "Bearer realm=\"savestream\"");
+        }
+        if matches!(self, ApiError::Unavailable(_)) {
+            response = response.header(header::RETRY_AFTER, "5");
+        }
+        response.body(body)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> ApiError {
+        match error {
+            StoreError::NotFound(task_id) => ApiError::task_not_found(&task_id),
+            StoreError::Ended { task_id, status } => ApiError::Conflict(format!(
+                "task {task_id} has already ended ({status}): only queued or running tasks can be canceled"
+            )),
+            StoreError::Unavailable(error) => {
+                tracing::warn!(%error, "redis is unavailable");
+                ApiError::store_unavailable()
+            }
+            other => {
+                tracing::error!(error = %other, "task store error");
+                ApiError::Internal
+            }
+        }
+    }
+}
+
+/// The error statuses one operation documents.
+pub trait ErrorSet: Send + Sync + 'static {
+    const STATUSES: &'static [u16];
+}
+
+/// An [`ApiError`] returned by an operation whose possible errors are `S`.
+/// It answers exactly as the `ApiError` would; `S` only shapes the docs.
+#[derive(Debug)]
+pub struct Failure<S: ErrorSet> {
+    error: ApiError,
+    set: PhantomData<S>,
+}
+
+impl<S: ErrorSet> From<ApiError> for Failure<S> {
+    fn from(error: ApiError) -> Self {
+        Failure {
+            error,
+            set: PhantomData,
+        }
+    }
+}
+
+impl<S: ErrorSet> From<StoreError> for Failure<S> {
+    fn from(error: StoreError) -> Self {
+        Failure::from(ApiError::from(error))
+    }
+}
+
+impl<S: ErrorSet> From<Failure<S>> for poem::Error {
+    fn from(failure: Failure<S>) -> poem::Error {
+        poem::Error::from(failure.error)
+    }
+}
+
+impl<S: ErrorSet> IntoResponse for Failure<S> {
+    fn into_response(self) -> Response {
+        self.error.as_response()
+    }
+}
+
+impl<S: ErrorSet> ApiResponse for Failure<S> {
+    fn meta() -> MetaResponses {
+        MetaResponses {
+            responses: S::STATUSES
+                .iter()
+                .map(|&status| MetaResponse {
+                    description: describe_status(status),
+                    status: Some(status),
+                    status_range: None,
+                    content: vec![MetaMediaType {
+                        content_type: "application/json; charset=utf-8",
+                        schema: ErrorBody::schema_ref(),
+                    }],
+                    headers: vec![],
+                })
+                .collect(),
+        }
+    }
+
+    fn register(registry: &mut Registry) {
+        ErrorBody::register(registry);
+    }
+}
+
+/// What each error status means, as the OpenAPI document says it.
+fn describe_status(status: u16) -> &'static str {
+    match status {
+        400 => {
+            "The request is malformed: the body is not JSON, a field is missing, has the wrong type, \
+                is too long or holds a control character, `telegram_url` is not a message link, `url` \
+                is not a usable http(s) link, `dir_path` is not absolute or contains `..`, or a query \
+                parameter is out of range. `error` names the field and what to change."
+        }
+        401 => "The `Authorization: Bearer <token>` header is missing or holds the wrong token.",
+        403 => {
+            "`user_id` has no `[[users]]` entry in the server's config, or that user may not use \
+                `storage_name`."
+        }
+        404 => {
+            "No such task (never created, malformed id, or expired after the retention period) \
+                or no storage of that name."
+        }
+        409 => "The task has already ended (completed, failed or canceled), so it cannot be canceled.",
+        413 => "The request body is larger than 64 KiB.",
+        503 => {
+            "Redis, which holds the tasks, is not answering (or too many live event streams are \
+                open); retry after a few seconds. Nothing was changed."
+        }
+        _ => "An error; `error` says what went wrong.",
+    }
+}
+
+/// Turns any error into its JSON response. `ApiError`s answer for
+/// themselves; errors raised by poem or poem-openapi are translated first.
+pub fn into_json_response(error: poem::Error, method: &Method, path: &str) -> Response {
+    if let Some(api_error) = error.downcast_ref::<ApiError>() {
+        return api_error.as_response();
+    }
+    translate(&error, method, path).as_response()
+}
+
+fn translate(error: &poem::Error, method: &Method, path: &str) -> ApiError {
+    if error.is::<NotFoundError>() {
+        return ApiError::NotFound(format!(
+            "no such endpoint: {path}: see /docs for the endpoints this API has"
+        ));
+    }
+    if error.is::<MethodNotAllowedError>() {
+        return ApiError::MethodNotAllowed(format!(
+            "{method} is not allowed on {path}: see /docs for the methods each endpoint takes"
+        ));
+    }
+    if let Some(param) = error.downcast_ref::<ParseParamError>() {
+        return ApiError::BadRequest(format!(
+            "parameter `{}` {}",
+            param.name,
+            describe_parse_reason(&param.reason)
+        ));
+    }
+    if let Some(param) = error.downcast_ref::<ParsePathError>() {
+        return ApiError::BadRequest(format!(
+            "path parameter `{}` {}",
+            param.name,
+            describe_parse_reason(&param.reason)
+        ));
+    }
+    if let Some(payload) = error.downcast_ref::<ParseRequestPayloadError>() {
+        return ApiError::BadRequest(format!("the request body is not valid: {}", payload.reason));
+    }
+    if let Some(content_type) = error.downcast_ref::<ContentTypeError>() {
+        return ApiError::BadRequest(format!("{content_type}: send `Content-Type: application/json`"));
+    }
+    if let Some(ReadBodyError::PayloadTooLarge) = error.downcast_ref::<ReadBodyError>() {
+        return ApiError::PayloadTooLarge;
+    }
+    let status = error.status();
+    if status.is_server_error() {
+        tracing::error!(%error, %status, "request failed");
+        return ApiError::Internal;
+    }
+    ApiError::Other {
+        status,
+        message: error.to_string(),
+    }
+}
+
+/// poem-openapi's parse messages name types (`Type "integer(int64)" expects
+/// an input value.`); say it in terms of the request instead.
+fn describe_parse_reason(reason: &str) -> String {
+    if reason.contains("expects an input value") {
+        return "is missing: add it to the request".to_owned();
+    }
+    // A validator's refusal: `verification failed. maximum(1000, exclusive: false)`.
+    if let Some(validator) = reason.strip_prefix("verification failed. ") {
+        let bound = |prefix: &str| {
+            validator
+                .strip_prefix(prefix)
+                .and_then(|rest| rest.split_once(','))
+                .map(|(number, _)| number.to_owned())
+        };
+        if let Some(maximum) = bound("maximum(") {
+            return format!("must be at most {maximum}");
+        }
+        if let Some(minimum) = bound("minimum(") {
+            return format!("must be at least {minimum}");
+        }
+        return format!("is out of range ({validator})");
+    }
+    let reason = reason.trim_end_matches('.');
+    match reason.strip_prefix("failed to parse \"") {
+        Some(rest) => match rest.split_once("\": ") {
+            Some((kind, why)) => format!("is not a valid {kind}: {why}"),
+            None => format!("is not valid: {reason}"),
+        },
+        None => format!("is not valid: {reason}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_reasons_are_said_in_terms_of_the_request() {
+        assert_eq!(
+            describe_parse_reason(r#"Type "integer(int64)" expects an input value."#),
+            "is missing: add it to the request"
+        );
+        assert_eq!(
+            describe_parse_reason(r#"failed to parse "integer(uint32)": invalid digit found in string"#),
+            "is not a valid integer(uint32): invalid digit found in string"
+        );
+        assert_eq!(
+            describe_parse_reason("verification failed. maximum(1000, exclusive: false)"),
+            "must be at most 1000"
+        );
+        assert_eq!(
+            describe_parse_reason("verification failed. minimum(1, exclusive: false)"),
+            "must be at least 1"
+        );
+    }
+
+    #[test]
+    fn api_errors_answer_with_their_status_and_a_json_body() {
+        let response = ApiError::NotFound("task x not found".into()).as_response();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            response.headers().get(header::CONTENT_TYPE).unwrap(),
+            "application/json; charset=utf-8"
+        );
+        let response = ApiError::Unauthorized("no").as_response();
+        assert!(response.headers().contains_key(header::WWW_AUTHENTICATE));
+    }
+}

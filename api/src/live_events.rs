@@ -1,0 +1,212 @@
+//! Following one task's events live, for the Server-Sent Events form of
+//! `GET /api/v1/tasks/{task_id}/events`.
+//!
+//! [`follow`] replays the history the handler read, then tails the `events`
+//! stream with `XREAD BLOCK` from the id of the last history entry, so no
+//! event falls between the two reads, and keeps the entries of this task.
+//! The stream ends after the task's last event, when the server shuts down,
+//! or when Redis goes away (the client then reconnects with `Last-Event-ID`).
+//!
+//! Each stream reads on a Redis connection of its own, because a blocking
+//! read would stall every command multiplexed on the shared one; at most
+//! [`crate::state::MAX_LIVE_STREAMS`] are open at once. The store has no
+//! public call for a blocking read yet, so this module opens the connection
+//! from `[redis] url` itself and decodes entries with `TaskEvent::from_fields`.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use fred::prelude::{Builder, Client, ClientLike, Config as RedisClientConfig, StreamsInterface};
+use fred::types::streams::XReadResponse;
+use futures::stream::{self, BoxStream, StreamExt};
+use savestream_shared::event::TaskEvent;
+use savestream_shared::store::LoggedEvent;
+use savestream_shared::task::TaskId;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::wire::TaskEventBody;
+
+/// How long one `XREAD` blocks before it is issued again.
+const BLOCK: Duration = Duration::from_secs(5);
+/// Entries read per `XREAD`; other tasks' entries count too.
+const BATCH: u64 = 500;
+
+/// The task's events: `history` (those after `last_event_id`, when given),
+/// then live ones until the task ends.
+pub async fn follow(
+    state: &AppState,
+    task_id: TaskId,
+    history: Vec<LoggedEvent>,
+    last_event_id: Option<String>,
+) -> Result<BoxStream<'static, TaskEventBody>, ApiError> {
+    let tail_from = history.last().map(|logged| logged.id.clone());
+    let history: Vec<TaskEventBody> = history.into_iter().map(TaskEventBody::from).collect();
+    let ended = history.last().is_some_and(TaskEventBody::is_terminal);
+    let replay: Vec<TaskEventBody> = history
+        .into_iter()
+        .filter(|event| {
+            last_event_id
+                .as_deref()
+                .is_none_or(|seen| stream_id_after(&event.id, seen))
+        })
+        .collect();
+    let Some(tail_from) = tail_from.filter(|_| !ended) else {
+        return Ok(stream::iter(replay).boxed());
+    };
+    let permit = state.live_streams.clone().try_acquire_owned().map_err(|_| {
+        ApiError::Unavailable(
+            "too many live event streams are open: try again later, or read the events without \
+             `Accept: text/event-stream`"
+                .to_owned(),
+        )
+    })?;
+    let tail = LogTail::connect(&state.config.redis.url, state.store.keys().events(), tail_from).await?;
+    let follower = Follower {
+        task_id,
+        tail,
+        pending: VecDeque::new(),
+        ended: false,
+        shutdown: state.shutdown.clone(),
+        _permit: permit,
+    };
+    let live = stream::unfold(follower, |mut follower| async move {
+        let event = follower.next().await?;
+        Some((event, follower))
+    });
+    Ok(stream::iter(replay).chain(live).boxed())
+}
+
+/// The live part of one stream.
+struct Follower {
+    task_id: TaskId,
+    tail: LogTail,
+    pending: VecDeque<TaskEventBody>,
+    ended: bool,
+    shutdown: CancellationToken,
+    /// Held for the stream's life: the stream's place among the open ones.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Follower {
+    async fn next(&mut self) -> Option<TaskEventBody> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                self.ended = event.is_terminal();
+                return Some(event);
+            }
+            if self.ended {
+                return None;
+            }
+            let read = tokio::select! {
+                () = self.shutdown.cancelled() => return None,
+                read = self.tail.read(&self.task_id) => read,
+            };
+            match read {
+                Ok(events) => self.pending.extend(events),
+                Err(error) => {
+                    tracing::warn!(task_id = %self.task_id, %error, "live event stream ends: redis read failed");
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// A blocking reader of the `events` stream on its own connection.
+struct LogTail {
+    client: Client,
+    key: String,
+    last_id: String,
+}
+
+impl LogTail {
+    async fn connect(url: &str, key: String, last_id: String) -> Result<LogTail, ApiError> {
+        let unavailable = |error: fred::error::Error| {
+            tracing::warn!(%error, "cannot open a redis connection for a live event stream");
+            ApiError::store_unavailable()
+        };
+        let config = RedisClientConfig::from_url(url).map_err(unavailable)?;
+        let client = Builder::from_config(config)
+            .with_performance_config(|performance| {
+                // Longer than the block, so only a dead connection times out.
+                performance.default_command_timeout = BLOCK + Duration::from_secs(5);
+            })
+            .with_connection_config(|connection| {
+                connection.connection_timeout = Duration::from_secs(3);
+            })
+            .build()
+            .map_err(unavailable)?;
+        client.init().await.map_err(unavailable)?;
+        Ok(LogTail { client, key, last_id })
+    }
+
+    /// The next entries after `last_id` that belong to `task_id`; empty when
+    /// none came within [`BLOCK`].
+    async fn read(&mut self, task_id: &TaskId) -> Result<Vec<TaskEventBody>, fred::error::Error> {
+        let reply: XReadResponse<String, String, String, String> = self
+            .client
+            .xread_map(
+                Some(BATCH),
+                Some(BLOCK.as_millis() as u64),
+                self.key.as_str(),
+                self.last_id.as_str(),
+            )
+            .await?;
+        let mut events = Vec::new();
+        for (_key, entries) in reply {
+            for (id, fields) in entries {
+                self.last_id = id.clone();
+                match TaskEvent::from_fields(&fields) {
+                    Ok(event) if &event.task_id == task_id => {
+                        events.push(TaskEventBody::from(LoggedEvent { id, event }))
+                    }
+                    Ok(_) => {}
+                    Err(error) => tracing::warn!(entry = %id, %error, "skipping an unreadable event entry"),
+                }
+            }
+        }
+        Ok(events)
+    }
+}
+
+impl Drop for LogTail {
+    fn drop(&mut self) {
+        // Closing the connection needs a round trip, which Drop cannot await.
+        let client = self.client.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = client.quit().await;
+            });
+        }
+    }
+}
+
+/// Whether stream id `id` comes after `seen` (`<ms>-<seq>` ids, compared as
+/// numbers). An unreadable `seen` is ignored: everything comes after it.
+fn stream_id_after(id: &str, seen: &str) -> bool {
+    fn parts(id: &str) -> Option<(u64, u64)> {
+        let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+        Some((ms.trim().parse().ok()?, seq.trim().parse().ok()?))
+    }
+    match (parts(id), parts(seen)) {
+        (Some(id), Some(seen)) => id > seen,
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_ids_compare_as_numbers() {
+        assert!(stream_id_after("1700000000000-1", "1700000000000-0"));
+        assert!(stream_id_after("1700000000001-0", "1700000000000-9"));
+        assert!(stream_id_after("10-0", "9-5"));
+        assert!(!stream_id_after("1700000000000-0", "1700000000000-0"));
+        assert!(stream_id_after("1-0", "not an id"));
+    }
+}

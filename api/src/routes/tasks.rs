@@ -1,0 +1,282 @@
+//! SaveAny-Bot's task contract: `POST /api/v1/tasks`, `GET /api/v1/tasks`,
+//! `GET /api/v1/tasks/{task_id}` and `DELETE /api/v1/tasks/{task_id}`.
+//!
+//! Handlers check, then call the store once; they hold no state between
+//! requests, so any number of API replicas can serve the same Redis.
+
+use poem::web::Data;
+use poem::{Request, RequestBody};
+use poem_openapi::param::{Header, Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::registry::{MetaMediaType, MetaRequest, Registry};
+use poem_openapi::types::Type;
+use poem_openapi::{ApiExtractor, ApiExtractorType, ApiResponse, ExtractParamOptions, OpenApi};
+
+use crate::auth::Authorized;
+use crate::error::{ApiError, ErrorSet, Failure};
+use crate::new_task;
+use crate::routes::{parse_task_id, record_task_id, ApiTags};
+use crate::state::AppState;
+use crate::wire::{CreateTaskRequest, TaskCanceled, TaskCreated, TaskDetails, TaskListBody};
+
+/// `limit` when the request gives none.
+pub const DEFAULT_LIST_LIMIT: u32 = 100;
+/// The largest `limit` accepted: enough for a page, small enough to answer fast.
+pub const MAX_LIST_LIMIT: u32 = 1000;
+/// The longest `Idempotency-Key` accepted, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+pub struct TasksApi;
+
+pub struct CreateErrors;
+impl ErrorSet for CreateErrors {
+    const STATUSES: &'static [u16] = &[400, 401, 403, 404, 413, 503];
+}
+
+pub struct GetErrors;
+impl ErrorSet for GetErrors {
+    const STATUSES: &'static [u16] = &[401, 404, 503];
+}
+
+pub struct ListErrors;
+impl ErrorSet for ListErrors {
+    const STATUSES: &'static [u16] = &[400, 401, 503];
+}
+
+pub struct CancelErrors;
+impl ErrorSet for CancelErrors {
+    const STATUSES: &'static [u16] = &[401, 404, 409, 503];
+}
+
+#[derive(ApiResponse)]
+pub enum CreateResponse {
+    /// The task was created and queued.
+    #[oai(status = 201)]
+    Created(Json<TaskCreated>),
+    /// A request with the same `Idempotency-Key` created this task within the last 24 hours;
+    /// nothing new was created. The body is the one the first request got.
+    #[oai(status = 200)]
+    Repeated(Json<TaskCreated>),
+}
+
+#[derive(ApiResponse)]
+pub enum GetResponse {
+    /// The task.
+    #[oai(status = 200)]
+    Ok(Json<TaskDetails>),
+}
+
+#[derive(ApiResponse)]
+pub enum ListResponse {
+    /// Queued and running tasks, oldest first.
+    #[oai(status = 200)]
+    Ok(Json<TaskListBody>),
+}
+
+#[derive(ApiResponse)]
+pub enum CancelResponse {
+    /// The task was canceled; a running download stops within moments.
+    #[oai(status = 200)]
+    Ok(Json<TaskCanceled>),
+}
+
+#[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Tasks")]
+impl TasksApi {
+    /// Create a download task
+    ///
+    /// Queues a task that saves the file of a Telegram message (`telegram_url`) or of a direct
+    /// http(s) link (`url`) into a storage. Give exactly one of the two. Answers 201 with the new
+    /// task's id; a worker picks the task up from the queue.
+    ///
+    /// With an `Idempotency-Key` header, a repeat of the request within 24 hours answers 200 with
+    /// the first task's id instead of creating another, so a client may retry safely.
+    #[oai(path = "/tasks", method = "post", operation_id = "create_task")]
+    async fn create_task(
+        &self,
+        _authorized: Authorized,
+        state: Data<&AppState>,
+        /// Any text of 1 to 255 printable ASCII characters chosen by the client, for example a
+        /// UUID. The same key within 24 hours returns the task the first request created.
+        #[oai(name = "Idempotency-Key")]
+        idempotency_key: Header<Option<String>>,
+        body: CreateTaskBody,
+    ) -> Result<CreateResponse, Failure<CreateErrors>> {
+        let idempotency_key = check_idempotency_key(idempotency_key.0)?;
+        let new_task = new_task::validate(body.0, &state.config)?;
+        let created = state.store.create(&new_task, idempotency_key.as_deref()).await?;
+        record_task_id(&created.task_id);
+        let body = Json(TaskCreated::new(created.task_id.to_string()));
+        if created.is_new {
+            tracing::info!(
+                task_id = %created.task_id,
+                source = new_task.source.as_str(),
+                storage = %new_task.storage,
+                "task created"
+            );
+            Ok(CreateResponse::Created(body))
+        } else {
+            tracing::info!(task_id = %created.task_id, "repeated idempotency key: returning the first task");
+            Ok(CreateResponse::Repeated(body))
+        }
+    }
+
+    /// List queued and running tasks
+    ///
+    /// Queued and running tasks, each list oldest first and at most `limit` long. Ended tasks are
+    /// not listed: ask for them by id.
+    #[oai(path = "/tasks", method = "get", operation_id = "list_tasks")]
+    async fn list_tasks(
+        &self,
+        _authorized: Authorized,
+        state: Data<&AppState>,
+        /// How many tasks each list may hold at most: 1 to 1000.
+        #[oai(
+            default = "default_list_limit",
+            validator(minimum(value = "1"), maximum(value = "1000"))
+        )]
+        limit: Query<u32>,
+    ) -> Result<ListResponse, Failure<ListErrors>> {
+        // poem-openapi has enforced the range already; the spec and the
+        // constants must agree, which a test checks.
+        let limit = limit.0;
+        let list = state.store.list(limit as usize).await?;
+        Ok(ListResponse::Ok(Json(list.into())))
+    }
+
+    /// Get a task
+    ///
+    /// The task's status, title and times as SaveAny-Bot's contract has them, with savestream's
+    /// own fields after them. Ended tasks stay readable for the retention period (a week by
+    /// default).
+    #[oai(path = "/tasks/:task_id", method = "get", operation_id = "get_task")]
+    async fn get_task(
+        &self,
+        _authorized: Authorized,
+        state: Data<&AppState>,
+        /// The id `POST /api/v1/tasks` returned.
+        task_id: Path<String>,
+    ) -> Result<GetResponse, Failure<GetErrors>> {
+        let task_id = parse_task_id(&task_id.0)?;
+        record_task_id(&task_id);
+        let record = state
+            .store
+            .get(&task_id)
+            .await?
+            .ok_or_else(|| ApiError::task_not_found(&task_id))?;
+        Ok(GetResponse::Ok(Json(record.into())))
+    }
+
+    /// Cancel a task
+    ///
+    /// Cancels a queued or running task. A task that has already ended answers 409.
+    #[oai(path = "/tasks/:task_id", method = "delete", operation_id = "cancel_task")]
+    async fn cancel_task(
+        &self,
+        _authorized: Authorized,
+        state: Data<&AppState>,
+        /// The id `POST /api/v1/tasks` returned.
+        task_id: Path<String>,
+    ) -> Result<CancelResponse, Failure<CancelErrors>> {
+        let task_id = parse_task_id(&task_id.0)?;
+        record_task_id(&task_id);
+        let previous = state.store.cancel(&task_id).await?;
+        tracing::info!(task_id = %task_id, was = previous.as_str(), "task canceled");
+        Ok(CancelResponse::Ok(Json(TaskCanceled::new())))
+    }
+}
+
+fn default_list_limit() -> u32 {
+    DEFAULT_LIST_LIMIT
+}
+
+fn check_idempotency_key(key: Option<String>) -> Result<Option<String>, ApiError> {
+    match key {
+        None => Ok(None),
+        Some(key) if key.is_empty() => Ok(None),
+        Some(key)
+            if key.len() <= MAX_IDEMPOTENCY_KEY_LEN && key.bytes().all(|b| b.is_ascii_graphic() || b == b' ') =>
+        {
+            Ok(Some(key))
+        }
+        Some(_) => Err(ApiError::BadRequest(format!(
+            "header `Idempotency-Key` must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} printable ASCII characters: use a UUID, for example"
+        ))),
+    }
+}
+
+/// The body of `POST /api/v1/tasks`, read with [`CreateTaskRequest::from_json`].
+///
+/// poem-openapi's own `Json<CreateTaskRequest>` would do, but its errors name
+/// types rather than fields, and it refuses bodies without a JSON
+/// `Content-Type`, which SaveAny-Bot accepted (`curl -d` sends a form type).
+/// The OpenAPI document still shows `CreateTaskRequest` as the body.
+pub struct CreateTaskBody(pub CreateTaskRequest);
+
+impl<'a> ApiExtractor<'a> for CreateTaskBody {
+    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::RequestObject];
+
+    type ParamType = ();
+    type ParamRawType = ();
+
+    fn register(registry: &mut Registry) {
+        CreateTaskRequest::register(registry);
+    }
+
+    fn request_meta() -> Option<MetaRequest> {
+        Some(MetaRequest {
+            description: Some("The task to create."),
+            content: vec![MetaMediaType {
+                content_type: "application/json",
+                schema: CreateTaskRequest::schema_ref(),
+            }],
+            required: true,
+        })
+    }
+
+    async fn from_request(
+        _request: &'a Request,
+        body: &mut RequestBody,
+        _param_opts: ExtractParamOptions<Self::ParamType>,
+    ) -> poem::Result<Self> {
+        let bytes = body
+            .take()?
+            .into_bytes()
+            .await
+            .map_err(|error| ApiError::BadRequest(format!("cannot read the request body: {error}")))?;
+        CreateTaskRequest::from_json(&bytes)
+            .map(CreateTaskBody)
+            .map_err(|message| ApiError::BadRequest(message).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotency_keys_are_short_printable_ascii() {
+        assert_eq!(check_idempotency_key(None).unwrap(), None);
+        assert_eq!(check_idempotency_key(Some(String::new())).unwrap(), None);
+        assert_eq!(
+            check_idempotency_key(Some("order 42".into())).unwrap().as_deref(),
+            Some("order 42")
+        );
+        assert!(check_idempotency_key(Some("a".repeat(256))).is_err());
+        assert!(check_idempotency_key(Some("tab\there".into())).is_err());
+    }
+
+    #[test]
+    fn the_documented_limit_range_is_the_enforced_one() {
+        let spec: serde_json::Value = serde_json::from_str(&crate::openapi_json()).unwrap();
+        let parameters = spec["paths"]["/api/v1/tasks"]["get"]["parameters"]
+            .as_array()
+            .unwrap();
+        let limit = parameters
+            .iter()
+            .find(|parameter| parameter["name"] == "limit")
+            .unwrap();
+        assert_eq!(limit["schema"]["default"], DEFAULT_LIST_LIMIT);
+        assert_eq!(limit["schema"]["maximum"], f64::from(MAX_LIST_LIMIT));
+        assert_eq!(limit["schema"]["minimum"], 1.0);
+    }
+}

@@ -1,0 +1,128 @@
+//! [`Application`]: the API bound to its port and ready to serve.
+//!
+//! `build` connects to Redis and binds the listener, so every start-up failure
+//! surfaces before the process reports it is listening; `run_until_stopped`
+//! serves until the shutdown future completes, then lets in-flight requests
+//! finish. Tests build one on port 0 and read the port back.
+
+use std::future::Future;
+use std::time::Duration;
+
+use poem::listener::{Acceptor, TcpAcceptor};
+use poem::{EndpointExt, IntoEndpoint, Route, Server};
+use savestream_shared::config::Config;
+use savestream_shared::store::{Store, StoreError};
+
+use crate::middleware::{json_panic, limit_body, observe};
+use crate::state::AppState;
+
+/// How long in-flight requests may take to finish once shutdown begins.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Why the API could not start; each says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot connect to redis at {host} ({source}): start redis there, or point [redis] url (SAVESTREAM_REDIS_URL) at a running one")]
+    Redis { host: String, source: StoreError },
+    #[error("cannot listen on {address} ({source}): free the port, or change [api] host and port")]
+    Bind { address: String, source: std::io::Error },
+}
+
+pub struct Application {
+    acceptor: TcpAcceptor,
+    state: AppState,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> Result<Application, StartupError> {
+        let store = Store::connect(&config.redis, &config.queue)
+            .await
+            .map_err(|source| StartupError::Redis {
+                host: redis_host(&config.redis.url),
+                source,
+            })?;
+        let address = config.api.listen_addr();
+        let bind_error = |source| StartupError::Bind {
+            address: address.clone(),
+            source,
+        };
+        let listener = tokio::net::TcpListener::bind(&address)
+            .await
+            .map_err(bind_error)?;
+        let acceptor = TcpAcceptor::from_tokio(listener).map_err(bind_error)?;
+        Ok(Application {
+            acceptor,
+            state: AppState::new(config, store),
+        })
+    }
+
+    /// The address the listener is bound to (with the real port when the config says 0).
+    pub fn local_addr(&self) -> String {
+        self.acceptor
+            .local_addr()
+            .first()
+            .map(|address| address.to_string())
+            .unwrap_or_default()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.acceptor
+            .local_addr()
+            .first()
+            .and_then(|address| address.as_socket_addr().map(|socket| socket.port()))
+            .unwrap_or(0)
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, ends live
+    /// event streams and waits (at most [`SHUTDOWN_GRACE`]) for in-flight requests.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+        let streams = self.state.shutdown.clone();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing in-flight requests");
+            streams.cancel();
+        };
+        Server::new_with_acceptor(self.acceptor)
+            .run_with_graceful_shutdown(app(self.state), signal, Some(SHUTDOWN_GRACE))
+            .await
+    }
+}
+
+/// The whole HTTP surface: the API's operations, `/openapi.json` and `/docs`.
+pub fn app(state: AppState) -> impl poem::Endpoint + 'static {
+    let service = crate::openapi_service();
+    Route::new()
+        .at("/openapi.json", service.spec_endpoint())
+        .nest("/docs", service.swagger_ui())
+        .nest("/", service.into_endpoint())
+        .around(limit_body)
+        .data(state)
+        .with(json_panic())
+        .around(observe)
+}
+
+/// `host:port` of a Redis URL, for messages: never the password.
+fn redis_host(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(parsed) => {
+            let host = parsed.host_str().unwrap_or("localhost");
+            let port = parsed.port().unwrap_or(6379);
+            format!("{host}:{port}")
+        }
+        Err(_) => "the configured [redis] url".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_host_never_shows_the_password() {
+        assert_eq!(
+            redis_host("redis://:hunter2@cache.internal:6380/0"),
+            "cache.internal:6380"
+        );
+        assert_eq!(redis_host("redis://127.0.0.1"), "127.0.0.1:6379");
+    }
+}

@@ -1,0 +1,33 @@
+//! [`AppState`]: what every request handler shares, built once at start-up.
+
+use std::sync::Arc;
+
+use savestream_shared::config::Config;
+use savestream_shared::store::Store;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// At most this many live event streams are open at once: each holds a Redis
+/// connection of its own, and Redis' connections are not free.
+pub const MAX_LIVE_STREAMS: usize = 256;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    /// Cancelled when the server begins to shut down, so that live event
+    /// streams end and graceful shutdown does not wait on them forever.
+    pub shutdown: CancellationToken,
+    pub live_streams: Arc<Semaphore>,
+}
+
+impl AppState {
+    pub fn new(config: Config, store: Store) -> AppState {
+        AppState {
+            config: Arc::new(config),
+            store,
+            shutdown: CancellationToken::new(),
+            live_streams: Arc::new(Semaphore::new(MAX_LIVE_STREAMS)),
+        }
+    }
+}

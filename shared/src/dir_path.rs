@@ -1,0 +1,132 @@
+//! [`DirPath`]: a directory inside a storage, as a user names it in `dir_path`,
+//! validated and normalised.
+//!
+//! This module owns one job: turning user text (`/downloads`, `/a//b/`) into a
+//! [`DirPath`] that is absolute, never escapes its storage's root, holds no
+//! control characters and is short enough to store, or into a
+//! [`DirPathError`] that tells the user what to change. It is pure: whether
+//! the directory exists is the storage's business.
+//!
+//! ## Decisions worth knowing
+//! - The path must start with `/`: it is always relative to the storage's
+//!   root, and a leading `/` says so, as SaveAny-Bot's `dir_path` does.
+//! - `..` segments are refused rather than resolved, because a path that
+//!   climbs and comes back down is never what a user meant to type.
+//! - `//` and a trailing `/` are normalised away, and so is `.`: they name
+//!   the same directory, so two spellings should not make two titles.
+//! - The length limit counts the text as given, before normalising, so a
+//!   hostile value costs nothing.
+
+use std::fmt;
+
+/// The longest `dir_path` accepted, in bytes.
+pub const MAX_DIR_PATH_LEN: usize = 1024;
+
+/// An absolute directory inside a storage: starts with `/`, has no `..`, no
+/// empty or `.` segments, no trailing `/` (except the root itself), and no
+/// control characters.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DirPath(String);
+
+/// Why a `dir_path` cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DirPathError {
+    #[error("the path is {0} bytes long, more than the {max} allowed: use a shorter directory", max = MAX_DIR_PATH_LEN)]
+    TooLong(usize),
+    #[error("the path contains the control character U+{:04X}: use printable characters only", u32::from(*.0))]
+    ControlCharacter(char),
+    #[error("`{0}` is not absolute: start it with `/` (the storage's root)")]
+    NotAbsolute(String),
+    #[error("`{0}` contains a `..` segment: name the directory from the storage's root without `..`")]
+    ParentSegment(String),
+}
+
+impl DirPath {
+    /// The storage's root, `/`: the default when no `dir_path` is given.
+    pub fn root() -> DirPath {
+        DirPath("/".to_owned())
+    }
+
+    pub fn parse(text: &str) -> Result<DirPath, DirPathError> {
+        if text.len() > MAX_DIR_PATH_LEN {
+            return Err(DirPathError::TooLong(text.len()));
+        }
+        if let Some(control) = text.chars().find(|c| c.is_control()) {
+            return Err(DirPathError::ControlCharacter(control));
+        }
+        if !text.starts_with('/') {
+            return Err(DirPathError::NotAbsolute(text.to_owned()));
+        }
+        let mut segments = Vec::new();
+        for segment in text.split('/') {
+            match segment {
+                "" | "." => {}
+                ".." => return Err(DirPathError::ParentSegment(text.to_owned())),
+                name => segments.push(name),
+            }
+        }
+        Ok(DirPath(format!("/{}", segments.join("/"))))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for DirPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(input: &str, expected: Result<&str, DirPathError>) {
+        let got = DirPath::parse(input).map(|path| path.to_string());
+        assert_eq!(got, expected.map(str::to_owned), "input: {input:?}");
+    }
+
+    #[test]
+    fn dir_path_normalises_equivalent_spellings() {
+        let cases = [
+            ("/", "/"),
+            ("//", "/"),
+            ("/downloads", "/downloads"),
+            ("/downloads/", "/downloads"),
+            ("//downloads//films///", "/downloads/films"),
+            ("/./downloads/.", "/downloads"),
+            ("/a b/ä€/x..y/...", "/a b/ä€/x..y/..."),
+        ];
+        for (input, normalised) in cases {
+            check(input, Ok(normalised));
+        }
+        assert_eq!(DirPath::root().as_str(), "/");
+    }
+
+    #[test]
+    fn dir_path_refuses_relative_escaping_and_control_characters() {
+        check("downloads", Err(DirPathError::NotAbsolute("downloads".into())));
+        check("", Err(DirPathError::NotAbsolute(String::new())));
+        check("/a/../b", Err(DirPathError::ParentSegment("/a/../b".into())));
+        check("/..", Err(DirPathError::ParentSegment("/..".into())));
+        check("/a/\u{0}", Err(DirPathError::ControlCharacter('\0')));
+        check("/a\nb", Err(DirPathError::ControlCharacter('\n')));
+        let long = format!("/{}", "a".repeat(MAX_DIR_PATH_LEN));
+        check(&long, Err(DirPathError::TooLong(long.len())));
+        check(
+            &format!("/{}", "a".repeat(MAX_DIR_PATH_LEN - 1)),
+            Ok(&long[..MAX_DIR_PATH_LEN]),
+        );
+    }
+
+    #[test]
+    fn dir_path_errors_are_lowercase_without_trailing_period() {
+        for input in ["x", "/..", "/\u{1}"] {
+            let text = DirPath::parse(input).unwrap_err().to_string();
+            assert!(!text.ends_with('.'), "{text}");
+            assert!(!text.starts_with(|c: char| c.is_uppercase()), "{text}");
+        }
+    }
+}

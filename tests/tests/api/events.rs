@@ -1,0 +1,185 @@
+//! `GET /api/v1/tasks/{task_id}/events`: the history as JSON, and the live
+//! Server-Sent Events stream that follows a task until it ends.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use savestream_tests::TestApp;
+
+use super::helpers::{create_contract_task, spawn_app, STEP};
+
+/// One SSE event: its `id:` and its `data:` parsed as JSON.
+#[derive(Debug)]
+struct SseEvent {
+    id: String,
+    data: serde_json::Value,
+}
+
+/// Reads an SSE response event by event; keep-alive comments are skipped.
+struct SseReader {
+    bytes: futures::stream::BoxStream<'static, reqwest::Result<Vec<u8>>>,
+    buffer: String,
+}
+
+impl SseReader {
+    async fn open(app: &TestApp, task_id: &str, last_event_id: Option<&str>) -> SseReader {
+        let mut request = app
+            .client
+            .get(app.url(&format!("/api/v1/tasks/{task_id}/events")))
+            .header("Accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let response = request.send().await.expect("opening the event stream");
+        assert_eq!(response.status(), 200);
+        let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(content_type.starts_with("text/event-stream"), "{content_type}");
+        SseReader {
+            bytes: response
+                .bytes_stream()
+                .map(|chunk| chunk.map(|bytes| bytes.to_vec()))
+                .boxed(),
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event, or `None` when the server ended the stream.
+    async fn next(&mut self) -> Option<SseEvent> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut id = String::new();
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(value) = line.strip_prefix("id:") {
+                        id = value.trim().to_owned();
+                    } else if let Some(value) = line.strip_prefix("data:") {
+                        data.push_str(value.trim());
+                    }
+                }
+                if data.is_empty() {
+                    continue;
+                }
+                let data = serde_json::from_str(&data).expect("SSE data is JSON");
+                return Some(SseEvent { id, data });
+            }
+            let chunk = tokio::time::timeout(STEP, self.bytes.next())
+                .await
+                .expect("the event stream went silent")?;
+            self.buffer.push_str(&String::from_utf8_lossy(
+                &chunk.expect("reading the event stream"),
+            ));
+        }
+    }
+}
+
+#[tokio::test]
+async fn events_are_listed_as_json_oldest_first() {
+    let app = spawn_app().await;
+    let task_id = create_contract_task(&app).await;
+    let canceled = app
+        .client
+        .delete(app.url(&format!("/api/v1/tasks/{task_id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(canceled.status(), 200);
+
+    let response = app
+        .client
+        .get(app.url(&format!("/api/v1/tasks/{task_id}/events")))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["task_id"], task_id.as_str());
+    let events = body["events"].as_array().unwrap();
+    assert_eq!(events.len(), 2, "{body}");
+    assert_eq!(events[0]["type"], "created");
+    assert_eq!(events[0]["link"], "https://t.me/channel/123");
+    assert_eq!(events[0]["storage_name"], "local1");
+    assert_eq!(events[0]["dir_path"], "/downloads");
+    assert_eq!(events[0]["source"], "telegram");
+    assert!(events[0]["at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(events[1]["type"], "canceled");
+    assert!(
+        events[1].get("link").is_none(),
+        "fields of other types are absent: {}",
+        events[1]
+    );
+    assert!(events[0]["id"].as_str().unwrap() < events[1]["id"].as_str().unwrap());
+}
+
+#[tokio::test]
+async fn event_stream_sends_history_then_live_events_and_ends_with_the_task() {
+    let app = spawn_app().await;
+    let task_id = create_contract_task(&app).await;
+    let mut stream = SseReader::open(&app, &task_id, None).await;
+
+    let created = stream.next().await.expect("the history's first event");
+    assert_eq!(created.data["type"], "created");
+    assert_eq!(created.id, created.data["id"].as_str().unwrap());
+
+    // Another task's events are on the same log; the stream must skip them.
+    let other_task = create_contract_task(&app).await;
+    let cancel = |id: String| app.client.delete(app.url(&format!("/api/v1/tasks/{id}"))).send();
+    assert_eq!(cancel(other_task).await.unwrap().status(), 200);
+    assert_eq!(cancel(task_id.clone()).await.unwrap().status(), 200);
+
+    let canceled = stream.next().await.expect("the live cancel event");
+    assert_eq!(canceled.data["type"], "canceled");
+    assert!(
+        stream.next().await.is_none(),
+        "the stream ends after the task's last event"
+    );
+}
+
+#[tokio::test]
+async fn event_stream_of_an_ended_task_replays_its_history_and_closes() {
+    let app = spawn_app().await;
+    let task_id = create_contract_task(&app).await;
+    app.client
+        .delete(app.url(&format!("/api/v1/tasks/{task_id}")))
+        .send()
+        .await
+        .unwrap();
+
+    let mut stream = SseReader::open(&app, &task_id, None).await;
+
+    assert_eq!(stream.next().await.unwrap().data["type"], "created");
+    assert_eq!(stream.next().await.unwrap().data["type"], "canceled");
+    assert!(stream.next().await.is_none());
+}
+
+#[tokio::test]
+async fn event_stream_resumes_after_last_event_id() {
+    let app = spawn_app().await;
+    let task_id = create_contract_task(&app).await;
+    let first = SseReader::open(&app, &task_id, None).await.next().await.unwrap();
+    app.client
+        .delete(app.url(&format!("/api/v1/tasks/{task_id}")))
+        .send()
+        .await
+        .unwrap();
+
+    let mut resumed = SseReader::open(&app, &task_id, Some(&first.id)).await;
+
+    assert_eq!(resumed.next().await.unwrap().data["type"], "canceled");
+    assert!(resumed.next().await.is_none());
+}
+
+#[tokio::test]
+async fn event_streams_end_when_the_api_shuts_down() {
+    let mut app = spawn_app().await;
+    let task_id = create_contract_task(&app).await;
+    let mut stream = SseReader::open(&app, &task_id, None).await;
+    assert_eq!(stream.next().await.unwrap().data["type"], "created");
+
+    let child = app.api.as_mut().unwrap().terminate().expect("the api is running");
+
+    assert!(stream.next().await.is_none(), "the stream ends on shutdown");
+    let status = savestream_tests::Process::wait_exit(child, Duration::from_secs(15)).await;
+    assert!(status.success(), "{status}");
+}

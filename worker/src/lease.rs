@@ -1,0 +1,153 @@
+//! Keeping leases alive and the queue moving: the heartbeat, the reaper,
+//! the retry promoter and the hourly housekeeping.
+//!
+//! - [`heartbeat`] renews, every third of a lease, the lease of every work
+//!   item this process holds, so only a dead worker's items expire.
+//! - [`Reaper`] claims items idle past the lease (their worker is gone) for
+//!   free slots; the intake loop runs it every half lease.
+//! - [`promote`] moves tasks whose retry backoff is over back onto the
+//!   queue, waking when the earliest is due rather than polling fast.
+//! - [`housekeeping`] trims the event log to the retention horizon and
+//!   removes consumers of dead workers that hold nothing, once an hour.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use savestream_shared::store::queue::Job;
+use savestream_shared::store::Store;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::context::Context;
+
+/// The longest the promoter sleeps without looking for due retries.
+pub const PROMOTER_MAX_SLEEP: Duration = Duration::from_secs(1);
+/// How many due tasks one promoter call moves.
+const PROMOTE_BATCH: usize = 100;
+/// How often the housekeeping runs.
+pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(60 * 60);
+/// A consumer idle this long with nothing pending belongs to a gone worker.
+pub const IDLE_CONSUMER_AGE: Duration = Duration::from_secs(60 * 60);
+
+/// Renews the leases of the items this process holds until `stop`.
+pub async fn heartbeat(context: Arc<Context>, stop: CancellationToken) {
+    let mut ticker = tokio::time::interval(context.lease() / 3);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let job_ids = context.running.job_ids();
+        if job_ids.is_empty() {
+            continue;
+        }
+        if let Err(error) = context.store.heartbeat(&context.consumer, &job_ids).await {
+            warn!(%error, held = job_ids.len(), "cannot renew leases");
+        }
+    }
+}
+
+/// When the intake loop should look for expired items, and the claim.
+pub struct Reaper {
+    every: Duration,
+    next: Instant,
+}
+
+impl Reaper {
+    /// A reaper that is due at once (a worker starting after a crash finds
+    /// its predecessor's items) and then every `every`.
+    pub fn new(every: Duration) -> Reaper {
+        Reaper {
+            every,
+            next: Instant::now(),
+        }
+    }
+
+    pub fn is_due(&self) -> bool {
+        Instant::now() >= self.next
+    }
+
+    /// Claims up to `free` items idle past the lease.
+    pub async fn claim(&mut self, context: &Context, free: usize) -> Vec<Job> {
+        self.next = Instant::now() + self.every;
+        match context.store.claim_expired(&context.consumer, free).await {
+            Ok(jobs) => {
+                if !jobs.is_empty() {
+                    info!(
+                        claimed = jobs.len(),
+                        "claimed work items whose worker stopped renewing them"
+                    );
+                }
+                jobs
+            }
+            Err(error) => {
+                debug!(%error, "cannot claim expired work items");
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// Moves due retries onto the queue until `stop`.
+pub async fn promote(store: Store, stop: CancellationToken) {
+    loop {
+        let sleep = match store.next_due().await {
+            Ok(Some(due)) => {
+                let wait = due - Store::now_ms();
+                if wait <= 0 {
+                    match store.promote_due(PROMOTE_BATCH).await {
+                        // More may be due at once: look again right away.
+                        Ok(promoted) if promoted > 0 => {
+                            debug!(promoted, "queued tasks whose backoff is over");
+                            continue;
+                        }
+                        // Nothing moved although something looked due: this
+                        // clock runs ahead of Redis'. Wait a little.
+                        Ok(_) => Duration::from_millis(50),
+                        Err(error) => {
+                            debug!(%error, "cannot promote due retries");
+                            PROMOTER_MAX_SLEEP
+                        }
+                    }
+                } else {
+                    Duration::from_millis(wait as u64).min(PROMOTER_MAX_SLEEP)
+                }
+            }
+            Ok(None) => PROMOTER_MAX_SLEEP,
+            Err(error) => {
+                debug!(%error, "cannot look for due retries");
+                PROMOTER_MAX_SLEEP
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(sleep) => {}
+        }
+    }
+}
+
+/// Trims the log and removes dead consumers, now and then hourly, until `stop`.
+pub async fn housekeeping(store: Store, stop: CancellationToken) {
+    let mut ticker = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        match store.trim_log().await {
+            Ok(trimmed) if trimmed > 0 => info!(trimmed, "trimmed the event log to the retention horizon"),
+            Ok(_) => {}
+            Err(error) => warn!(%error, "cannot trim the event log"),
+        }
+        match store.remove_idle_consumers(IDLE_CONSUMER_AGE).await {
+            Ok(removed) if !removed.is_empty() => {
+                info!(?removed, "removed consumers of stopped workers that held nothing")
+            }
+            Ok(_) => {}
+            Err(error) => warn!(%error, "cannot remove idle consumers"),
+        }
+    }
+}

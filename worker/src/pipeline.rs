@@ -1,0 +1,524 @@
+//! One attempt of one task, as a step function: [`process`] takes a
+//! [`Lease`] and returns what became of it ([`Outcome`]).
+//!
+//! The steps are: pick the source and the storage; resolve the file and
+//! reserve its path (or, for a resumed attempt, reuse the path recorded
+//! then); stream the bytes into the storage's partial file from where it
+//! stopped, reporting progress; finish the file; record `completed`.
+//! Failures become a retry with backoff or a permanent failure; a cancel, a
+//! lost lease or the end of the shutdown grace period stop the attempt
+//! where it is.
+//!
+//! This module writes only the fenced transitions of the attempt it was
+//! given, and never decides a status itself: the function library does.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use savestream_shared::store::queue::RetryKind;
+use savestream_shared::store::{Lease, Progress, RetryOutcome, StoreError};
+use savestream_shared::task::TaskStatus;
+use savestream_shared::title;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::context::Context;
+use crate::retry::backoff_with_jitter;
+use crate::source::{shown_link, RemoteFile, SourceError};
+use crate::storage::path::FALLBACK_NAME;
+use crate::storage::{FileName, PartialFile, Storage, StorageDir, StorageError, StoragePath};
+
+/// Progress reaches the projection at most this often.
+pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The error a task released at shutdown carries until another worker takes it.
+pub const RELEASED_MESSAGE: &str = "worker shut down before the task finished";
+
+/// What became of an attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The file is saved and `completed` recorded.
+    Completed { bytes: u64 },
+    /// A retryable failure; the task is queued again after `delay`.
+    Retrying { delay: Duration, error: String },
+    /// A permanent failure, or the retries were used up.
+    Failed { error: String },
+    /// The task was canceled; its partial file is gone.
+    Canceled,
+    /// The shutdown grace period ended; the task was handed back to the queue.
+    Released,
+    /// Another worker took the task over; its partial file stays for it.
+    LeaseLost,
+    /// The task ended while this attempt ran (another holder finished it).
+    Ended(TaskStatus),
+    /// The task no longer exists (it expired): its work item is obsolete.
+    Vanished,
+    /// Redis could not be reached to record the outcome; the work item stays
+    /// pending and is claimed again once its lease expires.
+    StoreUnavailable,
+}
+
+/// Why an attempt stopped before its end.
+#[derive(Debug)]
+enum Stop {
+    /// The attempt failed.
+    Failed(TaskError),
+    /// Something outside told it to stop.
+    Interrupted(Interrupt),
+}
+
+#[derive(Debug)]
+enum Interrupt {
+    Canceled,
+    Release,
+    LeaseLost,
+    Ended(TaskStatus),
+    Vanished,
+    StoreUnavailable,
+}
+
+/// A failure of the attempt, in the words the task's `error` will carry.
+#[derive(Debug)]
+struct TaskError {
+    permanent: bool,
+    message: String,
+}
+
+impl TaskError {
+    fn permanent(message: impl Into<String>) -> TaskError {
+        TaskError {
+            permanent: true,
+            message: message.into(),
+        }
+    }
+
+    fn retryable(message: impl Into<String>) -> TaskError {
+        TaskError {
+            permanent: false,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<SourceError> for Stop {
+    fn from(error: SourceError) -> Stop {
+        Stop::Failed(TaskError {
+            permanent: error.is_permanent(),
+            message: error.message,
+        })
+    }
+}
+
+impl From<StorageError> for Stop {
+    fn from(error: StorageError) -> Stop {
+        Stop::Failed(TaskError {
+            permanent: error.is_permanent(),
+            message: error.to_string(),
+        })
+    }
+}
+
+impl From<StoreError> for Stop {
+    fn from(error: StoreError) -> Stop {
+        Stop::Interrupted(match error {
+            StoreError::Ended {
+                status: TaskStatus::Canceled,
+                ..
+            } => Interrupt::Canceled,
+            StoreError::Ended { status, .. } => Interrupt::Ended(status),
+            StoreError::LeaseLost(_) => Interrupt::LeaseLost,
+            StoreError::NotFound(_) => Interrupt::Vanished,
+            StoreError::AlreadyExists(_) | StoreError::Unavailable(_) | StoreError::Corrupt(_) => {
+                Interrupt::StoreUnavailable
+            }
+        })
+    }
+}
+
+/// Runs one attempt of the task `lease` holds. `cancel` fires when the task
+/// is canceled while it runs.
+pub async fn process(context: &Context, lease: &Lease, cancel: &CancellationToken) -> Outcome {
+    let mut attempt = Attempt {
+        context,
+        lease,
+        cancel,
+        placement: None,
+    };
+    match attempt.run().await {
+        Ok(outcome) => outcome,
+        Err(Stop::Failed(error)) => attempt.record_failure(error).await,
+        Err(Stop::Interrupted(interrupt)) => attempt.interrupted(interrupt).await,
+    }
+}
+
+struct Attempt<'a> {
+    context: &'a Context,
+    lease: &'a Lease,
+    cancel: &'a CancellationToken,
+    /// Where the file goes, once known: what to clean up on cancel.
+    placement: Option<(Arc<dyn Storage>, StoragePath)>,
+}
+
+impl Attempt<'_> {
+    async fn run(&mut self) -> Result<Outcome, Stop> {
+        let task = &self.lease.task;
+        let source = self.context.sources.for_task(task)?;
+        let storage = self.context.storages.get(&task.storage).cloned().ok_or_else(|| {
+            Stop::Failed(TaskError::permanent(format!(
+                "storage {:?} is not configured on this worker: add it to [[storages]] (enabled) \
+                 on every worker, or create the task with another storage_name",
+                task.storage
+            )))
+        })?;
+
+        let (file, path) = match &task.path {
+            Some(recorded) => {
+                // A resumed attempt: the file and its path were decided by
+                // an earlier one, and its partial file is where it stopped.
+                let path = StoragePath::parse(recorded).map_err(|error| StorageError::Path {
+                    storage: storage.name().to_owned(),
+                    error,
+                })?;
+                let file = RemoteFile {
+                    name: task.file_name.clone(),
+                    size: task.size,
+                    mime: None,
+                };
+                self.placement = Some((storage.clone(), path.clone()));
+                (file, path)
+            }
+            None => {
+                let files = self.interruptible(source.resolve(task)).await??;
+                let file = files.into_iter().next().ok_or_else(|| {
+                    Stop::Failed(TaskError::permanent(format!(
+                        "{} holds no file to save",
+                        shown_link(&task.link)
+                    )))
+                })?;
+                self.check_size(storage.as_ref(), file.size)?;
+                let name = FileName::sanitize(file.name.as_deref().unwrap_or(FALLBACK_NAME));
+                let dir = StorageDir::parse(&task.dir).map_err(|error| StorageError::Path {
+                    storage: storage.name().to_owned(),
+                    error,
+                })?;
+                let path = storage.reserve(&dir, &name).await?;
+                self.placement = Some((storage.clone(), path.clone()));
+                let path_text = path.to_string();
+                let resolved_title = title::resolved(task.source, name.as_str(), storage.name(), &path_text);
+                self.persist(|| {
+                    self.context.store.resolve(
+                        self.lease,
+                        name.as_str(),
+                        file.size,
+                        &path_text,
+                        &resolved_title,
+                    )
+                })
+                .await?;
+                let size = file
+                    .size
+                    .map_or_else(|| "unknown".to_owned(), |size| size.to_string());
+                info!(file = %name, %size, storage = %storage.name(), path = %path, "resolved");
+                (file, path)
+            }
+        };
+        self.check_size(storage.as_ref(), file.size)?;
+
+        // An earlier attempt may have finished the file and died before
+        // recording it; a file of the expected size is that file.
+        if let Some(size) = file.size {
+            if storage.stored_size(&path).await? == Some(size) {
+                storage.discard(&path).await?;
+                info!(bytes = size, "the file was already saved by an earlier attempt");
+                return self.complete(size, &path).await;
+            }
+        }
+
+        let mut partial = storage.open(&path).await?;
+        let bytes = self.download(source.as_ref(), &file, partial.as_mut()).await?;
+        if let Some(size) = file.size {
+            if bytes != size {
+                return Err(Stop::Failed(TaskError::retryable(format!(
+                    "the download of {} ended after {bytes} of {size} bytes",
+                    shown_link(&task.link)
+                ))));
+            }
+        }
+        // A last, fenced progress write: it records the final count, and a
+        // task canceled or taken over in the meantime is not finished.
+        match self.write_progress(bytes, file.size.or(Some(bytes)), 0).await {
+            // Redis being away is no reason to drop a finished file:
+            // recording `completed` retries below.
+            Ok(()) | Err(Stop::Interrupted(Interrupt::StoreUnavailable)) => {}
+            Err(stop) => return Err(stop),
+        }
+        partial.finish().await?;
+        self.complete(bytes, &path).await
+    }
+
+    fn check_size(&self, storage: &dyn Storage, size: Option<u64>) -> Result<(), Stop> {
+        match (size, storage.max_file_size()) {
+            (Some(size), Some(max)) if size > max => Err(StorageError::TooLarge {
+                storage: storage.name().to_owned(),
+                size,
+                max,
+            }
+            .into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Streams the file into `partial`, from its length when the source can
+    /// resume there. Returns the size of the finished partial file.
+    async fn download(
+        &self,
+        source: &dyn crate::source::Source,
+        file: &RemoteFile,
+        partial: &mut dyn PartialFile,
+    ) -> Result<u64, Stop> {
+        let task = &self.lease.task;
+        if let Some(size) = file.size {
+            if partial.len() > size {
+                partial.truncate().await?;
+            }
+            if size > 0 && partial.len() == size {
+                debug!(bytes = size, "the partial file is complete already");
+                return Ok(size);
+            }
+        }
+        let offset = partial.len();
+        let download = self.interruptible(source.open(task, file, offset)).await??;
+        if download.offset != offset {
+            partial.truncate().await?;
+        }
+        if download.offset > 0 {
+            info!(offset = download.offset, "resuming the download");
+        } else if offset > 0 {
+            info!(discarded = offset, "the source cannot resume: starting over");
+        } else {
+            debug!("downloading");
+        }
+        let total = file.size.or(download.total);
+        let mut stream = download.stream;
+        let mut ticker = tokio::time::interval(PROGRESS_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut last_reported = (partial.len(), Instant::now());
+        let mut last_reached_redis = Instant::now();
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => return Err(Stop::Interrupted(Interrupt::Canceled)),
+                _ = self.context.release.cancelled() => return Err(Stop::Interrupted(Interrupt::Release)),
+                _ = ticker.tick() => {
+                    partial.flush().await?;
+                    let (bytes_before, at_before) = last_reported;
+                    let elapsed = at_before.elapsed().as_secs_f64();
+                    let bytes_per_second = if elapsed > 0.0 {
+                        (partial.len().saturating_sub(bytes_before) as f64 / elapsed) as u64
+                    } else {
+                        0
+                    };
+                    last_reported = (partial.len(), Instant::now());
+                    match self.write_progress(partial.len(), total, bytes_per_second).await {
+                        Ok(()) => last_reached_redis = Instant::now(),
+                        Err(Stop::Interrupted(Interrupt::StoreUnavailable)) => {
+                            // Past half a lease without Redis, another worker
+                            // may soon take the task over and write the same
+                            // partial file: stop before that can happen.
+                            if last_reached_redis.elapsed() > self.context.lease() / 2 {
+                                warn!("redis has been unreachable for half a lease: stopping the download");
+                                return Err(Stop::Interrupted(Interrupt::StoreUnavailable));
+                            }
+                        }
+                        Err(stop) => return Err(stop),
+                    }
+                }
+                chunk = stream.next() => match chunk {
+                    Some(Ok(bytes)) => partial.write(&bytes).await?,
+                    Some(Err(error)) => return Err(error.into()),
+                    None => return Ok(partial.len()),
+                },
+            }
+        }
+    }
+
+    async fn write_progress(
+        &self,
+        downloaded_bytes: u64,
+        total_bytes: Option<u64>,
+        bytes_per_second: u64,
+    ) -> Result<(), Stop> {
+        let progress = Progress {
+            downloaded_bytes,
+            total_bytes,
+            bytes_per_second,
+        };
+        match self.context.store.progress(self.lease, &progress).await {
+            Ok(()) => Ok(()),
+            Err(StoreError::Unavailable(error)) => {
+                debug!(%error, "cannot write progress");
+                Err(Stop::Interrupted(Interrupt::StoreUnavailable))
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    async fn complete(&mut self, bytes: u64, path: &StoragePath) -> Result<Outcome, Stop> {
+        let path_text = path.to_string();
+        match self
+            .persist(|| self.context.store.complete(self.lease, Some(bytes), &path_text))
+            .await
+        {
+            Ok(()) => Ok(Outcome::Completed { bytes }),
+            Err(Stop::Interrupted(Interrupt::Canceled)) => {
+                // Canceled in the instant between finishing the file and
+                // recording it: the cancel wins, and takes the file with it.
+                if let Some((storage, path)) = &self.placement {
+                    if let Err(error) = storage.remove(path).await {
+                        warn!(%error, "cannot remove the file of a canceled task");
+                    }
+                }
+                self.placement = None;
+                Err(Stop::Interrupted(Interrupt::Canceled))
+            }
+            Err(stop) => Err(stop),
+        }
+    }
+
+    /// Runs `future` unless the task is canceled or the grace period ends first.
+    async fn interruptible<T>(&self, future: impl Future<Output = T>) -> Result<T, Stop> {
+        tokio::select! {
+            biased;
+            _ = self.cancel.cancelled() => Err(Stop::Interrupted(Interrupt::Canceled)),
+            _ = self.context.release.cancelled() => Err(Stop::Interrupted(Interrupt::Release)),
+            value = future => Ok(value),
+        }
+    }
+
+    /// Runs a transition, again and again while Redis is unreachable, for
+    /// up to one lease: the heartbeat keeps the lease meanwhile.
+    async fn persist<T, F, Fut>(&self, transition: F) -> Result<T, Stop>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let deadline = Instant::now() + self.context.lease();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match transition().await {
+                Ok(value) => return Ok(value),
+                Err(StoreError::Unavailable(error)) if Instant::now() + delay < deadline => {
+                    warn!(%error, "redis is unavailable: trying again in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(StoreError::Unavailable(error)) => {
+                    warn!(%error, "redis stayed unavailable: leaving the task to be claimed again");
+                    return Err(Stop::Interrupted(Interrupt::StoreUnavailable));
+                }
+                Err(error) => {
+                    debug!(%error, "the store refused the transition");
+                    return Err(error.into());
+                }
+            }
+        }
+    }
+
+    async fn discard_partial(&mut self) {
+        if let Some((storage, path)) = self.placement.take() {
+            if let Err(error) = storage.discard(&path).await {
+                warn!(%error, "cannot remove the partial file");
+            }
+        }
+    }
+
+    async fn record_failure(&mut self, error: TaskError) -> Outcome {
+        if error.permanent {
+            warn!(error = %error.message, "failed");
+            let result = self
+                .persist(|| self.context.store.fail(self.lease, &error.message))
+                .await;
+            return match result {
+                Ok(()) => {
+                    self.discard_partial().await;
+                    Outcome::Failed { error: error.message }
+                }
+                Err(Stop::Interrupted(interrupt)) => self.interrupted(interrupt).await,
+                Err(Stop::Failed(_)) => Outcome::StoreUnavailable,
+            };
+        }
+        let retry_number = self.lease.task.retries + 1;
+        let delay = backoff_with_jitter(retry_number);
+        let kind = RetryKind::Failure {
+            max_retries: self.context.retry_limit,
+        };
+        let result = self
+            .persist(|| self.context.store.retry(self.lease, &error.message, kind, delay))
+            .await;
+        match result {
+            Ok(RetryOutcome::Retrying) => {
+                warn!(error = %error.message, retry = retry_number, "failed: retrying in {delay:?}");
+                Outcome::Retrying {
+                    delay,
+                    error: error.message,
+                }
+            }
+            Ok(RetryOutcome::Failed) => {
+                warn!(error = %error.message, "failed: no retries left");
+                self.discard_partial().await;
+                Outcome::Failed { error: error.message }
+            }
+            Err(Stop::Interrupted(interrupt)) => self.interrupted(interrupt).await,
+            Err(Stop::Failed(_)) => Outcome::StoreUnavailable,
+        }
+    }
+
+    async fn interrupted(&mut self, interrupt: Interrupt) -> Outcome {
+        match interrupt {
+            Interrupt::Canceled => {
+                info!("canceled: stopped");
+                self.discard_partial().await;
+                Outcome::Canceled
+            }
+            Interrupt::Release => {
+                let result = self
+                    .persist(|| {
+                        self.context.store.retry(
+                            self.lease,
+                            RELEASED_MESSAGE,
+                            RetryKind::Release,
+                            Duration::ZERO,
+                        )
+                    })
+                    .await;
+                match result {
+                    Ok(_) => {
+                        info!("released: another worker resumes the task");
+                        Outcome::Released
+                    }
+                    // A release that finds the task canceled or taken over
+                    // is handled like a progress write that found it.
+                    Err(Stop::Interrupted(Interrupt::Release)) | Err(Stop::Failed(_)) => {
+                        Outcome::StoreUnavailable
+                    }
+                    Err(Stop::Interrupted(interrupt)) => Box::pin(self.interrupted(interrupt)).await,
+                }
+            }
+            Interrupt::LeaseLost => {
+                info!("lease lost: another worker took the task over");
+                Outcome::LeaseLost
+            }
+            Interrupt::Ended(status) => {
+                info!(%status, "the task ended elsewhere: stopped");
+                Outcome::Ended(status)
+            }
+            Interrupt::Vanished => {
+                warn!("the task no longer exists: dropping its work item");
+                Outcome::Vanished
+            }
+            Interrupt::StoreUnavailable => Outcome::StoreUnavailable,
+        }
+    }
+}

@@ -1,0 +1,526 @@
+//! The `http` source: direct http(s) links, downloaded with reqwest.
+//!
+//! It owns everything about talking to a web server: timeouts, redirects
+//! (followed up to [`MAX_REDIRECTS`], each hop checked by the SSRF guard in
+//! [`super::ssrf`]), the file name (Content-Disposition, else the URL's last
+//! path segment), the size (Content-Length or Content-Range), resuming with
+//! `Range: bytes=N-`, and turning HTTP statuses and transport failures into
+//! [`SourceError`]s that say whether to retry and what to do.
+//!
+//! Messages show links without their query string or user info, which often
+//! carry credentials (signed URLs).
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use percent_encoding::percent_decode_str;
+use reqwest::header::{CONTENT_DISPOSITION, CONTENT_RANGE, CONTENT_TYPE, RANGE};
+use reqwest::{redirect, Response, StatusCode};
+use savestream_shared::config::HttpConfig;
+use savestream_shared::task::Task;
+use url::Url;
+
+use super::ssrf::{check_url, GuardedResolver, Refused};
+use super::{Download, RemoteFile, Source, SourceError};
+
+/// How many redirects one request follows.
+pub const MAX_REDIRECTS: usize = 10;
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a read may wait for data before the download counts as stalled.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A redirect the policy refused; found again in the error's source chain.
+#[derive(Debug, thiserror::Error)]
+enum RedirectRefused {
+    #[error("it redirected more than {MAX_REDIRECTS} times")]
+    TooMany,
+    #[error("it redirected to a {0}: link, and only http and https are followed")]
+    Scheme(String),
+}
+
+/// Whether to follow a redirect to `url` after `visited` URLs (the first
+/// request counts): http(s) only, at most [`MAX_REDIRECTS`] hops, and never
+/// to an address the SSRF guard refuses.
+fn check_redirect(
+    url: &Url,
+    visited: usize,
+    allow_private_networks: bool,
+) -> Result<(), Box<dyn StdError + Send + Sync>> {
+    if visited > MAX_REDIRECTS {
+        return Err(Box::new(RedirectRefused::TooMany));
+    }
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err(Box::new(RedirectRefused::Scheme(url.scheme().to_owned())));
+    }
+    check_url(url, allow_private_networks)?;
+    Ok(())
+}
+
+/// Downloads direct links.
+#[derive(Clone, Debug)]
+pub struct HttpSource {
+    client: reqwest::Client,
+    allow_private_networks: bool,
+}
+
+impl HttpSource {
+    pub fn new(config: &HttpConfig) -> Result<HttpSource, reqwest::Error> {
+        let allow_private_networks = config.allow_private_networks;
+        let policy = redirect::Policy::custom(move |attempt| {
+            match check_redirect(attempt.url(), attempt.previous().len(), allow_private_networks) {
+                Ok(()) => attempt.follow(),
+                Err(error) => attempt.error(error),
+            }
+        });
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("savestream/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .redirect(policy)
+            // A proxy would resolve names itself, out of the guard's sight.
+            .no_proxy()
+            .dns_resolver(Arc::new(GuardedResolver {
+                allow_private_networks,
+            }))
+            .build()?;
+        Ok(HttpSource {
+            client,
+            allow_private_networks,
+        })
+    }
+
+    /// The task's link, checked: http or https, and no refused literal IP.
+    fn link(&self, task: &Task) -> Result<Url, SourceError> {
+        let url = Url::parse(task.link.trim())
+            .map_err(|error| SourceError::permanent(format!("the link is not a valid URL: {error}")))?;
+        if url.scheme() != "http" && url.scheme() != "https" {
+            return Err(SourceError::permanent(format!(
+                "{} is not an http or https link",
+                display_url(&url)
+            )));
+        }
+        check_url(&url, self.allow_private_networks)
+            .map_err(|refused| SourceError::permanent(refused.to_string()))?;
+        Ok(url)
+    }
+
+    /// Sends a GET, from `offset` when it is not 0, and checks the status.
+    async fn get(&self, url: &Url, offset: u64) -> Result<Response, SourceError> {
+        let mut request = self.client.get(url.clone());
+        if offset > 0 {
+            request = request.header(RANGE, format!("bytes={offset}-"));
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|error| transport_error(url, &error))?;
+        let status = response.status();
+        if status.is_success() || (offset > 0 && status == StatusCode::RANGE_NOT_SATISFIABLE) {
+            return Ok(response);
+        }
+        Err(status_error(url, status))
+    }
+}
+
+#[async_trait]
+impl Source for HttpSource {
+    async fn resolve(&self, task: &Task) -> Result<Vec<RemoteFile>, SourceError> {
+        let url = self.link(task)?;
+        // A GET rather than a HEAD: many servers and signed links answer
+        // HEAD differently or not at all. Only the headers are read; the
+        // body is dropped with the connection.
+        let response = self.get(&url, 0).await?;
+        let name = response
+            .headers()
+            .get(CONTENT_DISPOSITION)
+            .and_then(|value| content_disposition_file_name(&String::from_utf8_lossy(value.as_bytes())))
+            .or_else(|| url_file_name(response.url()))
+            .or_else(|| url_file_name(&url));
+        let mime = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        Ok(vec![RemoteFile {
+            name,
+            size: response.content_length(),
+            mime,
+        }])
+    }
+
+    async fn open(&self, task: &Task, file: &RemoteFile, offset: u64) -> Result<Download, SourceError> {
+        let url = self.link(task)?;
+        if offset > 0 {
+            let response = self.get(&url, offset).await?;
+            if response.status() == StatusCode::PARTIAL_CONTENT {
+                let range = response
+                    .headers()
+                    .get(CONTENT_RANGE)
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(parse_content_range);
+                // Resume only when the server sends exactly the bytes asked
+                // for, of a file of the size known before; a file that
+                // changed in between starts over.
+                let consistent = match (range, file.size) {
+                    (Some((start, Some(total))), Some(size)) => start == offset && total == size,
+                    (Some((start, total)), None) => {
+                        start == offset && total.is_none_or(|total| total > offset)
+                    }
+                    _ => false,
+                };
+                if consistent {
+                    let total = range.and_then(|(_, total)| total).or(file.size);
+                    return Ok(download(&url, offset, total, response));
+                }
+            } else if response.status() != StatusCode::RANGE_NOT_SATISFIABLE {
+                // 200: the server ignores Range and sends the whole file.
+                let total = response.content_length().or(file.size);
+                return Ok(download(&url, 0, total, response));
+            }
+            // 416 or an inconsistent range: fetch the file whole.
+        }
+        let response = self.get(&url, 0).await?;
+        if response.status() == StatusCode::RANGE_NOT_SATISFIABLE {
+            return Err(status_error(&url, response.status()));
+        }
+        let total = response.content_length().or(file.size);
+        Ok(download(&url, 0, total, response))
+    }
+}
+
+fn download(url: &Url, offset: u64, total: Option<u64>, response: Response) -> Download {
+    let shown = display_url(url);
+    let stream = response.bytes_stream().map_err(move |error| {
+        if error.is_timeout() {
+            SourceError::retryable(format!(
+                "the download from {shown} stalled: no data for {} seconds",
+                READ_TIMEOUT.as_secs()
+            ))
+        } else {
+            SourceError::retryable(format!("the download from {shown} broke off: {}", causes(&error)))
+        }
+    });
+    Download {
+        offset,
+        total,
+        stream: Box::pin(stream),
+    }
+}
+
+/// The error for a status that is not a success: 5xx, 408 and 429 are
+/// worth retrying, any other answer means the link itself is wrong.
+fn status_error(url: &Url, status: StatusCode) -> SourceError {
+    let shown = display_url(url);
+    let answered = format!("{shown} answered {status}");
+    match status.as_u16() {
+        429 => SourceError::retryable(format!("{answered}: the server is limiting requests")),
+        408 => SourceError::retryable(format!("{answered}: the server timed out")),
+        500..=599 => SourceError::retryable(format!("{answered}: the server is failing")),
+        401 | 403 => SourceError::permanent(format!(
+            "{answered}: the server refuses the download; check the link (it may have expired)"
+        )),
+        404 | 410 => SourceError::permanent(format!("{answered}: check the link")),
+        416 => SourceError::permanent(format!("{answered}: the server cannot send this file")),
+        300..=399 => SourceError::permanent(format!("{answered} without a usable Location: check the link")),
+        _ => SourceError::permanent(format!("{answered}: check the link")),
+    }
+}
+
+/// The error for a request that got no answer.
+fn transport_error(url: &Url, error: &reqwest::Error) -> SourceError {
+    let shown = display_url(url);
+    if let Some(refused) = find_cause::<Refused>(error) {
+        return SourceError::permanent(refused.to_string());
+    }
+    if let Some(redirect) = find_cause::<RedirectRefused>(error) {
+        return SourceError::permanent(format!("{shown} cannot be downloaded: {redirect}"));
+    }
+    if error.is_timeout() {
+        return SourceError::retryable(format!("{shown} did not answer in time: {}", root_cause(error)));
+    }
+    if error.is_connect() {
+        return SourceError::retryable(format!("cannot connect to {shown}: {}", root_cause(error)));
+    }
+    SourceError::retryable(format!("the request to {shown} failed: {}", causes(error)))
+}
+
+fn find_cause<'a, T: StdError + 'static>(error: &'a (dyn StdError + 'static)) -> Option<&'a T> {
+    let mut current: Option<&(dyn StdError + 'static)> = Some(error);
+    while let Some(error) = current {
+        if let Some(found) = error.downcast_ref::<T>() {
+            return Some(found);
+        }
+        current = error.source();
+    }
+    None
+}
+
+/// The innermost cause, which says what happened ("Connection refused",
+/// "failed to lookup address information") without the layers around it.
+fn root_cause(error: &(dyn StdError + 'static)) -> String {
+    let mut current = error;
+    while let Some(source) = current.source() {
+        current = source;
+    }
+    current.to_string()
+}
+
+/// The messages of an error's sources, innermost last, without repeats:
+/// reqwest's own message names no cause ("error sending request").
+fn causes(error: &(dyn StdError + 'static)) -> String {
+    let mut messages: Vec<String> = Vec::new();
+    let mut current = error.source();
+    while let Some(error) = current {
+        let message = error.to_string();
+        if !messages.iter().any(|seen| seen.contains(&message)) {
+            messages.push(message);
+        }
+        current = error.source();
+    }
+    if messages.is_empty() {
+        error.to_string()
+    } else {
+        messages.join(": ")
+    }
+}
+
+/// A link as it may be shown: no user info, no query, no fragment.
+pub fn display_url(url: &Url) -> String {
+    let mut shown = format!("{}://{}", url.scheme(), url.host_str().unwrap_or_default());
+    if let Some(port) = url.port() {
+        shown.push_str(&format!(":{port}"));
+    }
+    shown.push_str(url.path());
+    if url.query().is_some() {
+        shown.push_str("?…");
+    }
+    shown
+}
+
+/// Reads `bytes START-END/TOTAL` (TOTAL may be `*`).
+fn parse_content_range(header: &str) -> Option<(u64, Option<u64>)> {
+    let rest = header.trim().strip_prefix("bytes")?.trim_start();
+    let (range, total) = rest.split_once('/')?;
+    let (start, _end) = range.split_once('-')?;
+    let start = start.trim().parse().ok()?;
+    let total = match total.trim() {
+        "*" => None,
+        total => Some(total.parse().ok()?),
+    };
+    Some((start, total))
+}
+
+/// The file name a Content-Disposition header gives: `filename*` (RFC 5987,
+/// percent-encoded with a charset) before `filename`, reduced to its last
+/// path component as browsers do.
+pub fn content_disposition_file_name(header: &str) -> Option<String> {
+    let mut plain = None;
+    let mut extended = None;
+    for parameter in split_parameters(header).into_iter().skip(1) {
+        let Some((name, value)) = parameter.split_once('=') else {
+            continue;
+        };
+        match name.trim().to_ascii_lowercase().as_str() {
+            "filename*" => extended = decode_extended_value(value.trim()),
+            "filename" => plain = Some(unquote(value.trim())),
+            _ => {}
+        }
+    }
+    extended
+        .or(plain)
+        .map(|name| last_path_component(&name).to_owned())
+        .filter(|name| !name.trim().is_empty())
+}
+
+/// Splits at `;` outside quoted strings.
+fn split_parameters(header: &str) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut current = String::new();
+    let mut quoted = false;
+    let mut escaped = false;
+    for c in header.chars() {
+        match c {
+            _ if escaped => {
+                escaped = false;
+                current.push(c);
+            }
+            '\\' if quoted => {
+                escaped = true;
+                current.push(c);
+            }
+            '"' => {
+                quoted = !quoted;
+                current.push(c);
+            }
+            ';' if !quoted => parts.push(std::mem::take(&mut current)),
+            _ => current.push(c),
+        }
+    }
+    parts.push(current);
+    parts
+}
+
+fn unquote(value: &str) -> String {
+    let Some(inner) = value
+        .strip_prefix('"')
+        .map(|rest| rest.strip_suffix('"').unwrap_or(rest))
+    else {
+        return value.to_owned();
+    };
+    let mut unquoted = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            if let Some(next) = chars.next() {
+                unquoted.push(next);
+            }
+        } else {
+            unquoted.push(c);
+        }
+    }
+    unquoted
+}
+
+/// `UTF-8'en'na%C3%AFve.txt` into `naïve.txt`; ISO-8859-1 is decoded too.
+fn decode_extended_value(value: &str) -> Option<String> {
+    let value = unquote(value);
+    let mut parts = value.splitn(3, '\'');
+    let charset = parts.next()?.to_ascii_lowercase();
+    let _language = parts.next()?;
+    let encoded = parts.next()?;
+    let bytes: Vec<u8> = percent_decode_str(encoded).collect();
+    match charset.as_str() {
+        "iso-8859-1" | "latin1" => Some(bytes.iter().map(|&byte| char::from(byte)).collect()),
+        _ => Some(String::from_utf8_lossy(&bytes).into_owned()),
+    }
+}
+
+fn last_path_component(name: &str) -> &str {
+    name.rsplit(['/', '\\']).next().unwrap_or(name)
+}
+
+/// The last non-empty path segment of a URL, percent-decoded.
+pub fn url_file_name(url: &Url) -> Option<String> {
+    let segment = url.path_segments()?.rev().find(|segment| !segment.is_empty())?;
+    let decoded = percent_decode_str(segment).decode_utf8_lossy().into_owned();
+    let name = last_path_component(&decoded).trim().to_owned();
+    (!name.is_empty()).then_some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_come_from_content_disposition() {
+        for (header, expected) in [
+            ("attachment; filename=\"report.pdf\"", Some("report.pdf")),
+            ("attachment; filename=report.pdf", Some("report.pdf")),
+            ("inline; filename=\"a; b.txt\"", Some("a; b.txt")),
+            ("attachment; filename=\"quo\\\"te.txt\"", Some("quo\"te.txt")),
+            (
+                "attachment; filename=\"fallback.txt\"; filename*=UTF-8''na%C3%AFve%20file.txt",
+                Some("naïve file.txt"),
+            ),
+            (
+                "attachment; filename*=utf-8'en'%E2%82%AC%20rates.csv",
+                Some("€ rates.csv"),
+            ),
+            ("attachment; filename*=iso-8859-1''caf%E9.txt", Some("café.txt")),
+            ("attachment; FILENAME=\"UPPER.TXT\"", Some("UPPER.TXT")),
+            ("attachment; filename=\"../../etc/passwd\"", Some("passwd")),
+            ("attachment; filename=\"C:\\\\Users\\\\x.doc\"", Some("x.doc")),
+            ("attachment", None),
+            ("attachment; filename=\"\"", None),
+            ("attachment; filename=\"dir/\"", None),
+        ] {
+            assert_eq!(
+                content_disposition_file_name(header).as_deref(),
+                expected,
+                "{header}"
+            );
+        }
+    }
+
+    #[test]
+    fn file_names_come_from_the_url_path_otherwise() {
+        for (link, expected) in [
+            ("https://example.com/files/report.pdf", Some("report.pdf")),
+            (
+                "https://example.com/files/my%20report.pdf?token=1",
+                Some("my report.pdf"),
+            ),
+            ("https://example.com/files/dir/", Some("dir")),
+            ("https://example.com/a/%2E%2E%2Fetc%2Fpasswd", Some("passwd")),
+            ("https://example.com/", None),
+            ("https://example.com", None),
+        ] {
+            let url = Url::parse(link).unwrap();
+            assert_eq!(url_file_name(&url).as_deref(), expected, "{link}");
+        }
+    }
+
+    #[test]
+    fn links_are_shown_without_credentials() {
+        let url = Url::parse("https://user:secret@example.com:8443/a/b.bin?sig=abc#frag").unwrap();
+        assert_eq!(display_url(&url), "https://example.com:8443/a/b.bin?…");
+        let url = Url::parse("http://example.com/x").unwrap();
+        assert_eq!(display_url(&url), "http://example.com/x");
+    }
+
+    #[test]
+    fn every_redirect_hop_is_checked() {
+        let check = |link: &str, visited: usize, allow: bool| {
+            check_redirect(&Url::parse(link).unwrap(), visited, allow).map_err(|error| error.to_string())
+        };
+        assert_eq!(check("https://example.com/f", 1, false), Ok(()));
+        assert_eq!(check("https://example.com/f", MAX_REDIRECTS, false), Ok(()));
+        assert_eq!(
+            check("https://example.com/f", MAX_REDIRECTS + 1, false),
+            Err("it redirected more than 10 times".to_owned())
+        );
+        assert!(check("http://127.0.0.1/f", 1, false)
+            .unwrap_err()
+            .contains("it is a loopback address"));
+        assert!(check("http://169.254.169.254/latest/meta-data/", 1, false)
+            .unwrap_err()
+            .contains("link-local"));
+        assert!(check("http://[fd00::1]/f", 1, false)
+            .unwrap_err()
+            .contains("unique local"));
+        assert_eq!(check("http://10.0.0.1/f", 1, true), Ok(()));
+        assert!(check("file:///etc/passwd", 1, true)
+            .unwrap_err()
+            .contains("a file: link"));
+    }
+
+    #[test]
+    fn content_ranges_are_read() {
+        assert_eq!(parse_content_range("bytes 100-199/200"), Some((100, Some(200))));
+        assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, None)));
+        assert_eq!(parse_content_range("bytes */200"), None);
+        assert_eq!(parse_content_range("nonsense"), None);
+    }
+
+    #[test]
+    fn statuses_map_to_retryable_or_permanent_errors() {
+        let url = Url::parse("https://example.com/f.bin?token=x").unwrap();
+        let error = status_error(&url, StatusCode::NOT_FOUND);
+        assert!(error.is_permanent());
+        assert_eq!(
+            error.message,
+            "https://example.com/f.bin?… answered 404 Not Found: check the link"
+        );
+        for status in [500, 502, 503, 504, 429, 408] {
+            let status = StatusCode::from_u16(status).unwrap();
+            assert!(!status_error(&url, status).is_permanent(), "{status}");
+        }
+        for status in [400, 401, 403, 404, 410, 451] {
+            let status = StatusCode::from_u16(status).unwrap();
+            assert!(status_error(&url, status).is_permanent(), "{status}");
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! The [`Source`] trait: where a task's bytes come from, and the only thing
+//! the pipeline knows about a source.
+//!
+//! A source does two things: it resolves a task into the files it stands
+//! for ([`RemoteFile`]: name, size, type), and it opens a stream of a file's
+//! bytes from an offset, saying whether it could honour the offset (a
+//! resumed download) or starts from the beginning. Errors say whether
+//! retrying can help ([`SourceErrorKind`]) and carry a message a user can
+//! act on.
+//!
+//! [`http`] is the only source today; the Telegram source of a later issue
+//! plugs in beside it through [`Sources`].
+
+pub mod http;
+pub mod ssrf;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use savestream_shared::task::{SourceKind, Task};
+
+/// A task's link as it may appear in logs and errors: an http(s) link
+/// loses its user info and query string (signed links carry credentials
+/// there); anything else is shown as it is.
+pub fn shown_link(link: &str) -> String {
+    match url::Url::parse(link.trim()) {
+        Ok(url) if url.scheme() == "http" || url.scheme() == "https" => http::display_url(&url),
+        _ => link.to_owned(),
+    }
+}
+
+/// A file a task stands for, as the source describes it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RemoteFile {
+    /// The name the source gives the file, unsanitised; `None` when it has none.
+    pub name: Option<String>,
+    /// The size in bytes, when the source knows it.
+    pub size: Option<u64>,
+    pub mime: Option<String>,
+}
+
+/// Whether a failure is worth another attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceErrorKind {
+    /// The network, a timeout, a server error: another attempt may succeed.
+    Retryable,
+    /// The link is wrong, the file is gone, the address is refused: no
+    /// attempt will succeed.
+    Permanent,
+}
+
+/// A failure of a source, in words a user can act on.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct SourceError {
+    pub kind: SourceErrorKind,
+    pub message: String,
+}
+
+impl SourceError {
+    pub fn retryable(message: impl Into<String>) -> SourceError {
+        SourceError {
+            kind: SourceErrorKind::Retryable,
+            message: message.into(),
+        }
+    }
+
+    pub fn permanent(message: impl Into<String>) -> SourceError {
+        SourceError {
+            kind: SourceErrorKind::Permanent,
+            message: message.into(),
+        }
+    }
+
+    pub fn is_permanent(&self) -> bool {
+        self.kind == SourceErrorKind::Permanent
+    }
+}
+
+/// An open stream of a file's bytes.
+pub struct Download {
+    /// Where the stream starts: the offset asked for when the source could
+    /// honour it, else 0 (the caller then starts its copy over).
+    pub offset: u64,
+    /// The whole file's size, when the source told it.
+    pub total: Option<u64>,
+    pub stream: BoxStream<'static, Result<Bytes, SourceError>>,
+}
+
+impl std::fmt::Debug for Download {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Download")
+            .field("offset", &self.offset)
+            .field("total", &self.total)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where bytes come from.
+#[async_trait]
+pub trait Source: Send + Sync {
+    /// The files `task` stands for (one for a direct link; an album may be several).
+    async fn resolve(&self, task: &Task) -> Result<Vec<RemoteFile>, SourceError>;
+
+    /// Streams `file` of `task` from `offset` (0 for the whole file).
+    async fn open(&self, task: &Task, file: &RemoteFile, offset: u64) -> Result<Download, SourceError>;
+}
+
+/// The sources of this worker, one per [`SourceKind`] it can serve.
+#[derive(Clone)]
+pub struct Sources {
+    pub http: Arc<dyn Source>,
+    /// `None` until the Telegram source exists: such tasks fail at once.
+    pub telegram: Option<Arc<dyn Source>>,
+}
+
+impl Sources {
+    /// The source for a task, or the permanent error that no such source is here.
+    pub fn for_task(&self, task: &Task) -> Result<Arc<dyn Source>, SourceError> {
+        match task.source {
+            SourceKind::Http => Ok(self.http.clone()),
+            SourceKind::Telegram => self.telegram.clone().ok_or_else(|| {
+                SourceError::permanent(format!(
+                    "this worker has no Telegram source yet: {} cannot be saved until one is added; \
+                     send a direct link as `url` instead",
+                    shown_link(&task.link)
+                ))
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_are_shown_without_their_query_or_user_info() {
+        assert_eq!(
+            shown_link("https://user:pw@example.com/a.bin?X-Amz-Signature=abc"),
+            "https://example.com/a.bin?…"
+        );
+        assert_eq!(shown_link("https://t.me/channel/123"), "https://t.me/channel/123");
+        assert_eq!(shown_link("not a link"), "not a link");
+    }
+}

@@ -1,0 +1,154 @@
+//! The [`Storage`] trait: where a task's bytes are kept, and the only thing
+//! the pipeline knows about a storage.
+//!
+//! A storage writes a file through a partial file ([`PartialFile`], a
+//! `.part` for `local`) that becomes the file only when it is complete, so a
+//! reader never sees half a file. The path of a file is decided once, when
+//! the task is resolved ([`Storage::reserve`] picks a free name and holds
+//! it), and a later attempt reopens the same partial file to continue from
+//! its length.
+//!
+//! Storages are built from `[[storages]]` in [`Storages::from_config`];
+//! `local` is the only kind today.
+
+mod local;
+pub mod path;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use savestream_shared::config::{Config, StorageKind};
+
+pub use local::LocalStorage;
+pub use path::{FileName, PathError, StorageDir, StoragePath};
+
+/// What a storage call can answer besides success.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The name or path cannot be used (it would leave the storage).
+    #[error("storage {storage}: {error}")]
+    Path { storage: String, error: PathError },
+    /// The path resolves outside the storage's base path, through a symlink.
+    #[error("storage {storage}: {path} resolves outside the storage's base path")]
+    Escapes { storage: String, path: String },
+    /// Every alternative name for a file was taken.
+    #[error("storage {storage}: no free name for {path} (tried {tries} alternatives)")]
+    NoFreeName {
+        storage: String,
+        path: String,
+        tries: u32,
+    },
+    /// The file is larger than the storage accepts.
+    #[error("storage {storage}: the file is {size} bytes, more than the {max} bytes this storage accepts")]
+    TooLarge { storage: String, size: u64, max: u64 },
+    /// A read or write failed: a full disk, a permission, an I/O error.
+    #[error("storage {storage}: cannot {action} {path}: {source}")]
+    Io {
+        storage: String,
+        action: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StorageError {
+    /// Whether retrying cannot help: the name is refused, or the file is too
+    /// big for the storage. I/O errors (a full disk, a flaky mount) may pass.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            StorageError::Path { .. }
+            | StorageError::Escapes { .. }
+            | StorageError::NoFreeName { .. }
+            | StorageError::TooLarge { .. } => true,
+            StorageError::Io { source, .. } => source.kind() == std::io::ErrorKind::FileTooLarge,
+        }
+    }
+}
+
+/// Where files are kept.
+#[async_trait]
+pub trait Storage: Send + Sync + std::fmt::Debug {
+    /// The `[[storages]] name`.
+    fn name(&self) -> &str;
+
+    /// The largest file this storage accepts, if it has a limit.
+    fn max_file_size(&self) -> Option<u64> {
+        None
+    }
+
+    /// Picks a free path for `name` under `dir` (`name`, else `name_1`,
+    /// `name_2`, …) and holds it, so two tasks never pick the same one.
+    async fn reserve(&self, dir: &StorageDir, name: &FileName) -> Result<StoragePath, StorageError>;
+
+    /// Opens the partial file of `path`, creating it when missing; what it
+    /// already holds is where a resumed download continues.
+    async fn open(&self, path: &StoragePath) -> Result<Box<dyn PartialFile>, StorageError>;
+
+    /// The size of the finished file at `path`, if there is one.
+    async fn stored_size(&self, path: &StoragePath) -> Result<Option<u64>, StorageError>;
+
+    /// Removes the partial file of `path`, if any (a canceled or failed task).
+    async fn discard(&self, path: &StoragePath) -> Result<(), StorageError>;
+
+    /// Removes the finished file at `path`, if any (a task canceled in the
+    /// instant between its file being finished and its completion recorded).
+    async fn remove(&self, path: &StoragePath) -> Result<(), StorageError>;
+}
+
+/// A file being written. Bytes are appended in order; [`PartialFile::finish`]
+/// turns it into the finished file.
+#[async_trait]
+pub trait PartialFile: Send {
+    /// How many bytes it holds.
+    fn len(&self) -> u64;
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops everything written, to start over (the source could not resume).
+    async fn truncate(&mut self) -> Result<(), StorageError>;
+
+    async fn write(&mut self, chunk: &[u8]) -> Result<(), StorageError>;
+
+    /// Hands buffered bytes to the storage, so that a crash loses only
+    /// what arrived since (the pipeline calls it with every progress write).
+    async fn flush(&mut self) -> Result<(), StorageError>;
+
+    /// Makes the written bytes durable and the file visible under its path;
+    /// returns its size.
+    async fn finish(self: Box<Self>) -> Result<u64, StorageError>;
+}
+
+/// The enabled storages of this worker, by name.
+#[derive(Clone, Debug, Default)]
+pub struct Storages {
+    by_name: HashMap<String, Arc<dyn Storage>>,
+}
+
+impl Storages {
+    /// Builds every enabled `[[storages]]` entry, creating base paths that
+    /// do not exist yet.
+    pub fn from_config(config: &Config) -> Result<Storages, StorageError> {
+        let mut storages = Storages::default();
+        for storage in config.storages.iter().filter(|storage| storage.enable) {
+            match storage.kind {
+                StorageKind::Local => {
+                    let local = LocalStorage::new(&storage.name, &storage.base_path)?;
+                    storages.insert(Arc::new(local));
+                }
+            }
+        }
+        Ok(storages)
+    }
+
+    pub fn insert(&mut self, storage: Arc<dyn Storage>) {
+        self.by_name.insert(storage.name().to_owned(), storage);
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Storage>> {
+        self.by_name.get(name)
+    }
+}

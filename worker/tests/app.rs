@@ -1,0 +1,517 @@
+//! A whole worker, in process: `Application::build` and
+//! `run_until_stopped` against a real Redis and a real HTTP server. These
+//! tests cover what lives around the pipeline: the intake loop, leases and
+//! the reaper, the cancel subscription, undecodable work items, a Redis
+//! restart, and the graceful shutdown.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fred::prelude::*;
+use savestream_shared::config::{Config, QueueConfig, RedisConfig};
+use savestream_shared::event::EventKind;
+use savestream_shared::store::{NewTask, Store, TaskRecord};
+use savestream_shared::task::{SourceKind, TaskId, TaskStatus};
+use savestream_shared::title;
+use savestream_testkit::{eventually, RedisServer};
+use savestream_tests::file_server::{FileServer, ServedFile};
+use savestream_worker::pipeline::RELEASED_MESSAGE;
+use savestream_worker::running::RunningTasks;
+use savestream_worker::{cancel, Application};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const PREFIX: &str = "test";
+
+fn body(size: usize) -> Vec<u8> {
+    (0..size).map(|index| (index * 13 % 241) as u8).collect()
+}
+
+fn config(redis_url: &str, storage: &std::path::Path, slots: usize, grace_seconds: u64) -> Config {
+    let text = format!(
+        r#"workers = {slots}
+retry = 2
+
+[redis]
+url = "{redis_url}"
+prefix = "{PREFIX}"
+
+[queue]
+lease_seconds = 5
+
+[http]
+allow_private_networks = true
+
+[worker]
+shutdown_grace_seconds = {grace_seconds}
+
+[[storages]]
+name = "local1"
+type = "local"
+base_path = "{storage}"
+
+[[users]]
+id = 1
+storages = ["local1"]
+"#,
+        storage = storage.display(),
+    );
+    Config::from_toml_str(&text, "test.toml", Vec::new())
+        .expect("the test config loads")
+        .config
+}
+
+/// A worker running in this process.
+struct Worker {
+    consumer: String,
+    stop: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+impl Worker {
+    async fn start(config: Config) -> Worker {
+        let application = Application::build(config).await.expect("the worker starts");
+        let consumer = application.consumer().to_owned();
+        let stop = CancellationToken::new();
+        let shutdown = stop.clone().cancelled_owned();
+        let handle = tokio::spawn(application.run_until_stopped(shutdown));
+        Worker {
+            consumer,
+            stop,
+            handle,
+        }
+    }
+
+    /// Asks for a graceful shutdown and waits for it, at most `timeout`.
+    async fn shut_down(self, timeout: Duration) {
+        self.stop.cancel();
+        tokio::time::timeout(timeout, self.handle)
+            .await
+            .expect("the worker stops in time")
+            .expect("the worker does not panic");
+    }
+}
+
+struct Harness {
+    redis: RedisServer,
+    store: Store,
+    files: FileServer,
+    storage_dir: tempfile::TempDir,
+}
+
+impl Harness {
+    async fn start() -> Harness {
+        let redis = RedisServer::start();
+        let store = connect(&redis.url(), 5).await;
+        Harness {
+            redis,
+            store,
+            files: FileServer::start().await,
+            storage_dir: tempfile::tempdir().expect("a temp dir"),
+        }
+    }
+
+    fn config(&self, slots: usize, grace_seconds: u64) -> Config {
+        config(&self.redis.url(), self.storage_dir.path(), slots, grace_seconds)
+    }
+
+    async fn create(&self, path_on_server: &str) -> TaskId {
+        let task_id = TaskId::generate();
+        let link = self.files.url(path_on_server);
+        self.store
+            .create(
+                &NewTask {
+                    task_id: task_id.clone(),
+                    source: SourceKind::Http,
+                    link: link.clone(),
+                    user_id: 1,
+                    storage: "local1".into(),
+                    dir: "/".into(),
+                    title: title::pending(SourceKind::Http, &link, "local1", "/"),
+                },
+                None,
+            )
+            .await
+            .expect("creating a task");
+        task_id
+    }
+
+    async fn record(&self, task_id: &TaskId) -> TaskRecord {
+        self.store.get(task_id).await.unwrap().expect("the task exists")
+    }
+
+    async fn wait_for(&self, task_id: &TaskId, status: TaskStatus, timeout: Duration) -> TaskRecord {
+        eventually(&format!("task {task_id} to be {status}"), timeout, || async {
+            let record = self.record(task_id).await;
+            (record.task.status == status).then_some(record)
+        })
+        .await
+    }
+
+    async fn events(&self, task_id: &TaskId) -> Vec<(i64, EventKind)> {
+        self.store
+            .events(task_id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|logged| (logged.event.at, logged.event.kind))
+            .collect()
+    }
+
+    fn stored(&self, relative: &str) -> PathBuf {
+        self.storage_dir.path().join(relative.trim_start_matches('/'))
+    }
+
+    async fn raw(&self) -> Client {
+        let client = Builder::from_config(fred::types::config::Config::from_url(&self.redis.url()).unwrap())
+            .build()
+            .unwrap();
+        client.init().await.unwrap();
+        client
+    }
+
+    /// Waits until `count` workers block in `XREADGROUP`: idle, and woken
+    /// by the next task. (Redis 7.0 lists no consumer before its first
+    /// entry, so the client list is what shows them.)
+    async fn wait_for_idle_workers(&self, count: usize) {
+        let raw = self.raw().await;
+        eventually(
+            "the workers to block on the queue",
+            Duration::from_secs(10),
+            || {
+                let raw = raw.clone();
+                async move {
+                    let clients: String = raw.custom(fred::cmd!("CLIENT"), vec!["LIST"]).await.ok()?;
+                    let blocked = clients
+                        .lines()
+                        .filter(|line| line.contains("cmd=xreadgroup"))
+                        .count();
+                    (blocked >= count).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+}
+
+async fn connect(redis_url: &str, lease_seconds: u64) -> Store {
+    let store = Store::connect(
+        &RedisConfig {
+            url: redis_url.to_owned(),
+            prefix: PREFIX.into(),
+        },
+        &QueueConfig {
+            lease_seconds,
+            retention_hours: 1,
+        },
+    )
+    .await
+    .expect("connecting to the test redis");
+    store.ensure_group().await.expect("creating the workers group");
+    store
+}
+
+#[tokio::test]
+async fn an_idle_worker_picks_tasks_up_at_once_and_runs_them_side_by_side() {
+    let harness = Harness::start().await;
+    for index in 0..3 {
+        harness.files.add(
+            &format!("/f{index}.bin"),
+            ServedFile::new(body(300_000)).throttled(600_000),
+        );
+    }
+    let worker = Worker::start(harness.config(3, 10)).await;
+    harness.wait_for_idle_workers(1).await;
+
+    let mut task_ids = Vec::new();
+    for index in 0..3 {
+        task_ids.push(harness.create(&format!("/f{index}.bin")).await);
+    }
+    eventually("three tasks to run at once", Duration::from_secs(5), || async {
+        (harness.store.list(10).await.unwrap().running.len() == 3).then_some(())
+    })
+    .await;
+    for (index, task_id) in task_ids.iter().enumerate() {
+        harness
+            .wait_for(task_id, TaskStatus::Completed, Duration::from_secs(10))
+            .await;
+        assert_eq!(
+            std::fs::read(harness.stored(&format!("/f{index}.bin"))).unwrap(),
+            body(300_000)
+        );
+        let events = harness.events(task_id).await;
+        let created = events[0].0;
+        let started = events
+            .iter()
+            .find(|(_, kind)| kind.name() == "started")
+            .map(|(at, _)| *at)
+            .expect("a started event");
+        assert!(
+            started - created < 500,
+            "picked up after {} ms",
+            started - created
+        );
+    }
+
+    worker.shut_down(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_cancel_message_reaches_the_token_of_the_running_task() {
+    let harness = Harness::start().await;
+    let redis = RedisConfig {
+        url: harness.redis.url(),
+        prefix: PREFIX.into(),
+    };
+    let subscriber = cancel::subscribe(&redis, &harness.store.keys().cancel_channel())
+        .await
+        .expect("subscribing");
+    let running = RunningTasks::default();
+    let stop = CancellationToken::new();
+    let listener = tokio::spawn(cancel::listen(subscriber, running.clone(), stop.clone()));
+    let task_id = harness.create("/whatever").await;
+    let other = harness.create("/other").await;
+    let guard = running.register("1-0", &task_id);
+    let other_guard = running.register("2-0", &other);
+
+    harness.store.cancel(&task_id).await.unwrap();
+
+    tokio::time::timeout(Duration::from_secs(1), guard.cancel.cancelled())
+        .await
+        .expect("the cancel message arrives within a second");
+    assert!(!other_guard.cancel.is_cancelled());
+    stop.cancel();
+    listener.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_canceled_running_task_stops_within_a_second_and_leaves_nothing() {
+    let harness = Harness::start().await;
+    harness
+        .files
+        .add("/slow.bin", ServedFile::new(body(2_000_000)).throttled(100_000));
+    let worker = Worker::start(harness.config(2, 10)).await;
+    let task_id = harness.create("/slow.bin").await;
+    let part = harness.stored("/slow.bin.part");
+    eventually(
+        "the download to be under way",
+        Duration::from_secs(10),
+        || async {
+            let len = std::fs::metadata(&part)
+                .map(|metadata| metadata.len())
+                .unwrap_or(0);
+            (len > 0).then_some(())
+        },
+    )
+    .await;
+
+    harness.store.cancel(&task_id).await.unwrap();
+
+    eventually("the partial file to go", Duration::from_secs(1), || async {
+        (!part.exists()).then_some(())
+    })
+    .await;
+    eventually("the download to stop", Duration::from_secs(1), || async {
+        harness
+            .files
+            .requests_for("/slow.bin")
+            .iter()
+            .all(|request| request.finished && !request.complete)
+            .then_some(())
+    })
+    .await;
+    assert!(!harness.stored("/slow.bin").exists());
+    let names: Vec<&str> = harness
+        .events(&task_id)
+        .await
+        .iter()
+        .map(|(_, kind)| kind.name())
+        .collect();
+    assert_eq!(names, vec!["created", "started", "resolved", "canceled"]);
+    worker.shut_down(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn an_undecodable_work_item_is_discarded_and_the_worker_goes_on() {
+    let harness = Harness::start().await;
+    harness.files.add("/f.bin", ServedFile::new(body(1_000)));
+    let raw = harness.raw().await;
+    let jobs = harness.store.keys().jobs();
+    for fields in [["task", "not-a-task-id"], ["something", "else"]] {
+        let mut args = vec![jobs.clone(), "*".to_owned()];
+        args.extend(fields.map(str::to_owned));
+        let _: String = raw.custom(fred::cmd!("XADD"), args).await.unwrap();
+    }
+    let worker = Worker::start(harness.config(2, 10)).await;
+
+    let task_id = harness.create("/f.bin").await;
+
+    harness
+        .wait_for(&task_id, TaskStatus::Completed, Duration::from_secs(10))
+        .await;
+    eventually("the bad items to be deleted", Duration::from_secs(5), || async {
+        let length: u64 = raw.xlen(&jobs).await.unwrap();
+        (length == 0).then_some(())
+    })
+    .await;
+    worker.shut_down(Duration::from_secs(5)).await;
+}
+
+/// A `redis-server` started by hand on a given port, for the restart test.
+struct ReplacementRedis(Child);
+
+impl ReplacementRedis {
+    fn start(port: u16, dir: &std::path::Path) -> ReplacementRedis {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "no", "--dir"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting redis-server");
+        ReplacementRedis(child)
+    }
+}
+
+impl Drop for ReplacementRedis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_worker_carries_on_after_redis_restarts_empty() {
+    let mut harness = Harness::start().await;
+    harness.files.add("/f.bin", ServedFile::new(body(1_000)));
+    let worker = Worker::start(harness.config(2, 10)).await;
+    let before = harness.create("/f.bin").await;
+    harness
+        .wait_for(&before, TaskStatus::Completed, Duration::from_secs(10))
+        .await;
+
+    // Redis dies and comes back on the same port with nothing: no
+    // function library, no stream, no consumer group.
+    let port = harness.redis.port();
+    harness.redis.kill();
+    let _replacement = ReplacementRedis::start(port, harness.redis.dir());
+    let after = eventually("redis to be back", Duration::from_secs(10), || async {
+        let task_id = TaskId::generate();
+        let link = harness.files.url("/f.bin");
+        harness
+            .store
+            .create(
+                &NewTask {
+                    task_id: task_id.clone(),
+                    source: SourceKind::Http,
+                    link: link.clone(),
+                    user_id: 1,
+                    storage: "local1".into(),
+                    dir: "/after".into(),
+                    title: title::pending(SourceKind::Http, &link, "local1", "/after"),
+                },
+                None,
+            )
+            .await
+            .ok()
+            .map(|_| task_id)
+    })
+    .await;
+
+    let record = harness
+        .wait_for(&after, TaskStatus::Completed, Duration::from_secs(15))
+        .await;
+    assert_eq!(record.task.path.as_deref(), Some("/after/f.bin"));
+    worker.shut_down(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_task_left_by_a_dead_worker_is_resumed_by_a_live_one() {
+    let harness = Harness::start().await;
+    harness.files.add("/f.bin", ServedFile::new(body(100_000)));
+    let task_id = harness.create("/f.bin").await;
+    // A worker took the task, resolved it, wrote 40 000 bytes and died.
+    let dead = connect(&harness.redis.url(), 1).await;
+    let jobs = dead
+        .with_own_connection()
+        .await
+        .unwrap()
+        .read_jobs("dead-worker", 1, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let lease = dead
+        .start(&jobs[0].job_id, &task_id, "dead-worker")
+        .await
+        .unwrap();
+    let resolved = title::resolved(SourceKind::Http, "f.bin", "local1", "/f.bin");
+    dead.resolve(&lease, "f.bin", Some(100_000), "/f.bin", &resolved)
+        .await
+        .unwrap();
+    std::fs::write(harness.stored("/f.bin.part"), &body(100_000)[..40_000]).unwrap();
+    let mut config = harness.config(2, 10);
+    // Below the config's minimum, to keep the test short.
+    config.queue.lease_seconds = 1;
+
+    let worker = Worker::start(config).await;
+
+    let record = harness
+        .wait_for(&task_id, TaskStatus::Completed, Duration::from_secs(15))
+        .await;
+    assert_eq!(record.task.worker.as_deref(), Some(worker.consumer.as_str()));
+    assert_eq!(std::fs::read(harness.stored("/f.bin")).unwrap(), body(100_000));
+    let requests = harness.files.requests_for("/f.bin");
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(requests[0].range_start(), Some(40_000));
+    let names: Vec<&str> = harness
+        .events(&task_id)
+        .await
+        .iter()
+        .map(|(_, kind)| kind.name())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["created", "started", "resolved", "started", "completed"]
+    );
+    worker.shut_down(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn shutdown_lets_a_running_task_finish() {
+    let harness = Harness::start().await;
+    harness
+        .files
+        .add("/f.bin", ServedFile::new(body(300_000)).throttled(300_000));
+    let worker = Worker::start(harness.config(2, 10)).await;
+    let task_id = harness.create("/f.bin").await;
+    harness
+        .wait_for(&task_id, TaskStatus::Running, Duration::from_secs(5))
+        .await;
+
+    worker.shut_down(Duration::from_secs(10)).await;
+
+    assert_eq!(harness.record(&task_id).await.task.status, TaskStatus::Completed);
+    assert_eq!(std::fs::read(harness.stored("/f.bin")).unwrap(), body(300_000));
+}
+
+#[tokio::test]
+async fn shutdown_releases_a_task_still_running_when_the_grace_period_ends() {
+    let harness = Harness::start().await;
+    harness
+        .files
+        .add("/slow.bin", ServedFile::new(body(2_000_000)).throttled(100_000));
+    let worker = Worker::start(harness.config(2, 1)).await;
+    let task_id = harness.create("/slow.bin").await;
+    harness
+        .wait_for(&task_id, TaskStatus::Running, Duration::from_secs(5))
+        .await;
+
+    worker.shut_down(Duration::from_secs(6)).await;
+
+    let record = harness.record(&task_id).await;
+    assert_eq!(record.task.status, TaskStatus::Queued);
+    assert_eq!(record.task.error, RELEASED_MESSAGE);
+    assert_eq!(record.task.retries, 0);
+    assert!(harness.stored("/slow.bin.part").exists());
+}

@@ -1,0 +1,286 @@
+//! The `http` source against a real local HTTP server (`FileServer`): file
+//! names and sizes, redirects, resuming with `Range`, status and network
+//! errors, and the guard against private addresses.
+
+use futures::TryStreamExt;
+use savestream_shared::config::HttpConfig;
+use savestream_shared::task::{SourceKind, Task, TaskId, TaskStatus};
+use savestream_tests::file_server::{FileServer, ServedFile};
+use savestream_worker::source::http::HttpSource;
+use savestream_worker::source::{Download, RemoteFile, Source, SourceErrorKind};
+
+fn source(allow_private_networks: bool) -> HttpSource {
+    HttpSource::new(&HttpConfig {
+        allow_private_networks,
+    })
+    .expect("building the http client")
+}
+
+fn task(link: &str) -> Task {
+    Task {
+        id: TaskId::generate(),
+        status: TaskStatus::Running,
+        source: SourceKind::Http,
+        link: link.to_owned(),
+        user_id: 1,
+        storage: "local1".into(),
+        dir: "/".into(),
+        title: String::new(),
+        file_name: None,
+        size: None,
+        path: None,
+        created_at: 0,
+        updated_at: 0,
+        started_at: None,
+        ended_at: None,
+        attempt: 1,
+        retries: 0,
+        error: String::new(),
+        worker: None,
+    }
+}
+
+fn body(size: usize) -> Vec<u8> {
+    (0..size).map(|index| (index * 7 % 251) as u8).collect()
+}
+
+async fn read_all(download: Download) -> Vec<u8> {
+    let chunks: Vec<bytes::Bytes> = download.stream.try_collect().await.expect("reading the body");
+    chunks.concat()
+}
+
+#[tokio::test]
+async fn the_file_name_comes_from_content_disposition_and_the_size_from_content_length() {
+    let server = FileServer::start().await;
+    server.add(
+        "/download",
+        ServedFile::new(body(1000))
+            .with_content_disposition("attachment; filename*=UTF-8''r%C3%A9sum%C3%A9.pdf"),
+    );
+
+    let files = source(true)
+        .resolve(&task(&server.url("/download")))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        files,
+        vec![RemoteFile {
+            name: Some("résumé.pdf".into()),
+            size: Some(1000),
+            mime: None,
+        }]
+    );
+}
+
+#[tokio::test]
+async fn without_content_disposition_the_name_is_the_last_url_segment_and_the_size_may_be_unknown() {
+    let server = FileServer::start().await;
+    server.add(
+        "/files/my%20file.bin",
+        ServedFile::new(body(10)).without_content_length(),
+    );
+
+    let files = source(true)
+        .resolve(&task(&server.url("/files/my%20file.bin?token=secret")))
+        .await
+        .unwrap();
+
+    assert_eq!(files[0].name.as_deref(), Some("my file.bin"));
+    assert_eq!(files[0].size, None);
+}
+
+#[tokio::test]
+async fn redirects_are_followed_and_the_name_comes_from_the_final_url() {
+    let server = FileServer::start().await;
+    server.add("/short", ServedFile::redirect(server.url("/real/archive.zip")));
+    server.add("/real/archive.zip", ServedFile::new(body(100)));
+
+    let source = source(true);
+    let link = task(&server.url("/short"));
+    let files = source.resolve(&link).await.unwrap();
+    let download = source.open(&link, &files[0], 0).await.unwrap();
+
+    assert_eq!(files[0].name.as_deref(), Some("archive.zip"));
+    assert_eq!(read_all(download).await, body(100));
+}
+
+#[tokio::test]
+async fn a_redirect_loop_fails_permanently_after_ten_hops() {
+    let server = FileServer::start().await;
+    server.add("/a", ServedFile::redirect(server.url("/b")));
+    server.add("/b", ServedFile::redirect(server.url("/a")));
+
+    let error = source(true).resolve(&task(&server.url("/a"))).await.unwrap_err();
+
+    assert_eq!(error.kind, SourceErrorKind::Permanent);
+    assert!(error.message.contains("redirected more than 10 times"), "{error}");
+    assert_eq!(server.requests().len(), 11, "the first request and ten redirects");
+}
+
+#[tokio::test]
+async fn a_redirect_to_another_scheme_is_refused() {
+    let server = FileServer::start().await;
+    server.add("/a", ServedFile::redirect("ftp://example.com/file"));
+
+    let error = source(true).resolve(&task(&server.url("/a"))).await.unwrap_err();
+
+    assert_eq!(error.kind, SourceErrorKind::Permanent);
+    assert!(error.message.contains("ftp"), "{error}");
+}
+
+#[tokio::test]
+async fn a_missing_file_is_a_permanent_error_that_names_the_link() {
+    let server = FileServer::start().await;
+
+    let error = source(true)
+        .resolve(&task(&server.url("/gone.bin?sig=secret")))
+        .await
+        .unwrap_err();
+
+    assert_eq!(error.kind, SourceErrorKind::Permanent);
+    assert_eq!(
+        error.message,
+        format!(
+            "http://{}/gone.bin?… answered 404 Not Found: check the link",
+            server.address()
+        )
+    );
+}
+
+#[tokio::test]
+async fn server_errors_and_refused_connections_are_retryable() {
+    let server = FileServer::start().await;
+    server.add("/flaky", ServedFile::new(body(10)).failing_first(1));
+    let source = source(true);
+
+    let error = source.resolve(&task(&server.url("/flaky"))).await.unwrap_err();
+    assert_eq!(error.kind, SourceErrorKind::Retryable);
+    assert!(error.message.contains("500 Internal Server Error"), "{error}");
+    assert!(source.resolve(&task(&server.url("/flaky"))).await.is_ok());
+
+    let closed_port = savestream_testkit::free_port();
+    let error = source
+        .resolve(&task(&format!("http://127.0.0.1:{closed_port}/x")))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind, SourceErrorKind::Retryable);
+    assert!(error.message.starts_with("cannot connect to"), "{error}");
+}
+
+#[tokio::test]
+async fn a_download_resumes_from_an_offset_with_a_range_request() {
+    let server = FileServer::start().await;
+    server.add("/big.bin", ServedFile::new(body(10_000)));
+    let file = RemoteFile {
+        name: Some("big.bin".into()),
+        size: Some(10_000),
+        mime: None,
+    };
+
+    let download = source(true)
+        .open(&task(&server.url("/big.bin")), &file, 4_000)
+        .await
+        .unwrap();
+
+    assert_eq!(download.offset, 4_000);
+    assert_eq!(download.total, Some(10_000));
+    assert_eq!(read_all(download).await, body(10_000)[4_000..].to_vec());
+    let requests = server.requests_for("/big.bin");
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].range.as_deref(), Some("bytes=4000-"));
+    assert_eq!(requests[0].status, 206);
+}
+
+#[tokio::test]
+async fn a_server_that_ignores_range_sends_the_whole_file_from_offset_zero() {
+    let server = FileServer::start().await;
+    server.add("/big.bin", ServedFile::new(body(5_000)).without_ranges());
+    let file = RemoteFile {
+        size: Some(5_000),
+        ..RemoteFile::default()
+    };
+
+    let download = source(true)
+        .open(&task(&server.url("/big.bin")), &file, 1_000)
+        .await
+        .unwrap();
+
+    assert_eq!(download.offset, 0);
+    assert_eq!(read_all(download).await, body(5_000));
+    assert_eq!(
+        server.requests_for("/big.bin").len(),
+        1,
+        "the 200 answer is used as it is"
+    );
+}
+
+#[tokio::test]
+async fn a_file_that_changed_size_or_an_unsatisfiable_range_starts_over() {
+    let server = FileServer::start().await;
+    server.add("/changed.bin", ServedFile::new(body(3_000)));
+    let source = source(true);
+    let link = task(&server.url("/changed.bin"));
+
+    // The earlier attempt saw 2 000 bytes; the server now has 3 000.
+    let stale = RemoteFile {
+        size: Some(2_000),
+        ..RemoteFile::default()
+    };
+    let download = source.open(&link, &stale, 1_000).await.unwrap();
+    assert_eq!(download.offset, 0);
+    assert_eq!(read_all(download).await, body(3_000));
+
+    // An offset past the end (416) starts over too.
+    let download = source.open(&link, &RemoteFile::default(), 5_000).await.unwrap();
+    assert_eq!(download.offset, 0);
+    assert_eq!(read_all(download).await, body(3_000));
+    let statuses: Vec<u16> = server.requests().iter().map(|request| request.status).collect();
+    assert_eq!(statuses, vec![206, 200, 416, 200]);
+}
+
+#[tokio::test]
+async fn private_addresses_are_refused_unless_allowed() {
+    let server = FileServer::start().await;
+    server.add("/f", ServedFile::new(body(10)));
+    let guarded = source(false);
+
+    let literal = guarded.resolve(&task(&server.url("/f"))).await.unwrap_err();
+    assert_eq!(literal.kind, SourceErrorKind::Permanent);
+    assert!(
+        literal
+            .message
+            .starts_with("refusing to download from 127.0.0.1 (127.0.0.1): it is a loopback address"),
+        "{literal}"
+    );
+    assert!(
+        literal.message.contains("allow_private_networks = true"),
+        "{literal}"
+    );
+
+    // A name is checked after it is resolved.
+    let named = format!("http://localhost:{}/f", server.address().port());
+    let by_name = guarded.resolve(&task(&named)).await.unwrap_err();
+    assert_eq!(by_name.kind, SourceErrorKind::Permanent);
+    assert!(by_name.message.contains("it is a loopback address"), "{by_name}");
+
+    let metadata = guarded
+        .resolve(&task("http://169.254.169.254/latest/meta-data/"))
+        .await
+        .unwrap_err();
+    assert!(metadata.message.contains("link-local"), "{metadata}");
+
+    assert!(
+        server.requests().is_empty(),
+        "no refused request reached the server"
+    );
+    assert!(source(true).resolve(&task(&server.url("/f"))).await.is_ok());
+}
+
+#[tokio::test]
+async fn links_that_are_not_http_fail_permanently() {
+    for link in ["ftp://example.com/file", "not a url", "file:///etc/passwd"] {
+        let error = source(true).resolve(&task(link)).await.unwrap_err();
+        assert_eq!(error.kind, SourceErrorKind::Permanent, "{link}");
+    }
+}

@@ -1,0 +1,575 @@
+//! The pipeline step function, `pipeline::process`, against a real Redis
+//! (`RedisServer`), a real HTTP server (`FileServer`) and a `local` storage
+//! in a temp dir: one attempt at a time, driven by hand, so each test can
+//! set up exactly the state an attempt finds (a resumed path, a partial
+//! file, a cancel, a takeover, the end of the grace period).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use savestream_shared::config::{HttpConfig, QueueConfig, RedisConfig};
+use savestream_shared::event::EventKind;
+use savestream_shared::store::queue::RetryKind;
+use savestream_shared::store::{Lease, NewTask, Store, TaskRecord};
+use savestream_shared::task::{SourceKind, TaskId, TaskStatus};
+use savestream_shared::title;
+use savestream_testkit::{eventually, RedisServer};
+use savestream_tests::file_server::{FileServer, ServedFile};
+use savestream_worker::context::Context;
+use savestream_worker::pipeline::{self, Outcome, RELEASED_MESSAGE};
+use savestream_worker::running::RunningTasks;
+use savestream_worker::source::http::HttpSource;
+use savestream_worker::source::Sources;
+use savestream_worker::storage::{LocalStorage, Storages};
+use tokio_util::sync::CancellationToken;
+
+const CONSUMER: &str = "test-worker";
+
+struct Harness {
+    _redis: RedisServer,
+    store: Store,
+    reader: Store,
+    files: FileServer,
+    storage_dir: tempfile::TempDir,
+    context: Arc<Context>,
+}
+
+impl Harness {
+    async fn start() -> Harness {
+        Harness::with_lease(5).await
+    }
+
+    async fn with_lease(lease_seconds: u64) -> Harness {
+        let redis = RedisServer::start();
+        let store = Store::connect(
+            &RedisConfig {
+                url: redis.url(),
+                prefix: "test".into(),
+            },
+            &QueueConfig {
+                lease_seconds,
+                retention_hours: 1,
+            },
+        )
+        .await
+        .expect("connecting to the test redis");
+        store.ensure_group().await.expect("creating the workers group");
+        let reader = store.with_own_connection().await.expect("a second connection");
+        let storage_dir = tempfile::tempdir().expect("a temp dir");
+        let mut storages = Storages::default();
+        storages.insert(Arc::new(
+            LocalStorage::new("local1", storage_dir.path()).expect("the local storage"),
+        ));
+        let http = HttpSource::new(&HttpConfig {
+            allow_private_networks: true,
+        })
+        .expect("the http source");
+        let context = Context {
+            store: store.clone(),
+            consumer: CONSUMER.into(),
+            sources: Sources {
+                http: Arc::new(http),
+                telegram: None,
+            },
+            storages,
+            running: RunningTasks::default(),
+            retry_limit: 2,
+            release: CancellationToken::new(),
+        };
+        Harness {
+            _redis: redis,
+            store,
+            reader,
+            files: FileServer::start().await,
+            storage_dir,
+            context: Arc::new(context),
+        }
+    }
+
+    async fn create_task(&self, source: SourceKind, link: &str, storage: &str, dir: &str) -> TaskId {
+        let task_id = TaskId::generate();
+        self.store
+            .create(
+                &NewTask {
+                    task_id: task_id.clone(),
+                    source,
+                    link: link.into(),
+                    user_id: 1,
+                    storage: storage.into(),
+                    dir: dir.into(),
+                    title: title::pending(source, link, storage, dir),
+                },
+                None,
+            )
+            .await
+            .expect("creating a task");
+        task_id
+    }
+
+    async fn create(&self, path_on_server: &str) -> TaskId {
+        self.create_task(SourceKind::Http, &self.files.url(path_on_server), "local1", "/")
+            .await
+    }
+
+    /// Reads the next work item and starts its attempt, as the intake loop does.
+    async fn lease(&self) -> Lease {
+        let jobs = self
+            .reader
+            .read_jobs(CONSUMER, 1, Duration::from_secs(2))
+            .await
+            .expect("reading work items");
+        let job = jobs.into_iter().next().expect("a work item is waiting");
+        let task_id = job.task_id.clone().expect("a valid work item");
+        self.store
+            .start(&job.job_id, &task_id, CONSUMER)
+            .await
+            .expect("starting the attempt")
+    }
+
+    /// Resolves the attempt to `path` and hands the task back to the queue,
+    /// as an attempt that died after resolving would leave it; returns the
+    /// next attempt's lease.
+    async fn resolved_and_released(&self, name: &str, size: u64, path: &str) -> Lease {
+        let first = self.lease().await;
+        let resolved = title::resolved(SourceKind::Http, name, "local1", path);
+        self.store
+            .resolve(&first, name, Some(size), path, &resolved)
+            .await
+            .unwrap();
+        self.store
+            .retry(&first, "worker died", RetryKind::Release, Duration::ZERO)
+            .await
+            .unwrap();
+        self.lease().await
+    }
+
+    async fn process(&self, lease: &Lease) -> Outcome {
+        pipeline::process(&self.context, lease, &CancellationToken::new()).await
+    }
+
+    /// Runs an attempt in the background.
+    fn spawn(&self, lease: Lease) -> tokio::task::JoinHandle<Outcome> {
+        let context = self.context.clone();
+        tokio::spawn(async move { pipeline::process(&context, &lease, &CancellationToken::new()).await })
+    }
+
+    fn stored(&self, relative: &str) -> PathBuf {
+        self.storage_dir.path().join(relative.trim_start_matches('/'))
+    }
+
+    async fn record(&self, task_id: &TaskId) -> TaskRecord {
+        self.store.get(task_id).await.unwrap().expect("the task exists")
+    }
+
+    async fn events(&self, task_id: &TaskId) -> Vec<EventKind> {
+        self.store
+            .events(task_id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|logged| logged.event.kind)
+            .collect()
+    }
+
+    async fn event_names(&self, task_id: &TaskId) -> Vec<&'static str> {
+        self.events(task_id).await.iter().map(EventKind::name).collect()
+    }
+
+    /// Waits until the partial file at `path` holds some bytes.
+    async fn wait_for_partial(&self, path: &str) -> PathBuf {
+        let part = self.stored(&format!("{path}.part"));
+        eventually("the partial file to fill", Duration::from_secs(10), || {
+            let part = part.clone();
+            async move {
+                let len = std::fs::metadata(&part)
+                    .map(|metadata| metadata.len())
+                    .unwrap_or(0);
+                (len > 0).then_some(())
+            }
+        })
+        .await;
+        part
+    }
+}
+
+fn body(size: usize) -> Vec<u8> {
+    (0..size).map(|index| (index * 31 % 253) as u8).collect()
+}
+
+#[tokio::test]
+async fn process_saves_a_direct_link_and_records_its_title_path_and_progress() {
+    let harness = Harness::start().await;
+    harness.files.add(
+        "/dl",
+        ServedFile::new(body(200_000)).with_content_disposition("attachment; filename=\"report.pdf\""),
+    );
+    let task_id = harness
+        .create_task(SourceKind::Http, &harness.files.url("/dl"), "local1", "/docs")
+        .await;
+    let lease = harness.lease().await;
+
+    let outcome = harness.process(&lease).await;
+
+    assert_eq!(outcome, Outcome::Completed { bytes: 200_000 });
+    assert_eq!(
+        std::fs::read(harness.stored("/docs/report.pdf")).unwrap(),
+        body(200_000)
+    );
+    assert!(!harness.stored("/docs/report.pdf.part").exists());
+    let record = harness.record(&task_id).await;
+    assert_eq!(record.task.status, TaskStatus::Completed);
+    assert_eq!(record.task.path.as_deref(), Some("/docs/report.pdf"));
+    assert_eq!(record.task.file_name.as_deref(), Some("report.pdf"));
+    assert_eq!(record.task.size, Some(200_000));
+    assert_eq!(
+        record.task.title,
+        "[directlinks](report.pdf->local1:/docs/report.pdf)"
+    );
+    assert_eq!(record.progress.downloaded_bytes, 200_000);
+    assert_eq!(record.progress.total_bytes, Some(200_000));
+    assert_eq!(
+        harness.event_names(&task_id).await,
+        vec!["created", "started", "resolved", "completed"]
+    );
+}
+
+#[tokio::test]
+async fn a_taken_name_gets_a_number_and_a_hostile_name_is_sanitised() {
+    let harness = Harness::start().await;
+    std::fs::write(harness.stored("/a.bin"), b"somebody else's").unwrap();
+    harness.files.add("/a.bin", ServedFile::new(body(10)));
+    harness.files.add(
+        "/evil",
+        ServedFile::new(body(20)).with_content_disposition("attachment; filename=\"../../../etc/passwd\""),
+    );
+    let taken = harness.create("/a.bin").await;
+    let evil = harness.create("/evil").await;
+
+    let first = harness.lease().await;
+    assert_eq!(harness.process(&first).await, Outcome::Completed { bytes: 10 });
+    let second = harness.lease().await;
+    assert_eq!(harness.process(&second).await, Outcome::Completed { bytes: 20 });
+
+    assert_eq!(
+        harness.record(&taken).await.task.path.as_deref(),
+        Some("/a_1.bin")
+    );
+    assert_eq!(
+        std::fs::read(harness.stored("/a.bin")).unwrap(),
+        b"somebody else's"
+    );
+    assert_eq!(std::fs::read(harness.stored("/a_1.bin")).unwrap(), body(10));
+    assert_eq!(harness.record(&evil).await.task.path.as_deref(), Some("/passwd"));
+    assert_eq!(std::fs::read(harness.stored("/passwd")).unwrap(), body(20));
+}
+
+#[tokio::test]
+async fn a_resumed_attempt_continues_its_part_file_with_a_range_request() {
+    let harness = Harness::start().await;
+    harness.files.add("/f.bin", ServedFile::new(body(100_000)));
+    let task_id = harness.create("/f.bin").await;
+    let lease = harness.resolved_and_released("f.bin", 100_000, "/f.bin").await;
+    std::fs::write(harness.stored("/f.bin.part"), &body(100_000)[..30_000]).unwrap();
+
+    let outcome = harness.process(&lease).await;
+
+    assert_eq!(outcome, Outcome::Completed { bytes: 100_000 });
+    assert_eq!(std::fs::read(harness.stored("/f.bin")).unwrap(), body(100_000));
+    let requests = harness.files.requests_for("/f.bin");
+    assert_eq!(
+        requests.len(),
+        1,
+        "a resumed attempt does not resolve again: {requests:?}"
+    );
+    assert_eq!(requests[0].range.as_deref(), Some("bytes=30000-"));
+    assert_eq!(requests[0].sent, 70_000);
+    assert_eq!(harness.record(&task_id).await.task.status, TaskStatus::Completed);
+}
+
+#[tokio::test]
+async fn a_resumed_attempt_starts_over_when_the_server_ignores_range() {
+    let harness = Harness::start().await;
+    harness
+        .files
+        .add("/f.bin", ServedFile::new(body(50_000)).without_ranges());
+    harness.create("/f.bin").await;
+    let lease = harness.resolved_and_released("f.bin", 50_000, "/f.bin").await;
+    std::fs::write(harness.stored("/f.bin.part"), vec![0xff; 20_000]).unwrap();
+
+    let outcome = harness.process(&lease).await;
+
+    assert_eq!(outcome, Outcome::Completed { bytes: 50_000 });
+    assert_eq!(std::fs::read(harness.stored("/f.bin")).unwrap(), body(50_000));
+    let requests = harness.files.requests_for("/f.bin");
+    assert_eq!(requests[0].range.as_deref(), Some("bytes=20000-"));
+    assert_eq!(requests[0].status, 200);
+}
+
+#[tokio::test]
+async fn a_file_finished_before_a_crash_is_completed_without_downloading_again() {
+    let harness = Harness::start().await;
+    harness.files.add("/done.bin", ServedFile::new(body(1_000)));
+    let task_id = harness.create("/done.bin").await;
+    let lease = harness
+        .resolved_and_released("done.bin", 1_000, "/done.bin")
+        .await;
+    std::fs::write(harness.stored("/done.bin"), body(1_000)).unwrap();
+
+    let outcome = harness.process(&lease).await;
+
+    assert_eq!(outcome, Outcome::Completed { bytes: 1_000 });
+    assert!(harness.files.requests().is_empty());
+    assert_eq!(
+        harness.record(&task_id).await.task.path.as_deref(),
+        Some("/done.bin")
+    );
+}
+
+#[tokio::test]
+async fn a_retryable_failure_queues_a_retry_after_a_backoff_and_keeps_the_part() {
+    let harness = Harness::start().await;
+    harness.files.add("/f.bin", ServedFile::status(503));
+    let task_id = harness.create("/f.bin").await;
+    let lease = harness.resolved_and_released("f.bin", 1_000, "/f.bin").await;
+    std::fs::write(harness.stored("/f.bin.part"), body(300)).unwrap();
+
+    let outcome = harness.process(&lease).await;
+
+    let Outcome::Retrying { delay, error } = outcome else {
+        panic!("expected a retry, got {outcome:?}");
+    };
+    assert!(
+        delay >= Duration::from_millis(500) && delay <= Duration::from_secs(1),
+        "{delay:?}"
+    );
+    assert!(error.contains("503 Service Unavailable"), "{error}");
+    let record = harness.record(&task_id).await;
+    assert_eq!(record.task.status, TaskStatus::Queued);
+    assert_eq!(record.task.retries, 1);
+    assert_eq!(record.task.error, error);
+    assert!(
+        harness.stored("/f.bin.part").exists(),
+        "the next attempt resumes it"
+    );
+    let retrying = harness
+        .store
+        .events(&task_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|logged| match logged.event.kind {
+            EventKind::Retrying { due_at, .. } if logged.event.task_id == task_id => {
+                Some(due_at - logged.event.at)
+            }
+            _ => None,
+        })
+        .collect::<Vec<_>>();
+    // The release of the first attempt (no backoff), then the failure (backoff).
+    assert_eq!(retrying.len(), 2);
+    assert!((500..=1_000).contains(&retrying[1]), "{retrying:?}");
+}
+
+#[tokio::test]
+async fn retries_used_up_end_in_failed_with_the_last_error_and_no_part() {
+    let harness = Harness::start().await;
+    harness.files.add("/f.bin", ServedFile::status(500));
+    let task_id = harness.create("/f.bin").await;
+
+    let mut outcomes = Vec::new();
+    for _attempt in 0..3 {
+        // The promoter's job: queue the task again when its backoff is over.
+        eventually("the retry to be due", Duration::from_secs(5), || async {
+            harness.store.promote_due(10).await.unwrap();
+            harness.store.next_due().await.unwrap().is_none().then_some(())
+        })
+        .await;
+        let lease = harness.lease().await;
+        outcomes.push(harness.process(&lease).await);
+    }
+
+    assert!(matches!(outcomes[0], Outcome::Retrying { .. }), "{outcomes:?}");
+    assert!(matches!(outcomes[1], Outcome::Retrying { .. }), "{outcomes:?}");
+    let Outcome::Failed { error } = &outcomes[2] else {
+        panic!("expected a failure, got {outcomes:?}");
+    };
+    assert!(error.contains("500 Internal Server Error"), "{error}");
+    let record = harness.record(&task_id).await;
+    assert_eq!(record.task.status, TaskStatus::Failed);
+    assert_eq!(&record.task.error, error);
+    assert_eq!(
+        harness.event_names(&task_id).await,
+        vec!["created", "started", "retrying", "started", "retrying", "started", "failed"]
+    );
+    assert!(std::fs::read_dir(harness.storage_dir.path())
+        .unwrap()
+        .next()
+        .is_none());
+}
+
+#[tokio::test]
+async fn a_missing_file_fails_at_once() {
+    let harness = Harness::start().await;
+    let task_id = harness.create("/nothing-here.bin").await;
+    let lease = harness.lease().await;
+
+    let outcome = harness.process(&lease).await;
+
+    let expected = format!(
+        "http://{}/nothing-here.bin answered 404 Not Found: check the link",
+        harness.files.address()
+    );
+    assert_eq!(
+        outcome,
+        Outcome::Failed {
+            error: expected.clone()
+        }
+    );
+    let record = harness.record(&task_id).await;
+    assert_eq!(record.task.status, TaskStatus::Failed);
+    assert_eq!(record.task.error, expected);
+    assert_eq!(
+        harness.event_names(&task_id).await,
+        vec!["created", "started", "failed"]
+    );
+}
+
+#[tokio::test]
+async fn a_telegram_task_fails_at_once_with_a_clear_error() {
+    let harness = Harness::start().await;
+    let task_id = harness
+        .create_task(SourceKind::Telegram, "https://t.me/channel/123", "local1", "/")
+        .await;
+    let lease = harness.lease().await;
+
+    let outcome = harness.process(&lease).await;
+
+    let Outcome::Failed { error } = outcome else {
+        panic!("expected a failure, got {outcome:?}");
+    };
+    assert!(
+        error.starts_with("this worker has no Telegram source yet: https://t.me/channel/123"),
+        "{error}"
+    );
+    assert_eq!(harness.record(&task_id).await.task.status, TaskStatus::Failed);
+}
+
+#[tokio::test]
+async fn a_task_for_a_storage_this_worker_lacks_fails_with_a_clear_error() {
+    let harness = Harness::start().await;
+    harness.files.add("/f", ServedFile::new(body(5)));
+    harness
+        .create_task(SourceKind::Http, &harness.files.url("/f"), "nas", "/")
+        .await;
+    let lease = harness.lease().await;
+
+    let outcome = harness.process(&lease).await;
+
+    let Outcome::Failed { error } = outcome else {
+        panic!("expected a failure, got {outcome:?}");
+    };
+    assert!(
+        error.starts_with("storage \"nas\" is not configured on this worker"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_cancel_seen_by_a_progress_write_stops_the_download_and_removes_the_part() {
+    let harness = Harness::start().await;
+    harness
+        .files
+        .add("/slow.bin", ServedFile::new(body(1_000_000)).throttled(100_000));
+    let task_id = harness.create("/slow.bin").await;
+    let lease = harness.lease().await;
+    // No pub/sub here: the attempt's cancel token never fires, so only the
+    // answer to a progress write can tell it.
+    let running = harness.spawn(lease);
+    let part = harness.wait_for_partial("/slow.bin").await;
+
+    harness.store.cancel(&task_id).await.unwrap();
+    let canceled_at = Instant::now();
+    let outcome = running.await.unwrap();
+
+    assert_eq!(outcome, Outcome::Canceled);
+    assert!(
+        canceled_at.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        canceled_at.elapsed()
+    );
+    assert!(!part.exists());
+    assert!(!harness.stored("/slow.bin").exists());
+    eventually(
+        "the download connection to close",
+        Duration::from_secs(1),
+        || async {
+            harness
+                .files
+                .requests_for("/slow.bin")
+                .iter()
+                .all(|request| request.finished)
+                .then_some(())
+        },
+    )
+    .await;
+    let names = harness.event_names(&task_id).await;
+    assert_eq!(names, vec!["created", "started", "resolved", "canceled"]);
+}
+
+#[tokio::test]
+async fn the_end_of_the_grace_period_releases_the_task_and_keeps_the_part() {
+    let harness = Harness::start().await;
+    harness
+        .files
+        .add("/slow.bin", ServedFile::new(body(1_000_000)).throttled(100_000));
+    let task_id = harness.create("/slow.bin").await;
+    let lease = harness.lease().await;
+    let running = harness.spawn(lease);
+    let part = harness.wait_for_partial("/slow.bin").await;
+
+    harness.context.release.cancel();
+    let outcome = running.await.unwrap();
+
+    assert_eq!(outcome, Outcome::Released);
+    assert!(part.exists(), "the next attempt resumes it");
+    let record = harness.record(&task_id).await;
+    assert_eq!(record.task.status, TaskStatus::Queued);
+    assert_eq!(record.task.retries, 0, "a release does not use up a retry");
+    assert_eq!(record.task.error, RELEASED_MESSAGE);
+    let next = harness.lease().await;
+    assert_eq!(next.attempt, 2);
+    assert_eq!(next.task.path.as_deref(), Some("/slow.bin"));
+}
+
+#[tokio::test]
+async fn a_lost_lease_stops_the_download_without_writing_a_transition() {
+    let harness = Harness::with_lease(1).await;
+    harness
+        .files
+        .add("/slow.bin", ServedFile::new(body(1_000_000)).throttled(100_000));
+    let task_id = harness.create("/slow.bin").await;
+    let lease = harness.lease().await;
+    let running = harness.spawn(lease);
+    let part = harness.wait_for_partial("/slow.bin").await;
+
+    // Nobody renews the lease here, so after a second another worker may take the task.
+    let claimed = eventually("the lease to expire", Duration::from_secs(5), || async {
+        let jobs = harness.store.claim_expired("other-worker", 1).await.unwrap();
+        jobs.into_iter().next()
+    })
+    .await;
+    let takeover = harness
+        .store
+        .start(&claimed.job_id, &task_id, "other-worker")
+        .await
+        .unwrap();
+    let outcome = running.await.unwrap();
+
+    assert_eq!(takeover.attempt, 2);
+    assert_eq!(outcome, Outcome::LeaseLost);
+    assert!(part.exists(), "the new holder resumes it");
+    assert_eq!(
+        harness.event_names(&task_id).await,
+        vec!["created", "started", "resolved", "started"]
+    );
+}
