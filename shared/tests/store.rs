@@ -786,3 +786,37 @@ async fn batches_apply_the_same_rules_task_by_task() {
         .collect();
     assert_eq!(folded, harness.store.projection().await.unwrap());
 }
+
+#[tokio::test]
+async fn the_registry_lists_live_workers_and_forgets_stopped_ones() {
+    let harness = Harness::start().await;
+    let worker = |name: &str| savestream_shared::store::WorkerInfo {
+        name: name.into(),
+        host: "host".into(),
+        pid: 42,
+        role: "all".into(),
+        slots: 3,
+        tasks: vec![],
+        started_at: 1,
+        seen_at: 0,
+    };
+
+    harness.store.register_worker(&worker("a")).await.unwrap();
+    let mut busy = worker("b");
+    busy.tasks = vec!["d4mq2nk0h9pc73b0qpag".into()];
+    harness.store.register_worker(&busy).await.unwrap();
+    let listed = harness.store.workers().await.unwrap();
+    assert_eq!(
+        listed.iter().map(|info| info.name.as_str()).collect::<Vec<_>>(),
+        vec!["a", "b"]
+    );
+    assert_eq!(listed[1].tasks, busy.tasks);
+    assert!(listed[0].seen_at > 0);
+
+    harness.store.unregister_worker("a").await.unwrap();
+    let listed = harness.store.workers().await.unwrap();
+    assert_eq!(
+        listed.iter().map(|info| info.name.as_str()).collect::<Vec<_>>(),
+        vec!["b"]
+    );
+}

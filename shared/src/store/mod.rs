@@ -8,6 +8,8 @@
 mod batch;
 mod error;
 pub mod queue;
+mod registry;
+pub use registry::WorkerInfo;
 mod rebuild;
 pub mod webhooks;
 pub use rebuild::{FoldedTask, RebuildReport};
