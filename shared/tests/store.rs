@@ -820,3 +820,72 @@ async fn the_registry_lists_live_workers_and_forgets_stopped_ones() {
         vec!["b"]
     );
 }
+
+#[tokio::test]
+async fn a_heartbeat_reports_work_items_another_worker_took_over() {
+    let harness = Harness::with_lease(1).await;
+    harness.create().await;
+    let lease = harness.start_next().await;
+    let claimed = eventually(
+        "the expired work item to be claimable",
+        Duration::from_secs(5),
+        || async {
+            let jobs = harness.store.claim_expired("other-worker", 1).await.unwrap();
+            (!jobs.is_empty()).then_some(jobs)
+        },
+    )
+    .await;
+
+    let lost = harness
+        .store
+        .heartbeat(WORKER, std::slice::from_ref(&lease.job_id))
+        .await
+        .unwrap();
+
+    assert_eq!(lost, vec![lease.job_id.clone()]);
+    // The item stays with the worker that took it over.
+    let kept = harness
+        .store
+        .heartbeat("other-worker", &[claimed[0].job_id.clone()])
+        .await
+        .unwrap();
+    assert!(kept.is_empty());
+}
+
+#[tokio::test]
+async fn the_log_can_be_followed_from_an_event_id() {
+    let harness = Harness::start().await;
+    let first = harness.create().await;
+    let first_event = harness.store.events(&first).await.unwrap()[0].id.clone();
+    let second = harness.create().await;
+
+    let after_first = harness
+        .reader
+        .read_log_after(&first_event, Duration::from_millis(100), 10)
+        .await
+        .unwrap();
+    let nothing_new = harness
+        .reader
+        .read_log_after("$", Duration::from_millis(50), 10)
+        .await
+        .unwrap();
+
+    assert_eq!(after_first.len(), 1);
+    assert_eq!(after_first[0].event.task_id, second);
+    assert!(nothing_new.is_empty());
+}
+
+#[tokio::test]
+async fn a_lost_consumer_group_is_recreated_by_the_next_read() {
+    let harness = Harness::start().await;
+    let raw = harness.raw().await;
+    let _: String = raw
+        .custom(fred::cmd!("FLUSHALL"), Vec::<String>::new())
+        .await
+        .unwrap();
+    let task_id = harness.create().await;
+
+    let lease = harness.start_next().await;
+
+    assert_eq!(lease.task.id, task_id);
+}

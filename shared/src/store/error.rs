@@ -20,7 +20,7 @@ pub enum StoreError {
     LeaseLost(String),
     /// Redis did not answer, or answered with an error savestream did not
     /// expect; the operation may be retried.
-    #[error("redis is unavailable: {0}")]
+    #[error("redis is unavailable: {}", .0.details())]
     Unavailable(#[from] fred::error::Error),
     /// Redis holds data this version cannot read.
     #[error("corrupt data in redis: {0}")]

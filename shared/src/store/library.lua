@@ -256,6 +256,28 @@ local function promote(keys, args)
   return #due
 end
 
+-- KEYS: jobs. ARGV: consumer, job ids...
+-- Renews the lease of each work item the consumer still owns (XCLAIM with
+-- min-idle 0 resets its idle time) and returns the ids it no longer owns:
+-- a plain XCLAIM would pull an item that another worker took over back to
+-- this one.
+local function heartbeat(keys, args)
+  local consumer = args[1]
+  local owned, lost = {}, {}
+  for index = 2, #args do
+    local pending = redis.call('XPENDING', keys[1], GROUP, args[index], args[index], 1)
+    if pending[1] and pending[1][2] == consumer then
+      owned[#owned + 1] = args[index]
+    else
+      lost[#lost + 1] = args[index]
+    end
+  end
+  if #owned > 0 then
+    redis.call('XCLAIM', keys[1], GROUP, consumer, 0, unpack(owned), 'JUSTID')
+  end
+  return lost
+end
+
 -- Batches: one call that applies a per-task function to many tasks, so a
 -- busy queue pays one round trip and one script invocation per batch rather
 -- than per task. KEYS: events, jobs, queued, running, delayed, then a task
@@ -296,6 +318,7 @@ redis.register_function('savestream_fail', fail)
 redis.register_function('savestream_retry', retry)
 redis.register_function('savestream_cancel', cancel)
 redis.register_function('savestream_promote', promote)
+redis.register_function('savestream_heartbeat', heartbeat)
 redis.register_function('savestream_create_batch', batch_of(create, 8))
 redis.register_function('savestream_start_batch', batch_of(start, 3))
 redis.register_function('savestream_complete_batch', batch_of(complete, 5))

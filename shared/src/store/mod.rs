@@ -370,6 +370,44 @@ impl Store {
         Ok(trimmed)
     }
 
+    /// Waits up to `block` for events after the log id `after` (`$` for
+    /// "from now"), at most `count`. Call it on a store
+    /// [`with_own_connection`](Store::with_own_connection): it blocks.
+    pub async fn read_log_after(
+        &self,
+        after: &str,
+        block: Duration,
+        count: u64,
+    ) -> Result<Vec<LoggedEvent>, StoreError> {
+        let args: Vec<String> = vec![
+            "COUNT".into(),
+            count.to_string(),
+            "BLOCK".into(),
+            block.as_millis().to_string(),
+            "STREAMS".into(),
+            self.keys.events(),
+            after.into(),
+        ];
+        let reply: Value = self
+            .client
+            .custom(fred::cmd!("XREAD", blocking: true), args)
+            .await?;
+        let mut logged = Vec::new();
+        for stream in reply.into_array() {
+            let mut parts = stream.into_array().into_iter();
+            let _stream_name = parts.next();
+            if let Some(entries) = parts.next() {
+                for (id, fields) in stream_entries(entries)? {
+                    logged.push(LoggedEvent {
+                        event: decode_event(&fields)?,
+                        id,
+                    });
+                }
+            }
+        }
+        Ok(logged)
+    }
+
     /// Reads every entry of the log, oldest first, for rebuilds and tests.
     pub async fn read_log(&self) -> Result<Vec<LoggedEvent>, StoreError> {
         let mut logged = Vec::new();

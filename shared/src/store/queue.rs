@@ -78,10 +78,23 @@ impl Store {
             self.keys().jobs(),
             ">".into(),
         ];
-        let reply: Value = self
+        let read = self
             .client()
-            .custom(fred::cmd!("XREADGROUP", blocking: true), args)
-            .await?;
+            .custom(fred::cmd!("XREADGROUP", blocking: true), args.clone())
+            .await;
+        let reply: Value = match read {
+            Ok(reply) => reply,
+            // Redis restarted without persistence and lost the group: make it
+            // again (from the stream's start, so nothing appended since is
+            // skipped) and read.
+            Err(error) if error.details().starts_with("NOGROUP") => {
+                self.ensure_group().await?;
+                self.client()
+                    .custom(fred::cmd!("XREADGROUP", blocking: true), args)
+                    .await?
+            }
+            Err(error) => return Err(error.into()),
+        };
         // RESP2 answers [[stream, entries]]; nil when the block timed out.
         let mut jobs = Vec::new();
         for stream in reply.into_array() {
@@ -136,21 +149,24 @@ impl Store {
         }
     }
 
-    /// Renews the leases of the work items this consumer holds.
-    pub async fn heartbeat(&self, consumer: &str, job_ids: &[String]) -> Result<(), StoreError> {
+    /// Renews the leases of the work items this consumer holds, and returns
+    /// the ids of those it no longer holds (another worker took them over
+    /// after this one missed its lease): their tasks must stop.
+    pub async fn heartbeat(&self, consumer: &str, job_ids: &[String]) -> Result<Vec<String>, StoreError> {
         if job_ids.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        let mut args: Vec<String> = vec![
-            self.keys().jobs(),
-            WORKERS_GROUP.into(),
-            consumer.into(),
-            "0".into(),
-        ];
+        let mut args: Vec<String> = vec![consumer.into()];
         args.extend(job_ids.iter().cloned());
-        args.push("JUSTID".into());
-        let _: Value = self.client().custom(fred::cmd!("XCLAIM"), args).await?;
-        Ok(())
+        let anchor = TaskId::generate();
+        let reply = self
+            .call(&anchor, "savestream_heartbeat", vec![self.keys().jobs()], args)
+            .await?;
+        Ok(reply
+            .into_array()
+            .into_iter()
+            .filter_map(|id| id.as_string())
+            .collect())
     }
 
     /// Starts the attempt a work item stands for. `LeaseLost`, `Ended` and
