@@ -1,0 +1,63 @@
+//! # savestream-bench
+//!
+//! Benchmarks, not timed tests: each measures one figure of BENCHMARKS.md
+//! on a private `redis-server`, with its peer (BullMQ) in the same run where
+//! the issue names one. `cargo test -p savestream-bench` runs a small smoke
+//! of each so they keep working; the full runs are
+//! `cargo run --release -p savestream-bench -- <benchmark>`.
+//!
+//! ## Layout
+//! - [`queue`]: throughput (N tasks created in bulk, then processed) and
+//!   latency (created → started → completed, one task at a time).
+//! - [`scale`]: Redis memory per task and query latency with a million tasks.
+//! - [`peer`]: runs the BullMQ scripts in `bench/bullmq` on the same Redis.
+//! - [`redis_stats`]: Redis CPU and memory from `INFO`.
+
+pub mod peer;
+pub mod queue;
+pub mod redis_stats;
+pub mod scale;
+
+use savestream_shared::config::{QueueConfig, RedisConfig};
+use savestream_shared::store::{NewTask, Store};
+use savestream_shared::task::{SourceKind, TaskId};
+
+/// A store on `url` with a fresh prefix, its group made.
+pub async fn bench_store(url: &str, prefix: &str) -> anyhow::Result<Store> {
+    let store = Store::connect(
+        &RedisConfig {
+            url: url.to_owned(),
+            prefix: prefix.to_owned(),
+        },
+        &QueueConfig {
+            lease_seconds: 30,
+            retention_hours: 1,
+        },
+    )
+    .await?;
+    store.ensure_group().await?;
+    Ok(store)
+}
+
+/// A direct-link task like the ones users create.
+pub fn new_task(index: usize) -> NewTask {
+    let link = format!("https://example.com/files/{index}.bin");
+    NewTask {
+        task_id: TaskId::generate(),
+        source: SourceKind::Http,
+        title: savestream_shared::title::pending(SourceKind::Http, &link, "local1", "/downloads"),
+        link,
+        user_id: 123456789,
+        storage: "local1".into(),
+        dir: "/downloads".into(),
+    }
+}
+
+/// The `q`-quantile of sorted samples.
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let index = ((sorted.len() as f64) * q).floor() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}

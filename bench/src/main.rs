@@ -1,0 +1,119 @@
+//! `savestream-bench <benchmark>`: runs one benchmark on a private
+//! redis-server and prints its figures as a Markdown table (and JSON lines
+//! with `--json`). Build with `--release`; see BENCHMARKS.md.
+
+use clap::{Parser, Subcommand};
+use savestream_bench::{peer, queue, scale};
+use savestream_testkit::RedisServer;
+
+#[derive(Parser)]
+#[command(about = "savestream's benchmarks, with BullMQ side by side")]
+struct Cli {
+    #[command(subcommand)]
+    benchmark: Benchmark,
+}
+
+#[derive(Subcommand)]
+enum Benchmark {
+    /// 1. Queue throughput: N tasks created in bulk, then processed (no-op source).
+    Queue {
+        #[arg(long, default_value_t = 100_000)]
+        tasks: usize,
+        /// Tasks in flight: the worker's slots, and BullMQ's concurrency.
+        #[arg(long, default_value_t = 64)]
+        slots: usize,
+    },
+    /// 2. Latency from created to started and completed, one task at a time.
+    Latency {
+        #[arg(long, default_value_t = 10_000)]
+        tasks: usize,
+    },
+    /// 5. Scale: memory per task and query latency with N tasks in the store.
+    Scale {
+        #[arg(long, default_value_t = 1_000_000)]
+        tasks: usize,
+        #[arg(long, default_value_t = 1_000)]
+        samples: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // A private Redis per run, persistence off, so runs do not disturb (or
+    // get disturbed by) any other Redis on the machine.
+    let redis = RedisServer::start();
+    let url = redis.url();
+    match cli.benchmark {
+        Benchmark::Queue { tasks, slots } => {
+            let ours = queue::throughput(&url, tasks, 1, slots).await?;
+            println!("{}", serde_json::to_string(&ours)?);
+            println!("| system | tasks | slots | tasks/s | wall s | Redis CPU s |");
+            println!("|---|---|---|---|---|---|");
+            println!(
+                "| savestream | {} | {} | {:.0} | {:.2} | {:.2} |",
+                ours.tasks, ours.slots, ours.tasks_per_second, ours.total_seconds, ours.redis_cpu_seconds
+            );
+            if peer::available() {
+                let bullmq = peer::run(
+                    "throughput.mjs",
+                    &[redis.port().to_string(), tasks.to_string(), slots.to_string()],
+                )?;
+                let rate = bullmq["tasks_per_second"].as_f64().unwrap_or(f64::NAN);
+                println!(
+                    "| BullMQ | {} | {} | {:.0} | {:.2} | {:.2} |",
+                    tasks,
+                    slots,
+                    rate,
+                    bullmq["total_seconds"].as_f64().unwrap_or(f64::NAN),
+                    bullmq["redis_cpu_seconds"].as_f64().unwrap_or(f64::NAN)
+                );
+                println!("\nsavestream / BullMQ: {:.2}x", ours.tasks_per_second / rate);
+            } else {
+                println!("\n(BullMQ skipped: run `npm ci` in bench/bullmq)");
+            }
+        }
+        Benchmark::Latency { tasks } => {
+            let ours = queue::latency(&url, tasks).await?;
+            println!("{}", serde_json::to_string(&ours)?);
+            println!("| system | tasks | created→started p50 | p99 | created→completed p50 | p99 | max |");
+            println!("|---|---|---|---|---|---|---|");
+            println!(
+                "| savestream | {} | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms |",
+                ours.tasks,
+                ours.started_p50_ms,
+                ours.started_p99_ms,
+                ours.completed_p50_ms,
+                ours.completed_p99_ms,
+                ours.completed_max_ms
+            );
+            if peer::available() {
+                let bullmq = peer::run("latency.mjs", &[redis.port().to_string(), tasks.to_string()])?;
+                println!(
+                    "| BullMQ (add→completed) | {} | | | {:.3} ms | {:.3} ms | {:.3} ms |",
+                    tasks,
+                    bullmq["p50_ms"].as_f64().unwrap_or(f64::NAN),
+                    bullmq["p99_ms"].as_f64().unwrap_or(f64::NAN),
+                    bullmq["max_ms"].as_f64().unwrap_or(f64::NAN)
+                );
+            }
+        }
+        Benchmark::Scale { tasks, samples } => {
+            let figures = scale::scale(&url, tasks, samples).await?;
+            println!("{}", serde_json::to_string(&figures)?);
+            println!("| tasks | bytes/queued task | bytes/terminal task | list p50 | list p99 | status p50 | status p99 |");
+            println!("|---|---|---|---|---|---|---|");
+            println!(
+                "| {} | {:.0} | {:.0} | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms |",
+                figures.tasks,
+                figures.bytes_per_queued_task,
+                figures.bytes_per_terminal_task,
+                figures.list_p50_ms,
+                figures.list_p99_ms,
+                figures.status_p50_ms,
+                figures.status_p99_ms
+            );
+        }
+    }
+    Ok(())
+}

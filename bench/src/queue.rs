@@ -1,0 +1,195 @@
+//! Benchmarks 1 and 2: the queue's throughput and latency, end to end
+//! through the store — created event, work item, started, completed,
+//! projection — with a no-op source (the work between start and complete
+//! is nothing), so the figure is the queue's own cost.
+//!
+//! The consumer does what a worker with `slots` slots does: read as many
+//! work items as it has free slots with `XREADGROUP ... BLOCK`, start them,
+//! run them, complete them. It starts and completes each read's items in one
+//! batch call (`Store::start_batch`, `Store::complete_batch`), which is what
+//! makes the queue fast: one script invocation and one round trip per batch
+//! instead of per task.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use savestream_shared::store::{Lease, Store};
+use savestream_shared::task::TaskId;
+use tokio::sync::mpsc;
+
+use crate::{bench_store, new_task, quantile, redis_stats};
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Throughput {
+    pub tasks: usize,
+    pub slots: usize,
+    pub create_seconds: f64,
+    pub total_seconds: f64,
+    pub tasks_per_second: f64,
+    pub redis_cpu_seconds: f64,
+}
+
+/// Creates `tasks` tasks in batches of 1,000, then processes them all with
+/// `consumers` consumers of `slots` slots each.
+pub async fn throughput(
+    url: &str,
+    tasks: usize,
+    consumers: usize,
+    slots: usize,
+) -> anyhow::Result<Throughput> {
+    let prefix = format!("bench-throughput-{}", std::process::id());
+    let store = bench_store(url, &prefix).await?;
+    let info = redis_stats::info_client(url).await?;
+    let cpu_before = redis_stats::cpu_seconds(&info).await?;
+    let started = Instant::now();
+
+    let batches: Vec<Vec<_>> = (0..tasks)
+        .collect::<Vec<_>>()
+        .chunks(1000)
+        .map(|chunk| chunk.iter().map(|&index| new_task(index)).collect())
+        .collect();
+    let mut creations =
+        futures::stream::iter(batches.iter().map(|batch| store.create_batch(batch))).buffer_unordered(4);
+    while let Some(results) = creations.next().await {
+        for result in results? {
+            result?;
+        }
+    }
+    drop(creations);
+    let created = Instant::now();
+
+    let mut handles = Vec::new();
+    let (done_sender, mut done) = mpsc::unbounded_channel::<usize>();
+    for index in 0..consumers {
+        let reader = store.with_own_connection().await?;
+        let done_sender = done_sender.clone();
+        handles.push(tokio::spawn(async move {
+            let consumer = format!("bench-{index}");
+            loop {
+                let jobs = reader
+                    .read_jobs(&consumer, slots, Duration::from_millis(100))
+                    .await?;
+                if jobs.is_empty() {
+                    continue;
+                }
+                let completed = run_batch(&reader, &consumer, jobs).await?;
+                if done_sender.send(completed).is_err() {
+                    return anyhow::Ok(());
+                }
+            }
+        }));
+    }
+    let mut processed = 0;
+    while processed < tasks {
+        processed += done
+            .recv()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("every consumer stopped"))?;
+    }
+    let ended = Instant::now();
+    for handle in handles {
+        handle.abort();
+    }
+    let cpu_after = redis_stats::cpu_seconds(&info).await?;
+    let total_seconds = (ended - started).as_secs_f64();
+    Ok(Throughput {
+        tasks,
+        slots: consumers * slots,
+        create_seconds: (created - started).as_secs_f64(),
+        total_seconds,
+        tasks_per_second: tasks as f64 / total_seconds,
+        redis_cpu_seconds: cpu_after - cpu_before,
+    })
+}
+
+/// Starts, "runs" (a no-op) and completes one read's work items; returns how many completed.
+async fn run_batch(
+    store: &Store,
+    consumer: &str,
+    jobs: Vec<savestream_shared::store::Job>,
+) -> anyhow::Result<usize> {
+    let to_start: Vec<(String, TaskId)> = jobs
+        .into_iter()
+        .filter_map(|job| job.task_id.ok().map(|task_id| (job.job_id, task_id)))
+        .collect();
+    let leases: Vec<Lease> = store
+        .start_batch(&to_start, consumer)
+        .await?
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    let completions: Vec<(&Lease, Option<u64>, &str)> = leases
+        .iter()
+        .map(|lease| (lease, Some(0), "/downloads/file.bin"))
+        .collect();
+    for result in store.complete_batch(&completions).await? {
+        result?;
+    }
+    Ok(leases.len())
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Latency {
+    pub tasks: usize,
+    pub started_p50_ms: f64,
+    pub started_p99_ms: f64,
+    pub completed_p50_ms: f64,
+    pub completed_p99_ms: f64,
+    pub completed_max_ms: f64,
+}
+
+/// With an idle consumer blocked on its read, creates `tasks` tasks one at a
+/// time and measures, for each, the time from just before `create` to the
+/// consumer's `start` returning and to its `complete` returning.
+pub async fn latency(url: &str, tasks: usize) -> anyhow::Result<Latency> {
+    let prefix = format!("bench-latency-{}", std::process::id());
+    let store = bench_store(url, &prefix).await?;
+    let reader = store.with_own_connection().await?;
+    let (sender, mut receiver) = mpsc::unbounded_channel::<(TaskId, Instant, Instant)>();
+    let consumer = tokio::spawn(async move {
+        loop {
+            let jobs = reader
+                .read_jobs("bench-latency", 1, Duration::from_secs(5))
+                .await?;
+            for job in jobs {
+                let Ok(task_id) = job.task_id else { continue };
+                let lease = reader.start(&job.job_id, &task_id, "bench-latency").await?;
+                let started = Instant::now();
+                reader.complete(&lease, Some(0), "/downloads/file.bin").await?;
+                if sender.send((task_id, started, Instant::now())).is_err() {
+                    return anyhow::Ok(());
+                }
+            }
+        }
+    });
+    let mut to_started = Vec::with_capacity(tasks);
+    let mut to_completed = Vec::with_capacity(tasks);
+    let mut pending: HashMap<TaskId, Instant> = HashMap::new();
+    for index in 0..tasks {
+        let new_task = new_task(index);
+        let before = Instant::now();
+        pending.insert(new_task.task_id.clone(), before);
+        store.create(&new_task, None).await?;
+        // One at a time: wait for this task to complete before creating the next.
+        let (task_id, started, completed) = receiver
+            .recv()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("the consumer stopped"))?;
+        let created = pending
+            .remove(&task_id)
+            .ok_or_else(|| anyhow::anyhow!("an unexpected task completed"))?;
+        to_started.push((started - created).as_secs_f64() * 1000.0);
+        to_completed.push((completed - created).as_secs_f64() * 1000.0);
+    }
+    consumer.abort();
+    to_started.sort_by(f64::total_cmp);
+    to_completed.sort_by(f64::total_cmp);
+    Ok(Latency {
+        tasks,
+        started_p50_ms: quantile(&to_started, 0.5),
+        started_p99_ms: quantile(&to_started, 0.99),
+        completed_p50_ms: quantile(&to_completed, 0.5),
+        completed_p99_ms: quantile(&to_completed, 0.99),
+        completed_max_ms: to_completed.last().copied().unwrap_or(f64::NAN),
+    })
+}

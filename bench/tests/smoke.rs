@@ -1,0 +1,29 @@
+//! A short run of each benchmark, so they keep working; the figures of a
+//! smoke run mean nothing and are not checked beyond being sane.
+
+use savestream_bench::{queue, scale};
+use savestream_testkit::RedisServer;
+
+#[tokio::test]
+async fn the_throughput_benchmark_processes_every_task() {
+    let redis = RedisServer::start();
+    let figures = queue::throughput(&redis.url(), 2_500, 1, 16).await.unwrap();
+    assert_eq!(figures.tasks, 2_500);
+    assert!(figures.tasks_per_second > 0.0);
+}
+
+#[tokio::test]
+async fn the_latency_benchmark_measures_every_task() {
+    let redis = RedisServer::start();
+    let figures = queue::latency(&redis.url(), 50).await.unwrap();
+    assert!(figures.started_p50_ms <= figures.completed_p50_ms);
+    assert!(figures.completed_p99_ms.is_finite());
+}
+
+#[tokio::test]
+async fn the_scale_benchmark_measures_memory_per_task() {
+    let redis = RedisServer::start();
+    let figures = scale::scale(&redis.url(), 2_000, 20).await.unwrap();
+    assert!(figures.bytes_per_queued_task > 0.0);
+    assert!(figures.bytes_per_terminal_task > 0.0);
+}
