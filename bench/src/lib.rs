@@ -10,9 +10,13 @@
 //! - [`queue`]: throughput (N tasks created in bulk, then processed) and
 //!   latency (created → started → completed, one task at a time).
 //! - [`scale`]: Redis memory per task and query latency with a million tasks.
+//! - [`api`]: the HTTP API under `wrk`, next to `/health` as the ceiling.
+//! - [`download`]: a large file through the HTTP and Telegram paths, next to `dd`.
 //! - [`peer`]: runs the BullMQ scripts in `bench/bullmq` on the same Redis.
 //! - [`redis_stats`]: Redis CPU and memory from `INFO`.
 
+pub mod api;
+pub mod download;
 pub mod peer;
 pub mod queue;
 pub mod redis_stats;

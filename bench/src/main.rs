@@ -3,7 +3,7 @@
 //! with `--json`). Build with `--release`; see BENCHMARKS.md.
 
 use clap::{Parser, Subcommand};
-use savestream_bench::{peer, queue, scale};
+use savestream_bench::{api, download, peer, queue, scale};
 use savestream_testkit::RedisServer;
 
 #[derive(Parser)]
@@ -27,6 +27,23 @@ enum Benchmark {
     Latency {
         #[arg(long, default_value_t = 10_000)]
         tasks: usize,
+    },
+    /// 3. API: requests/s and latency of create and status next to /health (needs wrk).
+    Api {
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
+    /// 4. Download: a large file via HTTP (worker process) and the Telegram fake, next to dd.
+    Download {
+        /// Bytes; a multiple of 1 MiB (default 2 GiB).
+        #[arg(long, default_value_t = 2 << 30)]
+        bytes: u64,
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
     },
     /// 5. Scale: memory per task and query latency with N tasks in the store.
     Scale {
@@ -95,6 +112,55 @@ async fn main() -> anyhow::Result<()> {
                     bullmq["p50_ms"].as_f64().unwrap_or(f64::NAN),
                     bullmq["p99_ms"].as_f64().unwrap_or(f64::NAN),
                     bullmq["max_ms"].as_f64().unwrap_or(f64::NAN)
+                );
+            }
+        }
+        Benchmark::Api {
+            seconds,
+            connections,
+            threads,
+        } => {
+            let endpoints = api::api(&url, seconds, connections, threads).await?;
+            println!("{}", serde_json::to_string(&endpoints)?);
+            println!("| endpoint | requests/s | p50 | p99 |");
+            println!("|---|---|---|---|");
+            for endpoint in &endpoints {
+                println!(
+                    "| {} | {:.0} | {:.3} ms | {:.3} ms |",
+                    endpoint.name, endpoint.requests_per_second, endpoint.p50_ms, endpoint.p99_ms
+                );
+            }
+            if let [health, create, ..] = endpoints.as_slice() {
+                println!(
+                    "
+create / health: {:.2}",
+                    create.requests_per_second / health.requests_per_second
+                );
+            }
+        }
+        Benchmark::Download { bytes, threads } => {
+            // The same disk for every row: a directory under the working directory.
+            let dir = tempfile::tempdir_in(".")?;
+            let rows = vec![
+                download::dd(dir.path(), bytes)?,
+                download::http(&url, dir.path(), bytes).await?,
+                download::telegram(dir.path(), bytes, threads).await?,
+            ];
+            println!("{}", serde_json::to_string(&rows)?);
+            println!("| path | MB | seconds | MB/s | % of dd | peak RSS |");
+            println!("|---|---|---|---|---|---|");
+            let dd_rate = rows[0].megabytes_per_second;
+            for row in &rows {
+                println!(
+                    "| {} | {:.0} | {:.2} | {:.0} | {:.0}% | {} |",
+                    row.path,
+                    row.bytes as f64 / 1e6,
+                    row.seconds,
+                    row.megabytes_per_second,
+                    100.0 * row.megabytes_per_second / dd_rate,
+                    row.peak_rss_mib
+                        .map(|mib| format!("{mib:.1} MiB"))
+                        .unwrap_or_else(|| "—".into())
                 );
             }
         }

@@ -1,0 +1,167 @@
+//! Benchmark 3: the API under load. `wrk` on loopback against the release
+//! `savestream-api`: `GET /health` (the framework's ceiling, no Redis),
+//! `POST /api/v1/tasks` and `GET /api/v1/tasks/{id}`, each for the same
+//! duration and connections, in the same run.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use savestream_testkit::free_port;
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Endpoint {
+    pub name: String,
+    pub requests_per_second: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+struct Api(Child);
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn sibling(binary: &str) -> anyhow::Result<PathBuf> {
+    let path = std::env::current_exe()?.with_file_name(binary);
+    anyhow::ensure!(
+        path.exists(),
+        "{} is missing: cargo build --release --bins",
+        path.display()
+    );
+    Ok(path)
+}
+
+pub async fn api(
+    redis_url: &str,
+    seconds: u64,
+    connections: usize,
+    threads: usize,
+) -> anyhow::Result<Vec<Endpoint>> {
+    let dir = tempfile::tempdir()?;
+    let port = free_port();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[api]\nhost = \"127.0.0.1\"\nport = {port}\ntoken = \"bench-token\"\n\n[redis]\nurl = \"{redis_url}\"\nprefix = \"bench-api\"\n\n\
+             [[storages]]\nname = \"local1\"\ntype = \"local\"\nbase_path = \"{}\"\n\n[[users]]\nid = 123456789\nstorages = [\"local1\"]\n",
+            dir.path().display()
+        ),
+    )?;
+    let _api = Api(Command::new(sibling("savestream-api")?)
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()?);
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let created = loop {
+        let attempt = client
+            .post(format!("{base}/api/v1/tasks"))
+            .bearer_auth("bench-token")
+            .json(&serde_json::json!({"url": "https://example.com/a.bin", "user_id": 123456789}))
+            .send()
+            .await;
+        if let Ok(response) = attempt {
+            break response.json::<serde_json::Value>().await?;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let task_id = created["task_id"].as_str().unwrap_or_default().to_owned();
+    let post_script = dir.path().join("post.lua");
+    std::fs::write(
+        &post_script,
+        "wrk.method = \"POST\"\nwrk.body = '{\"url\":\"https://example.com/a.bin\",\"user_id\":123456789}'\n\
+         wrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"Authorization\"] = \"Bearer bench-token\"\n",
+    )?;
+    let get_script = dir.path().join("get.lua");
+    std::fs::write(
+        &get_script,
+        "wrk.headers[\"Authorization\"] = \"Bearer bench-token\"\n",
+    )?;
+    let runs = [
+        ("GET /health", format!("{base}/health"), None),
+        (
+            "POST /api/v1/tasks",
+            format!("{base}/api/v1/tasks"),
+            Some(&post_script),
+        ),
+        (
+            "GET /api/v1/tasks/{id}",
+            format!("{base}/api/v1/tasks/{task_id}"),
+            Some(&get_script),
+        ),
+    ];
+    let mut endpoints = Vec::new();
+    for (name, url, script) in runs {
+        let mut command = Command::new("wrk");
+        command
+            .arg(format!("-t{threads}"))
+            .arg(format!("-c{connections}"))
+            .arg(format!("-d{seconds}s"))
+            .arg("--latency");
+        if let Some(script) = script {
+            command.arg("-s").arg(script);
+        }
+        let output = command
+            .arg(&url)
+            .output()
+            .map_err(|error| anyhow::anyhow!("running wrk ({error}): apt-get install wrk"))?;
+        let text = String::from_utf8_lossy(&output.stdout).to_string();
+        anyhow::ensure!(
+            !text.contains("Non-2xx"),
+            "{name}: wrk saw non-2xx answers:\n{text}"
+        );
+        endpoints.push(Endpoint {
+            name: name.to_owned(),
+            requests_per_second: wrk_number(&text, "Requests/sec:").unwrap_or(f64::NAN),
+            p50_ms: wrk_latency(&text, "50%").unwrap_or(f64::NAN),
+            p99_ms: wrk_latency(&text, "99%").unwrap_or(f64::NAN),
+        });
+    }
+    Ok(endpoints)
+}
+
+fn wrk_number(text: &str, label: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.trim().strip_prefix(label))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+/// A latency line of `wrk --latency`, e.g. `     99%    1.23ms`, in ms.
+fn wrk_latency(text: &str, percentile: &str) -> Option<f64> {
+    let value = text
+        .lines()
+        .find_map(|line| line.trim().strip_prefix(percentile))?
+        .trim();
+    let (number, scale) = if let Some(number) = value.strip_suffix("us") {
+        (number, 0.001)
+    } else if let Some(number) = value.strip_suffix("ms") {
+        (number, 1.0)
+    } else if let Some(number) = value.strip_suffix('s') {
+        (number, 1000.0)
+    } else {
+        (value, 1.0)
+    };
+    number.parse::<f64>().ok().map(|number| number * scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrk_output_is_read_in_milliseconds() {
+        let text =
+            "  Latency Distribution\n     50%  310.00us\n     99%    2.50ms\nRequests/sec:  41234.56\n";
+        assert_eq!(wrk_latency(text, "50%"), Some(0.31));
+        assert_eq!(wrk_latency(text, "99%"), Some(2.5));
+        assert_eq!(wrk_number(text, "Requests/sec:"), Some(41234.56));
+    }
+}
