@@ -111,6 +111,7 @@ impl From<StoreError> for ApiError {
                 "task {task_id} has already ended ({status}): only queued or running tasks can be canceled"
             )),
             StoreError::Unavailable(error) => {
+                crate::metrics::redis_error();
                 tracing::warn!(%error, "redis is unavailable");
                 ApiError::store_unavailable()
             }

@@ -8,13 +8,14 @@
 //!
 //! ## Layout
 //! - [`startup`]: `Application::build` connects and binds; `run_until_stopped` serves until shutdown.
-//! - [`routes`]: the operations, one module per resource (`health`, `tasks`, `events`, `storages`).
+//! - [`routes`]: the operations, one module per resource (`health`, `tasks`, `events`, `storages`, `workers`).
 //! - [`new_task`]: every check on a create request, turning it into the store's `NewTask`.
 //! - [`direct_link`]: direct http(s) links (`url`) checked into a `DirectLink`.
 //! - [`wire`]: the JSON types, their docs and examples, converted from `shared`'s domain types.
 //! - [`auth`]: the bearer token, checked in constant time by the `Authorized` extractor.
 //! - [`error`]: `ApiError` and the one mapping of errors to statuses and JSON bodies.
 //! - [`middleware`]: request logging, JSON for every error, panics, the 64 KiB body limit.
+//! - [`metrics`]: Prometheus counters and scrape-time gauges, and `GET /metrics` (outside the OpenAPI document).
 //! - [`live_events`]: tailing the event log for the Server-Sent Events stream.
 //! - [`state`]: `AppState`, shared by every handler.
 //!
@@ -28,6 +29,7 @@ pub mod auth;
 pub mod direct_link;
 pub mod error;
 pub mod live_events;
+pub mod metrics;
 pub mod middleware;
 pub mod new_task;
 pub mod routes;

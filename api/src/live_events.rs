@@ -107,6 +107,7 @@ impl Follower {
             match read {
                 Ok(events) => self.pending.extend(events),
                 Err(error) => {
+                    crate::metrics::redis_error();
                     tracing::warn!(task_id = %self.task_id, %error, "live event stream ends: redis read failed");
                     return None;
                 }
@@ -125,6 +126,7 @@ struct LogTail {
 impl LogTail {
     async fn connect(url: &str, key: String, last_id: String) -> Result<LogTail, ApiError> {
         let unavailable = |error: fred::error::Error| {
+            crate::metrics::redis_error();
             tracing::warn!(%error, "cannot open a redis connection for a live event stream");
             ApiError::store_unavailable()
         };

@@ -1,6 +1,7 @@
 //! The layers every request passes through, outermost first:
-//! - [`observe`]: one tracing span per request (method, path, task id) and a
-//!   log line with status and latency; every error becomes its JSON response
+//! - [`observe`]: one tracing span per request (method, path, task id), a
+//!   log line with status and latency, and the request counted in
+//!   `savestream_http_requests_total`; every error becomes its JSON response
 //!   here, so nothing leaves the server as plain text;
 //! - [`json_panic`]: a handler that panics answers 500 JSON instead of
 //!   dropping the connection;
@@ -18,6 +19,7 @@ use futures::{Stream, StreamExt};
 use poem::error::ResponseError;
 use poem::http::header::CONTENT_LENGTH;
 use poem::middleware::PanicHandler;
+use poem::PathPattern;
 use poem::{Endpoint, IntoResponse, Request, Response};
 use tracing::Instrument;
 
@@ -34,11 +36,21 @@ pub async fn observe<E: Endpoint>(next: Arc<E>, request: Request) -> poem::Resul
     );
     async move {
         let started = Instant::now();
-        let response = match next.call(request).await {
-            Ok(output) => output.into_response(),
-            Err(error) => into_json_response(error, &method, &path),
+        // The router leaves the pattern it matched on the response (or the
+        // error), which is what the request counter is labelled with.
+        let (response, route) = match next.call(request).await {
+            Ok(output) => {
+                let response = output.into_response();
+                let route = response.data::<PathPattern>().map(|pattern| pattern.0.clone());
+                (response, route)
+            }
+            Err(error) => {
+                let route = error.data::<PathPattern>().map(|pattern| pattern.0.clone());
+                (into_json_response(error, &method, &path), route)
+            }
         };
         let status = response.status();
+        crate::metrics::http_request(method.as_str(), route.as_deref(), status.as_u16());
         let elapsed_ms = started.elapsed().as_millis() as u64;
         if status.is_server_error() {
             tracing::warn!(status = status.as_u16(), elapsed_ms, "request failed");

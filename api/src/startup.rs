@@ -13,6 +13,7 @@ use poem::{EndpointExt, IntoEndpoint, Route, Server};
 use savestream_shared::config::Config;
 use savestream_shared::store::{Store, StoreError};
 
+use crate::metrics::{metrics_endpoint, QueueGauges};
 use crate::middleware::{json_panic, limit_body, observe};
 use crate::state::AppState;
 
@@ -41,6 +42,13 @@ impl Application {
                 host: redis_host(&config.redis.url),
                 source,
             })?;
+        let queue_gauges = QueueGauges::connect(&config.redis.url, store.keys().clone())
+            .await
+            .map_err(|source| StartupError::Redis {
+                host: redis_host(&config.redis.url),
+                source: StoreError::from(source),
+            })?;
+        let metrics = crate::metrics::install();
         let address = config.api.listen_addr();
         let bind_error = |source| StartupError::Bind {
             address: address.clone(),
@@ -52,7 +60,7 @@ impl Application {
         let acceptor = TcpAcceptor::from_tokio(listener).map_err(bind_error)?;
         Ok(Application {
             acceptor,
-            state: AppState::new(config, store),
+            state: AppState::new(config, store, metrics, queue_gauges),
         })
     }
 
@@ -88,11 +96,13 @@ impl Application {
     }
 }
 
-/// The whole HTTP surface: the API's operations, `/openapi.json` and `/docs`.
+/// The whole HTTP surface: the API's operations, `/openapi.json`, `/docs`
+/// and `/metrics` (which is not an operation of the API, so not in its document).
 pub fn app(state: AppState) -> impl poem::Endpoint + 'static {
     let service = crate::openapi_service();
     Route::new()
         .at("/openapi.json", service.spec_endpoint())
+        .at("/metrics", poem::get(metrics_endpoint))
         .nest("/docs", service.swagger_ui())
         .nest("/", service.into_endpoint())
         .around(limit_body)

@@ -2,10 +2,13 @@
 
 use std::sync::Arc;
 
+use metrics_exporter_prometheus::PrometheusHandle;
 use savestream_shared::config::Config;
 use savestream_shared::store::Store;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+
+use crate::metrics::QueueGauges;
 
 /// At most this many live event streams are open at once: each holds a Redis
 /// connection of its own, and Redis' connections are not free.
@@ -19,15 +22,26 @@ pub struct AppState {
     /// streams end and graceful shutdown does not wait on them forever.
     pub shutdown: CancellationToken,
     pub live_streams: Arc<Semaphore>,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+    /// Reads the queue gauges when `/metrics` is scraped.
+    pub queue_gauges: Arc<QueueGauges>,
 }
 
 impl AppState {
-    pub fn new(config: Config, store: Store) -> AppState {
+    pub fn new(
+        config: Config,
+        store: Store,
+        metrics: PrometheusHandle,
+        queue_gauges: QueueGauges,
+    ) -> AppState {
         AppState {
             config: Arc::new(config),
             store,
             shutdown: CancellationToken::new(),
             live_streams: Arc::new(Semaphore::new(MAX_LIVE_STREAMS)),
+            metrics,
+            queue_gauges: Arc::new(queue_gauges),
         }
     }
 }

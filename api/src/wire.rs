@@ -15,7 +15,7 @@ use poem_openapi::types::Example;
 use poem_openapi::{Enum, Object};
 use savestream_shared::config::StorageConfig;
 use savestream_shared::event::EventKind;
-use savestream_shared::store::{LoggedEvent, Progress, TaskList, TaskRecord, TaskSummary};
+use savestream_shared::store::{LoggedEvent, Progress, TaskList, TaskRecord, TaskSummary, WorkerInfo};
 use savestream_shared::task::{Millis, SourceKind, TaskStatus};
 use serde_json::Value;
 
@@ -729,6 +729,76 @@ impl Example for StorageListBody {
         StorageListBody {
             user_id: 123456789,
             storages: vec![StorageBody::example()],
+        }
+    }
+}
+
+/// A live worker process: where it runs, what it runs and what it holds now.
+#[derive(Object, Debug, Clone)]
+#[oai(rename = "Worker", example)]
+pub struct WorkerBody {
+    /// The worker's name, unique per process: `<host>-<pid>-<xid>`. `started` events name it too.
+    /// Example: `box1-4242-d4mq2nk0h9pc73b0qpcg`.
+    pub name: String,
+    /// The host it runs on. Example: `box1`.
+    pub host: String,
+    /// Its process id on that host. Example: `4242`.
+    pub pid: u32,
+    /// What it runs: `tasks`, `webhooks` or `all`. Example: `all`.
+    pub role: String,
+    /// How many tasks it runs at once. Example: `3`.
+    pub slots: u64,
+    /// The ids of the tasks it holds now, at most `slots`.
+    pub tasks: Vec<String>,
+    /// When it started, RFC 3339 in UTC. Example: `2024-01-19T04:00:00Z`.
+    pub started_at: String,
+    /// Its last heartbeat, RFC 3339 in UTC. A worker silent for three lease periods is not listed.
+    /// Example: `2024-01-19T04:30:00Z`.
+    pub seen_at: String,
+}
+
+impl Example for WorkerBody {
+    fn example() -> Self {
+        WorkerBody {
+            name: "box1-4242-d4mq2nk0h9pc73b0qpcg".to_owned(),
+            host: "box1".to_owned(),
+            pid: 4242,
+            role: "all".to_owned(),
+            slots: 3,
+            tasks: vec![EXAMPLE_TASK_ID.to_owned()],
+            started_at: "2024-01-19T04:00:00Z".to_owned(),
+            seen_at: EXAMPLE_TIME.to_owned(),
+        }
+    }
+}
+
+impl From<WorkerInfo> for WorkerBody {
+    fn from(info: WorkerInfo) -> Self {
+        WorkerBody {
+            name: info.name,
+            host: info.host,
+            pid: info.pid,
+            role: info.role,
+            slots: info.slots as u64,
+            tasks: info.tasks,
+            started_at: rfc3339(info.started_at),
+            seen_at: rfc3339(info.seen_at),
+        }
+    }
+}
+
+/// The live workers, by name.
+#[derive(Object, Debug, Clone)]
+#[oai(rename = "WorkerList", example)]
+pub struct WorkerListBody {
+    /// Every worker that sent a heartbeat within three lease periods, sorted by name.
+    pub workers: Vec<WorkerBody>,
+}
+
+impl Example for WorkerListBody {
+    fn example() -> Self {
+        WorkerListBody {
+            workers: vec![WorkerBody::example()],
         }
     }
 }

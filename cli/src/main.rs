@@ -1,10 +1,25 @@
-//! `savestream`, the command-line client.
+//! `savestream`, the command-line client: flags, then one subcommand, then
+//! an exit code. Each subcommand lives in its own module.
 //!
 //! `savestream up` runs a whole local instance (Redis when none answers, the
-//! API and one worker) in the foreground; the other subcommands talk to a
-//! running API.
+//! API and one worker) in the foreground. The others talk to a running API
+//! through the generated `savestream-client` crate, at `--url` /
+//! `SAVESTREAM_URL` with `--token` / `SAVESTREAM_TOKEN`.
+//!
+//! Exit codes: 0 on success (`watch`: the task completed), 1 when the API
+//! refused or could not be reached (`watch`: the task failed or was
+//! canceled), 2 for a bad command line. Errors are one line on stderr.
 
+mod add;
+mod api;
+mod cancel;
+mod format;
+mod ls;
+mod sse;
+mod status;
 mod up;
+mod watch;
+mod workers;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,6 +33,18 @@ use clap::{Parser, Subcommand};
     about = "Save Telegram media and direct links into storages"
 )]
 struct Cli {
+    /// The API to talk to.
+    #[arg(long, global = true, env = "SAVESTREAM_URL", default_value = api::DEFAULT_URL)]
+    url: String,
+    /// The API's [api] token; empty sends none.
+    #[arg(
+        long,
+        global = true,
+        env = "SAVESTREAM_TOKEN",
+        default_value = "",
+        hide_env_values = true
+    )]
+    token: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -30,6 +57,34 @@ enum Command {
         /// The config file both services read.
         #[arg(long, default_value = "config.toml", env = "SAVESTREAM_CONFIG")]
         config: PathBuf,
+    },
+    #[command(flatten)]
+    Client(ClientCommand),
+}
+
+/// The subcommands that talk to a running API.
+#[derive(Subcommand)]
+enum ClientCommand {
+    /// Create a task that saves a Telegram message's file or a direct link; prints its id.
+    Add(add::AddArgs),
+    /// Show a task: status, title, where it is saved, progress, error.
+    Status {
+        /// The id `savestream add` printed.
+        task_id: String,
+    },
+    /// List queued and running tasks.
+    Ls,
+    /// Cancel a queued or running task.
+    Cancel {
+        /// The id `savestream add` printed.
+        task_id: String,
+    },
+    /// List the live worker processes and the tasks they hold.
+    Workers,
+    /// Follow a task with a progress bar until it ends; exits 0 only if it completed.
+    Watch {
+        /// The id `savestream add` printed.
+        task_id: String,
     },
 }
 
@@ -45,6 +100,17 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Up { config } => up::run(&config).await,
+            Command::Client(command) => {
+                let api = api::Api::new(&cli.url, &cli.token)?;
+                match command {
+                    ClientCommand::Add(args) => add::run(&api, args).await,
+                    ClientCommand::Status { task_id } => status::run(&api, &task_id).await,
+                    ClientCommand::Ls => ls::run(&api).await,
+                    ClientCommand::Cancel { task_id } => cancel::run(&api, &task_id).await,
+                    ClientCommand::Workers => workers::run(&api).await,
+                    ClientCommand::Watch { task_id } => watch::run(&api, &task_id).await,
+                }
+            }
         }
     });
     match result {

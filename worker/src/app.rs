@@ -2,30 +2,89 @@
 //! shutdown future completes.
 //!
 //! It owns the start-up order (Redis, the consumer group, the cancel
-//! subscription, sources and storages) and the shutdown order: stop taking
-//! work, give running tasks the grace period (`[worker]
-//! shutdown_grace_seconds`) to finish, release what is still running to the
-//! queue so another worker resumes it at once, and only then stop the
-//! heartbeat and the other background loops.
+//! subscription, sources and storages, the webhook dispatcher, the
+//! `/metrics` listener) and the shutdown order: stop taking work and stop
+//! the dispatcher from claiming deliveries, give running tasks the grace
+//! period (`[worker] shutdown_grace_seconds`) to finish, release what is
+//! still running to the queue so another worker resumes it at once, and
+//! only then stop the heartbeat and the other background loops and leave
+//! the registry of live workers.
+//!
+//! What a process runs is its [`Role`]: `all` (tasks, and the webhook
+//! dispatcher when `[api] webhook_url` is set), `tasks`, or `webhooks`.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use fred::clients::SubscriberClient;
 use savestream_shared::config::{Config, RedisConfig};
-use savestream_shared::store::{Store, StoreError};
+use savestream_shared::store::{Store, StoreError, WorkerInfo};
+use savestream_telegram::TelegramError;
+use savestream_webhook::{Dispatcher, WebhookError};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use crate::context::{consumer_name, Context};
+use crate::context::{consumer_name, host_name, Context};
+use crate::metrics::{self, MetricsServer, QueueGauges};
 use crate::running::RunningTasks;
 use crate::source::http::HttpSource;
-use crate::source::Sources;
+use crate::source::telegram::TelegramSource;
+use crate::source::{Source, Sources};
 use crate::storage::{StorageError, Storages};
 use crate::{cancel, consumer, lease};
+
+/// What a worker process runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Role {
+    /// Tasks, and the webhook dispatcher when `[api] webhook_url` is set.
+    #[default]
+    All,
+    /// Tasks only.
+    Tasks,
+    /// The webhook dispatcher only; needs `[api] webhook_url`.
+    Webhooks,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::All => "all",
+            Role::Tasks => "tasks",
+            Role::Webhooks => "webhooks",
+        }
+    }
+
+    fn runs_tasks(self) -> bool {
+        self != Role::Webhooks
+    }
+
+    fn runs_webhooks(self) -> bool {
+        self != Role::Tasks
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Role, String> {
+        match text {
+            "all" => Ok(Role::All),
+            "tasks" => Ok(Role::Tasks),
+            "webhooks" => Ok(Role::Webhooks),
+            other => Err(format!("`{other}` is not a role: use all, tasks or webhooks")),
+        }
+    }
+}
 
 /// Why a worker could not start. Each message is complete on its own line
 /// (the cause is part of it, not a separate source), so `main` prints one
@@ -40,6 +99,14 @@ pub enum StartupError {
     Storage(StorageError),
     #[error("cannot set up the http client: {0}")]
     Http(reqwest::Error),
+    #[error("{0}")]
+    Telegram(TelegramError),
+    #[error("cannot start the webhook dispatcher: {0}")]
+    Webhook(WebhookError),
+    #[error("--role webhooks runs only the webhook dispatcher, and [api] webhook_url is not set: set it, or run another role")]
+    NothingToRun,
+    #[error("cannot listen for /metrics on port {port} ([worker] metrics_port): {error}")]
+    Metrics { port: u16, error: std::io::Error },
 }
 
 impl From<StorageError> for StartupError {
@@ -51,18 +118,41 @@ impl From<StorageError> for StartupError {
 /// A worker, connected and ready to run.
 pub struct Application {
     context: Arc<Context>,
+    role: Role,
     /// The connection that blocks in `XREADGROUP`, apart from the one every
-    /// other command uses.
-    reader: Store,
-    subscriber: SubscriberClient,
+    /// other command uses. `None` when the role runs no tasks.
+    reader: Option<Store>,
+    subscriber: Option<SubscriberClient>,
+    dispatcher: Option<Dispatcher>,
+    metrics: Option<(MetricsServer, SocketAddr)>,
+    gauges: Option<QueueGauges>,
+    registration: WorkerInfo,
     slots: usize,
     grace: Duration,
 }
 
 impl Application {
-    /// Connects to Redis and sets up sources and storages; fails with a
-    /// message that says what to fix.
+    /// A worker of role `all`; see [`Application::build_with_role`].
     pub async fn build(config: Config) -> Result<Application, StartupError> {
+        Application::build_with_role(config, Role::All).await
+    }
+
+    /// Connects to Redis and sets up what `role` runs; fails with a message
+    /// that says what to fix.
+    pub async fn build_with_role(config: Config, role: Role) -> Result<Application, StartupError> {
+        if role == Role::Webhooks && config.api.webhook_url.is_none() {
+            return Err(StartupError::NothingToRun);
+        }
+        // Checked before anything connects, so unusable Telegram settings
+        // are the one error reported; the connection itself is made by the
+        // first Telegram task.
+        let telegram = if role.runs_tasks() {
+            TelegramSource::from_config(&config)
+                .map_err(StartupError::Telegram)?
+                .map(|telegram| Arc::new(telegram) as Arc<dyn Source>)
+        } else {
+            None
+        };
         let redis_error = |error| StartupError::Redis {
             url: shown_url(&config.redis),
             error,
@@ -70,23 +160,93 @@ impl Application {
         let store = Store::connect(&config.redis, &config.queue)
             .await
             .map_err(redis_error)?;
-        store.ensure_group().await.map_err(redis_error)?;
-        let reader = store.with_own_connection().await.map_err(redis_error)?;
-        let subscriber = cancel::subscribe(&config.redis, &store.keys().cancel_channel())
-            .await
-            .map_err(|error| StartupError::Subscribe {
-                url: shown_url(&config.redis),
-                error,
-            })?;
-        let storages = Storages::from_config(&config)?;
-        let http = HttpSource::new(&config.http).map_err(StartupError::Http)?;
-        let context = Context {
-            store,
-            consumer: consumer_name(),
-            sources: Sources {
+
+        let dispatcher = if role.runs_webhooks() {
+            match Dispatcher::new(store.clone(), &config) {
+                Ok(dispatcher) => Some(dispatcher),
+                Err(error) if error.is_disabled() => {
+                    debug!("no webhook_url: the webhook dispatcher does not run");
+                    None
+                }
+                Err(error) => return Err(StartupError::Webhook(error)),
+            }
+        } else {
+            None
+        };
+
+        let (reader, subscriber, sources, storages) = if role.runs_tasks() {
+            store.ensure_group().await.map_err(redis_error)?;
+            let reader = store.with_own_connection().await.map_err(redis_error)?;
+            let subscriber = cancel::subscribe(&config.redis, &store.keys().cancel_channel())
+                .await
+                .map_err(|error| StartupError::Subscribe {
+                    url: shown_url(&config.redis),
+                    error,
+                })?;
+            let storages = Storages::from_config(&config)?;
+            let http = HttpSource::new(&config.http).map_err(StartupError::Http)?;
+            if telegram.is_none() {
+                info!("[telegram] has no credentials: Telegram tasks fail at once, saying so");
+            }
+            let sources = Sources {
+                http: Arc::new(http),
+                telegram,
+            };
+            (Some(reader), Some(subscriber), sources, storages)
+        } else {
+            // A dispatcher-only process downloads nothing; the context still
+            // wants a source for its type, and an unused client costs nothing.
+            let http = HttpSource::new(&config.http).map_err(StartupError::Http)?;
+            let sources = Sources {
                 http: Arc::new(http),
                 telegram: None,
+            };
+            (None, None, sources, Storages::default())
+        };
+
+        let metrics = match config.worker.metrics_port {
+            Some(port) => {
+                let handle = metrics::install();
+                let server = MetricsServer::bind(port, handle)
+                    .await
+                    .map_err(|error| StartupError::Metrics { port, error })?;
+                let address = server
+                    .local_addr()
+                    .map_err(|error| StartupError::Metrics { port, error })?;
+                Some((server, address))
+            }
+            None => None,
+        };
+        let gauges = match &metrics {
+            // The gauges are only worth a connection when someone scrapes them.
+            Some(_) => match QueueGauges::connect(&config.redis.url, store.keys().clone()).await {
+                Ok(gauges) => Some(gauges),
+                Err(error) => {
+                    return Err(StartupError::Redis {
+                        url: shown_url(&config.redis),
+                        error: StoreError::Unavailable(error),
+                    })
+                }
             },
+            None => None,
+        };
+
+        let consumer = consumer_name();
+        let slots = if role.runs_tasks() { config.workers } else { 0 };
+        let registration = WorkerInfo {
+            name: consumer.clone(),
+            host: host_name(),
+            pid: std::process::id(),
+            role: role.as_str().to_owned(),
+            slots,
+            tasks: Vec::new(),
+            started_at: Store::now_ms(),
+            seen_at: 0,
+        };
+        let context = Context {
+            store,
+            consumer,
+            sources,
             storages,
             running: RunningTasks::default(),
             retry_limit: config.retry,
@@ -94,16 +254,37 @@ impl Application {
         };
         Ok(Application {
             context: Arc::new(context),
+            role,
             reader,
             subscriber,
-            slots: config.workers,
+            dispatcher,
+            metrics,
+            gauges,
+            registration,
+            slots,
             grace: config.worker.shutdown_grace(),
         })
     }
 
-    /// This process's consumer name in the `workers` group.
+    /// This process's consumer name in the `workers` group (and its name in
+    /// the registry of live workers).
     pub fn consumer(&self) -> &str {
         &self.context.consumer
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Where `/metrics` is served, when `[worker] metrics_port` is set (the
+    /// port actually bound, for port 0).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(_, address)| *address)
+    }
+
+    /// Whether this process runs the webhook dispatcher.
+    pub fn runs_dispatcher(&self) -> bool {
+        self.dispatcher.is_some()
     }
 
     /// Runs until `shutdown` completes, then shuts down gracefully.
@@ -111,26 +292,57 @@ impl Application {
         let context = self.context;
         let intake = CancellationToken::new();
         let background = CancellationToken::new();
+        let webhooks = CancellationToken::new();
         let tasks = TaskTracker::new();
         let services = TaskTracker::new();
 
-        services.spawn(lease::heartbeat(context.clone(), background.clone()));
-        services.spawn(lease::promote(context.store.clone(), background.clone()));
-        services.spawn(lease::housekeeping(context.store.clone(), background.clone()));
-        services.spawn(cancel::listen(
-            self.subscriber,
-            context.running.clone(),
+        services.spawn(lease::heartbeat(
+            context.clone(),
+            self.registration.clone(),
             background.clone(),
         ));
-        let slots = Arc::new(Semaphore::new(self.slots));
-        let intake_loop = tokio::spawn(consumer::run(
-            context.clone(),
-            self.reader,
-            slots,
-            intake.clone(),
-            tasks.clone(),
-        ));
-        info!(consumer = %context.consumer, slots = self.slots, "worker started");
+        if let Some((server, address)) = self.metrics {
+            info!(%address, "serving /metrics");
+            services.spawn(server.serve(background.clone()));
+        }
+        if let Some(gauges) = self.gauges {
+            services.spawn(gauges.sample(metrics::install(), background.clone()));
+        }
+        let dispatcher = self.dispatcher.map(|dispatcher| {
+            let stop = webhooks.clone();
+            tokio::spawn(async move {
+                if let Err(error) = dispatcher.run(stop).await {
+                    warn!(%error, "the webhook dispatcher stopped: webhooks are not delivered by this worker");
+                }
+            })
+        });
+        let intake_loop = match (self.reader, self.subscriber) {
+            (Some(reader), Some(subscriber)) => {
+                services.spawn(lease::promote(context.store.clone(), background.clone()));
+                services.spawn(lease::housekeeping(context.store.clone(), background.clone()));
+                services.spawn(cancel::listen(
+                    subscriber,
+                    context.running.clone(),
+                    background.clone(),
+                ));
+                let slots = Arc::new(Semaphore::new(self.slots));
+                Some(tokio::spawn(consumer::run(
+                    context.clone(),
+                    reader,
+                    slots,
+                    intake.clone(),
+                    tasks.clone(),
+                )))
+            }
+            _ => None,
+        };
+        info!(
+            consumer = %context.consumer,
+            role = %self.role,
+            slots = self.slots,
+            webhooks = dispatcher.is_some(),
+            "worker started"
+        );
 
         shutdown.await;
         let deadline = tokio::time::Instant::now() + self.grace;
@@ -140,8 +352,13 @@ impl Application {
             "shutting down: taking no new work, letting running tasks finish"
         );
         intake.cancel();
-        if let Err(error) = intake_loop.await {
-            warn!(%error, "the intake loop ended abnormally");
+        // The dispatcher stops claiming now and finishes the tries in flight
+        // (each bounded by its request timeout) while the tasks drain.
+        webhooks.cancel();
+        if let Some(intake_loop) = intake_loop {
+            if let Err(error) = intake_loop.await {
+                warn!(%error, "the intake loop ended abnormally");
+            }
         }
         tasks.close();
         if tokio::time::timeout_at(deadline, tasks.wait()).await.is_err() {
@@ -152,10 +369,19 @@ impl Application {
             context.release.cancel();
             tasks.wait().await;
         }
+        if let Some(dispatcher) = dispatcher {
+            if let Err(error) = dispatcher.await {
+                warn!(%error, "the webhook dispatcher ended abnormally");
+            }
+        }
         // Leases were renewed until every task ended; now the rest may stop.
         background.cancel();
         services.close();
         services.wait().await;
+        if let Err(error) = context.store.unregister_worker(&context.consumer).await {
+            // The entry ages out of the registry after three leases anyway.
+            debug!(%error, "cannot leave the registry of live workers");
+        }
         info!("worker stopped");
     }
 }

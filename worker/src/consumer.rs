@@ -22,7 +22,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, field, info, warn, Instrument};
 
 use crate::context::Context;
-use crate::lease::Reaper;
+use crate::lease::{count_redis_error, Reaper};
+use crate::metrics::{self, Ended};
 use crate::pipeline::{self, Outcome};
 use crate::source::shown_link;
 
@@ -81,6 +82,7 @@ pub async fn run(
             }
             Err(error) => {
                 drop(permits);
+                count_redis_error(&error);
                 failures += 1;
                 let delay = read_backoff(failures);
                 if failures == 1 {
@@ -153,6 +155,7 @@ pub async fn run_job(context: &Context, job: Job) {
                 return;
             }
             Err(StoreError::Unavailable(error)) => {
+                metrics::redis_error();
                 // Not renewed from now on, the item is claimed again once
                 // its lease expires, by this worker or another.
                 drop(running);
@@ -162,9 +165,16 @@ pub async fn run_job(context: &Context, job: Job) {
         };
         tracing::Span::current().record("attempt", lease.attempt);
         info!(link = %shown_link(&lease.task.link), storage = %lease.task.storage, "started");
+        let source = lease.task.source;
+        metrics::task_started(source);
+        if lease.attempt == 1 {
+            let started_at = lease.task.started_at.unwrap_or_else(Store::now_ms);
+            let waited = started_at.saturating_sub(lease.task.created_at).max(0);
+            metrics::task_waited(source, Duration::from_millis(waited as u64));
+        }
         let started = std::time::Instant::now();
         let outcome = pipeline::process(context, &lease, &running.cancel).await;
-        observe(&outcome, started.elapsed());
+        observe(&outcome, source, started.elapsed());
         if outcome == Outcome::Vanished {
             discard(context, &job.job_id).await;
         }
@@ -174,9 +184,24 @@ pub async fn run_job(context: &Context, job: Job) {
     .await
 }
 
-/// The one place every attempt's outcome passes: the log line, and where
-/// the counters of the metrics issue will go.
-fn observe(outcome: &Outcome, elapsed: Duration) {
+/// The one place every attempt's outcome passes: the log line and the
+/// counters.
+fn observe(outcome: &Outcome, source: savestream_shared::task::SourceKind, elapsed: Duration) {
+    let ended = match outcome {
+        Outcome::Completed { .. } => Some(Ended::Completed),
+        Outcome::Failed { .. } => Some(Ended::Failed),
+        Outcome::Canceled => Some(Ended::Canceled),
+        Outcome::Retrying { .. } => Some(Ended::Retried),
+        // Not this attempt's doing: another holder, the shutdown, or Redis.
+        Outcome::Released
+        | Outcome::LeaseLost
+        | Outcome::Ended(_)
+        | Outcome::Vanished
+        | Outcome::StoreUnavailable => None,
+    };
+    if let Some(ended) = ended {
+        metrics::task_ended(source, ended, elapsed);
+    }
     match outcome {
         Outcome::Completed { bytes } => {
             let seconds = elapsed.as_secs_f64().max(0.001);

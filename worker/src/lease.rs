@@ -2,7 +2,9 @@
 //! the retry promoter and the hourly housekeeping.
 //!
 //! - [`heartbeat`] renews, every third of a lease, the lease of every work
-//!   item this process holds, so only a dead worker's items expire.
+//!   item this process holds, so only a dead worker's items expire, and
+//!   registers the process in the registry of live workers (its
+//!   `WorkerInfo`, with the tasks it holds at that moment).
 //! - [`Reaper`] claims items idle past the lease (their worker is gone) for
 //!   free slots; the intake loop runs it every half lease.
 //! - [`promote`] moves tasks whose retry backoff is over back onto the
@@ -14,12 +16,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use savestream_shared::store::queue::Job;
-use savestream_shared::store::Store;
+use savestream_shared::store::WorkerInfo;
+use savestream_shared::store::{Store, StoreError};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::context::Context;
+use crate::metrics;
 
 /// The longest the promoter sleeps without looking for due retries.
 pub const PROMOTER_MAX_SLEEP: Duration = Duration::from_secs(1);
@@ -30,22 +34,49 @@ pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(60 * 60);
 /// A consumer idle this long with nothing pending belongs to a gone worker.
 pub const IDLE_CONSUMER_AGE: Duration = Duration::from_secs(60 * 60);
 
-/// Renews the leases of the items this process holds until `stop`.
-pub async fn heartbeat(context: Arc<Context>, stop: CancellationToken) {
+/// Renews the leases of the items this process holds and registers
+/// `registration` (with the tasks held now), at once and then every third
+/// of a lease, until `stop`.
+pub async fn heartbeat(context: Arc<Context>, registration: WorkerInfo, stop: CancellationToken) {
     let mut ticker = tokio::time::interval(context.lease() / 3);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut registered = false;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = ticker.tick() => {}
         }
         let job_ids = context.running.job_ids();
-        if job_ids.is_empty() {
-            continue;
+        if !job_ids.is_empty() {
+            if let Err(error) = context.store.heartbeat(&context.consumer, &job_ids).await {
+                count_redis_error(&error);
+                warn!(%error, held = job_ids.len(), "cannot renew leases");
+            }
         }
-        if let Err(error) = context.store.heartbeat(&context.consumer, &job_ids).await {
-            warn!(%error, held = job_ids.len(), "cannot renew leases");
+        let info = WorkerInfo {
+            tasks: context.running.task_ids(),
+            ..registration.clone()
+        };
+        match context.store.register_worker(&info).await {
+            Ok(()) => {
+                if !registered {
+                    debug!(name = %info.name, "registered in the registry of live workers");
+                }
+                registered = true;
+            }
+            Err(error) => {
+                count_redis_error(&error);
+                // The registry is for operators; nothing waits on it.
+                debug!(%error, "cannot register in the registry of live workers");
+            }
         }
+    }
+}
+
+/// Counts a store failure that means Redis did not answer.
+pub fn count_redis_error(error: &StoreError) {
+    if matches!(error, StoreError::Unavailable(_)) {
+        metrics::redis_error();
     }
 }
 

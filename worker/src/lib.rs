@@ -7,26 +7,35 @@
 //! library in `savestream-shared` keep them from stepping on each other.
 //!
 //! ## Layout
-//! - [`app`]: `Application::build` and `run_until_stopped(shutdown)`: start-up
-//!   and the graceful shutdown order.
+//! - [`app`]: `Application::build_with_role` and `run_until_stopped(shutdown)`:
+//!   start-up, the [`Role`] a process plays (tasks, webhooks or both) and
+//!   the graceful shutdown order.
 //! - [`consumer`]: the intake loop (`XREADGROUP ... BLOCK` for exactly the
 //!   free slots) and `run_job`, the life of one work item.
-//! - [`lease`]: the heartbeat, the reaper of expired leases, the retry
-//!   promoter and the hourly housekeeping.
+//! - [`lease`]: the heartbeat (which also keeps this process in the registry
+//!   of live workers), the reaper of expired leases, the retry promoter and
+//!   the hourly housekeeping.
+//! - [`metrics`]: the Prometheus counters, histograms and queue gauges, and
+//!   the `/metrics` listener.
+//! - [`login`](mod@login): the terminal prompt of `savestream-worker login`.
 //! - [`cancel`]: the pub/sub subscriber that stops canceled tasks at once.
 //! - [`pipeline`]: `process(lease) -> Outcome`, one attempt of one task:
-//!   resolve, reserve, stream, finish, record.
+//!   resolve, reserve, stream, finish, record; one file, or every file of an
+//!   album.
 //! - [`retry`]: the backoff before a retry, a pure function.
 //! - [`running`]: the tasks this process runs right now.
 //! - [`context`]: what all of the above share.
 //! - [`source`]: the `Source` trait; [`source::http`] for direct links and
-//!   [`source::ssrf`], the guard that keeps them off private networks.
+//!   [`source::ssrf`], the guard that keeps them off private networks;
+//!   [`source::telegram`] for message links, over `savestream-telegram`.
 //! - [`storage`]: the `Storage` trait, checked names and paths
 //!   ([`storage::path`]), and the `local` storage.
 //!
 //! ## Invariants
 //! - The pipeline sees only the `Source` and `Storage` traits; nothing in
-//!   it knows HTTP or the file system.
+//!   it knows HTTP, Telegram or the file system.
+//! - Telegram credentials are used only by [`source::telegram`] (through
+//!   `savestream-telegram`), one connection per process, and never logged.
 //! - The worker writes only fenced transitions of the attempts it holds; a
 //!   refused transition means "stop", never "try harder".
 //! - Nothing is written outside a storage's base path, and memory does not
@@ -37,10 +46,12 @@ pub mod cancel;
 pub mod consumer;
 pub mod context;
 pub mod lease;
+pub mod login;
+pub mod metrics;
 pub mod pipeline;
 pub mod retry;
 pub mod running;
 pub mod source;
 pub mod storage;
 
-pub use app::{Application, StartupError};
+pub use app::{Application, Role, StartupError};

@@ -1,19 +1,23 @@
 //! The `savestream-worker` binary: parses the command line, loads
-//! config.toml, installs logging, and runs an [`Application`] until SIGTERM
-//! or Ctrl-C. Everything else lives in the library.
+//! config.toml, installs logging, and runs an [`Application`] of the chosen
+//! `--role` until SIGTERM or Ctrl-C, or runs `login`. Everything else lives
+//! in the library.
 //!
-//! Exit codes: 0 after a graceful shutdown, 1 when the worker cannot start
-//! (Redis unreachable, a storage that cannot be created), 2 for a bad
-//! command line or config file.
+//! Exit codes: 0 after a graceful shutdown (or a login), 1 when the worker
+//! cannot start (Redis unreachable, a storage that cannot be created) or the
+//! login fails, 2 for a bad command line or config file (including Telegram
+//! settings that `login` cannot use).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use savestream_shared::config::Config;
 use savestream_shared::telemetry::{self, LogFormat};
-use savestream_worker::Application;
+use savestream_telegram::{LoginError, TelegramError};
+use savestream_worker::login::TerminalPrompt;
+use savestream_worker::{Application, Role};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -28,6 +32,19 @@ struct Cli {
     /// Log lines for people (`human`) or for machines (`json`).
     #[arg(long, global = true, env = "SAVESTREAM_LOG", default_value = "human")]
     log_format: LogFormat,
+    /// What this process runs: `all` (tasks, and webhooks when `[api]
+    /// webhook_url` is set), `tasks`, or `webhooks` (the dispatcher only).
+    #[arg(long, env = "SAVESTREAM_ROLE", default_value = "all")]
+    role: Role,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Logs a Telegram user account in (phone, code, 2FA password) and
+    /// writes the session file `[telegram.userbot] session` names.
+    Login,
 }
 
 fn main() -> ExitCode {
@@ -48,7 +65,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(loaded.config)) {
+    if let Some(Command::Login) = cli.command {
+        return runtime.block_on(login(loaded.config));
+    }
+    match runtime.block_on(run(loaded.config, cli.role)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -57,10 +77,31 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
-    let application = Application::build(config).await.context("starting the worker")?;
+async fn run(config: Config, role: Role) -> anyhow::Result<()> {
+    let application = Application::build_with_role(config, role)
+        .await
+        .context("starting the worker")?;
     application.run_until_stopped(shutdown_signal()).await;
     Ok(())
+}
+
+/// `savestream-worker login`: the session path on success, one line on failure.
+async fn login(config: Config) -> ExitCode {
+    let mut prompt = TerminalPrompt::stdio();
+    match savestream_telegram::login(&config.telegram, &mut prompt).await {
+        Ok(path) => {
+            println!("session written to {}", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(error @ LoginError::Telegram(TelegramError::Config(_))) => {
+            eprintln!("error: cannot log in: {error}");
+            ExitCode::from(2)
+        }
+        Err(error) => {
+            eprintln!("error: cannot log in: {error}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// Completes on SIGTERM (how containers are stopped) or Ctrl-C.

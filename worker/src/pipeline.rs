@@ -5,9 +5,35 @@
 //! reserve its path (or, for a resumed attempt, reuse the path recorded
 //! then); stream the bytes into the storage's partial file from where it
 //! stopped, reporting progress; finish the file; record `completed`.
-//! Failures become a retry with backoff or a permanent failure; a cancel, a
-//! lost lease or the end of the shutdown grace period stop the attempt
-//! where it is.
+//! Failures become a retry with backoff (at least as long as the source
+//! asked to wait) or a permanent failure; a cancel, a lost lease or the end
+//! of the shutdown grace period stop the attempt where it is.
+//!
+//! ## Several files per task
+//! A source that resolves on every attempt ([`Source::resolves_every_attempt`],
+//! Telegram) may name several files: an album is saved file by file into
+//! `dir_path`, under the title `[tgfiles](N files/X.XXMB)`. Every file's
+//! path is reserved and recorded (one `resolved` event per file, in the
+//! order the source lists them) before the first byte is fetched, and the
+//! files are then downloaded one after the other.
+//!
+//! **The resume rule.** A resumed attempt resolves again and finds the paths
+//! of earlier attempts in the task's `resolved` events, each with the
+//! sanitised name and the size of its file. A file takes the first unused
+//! recorded path with the same name and size; only a file without one
+//! reserves a new path. So names never change between attempts, a file
+//! already finished at its path (at its size) is not downloaded again, and a
+//! partial file continues from its length. (A reservation whose `resolved`
+//! could not be recorded because Redis was away is given up, so the next
+//! attempt's new reservation takes the name back.)
+//!
+//! A cancel removes the partial files; files an album had finished stay,
+//! like files saved by tasks that completed. A cancel that arrives between
+//! the last file being finished and `completed` being recorded wins, and
+//! takes the task's files with it.
+//!
+//! Direct links keep the single-file path: a resumed attempt reuses the
+//! recorded file and path without resolving again.
 //!
 //! This module writes only the fenced transitions of the attempt it was
 //! given, and never decides a status itself: the function library does.
@@ -17,6 +43,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use savestream_shared::event::EventKind;
 use savestream_shared::store::queue::RetryKind;
 use savestream_shared::store::{Lease, Progress, RetryOutcome, StoreError};
 use savestream_shared::task::TaskStatus;
@@ -25,8 +52,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::context::Context;
+use crate::metrics;
 use crate::retry::backoff_with_jitter;
-use crate::source::{shown_link, RemoteFile, SourceError};
+use crate::source::{shown_link, RemoteFile, Source, SourceError};
 use crate::storage::path::FALLBACK_NAME;
 use crate::storage::{FileName, PartialFile, Storage, StorageDir, StorageError, StoragePath};
 
@@ -84,6 +112,8 @@ enum Interrupt {
 struct TaskError {
     permanent: bool,
     message: String,
+    /// The least the retry waits (a source's FLOOD_WAIT).
+    retry_after: Option<Duration>,
 }
 
 impl TaskError {
@@ -91,6 +121,7 @@ impl TaskError {
         TaskError {
             permanent: true,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -98,6 +129,7 @@ impl TaskError {
         TaskError {
             permanent: false,
             message: message.into(),
+            retry_after: None,
         }
     }
 }
@@ -106,6 +138,7 @@ impl From<SourceError> for Stop {
     fn from(error: SourceError) -> Stop {
         Stop::Failed(TaskError {
             permanent: error.is_permanent(),
+            retry_after: error.retry_after,
             message: error.message,
         })
     }
@@ -116,6 +149,7 @@ impl From<StorageError> for Stop {
         Stop::Failed(TaskError {
             permanent: error.is_permanent(),
             message: error.to_string(),
+            retry_after: None,
         })
     }
 }
@@ -144,7 +178,7 @@ pub async fn process(context: &Context, lease: &Lease, cancel: &CancellationToke
         context,
         lease,
         cancel,
-        placement: None,
+        placements: Vec::new(),
     };
     match attempt.run().await {
         Ok(outcome) => outcome,
@@ -157,8 +191,31 @@ struct Attempt<'a> {
     context: &'a Context,
     lease: &'a Lease,
     cancel: &'a CancellationToken,
-    /// Where the file goes, once known: what to clean up on cancel.
-    placement: Option<(Arc<dyn Storage>, StoragePath)>,
+    /// Where the task's files go, once known: what to clean up on cancel.
+    placements: Vec<(Arc<dyn Storage>, StoragePath)>,
+}
+
+/// A file of a multi-file attempt and the path it is saved at.
+struct Placed {
+    file: RemoteFile,
+    path: StoragePath,
+}
+
+/// A path an earlier attempt recorded in a `resolved` event.
+#[derive(Debug)]
+struct Recorded {
+    file_name: String,
+    size: Option<u64>,
+    path: StoragePath,
+}
+
+/// Takes the first recorded path for a file of this name and size, if any
+/// (see the resume rule in the module docs).
+fn take_recorded(recorded: &mut Vec<Recorded>, name: &FileName, size: Option<u64>) -> Option<StoragePath> {
+    let index = recorded
+        .iter()
+        .position(|entry| entry.file_name == name.as_str() && entry.size == size)?;
+    Some(recorded.remove(index).path)
 }
 
 impl Attempt<'_> {
@@ -172,6 +229,9 @@ impl Attempt<'_> {
                 task.storage
             )))
         })?;
+        if source.resolves_every_attempt() {
+            return self.run_files(source.as_ref(), storage).await;
+        }
 
         let (file, path) = match &task.path {
             Some(recorded) => {
@@ -185,8 +245,9 @@ impl Attempt<'_> {
                     name: task.file_name.clone(),
                     size: task.size,
                     mime: None,
+                    key: None,
                 };
-                self.placement = Some((storage.clone(), path.clone()));
+                self.placements.push((storage.clone(), path.clone()));
                 (file, path)
             }
             None => {
@@ -204,7 +265,7 @@ impl Attempt<'_> {
                     error,
                 })?;
                 let path = storage.reserve(&dir, &name).await?;
-                self.placement = Some((storage.clone(), path.clone()));
+                self.placements.push((storage.clone(), path.clone()));
                 let path_text = path.to_string();
                 let resolved_title = title::resolved(task.source, name.as_str(), storage.name(), &path_text);
                 self.persist(|| {
@@ -232,12 +293,14 @@ impl Attempt<'_> {
             if storage.stored_size(&path).await? == Some(size) {
                 storage.discard(&path).await?;
                 info!(bytes = size, "the file was already saved by an earlier attempt");
-                return self.complete(size, &path).await;
+                return self.complete(size, &path.to_string()).await;
             }
         }
 
         let mut partial = storage.open(&path).await?;
-        let bytes = self.download(source.as_ref(), &file, partial.as_mut()).await?;
+        let bytes = self
+            .download(source.as_ref(), &file, partial.as_mut(), 0, None)
+            .await?;
         if let Some(size) = file.size {
             if bytes != size {
                 return Err(Stop::Failed(TaskError::retryable(format!(
@@ -255,7 +318,155 @@ impl Attempt<'_> {
             Err(stop) => return Err(stop),
         }
         partial.finish().await?;
-        self.complete(bytes, &path).await
+        self.complete(bytes, &path.to_string()).await
+    }
+
+    /// The attempt of a source that resolves every time: one file or
+    /// several, with the paths of earlier attempts kept (the resume rule in
+    /// the module docs).
+    async fn run_files(&mut self, source: &dyn Source, storage: Arc<dyn Storage>) -> Result<Outcome, Stop> {
+        let task = &self.lease.task;
+        let files = self.interruptible(source.resolve(task)).await??;
+        if files.is_empty() {
+            return Err(Stop::Failed(TaskError::permanent(format!(
+                "{} holds no file to save",
+                shown_link(&task.link)
+            ))));
+        }
+        for file in &files {
+            self.check_size(storage.as_ref(), file.size)?;
+        }
+        let dir = StorageDir::parse(&task.dir).map_err(|error| StorageError::Path {
+            storage: storage.name().to_owned(),
+            error,
+        })?;
+        let total: Option<u64> = files.iter().map(|file| file.size).sum();
+        let count = files.len();
+        let batch_title = (count > 1).then(|| title::batch(task.source, count, total.unwrap_or(0)));
+        // Only an attempt after one that resolved can have recorded paths.
+        let mut recorded = if task.path.is_some() {
+            self.recorded_paths().await?
+        } else {
+            Vec::new()
+        };
+
+        let mut placed = Vec::with_capacity(count);
+        for file in files {
+            let name = FileName::sanitize(file.name.as_deref().unwrap_or(FALLBACK_NAME));
+            let path = match take_recorded(&mut recorded, &name, file.size) {
+                Some(path) => {
+                    debug!(file = %name, path = %path, "reusing the path an earlier attempt recorded");
+                    self.placements.push((storage.clone(), path.clone()));
+                    path
+                }
+                None => {
+                    let path = storage.reserve(&dir, &name).await?;
+                    self.placements.push((storage.clone(), path.clone()));
+                    let path_text = path.to_string();
+                    let resolved_title = batch_title.clone().unwrap_or_else(|| {
+                        title::resolved(task.source, name.as_str(), storage.name(), &path_text)
+                    });
+                    let recorded_now = self
+                        .persist(|| {
+                            self.context.store.resolve(
+                                self.lease,
+                                name.as_str(),
+                                file.size,
+                                &path_text,
+                                &resolved_title,
+                            )
+                        })
+                        .await;
+                    if let Err(stop) = recorded_now {
+                        // Unrecorded, the reservation is nobody's: give the
+                        // name back so the next attempt reserves it again.
+                        self.placements.pop();
+                        if let Err(error) = storage.discard(&path).await {
+                            debug!(%error, path = %path, "cannot give an unrecorded reservation back");
+                        }
+                        return Err(stop);
+                    }
+                    let size = file
+                        .size
+                        .map_or_else(|| "unknown".to_owned(), |size| size.to_string());
+                    info!(file = %name, %size, storage = %storage.name(), path = %path, "resolved");
+                    path
+                }
+            };
+            placed.push(Placed { file, path });
+        }
+
+        let mut done: u64 = 0;
+        for (index, Placed { file, path }) in placed.iter().enumerate() {
+            // An earlier attempt may have finished this file (and died
+            // before the next one, or before recording `completed`).
+            if let Some(size) = file.size {
+                if storage.stored_size(path).await? == Some(size) {
+                    storage.discard(path).await?;
+                    debug!(path = %path, bytes = size, "the file was saved by an earlier attempt");
+                    done += size;
+                    continue;
+                }
+            }
+            let mut partial = storage.open(path).await?;
+            let bytes = self.download(source, file, partial.as_mut(), done, total).await?;
+            if let Some(size) = file.size {
+                if bytes != size {
+                    return Err(Stop::Failed(TaskError::retryable(format!(
+                        "the download of {} ({path}) ended after {bytes} of {size} bytes",
+                        shown_link(&task.link)
+                    ))));
+                }
+            }
+            // A fenced progress write before each file becomes visible: a
+            // task canceled or taken over in the meantime is not finished.
+            match self
+                .write_progress(done + bytes, total.or(Some(done + bytes)), 0)
+                .await
+            {
+                Ok(()) | Err(Stop::Interrupted(Interrupt::StoreUnavailable)) => {}
+                Err(stop) => return Err(stop),
+            }
+            partial.finish().await?;
+            done += bytes;
+            if count > 1 {
+                info!(path = %path, bytes, "saved file {} of {count}", index + 1);
+            }
+        }
+        let completed_path = match placed.as_slice() {
+            [only] => only.path.to_string(),
+            _ => dir.to_string(),
+        };
+        self.complete(done, &completed_path).await
+    }
+
+    /// The paths earlier attempts recorded, from the task's `resolved` events.
+    async fn recorded_paths(&self) -> Result<Vec<Recorded>, Stop> {
+        let logged = self
+            .persist(|| self.context.store.events(&self.lease.task.id))
+            .await?;
+        let mut recorded: Vec<Recorded> = Vec::new();
+        for logged_event in logged {
+            let EventKind::Resolved {
+                file_name,
+                size,
+                path,
+                ..
+            } = logged_event.event.kind
+            else {
+                continue;
+            };
+            match StoragePath::parse(&path) {
+                Ok(path) if !recorded.iter().any(|entry| entry.path == path) => recorded.push(Recorded {
+                    file_name,
+                    size,
+                    path,
+                }),
+                Ok(_) => {}
+                Err(error) => warn!(%error, "ignoring a recorded path that cannot be used"),
+            }
+        }
+        Ok(recorded)
     }
 
     fn check_size(&self, storage: &dyn Storage, size: Option<u64>) -> Result<(), Stop> {
@@ -272,11 +483,16 @@ impl Attempt<'_> {
 
     /// Streams the file into `partial`, from its length when the source can
     /// resume there. Returns the size of the finished partial file.
+    ///
+    /// Progress counts `before` bytes of earlier files of the task and, when
+    /// given, `task_total` as the whole (an album); else the file's size.
     async fn download(
         &self,
-        source: &dyn crate::source::Source,
+        source: &dyn Source,
         file: &RemoteFile,
         partial: &mut dyn PartialFile,
+        before: u64,
+        task_total: Option<u64>,
     ) -> Result<u64, Stop> {
         let task = &self.lease.task;
         if let Some(size) = file.size {
@@ -300,7 +516,8 @@ impl Attempt<'_> {
         } else {
             debug!("downloading");
         }
-        let total = file.size.or(download.total);
+        let total = task_total.or(file.size).or(download.total);
+        let downloaded_bytes = metrics::downloaded_bytes(task.source);
         let mut stream = download.stream;
         let mut ticker = tokio::time::interval(PROGRESS_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -321,7 +538,7 @@ impl Attempt<'_> {
                         0
                     };
                     last_reported = (partial.len(), Instant::now());
-                    match self.write_progress(partial.len(), total, bytes_per_second).await {
+                    match self.write_progress(before + partial.len(), total, bytes_per_second).await {
                         Ok(()) => last_reached_redis = Instant::now(),
                         Err(Stop::Interrupted(Interrupt::StoreUnavailable)) => {
                             // Past half a lease without Redis, another worker
@@ -336,7 +553,10 @@ impl Attempt<'_> {
                     }
                 }
                 chunk = stream.next() => match chunk {
-                    Some(Ok(bytes)) => partial.write(&bytes).await?,
+                    Some(Ok(bytes)) => {
+                        partial.write(&bytes).await?;
+                        downloaded_bytes.increment(bytes.len() as u64);
+                    }
                     Some(Err(error)) => return Err(error.into()),
                     None => return Ok(partial.len()),
                 },
@@ -358,6 +578,7 @@ impl Attempt<'_> {
         match self.context.store.progress(self.lease, &progress).await {
             Ok(()) => Ok(()),
             Err(StoreError::Unavailable(error)) => {
+                metrics::redis_error();
                 debug!(%error, "cannot write progress");
                 Err(Stop::Interrupted(Interrupt::StoreUnavailable))
             }
@@ -365,22 +586,22 @@ impl Attempt<'_> {
         }
     }
 
-    async fn complete(&mut self, bytes: u64, path: &StoragePath) -> Result<Outcome, Stop> {
-        let path_text = path.to_string();
+    /// Records `completed` with the task's size and its path (the file's,
+    /// or the directory of an album).
+    async fn complete(&mut self, bytes: u64, path_text: &str) -> Result<Outcome, Stop> {
         match self
-            .persist(|| self.context.store.complete(self.lease, Some(bytes), &path_text))
+            .persist(|| self.context.store.complete(self.lease, Some(bytes), path_text))
             .await
         {
             Ok(()) => Ok(Outcome::Completed { bytes }),
             Err(Stop::Interrupted(Interrupt::Canceled)) => {
-                // Canceled in the instant between finishing the file and
-                // recording it: the cancel wins, and takes the file with it.
-                if let Some((storage, path)) = &self.placement {
-                    if let Err(error) = storage.remove(path).await {
-                        warn!(%error, "cannot remove the file of a canceled task");
+                // Canceled in the instant between finishing the files and
+                // recording it: the cancel wins, and takes the files with it.
+                for (storage, path) in self.placements.drain(..) {
+                    if let Err(error) = storage.remove(&path).await {
+                        warn!(%error, path = %path, "cannot remove the file of a canceled task");
                     }
                 }
-                self.placement = None;
                 Err(Stop::Interrupted(Interrupt::Canceled))
             }
             Err(stop) => Err(stop),
@@ -410,11 +631,13 @@ impl Attempt<'_> {
             match transition().await {
                 Ok(value) => return Ok(value),
                 Err(StoreError::Unavailable(error)) if Instant::now() + delay < deadline => {
+                    metrics::redis_error();
                     warn!(%error, "redis is unavailable: trying again in {delay:?}");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(2));
                 }
                 Err(StoreError::Unavailable(error)) => {
+                    metrics::redis_error();
                     warn!(%error, "redis stayed unavailable: leaving the task to be claimed again");
                     return Err(Stop::Interrupted(Interrupt::StoreUnavailable));
                 }
@@ -426,10 +649,11 @@ impl Attempt<'_> {
         }
     }
 
+    /// Removes the partial files of the task's paths (finished files stay).
     async fn discard_partial(&mut self) {
-        if let Some((storage, path)) = self.placement.take() {
+        for (storage, path) in self.placements.drain(..) {
             if let Err(error) = storage.discard(&path).await {
-                warn!(%error, "cannot remove the partial file");
+                warn!(%error, path = %path, "cannot remove the partial file");
             }
         }
     }
@@ -450,7 +674,9 @@ impl Attempt<'_> {
             };
         }
         let retry_number = self.lease.task.retries + 1;
-        let delay = backoff_with_jitter(retry_number);
+        // Never sooner than the source asked (Telegram's FLOOD_WAIT): an
+        // earlier attempt would only be refused again.
+        let delay = backoff_with_jitter(retry_number).max(error.retry_after.unwrap_or_default());
         let kind = RetryKind::Failure {
             max_retries: self.context.retry_limit,
         };

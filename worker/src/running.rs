@@ -52,6 +52,18 @@ impl RunningTasks {
         self.lock().keys().cloned().collect()
     }
 
+    /// The tasks being run, for the registry (`WorkerInfo::tasks`).
+    pub fn task_ids(&self) -> Vec<String> {
+        let mut task_ids: Vec<String> = self
+            .lock()
+            .values()
+            .map(|entry| entry.task_id.to_string())
+            .collect();
+        task_ids.sort();
+        task_ids.dedup();
+        task_ids
+    }
+
     /// Tells the attempt of `task_id` to stop because the task was canceled.
     /// Returns whether this process was running it.
     pub fn cancel(&self, task_id: &TaskId) -> bool {
@@ -97,6 +109,7 @@ mod tests {
         let task_id = TaskId::generate();
         let guard = running.register("1-0", &task_id);
         assert_eq!(running.job_ids(), vec!["1-0".to_owned()]);
+        assert_eq!(running.task_ids(), vec![task_id.to_string()]);
 
         assert!(running.cancel(&task_id));
         assert!(guard.cancel.is_cancelled());

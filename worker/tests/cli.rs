@@ -117,3 +117,112 @@ async fn sigterm_stops_an_idle_worker_with_exit_0() {
     assert!(status.success(), "{status:?}\n{text}");
     assert!(text.contains("worker stopped"), "{text}");
 }
+
+#[test]
+fn login_without_telegram_settings_exits_2_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "redis://127.0.0.1:1");
+    let output = worker()
+        .arg("--config")
+        .arg(&config)
+        .arg("login")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let lines = stderr_lines(&output);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].starts_with(
+            "error: cannot log in: the Telegram settings cannot be used: set `[telegram] app_id`"
+        ),
+        "{lines:?}"
+    );
+    assert!(!lines[0].ends_with('.'), "{lines:?}");
+}
+
+#[test]
+fn login_asks_for_the_phone_number_and_stops_cleanly_when_input_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "redis://127.0.0.1:1");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("[telegram]\napp_id = 12345\napp_hash = \"0123456789abcdef0123456789abcdef\"\n");
+    text.push_str("[telegram.userbot]\nenable = true\n");
+    std::fs::write(&config, text).unwrap();
+
+    // No answers at all: the prompt must say what it wanted and fail in one
+    // line, before any network traffic.
+    let output = worker()
+        .arg("--config")
+        .arg(&config)
+        .arg("login")
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("Phone number"), "{stdout}");
+    let lines = stderr_lines(&output);
+    let last = lines.last().cloned().unwrap_or_default();
+    assert!(last.starts_with("error: cannot log in: "), "{lines:?}");
+}
+
+#[test]
+fn the_webhooks_role_without_a_webhook_url_exits_1_saying_what_to_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "redis://127.0.0.1:1");
+    let output = worker()
+        .arg("--config")
+        .arg(&config)
+        .args(["--role", "webhooks"])
+        .output()
+        .unwrap();
+
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let lines = stderr_lines(&output);
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some(
+            "error: starting the worker: --role webhooks runs only the webhook dispatcher, and \
+             [api] webhook_url is not set: set it, or run another role"
+        ),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn an_unknown_role_is_a_usage_error() {
+    let output = worker().args(["--role", "everything"]).output().unwrap();
+
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("`everything` is not a role: use all, tasks or webhooks"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_bot_token_without_an_app_id_exits_1_saying_what_to_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "redis://127.0.0.1:1");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("[telegram]\ntoken = \"123:abc\"\n");
+    std::fs::write(&config, text).unwrap();
+
+    let output = worker().arg("--config").arg(&config).output().unwrap();
+
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let lines = stderr_lines(&output);
+    let last = lines.last().cloned().unwrap_or_default();
+    assert!(
+        last.starts_with(
+            "error: starting the worker: the Telegram settings cannot be used: set `[telegram] app_id`"
+        ),
+        "{lines:?}"
+    );
+    assert!(!last.contains("123:abc"), "the token is not printed: {last}");
+}

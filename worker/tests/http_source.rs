@@ -69,6 +69,7 @@ async fn the_file_name_comes_from_content_disposition_and_the_size_from_content_
             name: Some("résumé.pdf".into()),
             size: Some(1000),
             mime: None,
+            key: None,
         }]
     );
 }
@@ -176,6 +177,7 @@ async fn a_download_resumes_from_an_offset_with_a_range_request() {
         name: Some("big.bin".into()),
         size: Some(10_000),
         mime: None,
+        key: None,
     };
 
     let download = source(true)

@@ -62,13 +62,17 @@ impl HealthApi {
                 status: "ready".to_owned(),
             })),
             Ok(Err(error)) => {
+                crate::metrics::redis_error();
                 tracing::warn!(%error, "readiness check failed");
                 not_ready("is not answering".to_owned())
             }
-            Err(_) => not_ready(format!(
-                "did not answer within {} seconds",
-                READY_TIMEOUT.as_secs()
-            )),
+            Err(_) => {
+                crate::metrics::redis_error();
+                not_ready(format!(
+                    "did not answer within {} seconds",
+                    READY_TIMEOUT.as_secs()
+                ))
+            }
         }
     }
 }

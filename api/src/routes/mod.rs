@@ -9,6 +9,7 @@ pub mod events;
 pub mod health;
 pub mod storages;
 pub mod tasks;
+pub mod workers;
 
 use poem_openapi::Tags;
 use savestream_shared::task::TaskId;
@@ -23,6 +24,8 @@ pub enum ApiTags {
     Tasks,
     /// The storages a user may save into.
     Storages,
+    /// The live worker processes and the tasks they hold.
+    Workers,
 }
 
 /// Every operation of the API, in the order the docs show them.
@@ -31,6 +34,7 @@ pub type Apis = (
     tasks::TasksApi,
     events::EventsApi,
     storages::StoragesApi,
+    workers::WorkersApi,
 );
 
 pub fn apis() -> Apis {
@@ -39,6 +43,7 @@ pub fn apis() -> Apis {
         tasks::TasksApi,
         events::EventsApi,
         storages::StoragesApi,
+        workers::WorkersApi,
     )
 }
 

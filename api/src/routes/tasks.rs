@@ -107,6 +107,7 @@ impl TasksApi {
         record_task_id(&created.task_id);
         let body = Json(TaskCreated::new(created.task_id.to_string()));
         if created.is_new {
+            crate::metrics::task_created(new_task.source);
             tracing::info!(
                 task_id = %created.task_id,
                 source = new_task.source.as_str(),
@@ -181,6 +182,17 @@ impl TasksApi {
         record_task_id(&task_id);
         let previous = state.store.cancel(&task_id).await?;
         tracing::info!(task_id = %task_id, was = previous.as_str(), "task canceled");
+        // The cancel answers with the previous status only; the source, which
+        // labels the counter, is read back. A task's source never changes,
+        // and the cancel has happened whatever this read answers.
+        match state.store.get(&task_id).await {
+            Ok(Some(record)) => crate::metrics::task_canceled(record.task.source),
+            Ok(None) => {}
+            Err(error) => {
+                crate::metrics::redis_error();
+                tracing::warn!(task_id = %task_id, %error, "canceled, but cannot read the task's source for the metrics");
+            }
+        }
         Ok(CancelResponse::Ok(Json(TaskCanceled::new())))
     }
 }

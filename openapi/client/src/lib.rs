@@ -2,7 +2,7 @@
 //!
 //! A Rust client for savestream's HTTP task API, generated at build time by
 //! progenitor from `openapi/openapi.json` (see `build.rs`). Nothing here is
-//! written by hand except [`with_token`]: progenitor ignores the spec's
+//! written by hand except [`with_token`] and [`http_client_builder`]: progenitor ignores the spec's
 //! security scheme, so the bearer token travels as a default header of the
 //! `reqwest::Client` the generated [`Client`] wraps.
 //!
@@ -25,6 +25,14 @@ include!(concat!(env!("OUT_DIR"), "/client.rs"));
 /// A client for the API at `base_url` that sends `Authorization: Bearer <token>`
 /// with every request (an empty token sends none).
 pub fn with_token(base_url: &str, token: &str) -> Result<Client, reqwest::Error> {
+    let http = http_client_builder(token).build()?;
+    Ok(Client::new_with_client(base_url, http))
+}
+
+/// The `reqwest::ClientBuilder` behind [`with_token`]: the bearer token as a
+/// sensitive default header, and nothing else, so a caller can add its own
+/// timeouts before wrapping the built client with [`Client::new_with_client`].
+pub fn http_client_builder(token: &str) -> reqwest::ClientBuilder {
     let mut headers = reqwest::header::HeaderMap::new();
     if !token.is_empty() {
         // A token with bytes a header cannot hold is sent as none at all: the
@@ -34,6 +42,5 @@ pub fn with_token(base_url: &str, token: &str) -> Result<Client, reqwest::Error>
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
     }
-    let http = reqwest::Client::builder().default_headers(headers).build()?;
-    Ok(Client::new_with_client(base_url, http))
+    reqwest::Client::builder().default_headers(headers)
 }

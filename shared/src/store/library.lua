@@ -43,20 +43,19 @@ local function expire_task(keys, retention_ms)
   redis.call('PEXPIRE', keys[2], retention_ms)
 end
 
--- Acknowledges and deletes the task's current work item, if it has one.
-local function drop_job(keys)
-  local job = redis.call('HGET', keys[1], 'job')
+-- Acknowledges and deletes a work item, if there is one.
+local function drop_job(keys, job)
   if job and job ~= '' then
     redis.call('XACK', keys[4], GROUP, job)
     redis.call('XDEL', keys[4], job)
   end
-  redis.call('HSET', keys[1], 'job', '')
 end
 
 -- Checks that `attempt` is the running attempt: the lease fence.
--- Returns nil when it is, or the error reply to give.
+-- Returns the error reply to give, or nil and the fields a worker
+-- transition needs: {status, attempt, job, retries, created}.
 local function check_lease(keys, task_id, attempt)
-  local state = redis.call('HMGET', keys[1], 'status', 'attempt')
+  local state = redis.call('HMGET', keys[1], 'status', 'attempt', 'job', 'retries', 'created')
   local status, current = state[1], state[2]
   if not status then
     return fail_with('NOTFOUND', task_id)
@@ -66,9 +65,9 @@ local function check_lease(keys, task_id, attempt)
   end
   if status ~= 'running' or tonumber(current) ~= tonumber(attempt) then
     return fail_with('STALE', 'attempt ' .. attempt .. ' of task ' .. task_id .. ' is no longer current (task is '
-      .. status .. ' at attempt ' .. current .. ')')
+      .. status .. ' at attempt ' .. tostring(current or 0) .. ')')
   end
-  return nil
+  return nil, state
 end
 
 -- ARGV: task_id, source, link, user_id, storage, dir, title, idempotency_ttl_ms
@@ -89,8 +88,9 @@ local function create(keys, args)
     'title', args[7] }
   append_event(keys, task_id, 'created', at, fields)
   local job = redis.call('XADD', keys[4], '*', 'task', task_id)
-  redis.call('HSET', keys[1], 'status', 'queued', 'created', at, 'updated', at, 'attempt', 0, 'retries', 0,
-    'error', '', 'job', job, unpack(fields))
+  -- `attempt`, `retries` and `error` are absent until they are not 0 / empty,
+  -- which keeps a queued task small.
+  redis.call('HSET', keys[1], 'status', 'queued', 'created', at, 'updated', at, 'job', job, unpack(fields))
   redis.call('ZADD', keys[5], at, task_id)
   if keys[8] then
     redis.call('SET', keys[8], task_id, 'PX', args[8])
@@ -114,7 +114,7 @@ local function start(keys, args)
   if current_job ~= job then
     return fail_with('STALE', 'work item ' .. job .. ' is not the current one of task ' .. task_id)
   end
-  attempt = tonumber(attempt) + 1
+  attempt = tonumber(attempt or 0) + 1
   local at = now_ms()
   append_event(keys, task_id, 'started', at, { 'attempt', attempt, 'worker', worker })
   redis.call('HSET', keys[1], 'status', 'running', 'attempt', attempt, 'worker', worker, 'started', at,
@@ -150,44 +150,52 @@ local function progress(keys, args)
   return 'OK'
 end
 
-local function finish(keys, task_id, retention_ms)
-  redis.call('ZREM', keys[5], task_id)
-  redis.call('ZREM', keys[6], task_id)
-  redis.call('ZREM', keys[7], task_id)
-  drop_job(keys)
+-- Ends a task: one HSET of its final `fields` (and no work item), out of the
+-- sorted sets its `from_status` put it in, its work item acknowledged and
+-- deleted, its expiry set.
+local function finish(keys, task_id, from_status, job, retention_ms, fields)
+  fields[#fields + 1] = 'job'
+  fields[#fields + 1] = ''
+  redis.call('HSET', keys[1], unpack(fields))
+  if from_status == 'running' then
+    redis.call('ZREM', keys[6], task_id)
+  else
+    redis.call('ZREM', keys[5], task_id)
+    redis.call('ZREM', keys[7], task_id)
+  end
+  drop_job(keys, job)
   expire_task(keys, retention_ms)
 end
 
 -- ARGV: task_id, attempt, size ('' when unknown), path, retention_ms
 local function complete(keys, args)
   local task_id, attempt = args[1], args[2]
-  local refused = check_lease(keys, task_id, attempt)
+  local refused, state = check_lease(keys, task_id, attempt)
   if refused then
     return refused
   end
   local at = now_ms()
   append_event(keys, task_id, 'completed', at, { 'attempt', attempt, 'size', args[3], 'path', args[4] })
-  redis.call('HSET', keys[1], 'status', 'completed', 'size', args[3], 'path', args[4], 'error', '',
-    'ended', at, 'updated', at)
-  finish(keys, task_id, args[5])
+  finish(keys, task_id, 'running', state[3], args[5],
+    { 'status', 'completed', 'size', args[3], 'path', args[4], 'error', '', 'ended', at, 'updated', at })
   return 'OK'
 end
 
-local function fail_task(keys, task_id, attempt, error_text, retention_ms)
+local function fail_task(keys, task_id, attempt, error_text, retention_ms, job)
   local at = now_ms()
   append_event(keys, task_id, 'failed', at, { 'attempt', attempt, 'error', error_text })
-  redis.call('HSET', keys[1], 'status', 'failed', 'error', error_text, 'ended', at, 'updated', at)
-  finish(keys, task_id, retention_ms)
+  finish(keys, task_id, 'running', job, retention_ms,
+    { 'status', 'failed', 'error', error_text, 'ended', at, 'updated', at })
   return 'failed'
 end
 
 -- ARGV: task_id, attempt, error, retention_ms
 local function fail(keys, args)
-  local refused = check_lease(keys, args[1], args[2])
+  local refused, state = check_lease(keys, args[1], args[2])
   if refused then
     return refused
   end
-  return fail_task(keys, args[1], args[2], args[3], args[4])
+  return fail_task(keys, args[1], args[2], args[3], args[4], state[3])
 end
 
 -- ARGV: task_id, attempt, error, counted (1: a failure that uses up a retry,
@@ -195,15 +203,14 @@ end
 -- Returns 'retrying', or 'failed' when the retries are used up.
 local function retry(keys, args)
   local task_id, attempt, error_text = args[1], args[2], args[3]
-  local refused = check_lease(keys, task_id, attempt)
+  local refused, state = check_lease(keys, task_id, attempt)
   if refused then
     return refused
   end
-  local state = redis.call('HMGET', keys[1], 'retries', 'created')
-  local retries = tonumber(state[1])
+  local retries = tonumber(state[4] or 0)
   if args[4] == '1' then
     if retries >= tonumber(args[5]) then
-      return fail_task(keys, task_id, attempt, error_text, args[7])
+      return fail_task(keys, task_id, attempt, error_text, args[7], state[3])
     end
     retries = retries + 1
   end
@@ -211,22 +218,25 @@ local function retry(keys, args)
   local due = at + tonumber(args[6])
   append_event(keys, task_id, 'retrying', at,
     { 'attempt', attempt, 'error', error_text, 'retries', retries, 'due', due })
-  redis.call('HSET', keys[1], 'status', 'queued', 'error', error_text, 'retries', retries, 'updated', at)
-  redis.call('ZREM', keys[6], task_id)
-  redis.call('ZADD', keys[5], state[2], task_id)
-  drop_job(keys)
+  drop_job(keys, state[3])
+  local job = ''
   if due <= at then
-    redis.call('HSET', keys[1], 'job', redis.call('XADD', keys[4], '*', 'task', task_id))
+    job = redis.call('XADD', keys[4], '*', 'task', task_id)
   else
     redis.call('ZADD', keys[7], due, task_id)
   end
+  redis.call('HSET', keys[1], 'status', 'queued', 'error', error_text, 'retries', retries, 'updated', at,
+    'job', job)
+  redis.call('ZREM', keys[6], task_id)
+  redis.call('ZADD', keys[5], state[5], task_id)
   return 'retrying'
 end
 
 -- ARGV: task_id, retention_ms, cancel_channel
 local function cancel(keys, args)
   local task_id = args[1]
-  local status = redis.call('HGET', keys[1], 'status')
+  local state = redis.call('HMGET', keys[1], 'status', 'job')
+  local status = state[1]
   if not status then
     return fail_with('NOTFOUND', task_id)
   end
@@ -235,8 +245,7 @@ local function cancel(keys, args)
   end
   local at = now_ms()
   append_event(keys, task_id, 'canceled', at, {})
-  redis.call('HSET', keys[1], 'status', 'canceled', 'ended', at, 'updated', at)
-  finish(keys, task_id, args[2])
+  finish(keys, task_id, status, state[2], args[2], { 'status', 'canceled', 'ended', at, 'updated', at })
   redis.call('PUBLISH', args[3], task_id)
   return status
 end

@@ -533,8 +533,9 @@ pub(crate) fn task_from_hash(task_id: &TaskId, fields: &HashMap<String, String>)
         updated_at: number("updated")?,
         started_at: optional_number("started")?,
         ended_at: optional_number("ended")?,
-        attempt: number("attempt")? as u32,
-        retries: number("retries")? as u32,
+        // Absent until they are not 0, which keeps a queued task small.
+        attempt: optional_number("attempt")?.unwrap_or(0) as u32,
+        retries: optional_number("retries")?.unwrap_or(0) as u32,
         error: text("error"),
         worker: optional_text("worker"),
     })

@@ -148,6 +148,7 @@ impl Source for HttpSource {
             name,
             size: response.content_length(),
             mime,
+            key: None,
         }])
     }
 

@@ -8,13 +8,15 @@
 //! retrying can help ([`SourceErrorKind`]) and carry a message a user can
 //! act on.
 //!
-//! [`http`] is the only source today; the Telegram source of a later issue
-//! plugs in beside it through [`Sources`].
+//! [`http`] serves direct links and [`telegram`] message links; [`Sources`]
+//! holds the ones this worker has.
 
 pub mod http;
 pub mod ssrf;
+pub mod telegram;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -39,6 +41,12 @@ pub struct RemoteFile {
     /// The size in bytes, when the source knows it.
     pub size: Option<u64>,
     pub mime: Option<String>,
+    /// The source's own handle on the file, opaque to everyone else: how
+    /// [`Source::open`] finds it again (the Telegram source's
+    /// `<kind>:<chat>:<access hash>:<message>`). `None` for direct links,
+    /// whose task link is the handle. Never recorded: a source that needs it
+    /// resolves again on every attempt ([`Source::resolves_every_attempt`]).
+    pub key: Option<String>,
 }
 
 /// Whether a failure is worth another attempt.
@@ -57,6 +65,9 @@ pub enum SourceErrorKind {
 pub struct SourceError {
     pub kind: SourceErrorKind,
     pub message: String,
+    /// How long the source asked to be left alone (Telegram's FLOOD_WAIT):
+    /// the retry waits at least this long.
+    pub retry_after: Option<Duration>,
 }
 
 impl SourceError {
@@ -64,6 +75,7 @@ impl SourceError {
         SourceError {
             kind: SourceErrorKind::Retryable,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -71,6 +83,7 @@ impl SourceError {
         SourceError {
             kind: SourceErrorKind::Permanent,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -106,13 +119,23 @@ pub trait Source: Send + Sync {
 
     /// Streams `file` of `task` from `offset` (0 for the whole file).
     async fn open(&self, task: &Task, file: &RemoteFile, offset: u64) -> Result<Download, SourceError>;
+
+    /// Whether every attempt resolves the task again, resumed or not. A
+    /// source whose files can only be opened through what `resolve` returns
+    /// (Telegram: fresh file references, the members of an album) says yes;
+    /// the pipeline then keeps names stable from what earlier attempts
+    /// recorded. Direct links say no: a resumed attempt reuses the recorded
+    /// file and path without asking the server again.
+    fn resolves_every_attempt(&self) -> bool {
+        false
+    }
 }
 
 /// The sources of this worker, one per [`SourceKind`] it can serve.
 #[derive(Clone)]
 pub struct Sources {
     pub http: Arc<dyn Source>,
-    /// `None` until the Telegram source exists: such tasks fail at once.
+    /// `None` when `[telegram]` has no credentials: such tasks fail at once.
     pub telegram: Option<Arc<dyn Source>>,
 }
 
@@ -123,8 +146,10 @@ impl Sources {
             SourceKind::Http => Ok(self.http.clone()),
             SourceKind::Telegram => self.telegram.clone().ok_or_else(|| {
                 SourceError::permanent(format!(
-                    "this worker has no Telegram source yet: {} cannot be saved until one is added; \
-                     send a direct link as `url` instead",
+                    "this worker has no Telegram source yet: {} cannot be saved until the workers' \
+                     `[telegram]` has credentials (a bot `token`, or `[telegram.userbot]` with a \
+                     session from `savestream-worker login`) and `app_id`/`app_hash`; send a direct \
+                     link as `url` instead",
                     shown_link(&task.link)
                 ))
             }),

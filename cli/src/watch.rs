@@ -1,0 +1,320 @@
+//! `savestream watch <id>`: follows a task until it ends, with a live
+//! progress bar (bytes, speed, ETA), then prints how it ended on stdout and
+//! exits 0 only if it completed.
+//!
+//! Two sources feed the screen. The task's live event stream
+//! (`GET /api/v1/tasks/{id}/events`, `Accept: text/event-stream`) says what
+//! happens (started, resolved, retrying, how it ended); it reconnects with
+//! `Last-Event-ID` when the connection drops. Progress is not an event, so
+//! `GET /api/v1/tasks/{id}` is polled a few times a second for the bytes and
+//! the speed; it also notices the end when the event stream cannot.
+//!
+//! The bar is drawn on stderr only when it is a terminal; event lines are
+//! printed either way, so a log of `watch` still tells the story.
+
+use std::collections::VecDeque;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use indicatif::{HumanBytes, HumanDuration, ProgressBar, ProgressStyle};
+use savestream_client::types::{EventType, Task, TaskEvent, TaskStatus};
+
+use crate::api::Api;
+use crate::format;
+use crate::sse::SseParser;
+
+/// How often progress is polled: the worker writes it a few times a second.
+const POLL_EVERY: Duration = Duration::from_millis(250);
+/// How long the API may stay unreachable before `watch` gives up: long
+/// enough to ride out an API restart.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
+/// The pause before reconnecting a dropped event stream.
+const RECONNECT_AFTER: Duration = Duration::from_secs(1);
+/// Reconnections in a row before the event stream is left to polling.
+const MAX_RECONNECTS: u32 = 10;
+
+pub async fn run(api: &Api, task_id: &str) -> anyhow::Result<ExitCode> {
+    let mut task = get_task(api, task_id).await?;
+    let screen = Screen::new(&task);
+    let mut events = std::pin::pin!(EventFollower::new(api, task_id).into_stream());
+    let mut events_live = true;
+    let mut poll = tokio::time::interval(POLL_EVERY);
+    let mut unreachable_since: Option<Instant> = None;
+    while !is_ended(task.status) {
+        tokio::select! {
+            event = events.next(), if events_live => match event {
+                Some(event) => {
+                    let ended = is_ended_event(event.type_);
+                    screen.event(&event);
+                    if ended {
+                        break;
+                    }
+                }
+                None => events_live = false,
+            },
+            _ = poll.tick() => match api.client().get_task().task_id(task_id).send().await {
+                Ok(polled) => {
+                    unreachable_since = None;
+                    task = polled.into_inner();
+                    screen.progress(&task);
+                }
+                Err(error) => {
+                    let error = api.explain(error).await;
+                    let since = *unreachable_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > GIVE_UP_AFTER {
+                        screen.bar.abandon();
+                        return Err(error);
+                    }
+                }
+            },
+        }
+    }
+    // The end as the event said it; read the task once more for its final
+    // path, size and error.
+    let task = get_task(api, task_id).await?;
+    Ok(screen.finish(&task))
+}
+
+async fn get_task(api: &Api, task_id: &str) -> anyhow::Result<Task> {
+    match api.client().get_task().task_id(task_id).send().await {
+        Ok(task) => Ok(task.into_inner()),
+        Err(error) => Err(api.explain(error).await),
+    }
+}
+
+fn is_ended(status: TaskStatus) -> bool {
+    matches!(
+        status,
+        TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Canceled
+    )
+}
+
+fn is_ended_event(kind: EventType) -> bool {
+    matches!(
+        kind,
+        EventType::Completed | EventType::Failed | EventType::Canceled
+    )
+}
+
+/// The progress bar and the lines printed above it.
+struct Screen {
+    bar: ProgressBar,
+    /// Whether the bar has a length (the file's size is known).
+    sized: std::cell::Cell<bool>,
+}
+
+impl Screen {
+    fn new(task: &Task) -> Screen {
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(spinner_style());
+        bar.set_prefix(task.task_id.clone());
+        bar.set_message(task.status.to_string());
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Screen {
+            bar,
+            sized: std::cell::Cell::new(false),
+        }
+    }
+
+    fn say(&self, line: String) {
+        // `suspend` prints whether or not the bar is drawn (`println` on a
+        // hidden bar prints nothing).
+        self.bar.suspend(|| eprintln!("{line}"));
+    }
+
+    fn event(&self, event: &TaskEvent) {
+        let attempt = event
+            .attempt
+            .map(|attempt| format!(" (attempt {attempt})"))
+            .unwrap_or_default();
+        match event.type_ {
+            EventType::Created => {}
+            EventType::Started => {
+                let worker = event.worker.as_deref().unwrap_or("a worker");
+                self.say(format!("started on {worker}{attempt}"));
+                self.bar.set_message("running");
+            }
+            EventType::Resolved => {
+                let name = event.file_name.clone().unwrap_or_default();
+                let size = event
+                    .size
+                    .map(|size| format!(", {}", HumanBytes(size)))
+                    .unwrap_or_default();
+                let path = event.path.as_deref().unwrap_or_default();
+                self.say(format!("resolved {name}{size} -> {path}"));
+                if !name.is_empty() {
+                    self.bar.set_prefix(name);
+                }
+            }
+            EventType::Retrying => {
+                let error = event.error.as_deref().unwrap_or_default();
+                let due = event.due_at.as_deref().unwrap_or("soon");
+                self.say(format!("retrying{attempt}: {error}; next attempt at {due}"));
+                self.bar.set_message("waiting to retry");
+            }
+            // The end is printed by `finish`, with the task's final fields.
+            EventType::Completed | EventType::Failed | EventType::Canceled => {}
+        }
+    }
+
+    fn progress(&self, task: &Task) {
+        let progress = &task.progress;
+        if let Some(total) = progress.total_bytes.filter(|total| *total > 0) {
+            if !self.sized.get() {
+                self.bar.set_style(bar_style());
+                self.sized.set(true);
+            }
+            self.bar.set_length(total);
+        }
+        self.bar.set_position(progress.downloaded_bytes);
+        if task.status != TaskStatus::Running {
+            self.bar.set_message(task.status.to_string());
+            return;
+        }
+        let speed = progress.bytes_per_second;
+        let mut message = format!("{}/s", HumanBytes(speed));
+        if let Some(total) = progress.total_bytes.filter(|_| speed > 0) {
+            let left = total.saturating_sub(progress.downloaded_bytes);
+            let eta = Duration::from_secs(left.div_ceil(speed));
+            message.push_str(&format!(", ETA {}", HumanDuration(eta)));
+        }
+        self.bar.set_message(message);
+    }
+
+    /// Prints how the task ended and returns the exit code that says it.
+    fn finish(&self, task: &Task) -> ExitCode {
+        let place = format!("{}:{}", task.storage_name, format::saved_path(task));
+        match task.status {
+            TaskStatus::Completed => {
+                let size = task
+                    .progress
+                    .total_bytes
+                    .unwrap_or(task.progress.downloaded_bytes);
+                if self.sized.get() {
+                    self.bar.set_position(size);
+                }
+                self.bar.set_message("done");
+                self.bar.finish();
+                println!("completed: saved {place} ({})", format::bytes(size));
+                ExitCode::SUCCESS
+            }
+            TaskStatus::Failed => {
+                self.bar.abandon_with_message("failed");
+                println!("failed: {}", task.error);
+                ExitCode::FAILURE
+            }
+            TaskStatus::Canceled => {
+                self.bar.abandon_with_message("canceled");
+                println!("canceled");
+                ExitCode::FAILURE
+            }
+            // Only reached if the event stream said the task ended and the
+            // projection disagrees, which the store's atomic calls rule out.
+            TaskStatus::Queued | TaskStatus::Running => {
+                self.bar.abandon();
+                println!("{}: the event stream ended before the task did", task.status);
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn spinner_style() -> ProgressStyle {
+    ProgressStyle::with_template("{spinner} {prefix} {bytes} {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner())
+}
+
+fn bar_style() -> ProgressStyle {
+    ProgressStyle::with_template("{spinner} {prefix} [{bar:30}] {bytes}/{total_bytes} {msg}")
+        .map(|style| style.progress_chars("=> "))
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+}
+
+/// The task's events from its live stream, reconnecting after a drop.
+struct EventFollower<'a> {
+    api: &'a Api,
+    task_id: String,
+    response: Option<reqwest::Response>,
+    parser: SseParser,
+    last_event_id: Option<String>,
+    pending: VecDeque<TaskEvent>,
+    failures: u32,
+    ended: bool,
+}
+
+impl<'a> EventFollower<'a> {
+    fn new(api: &'a Api, task_id: &str) -> EventFollower<'a> {
+        EventFollower {
+            api,
+            task_id: task_id.to_owned(),
+            response: None,
+            parser: SseParser::default(),
+            last_event_id: None,
+            pending: VecDeque::new(),
+            failures: 0,
+            ended: false,
+        }
+    }
+
+    /// The events as a stream, which keeps an unfinished read across the
+    /// `select!` in [`run`] (a bare `next()` future would be dropped there).
+    fn into_stream(self) -> impl futures::Stream<Item = TaskEvent> + 'a {
+        futures::stream::unfold(self, |mut follower| async move {
+            let event = follower.next().await?;
+            Some((event, follower))
+        })
+    }
+
+    /// The next event; `None` after the last one, or when the stream cannot
+    /// be had (polling then carries on alone).
+    async fn next(&mut self) -> Option<TaskEvent> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                self.ended = is_ended_event(event.type_);
+                return Some(event);
+            }
+            if self.ended || self.failures > MAX_RECONNECTS {
+                return None;
+            }
+            let Some(response) = self.response.as_mut() else {
+                if self.failures > 0 {
+                    tokio::time::sleep(RECONNECT_AFTER).await;
+                }
+                match self
+                    .api
+                    .open_event_stream(&self.task_id, self.last_event_id.as_deref())
+                    .await
+                {
+                    Ok(response) => {
+                        self.response = Some(response);
+                        self.parser = SseParser::default();
+                    }
+                    Err(_) => self.failures += 1,
+                }
+                continue;
+            };
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    self.failures = 0;
+                    for sse in self.parser.feed(&chunk) {
+                        if sse.id.is_some() {
+                            self.last_event_id = sse.id.clone();
+                        }
+                        // An event this client cannot read (a newer server's
+                        // kind) is skipped: the poll still sees how the task ends.
+                        if let Ok(event) = serde_json::from_str::<TaskEvent>(&sse.data) {
+                            self.pending.push_back(event);
+                        }
+                    }
+                }
+                // The server closed the stream before the task's last event
+                // (it is shutting down, or lost Redis): reconnect.
+                Ok(None) | Err(_) => {
+                    self.response = None;
+                    self.failures += 1;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! The `savestream` binary from the outside, with no API running: its help
+//! names every subcommand, and each way it cannot do its job ends with one
+//! clear line on stderr and exit code 1.
+//!
+//! Being an integration test of this package also makes `cargo test
+//! --workspace` build `target/debug/savestream`, which the black-box tests in
+//! `tests/` run against real APIs.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_savestream");
+
+/// Runs the binary in `dir` with no ambient savestream settings.
+fn run(args: &[&str], dir: &Path) -> Output {
+    Command::new(BINARY)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("SAVESTREAM_URL")
+        .env_remove("SAVESTREAM_TOKEN")
+        .env_remove("SAVESTREAM_CONFIG")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("running savestream")
+}
+
+fn explain(output: &Output) -> String {
+    format!(
+        "status: {}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Checks that the command failed with exit code 1 and exactly one line on
+/// stderr, and returns that line.
+fn one_line_error(output: &Output) -> String {
+    assert_eq!(output.status.code(), Some(1), "{}", explain(output));
+    assert!(output.stdout.is_empty(), "{}", explain(output));
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", explain(output));
+    let line = lines[0].to_owned();
+    assert!(line.starts_with("savestream: "), "{line}");
+    assert!(!line.ends_with('.'), "error lines end without a period: {line}");
+    line
+}
+
+/// A loopback URL where nothing listens: a port bound and released.
+fn nothing_listens() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a free port");
+    let port = listener.local_addr().expect("a bound address").port();
+    drop(listener);
+    format!("http://127.0.0.1:{port}")
+}
+
+#[test]
+fn help_names_every_subcommand_and_the_connection_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = run(&["--help"], dir.path());
+    assert!(output.status.success(), "{}", explain(&output));
+    let help = String::from_utf8_lossy(&output.stdout);
+    for word in [
+        "up",
+        "add",
+        "status",
+        "ls",
+        "cancel",
+        "workers",
+        "watch",
+        "--url",
+        "--token",
+        "SAVESTREAM_URL",
+        "SAVESTREAM_TOKEN",
+    ] {
+        assert!(help.contains(word), "--help does not mention {word}:\n{help}");
+    }
+}
+
+#[test]
+fn an_unreachable_api_is_one_line_that_says_to_start_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = nothing_listens();
+    for args in [
+        vec!["ls"],
+        vec!["status", "d4mq2nk0h9pc73b0qpag"],
+        vec!["cancel", "d4mq2nk0h9pc73b0qpag"],
+        vec!["workers"],
+        vec!["watch", "d4mq2nk0h9pc73b0qpag"],
+        vec!["add", "https://example.com/a.zip", "--user", "1"],
+    ] {
+        let mut with_url = vec!["--url", url.as_str()];
+        with_url.extend(args.iter().copied());
+        let line = one_line_error(&run(&with_url, dir.path()));
+        assert_eq!(
+            line,
+            format!(
+                "savestream: cannot reach the API at {url}: is it running? start it with `savestream up`"
+            ),
+            "savestream {}",
+            args.join(" ")
+        );
+    }
+}
+
+#[test]
+fn the_url_also_comes_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = nothing_listens();
+    let output = Command::new(BINARY)
+        .arg("ls")
+        .current_dir(dir.path())
+        .env("SAVESTREAM_URL", &url)
+        .output()
+        .expect("running savestream");
+    let line = one_line_error(&output);
+    assert!(line.contains(&url), "{line}");
+}
+
+#[test]
+fn a_link_that_is_neither_telegram_nor_http_is_refused_before_any_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let line = one_line_error(&run(
+        &[
+            "--url",
+            &nothing_listens(),
+            "add",
+            "example.com/a.zip",
+            "--user",
+            "1",
+        ],
+        dir.path(),
+    ));
+    assert!(
+        line.contains("neither a Telegram message link") && line.contains("nor an http(s) link"),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_url_that_is_not_http_is_refused_with_an_example() {
+    let dir = tempfile::tempdir().unwrap();
+    let line = one_line_error(&run(&["--url", "localhost:8080", "ls"], dir.path()));
+    assert!(line.contains("--url (SAVESTREAM_URL)"), "{line}");
+    assert!(line.contains("http://127.0.0.1:8080"), "{line}");
+}

@@ -1,0 +1,702 @@
+//! Black-box tests of the `savestream` command-line client, run as a
+//! person runs it:
+//! - `savestream up` with the README's config (`config.example.toml`, three
+//!   keys changed for a test machine) starts its own redis-server, the API
+//!   and a worker, completes a direct-link task end to end, and on SIGTERM
+//!   leaves no child behind;
+//! - `add`, `status`, `ls`, `cancel` and `workers` against a real API, with
+//!   the URL and token from flags or the environment, and the API's refusals
+//!   printed as one line;
+//! - `watch` under a real pseudo-terminal draws a progress bar with bytes and
+//!   speed while a throttled download runs, and ends saying it completed.
+//!
+//! Nothing here sleeps to synchronise: every wait is `eventually` on
+//! something observable (an HTTP answer, the screen, a process table entry).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use savestream_shared::config::{QueueConfig, RedisConfig};
+use savestream_shared::store::{Store, WorkerInfo};
+use savestream_tests::file_server::{FileServer, ServedFile};
+use savestream_tests::savestream_testkit::{eventually, free_port};
+use savestream_tests::{binary_path, TestApp, TestOptions, TEST_USER};
+use serde_json::json;
+
+const TOKEN: &str = "cli-test-token-51f0";
+
+/// A deadline for one step that waits on the servers.
+const STEP: Duration = Duration::from_secs(30);
+
+/// Deterministic file contents, so a wrong byte cannot go unnoticed.
+fn body(size: usize) -> Vec<u8> {
+    (0..size).map(|index| ((index * 7919) % 251) as u8).collect()
+}
+
+/// Runs `savestream` with `args` and `env`, none of the ambient settings.
+/// Async, because the file server some tests use runs on the test's runtime.
+async fn savestream(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = tokio::process::Command::new(binary_path("savestream"));
+    command
+        .args(args)
+        .env_remove("SAVESTREAM_URL")
+        .env_remove("SAVESTREAM_TOKEN")
+        .env_remove("SAVESTREAM_CONFIG")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command.output().await.expect("running savestream")
+}
+
+fn explain(output: &Output) -> String {
+    format!(
+        "status: {}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn stdout(output: &Output) -> String {
+    assert!(output.status.success(), "{}", explain(output));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The one stderr line of a command that failed with exit code 1.
+fn error_line(output: &Output) -> String {
+    assert_eq!(output.status.code(), Some(1), "{}", explain(output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", explain(output));
+    lines[0].to_owned()
+}
+
+/// `--url` and `--token` for `app`.
+fn flags(app: &TestApp) -> Vec<String> {
+    vec![
+        "--url".to_owned(),
+        app.base_url(),
+        "--token".to_owned(),
+        TOKEN.to_owned(),
+    ]
+}
+
+async fn run_with_flags(app: &TestApp, args: &[&str]) -> Output {
+    let mut all = flags(app);
+    all.extend(args.iter().map(|arg| (*arg).to_owned()));
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    savestream(&all, &[]).await
+}
+
+async fn spawn_app(workers: usize) -> TestApp {
+    TestApp::spawn(TestOptions {
+        token: Some(TOKEN.to_owned()),
+        workers,
+        ..TestOptions::default()
+    })
+    .await
+}
+
+// ----- (a) the README's run command ---------------------------------------
+
+/// `savestream up`; killed with what it started on drop, if a test fails
+/// before stopping it, so no process outlives the test.
+struct Up {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl Up {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("----- savestream up log -----\n{}", self.log());
+        }
+        // Only while `up` runs are its children surely still its own (a pid
+        // taken from an exited process may name another process by now).
+        if let Ok(None) = self.child.try_wait() {
+            for (pid, _) in children_of(self.child.id()) {
+                signal(pid, "KILL");
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn signal(pid: u32, name: &str) {
+    let _ = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// The live children of `parent`, with their command lines, from /proc.
+fn children_of(parent: u32) -> Vec<(u32, String)> {
+    let mut children = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return children;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if parent_of(pid) == Some(parent) && is_alive(pid) {
+            children.push((pid, command_line(pid)));
+        }
+    }
+    children
+}
+
+/// A process' parent pid: field 4 of /proc/<pid>/stat, after the `(comm)`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    after_comm.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Alive and not a zombie waiting to be reaped.
+fn is_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|end| stat[end + 1..].split_whitespace().next());
+    !matches!(state, Some("Z") | Some("X") | None)
+}
+
+fn command_line(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|bytes| String::from_utf8_lossy(&bytes).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+/// `config.example.toml` with the three changes a test machine needs, each
+/// checked, so a change to the example that breaks this test says so.
+fn example_config_for_test(api_port: u16, downloads: &Path) -> String {
+    let example_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config.example.toml");
+    let example = std::fs::read_to_string(example_path).expect("reading config.example.toml");
+    let replace = |text: String, from: &str, to: &str| {
+        assert!(
+            text.contains(from),
+            "config.example.toml no longer contains `{from}`: update this test"
+        );
+        text.replacen(from, to, 1)
+    };
+    let config = replace(example, "port = 8080", &format!("port = {api_port}"));
+    let config = replace(
+        config,
+        "base_path = \"./downloads\"",
+        &format!("base_path = \"{}\"", downloads.display()),
+    );
+    replace(
+        config,
+        "allow_private_networks = false",
+        "allow_private_networks = true",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn savestream_up_starts_its_own_redis_completes_a_direct_link_task_and_stops_everything_on_sigterm() {
+    // Arrange: the example config, with nothing listening at [redis] url.
+    let dir = tempfile::Builder::new()
+        .prefix("savestream-up-")
+        .tempdir()
+        .expect("creating a temp dir");
+    let downloads = dir.path().join("downloads");
+    let api_port = free_port();
+    let config_path = dir.path().join("config.toml");
+    std::fs::write(&config_path, example_config_for_test(api_port, &downloads)).expect("writing the config");
+    let no_redis = format!("redis://127.0.0.1:{}", free_port());
+    let log = dir.path().join("up.log");
+    let log_file = std::fs::File::create(&log).expect("creating the log");
+    let child = std::process::Command::new(binary_path("savestream"))
+        .args(["up", "--config"])
+        .arg(&config_path)
+        .current_dir(dir.path())
+        .env("SAVESTREAM_REDIS_URL", &no_redis)
+        .env_remove("SAVESTREAM_CONFIG")
+        .env_remove("SAVESTREAM_API_PORT")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log_file.try_clone().expect("cloning a file handle")))
+        .stderr(Stdio::from(log_file))
+        .spawn()
+        .expect("running savestream up");
+    let mut up = Up { child, log };
+    let base_url = format!("http://127.0.0.1:{api_port}");
+    let http = reqwest::Client::new();
+    eventually("the API that `savestream up` started to be ready", STEP, || {
+        let request = http.get(format!("{base_url}/ready")).send();
+        async move {
+            request
+                .await
+                .ok()
+                .filter(|response| response.status().is_success())
+        }
+    })
+    .await;
+    let children = children_of(up.child.id());
+    for binary in ["redis-server", "savestream-api", "savestream-worker"] {
+        assert!(
+            children.iter().any(|(_, command)| command.contains(binary)),
+            "`savestream up` has no {binary} child: {children:?}"
+        );
+    }
+    assert!(
+        up.log().contains("started a private redis-server"),
+        "{}",
+        up.log()
+    );
+    assert!(
+        dir.path().join(".savestream/redis").is_dir(),
+        "the private redis keeps its data (AOF) under .savestream/redis"
+    );
+    let files = FileServer::start().await;
+    let contents = body(200_000);
+    files.add("/rfc9110.txt", ServedFile::new(contents.clone()));
+
+    // Act: the README's first task, as its curl example sends it.
+    let created: serde_json::Value = http
+        .post(format!("{base_url}/api/v1/tasks"))
+        .header("Content-Type", "application/json")
+        .body(json!({ "url": files.url("/rfc9110.txt"), "user_id": 123456789 }).to_string())
+        .send()
+        .await
+        .expect("POST /api/v1/tasks")
+        .json()
+        .await
+        .expect("a JSON answer");
+    let task_id = created["task_id"].as_str().expect("a task id").to_owned();
+    let task = eventually("the task to complete", STEP, || {
+        let request = http.get(format!("{base_url}/api/v1/tasks/{task_id}")).send();
+        async move {
+            let task: serde_json::Value = request.await.ok()?.json().await.ok()?;
+            assert_ne!(task["status"], "failed", "{task}");
+            (task["status"] == "completed").then_some(task)
+        }
+    })
+    .await;
+
+    // Assert: the file is in the storage, byte for byte.
+    assert_eq!(task["title"], "[directlinks](rfc9110.txt->local1:/rfc9110.txt)");
+    assert_eq!(
+        std::fs::read(downloads.join("rfc9110.txt")).expect("the saved file"),
+        contents
+    );
+
+    // Act: stop it as Ctrl-C or a service manager would.
+    signal(up.child.id(), "TERM");
+    let status = eventually(
+        "`savestream up` to exit after SIGTERM",
+        Duration::from_secs(60),
+        || {
+            let exited = up.child.try_wait().expect("waiting on savestream up");
+            async move { exited }
+        },
+    )
+    .await;
+
+    // Assert: a clean exit, and not one of its children is left.
+    assert!(status.success(), "savestream up exited with {status}");
+    let left: Vec<&(u32, String)> = children
+        .iter()
+        .filter(|(pid, command)| is_alive(*pid) && command_line(*pid) == *command)
+        .collect();
+    for (pid, _) in &left {
+        signal(*pid, "KILL");
+    }
+    assert!(left.is_empty(), "children still running after SIGTERM: {left:?}");
+    assert!(
+        reqwest::get(format!("{base_url}/health")).await.is_err(),
+        "the API still answers after SIGTERM"
+    );
+}
+
+// ----- (b) add, status, ls, cancel, workers --------------------------------
+
+#[tokio::test]
+async fn add_prints_the_id_of_a_queued_task_that_status_and_ls_show() {
+    // Arrange: an API without workers, so tasks stay queued.
+    let app = spawn_app(0).await;
+    let link = "https://example.com/files/report.pdf";
+
+    // Act
+    let added = run_with_flags(
+        &app,
+        &["add", link, "--user", &TEST_USER.to_string(), "--dir", "/docs"],
+    )
+    .await;
+    let task_id = stdout(&added).trim().to_owned();
+    let status = run_with_flags(&app, &["status", &task_id]).await;
+    let listed = run_with_flags(&app, &["ls"]).await;
+
+    // Assert: the id alone on stdout names a real task with what was given.
+    assert_eq!(task_id.len(), 20, "add prints the id alone: {}", explain(&added));
+    let (code, task) = app.get_task(&task_id).await;
+    assert_eq!(code, 200, "{task}");
+    assert_eq!(task["source"], "http");
+    assert_eq!(task["link"], link);
+    assert_eq!(task["dir_path"], "/docs");
+    let status = stdout(&status);
+    assert!(status.contains(&format!("task      {task_id}")), "{status}");
+    assert!(status.contains("status    queued"), "{status}");
+    assert!(status.contains("storage   local1:/docs"), "{status}");
+    let listed = stdout(&listed);
+    let line = listed
+        .lines()
+        .find(|line| line.starts_with(&task_id))
+        .unwrap_or_else(|| panic!("ls does not list {task_id}:\n{listed}"));
+    assert!(
+        line.contains("queued") && line.contains("[directlinks]"),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn add_sends_a_t_me_link_as_telegram_url_and_takes_the_url_and_token_from_the_environment() {
+    let app = spawn_app(0).await;
+    let base_url = app.base_url();
+    let env = [("SAVESTREAM_URL", base_url.as_str()), ("SAVESTREAM_TOKEN", TOKEN)];
+
+    let added = savestream(
+        &[
+            "add",
+            "https://t.me/channel/123",
+            "--user",
+            &TEST_USER.to_string(),
+            "--storage",
+            "local1",
+        ],
+        &env,
+    )
+    .await;
+
+    let task_id = stdout(&added).trim().to_owned();
+    let (_, task) = app.get_task(&task_id).await;
+    assert_eq!(task["source"], "telegram", "{task}");
+    assert_eq!(task["link"], "https://t.me/channel/123");
+    assert_eq!(task["storage_name"], "local1");
+}
+
+#[tokio::test]
+async fn cancel_cancels_a_queued_task_and_a_second_cancel_prints_the_apis_refusal() {
+    let app = spawn_app(0).await;
+    let added = run_with_flags(
+        &app,
+        &[
+            "add",
+            "https://example.com/a.zip",
+            "--user",
+            &TEST_USER.to_string(),
+        ],
+    )
+    .await;
+    let task_id = stdout(&added).trim().to_owned();
+
+    let canceled = run_with_flags(&app, &["cancel", &task_id]).await;
+    let again = run_with_flags(&app, &["cancel", &task_id]).await;
+    let listed = run_with_flags(&app, &["ls"]).await;
+
+    assert_eq!(stdout(&canceled).trim(), format!("canceled {task_id}"));
+    assert_eq!(app.get_task(&task_id).await.1["status"], "canceled");
+    assert_eq!(
+        error_line(&again),
+        format!(
+            "savestream: task {task_id} has already ended (canceled): only queued or running tasks can be canceled"
+        )
+    );
+    assert_eq!(stdout(&listed).trim(), "no queued or running tasks");
+}
+
+#[tokio::test]
+async fn refusals_are_the_apis_own_words_on_one_line() {
+    let app = spawn_app(0).await;
+
+    let unknown_task = run_with_flags(&app, &["status", "d4mq2nk0h9pc73b0qpag"]).await;
+    let unknown_user = run_with_flags(&app, &["add", "https://example.com/a.zip", "--user", "42"]).await;
+    let bad_dir = run_with_flags(
+        &app,
+        &[
+            "add",
+            "https://example.com/a.zip",
+            "--user",
+            &TEST_USER.to_string(),
+            "--dir",
+            "../up",
+        ],
+    )
+    .await;
+    let wrong_token = savestream(&["--url", &app.base_url(), "--token", "wrong", "ls"], &[]).await;
+    let no_token = savestream(&["--url", &app.base_url(), "ls"], &[]).await;
+
+    assert_eq!(
+        error_line(&unknown_task),
+        "savestream: task d4mq2nk0h9pc73b0qpag not found: it never existed, or it ended longer ago than the retention period"
+    );
+    assert_eq!(
+        error_line(&unknown_user),
+        "savestream: user 42 is not configured: add a [[users]] entry with id = 42 to config.toml"
+    );
+    assert!(
+        error_line(&bad_dir).starts_with("savestream: `dir_path`: "),
+        "{}",
+        explain(&bad_dir)
+    );
+    assert_eq!(
+        error_line(&wrong_token),
+        "savestream: wrong bearer token: send the token set in the server's [api] token"
+    );
+    assert!(
+        error_line(&no_token).starts_with("savestream: missing bearer token"),
+        "{}",
+        explain(&no_token)
+    );
+}
+
+/// A store on the app's Redis, to register a worker as a worker process would.
+async fn store(app: &TestApp) -> Store {
+    Store::connect(
+        &RedisConfig {
+            url: app.redis.url(),
+            prefix: "savestream".into(),
+        },
+        &QueueConfig {
+            lease_seconds: app.options.lease_seconds,
+            retention_hours: 1,
+        },
+    )
+    .await
+    .expect("connecting to the app's redis")
+}
+
+#[tokio::test]
+async fn workers_lists_each_live_worker_with_its_slots_and_tasks() {
+    // Arrange: one registry entry as a busy worker writes it.
+    let app = spawn_app(0).await;
+    let info = WorkerInfo {
+        name: "box7-4242-d4mq2nk0h9pc73b0qpcg".to_owned(),
+        host: "box7".to_owned(),
+        pid: 4242,
+        role: "tasks".to_owned(),
+        slots: 3,
+        tasks: vec!["d4mq2nk0h9pc73b0qpag".to_owned()],
+        started_at: 1_705_636_800_000,
+        seen_at: 0,
+    };
+    store(&app)
+        .await
+        .register_worker(&info)
+        .await
+        .expect("registering a worker");
+
+    let listed = run_with_flags(&app, &["workers"]).await;
+
+    let listed = stdout(&listed);
+    let mut lines = listed.lines();
+    let header = lines.next().unwrap_or_default();
+    assert_eq!(
+        header.split_whitespace().collect::<Vec<_>>(),
+        ["NAME", "HOST", "PID", "ROLE", "BUSY", "SEEN", "TASKS"]
+    );
+    let row: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(
+        row[..5],
+        [info.name.as_str(), "box7", "4242", "tasks", "1/3"],
+        "{listed}"
+    );
+    assert_eq!(row[6], "d4mq2nk0h9pc73b0qpag", "{listed}");
+}
+
+// ----- (c) watch -----------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_draws_a_progress_bar_with_bytes_and_speed_in_a_terminal_and_ends_with_completed() {
+    // Arrange: a download throttled to last a few seconds.
+    let app = spawn_app(1).await;
+    let files = FileServer::start().await;
+    let size = 384 * 1024;
+    files.add("/movie.bin", ServedFile::new(body(size)).throttled(96 * 1024));
+    let added = run_with_flags(
+        &app,
+        &["add", &files.url("/movie.bin"), "--user", &TEST_USER.to_string()],
+    )
+    .await;
+    let task_id = stdout(&added).trim().to_owned();
+
+    // Act: `savestream watch` on a 100x30 pseudo-terminal.
+    let terminal = Terminal::run(&[&flags(&app)[..], &["watch".to_owned(), task_id.clone()]].concat());
+
+    // Assert: mid-download, a bar with the file's name, bytes of the total,
+    // speed and ETA is on the screen.
+    let bar = eventually("a progress bar with bytes and speed on the screen", STEP, || {
+        let screen = terminal.screen();
+        async move {
+            screen
+                .lines()
+                .find(|line| {
+                    line.contains("movie.bin")
+                        && line.contains('[')
+                        && line.contains("KiB/384.00 KiB")
+                        && line.contains("KiB/s")
+                        && line.contains("ETA")
+                })
+                .map(str::to_owned)
+        }
+    })
+    .await;
+    assert!(
+        !bar.contains("384.00 KiB/384.00 KiB"),
+        "caught mid-download: {bar}"
+    );
+    let status = terminal.wait(STEP).await;
+    let screen = terminal.screen();
+    let last_line = screen
+        .lines()
+        .rev()
+        .find(|line| !line.trim().is_empty())
+        .unwrap_or_default();
+    assert!(status.success(), "watch exited with {status:?}:\n{screen}");
+    assert_eq!(
+        last_line.trim_end(),
+        "completed: saved local1:/movie.bin (384.00 KiB)",
+        "\n{screen}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_exits_non_zero_and_says_why_when_the_task_fails() {
+    let app = spawn_app(1).await;
+    let files = FileServer::start().await;
+    files.add("/gone.bin", ServedFile::status(404));
+    let added = run_with_flags(
+        &app,
+        &["add", &files.url("/gone.bin"), "--user", &TEST_USER.to_string()],
+    )
+    .await;
+    let task_id = stdout(&added).trim().to_owned();
+
+    let watched = run_with_flags(&app, &["watch", &task_id]).await;
+
+    assert_eq!(watched.status.code(), Some(1), "{}", explain(&watched));
+    let out = String::from_utf8_lossy(&watched.stdout);
+    let last = out.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("failed: ") && last.contains("404"),
+        "{}",
+        explain(&watched)
+    );
+}
+
+/// A command on a pseudo-terminal, with a terminal emulator keeping the
+/// screen it draws.
+struct Terminal {
+    screen: Arc<Mutex<vt100::Parser>>,
+    child: Mutex<Box<dyn portable_pty::Child + Send + Sync>>,
+    // Kept open until the child is gone: closing the master hangs it up.
+    _master: Box<dyn portable_pty::MasterPty + Send>,
+}
+
+impl Terminal {
+    const ROWS: u16 = 30;
+    const COLUMNS: u16 = 100;
+
+    fn run(args: &[String]) -> Terminal {
+        let pty = portable_pty::native_pty_system()
+            .openpty(portable_pty::PtySize {
+                rows: Terminal::ROWS,
+                cols: Terminal::COLUMNS,
+                pixel_width: 0,
+                pixel_height: 0,
+            })
+            .expect("opening a pseudo-terminal");
+        let mut command = portable_pty::CommandBuilder::new(binary_path("savestream"));
+        command.args(args);
+        command.env("TERM", "xterm-256color");
+        command.env("NO_COLOR", "1");
+        command.env_remove("SAVESTREAM_URL");
+        command.env_remove("SAVESTREAM_TOKEN");
+        let child = pty
+            .slave
+            .spawn_command(command)
+            .expect("running savestream on the pty");
+        drop(pty.slave);
+        let screen = Arc::new(Mutex::new(vt100::Parser::new(
+            Terminal::ROWS,
+            Terminal::COLUMNS,
+            0,
+        )));
+        let mut reader = pty.master.try_clone_reader().expect("reading the pty");
+        let feed = screen.clone();
+        // A blocking read: the pty gives no async handle. The thread ends
+        // when the child exits and the pty reports end of file (or EIO).
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(read) = reader.read(&mut buffer) {
+                if read == 0 {
+                    break;
+                }
+                feed.lock().expect("the screen lock").process(&buffer[..read]);
+            }
+        });
+        Terminal {
+            screen,
+            child: Mutex::new(child),
+            _master: pty.master,
+        }
+    }
+
+    /// What the terminal shows now, one line per row (a row the cursor
+    /// wrapped out of stays a row of its own, as a person sees it).
+    fn screen(&self) -> String {
+        let parser = self.screen.lock().expect("the screen lock");
+        parser
+            .screen()
+            .rows(0, Terminal::COLUMNS)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    async fn wait(&self, timeout: Duration) -> portable_pty::ExitStatus {
+        eventually("the command on the terminal to exit", timeout, || {
+            let status = self
+                .child
+                .lock()
+                .expect("the child lock")
+                .try_wait()
+                .expect("waiting on the command");
+            async move { status }
+        })
+        .await
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        if let Ok(child) = self.child.get_mut() {
+            if let Ok(None) = child.try_wait() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("----- the terminal's screen -----\n{}", self.screen());
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! Redis restart: Redis, with its append-only file, is SIGKILLed in the
+//! middle of a run and started again on the same port and dir, while a
+//! client keeps creating tasks and two workers keep downloading.
+//!
+//! What must hold: every task that got a 201 reaches a terminal state
+//! (`completed` here), none is lost and none is duplicated: the tasks in the
+//! log are exactly the tasks the client was given, each with one `created`
+//! and one terminal event, and every file is byte-identical. The client is
+//! the careful one the contract allows: it sends an `Idempotency-Key` and
+//! repeats the same key until it gets an answer, so a create that Redis
+//! applied but could not acknowledge before dying is answered 200 with the
+//! same task, not created twice.
+//!
+//! # Durability: the setting that guarantees this
+//!
+//! `appendonly yes` with `appendfsync always` (and `maxmemory-policy
+//! noeviction`, Redis's default). With `always`, Redis writes and fsyncs
+//! each write to the append-only file before it answers, so every 201 the
+//! API gave, and every transition a worker was told succeeded, survives a
+//! crash of Redis *or of the machine*. That is the setting tested here.
+//!
+//! `appendfsync everysec` (Redis's default once AOF is on) fsyncs once a
+//! second. A crash of the Redis *process* (SIGKILL, OOM kill) still loses
+//! nothing in practice, since the writes already sit in the kernel's page
+//! cache; but a power loss or kernel crash can lose up to about one second
+//! of acknowledged writes (up to two when the disk stalls and Redis delays
+//! the write): tasks that got a 201 can vanish, and a transition can roll
+//! back, in which case a worker's lease takeover redoes the attempt (the
+//! file, already complete, is recognised by its size). `appendonly no` (no
+//! persistence, as in the other tests) loses everything on any restart.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use savestream_tests::file_server::{FileServer, ServedFile};
+use savestream_tests::savestream_testkit::{eventually, RedisServer};
+use savestream_tests::{TestApp, TestOptions};
+
+use savestream_shared::store::Store;
+
+use super::support::{
+    body, count, direct_link_request, events_by_task, partial_files, store_at, wait_until_no_task_is_pending,
+    RedisProcess,
+};
+
+/// The durability setting under test (see the module docs).
+const REDIS_AOF_ALWAYS: [&str; 4] = ["--appendonly", "yes", "--appendfsync", "always"];
+const TASKS: usize = 120;
+/// The client's pace: one create every this long, so the run spans the outage.
+const CREATE_EVERY: Duration = Duration::from_millis(40);
+/// Redis stays down until the client has been refused this often. The API
+/// answers a create 503 after its 5-second Redis timeout, so the outage
+/// lasts about ten seconds: longer than a lease, so every running task's
+/// lease runs out while Redis is away.
+const REFUSALS_DURING_OUTAGE: usize = 2;
+/// How long the client waits before repeating a create that got no answer.
+const CLIENT_RETRY_DELAY: Duration = Duration::from_millis(50);
+
+fn served_file(index: usize) -> (String, Vec<u8>, bool) {
+    let throttled = index % 3 == 0;
+    let size = if throttled { 30_000 } else { 1 + (index * 4_099) % 20_000 };
+    (format!("r-{index:03}.bin"), body(1_000 + index as u64, size), throttled)
+}
+
+/// What the client got for one logical create.
+#[derive(Debug)]
+struct Created {
+    task_id: String,
+    /// Requests that got no answer or a 503 before this one succeeded.
+    repeats: usize,
+}
+
+/// A finished run: the app (still up, for its files), Redis as restarted,
+/// and what the client was given.
+struct Restarted {
+    app: TestApp,
+    store: Store,
+    created: Vec<Created>,
+    _redis: RedisProcess,
+    _files: FileServer,
+}
+
+/// Runs the scenario of the module docs to its end: every pending task ended.
+async fn run_through_a_redis_restart() -> Restarted {
+    let redis = RedisServer::start_with(&REDIS_AOF_ALWAYS);
+    let (port, redis_dir) = (redis.port(), redis.dir().to_path_buf());
+    let files = FileServer::start().await;
+    for index in 0..TASKS {
+        let (name, bytes, throttled) = served_file(index);
+        let mut served = ServedFile::new(bytes);
+        if throttled {
+            served = served.throttled(30_000);
+        }
+        files.add(&format!("/r/{name}"), served);
+    }
+    let mut app = TestApp::spawn_with_redis(
+        TestOptions {
+            workers: 2,
+            ..TestOptions::default()
+        },
+        redis,
+    )
+    .await;
+    let requests: Vec<serde_json::Value> = (0..TASKS)
+        .map(|index| direct_link_request(&files.url(&format!("/r/{}", served_file(index).0)), Some("/r")))
+        .collect();
+    let client = app.client.clone();
+    let create_url = app.url("/api/v1/tasks");
+    let refused = Arc::new(AtomicUsize::new(0));
+    let refused_seen = refused.clone();
+    let creator = tokio::spawn(async move {
+        let mut created = Vec::with_capacity(requests.len());
+        for (index, request) in requests.into_iter().enumerate() {
+            let key = format!("reliability-redis-restart-{index}");
+            let mut repeats = 0;
+            let task_id = loop {
+                let answer = client
+                    .post(&create_url)
+                    .header("Idempotency-Key", &key)
+                    .json(&request)
+                    .timeout(Duration::from_secs(10))
+                    .send()
+                    .await;
+                match answer {
+                    Ok(response) if response.status() == 201 || response.status() == 200 => {
+                        let body: serde_json::Value = response.json().await.expect("a JSON body");
+                        break body["task_id"].as_str().expect("a task id").to_owned();
+                    }
+                    Ok(response) if response.status() == 503 => {}
+                    Ok(response) => panic!(
+                        "create {index} answered {}: {}",
+                        response.status(),
+                        response.text().await.unwrap_or_default()
+                    ),
+                    Err(_) => {}
+                }
+                repeats += 1;
+                refused.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(CLIENT_RETRY_DELAY).await;
+            };
+            created.push(Created { task_id, repeats });
+            tokio::time::sleep(CREATE_EVERY).await;
+        }
+        created
+    });
+    let before = store_at(&app.redis.url(), app.options.lease_seconds).await;
+    eventually("a third of the tasks to be created", Duration::from_secs(30), || async {
+        let log = before.read_log().await.ok()?;
+        (log.iter().filter(|logged| logged.event.kind.name() == "created").count() >= TASKS / 3).then_some(())
+    })
+    .await;
+
+    // Kill Redis just after a create, while a worker starts that task; once
+    // the API has noticed and the client has been refused, start it again
+    // in place.
+    app.redis.kill();
+    let ready = reqwest::Client::new();
+    let ready_url = app.url("/ready");
+    eventually("the api to report redis down", Duration::from_secs(10), || async {
+        let response = ready.get(&ready_url).send().await.ok()?;
+        (response.status() == 503).then_some(())
+    })
+    .await;
+    eventually("creates to be refused", Duration::from_secs(30), || async {
+        (refused_seen.load(Ordering::SeqCst) >= REFUSALS_DURING_OUTAGE).then_some(())
+    })
+    .await;
+    let restarted = RedisProcess::start(port, &redis_dir, &REDIS_AOF_ALWAYS).await;
+    let created = creator.await.expect("the creating client panicked");
+    let store = store_at(&app.redis.url(), app.options.lease_seconds).await;
+    wait_until_no_task_is_pending(&store, Duration::from_secs(90)).await;
+    Restarted {
+        app,
+        store,
+        created,
+        _redis: restarted,
+        _files: files,
+    }
+}
+
+#[tokio::test]
+async fn every_task_that_got_a_201_ends_once_when_redis_with_aof_always_is_killed_and_restarted() {
+    let Restarted {
+        app, store, created, ..
+    } = run_through_a_redis_restart().await;
+
+    // The client's tasks are exactly the log's, each created once and ended once.
+    let given: Vec<&str> = created.iter().map(|created| created.task_id.as_str()).collect();
+    let given_set: BTreeSet<&str> = given.iter().copied().collect();
+    assert_eq!(given_set.len(), TASKS, "two creates got the same task: {created:?}");
+    let log = events_by_task(&store).await;
+    let logged_set: BTreeSet<&str> = log.keys().map(String::as_str).collect();
+    assert_eq!(
+        logged_set.difference(&given_set).collect::<Vec<_>>(),
+        Vec::<&&str>::new(),
+        "tasks in the log that no client was given: duplicates"
+    );
+    let mut wrong = Vec::new();
+    for task_id in &given {
+        let events = log.get(*task_id).cloned().unwrap_or_default();
+        let terminal = count(&events, "completed") + count(&events, "failed") + count(&events, "canceled");
+        if count(&events, "created") != 1 || terminal != 1 || count(&events, "completed") != 1 {
+            wrong.push(format!("{task_id}: {events:?}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "tasks lost, unfinished or ended twice:\n{}",
+        wrong.join("\n")
+    );
+    // Each file is whole, where its task says it is.
+    for (index, created) in created.iter().enumerate() {
+        let (_, bytes, _) = served_file(index);
+        let (_, task) = app.get_task(&created.task_id).await;
+        let path = task["path"].as_str().unwrap_or_default();
+        let stored = std::fs::read(app.storage_path(path))
+            .unwrap_or_else(|error| panic!("task {} at {path:?}: {error}", created.task_id));
+        assert!(stored == bytes, "task {} at {path} differs", created.task_id);
+    }
+    let repeats: usize = created.iter().map(|created| created.repeats).sum();
+    assert!(repeats > 0, "no create met the outage: the test proved nothing");
+    let repeated = created.iter().filter(|created| created.repeats > 0).count();
+    eprintln!(
+        "redis restart: {TASKS} tasks, {repeated} creates repeated through the outage \
+         ({repeats} requests refused), all completed once"
+    );
+}
+
+#[tokio::test]
+#[ignore = "bug: an attempt that reserved its file but could not record `resolved` (Redis away) leaves `<name>.part` behind, and the next attempt saves to `<name>_1`"]
+async fn a_redis_restart_leaves_every_file_under_its_own_name_and_no_partial_file() {
+    let Restarted { app, created, .. } = run_through_a_redis_restart().await;
+
+    let mut misplaced = Vec::new();
+    for (index, created) in created.iter().enumerate() {
+        let (name, _, _) = served_file(index);
+        let (_, task) = app.get_task(&created.task_id).await;
+        if task["path"] != format!("/r/{name}") {
+            misplaced.push(format!("task {} saved {name} at {}", created.task_id, task["path"]));
+        }
+    }
+    let partial = partial_files(&app.storage_dir);
+
+    assert!(
+        misplaced.is_empty() && partial.is_empty(),
+        "misplaced files:\n{}\nleft-over partial files: {partial:?}",
+        misplaced.join("\n")
+    );
+}

@@ -1,0 +1,219 @@
+//! What the reliability tests share: file contents that betray a wrong
+//! offset, creating direct-link tasks, reading the event log through the
+//! store, waiting until no task is queued or running, a seeded random
+//! source for chaos, and [`RedisProcess`], a `redis-server` the test starts
+//! itself (on a port and dir of its choosing, to restart Redis in place).
+//!
+//! It owns no process of the app: `TestApp` does. Nothing here sleeps to
+//! synchronise; waits go through `eventually`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use savestream_shared::config::{QueueConfig, RedisConfig};
+use savestream_shared::store::{LoggedEvent, Store};
+use savestream_tests::savestream_testkit::eventually;
+use savestream_tests::{TestApp, TEST_STORAGE, TEST_USER};
+use serde_json::json;
+
+/// Deterministic contents of file number `seed`: no two offsets (and no two
+/// files) share a pattern, so a resume from a wrong offset, or one file's
+/// bytes in another's place, cannot go unnoticed.
+pub fn body(seed: u64, size: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..size)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+/// The request body of a direct-link task.
+pub fn direct_link_request(url: &str, dir: Option<&str>) -> serde_json::Value {
+    let mut request = json!({ "url": url, "user_id": TEST_USER, "storage_name": TEST_STORAGE });
+    if let Some(dir) = dir {
+        request["dir_path"] = json!(dir);
+    }
+    request
+}
+
+/// `POST /api/v1/tasks` with a direct link; returns the task id.
+pub async fn create(app: &TestApp, url: &str, dir: Option<&str>) -> String {
+    let (status, body) = app.create_task(direct_link_request(url, dir)).await;
+    assert_eq!(status, 201, "{body}");
+    body["task_id"].as_str().expect("a 201 carries a task id").to_owned()
+}
+
+/// A store on the app's Redis, to read the event log and the projection.
+pub async fn store(app: &TestApp) -> Store {
+    store_at(&app.redis.url(), app.options.lease_seconds).await
+}
+
+pub async fn store_at(redis_url: &str, lease_seconds: u64) -> Store {
+    Store::connect(
+        &RedisConfig {
+            url: redis_url.to_owned(),
+            prefix: "savestream".into(),
+        },
+        &QueueConfig {
+            lease_seconds,
+            retention_hours: 1,
+        },
+    )
+    .await
+    .expect("connecting to the app's redis")
+}
+
+/// The whole event log, grouped by task id, each task's event names oldest first.
+pub async fn events_by_task(store: &Store) -> HashMap<String, Vec<&'static str>> {
+    let log: Vec<LoggedEvent> = store.read_log().await.expect("reading the event log");
+    let mut by_task: HashMap<String, Vec<&'static str>> = HashMap::new();
+    for logged in log {
+        by_task
+            .entry(logged.event.task_id.to_string())
+            .or_default()
+            .push(logged.event.kind.name());
+    }
+    by_task
+}
+
+/// How many times `name` occurs in `events`.
+pub fn count(events: &[&str], name: &str) -> usize {
+    events.iter().filter(|event| **event == name).count()
+}
+
+/// Waits until the projection lists no queued and no running task: every
+/// task created so far has ended (retrying tasks are listed as queued).
+pub async fn wait_until_no_task_is_pending(store: &Store, timeout: Duration) {
+    eventually("every task to end", timeout, || async {
+        let list = store.list(1).await.ok()?;
+        (list.queued.is_empty() && list.running.is_empty()).then_some(())
+    })
+    .await;
+}
+
+/// Every file under `root` whose name ends in `.part`.
+pub fn partial_files(root: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|extension| extension == "part") {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// A small seeded random source (xorshift64*), so a chaos run can be
+/// repeated from the seed it prints.
+pub struct Chaos {
+    state: u64,
+}
+
+impl Chaos {
+    /// Seeded from `SAVESTREAM_CHAOS_SEED` when set, else from the clock.
+    pub fn from_env() -> Chaos {
+        let seed = std::env::var("SAVESTREAM_CHAOS_SEED")
+            .ok()
+            .and_then(|seed| seed.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|elapsed| elapsed.as_nanos() as u64)
+                    .unwrap_or(1)
+            });
+        eprintln!("chaos seed: {seed} (repeat with SAVESTREAM_CHAOS_SEED={seed})");
+        Chaos { state: seed | 1 }
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.state ^= self.state >> 12;
+        self.state ^= self.state << 25;
+        self.state ^= self.state >> 27;
+        self.state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number in `range` (`range.start < range.end`).
+    pub fn between(&mut self, range: std::ops::Range<u64>) -> u64 {
+        range.start + self.next() % (range.end - range.start)
+    }
+}
+
+/// A `redis-server` this test started itself, killed when dropped. The
+/// testkit's `RedisServer` picks its own port and dir; a restart in place
+/// needs both given.
+pub struct RedisProcess {
+    child: Child,
+}
+
+impl RedisProcess {
+    /// Starts `redis-server` on `port` with `dir` as its working dir, plus
+    /// `extra_args`, and waits until it answers `PING` (it may first have to
+    /// replay its append-only file).
+    pub async fn start(port: u16, dir: &Path, extra_args: &[&str]) -> RedisProcess {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .arg("--dir")
+            .arg(dir)
+            .args(extra_args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting redis-server");
+        let mut process = RedisProcess { child };
+        eventually(
+            &format!("redis-server to answer on port {port}"),
+            Duration::from_secs(20),
+            || {
+                let exited = process.child.try_wait().ok().flatten();
+                assert!(exited.is_none(), "redis-server exited at start: {exited:?}");
+                async move { ping(port).await.then_some(()) }
+            },
+        )
+        .await;
+        process
+    }
+
+    /// SIGKILL, as a crash or a lost machine would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Sends an inline `PING` and reports whether `+PONG` came back. A Redis
+/// still loading its append-only file answers `-LOADING`, which is not ready.
+pub async fn ping(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        stream.write_all(b"PING\r\n").await.ok()?;
+        let mut reply = [0u8; 7];
+        stream.read_exact(&mut reply).await.ok()?;
+        Some(&reply == b"+PONG\r\n")
+    };
+    tokio::time::timeout(Duration::from_millis(500), attempt)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}

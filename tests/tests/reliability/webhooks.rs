@@ -1,0 +1,181 @@
+//! Webhook receiver flapping: the real workers, with `[api] webhook_url`
+//! set, deliver the outcomes of tasks that complete, fail and are canceled
+//! to a receiver ([`FlappingReceiver`]) that answers 5xx, hangs up without
+//! answering, holds requests until the 15-second try timeout, and only then
+//! answers 200, differently for each delivery.
+//!
+//! What must hold: every terminal event is delivered (answered 200) at
+//! least once; every repeat carries the same `webhook-id` and the same body
+//! (a task's outcome never arrives under two ids, and an id never names two
+//! outcomes); every body is the task's real outcome; the projection records
+//! each delivery as `delivered`.
+//!
+//! `TestOptions` writes the `[api]` table itself, so the workers here read a
+//! copy of the app's config.toml with `webhook_url` added to it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use fred::prelude::{Builder, ClientLike, Config, HashesInterface};
+use savestream_tests::file_server::{FileServer, ServedFile};
+use savestream_tests::savestream_testkit::eventually;
+use savestream_tests::{TestApp, TestOptions};
+
+use super::receiver::{Behaviour, FlappingReceiver};
+use super::support::{body, create, store, wait_until_no_task_is_pending};
+
+const OK: Behaviour = Behaviour::Status(200);
+
+/// The receiver's script: each delivery meets a different run of failures.
+fn script() -> Vec<Vec<Behaviour>> {
+    vec![
+        vec![Behaviour::Status(500), Behaviour::HangUp, OK],
+        vec![Behaviour::HangUp, Behaviour::Status(503), Behaviour::Hold, OK],
+        vec![Behaviour::Hold, Behaviour::Status(502), OK],
+        vec![Behaviour::Status(500), Behaviour::Status(500), OK],
+    ]
+}
+
+#[tokio::test]
+async fn every_terminal_event_reaches_a_flapping_receiver_and_repeats_carry_the_same_webhook_id() {
+    // Arrange: the receiver, two workers that run the dispatcher, the files.
+    let receiver = FlappingReceiver::start(script()).await;
+    let files = FileServer::start().await;
+    files.add("/w/slow.bin", ServedFile::new(body(7, 2_000_000)).throttled(50_000));
+    for index in 0..4u64 {
+        files.add(&format!("/w/{index}.bin"), ServedFile::new(body(index, 10_000)));
+    }
+    let mut app = TestApp::spawn(TestOptions {
+        workers: 0,
+        // Tries spread over an hour in 99 retries are about 5 s apart.
+        extra_config: "[webhook]\nmax_attempts = 100\nspan_hours = 1\n".to_owned(),
+        ..TestOptions::default()
+    })
+    .await;
+    let config = std::fs::read_to_string(&app.config_path).expect("reading the app's config.toml");
+    assert!(config.contains("[api]\n"), "{config}");
+    let hooked_config = app.dir.path().join("config-webhook.toml");
+    std::fs::write(
+        &hooked_config,
+        config.replacen("[api]\n", &format!("[api]\nwebhook_url = \"{}\"\n", receiver.url()), 1),
+    )
+    .expect("writing the webhook config");
+    for number in 0..2 {
+        let worker = app.spawn_process(
+            "savestream-worker",
+            &["--config", &hooked_config.display().to_string()],
+            &format!("webhook-worker-{number}"),
+        );
+        app.workers.push(worker);
+    }
+    // Deliveries start with the events after the first dispatcher started.
+    eventually("both dispatchers to start", Duration::from_secs(20), || async {
+        let started = app
+            .workers
+            .iter()
+            .filter(|worker| worker.log().contains("webhook dispatcher started"))
+            .count();
+        (started == 2).then_some(())
+    })
+    .await;
+    let store = store(&app).await;
+
+    // Act: four tasks complete, two fail, two are canceled mid-download.
+    let mut expected = BTreeMap::new();
+    for index in 0..4 {
+        let task_id = create(&app, &files.url(&format!("/w/{index}.bin")), None).await;
+        expected.insert(task_id, "completed");
+    }
+    for _ in 0..2 {
+        let task_id = create(&app, &files.url("/w/missing.bin"), None).await;
+        expected.insert(task_id, "failed");
+    }
+    for _ in 0..2 {
+        let task_id = create(&app, &files.url("/w/slow.bin"), None).await;
+        app.wait_for_status(&task_id, "running", Duration::from_secs(20))
+            .await;
+        let response = app
+            .client
+            .delete(app.url(&format!("/api/v1/tasks/{task_id}")))
+            .send()
+            .await
+            .expect("DELETE the task");
+        assert_eq!(response.status(), 200);
+        expected.insert(task_id, "canceled");
+    }
+    wait_until_no_task_is_pending(&store, Duration::from_secs(30)).await;
+    for (task_id, status) in &expected {
+        let (_, task) = app.get_task(task_id).await;
+        assert_eq!(task["status"], *status, "{task}");
+    }
+    eventually(
+        "every outcome to be answered 200",
+        Duration::from_secs(150),
+        || async {
+            let delivered: BTreeSet<String> = receiver
+                .received()
+                .iter()
+                .filter(|received| received.answered == OK)
+                .filter_map(|received| received.json()["task_id"].as_str().map(str::to_owned))
+                .collect();
+            expected.keys().all(|task_id| delivered.contains(task_id)).then_some(())
+        },
+    )
+    .await;
+
+    // Assert.
+    let received = receiver.received();
+    let mut ids_by_task: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut bodies_by_id: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for request in &received {
+        let json = request.json();
+        let task_id = json["task_id"].as_str().unwrap_or_default().to_owned();
+        let expected_status = expected
+            .get(&task_id)
+            .unwrap_or_else(|| panic!("a webhook for a task nobody created: {}", request.body));
+        assert_eq!(json["status"], *expected_status, "{}", request.body);
+        assert!(!request.webhook_id().is_empty(), "no webhook-id: {request:?}");
+        ids_by_task
+            .entry(task_id)
+            .or_default()
+            .insert(request.webhook_id().to_owned());
+        bodies_by_id
+            .entry(request.webhook_id().to_owned())
+            .or_default()
+            .insert(request.body.clone());
+    }
+    for (task_id, ids) in &ids_by_task {
+        assert_eq!(ids.len(), 1, "task {task_id} arrived under several webhook-ids: {ids:?}");
+    }
+    for (webhook_id, bodies) in &bodies_by_id {
+        assert_eq!(bodies.len(), 1, "{webhook_id} carried different bodies: {bodies:?}");
+    }
+    let repeats = received.len() - ids_by_task.len();
+    assert!(repeats > 0, "the receiver never made the sender repeat");
+    let redis = Builder::from_config(Config::from_url(&app.redis.url()).expect("a valid redis url"))
+        .build()
+        .expect("building a redis client");
+    redis.init().await.expect("connecting to the test redis");
+    eventually(
+        "the projection to record every delivery",
+        Duration::from_secs(10),
+        || async {
+            for task_id in expected.keys() {
+                let state: Option<String> = redis
+                    .hget(format!("{{savestream}}:task:{task_id}"), "webhook_state")
+                    .await
+                    .ok()?;
+                if state.as_deref() != Some("delivered") {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+    eprintln!(
+        "webhooks: {} outcomes delivered through {} requests ({repeats} repeats)",
+        expected.len(),
+        received.len()
+    );
+}
