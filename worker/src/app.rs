@@ -219,12 +219,12 @@ impl Application {
         };
         let gauges = match &metrics {
             // The gauges are only worth a connection when someone scrapes them.
-            Some(_) => match QueueGauges::connect(&config.redis.url, store.keys().clone()).await {
+            Some(_) => match QueueGauges::connect(&store).await {
                 Ok(gauges) => Some(gauges),
                 Err(error) => {
                     return Err(StartupError::Redis {
                         url: shown_url(&config.redis),
-                        error: StoreError::Unavailable(error),
+                        error,
                     })
                 }
             },

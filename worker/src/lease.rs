@@ -48,9 +48,17 @@ pub async fn heartbeat(context: Arc<Context>, registration: WorkerInfo, stop: Ca
         }
         let job_ids = context.running.job_ids();
         if !job_ids.is_empty() {
-            if let Err(error) = context.store.heartbeat(&context.consumer, &job_ids).await {
-                count_redis_error(&error);
-                warn!(%error, held = job_ids.len(), "cannot renew leases");
+            match context.store.heartbeat(&context.consumer, &job_ids).await {
+                // Items another worker took over are not renewed (that would
+                // pull them back); their attempts learn it from their next
+                // progress write, which answers LeaseLost, and stop without
+                // touching the partial file the new holder resumes.
+                Ok(lost) if !lost.is_empty() => warn!(?lost, "leases lost to another worker"),
+                Ok(_) => {}
+                Err(error) => {
+                    count_redis_error(&error);
+                    warn!(%error, held = job_ids.len(), "cannot renew leases");
+                }
             }
         }
         let info = WorkerInfo {

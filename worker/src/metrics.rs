@@ -29,16 +29,13 @@ use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use fred::prelude::{Builder, Client, ClientLike, Config as RedisClientConfig, ReconnectPolicy};
-use fred::prelude::{SortedSetsInterface, StreamsInterface};
-use fred::types::Value;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use savestream_shared::keys::{Keys, WORKERS_GROUP};
+use savestream_shared::store::{QueueDepth, Store, StoreError};
 use savestream_shared::task::SourceKind;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -207,59 +204,21 @@ pub fn redis_error() {
     metrics::counter!(REDIS_ERRORS).increment(1);
 }
 
-/// Reads the queue gauges from Redis on a connection of its own. `Store`
-/// has no call for these counts (they would belong there as
-/// `Store::queue_depth`, shared with the API), so this reads the keys
-/// `Keys` names, read-only.
+/// Samples the queue gauges from Redis (`Store::queue_depth`) on a
+/// connection of its own, so a slow sample never delays task transitions.
 pub struct QueueGauges {
-    client: Client,
-    keys: Keys,
-}
-
-/// The gauges' values at one moment.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct QueueDepth {
-    pub queued: u64,
-    pub running: u64,
-    pub delayed: u64,
-    pub jobs_pending: u64,
+    store: Store,
 }
 
 impl QueueGauges {
-    pub async fn connect(url: &str, keys: Keys) -> Result<QueueGauges, fred::error::Error> {
-        let config = RedisClientConfig::from_url(url)?;
-        let client = Builder::from_config(config)
-            .with_performance_config(|performance| {
-                performance.default_command_timeout = GAUGE_TIMEOUT;
-            })
-            .with_connection_config(|connection| {
-                connection.connection_timeout = Duration::from_secs(3);
-            })
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
-            .build()?;
-        client.init().await?;
-        Ok(QueueGauges { client, keys })
+    pub async fn connect(store: &Store) -> Result<QueueGauges, StoreError> {
+        Ok(QueueGauges {
+            store: store.with_own_connection().await?,
+        })
     }
 
-    pub async fn read(&self) -> Result<QueueDepth, fred::error::Error> {
-        let queued: u64 = self.client.zcard(self.keys.queued()).await?;
-        let running: u64 = self.client.zcard(self.keys.running()).await?;
-        let delayed: u64 = self.client.zcard(self.keys.delayed()).await?;
-        let pending: Result<Value, _> = self.client.xpending(self.keys.jobs(), WORKERS_GROUP, ()).await;
-        let jobs_pending = match pending {
-            // The summary form: [count, smallest id, largest id, consumers].
-            Ok(Value::Array(summary)) => summary.first().and_then(|count| count.as_u64()).unwrap_or(0),
-            Ok(_) => 0,
-            // Without the stream or the group nothing is pending.
-            Err(error) if error.details().starts_with("NOGROUP") => 0,
-            Err(error) => return Err(error),
-        };
-        Ok(QueueDepth {
-            queued,
-            running,
-            delayed,
-            jobs_pending,
-        })
+    pub async fn read(&self) -> Result<QueueDepth, StoreError> {
+        self.store.queue_depth().await
     }
 
     fn publish(depth: QueueDepth) {
@@ -296,7 +255,7 @@ impl QueueGauges {
             // Histograms keep their recent samples until upkeep drains them.
             handle.run_upkeep();
         }
-        if let Err(error) = self.client.quit().await {
+        if let Err(error) = self.store.quit().await {
             debug!(%error, "closing the gauge connection");
         }
     }

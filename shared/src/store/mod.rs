@@ -83,6 +83,17 @@ pub struct TaskList {
     pub running: Vec<TaskSummary>,
 }
 
+/// How much work the queue holds at one moment, for gauges.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueDepth {
+    pub queued: u64,
+    pub running: u64,
+    /// Queued tasks waiting out a retry backoff (also counted in `queued`).
+    pub delayed: u64,
+    /// Work items read by a worker and not yet acknowledged.
+    pub jobs_pending: u64,
+}
+
 /// An event with its id on the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LoggedEvent {
@@ -142,6 +153,14 @@ impl Store {
             client,
             ..self.clone()
         })
+    }
+
+    /// Closes this store's connection (one made by
+    /// [`with_own_connection`](Store::with_own_connection), typically) now
+    /// rather than when the last clone drops.
+    pub async fn quit(&self) -> Result<(), StoreError> {
+        self.client.quit().await?;
+        Ok(())
     }
 
     /// The version of the library this build carries: a digest of its text.
@@ -304,6 +323,31 @@ impl Store {
             // A task may end between the two reads; it is no longer listed then.
             .filter_map(|(id, title)| title.map(|title| TaskSummary { id, title }))
             .collect())
+    }
+
+    /// The queue's depth: sizes of the sorted sets and the pending entries of `jobs`.
+    pub async fn queue_depth(&self) -> Result<QueueDepth, StoreError> {
+        let pipeline = self.client.pipeline();
+        let _: () = pipeline.zcard(self.keys.queued()).await?;
+        let _: () = pipeline.zcard(self.keys.running()).await?;
+        let _: () = pipeline.zcard(self.keys.delayed()).await?;
+        let (queued, running, delayed): (u64, u64, u64) = pipeline.all().await?;
+        let pending: Result<Value, fred::error::Error> =
+            self.client.xpending(self.keys.jobs(), WORKERS_GROUP, ()).await;
+        let jobs_pending = match pending {
+            // The summary form: [count, smallest id, largest id, consumers].
+            Ok(Value::Array(summary)) => summary.first().and_then(|count| count.as_u64()).unwrap_or(0),
+            Ok(_) => 0,
+            // Without the stream or the group nothing is pending.
+            Err(error) if error.details().starts_with("NOGROUP") => 0,
+            Err(error) => return Err(error.into()),
+        };
+        Ok(QueueDepth {
+            queued,
+            running,
+            delayed,
+            jobs_pending,
+        })
     }
 
     /// Cancels a queued or running task. The pub/sub message it publishes
