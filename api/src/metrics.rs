@@ -12,11 +12,12 @@
 //! - `savestream_redis_errors_total`: store calls that failed because Redis
 //!   did not answer.
 //!
-//! Gauges are read from Redis at scrape time, so they are right whichever
-//! process changed the queue: `savestream_queue_depth{state}` (the sizes of
-//! the `queued`, `running` and `delayed` sorted sets) and
+//! Gauges are read from Redis (`Store::queue_depth`) at scrape time, so they
+//! are right whichever process changed the queue:
+//! `savestream_queue_depth{state}` (the sizes of the `queued`, `running` and
+//! `delayed` sorted sets; delayed tasks are queued too) and
 //! `savestream_jobs_pending` (work items read by a worker and not yet
-//! acknowledged: `XPENDING` of the `workers` group).
+//! acknowledged).
 //!
 //! `/metrics` needs no token, like `/health` and `/ready`: a scraper should
 //! not need the API's secret. It shows counts and route templates only, never
@@ -29,14 +30,11 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use fred::prelude::{Builder, Client, ClientLike, Config as RedisClientConfig, ReconnectPolicy};
-use fred::prelude::{SortedSetsInterface, StreamsInterface};
-use fred::types::Value;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use poem::http::StatusCode;
 use poem::web::Data;
 use poem::{handler, IntoResponse, Response};
-use savestream_shared::keys::{Keys, WORKERS_GROUP};
+use savestream_shared::store::QueueDepth;
 use savestream_shared::task::SourceKind;
 
 use crate::state::AppState;
@@ -199,71 +197,15 @@ fn path_template(pattern: &str) -> String {
         .join("/")
 }
 
-/// Reads the queue gauges from Redis on a connection of its own, so a slow
-/// scrape never queues behind (or in front of) task requests.
-pub struct QueueGauges {
-    client: Client,
-    keys: Keys,
-}
-
-/// The gauges' values at one moment.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct QueueDepth {
-    pub queued: u64,
-    pub running: u64,
-    pub delayed: u64,
-    pub jobs_pending: u64,
-}
-
-impl QueueGauges {
-    /// Connects to `url`. `Store` has no call for these counts (they would
-    /// belong there as `Store::queue_depth`), so this reads the keys `Keys`
-    /// names, read-only.
-    pub async fn connect(url: &str, keys: Keys) -> Result<QueueGauges, fred::error::Error> {
-        let config = RedisClientConfig::from_url(url)?;
-        let client = Builder::from_config(config)
-            .with_performance_config(|performance| {
-                performance.default_command_timeout = GAUGE_TIMEOUT;
-            })
-            .with_connection_config(|connection| {
-                connection.connection_timeout = Duration::from_secs(3);
-            })
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
-            .build()?;
-        client.init().await?;
-        Ok(QueueGauges { client, keys })
-    }
-
-    pub async fn read(&self) -> Result<QueueDepth, fred::error::Error> {
-        let queued: u64 = self.client.zcard(self.keys.queued()).await?;
-        let running: u64 = self.client.zcard(self.keys.running()).await?;
-        let delayed: u64 = self.client.zcard(self.keys.delayed()).await?;
-        let pending: Result<Value, _> = self.client.xpending(self.keys.jobs(), WORKERS_GROUP, ()).await;
-        let jobs_pending = match pending {
-            // The summary form: [count, smallest id, largest id, consumers].
-            Ok(Value::Array(summary)) => summary.first().and_then(|count| count.as_u64()).unwrap_or(0),
-            Ok(_) => 0,
-            // Before the first worker starts there is no stream or group: nothing is pending.
-            Err(error) if error.details().starts_with("NOGROUP") => 0,
-            Err(error) => return Err(error),
-        };
-        Ok(QueueDepth {
-            queued,
-            running,
-            delayed,
-            jobs_pending,
-        })
-    }
-
-    fn publish(depth: QueueDepth) {
-        let gauge = |state: &'static str, value: u64| {
-            metrics::gauge!(QUEUE_DEPTH, "state" => state).set(value as f64);
-        };
-        gauge("queued", depth.queued);
-        gauge("running", depth.running);
-        gauge("delayed", depth.delayed);
-        metrics::gauge!(JOBS_PENDING).set(depth.jobs_pending as f64);
-    }
+/// Sets the gauges from one reading of the queue.
+fn publish(depth: QueueDepth) {
+    let gauge = |state: &'static str, value: u64| {
+        metrics::gauge!(QUEUE_DEPTH, "state" => state).set(value as f64);
+    };
+    gauge("queued", depth.queued);
+    gauge("running", depth.running);
+    gauge("delayed", depth.delayed);
+    metrics::gauge!(JOBS_PENDING).set(depth.jobs_pending as f64);
 }
 
 /// `GET /metrics`: the exposition text. When Redis does not answer, the
@@ -271,8 +213,8 @@ impl QueueGauges {
 /// so the page itself still answers and says what is wrong.
 #[handler]
 pub async fn metrics_endpoint(state: Data<&AppState>) -> Response {
-    match tokio::time::timeout(GAUGE_TIMEOUT, state.queue_gauges.read()).await {
-        Ok(Ok(depth)) => QueueGauges::publish(depth),
+    match tokio::time::timeout(GAUGE_TIMEOUT, state.store.queue_depth()).await {
+        Ok(Ok(depth)) => publish(depth),
         Ok(Err(error)) => {
             redis_error();
             tracing::warn!(%error, "cannot read the queue gauges for /metrics");

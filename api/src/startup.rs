@@ -13,7 +13,7 @@ use poem::{EndpointExt, IntoEndpoint, Route, Server};
 use savestream_shared::config::Config;
 use savestream_shared::store::{Store, StoreError};
 
-use crate::metrics::{metrics_endpoint, QueueGauges};
+use crate::metrics::metrics_endpoint;
 use crate::middleware::{json_panic, limit_body, observe};
 use crate::state::AppState;
 
@@ -42,12 +42,6 @@ impl Application {
                 host: redis_host(&config.redis.url),
                 source,
             })?;
-        let queue_gauges = QueueGauges::connect(&config.redis.url, store.keys().clone())
-            .await
-            .map_err(|source| StartupError::Redis {
-                host: redis_host(&config.redis.url),
-                source: StoreError::from(source),
-            })?;
         let metrics = crate::metrics::install();
         let address = config.api.listen_addr();
         let bind_error = |source| StartupError::Bind {
@@ -60,7 +54,7 @@ impl Application {
         let acceptor = TcpAcceptor::from_tokio(listener).map_err(bind_error)?;
         Ok(Application {
             acceptor,
-            state: AppState::new(config, store, metrics, queue_gauges),
+            state: AppState::new(config, store, metrics),
         })
     }
 

@@ -8,8 +8,6 @@ use savestream_shared::store::Store;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::QueueGauges;
-
 /// At most this many live event streams are open at once: each holds a Redis
 /// connection of its own, and Redis' connections are not free.
 pub const MAX_LIVE_STREAMS: usize = 256;
@@ -24,24 +22,16 @@ pub struct AppState {
     pub live_streams: Arc<Semaphore>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
-    /// Reads the queue gauges when `/metrics` is scraped.
-    pub queue_gauges: Arc<QueueGauges>,
 }
 
 impl AppState {
-    pub fn new(
-        config: Config,
-        store: Store,
-        metrics: PrometheusHandle,
-        queue_gauges: QueueGauges,
-    ) -> AppState {
+    pub fn new(config: Config, store: Store, metrics: PrometheusHandle) -> AppState {
         AppState {
             config: Arc::new(config),
             store,
             shutdown: CancellationToken::new(),
             live_streams: Arc::new(Semaphore::new(MAX_LIVE_STREAMS)),
             metrics,
-            queue_gauges: Arc::new(queue_gauges),
         }
     }
 }
