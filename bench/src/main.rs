@@ -23,6 +23,13 @@ enum Benchmark {
         #[arg(long, default_value_t = 64)]
         slots: usize,
     },
+    /// Where the queue's Redis CPU goes: create, start and complete run one after the other.
+    Phases {
+        #[arg(long, default_value_t = 50_000)]
+        tasks: usize,
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+    },
     /// 2. Latency from created to started and completed, one task at a time.
     Latency {
         #[arg(long, default_value_t = 10_000)]
@@ -89,6 +96,21 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 println!("\n(BullMQ skipped: run `npm ci` in bench/bullmq)");
             }
+        }
+        Benchmark::Phases { tasks, batch } => {
+            let phases = queue::phases(&url, tasks, batch).await?;
+            println!("{}", serde_json::to_string(&phases)?);
+            println!("| tasks | batch | create µs/task | start µs/task | complete µs/task | total |");
+            println!("|---|---|---|---|---|---|");
+            println!(
+                "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                phases.tasks,
+                batch,
+                phases.create_us_per_task,
+                phases.start_us_per_task,
+                phases.complete_us_per_task,
+                phases.create_us_per_task + phases.start_us_per_task + phases.complete_us_per_task
+            );
         }
         Benchmark::Latency { tasks } => {
             let ours = queue::latency(&url, tasks).await?;

@@ -193,3 +193,59 @@ pub async fn latency(url: &str, tasks: usize) -> anyhow::Result<Latency> {
         completed_max_ms: to_completed.last().copied().unwrap_or(f64::NAN),
     })
 }
+
+/// Redis CPU seconds per phase (create, start, complete) for `tasks` tasks
+/// run one phase after the other: where the queue's cost goes.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Phases {
+    pub tasks: usize,
+    pub create_us_per_task: f64,
+    pub start_us_per_task: f64,
+    pub complete_us_per_task: f64,
+}
+
+pub async fn phases(url: &str, tasks: usize, batch: usize) -> anyhow::Result<Phases> {
+    let prefix = format!("bench-phases-{}", std::process::id());
+    let store = bench_store(url, &prefix).await?;
+    let info = redis_stats::info_client(url).await?;
+    let per_task = |before: f64, after: f64| (after - before) * 1e6 / tasks as f64;
+    let cpu_start = redis_stats::cpu_seconds(&info).await?;
+    let all: Vec<_> = (0..tasks).map(new_task).collect();
+    for chunk in all.chunks(batch) {
+        for result in store.create_batch(chunk).await? {
+            result?;
+        }
+    }
+    let cpu_created = redis_stats::cpu_seconds(&info).await?;
+    let reader = store.with_own_connection().await?;
+    let mut leases = Vec::with_capacity(tasks);
+    while leases.len() < tasks {
+        let jobs = reader
+            .read_jobs("bench-phases", batch, Duration::from_millis(100))
+            .await?;
+        let to_start: Vec<(String, TaskId)> = jobs
+            .into_iter()
+            .filter_map(|job| job.task_id.ok().map(|task_id| (job.job_id, task_id)))
+            .collect();
+        for result in store.start_batch(&to_start, "bench-phases").await? {
+            leases.push(result?);
+        }
+    }
+    let cpu_started = redis_stats::cpu_seconds(&info).await?;
+    for chunk in leases.chunks(batch) {
+        let completions: Vec<(&Lease, Option<u64>, &str)> = chunk
+            .iter()
+            .map(|lease| (lease, Some(0), "/downloads/file.bin"))
+            .collect();
+        for result in store.complete_batch(&completions).await? {
+            result?;
+        }
+    }
+    let cpu_completed = redis_stats::cpu_seconds(&info).await?;
+    Ok(Phases {
+        tasks,
+        create_us_per_task: per_task(cpu_start, cpu_created),
+        start_us_per_task: per_task(cpu_created, cpu_started),
+        complete_us_per_task: per_task(cpu_started, cpu_completed),
+    })
+}

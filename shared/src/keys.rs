@@ -49,11 +49,6 @@ impl Keys {
         format!("{}:task:{}", self.tag, task_id)
     }
 
-    /// The ids of one task's entries on the event log, oldest first.
-    pub fn task_log(&self, task_id: &TaskId) -> String {
-        format!("{}:task:{}:log", self.tag, task_id)
-    }
-
     /// The task an `Idempotency-Key` created, for 24 hours.
     pub fn idempotency(&self, key_digest: &str) -> String {
         format!("{}:idem:{}", self.tag, key_digest)

@@ -13,7 +13,7 @@ use super::{pairs, progress_from_hash, task_from_hash, Created, NewTask, Store, 
 use crate::task::TaskId;
 
 impl Store {
-    /// KEYS of a batch call: the shared keys, then each task's hash and log.
+    /// KEYS of a batch call: the shared keys, then each task's hash.
     fn batch_keys<'a>(&self, task_ids: impl Iterator<Item = &'a TaskId>) -> Vec<String> {
         let keys = self.keys();
         let mut batch_keys = vec![
@@ -25,7 +25,6 @@ impl Store {
         ];
         for task_id in task_ids {
             batch_keys.push(keys.task(task_id));
-            batch_keys.push(keys.task_log(task_id));
         }
         batch_keys
     }

@@ -9,53 +9,113 @@ queues work, appends a work item to `jobs` -- all in one atomic call. The
 Rust mirror of these rules is `Task::apply` in shared/src/task.rs; a test
 proves a fold over the log equals the live projection.
 
+A task's event ids are kept in its hash (`log`, space-separated), read and
+written with the hash fields every transition touches anyway, so the
+history costs no extra command.
+
 Errors are replies whose first word is a code the Rust store maps to a
 typed `StoreError`: NOTFOUND, EXISTS, ENDED <status>, STALE <why>.
 
 KEYS, in this order, for every per-task function (built by `Store::task_keys`):
-  1 task hash   2 task log list   3 events   4 jobs   5 queued   6 running
-  7 delayed     8 idempotency key (create only)
+  1 task hash   2 events   3 jobs   4 queued   5 running   6 delayed
+  7 idempotency key (create only)
 ]]
 
 local LIBRARY_VERSION = '__LIBRARY_VERSION__'
 local GROUP = 'workers'
 
+-- Inside a batch call these hold the call's clock (one TIME per batch) and
+-- the set operations gathered from every task of the batch (one ZADD, ZREM,
+-- XACK or XDEL per key for the whole batch instead of one per task). Outside
+-- a batch both are nil and everything runs at once. A per-task function
+-- never reads the sorted sets or the pending list, so deferring writes to
+-- them until the end of the call changes no decision.
+local batch_now = nil
+local deferred = nil
+
 local function now_ms()
+  if batch_now then
+    return batch_now
+  end
   local time = redis.call('TIME')
   return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+end
+
+-- Runs `command key prefix... values...`, or gathers `values` to run with
+-- the rest of the batch's.
+local function write_set(command, key, prefix, values)
+  if not deferred then
+    local args = {}
+    for _, value in ipairs(prefix) do
+      args[#args + 1] = value
+    end
+    for _, value in ipairs(values) do
+      args[#args + 1] = value
+    end
+    redis.call(command, key, unpack(args))
+    return
+  end
+  local name = command .. ' ' .. key
+  local entry = deferred.by_name[name]
+  if not entry then
+    entry = { command = command, key = key, prefix = prefix, values = {} }
+    deferred.by_name[name] = entry
+    deferred.order[#deferred.order + 1] = entry
+  end
+  for _, value in ipairs(values) do
+    entry.values[#entry.values + 1] = value
+  end
+end
+
+-- Runs what a batch gathered, in the order first asked, in chunks small
+-- enough for Lua's stack.
+local function flush_deferred()
+  for _, entry in ipairs(deferred.order) do
+    local chunk = 1000
+    for first = 1, #entry.values, chunk do
+      local args = {}
+      for _, value in ipairs(entry.prefix) do
+        args[#args + 1] = value
+      end
+      for index = first, math.min(first + chunk - 1, #entry.values) do
+        args[#args + 1] = entry.values[index]
+      end
+      redis.call(entry.command, entry.key, unpack(args))
+    end
+  end
 end
 
 local function fail_with(code, message)
   return redis.error_reply(code .. ' ' .. message)
 end
 
--- Appends an event to the log and remembers its id in the task's log list.
+-- Appends an event to the log; returns its id, for the task's `log` field.
 local function append_event(keys, task_id, event_type, at, fields)
-  local id = redis.call('XADD', keys[3], '*', 'v', '1', 'type', event_type, 'task', task_id, 'at', at,
+  return redis.call('XADD', keys[2], '*', 'v', '1', 'type', event_type, 'task', task_id, 'at', at,
     unpack(fields))
-  redis.call('RPUSH', keys[2], id)
-  return id
 end
 
--- Terminal tasks leave the projection after the retention period.
-local function expire_task(keys, retention_ms)
-  redis.call('PEXPIRE', keys[1], retention_ms)
-  redis.call('PEXPIRE', keys[2], retention_ms)
+-- The task's `log` field with `id` added.
+local function logged(log, id)
+  if log and log ~= '' then
+    return log .. ' ' .. id
+  end
+  return id
 end
 
 -- Acknowledges and deletes a work item, if there is one.
 local function drop_job(keys, job)
   if job and job ~= '' then
-    redis.call('XACK', keys[4], GROUP, job)
-    redis.call('XDEL', keys[4], job)
+    write_set('XACK', keys[3], { GROUP }, { job })
+    write_set('XDEL', keys[3], {}, { job })
   end
 end
 
 -- Checks that `attempt` is the running attempt: the lease fence.
 -- Returns the error reply to give, or nil and the fields a worker
--- transition needs: {status, attempt, job, retries, created}.
+-- transition needs: {status, attempt, job, retries, created, log}.
 local function check_lease(keys, task_id, attempt)
-  local state = redis.call('HMGET', keys[1], 'status', 'attempt', 'job', 'retries', 'created')
+  local state = redis.call('HMGET', keys[1], 'status', 'attempt', 'job', 'retries', 'created', 'log')
   local status, current = state[1], state[2]
   if not status then
     return fail_with('NOTFOUND', task_id)
@@ -74,8 +134,8 @@ end
 -- Returns {task_id, 1} when created, {existing_task_id, 0} for a repeated idempotency key.
 local function create(keys, args)
   local task_id = args[1]
-  if keys[8] then
-    local existing = redis.call('GET', keys[8])
+  if keys[7] then
+    local existing = redis.call('GET', keys[7])
     if existing then
       return { existing, 0 }
     end
@@ -86,14 +146,15 @@ local function create(keys, args)
   local at = now_ms()
   local fields = { 'source', args[2], 'link', args[3], 'user', args[4], 'storage', args[5], 'dir', args[6],
     'title', args[7] }
-  append_event(keys, task_id, 'created', at, fields)
-  local job = redis.call('XADD', keys[4], '*', 'task', task_id)
+  local event = append_event(keys, task_id, 'created', at, fields)
+  local job = redis.call('XADD', keys[3], '*', 'task', task_id)
   -- `attempt`, `retries` and `error` are absent until they are not 0 / empty,
   -- which keeps a queued task small.
-  redis.call('HSET', keys[1], 'status', 'queued', 'created', at, 'updated', at, 'job', job, unpack(fields))
-  redis.call('ZADD', keys[5], at, task_id)
-  if keys[8] then
-    redis.call('SET', keys[8], task_id, 'PX', args[8])
+  redis.call('HSET', keys[1], 'status', 'queued', 'created', at, 'updated', at, 'job', job, 'log', event,
+    unpack(fields))
+  write_set('ZADD', keys[4], {}, { at, task_id })
+  if keys[7] then
+    redis.call('SET', keys[7], task_id, 'PX', args[8])
   end
   return { task_id, 1 }
 end
@@ -103,7 +164,7 @@ end
 -- whose lease expired (its work item was reclaimed). Returns {attempt, HGETALL}.
 local function start(keys, args)
   local task_id, job, worker = args[1], args[2], args[3]
-  local state = redis.call('HMGET', keys[1], 'status', 'attempt', 'job')
+  local state = redis.call('HMGET', keys[1], 'status', 'attempt', 'job', 'log')
   local status, attempt, current_job = state[1], state[2], state[3]
   if not status then
     return fail_with('NOTFOUND', task_id)
@@ -116,25 +177,26 @@ local function start(keys, args)
   end
   attempt = tonumber(attempt or 0) + 1
   local at = now_ms()
-  append_event(keys, task_id, 'started', at, { 'attempt', attempt, 'worker', worker })
+  local event = append_event(keys, task_id, 'started', at, { 'attempt', attempt, 'worker', worker })
   redis.call('HSET', keys[1], 'status', 'running', 'attempt', attempt, 'worker', worker, 'started', at,
-    'updated', at)
-  redis.call('ZREM', keys[5], task_id)
-  redis.call('ZADD', keys[6], at, task_id)
+    'updated', at, 'log', logged(state[4], event))
+  write_set('ZREM', keys[4], {}, { task_id })
+  write_set('ZADD', keys[5], {}, { at, task_id })
   return { attempt, redis.call('HGETALL', keys[1]) }
 end
 
 -- ARGV: task_id, attempt, file_name, size ('' when unknown), path, title
 local function resolve(keys, args)
   local task_id, attempt = args[1], args[2]
-  local refused = check_lease(keys, task_id, attempt)
+  local refused, state = check_lease(keys, task_id, attempt)
   if refused then
     return refused
   end
   local at = now_ms()
-  append_event(keys, task_id, 'resolved', at,
+  local event = append_event(keys, task_id, 'resolved', at,
     { 'attempt', attempt, 'file', args[3], 'size', args[4], 'path', args[5], 'title', args[6] })
-  redis.call('HSET', keys[1], 'file', args[3], 'size', args[4], 'path', args[5], 'title', args[6], 'updated', at)
+  redis.call('HSET', keys[1], 'file', args[3], 'size', args[4], 'path', args[5], 'title', args[6], 'updated', at,
+    'log', logged(state[6], event))
   return 'OK'
 end
 
@@ -152,19 +214,19 @@ end
 
 -- Ends a task: one HSET of its final `fields` (and no work item), out of the
 -- sorted sets its `from_status` put it in, its work item acknowledged and
--- deleted, its expiry set.
+-- deleted, and the retention period set to expire it.
 local function finish(keys, task_id, from_status, job, retention_ms, fields)
   fields[#fields + 1] = 'job'
   fields[#fields + 1] = ''
   redis.call('HSET', keys[1], unpack(fields))
   if from_status == 'running' then
-    redis.call('ZREM', keys[6], task_id)
+    write_set('ZREM', keys[5], {}, { task_id })
   else
-    redis.call('ZREM', keys[5], task_id)
-    redis.call('ZREM', keys[7], task_id)
+    write_set('ZREM', keys[4], {}, { task_id })
+    write_set('ZREM', keys[6], {}, { task_id })
   end
   drop_job(keys, job)
-  expire_task(keys, retention_ms)
+  redis.call('PEXPIRE', keys[1], retention_ms)
 end
 
 -- ARGV: task_id, attempt, size ('' when unknown), path, retention_ms
@@ -175,17 +237,19 @@ local function complete(keys, args)
     return refused
   end
   local at = now_ms()
-  append_event(keys, task_id, 'completed', at, { 'attempt', attempt, 'size', args[3], 'path', args[4] })
+  local event = append_event(keys, task_id, 'completed', at, { 'attempt', attempt, 'size', args[3], 'path', args[4] })
   finish(keys, task_id, 'running', state[3], args[5],
-    { 'status', 'completed', 'size', args[3], 'path', args[4], 'error', '', 'ended', at, 'updated', at })
+    { 'status', 'completed', 'size', args[3], 'path', args[4], 'error', '', 'ended', at, 'updated', at,
+      'log', logged(state[6], event) })
   return 'OK'
 end
 
-local function fail_task(keys, task_id, attempt, error_text, retention_ms, job)
+-- `state` is what check_lease read.
+local function fail_task(keys, task_id, attempt, error_text, retention_ms, state)
   local at = now_ms()
-  append_event(keys, task_id, 'failed', at, { 'attempt', attempt, 'error', error_text })
-  finish(keys, task_id, 'running', job, retention_ms,
-    { 'status', 'failed', 'error', error_text, 'ended', at, 'updated', at })
+  local event = append_event(keys, task_id, 'failed', at, { 'attempt', attempt, 'error', error_text })
+  finish(keys, task_id, 'running', state[3], retention_ms,
+    { 'status', 'failed', 'error', error_text, 'ended', at, 'updated', at, 'log', logged(state[6], event) })
   return 'failed'
 end
 
@@ -195,7 +259,7 @@ local function fail(keys, args)
   if refused then
     return refused
   end
-  return fail_task(keys, args[1], args[2], args[3], args[4], state[3])
+  return fail_task(keys, args[1], args[2], args[3], args[4], state)
 end
 
 -- ARGV: task_id, attempt, error, counted (1: a failure that uses up a retry,
@@ -210,32 +274,32 @@ local function retry(keys, args)
   local retries = tonumber(state[4] or 0)
   if args[4] == '1' then
     if retries >= tonumber(args[5]) then
-      return fail_task(keys, task_id, attempt, error_text, args[7], state[3])
+      return fail_task(keys, task_id, attempt, error_text, args[7], state)
     end
     retries = retries + 1
   end
   local at = now_ms()
   local due = at + tonumber(args[6])
-  append_event(keys, task_id, 'retrying', at,
+  local event = append_event(keys, task_id, 'retrying', at,
     { 'attempt', attempt, 'error', error_text, 'retries', retries, 'due', due })
   drop_job(keys, state[3])
   local job = ''
   if due <= at then
-    job = redis.call('XADD', keys[4], '*', 'task', task_id)
+    job = redis.call('XADD', keys[3], '*', 'task', task_id)
   else
-    redis.call('ZADD', keys[7], due, task_id)
+    write_set('ZADD', keys[6], {}, { due, task_id })
   end
   redis.call('HSET', keys[1], 'status', 'queued', 'error', error_text, 'retries', retries, 'updated', at,
-    'job', job)
-  redis.call('ZREM', keys[6], task_id)
-  redis.call('ZADD', keys[5], state[5], task_id)
+    'job', job, 'log', logged(state[6], event))
+  write_set('ZREM', keys[5], {}, { task_id })
+  write_set('ZADD', keys[4], {}, { state[5], task_id })
   return 'retrying'
 end
 
 -- ARGV: task_id, retention_ms, cancel_channel
 local function cancel(keys, args)
   local task_id = args[1]
-  local state = redis.call('HMGET', keys[1], 'status', 'job')
+  local state = redis.call('HMGET', keys[1], 'status', 'job', 'log')
   local status = state[1]
   if not status then
     return fail_with('NOTFOUND', task_id)
@@ -244,8 +308,9 @@ local function cancel(keys, args)
     return fail_with('ENDED', status)
   end
   local at = now_ms()
-  append_event(keys, task_id, 'canceled', at, {})
-  finish(keys, task_id, status, state[2], args[2], { 'status', 'canceled', 'ended', at, 'updated', at })
+  local event = append_event(keys, task_id, 'canceled', at, {})
+  finish(keys, task_id, status, state[2], args[2],
+    { 'status', 'canceled', 'ended', at, 'updated', at, 'log', logged(state[3], event) })
   redis.call('PUBLISH', args[3], task_id)
   return status
 end
@@ -288,28 +353,38 @@ local function heartbeat(keys, args)
 end
 
 -- Batches: one call that applies a per-task function to many tasks, so a
--- busy queue pays one round trip and one script invocation per batch rather
--- than per task. KEYS: events, jobs, queued, running, delayed, then a task
--- hash and its log list per task. ARGV: `width` arguments per task, as the
--- per-task function takes them. Each task's result is its own: an error
--- becomes the string 'ERR <code> <details>' in its slot, so one refused task
--- does not fail the batch.
+-- busy queue pays one round trip, one script invocation, one clock read and
+-- one write per shared set per batch rather than per task. KEYS: events,
+-- jobs, queued, running, delayed, then each task's hash. ARGV: `width`
+-- arguments per task, as the per-task function takes them. Each task's
+-- result is its own: an error becomes the string 'ERR <code> <details>' in
+-- its slot, so one refused task does not fail the batch.
 local function batch_of(per_task, width)
   return function(keys, args)
+    batch_now = now_ms()
+    deferred = { by_name = {}, order = {} }
     local results = {}
-    local count = (#keys - 5) / 2
+    local count = #keys - 5
     for index = 0, count - 1 do
-      local task_keys = { keys[6 + 2 * index], keys[7 + 2 * index], keys[1], keys[2], keys[3], keys[4], keys[5] }
+      local task_keys = { keys[6 + index], keys[1], keys[2], keys[3], keys[4], keys[5] }
       local task_args = {}
       for position = 1, width do
         task_args[position] = args[index * width + position]
       end
-      local result = per_task(task_keys, task_args)
+      local ok, result = pcall(per_task, task_keys, task_args)
+      if not ok then
+        -- A Redis error inside one task: leave no batch state behind for
+        -- the next call, then fail the call as Redis would.
+        batch_now, deferred = nil, nil
+        error(result)
+      end
       if type(result) == 'table' and result.err then
         result = 'ERR ' .. result.err
       end
       results[index + 1] = result
     end
+    flush_deferred()
+    batch_now, deferred = nil, nil
     return results
   end
 end

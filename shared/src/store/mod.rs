@@ -214,7 +214,6 @@ impl Store {
     fn task_keys(&self, task_id: &TaskId) -> Vec<String> {
         vec![
             self.keys.task(task_id),
-            self.keys.task_log(task_id),
             self.keys.events(),
             self.keys.jobs(),
             self.keys.queued(),
@@ -370,7 +369,13 @@ impl Store {
 
     /// The task's events from the log, oldest first.
     pub async fn events(&self, task_id: &TaskId) -> Result<Vec<LoggedEvent>, StoreError> {
-        let ids: Vec<String> = self.client.lrange(self.keys.task_log(task_id), 0, -1).await?;
+        // The task's event ids, space-separated in its hash (see library.lua).
+        let log: Option<String> = self.client.hget(self.keys.task(task_id), "log").await?;
+        let ids: Vec<String> = log
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
         let mut logged = Vec::with_capacity(ids.len());
         // One XRANGE per id, pipelined: a task has a handful of events.
         let pipeline = self.client.pipeline();

@@ -112,10 +112,7 @@ impl Store {
             .filter(|id| !folded.contains_key(id))
             .collect();
         for task_id in stale {
-            let _: i64 = self
-                .client()
-                .del(vec![keys.task(&task_id), keys.task_log(&task_id)])
-                .await?;
+            let _: i64 = self.client().del(keys.task(&task_id)).await?;
         }
         let _: i64 = self
             .client()
@@ -131,16 +128,15 @@ impl Store {
         ) in folded
         {
             let hash_key = keys.task(&task_id);
-            let log_key = keys.task_log(&task_id);
-            let _: i64 = self.client().del(vec![hash_key.clone(), log_key.clone()]).await?;
+            let _: i64 = self.client().del(&hash_key).await?;
             if task.status.is_terminal() && task.ended_at.unwrap_or(0) + retention_ms <= now {
                 report.expired += 1;
                 continue;
             }
             let mut fields = task_to_hash(&task);
             fields.push(("job", jobs.get(&task_id).cloned().unwrap_or_default()));
+            fields.push(("log", event_ids.join(" ")));
             let _: () = self.client().hset(&hash_key, fields).await?;
-            let _: i64 = self.client().rpush(&log_key, event_ids).await?;
             match task.status {
                 TaskStatus::Queued => {
                     let _: () = self
@@ -189,7 +185,6 @@ impl Store {
                 _ => {
                     let expire_at = task.ended_at.unwrap_or(now) + retention_ms;
                     let _: bool = self.client().pexpire_at(&hash_key, expire_at, None).await?;
-                    let _: bool = self.client().pexpire_at(&log_key, expire_at, None).await?;
                 }
             }
             report.tasks += 1;
