@@ -31,7 +31,9 @@ async fn the_scale_benchmark_measures_memory_per_task() {
 #[tokio::test]
 async fn the_telegram_download_benchmark_saves_the_whole_file() {
     let dir = tempfile::tempdir().unwrap();
-    let row = savestream_bench::download::telegram(dir.path(), 4 << 20, 4).await.unwrap();
+    let row = savestream_bench::download::telegram(dir.path(), 4 << 20, 4)
+        .await
+        .unwrap();
     assert_eq!(row.bytes, 4 << 20);
     assert!(row.megabytes_per_second > 0.0);
 }
