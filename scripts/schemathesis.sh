@@ -9,7 +9,7 @@
 # so the tasks it creates stay queued and no link is ever fetched.
 #
 # Bounded: at most SCHEMATHESIS_MAX_EXAMPLES test cases per operation
-# (default 50) and SCHEMATHESIS_MAX_TIME seconds in all (default 120).
+# (default 50) and SCHEMATHESIS_MAX_TIME seconds in all (default 60).
 #
 # Usage: scripts/schemathesis.sh [extra schemathesis arguments]
 #   SAVESTREAM_BIN_DIR   where savestream-api is (default target/debug)
@@ -26,7 +26,7 @@ cd "$(dirname "$0")/.."
 
 bin_dir=${SAVESTREAM_BIN_DIR:-target/debug}
 max_examples=${SCHEMATHESIS_MAX_EXAMPLES:-50}
-max_time=${SCHEMATHESIS_MAX_TIME:-120}
+max_time=${SCHEMATHESIS_MAX_TIME:-60}
 seed=${SCHEMATHESIS_SEED:-20261126}
 token="schemathesis-token-$RANDOM$RANDOM"
 
@@ -109,9 +109,13 @@ base="http://127.0.0.1:$api_port"
 wait_for "$base/health" "savestream-api"
 
 echo "schemathesis against $base (seed $seed, at most $max_examples examples per operation, ${max_time}s)"
+baseline="$PWD/scripts/schemathesis-baseline.json"
+# From the temp dir: schemathesis and hypothesis leave their caches in the
+# working directory, and the work tree stays clean.
+cd "$work"
 schemathesis run "$base/openapi.json" \
     --checks all \
-    --baseline scripts/schemathesis-baseline.json \
+    --baseline "$baseline" \
     --header "Authorization: Bearer $token" \
     --max-examples "$max_examples" \
     --max-time "$max_time" \

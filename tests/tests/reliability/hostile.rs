@@ -5,7 +5,13 @@
 //!
 //! What must hold: a refusal is a 4xx with a JSON `{"error": ...}` body,
 //! never a 5xx, and creates nothing; the API stays up; a file is only ever
-//! written inside the storage's base path. Telegram file names cannot reach
+//! written inside the storage's base path. Two things are accepted on
+//! purpose and not tested as refusals: any `Content-Type` (the body is read
+//! as JSON, as SaveAny-Bot did for `curl -d`), and the scheme `bearer` in
+//! any case with the right token (schemes are case-insensitive, RFC 9110
+//! section 11.1). A request that is not valid HTTP (control bytes in a
+//! header) is refused by the HTTP layer with a bare 400 before the API sees
+//! it. Telegram file names cannot reach
 //! a worker process from a test (the binary has no fake Telegram), so the
 //! last test checks the naming function the Telegram source uses, over
 //! hostile and arbitrary names, by writing each name into a real directory.
@@ -90,11 +96,12 @@ fn assert_json_refusal(case: &str, (status, head, body): &(u16, String, String),
         "{case}: answered {status}, expected one of {statuses:?}\n{head}\n{body}"
     );
     assert!(
-        head.to_ascii_lowercase().contains("content-type: application/json"),
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
         "{case}: a {status} that is not JSON\n{head}\n{body}"
     );
-    let json: serde_json::Value =
-        serde_json::from_str(body).unwrap_or_else(|_| panic!("{case}: a {status} body that is not JSON: {body}"));
+    let json: serde_json::Value = serde_json::from_str(body)
+        .unwrap_or_else(|_| panic!("{case}: a {status} body that is not JSON: {body}"));
     let error = json["error"].as_str().unwrap_or_default();
     assert!(
         !error.is_empty() && json.as_object().is_some_and(|object| object.len() == 1),
@@ -136,15 +143,30 @@ async fn huge_deeply_nested_and_non_utf8_bodies_answer_4xx_json_and_create_nothi
     overlong_slash.extend_from_slice(format!(r#"", "user_id": {TEST_USER}}}"#).as_bytes());
     let json = "Content-Type: application/json\r\n";
     let cases: Vec<(&str, String, Vec<u8>, &[u16])> = vec![
-        ("a 10 MiB body", json.to_owned(), huge.clone().into_bytes(), &[413]),
+        (
+            "a 10 MiB body",
+            json.to_owned(),
+            huge.clone().into_bytes(),
+            &[413],
+        ),
         (
             "a body that announces a terabyte",
             format!("{json}Content-Length: 1000000000000\r\n"),
             b"{".to_vec(),
             &[413],
         ),
-        ("60,000 nested arrays", json.to_owned(), nested_arrays.into_bytes(), &[400]),
-        ("10,000 nested objects", json.to_owned(), nested_objects.into_bytes(), &[400]),
+        (
+            "60,000 nested arrays",
+            json.to_owned(),
+            nested_arrays.into_bytes(),
+            &[400],
+        ),
+        (
+            "10,000 nested objects",
+            json.to_owned(),
+            nested_objects.into_bytes(),
+            &[400],
+        ),
         (
             "10,000 nested arrays in an unknown field",
             json.to_owned(),
@@ -152,7 +174,12 @@ async fn huge_deeply_nested_and_non_utf8_bodies_answer_4xx_json_and_create_nothi
             &[400],
         ),
         ("invalid UTF-8 in a string", json.to_owned(), invalid_utf8, &[400]),
-        ("overlong UTF-8 for `/..`", json.to_owned(), overlong_slash, &[400]),
+        (
+            "overlong UTF-8 for `/..`",
+            json.to_owned(),
+            overlong_slash,
+            &[400],
+        ),
         ("a lone NUL byte", json.to_owned(), vec![0], &[400]),
         ("a UTF-16 body", json.to_owned(), utf16(&contract_body()), &[400]),
         // Any Content-Type is read as JSON (SaveAny-Bot accepted `curl -d`),
@@ -209,25 +236,64 @@ async fn authorization_headers_that_are_not_exactly_the_token_answer_401_json_an
     let header_lines: Vec<(&str, String)> = vec![
         ("no Authorization header", String::new()),
         ("an empty header", "Authorization: \r\n".into()),
-        ("the token without a scheme", format!("Authorization: {TOKEN}\r\n")),
-        ("Basic with the token", format!("Authorization: Basic {TOKEN}\r\n")),
-        ("Basic with base64 of the token", format!("Authorization: Basic {base64_token}\r\n")),
+        (
+            "the token without a scheme",
+            format!("Authorization: {TOKEN}\r\n"),
+        ),
+        (
+            "Basic with the token",
+            format!("Authorization: Basic {TOKEN}\r\n"),
+        ),
+        (
+            "Basic with base64 of the token",
+            format!("Authorization: Basic {base64_token}\r\n"),
+        ),
         ("Token scheme", format!("Authorization: Token {TOKEN}\r\n")),
         ("Bearer and nothing", "Authorization: Bearer\r\n".into()),
         ("Bearer and a space", "Authorization: Bearer \r\n".into()),
-        ("a prefix of the token", format!("Authorization: Bearer {prefix}\r\n")),
-        ("the token and a suffix", format!("Authorization: Bearer {TOKEN}x\r\n")),
-        ("the token twice", format!("Authorization: Bearer {TOKEN}{TOKEN}\r\n")),
-        ("the token, a space, more", format!("Authorization: Bearer {TOKEN} x\r\n")),
-        ("the token upper-cased", format!("Authorization: Bearer {}\r\n", TOKEN.to_uppercase())),
-        ("lowercase bearer with a prefix", format!("Authorization: bearer {prefix}\r\n")),
+        (
+            "a prefix of the token",
+            format!("Authorization: Bearer {prefix}\r\n"),
+        ),
+        (
+            "the token and a suffix",
+            format!("Authorization: Bearer {TOKEN}x\r\n"),
+        ),
+        (
+            "the token twice",
+            format!("Authorization: Bearer {TOKEN}{TOKEN}\r\n"),
+        ),
+        (
+            "the token, a space, more",
+            format!("Authorization: Bearer {TOKEN} x\r\n"),
+        ),
+        (
+            "the token upper-cased",
+            format!("Authorization: Bearer {}\r\n", TOKEN.to_uppercase()),
+        ),
+        (
+            "lowercase bearer with a prefix",
+            format!("Authorization: bearer {prefix}\r\n"),
+        ),
         ("lowercase bearer and nothing", "Authorization: bearer\r\n".into()),
-        ("Bearer glued to the token", format!("Authorization: Bearer{TOKEN}\r\n")),
+        (
+            "Bearer glued to the token",
+            format!("Authorization: Bearer{TOKEN}\r\n"),
+        ),
         ("Bearer=token", format!("Authorization: Bearer={TOKEN}\r\n")),
         ("a quoted token", format!("Authorization: Bearer \"{TOKEN}\"\r\n")),
-        ("a percent-encoded token", "Authorization: Bearer hostile%2Dtoken%2D5f3a9c\r\n".into()),
-        ("a list of schemes", format!("Authorization: Basic x, Bearer {prefix}\r\n")),
-        ("a non-UTF-8 token", "Authorization: Bearer \u{ff}\u{fe}\r\n".into()),
+        (
+            "a percent-encoded token",
+            "Authorization: Bearer hostile%2Dtoken%2D5f3a9c\r\n".into(),
+        ),
+        (
+            "a list of schemes",
+            format!("Authorization: Basic x, Bearer {prefix}\r\n"),
+        ),
+        (
+            "a non-UTF-8 token",
+            "Authorization: Bearer \u{ff}\u{fe}\r\n".into(),
+        ),
         ("an 8 KiB token", format!("Authorization: Bearer {long}\r\n")),
         (
             "the token in another header",
@@ -263,7 +329,10 @@ async fn authorization_headers_that_are_not_exactly_the_token_answer_401_json_an
          Authorization: Bearer \u{1}{TOKEN}\r\n\r\n"
     );
     let (status, head, _) = raw_exchange(port, request.as_bytes());
-    assert!([400, 401].contains(&status), "control bytes in the token answered {status}\n{head}");
+    assert!(
+        [400, 401].contains(&status),
+        "control bytes in the token answered {status}\n{head}"
+    );
     for size in [64 * 1024, 1024 * 1024] {
         let request = format!(
             "POST /api/v1/tasks HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
@@ -281,7 +350,11 @@ async fn authorization_headers_that_are_not_exactly_the_token_answer_401_json_an
     }
 
     assert_healthy(&app).await;
-    assert_eq!(logged_events(&app).await, 0, "an unauthorized request created a task");
+    assert_eq!(
+        logged_events(&app).await,
+        0,
+        "an unauthorized request created a task"
+    );
 }
 
 #[tokio::test]
@@ -373,7 +446,10 @@ fn assert_stored_inside(app: &TestApp, case: &str, path: &str, expected: &[u8]) 
         resolved.display(),
         base.display()
     );
-    assert!(std::fs::read(&resolved).unwrap() == expected, "{case}: wrong bytes at {path}");
+    assert!(
+        std::fs::read(&resolved).unwrap() == expected,
+        "{case}: wrong bytes at {path}"
+    );
 }
 
 /// Files whose name contains `marker` under `root` (to `depth` levels),
@@ -491,24 +567,96 @@ async fn file_names_from_the_server_that_try_to_climb_out_land_inside_the_storag
     let m = &marker;
     // (how the name is given, the link's path, the Content-Disposition header)
     let cases: Vec<(String, String, Option<String>)> = vec![
-        ("filename ../../x".into(), "/cd/1".into(), Some(format!("attachment; filename=\"../../{m}-1.bin\""))),
-        ("filename ..%2F..%2Fx".into(), "/cd/2".into(), Some(format!("attachment; filename=\"..%2F..%2F{m}-2.bin\""))),
-        ("filename* ..%2F..%2Fx".into(), "/cd/3".into(), Some(format!("attachment; filename*=UTF-8''..%2F..%2F{m}-3.bin"))),
-        ("filename /abs".into(), "/cd/4".into(), Some(format!("attachment; filename=\"/tmp/{m}-4.bin\""))),
-        ("filename ..\\..\\x".into(), "/cd/5".into(), Some(format!("attachment; filename=\"..\\\\..\\\\{m}-5.bin\""))),
-        ("filename C:\\x".into(), "/cd/6".into(), Some(format!("attachment; filename=\"C:\\\\Windows\\\\{m}-6.bin\""))),
-        ("filename ..".into(), format!("/cd/{m}-7"), Some("attachment; filename=\"..\"".into())),
-        ("filename .".into(), format!("/cd/{m}-8"), Some("attachment; filename=\".\"".into())),
-        ("filename* %2E%2E".into(), format!("/cd/{m}-9"), Some("attachment; filename*=UTF-8''%2E%2E".into())),
-        ("filename* NUL".into(), "/cd/10".into(), Some(format!("attachment; filename*=UTF-8''{m}%00-10.bin"))),
-        ("filename* newline".into(), "/cd/11".into(), Some(format!("attachment; filename*=UTF-8''%0A{m}-11.bin"))),
-        ("filename* two-dot leader".into(), format!("/cd/{m}-12"), Some("attachment; filename*=UTF-8''%E2%80%A5".into())),
-        ("filename* ../ in latin-1".into(), "/cd/13".into(), Some(format!("attachment; filename*=iso-8859-1''..%2F{m}-13.bin"))),
-        ("filename empty".into(), format!("/cd/{m}-14"), Some("attachment; filename=\"\"".into())),
-        ("filename dir/".into(), format!("/cd/{m}-15"), Some("attachment; filename=\"x/\"".into())),
-        ("filename 300 bytes".into(), "/cd/16".into(), Some(format!("attachment; filename=\"{m}-16-{}.bin\"", "n".repeat(300)))),
-        ("url ..%2F..%2Fx".into(), format!("/url/..%2F..%2F{m}-17.bin"), None),
-        ("url backslashes".into(), format!("/url/..%5C..%5C{m}-19.bin"), None),
+        (
+            "filename ../../x".into(),
+            "/cd/1".into(),
+            Some(format!("attachment; filename=\"../../{m}-1.bin\"")),
+        ),
+        (
+            "filename ..%2F..%2Fx".into(),
+            "/cd/2".into(),
+            Some(format!("attachment; filename=\"..%2F..%2F{m}-2.bin\"")),
+        ),
+        (
+            "filename* ..%2F..%2Fx".into(),
+            "/cd/3".into(),
+            Some(format!("attachment; filename*=UTF-8''..%2F..%2F{m}-3.bin")),
+        ),
+        (
+            "filename /abs".into(),
+            "/cd/4".into(),
+            Some(format!("attachment; filename=\"/tmp/{m}-4.bin\"")),
+        ),
+        (
+            "filename ..\\..\\x".into(),
+            "/cd/5".into(),
+            Some(format!("attachment; filename=\"..\\\\..\\\\{m}-5.bin\"")),
+        ),
+        (
+            "filename C:\\x".into(),
+            "/cd/6".into(),
+            Some(format!("attachment; filename=\"C:\\\\Windows\\\\{m}-6.bin\"")),
+        ),
+        (
+            "filename ..".into(),
+            format!("/cd/{m}-7"),
+            Some("attachment; filename=\"..\"".into()),
+        ),
+        (
+            "filename .".into(),
+            format!("/cd/{m}-8"),
+            Some("attachment; filename=\".\"".into()),
+        ),
+        (
+            "filename* %2E%2E".into(),
+            format!("/cd/{m}-9"),
+            Some("attachment; filename*=UTF-8''%2E%2E".into()),
+        ),
+        (
+            "filename* NUL".into(),
+            "/cd/10".into(),
+            Some(format!("attachment; filename*=UTF-8''{m}%00-10.bin")),
+        ),
+        (
+            "filename* newline".into(),
+            "/cd/11".into(),
+            Some(format!("attachment; filename*=UTF-8''%0A{m}-11.bin")),
+        ),
+        (
+            "filename* two-dot leader".into(),
+            format!("/cd/{m}-12"),
+            Some("attachment; filename*=UTF-8''%E2%80%A5".into()),
+        ),
+        (
+            "filename* ../ in latin-1".into(),
+            "/cd/13".into(),
+            Some(format!("attachment; filename*=iso-8859-1''..%2F{m}-13.bin")),
+        ),
+        (
+            "filename empty".into(),
+            format!("/cd/{m}-14"),
+            Some("attachment; filename=\"\"".into()),
+        ),
+        (
+            "filename dir/".into(),
+            format!("/cd/{m}-15"),
+            Some("attachment; filename=\"x/\"".into()),
+        ),
+        (
+            "filename 300 bytes".into(),
+            "/cd/16".into(),
+            Some(format!("attachment; filename=\"{m}-16-{}.bin\"", "n".repeat(300))),
+        ),
+        (
+            "url ..%2F..%2Fx".into(),
+            format!("/url/..%2F..%2F{m}-17.bin"),
+            None,
+        ),
+        (
+            "url backslashes".into(),
+            format!("/url/..%5C..%5C{m}-19.bin"),
+            None,
+        ),
         ("url %00".into(), format!("/url/{m}-20%00.bin"), None),
         ("url only slashes".into(), format!("/url/{m}-21/%2F%2F"), None),
     ];
@@ -593,12 +741,16 @@ fn telegram_file_names_that_try_to_climb_out_become_one_component_inside_the_sto
     let alphabet: Vec<char> = "./\\\0 \n\tabc.-é€\u{2025}\u{ff0e}\u{200b}".chars().collect();
     for _ in 0..20_000 {
         let length = {
-            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
             (state >> 59) as usize
         };
         let name: String = (0..length)
             .map(|_| {
-                state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
                 alphabet[(state >> 33) as usize % alphabet.len()]
             })
             .collect();

@@ -44,7 +44,10 @@ pub struct Received {
 
 impl Received {
     pub fn webhook_id(&self) -> &str {
-        self.headers.get("webhook-id").map(String::as_str).unwrap_or_default()
+        self.headers
+            .get("webhook-id")
+            .map(String::as_str)
+            .unwrap_or_default()
     }
 
     pub fn json(&self) -> serde_json::Value {
@@ -75,7 +78,10 @@ impl FlappingReceiver {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("binding the receiver on loopback");
-        let port = listener.local_addr().expect("a bound listener has an address").port();
+        let port = listener
+            .local_addr()
+            .expect("a bound listener has an address")
+            .port();
         let state: Arc<Mutex<State>> = Arc::default();
         let script = Arc::new(script);
         let accept_state = state.clone();
@@ -150,17 +156,18 @@ async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>, script: Arc<Scri
 
 /// The script entry for a delivery: a stable hash of its id.
 fn pick(webhook_id: &str, entries: usize) -> usize {
-    let hash = webhook_id
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
-            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-        });
+    let hash = webhook_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
     (hash % entries as u64) as usize
 }
 
 /// Reads one request (headers, and a body of `content-length` bytes);
 /// `None` when the connection closes first or the request is malformed.
-async fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<(HashMap<String, String>, String)> {
+async fn read_request(
+    stream: &mut TcpStream,
+    buffer: &mut Vec<u8>,
+) -> Option<(HashMap<String, String>, String)> {
     let header_end = loop {
         if let Some(end) = buffer.windows(4).position(|window| window == b"\r\n\r\n") {
             break end + 4;

@@ -10,9 +10,12 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use savestream_shared::config::{QueueConfig, RedisConfig};
+use savestream_shared::event::EventKind;
 use savestream_shared::store::{LoggedEvent, Store};
 use savestream_tests::savestream_testkit::eventually;
 use savestream_tests::{TestApp, TEST_STORAGE, TEST_USER};
@@ -46,7 +49,10 @@ pub fn direct_link_request(url: &str, dir: Option<&str>) -> serde_json::Value {
 pub async fn create(app: &TestApp, url: &str, dir: Option<&str>) -> String {
     let (status, body) = app.create_task(direct_link_request(url, dir)).await;
     assert_eq!(status, 201, "{body}");
-    body["task_id"].as_str().expect("a 201 carries a task id").to_owned()
+    body["task_id"]
+        .as_str()
+        .expect("a 201 carries a task id")
+        .to_owned()
 }
 
 /// A store on the app's Redis, to read the event log and the projection.
@@ -69,22 +75,35 @@ pub async fn store_at(redis_url: &str, lease_seconds: u64) -> Store {
     .expect("connecting to the app's redis")
 }
 
-/// The whole event log, grouped by task id, each task's event names oldest first.
-pub async fn events_by_task(store: &Store) -> HashMap<String, Vec<&'static str>> {
+/// The whole event log, grouped by task id, each task's events oldest first.
+pub async fn events_by_task(store: &Store) -> HashMap<String, Vec<EventKind>> {
     let log: Vec<LoggedEvent> = store.read_log().await.expect("reading the event log");
-    let mut by_task: HashMap<String, Vec<&'static str>> = HashMap::new();
+    let mut by_task: HashMap<String, Vec<EventKind>> = HashMap::new();
     for logged in log {
         by_task
             .entry(logged.event.task_id.to_string())
             .or_default()
-            .push(logged.event.kind.name());
+            .push(logged.event.kind);
     }
     by_task
 }
 
-/// How many times `name` occurs in `events`.
-pub fn count(events: &[&str], name: &str) -> usize {
-    events.iter().filter(|event| **event == name).count()
+/// How many of `events` are called `name` (`completed`, `started`, ...).
+pub fn count(events: &[EventKind], name: &str) -> usize {
+    events.iter().filter(|event| event.name() == name).count()
+}
+
+/// The events' names, for messages.
+pub fn names(events: &[EventKind]) -> Vec<&'static str> {
+    events.iter().map(EventKind::name).collect()
+}
+
+/// Where the `completed` event says the file is.
+pub fn completed_path(events: &[EventKind]) -> Option<&str> {
+    events.iter().find_map(|event| match event {
+        EventKind::Completed { path, .. } => Some(path.as_str()),
+        _ => None,
+    })
 }
 
 /// Waits until the projection lists no queued and no running task: every
@@ -177,13 +196,16 @@ impl RedisProcess {
         eventually(
             &format!("redis-server to answer on port {port}"),
             Duration::from_secs(20),
-            || {
-                let exited = process.child.try_wait().ok().flatten();
-                assert!(exited.is_none(), "redis-server exited at start: {exited:?}");
-                async move { ping(port).await.then_some(()) }
-            },
+            || async { ping(port).await.then_some(()) },
         )
         .await;
+        // A redis-server that found its port taken exits at once; then the
+        // PONG came from whoever took the port, not from this Redis.
+        let exited = process.child.try_wait().ok().flatten();
+        assert!(
+            exited.is_none(),
+            "redis-server exited ({exited:?}): port {port} was taken while Redis was down"
+        );
         process
     }
 
@@ -197,6 +219,86 @@ impl RedisProcess {
 impl Drop for RedisProcess {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A file server that holds the answer to requests until [`GatedServer::open`],
+/// so a test can act while a worker waits on it; open, it answers every
+/// request 200 with the whole file (it ignores `Range`). Raw TCP, one
+/// request per connection.
+pub struct GatedServer {
+    port: u16,
+    requests: Arc<AtomicUsize>,
+    gate: tokio::sync::watch::Sender<bool>,
+    accept_loop: tokio::task::JoinHandle<()>,
+}
+
+impl GatedServer {
+    pub async fn start(file: Vec<u8>) -> GatedServer {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding the gated server");
+        let port = listener
+            .local_addr()
+            .expect("a bound listener has an address")
+            .port();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (gate, opened) = tokio::sync::watch::channel(false);
+        let file = Arc::new(file);
+        let counter = requests.clone();
+        let accept_loop = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let (counter, file, mut opened) = (counter.clone(), file.clone(), opened.clone());
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1024];
+                    while !head.windows(4).any(|window| window == b"\r\n\r\n") {
+                        match stream.read(&mut byte).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(read) => head.extend_from_slice(&byte[..read]),
+                        }
+                    }
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    if opened.wait_for(|open| *open).await.is_err() {
+                        return;
+                    }
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: application/octet-stream\r\n\
+                         connection: close\r\n\r\n",
+                        file.len()
+                    );
+                    let _ = stream.write_all(reply.as_bytes()).await;
+                    let _ = stream.write_all(&file).await;
+                });
+            }
+        });
+        GatedServer {
+            port,
+            requests,
+            gate,
+            accept_loop,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Requests that arrived so far (answered or held).
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    /// Answers the held requests and every later one.
+    pub fn open(&self) {
+        let _ = self.gate.send(true);
+    }
+}
+
+impl Drop for GatedServer {
+    fn drop(&mut self) {
+        self.accept_loop.abort();
     }
 }
 

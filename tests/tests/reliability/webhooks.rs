@@ -41,7 +41,10 @@ async fn every_terminal_event_reaches_a_flapping_receiver_and_repeats_carry_the_
     // Arrange: the receiver, two workers that run the dispatcher, the files.
     let receiver = FlappingReceiver::start(script()).await;
     let files = FileServer::start().await;
-    files.add("/w/slow.bin", ServedFile::new(body(7, 2_000_000)).throttled(50_000));
+    files.add(
+        "/w/slow.bin",
+        ServedFile::new(body(7, 2_000_000)).throttled(50_000),
+    );
     for index in 0..4u64 {
         files.add(&format!("/w/{index}.bin"), ServedFile::new(body(index, 10_000)));
     }
@@ -57,7 +60,11 @@ async fn every_terminal_event_reaches_a_flapping_receiver_and_repeats_carry_the_
     let hooked_config = app.dir.path().join("config-webhook.toml");
     std::fs::write(
         &hooked_config,
-        config.replacen("[api]\n", &format!("[api]\nwebhook_url = \"{}\"\n", receiver.url()), 1),
+        config.replacen(
+            "[api]\n",
+            &format!("[api]\nwebhook_url = \"{}\"\n", receiver.url()),
+            1,
+        ),
     )
     .expect("writing the webhook config");
     for number in 0..2 {
@@ -118,7 +125,10 @@ async fn every_terminal_event_reaches_a_flapping_receiver_and_repeats_carry_the_
                 .filter(|received| received.answered == OK)
                 .filter_map(|received| received.json()["task_id"].as_str().map(str::to_owned))
                 .collect();
-            expected.keys().all(|task_id| delivered.contains(task_id)).then_some(())
+            expected
+                .keys()
+                .all(|task_id| delivered.contains(task_id))
+                .then_some(())
         },
     )
     .await;
@@ -145,10 +155,18 @@ async fn every_terminal_event_reaches_a_flapping_receiver_and_repeats_carry_the_
             .insert(request.body.clone());
     }
     for (task_id, ids) in &ids_by_task {
-        assert_eq!(ids.len(), 1, "task {task_id} arrived under several webhook-ids: {ids:?}");
+        assert_eq!(
+            ids.len(),
+            1,
+            "task {task_id} arrived under several webhook-ids: {ids:?}"
+        );
     }
     for (webhook_id, bodies) in &bodies_by_id {
-        assert_eq!(bodies.len(), 1, "{webhook_id} carried different bodies: {bodies:?}");
+        assert_eq!(
+            bodies.len(),
+            1,
+            "{webhook_id} carried different bodies: {bodies:?}"
+        );
     }
     let repeats = received.len() - ids_by_task.len();
     assert!(repeats > 0, "the receiver never made the sender repeat");
