@@ -26,6 +26,8 @@ const MISSING: &str =
     "missing bearer token: send the header `Authorization: Bearer <token>` with the server's [api] token";
 const MALFORMED: &str =
     "the Authorization header is not a bearer token: send `Authorization: Bearer <token>`";
+const DUPLICATE: &str =
+    "more than one Authorization header: send exactly one `Authorization: Bearer <token>`";
 const WRONG: &str = "wrong bearer token: send the token set in the server's [api] token";
 
 // The security scheme as the OpenAPI document declares it. Only its
@@ -66,6 +68,11 @@ impl<'a> ApiExtractor<'a> for Authorized {
             tracing::error!("AppState missing from the request: the endpoint is not wired with .data()");
             return Err(ApiError::Internal.into());
         };
+        // Two Authorization headers are ambiguous credentials: checking only
+        // one of them would let a request through on whichever comes first.
+        if !state.config.api.token.is_empty() && request.headers().get_all(AUTHORIZATION).iter().count() > 1 {
+            return Err(ApiError::Unauthorized(DUPLICATE).into());
+        }
         check(&state.config.api.token, request.headers().get(AUTHORIZATION))?;
         Ok(Authorized)
     }

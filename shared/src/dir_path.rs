@@ -59,9 +59,14 @@ impl DirPath {
         }
         let mut segments = Vec::new();
         for segment in text.split('/') {
+            // A storage on Windows, or a worker that sanitises names the
+            // Windows way, would read `\..\` as a step up too: refuse it here
+            // rather than accept a task every worker then refuses.
+            if segment.split('\\').any(|part| part == "..") {
+                return Err(DirPathError::ParentSegment(text.to_owned()));
+            }
             match segment {
                 "" | "." => {}
-                ".." => return Err(DirPathError::ParentSegment(text.to_owned())),
                 name => segments.push(name),
             }
         }
@@ -111,6 +116,8 @@ mod tests {
         check("", Err(DirPathError::NotAbsolute(String::new())));
         check("/a/../b", Err(DirPathError::ParentSegment("/a/../b".into())));
         check("/..", Err(DirPathError::ParentSegment("/..".into())));
+        check("/a\\..\\x", Err(DirPathError::ParentSegment("/a\\..\\x".into())));
+        check("/..\\x", Err(DirPathError::ParentSegment("/..\\x".into())));
         check("/a/\u{0}", Err(DirPathError::ControlCharacter('\0')));
         check("/a\nb", Err(DirPathError::ControlCharacter('\n')));
         let long = format!("/{}", "a".repeat(MAX_DIR_PATH_LEN));

@@ -100,7 +100,17 @@ impl TasksApi {
         #[oai(name = "Idempotency-Key")]
         idempotency_key: Header<Option<String>>,
         body: CreateTaskBody,
+        request: &poem::Request,
     ) -> Result<CreateResponse, Failure<CreateErrors>> {
+        // poem reads a header value that is not visible ASCII as absent;
+        // such a key must be refused, not silently dropped (each repeat
+        // would then create another task).
+        if idempotency_key.0.is_none() && request.headers().contains_key("idempotency-key") {
+            return Err(ApiError::BadRequest(format!(
+                "header `Idempotency-Key` must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} printable ASCII characters: use a UUID, for example"
+            ))
+            .into());
+        }
         let idempotency_key = check_idempotency_key(idempotency_key.0)?;
         let new_task = new_task::validate(body.0, &state.config)?;
         let created = state.store.create(&new_task, idempotency_key.as_deref()).await?;
