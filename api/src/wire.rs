@@ -285,7 +285,8 @@ impl From<SourceKind> for SourceWire {
 pub struct ProgressBody {
     /// Bytes downloaded so far in the current attempt. Example: `1048576`.
     pub downloaded_bytes: u64,
-    /// The file's size in bytes, or null while it is unknown. Example: `4194304`.
+    /// The file's size in bytes; absent while it is unknown. Example: `4194304`.
+    #[oai(skip_serializing_if_is_none)]
     pub total_bytes: Option<u64>,
     /// Recent download speed in bytes per second. Example: `524288`.
     pub bytes_per_second: u64,
