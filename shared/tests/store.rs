@@ -895,3 +895,51 @@ async fn a_lost_consumer_group_is_recreated_by_the_next_read() {
 
     assert_eq!(lease.task.id, task_id);
 }
+
+#[tokio::test]
+async fn only_idle_consumers_holding_nothing_are_removed() {
+    let harness = Harness::start().await;
+    harness.create().await;
+    harness.create().await;
+    // WORKER holds a work item; "idle-reader" read one and let it go, so it holds nothing.
+    let _lease = harness.start_next().await;
+    let read = harness
+        .reader
+        .read_jobs("idle-reader", 1, Duration::from_millis(100))
+        .await
+        .unwrap();
+    harness.store.discard_job(&read[0].job_id).await.unwrap();
+
+    let removed = eventually(
+        "the idle consumer to be removed",
+        Duration::from_secs(5),
+        || async {
+            let removed = harness
+                .store
+                .remove_idle_consumers(Duration::from_millis(20))
+                .await
+                .unwrap();
+            (!removed.is_empty()).then_some(removed)
+        },
+    )
+    .await;
+
+    assert_eq!(removed, vec!["idle-reader".to_owned()]);
+    let raw = harness.raw().await;
+    let consumers: fred::types::Value = raw
+        .custom(
+            fred::cmd!("XINFO"),
+            vec![
+                "CONSUMERS".to_owned(),
+                harness.store.keys().jobs(),
+                "workers".to_owned(),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        consumers.into_array().len(),
+        1,
+        "the consumer holding an item stays"
+    );
+}

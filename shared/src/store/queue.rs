@@ -342,16 +342,22 @@ impl Store {
     /// not read for `min_idle`. A consumer that holds entries is never
     /// deleted: that would orphan them.
     pub async fn remove_idle_consumers(&self, min_idle: Duration) -> Result<Vec<String>, StoreError> {
+        self.remove_idle_consumers_of(&self.keys().jobs(), WORKERS_GROUP, min_idle)
+            .await
+    }
+
+    /// Deletes the consumers of `group` on `stream` that hold nothing and
+    /// have not read for `min_idle`; shared by the `workers` and `webhooks`
+    /// groups.
+    pub(crate) async fn remove_idle_consumers_of(
+        &self,
+        stream: &str,
+        group: &str,
+        min_idle: Duration,
+    ) -> Result<Vec<String>, StoreError> {
         let reply: Value = self
             .client()
-            .custom(
-                fred::cmd!("XINFO"),
-                vec![
-                    "CONSUMERS".to_owned(),
-                    self.keys().jobs(),
-                    WORKERS_GROUP.to_owned(),
-                ],
-            )
+            .custom(fred::cmd!("XINFO"), vec!["CONSUMERS", stream, group])
             .await?;
         let mut removed = Vec::new();
         for consumer in reply.into_array() {
@@ -367,12 +373,7 @@ impl Store {
                     .client()
                     .custom(
                         fred::cmd!("XGROUP"),
-                        vec![
-                            "DELCONSUMER".to_owned(),
-                            self.keys().jobs(),
-                            WORKERS_GROUP.to_owned(),
-                            name.clone(),
-                        ],
+                        vec!["DELCONSUMER", stream, group, name.as_str()],
                     )
                     .await?;
                 removed.push(name);

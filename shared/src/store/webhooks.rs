@@ -15,7 +15,7 @@ use std::time::Duration;
 use fred::prelude::*;
 use fred::types::Value;
 
-use super::{pairs, stream_entries, Store, StoreError};
+use super::{stream_entries, Store, StoreError};
 use crate::event::TaskEvent;
 use crate::keys::WEBHOOKS_GROUP;
 use crate::task::{Millis, TaskId};
@@ -455,43 +455,8 @@ impl Store {
     /// not read for `min_idle` (each dispatcher process names a new one).
     /// A consumer that holds events is never deleted: that would orphan them.
     pub async fn remove_idle_webhook_consumers(&self, min_idle: Duration) -> Result<Vec<String>, StoreError> {
-        let reply: Value = self
-            .client()
-            .custom(
-                fred::cmd!("XINFO"),
-                vec![
-                    "CONSUMERS".to_owned(),
-                    self.keys().events(),
-                    WEBHOOKS_GROUP.to_owned(),
-                ],
-            )
-            .await?;
-        let mut removed = Vec::new();
-        for consumer in reply.into_array() {
-            let info = pairs(consumer.into_array());
-            let name = info.get("name").cloned().unwrap_or_default();
-            let pending: u64 = info
-                .get("pending")
-                .and_then(|value| value.parse().ok())
-                .unwrap_or(1);
-            let idle: u128 = info.get("idle").and_then(|value| value.parse().ok()).unwrap_or(0);
-            if pending == 0 && idle > min_idle.as_millis() && !name.is_empty() {
-                let _: Value = self
-                    .client()
-                    .custom(
-                        fred::cmd!("XGROUP"),
-                        vec![
-                            "DELCONSUMER".to_owned(),
-                            self.keys().events(),
-                            WEBHOOKS_GROUP.to_owned(),
-                            name.clone(),
-                        ],
-                    )
-                    .await?;
-                removed.push(name);
-            }
-        }
-        Ok(removed)
+        self.remove_idle_consumers_of(&self.keys().events(), WEBHOOKS_GROUP, min_idle)
+            .await
     }
 }
 
