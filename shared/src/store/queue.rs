@@ -11,7 +11,9 @@ use std::time::Duration;
 use fred::prelude::*;
 use fred::types::Value;
 
-use super::{ensure_group, now_ms, pairs, stream_entries, task_from_hash, Progress, Store, StoreError};
+use super::{
+    ensure_group, now_ms, pairs, stream_entries, task_from_hash, Progress, Store, StoreError, StreamEntry,
+};
 use crate::keys::WORKERS_GROUP;
 use crate::task::{Task, TaskId};
 
@@ -110,19 +112,37 @@ impl Store {
     /// Claims up to `count` work items whose holder has not renewed the
     /// lease for longer than the lease duration: their worker is gone.
     pub async fn claim_expired(&self, consumer: &str, count: usize) -> Result<Vec<Job>, StoreError> {
-        let mut jobs = Vec::new();
+        let min_idle = self.lease_duration();
+        let entries = self
+            .autoclaim(&self.keys().jobs(), WORKERS_GROUP, consumer, min_idle, count)
+            .await?;
+        Ok(entries.into_iter().map(job_from_entry).collect())
+    }
+
+    /// Claims for `consumer` up to `count` entries of `group` on `stream`
+    /// pending longer than `min_idle` (their reader is gone), following
+    /// XAUTOCLAIM's cursor; shared by the `workers` and `webhooks` groups.
+    pub(crate) async fn autoclaim(
+        &self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<StreamEntry>, StoreError> {
+        let mut claimed = Vec::new();
         let mut cursor = "0-0".to_owned();
-        let min_idle = self.lease_duration().as_millis().to_string();
-        loop {
-            let wanted = count - jobs.len();
-            let args: Vec<String> = vec![
-                self.keys().jobs(),
-                WORKERS_GROUP.into(),
-                consumer.into(),
-                min_idle.clone(),
-                cursor.clone(),
-                "COUNT".into(),
-                wanted.to_string(),
+        let min_idle = min_idle.as_millis().to_string();
+        while claimed.len() < count {
+            let wanted = (count - claimed.len()).to_string();
+            let args = vec![
+                stream,
+                group,
+                consumer,
+                min_idle.as_str(),
+                cursor.as_str(),
+                "COUNT",
+                wanted.as_str(),
             ];
             let reply: Value = self.client().custom(fred::cmd!("XAUTOCLAIM"), args).await?;
             let mut parts = reply.into_array().into_iter();
@@ -131,22 +151,20 @@ impl Store {
                 .and_then(|value| value.as_string())
                 .unwrap_or_else(|| "0-0".into());
             if let Some(entries) = parts.next() {
-                // Entries deleted while pending come back as nil; Redis drops them from the PEL itself.
+                // Entries deleted or trimmed while pending come back as nil;
+                // Redis drops them from the pending list itself.
                 let entries: Vec<Value> = entries
                     .into_array()
                     .into_iter()
                     .filter(|entry| !entry.is_null())
                     .collect();
-                jobs.extend(
-                    stream_entries(Value::Array(entries))?
-                        .into_iter()
-                        .map(job_from_entry),
-                );
+                claimed.extend(stream_entries(Value::Array(entries))?);
             }
-            if cursor == "0-0" || jobs.len() >= count {
-                return Ok(jobs);
+            if cursor == "0-0" {
+                break;
             }
         }
+        Ok(claimed)
     }
 
     /// Renews the leases of the work items this consumer holds, and returns

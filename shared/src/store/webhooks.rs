@@ -217,44 +217,10 @@ impl Store {
         min_idle: Duration,
         count: usize,
     ) -> Result<Vec<EventEntry>, StoreError> {
-        let mut entries = Vec::new();
-        let mut cursor = "0-0".to_owned();
-        let min_idle = min_idle.as_millis().to_string();
-        while entries.len() < count {
-            let args: Vec<String> = vec![
-                self.keys().events(),
-                WEBHOOKS_GROUP.into(),
-                consumer.into(),
-                min_idle.clone(),
-                cursor.clone(),
-                "COUNT".into(),
-                (count - entries.len()).to_string(),
-            ];
-            let reply: Value = self.client().custom(fred::cmd!("XAUTOCLAIM"), args).await?;
-            let mut parts = reply.into_array().into_iter();
-            cursor = parts
-                .next()
-                .and_then(|value| value.as_string())
-                .unwrap_or_else(|| "0-0".into());
-            if let Some(claimed) = parts.next() {
-                // Entries trimmed from the log while pending come back as
-                // nil; Redis drops them from the group's pending list itself.
-                let claimed: Vec<Value> = claimed
-                    .into_array()
-                    .into_iter()
-                    .filter(|entry| !entry.is_null())
-                    .collect();
-                entries.extend(
-                    stream_entries(Value::Array(claimed))?
-                        .into_iter()
-                        .map(event_entry),
-                );
-            }
-            if cursor == "0-0" {
-                break;
-            }
-        }
-        Ok(entries)
+        let entries = self
+            .autoclaim(&self.keys().events(), WEBHOOKS_GROUP, consumer, min_idle, count)
+            .await?;
+        Ok(entries.into_iter().map(event_entry).collect())
     }
 
     /// Acknowledges events that need no delivery (not terminal, or not decodable).
