@@ -22,6 +22,9 @@ enum Benchmark {
         /// Tasks in flight: the worker's slots, and BullMQ's concurrency.
         #[arg(long, default_value_t = 64)]
         slots: usize,
+        /// Reads in flight at once: the slots split into this many lanes.
+        #[arg(long, default_value_t = 4)]
+        lanes: usize,
     },
     /// Where the queue's Redis CPU goes: create, start and complete run one after the other.
     Phases {
@@ -69,8 +72,8 @@ async fn main() -> anyhow::Result<()> {
     let redis = RedisServer::start();
     let url = redis.url();
     match cli.benchmark {
-        Benchmark::Queue { tasks, slots } => {
-            let ours = queue::throughput(&url, tasks, 1, slots).await?;
+        Benchmark::Queue { tasks, slots, lanes } => {
+            let ours = queue::throughput(&url, tasks, slots, lanes).await?;
             println!("{}", serde_json::to_string(&ours)?);
             println!("| system | tasks | slots | tasks/s | wall s | Redis CPU s |");
             println!("|---|---|---|---|---|---|");
@@ -111,6 +114,23 @@ async fn main() -> anyhow::Result<()> {
                 phases.complete_us_per_task,
                 phases.create_us_per_task + phases.start_us_per_task + phases.complete_us_per_task
             );
+            println!("\n| phase | command | calls/task | µs/task | µs/call |");
+            println!("|---|---|---|---|---|");
+            for (phase, commands) in [
+                ("create", &phases.create_commands),
+                ("start", &phases.start_commands),
+                ("complete", &phases.complete_commands),
+            ] {
+                for command in commands.iter().filter(|command| command.command != "info") {
+                    println!(
+                        "| {phase} | {} | {:.2} | {:.1} | {:.2} |",
+                        command.command,
+                        command.calls as f64 / phases.tasks as f64,
+                        command.usec as f64 / phases.tasks as f64,
+                        command.usec as f64 / command.calls.max(1) as f64
+                    );
+                }
+            }
         }
         Benchmark::Latency { tasks } => {
             let ours = queue::latency(&url, tasks).await?;

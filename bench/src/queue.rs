@@ -8,7 +8,9 @@
 //! run them, complete them. It starts and completes each read's items in one
 //! batch call (`Store::start_batch`, `Store::complete_batch`), which is what
 //! makes the queue fast: one script invocation and one round trip per batch
-//! instead of per task.
+//! instead of per task. Its slots are split into `lanes`, each reading on a
+//! connection of its own, so one lane's round trips overlap another's work
+//! in Redis, as BullMQ's worker keeps one command in flight per slot.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -24,6 +26,7 @@ use crate::{bench_store, new_task, quantile, redis_stats};
 pub struct Throughput {
     pub tasks: usize,
     pub slots: usize,
+    pub lanes: usize,
     pub create_seconds: f64,
     pub total_seconds: f64,
     pub tasks_per_second: f64,
@@ -31,13 +34,12 @@ pub struct Throughput {
 }
 
 /// Creates `tasks` tasks in batches of 1,000, then processes them all with
-/// `consumers` consumers of `slots` slots each.
-pub async fn throughput(
-    url: &str,
-    tasks: usize,
-    consumers: usize,
-    slots: usize,
-) -> anyhow::Result<Throughput> {
+/// one consumer of `slots` slots, split into `lanes` lanes.
+pub async fn throughput(url: &str, tasks: usize, slots: usize, lanes: usize) -> anyhow::Result<Throughput> {
+    anyhow::ensure!(
+        lanes > 0 && slots >= lanes,
+        "slots ({slots}) must be at least the number of lanes ({lanes}), which is at least 1"
+    );
     let prefix = format!("bench-throughput-{}", std::process::id());
     let store = bench_store(url, &prefix).await?;
     let info = redis_stats::info_client(url).await?;
@@ -61,19 +63,21 @@ pub async fn throughput(
 
     let mut handles = Vec::new();
     let (done_sender, mut done) = mpsc::unbounded_channel::<usize>();
-    for index in 0..consumers {
+    for lane in 0..lanes {
         let reader = store.with_own_connection().await?;
         let done_sender = done_sender.clone();
+        // The slots split as evenly as they go: 64 in 3 lanes are 22, 21, 21.
+        let lane_slots = slots / lanes + usize::from(lane < slots % lanes);
         handles.push(tokio::spawn(async move {
-            let consumer = format!("bench-{index}");
+            let consumer = "bench";
             loop {
                 let jobs = reader
-                    .read_jobs(&consumer, slots, Duration::from_millis(100))
+                    .read_jobs(consumer, lane_slots, Duration::from_millis(100))
                     .await?;
                 if jobs.is_empty() {
                     continue;
                 }
-                let completed = run_batch(&reader, &consumer, jobs).await?;
+                let completed = run_batch(&reader, consumer, jobs).await?;
                 if done_sender.send(completed).is_err() {
                     return anyhow::Ok(());
                 }
@@ -95,7 +99,8 @@ pub async fn throughput(
     let total_seconds = (ended - started).as_secs_f64();
     Ok(Throughput {
         tasks,
-        slots: consumers * slots,
+        slots,
+        lanes,
         create_seconds: (created - started).as_secs_f64(),
         total_seconds,
         tasks_per_second: tasks as f64 / total_seconds,
@@ -202,6 +207,11 @@ pub struct Phases {
     pub create_us_per_task: f64,
     pub start_us_per_task: f64,
     pub complete_us_per_task: f64,
+    /// Each phase's commands, costliest first: `fcall` counts the whole
+    /// function call, the commands it ran inside are listed on their own.
+    pub create_commands: Vec<redis_stats::CommandCost>,
+    pub start_commands: Vec<redis_stats::CommandCost>,
+    pub complete_commands: Vec<redis_stats::CommandCost>,
 }
 
 pub async fn phases(url: &str, tasks: usize, batch: usize) -> anyhow::Result<Phases> {
@@ -210,6 +220,7 @@ pub async fn phases(url: &str, tasks: usize, batch: usize) -> anyhow::Result<Pha
     let info = redis_stats::info_client(url).await?;
     let per_task = |before: f64, after: f64| (after - before) * 1e6 / tasks as f64;
     let cpu_start = redis_stats::cpu_seconds(&info).await?;
+    redis_stats::reset_command_stats(&info).await?;
     let all: Vec<_> = (0..tasks).map(new_task).collect();
     for chunk in all.chunks(batch) {
         for result in store.create_batch(chunk).await? {
@@ -217,6 +228,8 @@ pub async fn phases(url: &str, tasks: usize, batch: usize) -> anyhow::Result<Pha
         }
     }
     let cpu_created = redis_stats::cpu_seconds(&info).await?;
+    let create_commands = redis_stats::command_stats(&info).await?;
+    redis_stats::reset_command_stats(&info).await?;
     let reader = store.with_own_connection().await?;
     let mut leases = Vec::with_capacity(tasks);
     while leases.len() < tasks {
@@ -232,6 +245,8 @@ pub async fn phases(url: &str, tasks: usize, batch: usize) -> anyhow::Result<Pha
         }
     }
     let cpu_started = redis_stats::cpu_seconds(&info).await?;
+    let start_commands = redis_stats::command_stats(&info).await?;
+    redis_stats::reset_command_stats(&info).await?;
     for chunk in leases.chunks(batch) {
         let completions: Vec<(&Lease, Option<u64>, &str)> = chunk
             .iter()
@@ -242,10 +257,14 @@ pub async fn phases(url: &str, tasks: usize, batch: usize) -> anyhow::Result<Pha
         }
     }
     let cpu_completed = redis_stats::cpu_seconds(&info).await?;
+    let complete_commands = redis_stats::command_stats(&info).await?;
     Ok(Phases {
         tasks,
         create_us_per_task: per_task(cpu_start, cpu_created),
         start_us_per_task: per_task(cpu_created, cpu_started),
         complete_us_per_task: per_task(cpu_started, cpu_completed),
+        create_commands,
+        start_commands,
+        complete_commands,
     })
 }

@@ -7,7 +7,7 @@ use savestream_testkit::RedisServer;
 #[tokio::test]
 async fn the_throughput_benchmark_processes_every_task() {
     let redis = RedisServer::start();
-    let figures = queue::throughput(&redis.url(), 2_500, 1, 16).await.unwrap();
+    let figures = queue::throughput(&redis.url(), 2_500, 16, 4).await.unwrap();
     assert_eq!(figures.tasks, 2_500);
     assert!(figures.tasks_per_second > 0.0);
 }

@@ -481,6 +481,37 @@ async fn a_release_requeues_at_once_without_using_a_retry() {
 }
 
 #[tokio::test]
+async fn completing_trims_acknowledged_work_items_but_never_a_pending_or_undelivered_one() {
+    let harness = Harness::start().await;
+    let first = harness.create().await;
+    let second = harness.create().await;
+    let third = harness.create().await;
+    let first_lease = harness.start_next().await;
+    let second_lease = harness.start_next().await;
+    assert_eq!((&first_lease.task.id, &second_lease.task.id), (&first, &second));
+
+    // The second ends while the first still runs: its item stays behind the
+    // pending first one, and the undelivered third is untouched.
+    harness
+        .store
+        .complete(&second_lease, Some(1), "/downloads/second")
+        .await
+        .unwrap();
+    assert_eq!(harness.jobs_left().await, (3, 1));
+
+    // With nothing pending, everything delivered goes; the third stays and is still handed out.
+    harness
+        .store
+        .complete(&first_lease, Some(1), "/downloads/first")
+        .await
+        .unwrap();
+    assert_eq!(harness.jobs_left().await, (1, 0));
+    let third_lease = harness.start_next().await;
+    assert_eq!(third_lease.task.id, third);
+    assert_eq!(third_lease.attempt, 1);
+}
+
+#[tokio::test]
 async fn cancel_racing_complete_has_exactly_one_winner() {
     let harness = Harness::start().await;
     let mut leases = Vec::new();

@@ -8,8 +8,8 @@
 
 use fred::types::Value;
 
-use super::queue::Lease;
-use super::{pairs, progress_from_hash, task_from_hash, Created, NewTask, Store, StoreError};
+use super::queue::{lease_from, Lease};
+use super::{Created, NewTask, Store, StoreError};
 use crate::task::TaskId;
 
 impl Store {
@@ -40,6 +40,17 @@ impl Store {
         };
         let keys = self.batch_keys(task_ids.iter().copied());
         let reply = self.call(first, function, keys, args).await?;
+        self.per_task(function, task_ids, reply)
+    }
+
+    /// A batch call's answer split into each task's own result: an error
+    /// comes as the text `ERR <code> <details>` in the task's slot.
+    fn per_task(
+        &self,
+        function: &str,
+        task_ids: &[&TaskId],
+        reply: Value,
+    ) -> Result<Vec<Result<Value, StoreError>>, StoreError> {
         let results = reply.into_array();
         if results.len() != task_ids.len() {
             return Err(StoreError::Corrupt(format!(
@@ -105,26 +116,24 @@ impl Store {
         jobs: &[(String, TaskId)],
         worker: &str,
     ) -> Result<Vec<Result<Lease, StoreError>>, StoreError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
         let task_ids: Vec<&TaskId> = jobs.iter().map(|(_, task_id)| task_id).collect();
         let mut args = Vec::with_capacity(jobs.len() * 3);
         for (job_id, task_id) in jobs {
             args.extend([task_id.to_string(), job_id.clone(), worker.to_owned()]);
         }
-        let results = self.call_batch("savestream_start_batch", &task_ids, args).await?;
+        let keys = self.batch_keys(task_ids.iter().copied());
+        let (reply, hashes) = self
+            .call_then_read(&task_ids, "savestream_start_batch", keys, args)
+            .await?;
+        let results = self.per_task("savestream_start_batch", &task_ids, reply)?;
         Ok(results
             .into_iter()
             .zip(jobs)
-            .map(|(result, (job_id, task_id))| {
-                let mut parts = result?.into_array().into_iter();
-                let attempt = parts.next().and_then(|value| value.as_i64()).unwrap_or_default() as u32;
-                let fields = pairs(parts.next().map(Value::into_array).unwrap_or_default());
-                Ok(Lease {
-                    task: task_from_hash(task_id, &fields)?,
-                    attempt,
-                    job_id: job_id.clone(),
-                    progress: progress_from_hash(&fields),
-                })
-            })
+            .zip(hashes)
+            .map(|((result, (job_id, task_id)), fields)| lease_from(task_id, job_id, result?, fields))
             .collect())
     }
 

@@ -25,14 +25,23 @@ local LIBRARY_VERSION = '__LIBRARY_VERSION__'
 local GROUP = 'workers'
 
 -- Inside a batch call these hold the call's clock (one TIME per batch) and
--- the set operations gathered from every task of the batch (one ZADD, ZREM,
--- XACK or XDEL per key for the whole batch instead of one per task). Outside
--- a batch both are nil and everything runs at once. A per-task function
+-- the set operations gathered from every task of the batch (one ZADD, ZREM
+-- or XACK per key for the whole batch instead of one per task). Outside
+-- a batch they are nil and everything runs at once. A per-task function
 -- never reads the sorted sets or the pending list, so deferring writes to
 -- them until the end of the call changes no decision.
 local batch_now = nil
+local batch_now_text = nil
 local deferred = nil
 
+-- Whole numbers cross into Redis as text made with '%d': a Lua number
+-- passed to redis.call is formatted with '%.14g', whose floating-point
+-- printing was a tenth of a transition's cost.
+local function text(number)
+  return string.format('%d', number)
+end
+
+-- The clock in milliseconds, as a number.
 local function now_ms()
   if batch_now then
     return batch_now
@@ -41,29 +50,42 @@ local function now_ms()
   return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 end
 
--- Runs `command key prefix... values...`, or gathers `values` to run with
--- the rest of the batch's.
-local function write_set(command, key, prefix, values)
+-- The clock in milliseconds, as the text every field and event stores.
+local function now_text()
+  if batch_now_text then
+    return batch_now_text
+  end
+  return text(now_ms())
+end
+
+-- Runs `command key [group] a [b]` at once, or gathers `a [b]` to run with
+-- the rest of the batch's. `group` is the consumer group of an XACK.
+local function write_set(command, key, group, a, b)
   if not deferred then
-    local args = {}
-    for _, value in ipairs(prefix) do
-      args[#args + 1] = value
+    if group then
+      redis.call(command, key, group, a)
+    elseif b then
+      redis.call(command, key, a, b)
+    else
+      redis.call(command, key, a)
     end
-    for _, value in ipairs(values) do
-      args[#args + 1] = value
-    end
-    redis.call(command, key, unpack(args))
     return
   end
-  local name = command .. ' ' .. key
-  local entry = deferred.by_name[name]
+  local by_key = deferred.by_command[command]
+  if not by_key then
+    by_key = {}
+    deferred.by_command[command] = by_key
+  end
+  local entry = by_key[key]
   if not entry then
-    entry = { command = command, key = key, prefix = prefix, values = {} }
-    deferred.by_name[name] = entry
+    entry = { command = command, key = key, group = group, values = {} }
+    by_key[key] = entry
     deferred.order[#deferred.order + 1] = entry
   end
-  for _, value in ipairs(values) do
-    entry.values[#entry.values + 1] = value
+  local values = entry.values
+  values[#values + 1] = a
+  if b then
+    values[#values + 1] = b
   end
 end
 
@@ -73,14 +95,12 @@ local function flush_deferred()
   for _, entry in ipairs(deferred.order) do
     local chunk = 1000
     for first = 1, #entry.values, chunk do
-      local args = {}
-      for _, value in ipairs(entry.prefix) do
-        args[#args + 1] = value
+      local last = math.min(first + chunk - 1, #entry.values)
+      if entry.group then
+        redis.call(entry.command, entry.key, entry.group, unpack(entry.values, first, last))
+      else
+        redis.call(entry.command, entry.key, unpack(entry.values, first, last))
       end
-      for index = first, math.min(first + chunk - 1, #entry.values) do
-        args[#args + 1] = entry.values[index]
-      end
-      redis.call(entry.command, entry.key, unpack(args))
     end
   end
 end
@@ -103,11 +123,59 @@ local function logged(log, id)
   return id
 end
 
--- Acknowledges and deletes a work item, if there is one.
-local function drop_job(keys, job)
+-- Stream ids compare as (milliseconds, sequence) pairs, not as text.
+local function id_parts(id)
+  local dash = string.find(id, '-', 1, true)
+  return tonumber(string.sub(id, 1, dash - 1)), tonumber(string.sub(id, dash + 1))
+end
+
+-- Trims `jobs` up to the oldest entry still needed: the oldest pending one
+-- or, with none pending, the first after the group's last delivered one.
+-- Every entry before that was delivered (a group delivers in stream order)
+-- and is no longer pending, so acknowledged: no worker needs it. One trim
+-- per call replaces an XDEL per work item, which seeks its entry through
+-- the stream node and cost a fifth of a completion.
+local function trim_jobs(jobs_key)
+  local pending = redis.pcall('XPENDING', jobs_key, GROUP)
+  if pending.err then
+    return -- no group yet: nothing was delivered, so nothing can go
+  end
+  local keep
+  if pending[1] > 0 then
+    keep = pending[2]
+  else
+    local groups = redis.call('XINFO', 'GROUPS', jobs_key)
+    for _, group in ipairs(groups) do
+      local fields = {}
+      for index = 1, #group, 2 do
+        fields[group[index]] = group[index + 1]
+      end
+      if fields['name'] == GROUP then
+        local milliseconds, sequence = id_parts(fields['last-delivered-id'])
+        keep = text(milliseconds) .. '-' .. text(sequence + 1)
+      end
+    end
+  end
+  if keep then
+    redis.call('XTRIM', jobs_key, 'MINID', keep)
+  end
+end
+
+-- Acknowledges a work item, if there is one. `jobs` is trimmed at the end
+-- of the call (trim_jobs). An item that may not have been delivered yet (a
+-- canceled queued task's) is also deleted at once: trimming keeps every
+-- undelivered entry, and no worker should be handed it.
+local function drop_job(keys, job, undelivered)
   if job and job ~= '' then
-    write_set('XACK', keys[3], { GROUP }, { job })
-    write_set('XDEL', keys[3], {}, { job })
+    write_set('XACK', keys[3], GROUP, job)
+    if undelivered then
+      write_set('XDEL', keys[3], nil, job)
+    end
+    if deferred then
+      deferred.trim_jobs = keys[3]
+    else
+      trim_jobs(keys[3])
+    end
   end
 end
 
@@ -143,7 +211,7 @@ local function create(keys, args)
   if redis.call('EXISTS', keys[1]) == 1 then
     return fail_with('EXISTS', task_id)
   end
-  local at = now_ms()
+  local at = now_text()
   local fields = { 'source', args[2], 'link', args[3], 'user', args[4], 'storage', args[5], 'dir', args[6],
     'title', args[7] }
   local event = append_event(keys, task_id, 'created', at, fields)
@@ -152,7 +220,7 @@ local function create(keys, args)
   -- which keeps a queued task small.
   redis.call('HSET', keys[1], 'status', 'queued', 'created', at, 'updated', at, 'job', job, 'log', event,
     unpack(fields))
-  write_set('ZADD', keys[4], {}, { at, task_id })
+  write_set('ZADD', keys[4], nil, at, task_id)
   if keys[7] then
     redis.call('SET', keys[7], task_id, 'PX', args[8])
   end
@@ -161,11 +229,14 @@ end
 
 -- ARGV: task_id, job_id, worker
 -- Starts the next attempt of a queued task, or takes over a running one
--- whose lease expired (its work item was reclaimed). Returns {attempt, HGETALL}.
+-- whose lease expired (its work item was reclaimed). Returns {attempt, at}:
+-- the caller reads the task hash with a plain HGETALL pipelined right
+-- behind this call, which Redis answers without converting every field to
+-- Lua and back.
 local function start(keys, args)
   local task_id, job, worker = args[1], args[2], args[3]
   local state = redis.call('HMGET', keys[1], 'status', 'attempt', 'job', 'log')
-  local status, attempt, current_job = state[1], state[2], state[3]
+  local status, current_job = state[1], state[3]
   if not status then
     return fail_with('NOTFOUND', task_id)
   end
@@ -175,14 +246,15 @@ local function start(keys, args)
   if current_job ~= job then
     return fail_with('STALE', 'work item ' .. job .. ' is not the current one of task ' .. task_id)
   end
-  attempt = tonumber(attempt or 0) + 1
-  local at = now_ms()
-  local event = append_event(keys, task_id, 'started', at, { 'attempt', attempt, 'worker', worker })
-  redis.call('HSET', keys[1], 'status', 'running', 'attempt', attempt, 'worker', worker, 'started', at,
+  local attempt = tonumber(state[2] or 0) + 1
+  local attempt_text = text(attempt)
+  local at = now_text()
+  local event = append_event(keys, task_id, 'started', at, { 'attempt', attempt_text, 'worker', worker })
+  redis.call('HSET', keys[1], 'status', 'running', 'attempt', attempt_text, 'worker', worker, 'started', at,
     'updated', at, 'log', logged(state[4], event))
-  write_set('ZREM', keys[4], {}, { task_id })
-  write_set('ZADD', keys[5], {}, { at, task_id })
-  return { attempt, redis.call('HGETALL', keys[1]) }
+  write_set('ZREM', keys[4], nil, task_id)
+  write_set('ZADD', keys[5], nil, at, task_id)
+  return { attempt, at }
 end
 
 -- ARGV: task_id, attempt, file_name, size ('' when unknown), path, title
@@ -192,7 +264,7 @@ local function resolve(keys, args)
   if refused then
     return refused
   end
-  local at = now_ms()
+  local at = now_text()
   local event = append_event(keys, task_id, 'resolved', at,
     { 'attempt', attempt, 'file', args[3], 'size', args[4], 'path', args[5], 'title', args[6] })
   redis.call('HSET', keys[1], 'file', args[3], 'size', args[4], 'path', args[5], 'title', args[6], 'updated', at,
@@ -213,19 +285,20 @@ local function progress(keys, args)
 end
 
 -- Ends a task: one HSET of its final `fields` (and no work item), out of the
--- sorted sets its `from_status` put it in, its work item acknowledged and
--- deleted, and the retention period set to expire it.
+-- sorted sets its `from_status` put it in, its work item acknowledged (and
+-- deleted when it may be undelivered: the task was queued), and the
+-- retention period set to expire it.
 local function finish(keys, task_id, from_status, job, retention_ms, fields)
   fields[#fields + 1] = 'job'
   fields[#fields + 1] = ''
   redis.call('HSET', keys[1], unpack(fields))
   if from_status == 'running' then
-    write_set('ZREM', keys[5], {}, { task_id })
+    write_set('ZREM', keys[5], nil, task_id)
   else
-    write_set('ZREM', keys[4], {}, { task_id })
-    write_set('ZREM', keys[6], {}, { task_id })
+    write_set('ZREM', keys[4], nil, task_id)
+    write_set('ZREM', keys[6], nil, task_id)
   end
-  drop_job(keys, job)
+  drop_job(keys, job, from_status ~= 'running')
   redis.call('PEXPIRE', keys[1], retention_ms)
 end
 
@@ -236,7 +309,7 @@ local function complete(keys, args)
   if refused then
     return refused
   end
-  local at = now_ms()
+  local at = now_text()
   local event = append_event(keys, task_id, 'completed', at, { 'attempt', attempt, 'size', args[3], 'path', args[4] })
   finish(keys, task_id, 'running', state[3], args[5],
     { 'status', 'completed', 'size', args[3], 'path', args[4], 'error', '', 'ended', at, 'updated', at,
@@ -246,7 +319,7 @@ end
 
 -- `state` is what check_lease read.
 local function fail_task(keys, task_id, attempt, error_text, retention_ms, state)
-  local at = now_ms()
+  local at = now_text()
   local event = append_event(keys, task_id, 'failed', at, { 'attempt', attempt, 'error', error_text })
   finish(keys, task_id, 'running', state[3], retention_ms,
     { 'status', 'failed', 'error', error_text, 'ended', at, 'updated', at, 'log', logged(state[6], event) })
@@ -278,21 +351,21 @@ local function retry(keys, args)
     end
     retries = retries + 1
   end
-  local at = now_ms()
-  local due = at + tonumber(args[6])
+  local at = now_text()
+  local due = tonumber(at) + tonumber(args[6])
   local event = append_event(keys, task_id, 'retrying', at,
-    { 'attempt', attempt, 'error', error_text, 'retries', retries, 'due', due })
+    { 'attempt', attempt, 'error', error_text, 'retries', text(retries), 'due', text(due) })
   drop_job(keys, state[3])
   local job = ''
-  if due <= at then
+  if due <= tonumber(at) then
     job = redis.call('XADD', keys[3], '*', 'task', task_id)
   else
-    write_set('ZADD', keys[6], {}, { due, task_id })
+    write_set('ZADD', keys[6], nil, text(due), task_id)
   end
-  redis.call('HSET', keys[1], 'status', 'queued', 'error', error_text, 'retries', retries, 'updated', at,
+  redis.call('HSET', keys[1], 'status', 'queued', 'error', error_text, 'retries', text(retries), 'updated', at,
     'job', job, 'log', logged(state[6], event))
-  write_set('ZREM', keys[5], {}, { task_id })
-  write_set('ZADD', keys[4], {}, { state[5], task_id })
+  write_set('ZREM', keys[5], nil, task_id)
+  write_set('ZADD', keys[4], nil, state[5], task_id)
   return 'retrying'
 end
 
@@ -307,7 +380,7 @@ local function cancel(keys, args)
   if status ~= 'queued' and status ~= 'running' then
     return fail_with('ENDED', status)
   end
-  local at = now_ms()
+  local at = now_text()
   local event = append_event(keys, task_id, 'canceled', at, {})
   finish(keys, task_id, status, state[2], args[2],
     { 'status', 'canceled', 'ended', at, 'updated', at, 'log', logged(state[3], event) })
@@ -362,7 +435,8 @@ end
 local function batch_of(per_task, width)
   return function(keys, args)
     batch_now = now_ms()
-    deferred = { by_name = {}, order = {} }
+    batch_now_text = text(batch_now)
+    deferred = { by_command = {}, order = {} }
     local results = {}
     local count = #keys - 5
     for index = 0, count - 1 do
@@ -375,7 +449,7 @@ local function batch_of(per_task, width)
       if not ok then
         -- A Redis error inside one task: leave no batch state behind for
         -- the next call, then fail the call as Redis would.
-        batch_now, deferred = nil, nil
+        batch_now, batch_now_text, deferred = nil, nil, nil
         error(result)
       end
       if type(result) == 'table' and result.err then
@@ -384,7 +458,10 @@ local function batch_of(per_task, width)
       results[index + 1] = result
     end
     flush_deferred()
-    batch_now, deferred = nil, nil
+    if deferred.trim_jobs then
+      trim_jobs(deferred.trim_jobs)
+    end
+    batch_now, batch_now_text, deferred = nil, nil, nil
     return results
   end
 end

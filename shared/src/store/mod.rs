@@ -210,6 +210,54 @@ impl Store {
         }
     }
 
+    /// Calls a library function and reads the hashes of `task_ids` with
+    /// plain `HGETALL`s pipelined right behind it, reloading the library
+    /// once if Redis lost it. Redis answers an `HGETALL` straight from the
+    /// hash; returned from inside the function, every field would be
+    /// converted to Lua and back, which cost a third of a start.
+    ///
+    /// Another client's command may run between the call and the reads; for
+    /// the start of an attempt that is harmless: the fields a worker uses
+    /// (the link, the storage, an earlier attempt's file and progress) change
+    /// only under the lease this call just took, and a cancel in between is
+    /// refused at the worker's next fenced transition.
+    async fn call_then_read(
+        &self,
+        task_ids: &[&TaskId],
+        function: &str,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<(Value, Vec<HashMap<String, String>>), StoreError> {
+        let Some(first) = task_ids.first() else {
+            return Ok((Value::Null, Vec::new()));
+        };
+        let mut reloaded = false;
+        loop {
+            let pipeline = self.client.pipeline();
+            let _: () = pipeline.fcall(function, keys.clone(), args.clone()).await?;
+            for task_id in task_ids {
+                let _: () = pipeline.hgetall(self.keys.task(task_id)).await?;
+            }
+            let mut results = pipeline.try_all::<Value>().await.into_iter();
+            let called = results
+                .next()
+                .ok_or_else(|| StoreError::Corrupt(format!("{function} got no answer")))?;
+            match called {
+                Err(error) if !reloaded && error.details().contains("Function not found") => {
+                    self.load_library().await?;
+                    reloaded = true;
+                }
+                Err(error) => return Err(StoreError::from_reply(first, error)),
+                Ok(reply) => {
+                    let hashes = results
+                        .map(|hash| Ok(hash?.convert::<HashMap<String, String>>()?))
+                        .collect::<Result<Vec<_>, StoreError>>()?;
+                    return Ok((reply, hashes));
+                }
+            }
+        }
+    }
+
     /// The KEYS every per-task function takes, in the library's order.
     fn task_keys(&self, task_id: &TaskId) -> Vec<String> {
         vec![

@@ -6,6 +6,7 @@
 //! [`Store::heartbeat`] keeps its idle time low, and [`Store::claim_expired`]
 //! hands entries idle past the lease (their worker died) to a live worker.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use fred::prelude::*;
@@ -191,18 +192,10 @@ impl Store {
     /// `NotFound` mean the item is obsolete: [`Store::discard_job`] it.
     pub async fn start(&self, job_id: &str, task_id: &TaskId, worker: &str) -> Result<Lease, StoreError> {
         let args = vec![task_id.to_string(), job_id.to_owned(), worker.to_owned()];
-        let reply = self
-            .call(task_id, "savestream_start", self.task_keys(task_id), args)
+        let (reply, mut hashes) = self
+            .call_then_read(&[task_id], "savestream_start", self.task_keys(task_id), args)
             .await?;
-        let mut parts = reply.into_array().into_iter();
-        let attempt = parts.next().and_then(|value| value.as_i64()).unwrap_or_default() as u32;
-        let fields = pairs(parts.next().map(Value::into_array).unwrap_or_default());
-        Ok(Lease {
-            task: task_from_hash(task_id, &fields)?,
-            attempt,
-            job_id: job_id.to_owned(),
-            progress: super::progress_from_hash(&fields),
-        })
+        lease_from(task_id, job_id, reply, hashes.pop().unwrap_or_default())
     }
 
     /// Acknowledges and deletes a work item that must not run: its task
@@ -412,4 +405,29 @@ fn job_from_entry((job_id, fields): (String, std::collections::HashMap<String, S
         None => Err(format!("{fields:?}")),
     };
     Job { job_id, task_id }
+}
+
+/// The lease a start answered (`{attempt, at}`) for the task hash read right behind it.
+pub(crate) fn lease_from(
+    task_id: &TaskId,
+    job_id: &str,
+    reply: Value,
+    fields: HashMap<String, String>,
+) -> Result<Lease, StoreError> {
+    if fields.is_empty() {
+        // Only a task past its retention has no hash, and it cannot start.
+        return Err(StoreError::NotFound(task_id.clone()));
+    }
+    let attempt = reply
+        .into_array()
+        .into_iter()
+        .next()
+        .and_then(|value| value.as_u64())
+        .ok_or_else(|| StoreError::Corrupt(format!("the start of task {task_id} answered no attempt")))?;
+    Ok(Lease {
+        task: task_from_hash(task_id, &fields)?,
+        attempt: attempt as u32,
+        job_id: job_id.to_owned(),
+        progress: super::progress_from_hash(&fields),
+    })
 }
