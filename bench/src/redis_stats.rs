@@ -64,6 +64,6 @@ pub async fn command_stats(client: &Client) -> anyhow::Result<Vec<CommandCost>> 
             })
         })
         .collect();
-    costs.sort_by(|left, right| right.usec.cmp(&left.usec));
+    costs.sort_by_key(|cost| std::cmp::Reverse(cost.usec));
     Ok(costs)
 }
