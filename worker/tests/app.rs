@@ -18,6 +18,7 @@ use savestream_testkit::{eventually, RedisServer};
 use savestream_tests::file_server::{FileServer, ServedFile};
 use savestream_worker::pipeline::RELEASED_MESSAGE;
 use savestream_worker::running::RunningTasks;
+use savestream_worker::storage::{FileName, LocalStorage};
 use savestream_worker::{cancel, Application};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -449,7 +450,8 @@ async fn a_task_left_by_a_dead_worker_is_resumed_by_a_live_one() {
     dead.resolve(&lease, "f.bin", Some(100_000), "/f.bin", &resolved)
         .await
         .unwrap();
-    std::fs::write(harness.stored("/f.bin.part"), &body(100_000)[..40_000]).unwrap();
+    let own_partial = LocalStorage::own_partial_name(&FileName::parse("f.bin").unwrap(), &task_id);
+    std::fs::write(harness.stored(&own_partial), &body(100_000)[..40_000]).unwrap();
     let mut config = harness.config(2, 10);
     // Below the config's minimum, to keep the test short.
     config.queue.lease_seconds = 1;
