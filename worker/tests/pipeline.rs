@@ -331,10 +331,18 @@ async fn a_reservation_an_attempt_could_not_record_keeps_its_name_for_the_next_a
     // What the first attempt did before it died: reserve `f.bin`, and not record it.
     let root = StorageDir::parse("/").unwrap();
     let f_bin = FileName::parse("f.bin").unwrap();
-    harness.storage().reserve(&task_id, &root, &f_bin, &[]).await.unwrap();
+    harness
+        .storage()
+        .reserve(&task_id, &root, &f_bin, &[])
+        .await
+        .unwrap();
     // Meanwhile another task wants the same name, and finds it held.
     let other_task = TaskId::generate();
-    let other = harness.storage().reserve(&other_task, &root, &f_bin, &[]).await.unwrap();
+    let other = harness
+        .storage()
+        .reserve(&other_task, &root, &f_bin, &[])
+        .await
+        .unwrap();
 
     let outcome = harness.process(&lease).await;
 

@@ -218,7 +218,9 @@ impl LocalStorage {
         // the first look: with the hold taken, nobody else can any more.
         match entry(&files.target).await.map_err(io("check"))? {
             Some(target) if Identity::of(&target) != own => {
-                remove_if_same(&files.hold, own).await.map_err(io("give up the name of"))?;
+                remove_if_same(&files.hold, own)
+                    .await
+                    .map_err(io("give up the name of"))?;
                 remove_if_same(&files.own, own)
                     .await
                     .map_err(io("remove the partial file of"))?;
@@ -357,7 +359,10 @@ impl Storage for LocalStorage {
             if taken.contains(&path) {
                 continue;
             }
-            if self.hold(&FileNames::new(&directory, &candidate, owner), &path).await? {
+            if self
+                .hold(&FileNames::new(&directory, &candidate, owner), &path)
+                .await?
+            {
                 return Ok(path);
             }
         }
@@ -643,8 +648,17 @@ mod tests {
     }
 
     /// Saves `bytes` as `owner`'s file `file` under `dir`, from reservation to finish.
-    async fn save(storage: &LocalStorage, owner: &TaskId, dir_text: &str, file: &str, bytes: &[u8]) -> StoragePath {
-        let path = storage.reserve(owner, &storage_dir(dir_text), &name(file), &[]).await.unwrap();
+    async fn save(
+        storage: &LocalStorage,
+        owner: &TaskId,
+        dir_text: &str,
+        file: &str,
+        bytes: &[u8],
+    ) -> StoragePath {
+        let path = storage
+            .reserve(owner, &storage_dir(dir_text), &name(file), &[])
+            .await
+            .unwrap();
         let mut partial = storage.open(owner, &path).await.unwrap();
         partial.write(bytes).await.unwrap();
         partial.finish().await.unwrap();
@@ -663,7 +677,11 @@ mod tests {
         assert_eq!(path.to_string(), "/a/b/file.bin");
         let own = storage.base_path().join(format!("a/b/.file.bin.{owner}.part"));
         let hold = storage.base_path().join("a/b/file.bin.part");
-        assert_eq!(identity(&own), identity(&hold), "the hold is a link to the own partial file");
+        assert_eq!(
+            identity(&own),
+            identity(&hold),
+            "the hold is a link to the own partial file"
+        );
 
         let mut partial = storage.open(&owner, &path).await.unwrap();
         assert_eq!(partial.len(), 0);
@@ -700,8 +718,14 @@ mod tests {
         assert_eq!(second.to_string(), "/file.tar_1.gz");
         assert_eq!(third.to_string(), "/file.tar_2.gz");
         assert_eq!(fourth.to_string(), "/file.tar_3.gz");
-        assert_eq!(std::fs::read(storage.base_path().join("file.tar.gz")).unwrap(), b"1");
-        assert_eq!(std::fs::read(storage.base_path().join("file.tar_1.gz")).unwrap(), b"2");
+        assert_eq!(
+            std::fs::read(storage.base_path().join("file.tar.gz")).unwrap(),
+            b"1"
+        );
+        assert_eq!(
+            std::fs::read(storage.base_path().join("file.tar_1.gz")).unwrap(),
+            b"2"
+        );
     }
 
     #[tokio::test]
@@ -736,14 +760,27 @@ mod tests {
         let owner = task();
         // Two files of one album with the same name: the first is recorded
         // at `a.bin`, the second reserved `a_1.bin` and was not recorded.
-        let first = storage.reserve(&owner, &storage_dir("/"), &name("a.bin"), &[]).await.unwrap();
+        let first = storage
+            .reserve(&owner, &storage_dir("/"), &name("a.bin"), &[])
+            .await
+            .unwrap();
         let second = storage
-            .reserve(&owner, &storage_dir("/"), &name("a.bin"), std::slice::from_ref(&first))
+            .reserve(
+                &owner,
+                &storage_dir("/"),
+                &name("a.bin"),
+                std::slice::from_ref(&first),
+            )
             .await
             .unwrap();
 
         let again = storage
-            .reserve(&owner, &storage_dir("/"), &name("a.bin"), std::slice::from_ref(&first))
+            .reserve(
+                &owner,
+                &storage_dir("/"),
+                &name("a.bin"),
+                std::slice::from_ref(&first),
+            )
             .await
             .unwrap();
 
@@ -791,17 +828,25 @@ mod tests {
         // An attempt created its own partial file and died before holding
         // the name; another task then saved a file under it.
         std::fs::write(
-            storage.base_path().join(LocalStorage::own_partial_name(&name("f.bin"), &owner)),
+            storage
+                .base_path()
+                .join(LocalStorage::own_partial_name(&name("f.bin"), &owner)),
             b"",
         )
         .unwrap();
         let others = save(&storage, &task(), "/", "f.bin", b"theirs").await;
 
-        let path = storage.reserve(&owner, &storage_dir("/"), &name("f.bin"), &[]).await.unwrap();
+        let path = storage
+            .reserve(&owner, &storage_dir("/"), &name("f.bin"), &[])
+            .await
+            .unwrap();
 
         assert_eq!(others.to_string(), "/f.bin");
         assert_eq!(path.to_string(), "/f_1.bin");
-        assert_eq!(std::fs::read(storage.base_path().join("f.bin")).unwrap(), b"theirs");
+        assert_eq!(
+            std::fs::read(storage.base_path().join("f.bin")).unwrap(),
+            b"theirs"
+        );
         assert_eq!(
             on_disk(&storage),
             vec![
@@ -817,7 +862,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let storage = storage(&dir);
         let owner = task();
-        let path = storage.reserve(&owner, &storage_dir("/"), &name("big.bin"), &[]).await.unwrap();
+        let path = storage
+            .reserve(&owner, &storage_dir("/"), &name("big.bin"), &[])
+            .await
+            .unwrap();
         let mut partial = storage.open(&owner, &path).await.unwrap();
         partial.write(&[1u8; 1000]).await.unwrap();
         partial.flush().await.unwrap();
@@ -842,22 +890,34 @@ mod tests {
         for removed in [&[][..], &["hold"][..], &["hold", "own"][..]] {
             let owner = task();
             let file = format!("f-{}.bin", removed.len());
-            let path = storage.reserve(&owner, &storage_dir("/"), &name(&file), &[]).await.unwrap();
+            let path = storage
+                .reserve(&owner, &storage_dir("/"), &name(&file), &[])
+                .await
+                .unwrap();
             let mut partial = storage.open(&owner, &path).await.unwrap();
             partial.write(b"12345").await.unwrap();
             partial.flush().await.unwrap();
             drop(partial);
             // Finishing, done by hand up to the crash: linked, then `removed` gone.
-            let own = storage.base_path().join(LocalStorage::own_partial_name(&path.name, &owner));
+            let own = storage
+                .base_path()
+                .join(LocalStorage::own_partial_name(&path.name, &owner));
             let hold = storage.base_path().join(format!("{file}.part"));
             std::fs::hard_link(&own, storage.base_path().join(&file)).unwrap();
             for gone in removed {
                 std::fs::remove_file(if *gone == "hold" { &hold } else { &own }).unwrap();
             }
 
-            assert_eq!(storage.finished(&owner, &path).await.unwrap(), Some(5), "{removed:?}");
+            assert_eq!(
+                storage.finished(&owner, &path).await.unwrap(),
+                Some(5),
+                "{removed:?}"
+            );
             assert!(!own.exists() && !hold.exists(), "{removed:?}: tidied up");
-            let other = storage.reserve(&task(), &storage_dir("/"), &name(&file), &[]).await.unwrap();
+            let other = storage
+                .reserve(&task(), &storage_dir("/"), &name(&file), &[])
+                .await
+                .unwrap();
             assert_ne!(other, path, "{removed:?}: the finished file keeps its name");
         }
     }
@@ -867,7 +927,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let storage = storage(&dir);
         let owner = task();
-        let path = storage.reserve(&owner, &storage_dir("/"), &name("f.bin"), &[]).await.unwrap();
+        let path = storage
+            .reserve(&owner, &storage_dir("/"), &name("f.bin"), &[])
+            .await
+            .unwrap();
         let mut partial = storage.open(&owner, &path).await.unwrap();
         partial.write(b"ours").await.unwrap();
         // Somebody puts a file in its place by hand while it downloads.
@@ -881,7 +944,10 @@ mod tests {
             "{finished:?}"
         );
         assert!(finished.unwrap_err().is_permanent());
-        assert_eq!(std::fs::read(storage.base_path().join("f.bin")).unwrap(), b"by hand");
+        assert_eq!(
+            std::fs::read(storage.base_path().join("f.bin")).unwrap(),
+            b"by hand"
+        );
     }
 
     #[tokio::test]
@@ -892,10 +958,25 @@ mod tests {
         let other = task();
         let saved = save(&storage, &owner, "/d", "done.txt", b"x").await;
         // One recorded reservation with bytes, one reservation never used.
-        let pending = storage.reserve(&owner, &storage_dir("/d"), &name("p.txt"), &[]).await.unwrap();
-        storage.open(&owner, &pending).await.unwrap().write(b"abc").await.unwrap();
-        storage.reserve(&owner, &storage_dir("/d"), &name("unused.txt"), &[]).await.unwrap();
-        let others = storage.reserve(&other, &storage_dir("/d"), &name("p.txt"), &[]).await.unwrap();
+        let pending = storage
+            .reserve(&owner, &storage_dir("/d"), &name("p.txt"), &[])
+            .await
+            .unwrap();
+        storage
+            .open(&owner, &pending)
+            .await
+            .unwrap()
+            .write(b"abc")
+            .await
+            .unwrap();
+        storage
+            .reserve(&owner, &storage_dir("/d"), &name("unused.txt"), &[])
+            .await
+            .unwrap();
+        let others = storage
+            .reserve(&other, &storage_dir("/d"), &name("p.txt"), &[])
+            .await
+            .unwrap();
 
         storage.discard(&owner, &storage_dir("/d")).await.unwrap();
         // It is idempotent, and a directory that does not exist holds nothing.
@@ -931,7 +1012,10 @@ mod tests {
         partial.write(b"678").await.unwrap();
         partial.finish().await.unwrap();
 
-        assert_eq!(std::fs::read(storage.base_path().join("old.bin")).unwrap(), b"12345678");
+        assert_eq!(
+            std::fs::read(storage.base_path().join("old.bin")).unwrap(),
+            b"12345678"
+        );
         assert_eq!(on_disk(&storage), vec!["old.bin"]);
     }
 
@@ -954,7 +1038,9 @@ mod tests {
         let outside = dir.path().join("outside");
         std::fs::create_dir_all(&outside).unwrap();
         std::os::unix::fs::symlink(&outside, storage.base_path().join("escape")).unwrap();
-        let escaped = storage.reserve(&owner, &storage_dir("/escape"), &name("f"), &[]).await;
+        let escaped = storage
+            .reserve(&owner, &storage_dir("/escape"), &name("f"), &[])
+            .await;
         assert!(
             matches!(escaped, Err(StorageError::Escapes { .. })),
             "{escaped:?}"
@@ -963,7 +1049,9 @@ mod tests {
         // So is a symlink in place of the task's own partial file ...
         std::os::unix::fs::symlink(
             outside.join("target"),
-            storage.base_path().join(LocalStorage::own_partial_name(&name("g"), &owner)),
+            storage
+                .base_path()
+                .join(LocalStorage::own_partial_name(&name("g"), &owner)),
         )
         .unwrap();
         let planted = storage.open(&owner, &StoragePath::parse("/g").unwrap()).await;
