@@ -320,9 +320,14 @@ impl Application {
             (Some(reader), Some(subscriber)) => {
                 services.spawn(lease::promote(context.store.clone(), background.clone()));
                 services.spawn(lease::housekeeping(context.store.clone(), background.clone()));
+                let leftovers = cancel::Leftovers {
+                    store: context.store.clone(),
+                    storages: context.storages.clone(),
+                };
                 services.spawn(cancel::listen(
                     subscriber,
                     context.running.clone(),
+                    leftovers,
                     background.clone(),
                 ));
                 let slots = Arc::new(Semaphore::new(self.slots));

@@ -6,18 +6,28 @@
 //! learns it from the answer to its next progress write, a quarter of a
 //! second later. A task canceled while queued never starts at all, because
 //! the cancel removes its work item.
+//!
+//! So no attempt removes what an earlier one left of such a task (a partial
+//! file it was to resume, after a retry or a release; a reservation it
+//! could not record). Every worker that hears the cancel of a task it is
+//! not running removes what it finds of it in its own storages
+//! ([`Leftovers`]). Partial files are found by their task, so any worker
+//! may, and a canceled task has no more use for them. This is best effort:
+//! a worker that is down when the message is sent never hears it.
 
 use std::time::Duration;
 
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use savestream_shared::config::RedisConfig;
-use savestream_shared::task::TaskId;
+use savestream_shared::store::Store;
+use savestream_shared::task::{TaskId, TaskStatus};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::running::RunningTasks;
+use crate::storage::{StorageDir, Storages};
 
 /// Connects a subscriber to `channel`; it re-subscribes by itself after a reconnect.
 pub async fn subscribe(redis: &RedisConfig, channel: &str) -> Result<SubscriberClient, fred::error::Error> {
@@ -34,8 +44,48 @@ pub async fn subscribe(redis: &RedisConfig, channel: &str) -> Result<SubscriberC
     Ok(subscriber)
 }
 
-/// Cancels the running attempts of the tasks named on the channel, until `stop`.
-pub async fn listen(subscriber: SubscriberClient, running: RunningTasks, stop: CancellationToken) {
+/// What a canceled task that no attempt here runs left in this worker's storages.
+#[derive(Clone)]
+pub struct Leftovers {
+    pub store: Store,
+    pub storages: Storages,
+}
+
+impl Leftovers {
+    /// Removes the partial files of `task_id` from this worker's storage,
+    /// once the store confirms that the task was canceled.
+    pub async fn remove(&self, task_id: &TaskId) {
+        let task = match self.store.get(task_id).await {
+            Ok(Some(record)) => record.task,
+            Ok(None) => return,
+            Err(error) => {
+                debug!(%error, task_id = %task_id, "cannot read a canceled task: its partial files stay");
+                return;
+            }
+        };
+        if task.status != TaskStatus::Canceled {
+            return;
+        }
+        // A storage this worker lacks, or a directory that never parsed,
+        // holds nothing of the task here.
+        let (Some(storage), Ok(dir)) = (self.storages.get(&task.storage), StorageDir::parse(&task.dir))
+        else {
+            return;
+        };
+        if let Err(error) = storage.discard(task_id, &dir).await {
+            warn!(%error, task_id = %task_id, "cannot remove the partial files of a canceled task");
+        }
+    }
+}
+
+/// Cancels the running attempts of the tasks named on the channel, and
+/// removes what the others left ([`Leftovers`]), until `stop`.
+pub async fn listen(
+    subscriber: SubscriberClient,
+    running: RunningTasks,
+    leftovers: Leftovers,
+    stop: CancellationToken,
+) {
     let mut messages = subscriber.message_rx();
     loop {
         let message = tokio::select! {
@@ -51,6 +101,10 @@ pub async fn listen(subscriber: SubscriberClient, running: RunningTasks, stop: C
                     Ok(task_id) => {
                         if running.cancel(&task_id) {
                             info!(task_id = %task_id, "canceled: stopping its download");
+                        } else {
+                            // The attempt that runs it cleans up after
+                            // itself; nothing here does for the others.
+                            leftovers.remove(&task_id).await;
                         }
                     }
                     Err(error) => debug!(%error, "ignoring a cancel message that names no task"),

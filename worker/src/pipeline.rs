@@ -3,7 +3,7 @@
 //!
 //! The steps are: pick the source and the storage; resolve the file and
 //! reserve its path (or, for a resumed attempt, reuse the path recorded
-//! then); stream the bytes into the storage's partial file from where it
+//! then); stream the bytes into the task's partial file from where it
 //! stopped, reporting progress; finish the file; record `completed`.
 //! Failures become a retry with backoff (at least as long as the source
 //! asked to wait) or a permanent failure; a cancel, a lost lease or the end
@@ -23,14 +23,22 @@
 //! recorded path with the same name and size; only a file without one
 //! reserves a new path. So names never change between attempts, a file
 //! already finished at its path (at its size) is not downloaded again, and a
-//! partial file continues from its length. (A reservation whose `resolved`
-//! could not be recorded because Redis was away is given up, so the next
-//! attempt's new reservation takes the name back.)
+//! partial file continues from its length.
 //!
-//! A cancel removes the partial files; files an album had finished stay,
-//! like files saved by tasks that completed. A cancel that arrives between
-//! the last file being finished and `completed` being recorded wins, and
-//! takes the task's files with it.
+//! **Unrecorded reservations.** A path is reserved (its partial file created
+//! and its name held) before `resolved` records it, and an attempt can die,
+//! or lose Redis, in between. The reservation then stays: partial files
+//! belong to their task ([`Storage::reserve`]), so the next attempt's
+//! reservation of the same name finds it and takes the same path, rather
+//! than seeing the name taken and saving to `name_1`.
+//!
+//! **Nothing partial outlives the task.** A cancel or a failure removes all
+//! of the task's partial files ([`Storage::discard`]), recorded or not;
+//! files an album had finished stay, like files saved by tasks that
+//! completed. A completion does the same first when an earlier attempt
+//! could have left a reservation this one did not use. A cancel that
+//! arrives between the last file being finished and `completed` being
+//! recorded wins, and takes the task's files with it.
 //!
 //! Direct links keep the single-file path: a resumed attempt reuses the
 //! recorded file and path without resolving again.
@@ -179,6 +187,7 @@ pub async fn process(context: &Context, lease: &Lease, cancel: &CancellationToke
         lease,
         cancel,
         placements: Vec::new(),
+        partials: None,
     };
     match attempt.run().await {
         Ok(outcome) => outcome,
@@ -191,8 +200,12 @@ struct Attempt<'a> {
     context: &'a Context,
     lease: &'a Lease,
     cancel: &'a CancellationToken,
-    /// Where the task's files go, once known: what to clean up on cancel.
+    /// Where the task's files go, once known: what a cancel that comes
+    /// after they were finished removes.
     placements: Vec<(Arc<dyn Storage>, StoragePath)>,
+    /// The storage and directory of the task's partial files, once known:
+    /// what is cleaned up when the task ends.
+    partials: Option<(Arc<dyn Storage>, StorageDir)>,
 }
 
 /// A file of a multi-file attempt and the path it is saved at.
@@ -229,6 +242,12 @@ impl Attempt<'_> {
                 task.storage
             )))
         })?;
+        // Known before anything can stop the attempt, so that a cancel
+        // finds the partial files earlier attempts left. Every file of the
+        // task is in its directory; one that does not parse holds none.
+        if let Ok(dir) = StorageDir::parse(&task.dir) {
+            self.partials = Some((storage.clone(), dir));
+        }
         if source.resolves_every_attempt() {
             return self.run_files(source.as_ref(), storage).await;
         }
@@ -264,10 +283,12 @@ impl Attempt<'_> {
                     storage: storage.name().to_owned(),
                     error,
                 })?;
-                let path = storage.reserve(&dir, &name).await?;
+                let path = storage.reserve(&task.id, &dir, &name, &[]).await?;
                 self.placements.push((storage.clone(), path.clone()));
                 let path_text = path.to_string();
                 let resolved_title = title::resolved(task.source, name.as_str(), storage.name(), &path_text);
+                // Unrecorded, the reservation stays for the next attempt to
+                // find (see the module docs).
                 self.persist(|| {
                     self.context.store.resolve(
                         self.lease,
@@ -288,16 +309,13 @@ impl Attempt<'_> {
         self.check_size(storage.as_ref(), file.size)?;
 
         // An earlier attempt may have finished the file and died before
-        // recording it; a file of the expected size is that file.
-        if let Some(size) = file.size {
-            if storage.stored_size(&path).await? == Some(size) {
-                storage.discard(&path).await?;
-                info!(bytes = size, "the file was already saved by an earlier attempt");
-                return self.complete(size, &path.to_string()).await;
-            }
+        // recording it.
+        if let Some(size) = self.finished(storage.as_ref(), &path, file.size).await? {
+            info!(bytes = size, "the file was already saved by an earlier attempt");
+            return self.complete(size, &path.to_string()).await;
         }
 
-        let mut partial = storage.open(&path).await?;
+        let mut partial = storage.open(&task.id, &path).await?;
         let bytes = self
             .download(source.as_ref(), &file, partial.as_mut(), 0, None)
             .await?;
@@ -349,6 +367,9 @@ impl Attempt<'_> {
         } else {
             Vec::new()
         };
+        // Every recorded path is one of the task's files: a new reservation
+        // must not pick one that a file later in the list will reuse.
+        let mut held: Vec<StoragePath> = recorded.iter().map(|entry| entry.path.clone()).collect();
 
         let mut placed = Vec::with_capacity(count);
         for file in files {
@@ -360,32 +381,25 @@ impl Attempt<'_> {
                     path
                 }
                 None => {
-                    let path = storage.reserve(&dir, &name).await?;
+                    let path = storage.reserve(&task.id, &dir, &name, &held).await?;
+                    held.push(path.clone());
                     self.placements.push((storage.clone(), path.clone()));
                     let path_text = path.to_string();
                     let resolved_title = batch_title.clone().unwrap_or_else(|| {
                         title::resolved(task.source, name.as_str(), storage.name(), &path_text)
                     });
-                    let recorded_now = self
-                        .persist(|| {
-                            self.context.store.resolve(
-                                self.lease,
-                                name.as_str(),
-                                file.size,
-                                &path_text,
-                                &resolved_title,
-                            )
-                        })
-                        .await;
-                    if let Err(stop) = recorded_now {
-                        // Unrecorded, the reservation is nobody's: give the
-                        // name back so the next attempt reserves it again.
-                        self.placements.pop();
-                        if let Err(error) = storage.discard(&path).await {
-                            debug!(%error, path = %path, "cannot give an unrecorded reservation back");
-                        }
-                        return Err(stop);
-                    }
+                    // Unrecorded, the reservation stays for the next attempt
+                    // to find (see the module docs).
+                    self.persist(|| {
+                        self.context.store.resolve(
+                            self.lease,
+                            name.as_str(),
+                            file.size,
+                            &path_text,
+                            &resolved_title,
+                        )
+                    })
+                    .await?;
                     let size = file
                         .size
                         .map_or_else(|| "unknown".to_owned(), |size| size.to_string());
@@ -400,15 +414,12 @@ impl Attempt<'_> {
         for (index, Placed { file, path }) in placed.iter().enumerate() {
             // An earlier attempt may have finished this file (and died
             // before the next one, or before recording `completed`).
-            if let Some(size) = file.size {
-                if storage.stored_size(path).await? == Some(size) {
-                    storage.discard(path).await?;
-                    debug!(path = %path, bytes = size, "the file was saved by an earlier attempt");
-                    done += size;
-                    continue;
-                }
+            if let Some(size) = self.finished(storage.as_ref(), path, file.size).await? {
+                debug!(path = %path, bytes = size, "the file was saved by an earlier attempt");
+                done += size;
+                continue;
             }
-            let mut partial = storage.open(path).await?;
+            let mut partial = storage.open(&task.id, path).await?;
             let bytes = self.download(source, file, partial.as_mut(), done, total).await?;
             if let Some(size) = file.size {
                 if bytes != size {
@@ -467,6 +478,25 @@ impl Attempt<'_> {
             }
         }
         Ok(recorded)
+    }
+
+    /// The size of the file at `path` if an earlier attempt finished it.
+    /// It was checked against `expected` before it was finished, so a
+    /// different size means somebody else's file took its place.
+    async fn finished(
+        &self,
+        storage: &dyn Storage,
+        path: &StoragePath,
+        expected: Option<u64>,
+    ) -> Result<Option<u64>, Stop> {
+        match storage.finished(&self.lease.task.id, path).await? {
+            Some(size) if expected.is_some_and(|expected| expected != size) => Err(StorageError::Occupied {
+                storage: storage.name().to_owned(),
+                path: path.to_string(),
+            }
+            .into()),
+            finished => Ok(finished),
+        }
     }
 
     fn check_size(&self, storage: &dyn Storage, size: Option<u64>) -> Result<(), Stop> {
@@ -589,6 +619,13 @@ impl Attempt<'_> {
     /// Records `completed` with the task's size and its path (the file's,
     /// or the directory of an album).
     async fn complete(&mut self, bytes: u64, path_text: &str) -> Result<Outcome, Stop> {
+        // An earlier attempt may have reserved a file this one did not use
+        // (the source named it differently this time); once the task has
+        // ended nothing would remove it. This attempt's own files are all
+        // finished by now, so only such leftovers go.
+        if self.lease.attempt > 1 {
+            self.discard_partials().await;
+        }
         match self
             .persist(|| self.context.store.complete(self.lease, Some(bytes), path_text))
             .await
@@ -649,11 +686,12 @@ impl Attempt<'_> {
         }
     }
 
-    /// Removes the partial files of the task's paths (finished files stay).
-    async fn discard_partial(&mut self) {
-        for (storage, path) in self.placements.drain(..) {
-            if let Err(error) = storage.discard(&path).await {
-                warn!(%error, path = %path, "cannot remove the partial file");
+    /// Removes all of the task's partial files, this attempt's and any an
+    /// earlier one left (finished files stay).
+    async fn discard_partials(&self) {
+        if let Some((storage, dir)) = &self.partials {
+            if let Err(error) = storage.discard(&self.lease.task.id, dir).await {
+                warn!(%error, dir = %dir, "cannot remove the task's partial files");
             }
         }
     }
@@ -666,7 +704,7 @@ impl Attempt<'_> {
                 .await;
             return match result {
                 Ok(()) => {
-                    self.discard_partial().await;
+                    self.discard_partials().await;
                     Outcome::Failed { error: error.message }
                 }
                 Err(Stop::Interrupted(interrupt)) => self.interrupted(interrupt).await,
@@ -693,7 +731,7 @@ impl Attempt<'_> {
             }
             Ok(RetryOutcome::Failed) => {
                 warn!(error = %error.message, "failed: no retries left");
-                self.discard_partial().await;
+                self.discard_partials().await;
                 Outcome::Failed { error: error.message }
             }
             Err(Stop::Interrupted(interrupt)) => self.interrupted(interrupt).await,
@@ -705,7 +743,7 @@ impl Attempt<'_> {
         match interrupt {
             Interrupt::Canceled => {
                 info!("canceled: stopped");
-                self.discard_partial().await;
+                self.discard_partials().await;
                 Outcome::Canceled
             }
             Interrupt::Release => {

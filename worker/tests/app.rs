@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use fred::prelude::*;
@@ -18,6 +19,7 @@ use savestream_testkit::{eventually, RedisServer};
 use savestream_tests::file_server::{FileServer, ServedFile};
 use savestream_worker::pipeline::RELEASED_MESSAGE;
 use savestream_worker::running::RunningTasks;
+use savestream_worker::storage::{FileName, LocalStorage, Storage, StorageDir, Storages};
 use savestream_worker::{cancel, Application};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -269,7 +271,16 @@ async fn a_cancel_message_reaches_the_token_of_the_running_task() {
         .expect("subscribing");
     let running = RunningTasks::default();
     let stop = CancellationToken::new();
-    let listener = tokio::spawn(cancel::listen(subscriber, running.clone(), stop.clone()));
+    let leftovers = cancel::Leftovers {
+        store: harness.store.clone(),
+        storages: Storages::default(),
+    };
+    let listener = tokio::spawn(cancel::listen(
+        subscriber,
+        running.clone(),
+        leftovers,
+        stop.clone(),
+    ));
     let task_id = harness.create("/whatever").await;
     let other = harness.create("/other").await;
     let guard = running.register("1-0", &task_id);
@@ -281,6 +292,65 @@ async fn a_cancel_message_reaches_the_token_of_the_running_task() {
         .await
         .expect("the cancel message arrives within a second");
     assert!(!other_guard.cancel.is_cancelled());
+    stop.cancel();
+    listener.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_task_canceled_while_queued_loses_the_partial_files_an_earlier_attempt_left() {
+    let harness = Harness::start().await;
+    let redis = RedisConfig {
+        url: harness.redis.url(),
+        prefix: PREFIX.into(),
+    };
+    let subscriber = cancel::subscribe(&redis, &harness.store.keys().cancel_channel())
+        .await
+        .expect("subscribing");
+    let storage = Arc::new(LocalStorage::new("local1", harness.storage_dir.path()).unwrap());
+    let mut storages = Storages::default();
+    storages.insert(storage.clone());
+    let leftovers = cancel::Leftovers {
+        store: harness.store.clone(),
+        storages,
+    };
+    let stop = CancellationToken::new();
+    let listener = tokio::spawn(cancel::listen(
+        subscriber,
+        RunningTasks::default(),
+        leftovers,
+        stop.clone(),
+    ));
+    let task_id = harness.create("/f.bin").await;
+    let other = TaskId::generate();
+    // An earlier attempt of the task reserved its file, then was released:
+    // the task waits in the queue. Another task downloads beside it.
+    let root = StorageDir::parse("/").unwrap();
+    storage
+        .reserve(&task_id, &root, &FileName::parse("f.bin").unwrap(), &[])
+        .await
+        .unwrap();
+    storage
+        .reserve(&other, &root, &FileName::parse("g.bin").unwrap(), &[])
+        .await
+        .unwrap();
+
+    harness.store.cancel(&task_id).await.unwrap();
+
+    let others_only = vec![format!(".g.bin.{other}.part"), "g.bin.part".to_owned()];
+    eventually(
+        "the canceled task's partial files to go",
+        Duration::from_secs(2),
+        || async {
+            let mut names: Vec<String> = std::fs::read_dir(harness.storage_dir.path())
+                .unwrap()
+                .flatten()
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            (names == others_only).then_some(())
+        },
+    )
+    .await;
     stop.cancel();
     listener.await.unwrap();
 }
@@ -449,7 +519,8 @@ async fn a_task_left_by_a_dead_worker_is_resumed_by_a_live_one() {
     dead.resolve(&lease, "f.bin", Some(100_000), "/f.bin", &resolved)
         .await
         .unwrap();
-    std::fs::write(harness.stored("/f.bin.part"), &body(100_000)[..40_000]).unwrap();
+    let own_partial = LocalStorage::own_partial_name(&FileName::parse("f.bin").unwrap(), &task_id);
+    std::fs::write(harness.stored(&own_partial), &body(100_000)[..40_000]).unwrap();
     let mut config = harness.config(2, 10);
     // Below the config's minimum, to keep the test short.
     config.queue.lease_seconds = 1;

@@ -21,7 +21,7 @@ use savestream_worker::pipeline::{self, Outcome, RELEASED_MESSAGE};
 use savestream_worker::running::RunningTasks;
 use savestream_worker::source::http::HttpSource;
 use savestream_worker::source::Sources;
-use savestream_worker::storage::{LocalStorage, Storages};
+use savestream_worker::storage::{FileName, LocalStorage, Storage, StorageDir, Storages};
 use tokio_util::sync::CancellationToken;
 
 const CONSUMER: &str = "test-worker";
@@ -158,6 +158,39 @@ impl Harness {
         self.storage_dir.path().join(relative.trim_start_matches('/'))
     }
 
+    /// The task's own partial file of the file `name` in the storage's root.
+    fn own_partial(&self, task_id: &TaskId, name: &str) -> PathBuf {
+        let name = FileName::parse(name).expect("a valid file name");
+        self.stored(&LocalStorage::own_partial_name(&name, task_id))
+    }
+
+    fn storage(&self) -> &Arc<dyn Storage> {
+        self.context.storages.get("local1").expect("the local storage")
+    }
+
+    /// Every name in the storage, hidden ones too, sorted.
+    fn names_on_disk(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.storage_dir.path())
+            .unwrap()
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Starts an attempt and hands the task back to the queue before it
+    /// records anything, as an attempt that died early leaves it; returns
+    /// the next attempt's lease.
+    async fn released_unresolved(&self) -> Lease {
+        let first = self.lease().await;
+        self.store
+            .retry(&first, "worker died", RetryKind::Release, Duration::ZERO)
+            .await
+            .unwrap();
+        self.lease().await
+    }
+
     async fn record(&self, task_id: &TaskId) -> TaskRecord {
         self.store.get(task_id).await.unwrap().expect("the task exists")
     }
@@ -176,7 +209,8 @@ impl Harness {
         self.events(task_id).await.iter().map(EventKind::name).collect()
     }
 
-    /// Waits until the partial file at `path` holds some bytes.
+    /// Waits until the partial file of `path` holds some bytes; returns its
+    /// hold, `<path>.part`, a link to the task's own partial file.
     async fn wait_for_partial(&self, path: &str) -> PathBuf {
         let part = self.stored(&format!("{path}.part"));
         eventually("the partial file to fill", Duration::from_secs(10), || {
@@ -270,7 +304,7 @@ async fn a_resumed_attempt_continues_its_part_file_with_a_range_request() {
     harness.files.add("/f.bin", ServedFile::new(body(100_000)));
     let task_id = harness.create("/f.bin").await;
     let lease = harness.resolved_and_released("f.bin", 100_000, "/f.bin").await;
-    std::fs::write(harness.stored("/f.bin.part"), &body(100_000)[..30_000]).unwrap();
+    std::fs::write(harness.own_partial(&task_id, "f.bin"), &body(100_000)[..30_000]).unwrap();
 
     let outcome = harness.process(&lease).await;
 
@@ -285,6 +319,73 @@ async fn a_resumed_attempt_continues_its_part_file_with_a_range_request() {
     assert_eq!(requests[0].range.as_deref(), Some("bytes=30000-"));
     assert_eq!(requests[0].sent, 70_000);
     assert_eq!(harness.record(&task_id).await.task.status, TaskStatus::Completed);
+    assert_eq!(harness.names_on_disk(), vec!["f.bin"]);
+}
+
+#[tokio::test]
+async fn a_reservation_an_attempt_could_not_record_keeps_its_name_for_the_next_attempt() {
+    let harness = Harness::start().await;
+    harness.files.add("/f.bin", ServedFile::new(body(1_000)));
+    let task_id = harness.create("/f.bin").await;
+    let lease = harness.released_unresolved().await;
+    // What the first attempt did before it died: reserve `f.bin`, and not record it.
+    let root = StorageDir::parse("/").unwrap();
+    let f_bin = FileName::parse("f.bin").unwrap();
+    harness
+        .storage()
+        .reserve(&task_id, &root, &f_bin, &[])
+        .await
+        .unwrap();
+    // Meanwhile another task wants the same name, and finds it held.
+    let other_task = TaskId::generate();
+    let other = harness
+        .storage()
+        .reserve(&other_task, &root, &f_bin, &[])
+        .await
+        .unwrap();
+
+    let outcome = harness.process(&lease).await;
+
+    assert_eq!(outcome, Outcome::Completed { bytes: 1_000 });
+    assert_eq!(
+        harness.record(&task_id).await.task.path.as_deref(),
+        Some("/f.bin")
+    );
+    assert_eq!(std::fs::read(harness.stored("/f.bin")).unwrap(), body(1_000));
+    assert_eq!(other.to_string(), "/f_1.bin");
+    assert_eq!(
+        harness.names_on_disk(),
+        vec![
+            format!(".f_1.bin.{other_task}.part"),
+            "f.bin".to_owned(),
+            "f_1.bin.part".to_owned()
+        ],
+        "only the other task's reservation is left"
+    );
+}
+
+#[tokio::test]
+async fn a_completed_task_removes_a_reservation_an_earlier_attempt_made_and_it_did_not_use() {
+    let harness = Harness::start().await;
+    harness.files.add("/f.bin", ServedFile::new(body(1_000)));
+    let task_id = harness.create("/f.bin").await;
+    let lease = harness.released_unresolved().await;
+    // The first attempt was told another name, reserved it and died.
+    harness
+        .storage()
+        .reserve(
+            &task_id,
+            &StorageDir::parse("/").unwrap(),
+            &FileName::parse("old-name.bin").unwrap(),
+            &[],
+        )
+        .await
+        .unwrap();
+
+    let outcome = harness.process(&lease).await;
+
+    assert_eq!(outcome, Outcome::Completed { bytes: 1_000 });
+    assert_eq!(harness.names_on_disk(), vec!["f.bin"]);
 }
 
 #[tokio::test]
@@ -293,9 +394,9 @@ async fn a_resumed_attempt_starts_over_when_the_server_ignores_range() {
     harness
         .files
         .add("/f.bin", ServedFile::new(body(50_000)).without_ranges());
-    harness.create("/f.bin").await;
+    let task_id = harness.create("/f.bin").await;
     let lease = harness.resolved_and_released("f.bin", 50_000, "/f.bin").await;
-    std::fs::write(harness.stored("/f.bin.part"), vec![0xff; 20_000]).unwrap();
+    std::fs::write(harness.own_partial(&task_id, "f.bin"), vec![0xff; 20_000]).unwrap();
 
     let outcome = harness.process(&lease).await;
 
@@ -332,7 +433,8 @@ async fn a_retryable_failure_queues_a_retry_after_a_backoff_and_keeps_the_part()
     harness.files.add("/f.bin", ServedFile::status(503));
     let task_id = harness.create("/f.bin").await;
     let lease = harness.resolved_and_released("f.bin", 1_000, "/f.bin").await;
-    std::fs::write(harness.stored("/f.bin.part"), body(300)).unwrap();
+    let own_partial = harness.own_partial(&task_id, "f.bin");
+    std::fs::write(&own_partial, body(300)).unwrap();
 
     let outcome = harness.process(&lease).await;
 
@@ -348,8 +450,9 @@ async fn a_retryable_failure_queues_a_retry_after_a_backoff_and_keeps_the_part()
     assert_eq!(record.task.status, TaskStatus::Queued);
     assert_eq!(record.task.retries, 1);
     assert_eq!(record.task.error, error);
-    assert!(
-        harness.stored("/f.bin.part").exists(),
+    assert_eq!(
+        std::fs::read(&own_partial).unwrap(),
+        body(300),
         "the next attempt resumes it"
     );
     let retrying = harness
@@ -514,6 +617,34 @@ async fn a_cancel_seen_by_a_progress_write_stops_the_download_and_removes_the_pa
     .await;
     let names = harness.event_names(&task_id).await;
     assert_eq!(names, vec!["created", "started", "resolved", "canceled"]);
+}
+
+#[tokio::test]
+async fn a_cancel_removes_every_partial_file_of_the_task_even_one_an_earlier_attempt_left() {
+    let harness = Harness::start().await;
+    harness
+        .files
+        .add("/slow.bin", ServedFile::new(body(1_000_000)).throttled(100_000));
+    let task_id = harness.create("/slow.bin").await;
+    let lease = harness.released_unresolved().await;
+    harness
+        .storage()
+        .reserve(
+            &task_id,
+            &StorageDir::parse("/").unwrap(),
+            &FileName::parse("old-name.bin").unwrap(),
+            &[],
+        )
+        .await
+        .unwrap();
+    let running = harness.spawn(lease);
+    harness.wait_for_partial("/slow.bin").await;
+
+    harness.store.cancel(&task_id).await.unwrap();
+    let outcome = running.await.unwrap();
+
+    assert_eq!(outcome, Outcome::Canceled);
+    assert_eq!(harness.names_on_disk(), Vec::<String>::new());
 }
 
 #[tokio::test]

@@ -145,9 +145,9 @@ async fn every_task_completes_exactly_once_with_identical_files_while_workers_ar
             stored.len(),
             bytes.len()
         );
-        // A kill between reserving the file and recording `resolved` makes
-        // the next attempt save to `<name>_1` and leaves `<name>.part`
-        // behind: the bug redis_restart.rs reproduces deterministically.
+        // A kill between reserving the file and recording `resolved` leaves
+        // a reservation the next attempt must take back under the same name
+        // (redis_restart.rs reproduces that deterministically).
         assert_eq!(path, wanted, "task {task_id} saved its file under another name");
         expected_files.insert(wanted.trim_start_matches('/').to_owned());
     }

@@ -12,8 +12,10 @@
 //! a create that Redis applied but could not acknowledge before dying is
 //! answered 200 with the same task, not created twice.
 //!
-//! The second test pins down, deterministically, a bug the first one meets
-//! by chance: an attempt that reserves its file while Redis is away.
+//! The second test pins down, deterministically, what the first one meets
+//! by chance: an attempt that reserves its file while Redis is away, and so
+//! cannot record where. The next attempt must take the same name back (not
+//! `<name>_1`) and no partial file may be left behind.
 //!
 //! # Durability: the setting that guarantees this
 //!
@@ -257,7 +259,6 @@ async fn every_task_that_got_a_201_ends_once_when_redis_with_aof_always_is_kille
 }
 
 #[tokio::test]
-#[ignore = "bug: an attempt that reserves its file while Redis is away leaves `<name>.part` behind, and the next attempt saves to `<name>_1`"]
 async fn a_file_reserved_while_redis_is_away_keeps_its_name_and_leaves_no_partial_file() {
     // Arrange: one worker, a server that holds the first request's answer.
     let redis = RedisServer::start_with(&REDIS_AOF_ALWAYS);

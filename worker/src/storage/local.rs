@@ -1,15 +1,49 @@
 //! The `local` storage: files under a directory of this machine.
 //!
-//! A file is written as `<name>.part` beside its final place and renamed
-//! when complete. Every directory is checked after it is created and its
-//! symlinks resolved, so nothing is written outside the base path even when
-//! someone plants a symlink inside it. Bytes are appended through a small
-//! buffer, so memory stays flat whatever the size of the file.
+//! ## One file on disk
+//! The file `C` of task `T` is written through `.C.T.part`, the task's own
+//! partial file: hidden, and named after the task, so that every attempt of
+//! `T` finds it again. While it is written, `C.part`, a second hard link to
+//! the same file, holds the name `C` against other tasks. Whose a `C.part`
+//! or a `C` is, is told by comparing it with the own partial file (device
+//! and inode), never by its name or its size.
+//!
+//! - **Reserving** `C` creates the own partial file and links it to
+//!   `C.part`. The link fails when `C.part` exists: of two tasks that want
+//!   `C` at once, one gets `C_1`. `C` is looked at again once held, since
+//!   another task may have finished `C` and given up `C.part` in between.
+//! - **Finishing** links the own partial file to `C`. That link, too, fails
+//!   rather than replace a file, so a `C` that is not the task's is left
+//!   alone ([`StorageError::Occupied`]). Then `C.part` goes, and the own
+//!   partial file last.
+//! - A file is **finished** when `C` exists and the own partial file is gone
+//!   or is `C` itself.
+//!
+//! So each step can be cut short by a crash and be done again by the next
+//! attempt: a reservation the task could not record (its worker died, or
+//! Redis was away) is found again by the next reservation, which takes the
+//! same `C`, instead of blocking it and moving the file to `C_1`; a file
+//! finished just before a crash is found finished. Whatever partial files a
+//! task still has when it ends are found by their names (`.*.T.part`) and
+//! removed with their holds. Since the own partial file always goes last, a
+//! `C.part` of this layout always has a second link; a `C.part` with one
+//! link is a partial file of a worker from before own partial files, which
+//! the task that recorded its path adopts.
+//!
+//! The base path must be on a file system with hard links (any Unix one,
+//! not FAT): [`LocalStorage::new`] checks. Every directory is checked after
+//! it is created and its symlinks resolved, so nothing is written outside
+//! the base path even when someone plants a symlink inside it, and partial
+//! files are opened without following symlinks. Bytes are appended through a
+//! small buffer, so memory stays flat whatever the size of the file.
 
+use std::fs::Metadata;
 use std::io::ErrorKind;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
+use savestream_shared::task::TaskId;
 use tokio::fs::{File, OpenOptions};
 use tokio::io::{AsyncWriteExt, BufWriter};
 
@@ -30,7 +64,8 @@ pub struct LocalStorage {
 }
 
 impl LocalStorage {
-    /// Creates `base_path` when missing and remembers its canonical form.
+    /// Creates `base_path` when missing, checks that it can hold hard links
+    /// and remembers its canonical form.
     pub fn new(name: &str, base_path: &Path) -> Result<LocalStorage, StorageError> {
         let io = |action, source| StorageError::Io {
             storage: name.to_owned(),
@@ -40,6 +75,7 @@ impl LocalStorage {
         };
         std::fs::create_dir_all(base_path).map_err(|source| io("create the base path", source))?;
         let base = std::fs::canonicalize(base_path).map_err(|source| io("resolve the base path", source))?;
+        check_hard_links(&base).map_err(|source| io("make hard links in the base path", source))?;
         Ok(LocalStorage {
             name: name.to_owned(),
             base,
@@ -48,6 +84,11 @@ impl LocalStorage {
 
     pub fn base_path(&self) -> &Path {
         &self.base
+    }
+
+    /// The name of `owner`'s own partial file of `name`, as it is on disk.
+    pub fn own_partial_name(name: &FileName, owner: &TaskId) -> String {
+        format!(".{name}.{owner}.part")
     }
 
     fn io_error(
@@ -64,47 +105,180 @@ impl LocalStorage {
         }
     }
 
-    /// The directory of `dir` on disk, created when missing, after checking
-    /// that it really is under the base path.
-    async fn directory(&self, dir: &StorageDir) -> Result<PathBuf, StorageError> {
+    fn escapes(&self, path: impl std::fmt::Display) -> StorageError {
+        StorageError::Escapes {
+            storage: self.name.clone(),
+            path: path.to_string(),
+        }
+    }
+
+    fn occupied(&self, path: impl std::fmt::Display) -> StorageError {
+        StorageError::Occupied {
+            storage: self.name.clone(),
+            path: path.to_string(),
+        }
+    }
+
+    fn joined(&self, dir: &StorageDir) -> PathBuf {
         let mut joined = self.base.clone();
         for component in dir.components() {
             joined.push(component.as_str());
         }
+        joined
+    }
+
+    /// The directory of `dir` on disk, created when missing, after checking
+    /// that it really is under the base path.
+    async fn directory(&self, dir: &StorageDir) -> Result<PathBuf, StorageError> {
+        let joined = self.joined(dir);
         tokio::fs::create_dir_all(&joined)
             .await
             .map_err(|source| self.io_error("create the directory", dir, source))?;
-        let canonical = tokio::fs::canonicalize(&joined)
-            .await
-            .map_err(|source| self.io_error("resolve the directory", dir, source))?;
-        if !canonical.starts_with(&self.base) {
-            return Err(StorageError::Escapes {
-                storage: self.name.clone(),
-                path: dir.to_string(),
-            });
+        match self.existing_directory(dir).await? {
+            Some(directory) => Ok(directory),
+            None => Err(self.io_error(
+                "resolve the directory",
+                dir,
+                std::io::Error::from(ErrorKind::NotFound),
+            )),
         }
-        Ok(canonical)
     }
 
-    /// The finished file and its partial file, on disk.
-    async fn locate(&self, path: &StoragePath) -> Result<(PathBuf, PathBuf), StorageError> {
-        let directory = self.directory(&path.dir).await?;
-        Ok((
-            directory.join(path.name.as_str()),
-            directory.join(part_name(&path.name)),
-        ))
+    /// The directory of `dir` on disk if it exists, checked like [`Self::directory`].
+    async fn existing_directory(&self, dir: &StorageDir) -> Result<Option<PathBuf>, StorageError> {
+        let canonical = match tokio::fs::canonicalize(self.joined(dir)).await {
+            Ok(canonical) => canonical,
+            Err(error) if error.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(self.io_error("resolve the directory", dir, source)),
+        };
+        if !canonical.starts_with(&self.base) {
+            return Err(self.escapes(dir));
+        }
+        Ok(Some(canonical))
+    }
+
+    /// The identity of the own partial file, which must be a plain file.
+    async fn own_identity(&self, files: &FileNames, path: &StoragePath) -> Result<Identity, StorageError> {
+        match entry(&files.own)
+            .await
+            .map_err(|source| self.io_error("check the partial file of", path, source))?
+        {
+            Some(metadata) if metadata.file_type().is_file() => Ok(Identity::of(&metadata)),
+            Some(_) => Err(self.escapes(format!("the partial file of {path}"))),
+            None => Err(self.io_error(
+                "find the partial file of",
+                path,
+                std::io::Error::from(ErrorKind::NotFound),
+            )),
+        }
+    }
+
+    /// Tries to hold `path` (whose names on disk are `files`) for their
+    /// owner; `true` when it is held, by this call or an earlier attempt's.
+    async fn hold(&self, files: &FileNames, path: &StoragePath) -> Result<bool, StorageError> {
+        let io = |action: &'static str| move |source: std::io::Error| self.io_error(action, path, source);
+        match entry(&files.own).await.map_err(io("check"))? {
+            Some(metadata) if !metadata.file_type().is_file() => {
+                return Err(self.escapes(format!("the partial file of {path}")));
+            }
+            // An earlier attempt of the owner reserved this name and may
+            // have died before recording it: the name is still its own if
+            // the hold is.
+            Some(_) => {}
+            None => {
+                // The cheap refusals first: a finished file, another's hold.
+                for name in [&files.target, &files.hold] {
+                    if entry(name).await.map_err(io("check"))?.is_some() {
+                        return Ok(false);
+                    }
+                }
+                create_if_missing(&files.own)
+                    .await
+                    .map_err(io("create the partial file of"))?;
+            }
+        }
+        let own = self.own_identity(files, path).await?;
+        // The exclusion between tasks: one link to `C.part` succeeds.
+        if !link_if_free(&files.own, &files.hold)
+            .await
+            .map_err(io("hold the name of"))?
+        {
+            let holder = entry(&files.hold).await.map_err(io("check"))?;
+            if holder.as_ref().map(Identity::of) != Some(own) {
+                // Another task holds the name. The own partial file is a
+                // reservation nobody recorded (a recorded one is never
+                // reserved again): it holds nothing and goes.
+                remove_if_same(&files.own, own)
+                    .await
+                    .map_err(io("remove the partial file of"))?;
+                return Ok(false);
+            }
+        }
+        // Another task may have finished `C`, and given up its hold, after
+        // the first look: with the hold taken, nobody else can any more.
+        match entry(&files.target).await.map_err(io("check"))? {
+            Some(target) if Identity::of(&target) != own => {
+                remove_if_same(&files.hold, own)
+                    .await
+                    .map_err(io("give up the name of"))?;
+                remove_if_same(&files.own, own)
+                    .await
+                    .map_err(io("remove the partial file of"))?;
+                Ok(false)
+            }
+            _ => Ok(true),
+        }
     }
 }
 
-fn part_name(name: &FileName) -> String {
-    format!("{name}.part")
+/// The names on disk of one file of one task, in its directory.
+struct FileNames {
+    /// `C`: the finished file.
+    target: PathBuf,
+    /// `C.part`: the hold on the name, a link to the own partial file.
+    hold: PathBuf,
+    /// `.C.T.part`: the task's own partial file.
+    own: PathBuf,
 }
 
-/// Whether anything (a file, a directory, a dangling symlink) is at `path`.
-async fn occupied(path: &Path) -> std::io::Result<bool> {
+impl FileNames {
+    fn new(directory: &Path, name: &FileName, owner: &TaskId) -> FileNames {
+        FileNames {
+            target: directory.join(name.as_str()),
+            hold: directory.join(format!("{name}.part")),
+            own: directory.join(LocalStorage::own_partial_name(name, owner)),
+        }
+    }
+}
+
+/// The name `file_name` is `owner`'s own partial file of, if it is one.
+fn own_partial_of(file_name: &str, owner: &TaskId) -> Option<FileName> {
+    let suffix = format!(".{owner}.part");
+    let name = file_name.strip_prefix('.')?.strip_suffix(suffix.as_str())?;
+    FileName::parse(name).ok()
+}
+
+/// What makes a file itself: names with the same identity are links to one file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Identity {
+    device: u64,
+    inode: u64,
+}
+
+impl Identity {
+    fn of(metadata: &Metadata) -> Identity {
+        Identity {
+            device: metadata.dev(),
+            inode: metadata.ino(),
+        }
+    }
+}
+
+/// What is at `path` (a symlink is not followed), if anything.
+async fn entry(path: &Path) -> std::io::Result<Option<Metadata>> {
     match tokio::fs::symlink_metadata(path).await {
-        Ok(_) => Ok(true),
-        Err(error) if error.kind() == ErrorKind::NotFound => Ok(false),
+        Ok(metadata) => Ok(Some(metadata)),
+        Err(error) if error.kind() == ErrorKind::NotFound => Ok(None),
         Err(error) => Err(error),
     }
 }
@@ -116,14 +290,65 @@ async fn remove_if_present(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Removes `path` if it is a link to the file `identity`: holds and partial
+/// files are only ever removed by their owner.
+async fn remove_if_same(path: &Path, identity: Identity) -> std::io::Result<()> {
+    match entry(path).await? {
+        Some(metadata) if Identity::of(&metadata) == identity => remove_if_present(path).await,
+        _ => Ok(()),
+    }
+}
+
+/// Links `original` to `link`; `false` when something is at `link` already
+/// (which is never replaced).
+async fn link_if_free(original: &Path, link: &Path) -> std::io::Result<bool> {
+    match tokio::fs::hard_link(original, link).await {
+        Ok(()) => Ok(true),
+        Err(error) if error.kind() == ErrorKind::AlreadyExists => Ok(false),
+        Err(error) => Err(error),
+    }
+}
+
+/// Creates an empty file at `path` unless something is there; a symlink
+/// there is not followed (`O_EXCL`).
+async fn create_if_missing(path: &Path) -> std::io::Result<()> {
+    match OpenOptions::new().write(true).create_new(true).open(path).await {
+        Err(error) if error.kind() != ErrorKind::AlreadyExists => Err(error),
+        _ => Ok(()),
+    }
+}
+
+/// Fails unless files under `base` can be hard linked, which holding names
+/// and finishing files rely on: better at start-up than at the first task.
+fn check_hard_links(base: &Path) -> std::io::Result<()> {
+    let probe = base.join(format!(".savestream-link-check-{}", xid::new()));
+    let link = base.join(format!(".savestream-link-check-{}", xid::new()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)?;
+    let linked = std::fs::hard_link(&probe, &link);
+    let _ = std::fs::remove_file(&link);
+    let _ = std::fs::remove_file(&probe);
+    linked
+}
+
 #[async_trait]
 impl Storage for LocalStorage {
     fn name(&self) -> &str {
         &self.name
     }
 
-    async fn reserve(&self, dir: &StorageDir, name: &FileName) -> Result<StoragePath, StorageError> {
+    async fn reserve(
+        &self,
+        owner: &TaskId,
+        dir: &StorageDir,
+        name: &FileName,
+        taken: &[StoragePath],
+    ) -> Result<StoragePath, StorageError> {
         let directory = self.directory(dir).await?;
+        // Candidates are tried in the same order by every attempt, so the
+        // first one an earlier attempt of the owner holds is the one it took.
         for number in 0..MAX_ALTERNATIVES {
             let candidate = if number == 0 {
                 name.clone()
@@ -131,20 +356,14 @@ impl Storage for LocalStorage {
                 name.numbered(number)
             };
             let path = StoragePath::new(dir.clone(), candidate.clone());
-            let target = directory.join(candidate.as_str());
-            if occupied(&target)
-                .await
-                .map_err(|source| self.io_error("check", &path, source))?
-            {
+            if taken.contains(&path) {
                 continue;
             }
-            // Creating the partial file exclusively is the reservation: of
-            // two tasks that want the same name at once, one gets `_1`.
-            let part = directory.join(part_name(&candidate));
-            match OpenOptions::new().write(true).create_new(true).open(&part).await {
-                Ok(_) => return Ok(path),
-                Err(error) if error.kind() == ErrorKind::AlreadyExists => continue,
-                Err(source) => return Err(self.io_error("create", &path, source)),
+            if self
+                .hold(&FileNames::new(&directory, &candidate, owner), &path)
+                .await?
+            {
+                return Ok(path);
             }
         }
         Err(StorageError::NoFreeName {
@@ -154,59 +373,118 @@ impl Storage for LocalStorage {
         })
     }
 
-    async fn open(&self, path: &StoragePath) -> Result<Box<dyn PartialFile>, StorageError> {
-        let (target, part) = self.locate(path).await?;
-        // A symlink planted in place of the partial file would be followed
-        // by open(2) and written through, outside the base path.
-        if let Ok(metadata) = tokio::fs::symlink_metadata(&part).await {
-            if !metadata.file_type().is_file() {
-                return Err(StorageError::Escapes {
-                    storage: self.name.clone(),
-                    path: format!("{path}.part"),
-                });
+    async fn finished(&self, owner: &TaskId, path: &StoragePath) -> Result<Option<u64>, StorageError> {
+        let Some(directory) = self.existing_directory(&path.dir).await? else {
+            return Ok(None);
+        };
+        let files = FileNames::new(&directory, &path.name, owner);
+        let io = |action: &'static str| move |source: std::io::Error| self.io_error(action, path, source);
+        let target = match entry(&files.target).await.map_err(io("check"))? {
+            Some(target) if target.file_type().is_file() => target,
+            _ => return Ok(None),
+        };
+        let identity = Identity::of(&target);
+        if let Some(own) = entry(&files.own).await.map_err(io("check"))? {
+            if Identity::of(&own) != identity {
+                // Still being written; `C` is somebody else's.
+                return Ok(None);
             }
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&part)
+        // Finished, by an attempt that may have died before tidying up.
+        remove_if_same(&files.hold, identity)
             .await
-            .map_err(|source| self.io_error("open", format!("{path}.part"), source))?;
+            .map_err(io("give up the name of"))?;
+        remove_if_same(&files.own, identity)
+            .await
+            .map_err(io("remove the partial file of"))?;
+        Ok(Some(target.len()))
+    }
+
+    async fn open(&self, owner: &TaskId, path: &StoragePath) -> Result<Box<dyn PartialFile>, StorageError> {
+        let directory = self.directory(&path.dir).await?;
+        let files = FileNames::new(&directory, &path.name, owner);
+        let io = |action: &'static str| move |source: std::io::Error| self.io_error(action, path, source);
+        if entry(&files.own).await.map_err(io("check"))?.is_none() {
+            match entry(&files.hold).await.map_err(io("check"))? {
+                // A partial file from before own partial files: the task
+                // recorded this path, so it is the task's.
+                Some(hold) if hold.file_type().is_file() && hold.nlink() == 1 => {
+                    link_if_free(&files.hold, &files.own)
+                        .await
+                        .map_err(io("adopt the partial file of"))?;
+                }
+                _ => create_if_missing(&files.own)
+                    .await
+                    .map_err(io("create the partial file of"))?,
+            }
+        }
+        let own = self.own_identity(&files, path).await?;
+        // The path was held when it was recorded; hold it again if an
+        // attempt got no further than creating the partial file.
+        if !link_if_free(&files.own, &files.hold)
+            .await
+            .map_err(io("hold the name of"))?
+        {
+            let holder = entry(&files.hold).await.map_err(io("check"))?;
+            if holder.as_ref().map(Identity::of) != Some(own) {
+                return Err(self.occupied(format!("{path}.part")));
+            }
+        }
+        // `O_NOFOLLOW`: a symlink planted in place of the partial file since
+        // it was checked is refused, not written through.
+        let file = OpenOptions::new()
+            .append(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&files.own)
+            .await
+            .map_err(io("open the partial file of"))?;
         let len = file
             .metadata()
             .await
-            .map_err(|source| self.io_error("read the size of", format!("{path}.part"), source))?
+            .map_err(io("read the size of the partial file of"))?
             .len();
         Ok(Box::new(LocalPartialFile {
             storage: self.name.clone(),
             path: path.to_string(),
-            part,
-            target,
+            files,
             file: BufWriter::with_capacity(WRITE_BUFFER_BYTES, file),
             len,
         }))
     }
 
-    async fn stored_size(&self, path: &StoragePath) -> Result<Option<u64>, StorageError> {
-        let (target, _) = self.locate(path).await?;
-        match tokio::fs::symlink_metadata(&target).await {
-            Ok(metadata) if metadata.file_type().is_file() => Ok(Some(metadata.len())),
-            Ok(_) => Ok(None),
-            Err(error) if error.kind() == ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(self.io_error("check", path, source)),
+    async fn discard(&self, owner: &TaskId, dir: &StorageDir) -> Result<(), StorageError> {
+        let Some(directory) = self.existing_directory(dir).await? else {
+            return Ok(());
+        };
+        let io = |action: &'static str| move |source: std::io::Error| self.io_error(action, dir, source);
+        let mut entries = tokio::fs::read_dir(&directory).await.map_err(io("list"))?;
+        while let Some(listed) = entries.next_entry().await.map_err(io("list"))? {
+            let Some(name) = listed
+                .file_name()
+                .to_str()
+                .and_then(|file_name| own_partial_of(file_name, owner))
+            else {
+                continue;
+            };
+            let files = FileNames::new(&directory, &name, owner);
+            let Some(own) = entry(&files.own).await.map_err(io("check a partial file in"))? else {
+                continue;
+            };
+            remove_if_same(&files.hold, Identity::of(&own))
+                .await
+                .map_err(io("give up a name in"))?;
+            remove_if_present(&files.own)
+                .await
+                .map_err(io("remove a partial file in"))?;
         }
-    }
-
-    async fn discard(&self, path: &StoragePath) -> Result<(), StorageError> {
-        let (_, part) = self.locate(path).await?;
-        remove_if_present(&part)
-            .await
-            .map_err(|source| self.io_error("remove", format!("{path}.part"), source))
+        Ok(())
     }
 
     async fn remove(&self, path: &StoragePath) -> Result<(), StorageError> {
-        let (target, _) = self.locate(path).await?;
-        remove_if_present(&target)
+        let Some(directory) = self.existing_directory(&path.dir).await? else {
+            return Ok(());
+        };
+        remove_if_present(&directory.join(path.name.as_str()))
             .await
             .map_err(|source| self.io_error("remove", path, source))
     }
@@ -214,11 +492,11 @@ impl Storage for LocalStorage {
 
 struct LocalPartialFile {
     storage: String,
-    /// The storage path, for messages.
+    /// The storage path of the file, for messages.
     path: String,
-    part: PathBuf,
-    target: PathBuf,
-    /// Opened for appending, so after a truncate writes start at zero again.
+    files: FileNames,
+    /// The own partial file, opened for appending, so after a truncate
+    /// writes start at zero again.
     file: BufWriter<File>,
     len: u64,
 }
@@ -228,7 +506,7 @@ impl LocalPartialFile {
         StorageError::Io {
             storage: self.storage.clone(),
             action,
-            path: format!("{}.part", self.path),
+            path: self.path.clone(),
             source,
         }
     }
@@ -244,12 +522,12 @@ impl PartialFile for LocalPartialFile {
         self.file
             .flush()
             .await
-            .map_err(|source| self.io_error("write", source))?;
+            .map_err(|source| self.io_error("write the partial file of", source))?;
         self.file
             .get_mut()
             .set_len(0)
             .await
-            .map_err(|source| self.io_error("truncate", source))?;
+            .map_err(|source| self.io_error("truncate the partial file of", source))?;
         self.len = 0;
         Ok(())
     }
@@ -258,7 +536,7 @@ impl PartialFile for LocalPartialFile {
         self.file
             .write_all(chunk)
             .await
-            .map_err(|source| self.io_error("write", source))?;
+            .map_err(|source| self.io_error("write the partial file of", source))?;
         self.len += chunk.len() as u64;
         Ok(())
     }
@@ -267,33 +545,54 @@ impl PartialFile for LocalPartialFile {
         self.file
             .flush()
             .await
-            .map_err(|source| self.io_error("write", source))
+            .map_err(|source| self.io_error("write the partial file of", source))
     }
 
     async fn finish(mut self: Box<Self>) -> Result<u64, StorageError> {
         self.file
             .flush()
             .await
-            .map_err(|source| self.io_error("write", source))?;
+            .map_err(|source| self.io_error("write the partial file of", source))?;
         self.file
             .get_mut()
             .sync_all()
             .await
-            .map_err(|source| self.io_error("sync", source))?;
-        // The path was reserved for this task when it was resolved, so a
-        // file already there is this task's own, from an attempt that
-        // finished the file but died before recording it.
-        tokio::fs::rename(&self.part, &self.target)
+            .map_err(|source| self.io_error("sync the partial file of", source))?;
+        let own = Identity::of(
+            &self
+                .file
+                .get_ref()
+                .metadata()
+                .await
+                .map_err(|source| self.io_error("check the partial file of", source))?,
+        );
+        // No-clobber: a link fails where a rename would replace. The task
+        // holds the name, so a file already there was put there by hand.
+        let files = &self.files;
+        let linked = link_if_free(&files.own, &files.target)
             .await
-            .map_err(|source| StorageError::Io {
-                storage: self.storage.clone(),
-                action: "rename the partial file to",
-                path: self.path.clone(),
-                source,
-            })?;
-        // Make the rename itself durable; a file system that cannot sync a
+            .map_err(|source| self.io_error("link the partial file to", source))?;
+        if !linked {
+            let existing = entry(&files.target)
+                .await
+                .map_err(|source| self.io_error("check", source))?;
+            if existing.as_ref().map(Identity::of) != Some(own) {
+                return Err(StorageError::Occupied {
+                    storage: self.storage.clone(),
+                    path: self.path.clone(),
+                });
+            }
+        }
+        // The hold first, the own partial file last (see the module docs).
+        remove_if_same(&files.hold, own)
+            .await
+            .map_err(|source| self.io_error("give up the name of", source))?;
+        remove_if_same(&files.own, own)
+            .await
+            .map_err(|source| self.io_error("remove the partial file of", source))?;
+        // Make the new names durable; a file system that cannot sync a
         // directory loses nothing but that guarantee.
-        if let Some(directory) = self.target.parent() {
+        if let Some(directory) = files.target.parent() {
             if let Ok(directory) = File::open(directory).await {
                 let _ = directory.sync_all().await;
             }
@@ -304,6 +603,9 @@ impl PartialFile for LocalPartialFile {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+
     use super::*;
 
     fn storage(dir: &tempfile::TempDir) -> LocalStorage {
@@ -314,57 +616,101 @@ mod tests {
         FileName::parse(text).unwrap()
     }
 
-    async fn save(storage: &LocalStorage, dir: &str, file: &str, bytes: &[u8]) -> StoragePath {
+    fn storage_dir(text: &str) -> StorageDir {
+        StorageDir::parse(text).unwrap()
+    }
+
+    fn task() -> TaskId {
+        TaskId::generate()
+    }
+
+    /// Every name under the base path, hidden ones too, relative and sorted.
+    fn on_disk(storage: &LocalStorage) -> Vec<String> {
+        let mut found = Vec::new();
+        let mut pending = vec![storage.base_path().to_path_buf()];
+        while let Some(directory) = pending.pop() {
+            for listed in std::fs::read_dir(&directory).unwrap().flatten() {
+                let path = listed.path();
+                if path.is_dir() && !path.is_symlink() {
+                    pending.push(path);
+                } else {
+                    let relative = path.strip_prefix(storage.base_path()).unwrap();
+                    found.push(relative.display().to_string());
+                }
+            }
+        }
+        found.sort();
+        found
+    }
+
+    fn identity(path: &Path) -> Identity {
+        Identity::of(&std::fs::symlink_metadata(path).unwrap())
+    }
+
+    /// Saves `bytes` as `owner`'s file `file` under `dir`, from reservation to finish.
+    async fn save(
+        storage: &LocalStorage,
+        owner: &TaskId,
+        dir_text: &str,
+        file: &str,
+        bytes: &[u8],
+    ) -> StoragePath {
         let path = storage
-            .reserve(&StorageDir::parse(dir).unwrap(), &name(file))
+            .reserve(owner, &storage_dir(dir_text), &name(file), &[])
             .await
             .unwrap();
-        let mut partial = storage.open(&path).await.unwrap();
+        let mut partial = storage.open(owner, &path).await.unwrap();
         partial.write(bytes).await.unwrap();
         partial.finish().await.unwrap();
         path
     }
 
     #[tokio::test]
-    async fn a_file_is_written_through_a_part_file_and_renamed() {
+    async fn a_file_is_written_through_the_tasks_own_partial_file_which_holds_its_name() {
         let dir = tempfile::tempdir().unwrap();
         let storage = storage(&dir);
+        let owner = task();
         let path = storage
-            .reserve(&StorageDir::parse("/a/b").unwrap(), &name("file.bin"))
+            .reserve(&owner, &storage_dir("/a/b"), &name("file.bin"), &[])
             .await
             .unwrap();
         assert_eq!(path.to_string(), "/a/b/file.bin");
-        let part = storage.base_path().join("a/b/file.bin.part");
-        assert!(part.exists(), "the reservation is the partial file");
+        let own = storage.base_path().join(format!("a/b/.file.bin.{owner}.part"));
+        let hold = storage.base_path().join("a/b/file.bin.part");
+        assert_eq!(
+            identity(&own),
+            identity(&hold),
+            "the hold is a link to the own partial file"
+        );
 
-        let mut partial = storage.open(&path).await.unwrap();
+        let mut partial = storage.open(&owner, &path).await.unwrap();
         assert_eq!(partial.len(), 0);
         partial.write(b"hello ").await.unwrap();
         partial.write(b"world").await.unwrap();
-        assert_eq!(storage.stored_size(&path).await.unwrap(), None);
+        assert_eq!(storage.finished(&owner, &path).await.unwrap(), None);
         assert_eq!(partial.finish().await.unwrap(), 11);
 
-        assert!(!part.exists());
+        assert_eq!(on_disk(&storage), vec!["a/b/file.bin"]);
         assert_eq!(
             std::fs::read(storage.base_path().join("a/b/file.bin")).unwrap(),
             b"hello world"
         );
-        assert_eq!(storage.stored_size(&path).await.unwrap(), Some(11));
+        assert_eq!(storage.finished(&owner, &path).await.unwrap(), Some(11));
     }
 
     #[tokio::test]
-    async fn a_taken_name_gets_a_number_before_its_extension() {
+    async fn a_name_taken_by_a_file_or_by_another_tasks_download_gets_a_number_before_its_extension() {
         let dir = tempfile::tempdir().unwrap();
         let storage = storage(&dir);
-        let first = save(&storage, "/", "file.tar.gz", b"1").await;
-        let second = save(&storage, "/", "file.tar.gz", b"2").await;
+        let first = save(&storage, &task(), "/", "file.tar.gz", b"1").await;
+        let second = save(&storage, &task(), "/", "file.tar.gz", b"2").await;
         // A name held by a download in progress is taken too.
         let third = storage
-            .reserve(&StorageDir::parse("/").unwrap(), &name("file.tar.gz"))
+            .reserve(&task(), &storage_dir("/"), &name("file.tar.gz"), &[])
             .await
             .unwrap();
         let fourth = storage
-            .reserve(&StorageDir::parse("/").unwrap(), &name("file.tar.gz"))
+            .reserve(&task(), &storage_dir("/"), &name("file.tar.gz"), &[])
             .await
             .unwrap();
 
@@ -383,20 +729,150 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn reopening_a_part_file_resumes_from_its_length() {
+    async fn an_unrecorded_reservation_is_found_again_by_the_next_attempt_of_its_task_only() {
         let dir = tempfile::tempdir().unwrap();
         let storage = storage(&dir);
-        let path = storage
-            .reserve(&StorageDir::parse("/").unwrap(), &name("big.bin"))
+        let owner = task();
+        // The first attempt reserves and dies before recording the path.
+        let reserved = storage
+            .reserve(&owner, &storage_dir("/d"), &name("f.bin"), &[])
             .await
             .unwrap();
-        let mut partial = storage.open(&path).await.unwrap();
+
+        let other = storage
+            .reserve(&task(), &storage_dir("/d"), &name("f.bin"), &[])
+            .await
+            .unwrap();
+        let again = storage
+            .reserve(&owner, &storage_dir("/d"), &name("f.bin"), &[])
+            .await
+            .unwrap();
+
+        assert_eq!(reserved.to_string(), "/d/f.bin");
+        assert_eq!(other.to_string(), "/d/f_1.bin", "another task sees the name held");
+        assert_eq!(again, reserved, "the same task takes its own reservation back");
+    }
+
+    #[tokio::test]
+    async fn a_reservation_skips_the_paths_it_is_told_are_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = storage(&dir);
+        let owner = task();
+        // Two files of one album with the same name: the first is recorded
+        // at `a.bin`, the second reserved `a_1.bin` and was not recorded.
+        let first = storage
+            .reserve(&owner, &storage_dir("/"), &name("a.bin"), &[])
+            .await
+            .unwrap();
+        let second = storage
+            .reserve(
+                &owner,
+                &storage_dir("/"),
+                &name("a.bin"),
+                std::slice::from_ref(&first),
+            )
+            .await
+            .unwrap();
+
+        let again = storage
+            .reserve(
+                &owner,
+                &storage_dir("/"),
+                &name("a.bin"),
+                std::slice::from_ref(&first),
+            )
+            .await
+            .unwrap();
+
+        assert_eq!(second.to_string(), "/a_1.bin");
+        assert_eq!(again, second);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn tasks_reserving_one_name_at_once_each_get_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(storage(&dir));
+        let reservations: Vec<_> = (0..24)
+            .map(|_| {
+                let storage = storage.clone();
+                tokio::spawn(async move {
+                    let owner = task();
+                    let path = storage
+                        .reserve(&owner, &storage_dir("/same"), &name("same.bin"), &[])
+                        .await
+                        .unwrap();
+                    (owner, path)
+                })
+            })
+            .collect();
+        let mut held = Vec::new();
+        for reservation in reservations {
+            held.push(reservation.await.unwrap());
+        }
+
+        let names: BTreeSet<String> = held.iter().map(|(_, path)| path.to_string()).collect();
+        assert_eq!(names.len(), held.len(), "two tasks got one name: {held:?}");
+        for (owner, path) in &held {
+            let directory = storage.base_path().join("same");
+            let own = directory.join(LocalStorage::own_partial_name(&path.name, owner));
+            let hold = directory.join(format!("{}.part", path.name));
+            assert_eq!(identity(&own), identity(&hold), "{path} is held by {owner}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_name_finished_by_another_task_while_a_reservation_was_cut_short_is_given_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = storage(&dir);
+        let owner = task();
+        // An attempt created its own partial file and died before holding
+        // the name; another task then saved a file under it.
+        std::fs::write(
+            storage
+                .base_path()
+                .join(LocalStorage::own_partial_name(&name("f.bin"), &owner)),
+            b"",
+        )
+        .unwrap();
+        let others = save(&storage, &task(), "/", "f.bin", b"theirs").await;
+
+        let path = storage
+            .reserve(&owner, &storage_dir("/"), &name("f.bin"), &[])
+            .await
+            .unwrap();
+
+        assert_eq!(others.to_string(), "/f.bin");
+        assert_eq!(path.to_string(), "/f_1.bin");
+        assert_eq!(
+            std::fs::read(storage.base_path().join("f.bin")).unwrap(),
+            b"theirs"
+        );
+        assert_eq!(
+            on_disk(&storage),
+            vec![
+                format!(".f_1.bin.{owner}.part"),
+                "f.bin".to_owned(),
+                "f_1.bin.part".to_owned()
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn reopening_a_partial_file_resumes_from_its_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = storage(&dir);
+        let owner = task();
+        let path = storage
+            .reserve(&owner, &storage_dir("/"), &name("big.bin"), &[])
+            .await
+            .unwrap();
+        let mut partial = storage.open(&owner, &path).await.unwrap();
         partial.write(&[1u8; 1000]).await.unwrap();
         partial.flush().await.unwrap();
         // The worker dies here: what was flushed to the partial file stays.
         drop(partial);
 
-        let mut resumed = storage.open(&path).await.unwrap();
+        let mut resumed = storage.open(&owner, &path).await.unwrap();
         assert_eq!(resumed.len(), 1000);
         resumed.write(&[2u8; 500]).await.unwrap();
         assert_eq!(resumed.finish().await.unwrap(), 1500);
@@ -404,53 +880,150 @@ mod tests {
         assert_eq!(bytes.len(), 1500);
         assert!(bytes[..1000].iter().all(|&byte| byte == 1));
         assert!(bytes[1000..].iter().all(|&byte| byte == 2));
+        assert_eq!(on_disk(&storage), vec!["big.bin"]);
     }
 
     #[tokio::test]
-    async fn truncating_starts_the_part_file_over() {
+    async fn a_file_finished_before_a_crash_is_found_finished_whatever_step_the_crash_cut_short() {
         let dir = tempfile::tempdir().unwrap();
         let storage = storage(&dir);
+        for removed in [&[][..], &["hold"][..], &["hold", "own"][..]] {
+            let owner = task();
+            let file = format!("f-{}.bin", removed.len());
+            let path = storage
+                .reserve(&owner, &storage_dir("/"), &name(&file), &[])
+                .await
+                .unwrap();
+            let mut partial = storage.open(&owner, &path).await.unwrap();
+            partial.write(b"12345").await.unwrap();
+            partial.flush().await.unwrap();
+            drop(partial);
+            // Finishing, done by hand up to the crash: linked, then `removed` gone.
+            let own = storage
+                .base_path()
+                .join(LocalStorage::own_partial_name(&path.name, &owner));
+            let hold = storage.base_path().join(format!("{file}.part"));
+            std::fs::hard_link(&own, storage.base_path().join(&file)).unwrap();
+            for gone in removed {
+                std::fs::remove_file(if *gone == "hold" { &hold } else { &own }).unwrap();
+            }
+
+            assert_eq!(
+                storage.finished(&owner, &path).await.unwrap(),
+                Some(5),
+                "{removed:?}"
+            );
+            assert!(!own.exists() && !hold.exists(), "{removed:?}: tidied up");
+            let other = storage
+                .reserve(&task(), &storage_dir("/"), &name(&file), &[])
+                .await
+                .unwrap();
+            assert_ne!(other, path, "{removed:?}: the finished file keeps its name");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_file_by_the_same_name_that_is_not_the_tasks_is_not_finished_and_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = storage(&dir);
+        let owner = task();
         let path = storage
-            .reserve(&StorageDir::parse("/").unwrap(), &name("f"))
+            .reserve(&owner, &storage_dir("/"), &name("f.bin"), &[])
             .await
             .unwrap();
-        let mut partial = storage.open(&path).await.unwrap();
-        partial.write(b"stale bytes").await.unwrap();
-        partial.flush().await.unwrap();
-        drop(partial);
+        let mut partial = storage.open(&owner, &path).await.unwrap();
+        partial.write(b"ours").await.unwrap();
+        // Somebody puts a file in its place by hand while it downloads.
+        std::fs::write(storage.base_path().join("f.bin"), b"by hand").unwrap();
 
-        let mut partial = storage.open(&path).await.unwrap();
-        assert_eq!(partial.len(), 11);
-        partial.truncate().await.unwrap();
-        assert_eq!(partial.len(), 0);
-        partial.write(b"fresh").await.unwrap();
-        partial.finish().await.unwrap();
-        assert_eq!(std::fs::read(storage.base_path().join("f")).unwrap(), b"fresh");
+        assert_eq!(storage.finished(&owner, &path).await.unwrap(), None);
+        let finished = partial.finish().await;
+
+        assert!(
+            matches!(finished, Err(StorageError::Occupied { .. })),
+            "{finished:?}"
+        );
+        assert!(finished.unwrap_err().is_permanent());
+        assert_eq!(
+            std::fs::read(storage.base_path().join("f.bin")).unwrap(),
+            b"by hand"
+        );
     }
 
     #[tokio::test]
-    async fn discard_and_remove_delete_the_part_and_the_file() {
+    async fn discard_removes_every_partial_file_of_the_task_with_its_hold_and_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
         let storage = storage(&dir);
-        let saved = save(&storage, "/", "done.txt", b"x").await;
+        let owner = task();
+        let other = task();
+        let saved = save(&storage, &owner, "/d", "done.txt", b"x").await;
+        // One recorded reservation with bytes, one reservation never used.
         let pending = storage
-            .reserve(&StorageDir::parse("/").unwrap(), &name("pending.txt"))
+            .reserve(&owner, &storage_dir("/d"), &name("p.txt"), &[])
+            .await
+            .unwrap();
+        storage
+            .open(&owner, &pending)
+            .await
+            .unwrap()
+            .write(b"abc")
+            .await
+            .unwrap();
+        storage
+            .reserve(&owner, &storage_dir("/d"), &name("unused.txt"), &[])
+            .await
+            .unwrap();
+        let others = storage
+            .reserve(&other, &storage_dir("/d"), &name("p.txt"), &[])
             .await
             .unwrap();
 
-        storage.discard(&pending).await.unwrap();
-        storage.remove(&saved).await.unwrap();
-        // Both are idempotent.
-        storage.discard(&pending).await.unwrap();
-        storage.remove(&saved).await.unwrap();
+        storage.discard(&owner, &storage_dir("/d")).await.unwrap();
+        // It is idempotent, and a directory that does not exist holds nothing.
+        storage.discard(&owner, &storage_dir("/d")).await.unwrap();
+        storage.discard(&owner, &storage_dir("/nowhere")).await.unwrap();
 
-        assert_eq!(std::fs::read_dir(storage.base_path()).unwrap().count(), 0);
+        assert_eq!(others.to_string(), "/d/p_1.txt");
+        assert_eq!(
+            on_disk(&storage),
+            vec![
+                format!("d/.p_1.txt.{other}.part"),
+                "d/done.txt".to_owned(),
+                "d/p_1.txt.part".to_owned()
+            ]
+        );
+        assert!(!storage.base_path().join("nowhere").exists());
+        storage.remove(&saved).await.unwrap();
+        storage.remove(&saved).await.unwrap();
+        assert!(!storage.base_path().join("d/done.txt").exists());
+    }
+
+    #[tokio::test]
+    async fn a_partial_file_from_before_own_partial_files_is_adopted_by_the_task_that_recorded_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = storage(&dir);
+        let owner = task();
+        // The layout of earlier workers: `<name>.part` alone, its path recorded.
+        std::fs::write(storage.base_path().join("old.bin.part"), b"12345").unwrap();
+        let path = StoragePath::parse("/old.bin").unwrap();
+
+        let mut partial = storage.open(&owner, &path).await.unwrap();
+        assert_eq!(partial.len(), 5);
+        partial.write(b"678").await.unwrap();
+        partial.finish().await.unwrap();
+
+        assert_eq!(
+            std::fs::read(storage.base_path().join("old.bin")).unwrap(),
+            b"12345678"
+        );
+        assert_eq!(on_disk(&storage), vec!["old.bin"]);
     }
 
     #[tokio::test]
     async fn paths_that_would_leave_the_base_path_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let storage = storage(&dir);
+        let owner = task();
         // Hostile names never become a FileName or a StorageDir at all ...
         for hostile in ["../../etc/passwd", "a/../../b", "nul\0", "", ".", ".."] {
             assert!(FileName::parse(hostile).is_err(), "{hostile:?}");
@@ -466,20 +1039,34 @@ mod tests {
         std::fs::create_dir_all(&outside).unwrap();
         std::os::unix::fs::symlink(&outside, storage.base_path().join("escape")).unwrap();
         let escaped = storage
-            .reserve(&StorageDir::parse("/escape").unwrap(), &name("f"))
+            .reserve(&owner, &storage_dir("/escape"), &name("f"), &[])
             .await;
         assert!(
             matches!(escaped, Err(StorageError::Escapes { .. })),
             "{escaped:?}"
         );
         assert!(escaped.unwrap_err().is_permanent());
-        // So is a symlink in place of a partial file.
-        std::os::unix::fs::symlink(outside.join("target"), storage.base_path().join("g.part")).unwrap();
-        let planted = storage.open(&StoragePath::parse("/g").unwrap()).await;
+        // So is a symlink in place of the task's own partial file ...
+        std::os::unix::fs::symlink(
+            outside.join("target"),
+            storage
+                .base_path()
+                .join(LocalStorage::own_partial_name(&name("g"), &owner)),
+        )
+        .unwrap();
+        let planted = storage.open(&owner, &StoragePath::parse("/g").unwrap()).await;
         assert!(
             matches!(planted, Err(StorageError::Escapes { .. })),
             "{:?}",
             planted.err()
+        );
+        // ... and one in place of a hold is somebody else's, never written through.
+        std::os::unix::fs::symlink(outside.join("target"), storage.base_path().join("h.part")).unwrap();
+        let held = storage.open(&owner, &StoragePath::parse("/h").unwrap()).await;
+        assert!(
+            matches!(held, Err(StorageError::Occupied { .. })),
+            "{:?}",
+            held.err()
         );
         assert_eq!(
             std::fs::read_dir(&outside).unwrap().count(),
@@ -501,5 +1088,12 @@ mod tests {
                 .starts_with("storage local1: cannot create the base path"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn the_check_for_hard_links_leaves_nothing_in_the_base_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = storage(&dir);
+        assert_eq!(on_disk(&storage), Vec::<String>::new());
     }
 }

@@ -1,12 +1,16 @@
 //! The [`Storage`] trait: where a task's bytes are kept, and the only thing
 //! the pipeline knows about a storage.
 //!
-//! A storage writes a file through a partial file ([`PartialFile`], a
-//! `.part` for `local`) that becomes the file only when it is complete, so a
-//! reader never sees half a file. The path of a file is decided once, when
-//! the task is resolved ([`Storage::reserve`] picks a free name and holds
-//! it), and a later attempt reopens the same partial file to continue from
-//! its length.
+//! A storage writes a file through a partial file ([`PartialFile`]) that
+//! becomes the file only when it is complete, so a reader never sees half a
+//! file. Partial files belong to a task (the *owner*, its [`TaskId`]): every
+//! attempt of the task finds its own partial files again, whether or not an
+//! earlier attempt lived to record where they are. The path of a file is
+//! decided when the task is resolved ([`Storage::reserve`] picks a free name
+//! and holds it; an attempt that reserves again finds the name its earlier
+//! attempt held), and a later attempt reopens the same partial file to
+//! continue from its length. When the task ends, [`Storage::discard`]
+//! removes whatever partial files it still has.
 //!
 //! Storages are built from `[[storages]]` in [`Storages::from_config`];
 //! `local` is the only kind today.
@@ -19,6 +23,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use savestream_shared::config::{Config, StorageKind};
+use savestream_shared::task::TaskId;
 
 pub use local::LocalStorage;
 pub use path::{FileName, PathError, StorageDir, StoragePath};
@@ -39,6 +44,10 @@ pub enum StorageError {
         path: String,
         tries: u32,
     },
+    /// The path a task holds is taken by a file the task did not write
+    /// (someone put it there by hand): it is left alone, never replaced.
+    #[error("storage {storage}: {path} is taken by a file this task did not write; it was left as it is")]
+    Occupied { storage: String, path: String },
     /// The file is larger than the storage accepts.
     #[error("storage {storage}: the file is {size} bytes, more than the {max} bytes this storage accepts")]
     TooLarge { storage: String, size: u64, max: u64 },
@@ -61,6 +70,7 @@ impl StorageError {
             StorageError::Path { .. }
             | StorageError::Escapes { .. }
             | StorageError::NoFreeName { .. }
+            | StorageError::Occupied { .. }
             | StorageError::TooLarge { .. } => true,
             StorageError::Io { source, .. } => source.kind() == std::io::ErrorKind::FileTooLarge,
         }
@@ -78,19 +88,33 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         None
     }
 
-    /// Picks a free path for `name` under `dir` (`name`, else `name_1`,
-    /// `name_2`, …) and holds it, so two tasks never pick the same one.
-    async fn reserve(&self, dir: &StorageDir, name: &FileName) -> Result<StoragePath, StorageError>;
+    /// Picks a path for `owner`'s file `name` under `dir` and holds it, so
+    /// that no other task picks it: the path an earlier attempt of `owner`
+    /// held for `name`, if any, so a name survives an attempt that died
+    /// before recording it; else the first free one of `name`, `name_1`,
+    /// `name_2`, …. Paths in `taken` (the owner's other files) are skipped.
+    async fn reserve(
+        &self,
+        owner: &TaskId,
+        dir: &StorageDir,
+        name: &FileName,
+        taken: &[StoragePath],
+    ) -> Result<StoragePath, StorageError>;
 
-    /// Opens the partial file of `path`, creating it when missing; what it
-    /// already holds is where a resumed download continues.
-    async fn open(&self, path: &StoragePath) -> Result<Box<dyn PartialFile>, StorageError>;
+    /// The size of `owner`'s file at `path` if an earlier attempt finished
+    /// it (and died before the task recorded it); what its partial file
+    /// left behind is removed. `None` while it is not finished.
+    async fn finished(&self, owner: &TaskId, path: &StoragePath) -> Result<Option<u64>, StorageError>;
 
-    /// The size of the finished file at `path`, if there is one.
-    async fn stored_size(&self, path: &StoragePath) -> Result<Option<u64>, StorageError>;
+    /// Opens `owner`'s partial file of `path`, creating it (and holding the
+    /// path again) when missing; what it already holds is where a resumed
+    /// download continues.
+    async fn open(&self, owner: &TaskId, path: &StoragePath) -> Result<Box<dyn PartialFile>, StorageError>;
 
-    /// Removes the partial file of `path`, if any (a canceled or failed task).
-    async fn discard(&self, path: &StoragePath) -> Result<(), StorageError>;
+    /// Removes every partial file `owner` has under `dir`, and gives up the
+    /// names they held: the task ended (canceled, failed, or completed
+    /// without a reservation an earlier attempt made). Finished files stay.
+    async fn discard(&self, owner: &TaskId, dir: &StorageDir) -> Result<(), StorageError>;
 
     /// Removes the finished file at `path`, if any (a task canceled in the
     /// instant between its file being finished and its completion recorded).
@@ -117,8 +141,9 @@ pub trait PartialFile: Send {
     /// what arrived since (the pipeline calls it with every progress write).
     async fn flush(&mut self) -> Result<(), StorageError>;
 
-    /// Makes the written bytes durable and the file visible under its path;
-    /// returns its size.
+    /// Makes the written bytes durable and the file visible under its path,
+    /// never replacing a file someone else put there
+    /// ([`StorageError::Occupied`]); returns its size.
     async fn finish(self: Box<Self>) -> Result<u64, StorageError>;
 }
 

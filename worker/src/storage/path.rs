@@ -9,7 +9,9 @@
 use std::fmt;
 
 /// How long a file name may be, in bytes. File systems allow 255; the rest
-/// is room for the `_123` of a conflict and the `.part` of a download.
+/// is room for what a download adds: the name of a task's own partial file
+/// is `.<name>.<task id>.part`, 27 bytes more (the `_123` of a conflict
+/// shortens the name itself).
 pub const MAX_NAME_BYTES: usize = 200;
 
 /// The name used when a source gives nothing usable.
