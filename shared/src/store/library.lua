@@ -181,9 +181,9 @@ end
 
 -- Checks that `attempt` is the running attempt: the lease fence.
 -- Returns the error reply to give, or nil and the fields a worker
--- transition needs: {status, attempt, job, retries, created, log}.
+-- transition needs: {status, attempt, job, log}.
 local function check_lease(keys, task_id, attempt)
-  local state = redis.call('HMGET', keys[1], 'status', 'attempt', 'job', 'retries', 'created', 'log')
+  local state = redis.call('HMGET', keys[1], 'status', 'attempt', 'job', 'log')
   local status, current = state[1], state[2]
   if not status then
     return fail_with('NOTFOUND', task_id)
@@ -268,7 +268,7 @@ local function resolve(keys, args)
   local event = append_event(keys, task_id, 'resolved', at,
     { 'attempt', attempt, 'file', args[3], 'size', args[4], 'path', args[5], 'title', args[6] })
   redis.call('HSET', keys[1], 'file', args[3], 'size', args[4], 'path', args[5], 'title', args[6], 'updated', at,
-    'log', logged(state[6], event))
+    'log', logged(state[4], event))
   return 'OK'
 end
 
@@ -313,7 +313,7 @@ local function complete(keys, args)
   local event = append_event(keys, task_id, 'completed', at, { 'attempt', attempt, 'size', args[3], 'path', args[4] })
   finish(keys, task_id, 'running', state[3], args[5],
     { 'status', 'completed', 'size', args[3], 'path', args[4], 'error', '', 'ended', at, 'updated', at,
-      'log', logged(state[6], event) })
+      'log', logged(state[4], event) })
   return 'OK'
 end
 
@@ -322,7 +322,7 @@ local function fail_task(keys, task_id, attempt, error_text, retention_ms, state
   local at = now_text()
   local event = append_event(keys, task_id, 'failed', at, { 'attempt', attempt, 'error', error_text })
   finish(keys, task_id, 'running', state[3], retention_ms,
-    { 'status', 'failed', 'error', error_text, 'ended', at, 'updated', at, 'log', logged(state[6], event) })
+    { 'status', 'failed', 'error', error_text, 'ended', at, 'updated', at, 'log', logged(state[4], event) })
   return 'failed'
 end
 
@@ -344,7 +344,8 @@ local function retry(keys, args)
   if refused then
     return refused
   end
-  local retries = tonumber(state[4] or 0)
+  local kept = redis.call('HMGET', keys[1], 'retries', 'created')
+  local retries, created = tonumber(kept[1] or 0), kept[2]
   if args[4] == '1' then
     if retries >= tonumber(args[5]) then
       return fail_task(keys, task_id, attempt, error_text, args[7], state)
@@ -363,9 +364,9 @@ local function retry(keys, args)
     write_set('ZADD', keys[6], nil, text(due), task_id)
   end
   redis.call('HSET', keys[1], 'status', 'queued', 'error', error_text, 'retries', text(retries), 'updated', at,
-    'job', job, 'log', logged(state[6], event))
+    'job', job, 'log', logged(state[4], event))
   write_set('ZREM', keys[5], nil, task_id)
-  write_set('ZADD', keys[4], nil, state[5], task_id)
+  write_set('ZADD', keys[4], nil, created, task_id)
   return 'retrying'
 end
 
@@ -433,25 +434,17 @@ end
 -- result is its own: an error becomes the string 'ERR <code> <details>' in
 -- its slot, so one refused task does not fail the batch.
 local function batch_of(per_task, width)
-  return function(keys, args)
-    batch_now = now_ms()
-    batch_now_text = text(batch_now)
-    deferred = { by_command = {}, order = {} }
-    local results = {}
-    local count = #keys - 5
-    for index = 0, count - 1 do
-      local task_keys = { keys[6 + index], keys[1], keys[2], keys[3], keys[4], keys[5] }
-      local task_args = {}
+  local function run_all(keys, args, results)
+    -- One keys table and one args table serve every task in turn: a
+    -- per-task function reads them only while it runs.
+    local task_keys = { nil, keys[1], keys[2], keys[3], keys[4], keys[5] }
+    local task_args = {}
+    for index = 0, #keys - 6 do
+      task_keys[1] = keys[6 + index]
       for position = 1, width do
         task_args[position] = args[index * width + position]
       end
-      local ok, result = pcall(per_task, task_keys, task_args)
-      if not ok then
-        -- A Redis error inside one task: leave no batch state behind for
-        -- the next call, then fail the call as Redis would.
-        batch_now, batch_now_text, deferred = nil, nil, nil
-        error(result)
-      end
+      local result = per_task(task_keys, task_args)
       if type(result) == 'table' and result.err then
         result = 'ERR ' .. result.err
       end
@@ -461,7 +454,19 @@ local function batch_of(per_task, width)
     if deferred.trim_jobs then
       trim_jobs(deferred.trim_jobs)
     end
+  end
+  return function(keys, args)
+    batch_now = now_ms()
+    batch_now_text = text(batch_now)
+    deferred = { by_command = {}, order = {} }
+    local results = {}
+    local ok, failure = pcall(run_all, keys, args, results)
+    -- Leave no batch state behind for the next call, even when a Redis
+    -- error inside one task fails the call, as Redis would fail it.
     batch_now, batch_now_text, deferred = nil, nil, nil
+    if not ok then
+      error(failure)
+    end
     return results
   end
 end
