@@ -40,8 +40,12 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{0}")]
     NotFound(String),
-    #[error("{0}")]
-    MethodNotAllowed(String),
+    /// `allow` is the `Allow` header's value: the methods the path answers.
+    #[error("{message}")]
+    MethodNotAllowed {
+        message: String,
+        allow: Option<&'static str>,
+    },
     #[error("{0}")]
     Conflict(String),
     #[error("the request body is larger than {} KiB: send a smaller body", MAX_BODY_BYTES / 1024)]
@@ -73,7 +77,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -98,6 +102,13 @@ impl ResponseError for ApiError {
         }
         if matches!(self, ApiError::Unavailable(_)) {
             response = response.header(header::RETRY_AFTER, "5");
+        }
+        // RFC 9110 section 15.5.6: a 405 lists the methods the resource has.
+        if let ApiError::MethodNotAllowed {
+            allow: Some(allow), ..
+        } = self
+        {
+            response = response.header(header::ALLOW, *allow);
         }
         response.body(body)
     }
@@ -231,9 +242,14 @@ fn translate(error: &poem::Error, method: &Method, path: &str) -> ApiError {
         ));
     }
     if error.is::<MethodNotAllowedError>() {
-        return ApiError::MethodNotAllowed(format!(
-            "{method} is not allowed on {path}: see /docs for the methods each endpoint takes"
-        ));
+        let allow = crate::routes::allowed_methods(path);
+        let message = match allow {
+            Some(allow) => format!("{method} is not allowed on {path}: use one of {allow}"),
+            None => {
+                format!("{method} is not allowed on {path}: see /docs for the methods each endpoint takes")
+            }
+        };
+        return ApiError::MethodNotAllowed { message, allow };
     }
     if let Some(param) = error.downcast_ref::<ParseParamError>() {
         return ApiError::BadRequest(format!(
@@ -335,5 +351,13 @@ mod tests {
         );
         let response = ApiError::Unauthorized("no").as_response();
         assert!(response.headers().contains_key(header::WWW_AUTHENTICATE));
+    }
+
+    #[test]
+    fn a_wrong_method_answers_405_with_the_paths_methods_in_allow() {
+        let response = into_json_response(MethodNotAllowedError.into(), &Method::PUT, "/api/v1/tasks");
+
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(response.headers().get(header::ALLOW).unwrap(), "GET, HEAD, POST");
     }
 }

@@ -179,6 +179,66 @@ storages = ["local1", "off"]
         );
     }
 
+    /// Whether `body` satisfies the `oneOf` of the `CreateTaskRequest`
+    /// schema in the served document: exactly one alternative's `required`
+    /// fields are present, each at least as long as its `minLength`.
+    fn satisfies_documented_source_rule(body: &serde_json::Value) -> bool {
+        let spec: serde_json::Value = serde_json::from_str(&crate::openapi_json()).unwrap();
+        let alternatives = spec["components"]["schemas"]["CreateTaskRequest"]["oneOf"]
+            .as_array()
+            .expect("CreateTaskRequest has a oneOf");
+        let matching = alternatives
+            .iter()
+            .filter(|alternative| {
+                alternative["required"]
+                    .as_array()
+                    .expect("each alternative has a required list")
+                    .iter()
+                    .map(|field| field.as_str().unwrap())
+                    .all(|field| {
+                        let min_length = alternative["properties"][field]["minLength"]
+                            .as_u64()
+                            .unwrap_or(0);
+                        body.get(field)
+                            .and_then(|value| value.as_str())
+                            .is_some_and(|text| text.len() as u64 >= min_length)
+                    })
+            })
+            .count();
+        matching == 1
+    }
+
+    #[test]
+    fn the_documented_source_rule_is_the_enforced_one() {
+        let telegram_url = Some("https://t.me/channel/123");
+        let url = Some("https://example.com/a.zip");
+        let empty = Some("");
+        for (telegram_url, url) in [
+            (None, None),
+            (telegram_url, None),
+            (None, url),
+            (telegram_url, url),
+            (empty, None),
+            (None, empty),
+            (empty, empty),
+            (telegram_url, empty),
+            (empty, url),
+        ] {
+            let mut body = serde_json::json!({"user_id": 123456789});
+            if let Some(telegram_url) = telegram_url {
+                body["telegram_url"] = telegram_url.into();
+            }
+            if let Some(url) = url {
+                body["url"] = url.into();
+            }
+
+            let documented = satisfies_documented_source_rule(&body);
+            let accepted = validate(request(&body.to_string()), &config()).is_ok();
+
+            assert_eq!(documented, accepted, "{body}");
+        }
+    }
+
     #[test]
     fn refusals_have_the_status_the_contract_gives_them() {
         let cases = [

@@ -90,6 +90,12 @@ impl Application {
     }
 }
 
+/// The routes [`app`] serves with `GET` only that are not operations of the
+/// API (so not in its document); a 405 on them lists their methods too
+/// ([`crate::routes::allowed_methods`]). `/openapi.json` is not one: poem's
+/// spec endpoint answers every method.
+pub const GET_ONLY_ROUTES: &[&str] = &["/metrics"];
+
 /// The whole HTTP surface: the API's operations, `/openapi.json`, `/docs`
 /// and `/metrics` (which is not an operation of the API, so not in its document).
 pub fn app(state: AppState) -> impl poem::Endpoint + 'static {

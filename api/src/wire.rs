@@ -11,7 +11,8 @@
 //! The request body is the one type parsed by hand ([`CreateTaskRequest::from_json`])
 //! rather than by poem-openapi, whose errors do not say which field is wrong.
 
-use poem_openapi::types::Example;
+use poem_openapi::registry::{MetaSchema, MetaSchemaRef, Registry};
+use poem_openapi::types::{Example, Type};
 use poem_openapi::{Enum, Object};
 use savestream_shared::config::StorageConfig;
 use savestream_shared::event::EventKind;
@@ -117,8 +118,44 @@ impl Example for CreateTaskRequest {
 }
 
 impl CreateTaskRequest {
+    /// The fields that name a task's source: a body gives exactly one of them.
+    pub const SOURCE_FIELDS: [&'static str; 2] = ["telegram_url", "url"];
+
+    /// Registers the schema with the one rule the derive cannot state:
+    /// exactly one of [`SOURCE_FIELDS`](Self::SOURCE_FIELDS) is given, as a
+    /// `oneOf` with one alternative per field: the field is present and not
+    /// empty (an empty string counts as absent, as in SaveAny-Bot). Without
+    /// it a body with neither (or both) is valid by the document yet refused
+    /// by the API.
+    pub fn register_with_source_rule(registry: &mut Registry) {
+        <CreateTaskRequest as Type>::register(registry);
+        let name = <CreateTaskRequest as Type>::name();
+        // `register` has just created the schema under its name; only a
+        // changed derive could break this, which the spec tests would show.
+        let schema = registry
+            .schemas
+            .get_mut(name.as_ref())
+            .expect("CreateTaskRequest::register registers the schema under its name");
+        schema.one_of = Self::SOURCE_FIELDS
+            .iter()
+            .map(|&field| {
+                let not_empty = MetaSchema {
+                    min_length: Some(1),
+                    ..MetaSchema::ANY
+                };
+                MetaSchemaRef::Inline(Box::new(MetaSchema {
+                    required: vec![field],
+                    properties: vec![(field, MetaSchemaRef::Inline(Box::new(not_empty)))],
+                    ..MetaSchema::ANY
+                }))
+            })
+            .collect();
+    }
+
     /// Reads a request body, naming the field in every error. Empty strings
-    /// count as absent, as they did in SaveAny-Bot.
+    /// count as absent, as they did in SaveAny-Bot; `null` does not: the
+    /// contract types every field as a string or a number, so a `null` is
+    /// refused like any other value of the wrong type.
     pub fn from_json(body: &[u8]) -> Result<CreateTaskRequest, String> {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Err(
@@ -141,7 +178,7 @@ impl CreateTaskRequest {
         };
         let mut text = |name: &str| -> Result<Option<String>, String> {
             match fields.remove(name) {
-                None | Some(Value::Null) => Ok(None),
+                None => Ok(None),
                 Some(Value::String(text)) if text.is_empty() => Ok(None),
                 Some(Value::String(text)) => {
                     if text.len() > MAX_FIELD_LEN {
@@ -158,6 +195,9 @@ impl CreateTaskRequest {
                     }
                     Ok(Some(text))
                 }
+                Some(Value::Null) => Err(format!(
+                    "`{name}` must be a string, not null: leave `{name}` out of the body instead"
+                )),
                 Some(other) => Err(format!("`{name}` must be a string, not {}", describe(&other))),
             }
         };
@@ -840,12 +880,25 @@ mod tests {
     }
 
     #[test]
-    fn request_body_treats_empty_strings_and_null_as_absent() {
-        let request = parse(r#"{"telegram_url": "", "url": null, "user_id": 7, "dir_path": ""}"#).unwrap();
+    fn request_body_treats_empty_strings_as_absent() {
+        let request = parse(r#"{"telegram_url": "", "url": "", "user_id": 7, "dir_path": ""}"#).unwrap();
         assert_eq!(request.telegram_url, None);
         assert_eq!(request.url, None);
         assert_eq!(request.dir_path, None);
         assert_eq!(request.user_id, 7);
+    }
+
+    #[test]
+    fn request_body_refuses_null_for_every_string_field() {
+        for field in ["telegram_url", "url", "storage_name", "dir_path"] {
+            let body = format!(r#"{{"user_id": 7, "{field}": null}}"#);
+            let error = parse(&body).unwrap_err();
+            assert_eq!(
+                error,
+                format!("`{field}` must be a string, not null: leave `{field}` out of the body instead"),
+                "{body}"
+            );
+        }
     }
 
     #[test]

@@ -241,7 +241,7 @@ impl<'a> ApiExtractor<'a> for CreateTaskBody {
     type ParamRawType = ();
 
     fn register(registry: &mut Registry) {
-        CreateTaskRequest::register(registry);
+        CreateTaskRequest::register_with_source_rule(registry);
     }
 
     fn request_meta() -> Option<MetaRequest> {

@@ -91,6 +91,14 @@ async fn malformed_create_requests_answer_400_naming_the_problem_and_write_nothi
             "`dir_path` contains the control character U+0000",
         ),
         (
+            format!(r#"{{"telegram_url": "t.me/channel/1", "dir_path": null, "user_id": {user}}}"#),
+            "`dir_path` must be a string, not null: leave `dir_path` out of the body instead",
+        ),
+        (
+            format!(r#"{{"telegram_url": "t.me/channel/1", "url": null, "user_id": {user}}}"#),
+            "`url` must be a string, not null",
+        ),
+        (
             format!(r#"{{"telegram_url": "t.me/channel/1\u0000", "user_id": {user}}}"#),
             "`telegram_url` contains the control character U+0000",
         ),
@@ -294,6 +302,48 @@ async fn wrong_methods_answer_405_json() {
         assert!(
             error.contains(&format!("{method} is not allowed on {path}")),
             "{error}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn wrong_methods_answer_405_with_an_allow_header_listing_the_paths_methods() {
+    let app = spawn_app().await;
+
+    for (method, path, allow) in [
+        (reqwest::Method::PUT, "/api/v1/tasks", "GET, HEAD, POST"),
+        (
+            reqwest::Method::PATCH,
+            "/api/v1/tasks/0123456789abcdefghij",
+            "DELETE, GET, HEAD",
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/v1/tasks/0123456789abcdefghij/events",
+            "GET, HEAD",
+        ),
+        (reqwest::Method::TRACE, "/api/v1/storages", "GET, HEAD"),
+        (reqwest::Method::DELETE, "/api/v1/workers", "GET, HEAD"),
+        (reqwest::Method::POST, "/health", "GET, HEAD"),
+        (reqwest::Method::PUT, "/ready", "GET, HEAD"),
+        (reqwest::Method::POST, "/metrics", "GET, HEAD"),
+    ] {
+        let response = app
+            .client
+            .request(method.clone(), app.url(path))
+            .send()
+            .await
+            .unwrap();
+
+        let got_allow = response
+            .headers()
+            .get(reqwest::header::ALLOW)
+            .map(|value| value.to_str().unwrap().to_owned());
+        let error = expect_json_error(response, 405).await;
+        assert_eq!(got_allow.as_deref(), Some(allow), "{method} {path}: {error}");
+        assert!(
+            error.ends_with(&format!("use one of {allow}")),
+            "{method} {path}: {error}"
         );
     }
 }
