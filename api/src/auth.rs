@@ -73,16 +73,31 @@ impl<'a> ApiExtractor<'a> for Authorized {
         if !state.config.api.token.is_empty() && request.headers().get_all(AUTHORIZATION).iter().count() > 1 {
             return Err(ApiError::Unauthorized(DUPLICATE).into());
         }
-        check(&state.config.api.token, request.headers().get(AUTHORIZATION))?;
+        check(&state.token, request.headers().get(AUTHORIZATION))?;
         Ok(Authorized)
     }
 }
 
-/// Checks an `Authorization` header against the configured token.
-pub fn check(token: &Secret, authorization: Option<&HeaderValue>) -> Result<(), ApiError> {
-    if token.is_empty() {
-        return Ok(());
+/// The configured token as [`check`] compares it: its SHA-256 digest,
+/// computed once at start-up instead of on every request. `None` when the
+/// token is empty, which turns the check off.
+#[derive(Clone)]
+pub struct ExpectedToken(Option<[u8; 32]>);
+
+impl ExpectedToken {
+    pub fn new(token: &Secret) -> ExpectedToken {
+        if token.is_empty() {
+            return ExpectedToken(None);
+        }
+        ExpectedToken(Some(Sha256::digest(token.expose().as_bytes()).into()))
     }
+}
+
+/// Checks an `Authorization` header against the configured token.
+pub fn check(token: &ExpectedToken, authorization: Option<&HeaderValue>) -> Result<(), ApiError> {
+    let Some(expected) = &token.0 else {
+        return Ok(());
+    };
     let header = authorization.ok_or(ApiError::Unauthorized(MISSING))?;
     let text = header.to_str().map_err(|_| ApiError::Unauthorized(MALFORMED))?;
     let (scheme, presented) = text
@@ -94,9 +109,8 @@ pub fn check(token: &Secret, authorization: Option<&HeaderValue>) -> Result<(), 
     }
     // Comparing digests keeps the comparison constant-time in the token's
     // length as well as its content.
-    let presented = Sha256::digest(presented.trim().as_bytes());
-    let expected = Sha256::digest(token.expose().as_bytes());
-    if bool::from(presented.ct_eq(&expected)) {
+    let presented: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
+    if bool::from(presented.ct_eq(expected)) {
         Ok(())
     } else {
         Err(ApiError::Unauthorized(WRONG))
@@ -113,14 +127,14 @@ mod tests {
 
     #[test]
     fn the_right_token_passes_in_any_scheme_case() {
-        let token = Secret::new("s3cret");
+        let token = ExpectedToken::new(&Secret::new("s3cret"));
         assert!(check(&token, Some(&header("Bearer s3cret"))).is_ok());
         assert!(check(&token, Some(&header("bearer  s3cret "))).is_ok());
     }
 
     #[test]
     fn a_missing_malformed_or_wrong_token_is_refused() {
-        let token = Secret::new("s3cret");
+        let token = ExpectedToken::new(&Secret::new("s3cret"));
         let message = |value: Option<&str>| {
             let value = value.map(header);
             check(&token, value.as_ref()).unwrap_err().to_string()
@@ -134,6 +148,6 @@ mod tests {
 
     #[test]
     fn an_empty_configured_token_lets_every_request_through() {
-        assert!(check(&Secret::default(), None).is_ok());
+        assert!(check(&ExpectedToken::new(&Secret::default()), None).is_ok());
     }
 }

@@ -8,9 +8,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use mimalloc::MiMalloc;
 use savestream_api::Application;
 use savestream_shared::config::Config;
 use savestream_shared::telemetry::{self, LogFormat};
+
+// A request allocates a hundred-odd small blocks (a create's store call most
+// of them); glibc's allocator spent about a quarter of a create's
+// instructions on them, mimalloc a fraction of that.
+#[global_allocator]
+static GLOBAL: MiMalloc = MiMalloc;
 
 #[derive(Parser)]
 #[command(name = "savestream-api", version, about = "savestream's HTTP task API")]

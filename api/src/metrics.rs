@@ -30,6 +30,7 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use metrics::Counter;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use poem::http::StatusCode;
 use poem::web::Data;
@@ -107,11 +108,32 @@ fn describe() {
 }
 
 pub fn task_created(source: SourceKind) {
-    metrics::counter!(TASKS_CREATED, "source" => source.as_str()).increment(1);
+    static COUNTERS: OnceLock<[Counter; 2]> = OnceLock::new();
+    per_source(&COUNTERS, TASKS_CREATED, source).increment(1);
 }
 
 pub fn task_canceled(source: SourceKind) {
-    metrics::counter!(TASKS_CANCELED, "source" => source.as_str()).increment(1);
+    static COUNTERS: OnceLock<[Counter; 2]> = OnceLock::new();
+    per_source(&COUNTERS, TASKS_CANCELED, source).increment(1);
+}
+
+/// The counter `name{source}`, registered on first use and kept, so that a
+/// create does not build a labelled key and look it up on every request. The
+/// first use is a request, so the recorder (installed by `Application::build`)
+/// is in place by then.
+fn per_source(
+    counters: &'static OnceLock<[Counter; 2]>,
+    name: &'static str,
+    source: SourceKind,
+) -> &'static Counter {
+    let [telegram, http] = counters.get_or_init(|| {
+        [SourceKind::Telegram, SourceKind::Http]
+            .map(|source| metrics::counter!(name, "source" => source.as_str()))
+    });
+    match source {
+        SourceKind::Telegram => telegram,
+        SourceKind::Http => http,
+    }
 }
 
 pub fn redis_error() {

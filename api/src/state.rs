@@ -8,6 +8,8 @@ use savestream_shared::store::Store;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::ExpectedToken;
+
 /// At most this many live event streams are open at once: each holds a Redis
 /// connection of its own, and Redis' connections are not free.
 pub const MAX_LIVE_STREAMS: usize = 256;
@@ -15,6 +17,8 @@ pub const MAX_LIVE_STREAMS: usize = 256;
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
+    /// `[api] token`, digested once for [`crate::auth::check`].
+    pub token: ExpectedToken,
     pub store: Store,
     /// Cancelled when the server begins to shut down, so that live event
     /// streams end and graceful shutdown does not wait on them forever.
@@ -27,6 +31,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(config: Config, store: Store, metrics: PrometheusHandle) -> AppState {
         AppState {
+            token: ExpectedToken::new(&config.api.token),
             config: Arc::new(config),
             store,
             shutdown: CancellationToken::new(),
