@@ -193,6 +193,10 @@ impl Store {
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<Value, StoreError> {
+        // Clones for the rare reload retry share the bytes: a `Key` or `Value`
+        // clone is a reference count, a `String` clone a copy.
+        let keys: Vec<fred::types::Key> = keys.into_iter().map(Into::into).collect();
+        let args: Vec<Value> = args.into_iter().map(Into::into).collect();
         let mut reloaded = false;
         loop {
             match self
@@ -231,6 +235,8 @@ impl Store {
         let Some(first) = task_ids.first() else {
             return Ok((Value::Null, Vec::new()));
         };
+        let keys: Vec<fred::types::Key> = keys.into_iter().map(Into::into).collect();
+        let args: Vec<Value> = args.into_iter().map(Into::into).collect();
         let mut reloaded = false;
         loop {
             let pipeline = self.client.pipeline();
