@@ -34,7 +34,8 @@ dump("setup")
 for s in range(0,N,B):
     ids=range(s,min(N,s+B)); args=[]
     for i in ids:
-        args+= [tid(i),"http",f"https://example.com/files/{i}.bin","123456789","local1","/downloads",f"{i}.bin → local1:/downloads",""]
+        args+= [tid(i),"http",f"https://example.com/files/{i}.bin","123456789","local1","/downloads",f"{i}.bin → local1:/downloads","",
+                f'["http","https://example.com/files/{i}.bin",123456789,"local1","/downloads"]']
     r.fcall("savestream_create_batch", len(shared)+len(ids), *shared, *[K("task:"+tid(i)) for i in ids], *args)
 dump("create")
 leases=[]

@@ -82,7 +82,7 @@ impl Store {
         new_tasks: &[NewTask],
     ) -> Result<Vec<Result<Created, StoreError>>, StoreError> {
         let task_ids: Vec<&TaskId> = new_tasks.iter().map(|new_task| &new_task.task_id).collect();
-        let mut args = Vec::with_capacity(new_tasks.len() * 8);
+        let mut args = Vec::with_capacity(new_tasks.len() * 9);
         for new_task in new_tasks {
             args.extend([
                 new_task.task_id.to_string(),
@@ -93,6 +93,7 @@ impl Store {
                 new_task.dir.clone(),
                 new_task.title.clone(),
                 String::new(),
+                new_task.request_field(),
             ]);
         }
         let results = self

@@ -109,10 +109,11 @@ local function fail_with(code, message)
   return redis.error_reply(code .. ' ' .. message)
 end
 
--- Appends an event to the log; returns its id, for the task's `log` field.
-local function append_event(keys, task_id, event_type, at, fields)
-  return redis.call('XADD', keys[2], '*', 'v', '1', 'type', event_type, 'task', task_id, 'at', at,
-    unpack(fields))
+-- Appends an event with the given field-value pairs to the log; returns its
+-- id, for the task's `log` field. The pairs are passed on as varargs: a
+-- table per event and its unpack were measurable in a batch.
+local function append_event(keys, task_id, event_type, at, ...)
+  return redis.call('XADD', keys[2], '*', 'v', '1', 'type', event_type, 'task', task_id, 'at', at, ...)
 end
 
 -- The task's `log` field with `id` added.
@@ -181,9 +182,15 @@ end
 
 -- Checks that `attempt` is the running attempt: the lease fence.
 -- Returns the error reply to give, or nil and the fields a worker
--- transition needs: {status, attempt, job, log}.
-local function check_lease(keys, task_id, attempt)
-  local state = redis.call('HMGET', keys[1], 'status', 'attempt', 'job', 'log')
+-- transition needs: {status, attempt, job, log[, extra]}, with the field
+-- named `extra` read too when it is given.
+local function check_lease(keys, task_id, attempt, extra)
+  local state
+  if extra then
+    state = redis.call('HMGET', keys[1], 'status', 'attempt', 'job', 'log', extra)
+  else
+    state = redis.call('HMGET', keys[1], 'status', 'attempt', 'job', 'log')
+  end
   local status, current = state[1], state[2]
   if not status then
     return fail_with('NOTFOUND', task_id)
@@ -198,7 +205,12 @@ local function check_lease(keys, task_id, attempt)
   return nil, state
 end
 
--- ARGV: task_id, source, link, user_id, storage, dir, title, idempotency_ttl_ms
+-- ARGV: task_id, source, link, user_id, storage, dir, title, idempotency_ttl_ms, request
+-- `request` is source, link, user, storage and dir as the projection keeps
+-- them: one field, encoded by the Rust store (`request_field`), since they
+-- never change and are always read together; five fields cost a search and
+-- a reallocation each in every write of the hash. The `created` event keeps
+-- them as fields of their own.
 -- Returns {task_id, 1} when created, {existing_task_id, 0} for a repeated idempotency key.
 local function create(keys, args)
   local task_id = args[1]
@@ -212,14 +224,14 @@ local function create(keys, args)
     return fail_with('EXISTS', task_id)
   end
   local at = now_text()
-  local fields = { 'source', args[2], 'link', args[3], 'user', args[4], 'storage', args[5], 'dir', args[6],
-    'title', args[7] }
-  local event = append_event(keys, task_id, 'created', at, fields)
+  local event = append_event(keys, task_id, 'created', at, 'source', args[2], 'link', args[3], 'user', args[4],
+    'storage', args[5], 'dir', args[6], 'title', args[7])
   local job = redis.call('XADD', keys[3], '*', 'task', task_id)
-  -- `attempt`, `retries` and `error` are absent until they are not 0 / empty,
-  -- which keeps a queued task small.
-  redis.call('HSET', keys[1], 'status', 'queued', 'created', at, 'updated', at, 'job', job, 'log', event,
-    unpack(fields))
+  -- `attempt`, `retries`, `error` and `updated` are absent until they are
+  -- not 0 / empty / later than every other timestamp, which keeps a queued
+  -- task small.
+  redis.call('HSET', keys[1], 'status', 'queued', 'created', at, 'job', job, 'log', event, 'request', args[9],
+    'title', args[7])
   write_set('ZADD', keys[4], nil, at, task_id)
   if keys[7] then
     redis.call('SET', keys[7], task_id, 'PX', args[8])
@@ -249,9 +261,9 @@ local function start(keys, args)
   local attempt = tonumber(state[2] or 0) + 1
   local attempt_text = text(attempt)
   local at = now_text()
-  local event = append_event(keys, task_id, 'started', at, { 'attempt', attempt_text, 'worker', worker })
+  local event = append_event(keys, task_id, 'started', at, 'attempt', attempt_text, 'worker', worker)
   redis.call('HSET', keys[1], 'status', 'running', 'attempt', attempt_text, 'worker', worker, 'started', at,
-    'updated', at, 'log', logged(state[4], event))
+    'log', logged(state[4], event))
   write_set('ZREM', keys[4], nil, task_id)
   write_set('ZADD', keys[5], nil, at, task_id)
   return { attempt, at }
@@ -266,7 +278,7 @@ local function resolve(keys, args)
   end
   local at = now_text()
   local event = append_event(keys, task_id, 'resolved', at,
-    { 'attempt', attempt, 'file', args[3], 'size', args[4], 'path', args[5], 'title', args[6] })
+    'attempt', attempt, 'file', args[3], 'size', args[4], 'path', args[5], 'title', args[6])
   redis.call('HSET', keys[1], 'file', args[3], 'size', args[4], 'path', args[5], 'title', args[6], 'updated', at,
     'log', logged(state[4], event))
   return 'OK'
@@ -284,14 +296,12 @@ local function progress(keys, args)
   return 'OK'
 end
 
--- Ends a task: one HSET of its final `fields` (and no work item), out of the
--- sorted sets its `from_status` put it in, its work item acknowledged (and
--- deleted when it may be undelivered: the task was queued), and the
--- retention period set to expire it.
-local function finish(keys, task_id, from_status, job, retention_ms, fields)
-  fields[#fields + 1] = 'job'
-  fields[#fields + 1] = ''
-  redis.call('HSET', keys[1], unpack(fields))
+-- Ends a task whose final fields the caller has written: out of the sorted
+-- sets its `from_status` put it in, its work item acknowledged (and deleted
+-- when it may be undelivered: the task was queued), and the retention
+-- period set to expire it. The hash keeps the spent work item's id in
+-- `job`: only a queued or running task's `job` is ever read.
+local function finish(keys, task_id, from_status, job, retention_ms)
   if from_status == 'running' then
     write_set('ZREM', keys[5], nil, task_id)
   else
@@ -305,24 +315,31 @@ end
 -- ARGV: task_id, attempt, size ('' when unknown), path, retention_ms
 local function complete(keys, args)
   local task_id, attempt = args[1], args[2]
-  local refused, state = check_lease(keys, task_id, attempt)
+  local refused, state = check_lease(keys, task_id, attempt, 'error')
   if refused then
     return refused
   end
   local at = now_text()
-  local event = append_event(keys, task_id, 'completed', at, { 'attempt', attempt, 'size', args[3], 'path', args[4] })
-  finish(keys, task_id, 'running', state[3], args[5],
-    { 'status', 'completed', 'size', args[3], 'path', args[4], 'error', '', 'ended', at, 'updated', at,
-      'log', logged(state[4], event) })
+  local event = append_event(keys, task_id, 'completed', at, 'attempt', attempt, 'size', args[3], 'path', args[4])
+  local log = logged(state[4], event)
+  if state[5] and state[5] ~= '' then
+    -- An earlier attempt's error is cleared; a first attempt has none, and
+    -- writing an empty field would cost a search and a reallocation.
+    redis.call('HSET', keys[1], 'status', 'completed', 'size', args[3], 'path', args[4], 'ended', at, 'log', log,
+      'error', '')
+  else
+    redis.call('HSET', keys[1], 'status', 'completed', 'size', args[3], 'path', args[4], 'ended', at, 'log', log)
+  end
+  finish(keys, task_id, 'running', state[3], args[5])
   return 'OK'
 end
 
 -- `state` is what check_lease read.
 local function fail_task(keys, task_id, attempt, error_text, retention_ms, state)
   local at = now_text()
-  local event = append_event(keys, task_id, 'failed', at, { 'attempt', attempt, 'error', error_text })
-  finish(keys, task_id, 'running', state[3], retention_ms,
-    { 'status', 'failed', 'error', error_text, 'ended', at, 'updated', at, 'log', logged(state[4], event) })
+  local event = append_event(keys, task_id, 'failed', at, 'attempt', attempt, 'error', error_text)
+  redis.call('HSET', keys[1], 'status', 'failed', 'error', error_text, 'ended', at, 'log', logged(state[4], event))
+  finish(keys, task_id, 'running', state[3], retention_ms)
   return 'failed'
 end
 
@@ -355,7 +372,7 @@ local function retry(keys, args)
   local at = now_text()
   local due = tonumber(at) + tonumber(args[6])
   local event = append_event(keys, task_id, 'retrying', at,
-    { 'attempt', attempt, 'error', error_text, 'retries', text(retries), 'due', text(due) })
+    'attempt', attempt, 'error', error_text, 'retries', text(retries), 'due', text(due))
   drop_job(keys, state[3])
   local job = ''
   if due <= tonumber(at) then
@@ -382,9 +399,9 @@ local function cancel(keys, args)
     return fail_with('ENDED', status)
   end
   local at = now_text()
-  local event = append_event(keys, task_id, 'canceled', at, {})
-  finish(keys, task_id, status, state[2], args[2],
-    { 'status', 'canceled', 'ended', at, 'updated', at, 'log', logged(state[3], event) })
+  local event = append_event(keys, task_id, 'canceled', at)
+  redis.call('HSET', keys[1], 'status', 'canceled', 'ended', at, 'log', logged(state[3], event))
+  finish(keys, task_id, status, state[2], args[2])
   redis.call('PUBLISH', args[3], task_id)
   return status
 end
@@ -485,7 +502,7 @@ redis.register_function('savestream_retry', retry)
 redis.register_function('savestream_cancel', cancel)
 redis.register_function('savestream_promote', promote)
 redis.register_function('savestream_heartbeat', heartbeat)
-redis.register_function('savestream_create_batch', batch_of(create, 8))
+redis.register_function('savestream_create_batch', batch_of(create, 9))
 redis.register_function('savestream_start_batch', batch_of(start, 3))
 redis.register_function('savestream_complete_batch', batch_of(complete, 5))
 redis.register_function { function_name = 'savestream_version', callback = version, flags = { 'no-writes' } }

@@ -307,6 +307,7 @@ impl Store {
             new_task.dir.clone(),
             new_task.title.clone(),
             IDEMPOTENCY_WINDOW.as_millis().to_string(),
+            new_task.request_field(),
         ];
         let reply = self
             .call(&new_task.task_id, "savestream_create", keys, args)
@@ -601,6 +602,26 @@ pub(crate) fn pairs(flat: Vec<Value>) -> HashMap<String, String> {
     map
 }
 
+/// The request's fields the projection keeps as one hash field, `request`:
+/// a JSON array `[source, link, user, storage, dir]`. They never change and
+/// are always read together, and each hash field costs Redis a search and a
+/// reallocation in every write of the hash.
+pub(crate) fn request_field(
+    source: SourceKind,
+    link: &str,
+    user_id: i64,
+    storage: &str,
+    dir: &str,
+) -> String {
+    serde_json::json!([source.as_str(), link, user_id, storage, dir]).to_string()
+}
+
+impl NewTask {
+    fn request_field(&self) -> String {
+        request_field(self.source, &self.link, self.user_id, &self.storage, &self.dir)
+    }
+}
+
 /// Reads a projection hash into a [`Task`].
 pub(crate) fn task_from_hash(task_id: &TaskId, fields: &HashMap<String, String>) -> Result<Task, StoreError> {
     let corrupt = |what: &str| StoreError::Corrupt(format!("task {task_id}: {what}"));
@@ -620,22 +641,38 @@ pub(crate) fn task_from_hash(task_id: &TaskId, fields: &HashMap<String, String>)
             })
             .transpose()
     };
+    let created_at = number("created")?;
+    let started_at = optional_number("started")?;
+    let ended_at = optional_number("ended")?;
+    // The library writes `updated` only in a transition that sets no
+    // timestamp of its own (resolved, retrying): otherwise the latest of
+    // `created`, `started` and `ended` is when the task last changed.
+    let updated_at = [optional_number("updated")?, started_at, ended_at]
+        .into_iter()
+        .flatten()
+        .fold(created_at, i64::max);
+    let (source, link, user_id, storage, dir): (String, String, i64, String, String) =
+        serde_json::from_str(fields.get("request").map_or("", String::as_str)).map_err(|error| {
+            corrupt(&format!(
+                "field `request` is not [source, link, user, storage, dir]: {error}"
+            ))
+        })?;
     Ok(Task {
         id: task_id.clone(),
         status: TaskStatus::parse(&text("status")).ok_or_else(|| corrupt("unknown status"))?,
-        source: SourceKind::parse(&text("source")).ok_or_else(|| corrupt("unknown source"))?,
-        link: text("link"),
-        user_id: number("user")?,
-        storage: text("storage"),
-        dir: text("dir"),
+        source: SourceKind::parse(&source).ok_or_else(|| corrupt("unknown source"))?,
+        link,
+        user_id,
+        storage,
+        dir,
         title: text("title"),
         file_name: optional_text("file"),
         size: optional_number("size")?.map(|size| size as u64),
         path: optional_text("path"),
-        created_at: number("created")?,
-        updated_at: number("updated")?,
-        started_at: optional_number("started")?,
-        ended_at: optional_number("ended")?,
+        created_at,
+        updated_at,
+        started_at,
+        ended_at,
         // Absent until they are not 0, which keeps a queued task small.
         attempt: optional_number("attempt")?.unwrap_or(0) as u32,
         retries: optional_number("retries")?.unwrap_or(0) as u32,
@@ -671,5 +708,72 @@ pub(crate) async fn ensure_group(client: &Client, keys: &Keys) -> Result<(), Sto
         Ok(_) => Ok(()),
         Err(error) if error.details().contains("BUSYGROUP") => Ok(()),
         Err(error) => Err(error.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hash(fields: &[(&str, &str)]) -> HashMap<String, String> {
+        fields
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect()
+    }
+
+    fn task_id() -> TaskId {
+        TaskId::parse("d4g5h6j7k8l9m0n1p2q3").unwrap()
+    }
+
+    #[test]
+    fn the_request_field_round_trips_every_request_field() {
+        let request = request_field(
+            SourceKind::Http,
+            "https://example.com/a \"b\".bin",
+            42,
+            "local1",
+            "/x/y",
+        );
+        let fields = hash(&[
+            ("status", "queued"),
+            ("created", "1000"),
+            ("request", &request),
+            ("title", "t"),
+        ]);
+        let task = task_from_hash(&task_id(), &fields).unwrap();
+        assert_eq!(task.source, SourceKind::Http);
+        assert_eq!(task.link, "https://example.com/a \"b\".bin");
+        assert_eq!(task.user_id, 42);
+        assert_eq!(task.storage, "local1");
+        assert_eq!(task.dir, "/x/y");
+    }
+
+    #[test]
+    fn a_task_was_updated_at_the_latest_of_its_timestamps() {
+        let request = request_field(SourceKind::Http, "https://example.com/a", 1, "s", "/");
+        let read = |extra: &[(&str, &str)]| {
+            let mut fields = hash(&[("status", "running"), ("created", "1000"), ("request", &request)]);
+            fields.extend(hash(extra));
+            task_from_hash(&task_id(), &fields).unwrap().updated_at
+        };
+        assert_eq!(read(&[]), 1000);
+        assert_eq!(read(&[("started", "2000")]), 2000);
+        assert_eq!(read(&[("started", "2000"), ("updated", "2500")]), 2500);
+        assert_eq!(read(&[("started", "3000"), ("updated", "2500")]), 3000);
+        assert_eq!(
+            read(&[("started", "2000"), ("updated", "2500"), ("ended", "4000")]),
+            4000
+        );
+    }
+
+    #[test]
+    fn a_request_field_that_is_not_the_array_is_reported_as_corrupt() {
+        let fields = hash(&[("status", "queued"), ("created", "1000"), ("request", "http")]);
+        let error = task_from_hash(&task_id(), &fields).unwrap_err();
+        assert!(
+            matches!(&error, StoreError::Corrupt(message) if message.contains("field `request`")),
+            "{error}"
+        );
     }
 }

@@ -13,7 +13,7 @@ use fred::types::scan::Scanner;
 use fred::types::Value;
 use futures::TryStreamExt;
 
-use super::{now_ms, stream_entries, task_from_hash, Store, StoreError};
+use super::{now_ms, request_field, stream_entries, task_from_hash, Store, StoreError};
 use crate::event::EventKind;
 use crate::task::{Task, TaskId, TaskStatus};
 
@@ -210,11 +210,10 @@ fn task_to_hash(task: &Task) -> Vec<(&'static str, String)> {
     let optional = |value: Option<i64>| value.map(|value| value.to_string());
     let mut fields = vec![
         ("status", task.status.as_str().to_owned()),
-        ("source", task.source.as_str().to_owned()),
-        ("link", task.link.clone()),
-        ("user", task.user_id.to_string()),
-        ("storage", task.storage.clone()),
-        ("dir", task.dir.clone()),
+        (
+            "request",
+            request_field(task.source, &task.link, task.user_id, &task.storage, &task.dir),
+        ),
         ("title", task.title.clone()),
         ("created", task.created_at.to_string()),
         ("updated", task.updated_at.to_string()),
