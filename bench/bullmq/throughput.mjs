@@ -19,6 +19,7 @@ async function redisCpu() {
 
 const queue = new Queue(name, { connection });
 const cpuBefore = await redisCpu();
+const clientBefore = process.cpuUsage();
 const started = process.hrtime.bigint();
 for (let offset = 0; offset < n; offset += 1000) {
   const batch = [];
@@ -39,6 +40,7 @@ const finished = new Promise((resolve) => {
 const worker = await finished;
 const ended = process.hrtime.bigint();
 const cpuAfter = await redisCpu();
+const client = process.cpuUsage(clientBefore);
 await worker.close();
 await queue.obliterate({ force: true });
 await queue.close();
@@ -52,4 +54,5 @@ console.log(JSON.stringify({
   total_seconds: seconds,
   tasks_per_second: n / seconds,
   redis_cpu_seconds: cpuAfter - cpuBefore,
+  client_cpu_seconds: (client.user + client.system) / 1e6,
 }));

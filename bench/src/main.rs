@@ -75,11 +75,16 @@ async fn main() -> anyhow::Result<()> {
         Benchmark::Queue { tasks, slots, lanes } => {
             let ours = queue::throughput(&url, tasks, slots, lanes).await?;
             println!("{}", serde_json::to_string(&ours)?);
-            println!("| system | tasks | slots | tasks/s | wall s | Redis CPU s |");
-            println!("|---|---|---|---|---|---|");
+            println!("| system | tasks | slots | tasks/s | wall s | Redis CPU s | client CPU s |");
+            println!("|---|---|---|---|---|---|---|");
             println!(
-                "| savestream | {} | {} | {:.0} | {:.2} | {:.2} |",
-                ours.tasks, ours.slots, ours.tasks_per_second, ours.total_seconds, ours.redis_cpu_seconds
+                "| savestream | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} |",
+                ours.tasks,
+                ours.slots,
+                ours.tasks_per_second,
+                ours.total_seconds,
+                ours.redis_cpu_seconds,
+                ours.client_cpu_seconds
             );
             if peer::available() {
                 let bullmq = peer::run(
@@ -88,12 +93,13 @@ async fn main() -> anyhow::Result<()> {
                 )?;
                 let rate = bullmq["tasks_per_second"].as_f64().unwrap_or(f64::NAN);
                 println!(
-                    "| BullMQ | {} | {} | {:.0} | {:.2} | {:.2} |",
+                    "| BullMQ | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} |",
                     tasks,
                     slots,
                     rate,
                     bullmq["total_seconds"].as_f64().unwrap_or(f64::NAN),
-                    bullmq["redis_cpu_seconds"].as_f64().unwrap_or(f64::NAN)
+                    bullmq["redis_cpu_seconds"].as_f64().unwrap_or(f64::NAN),
+                    bullmq["client_cpu_seconds"].as_f64().unwrap_or(f64::NAN)
                 );
                 println!("\nsavestream / BullMQ: {:.2}x", ours.tasks_per_second / rate);
             } else {

@@ -31,6 +31,8 @@ pub struct Throughput {
     pub total_seconds: f64,
     pub tasks_per_second: f64,
     pub redis_cpu_seconds: f64,
+    /// CPU of the benchmark process: the creator and the consumer.
+    pub client_cpu_seconds: f64,
 }
 
 /// Creates `tasks` tasks in batches of 1,000, then processes them all with
@@ -44,6 +46,7 @@ pub async fn throughput(url: &str, tasks: usize, slots: usize, lanes: usize) -> 
     let store = bench_store(url, &prefix).await?;
     let info = redis_stats::info_client(url).await?;
     let cpu_before = redis_stats::cpu_seconds(&info).await?;
+    let client_before = redis_stats::own_cpu_seconds();
     let started = Instant::now();
 
     let batches: Vec<Vec<_>> = (0..tasks)
@@ -96,6 +99,7 @@ pub async fn throughput(url: &str, tasks: usize, slots: usize, lanes: usize) -> 
         handle.abort();
     }
     let cpu_after = redis_stats::cpu_seconds(&info).await?;
+    let client_cpu_seconds = redis_stats::own_cpu_seconds() - client_before;
     let total_seconds = (ended - started).as_secs_f64();
     Ok(Throughput {
         tasks,
@@ -105,6 +109,7 @@ pub async fn throughput(url: &str, tasks: usize, slots: usize, lanes: usize) -> 
         total_seconds,
         tasks_per_second: tasks as f64 / total_seconds,
         redis_cpu_seconds: cpu_after - cpu_before,
+        client_cpu_seconds,
     })
 }
 
