@@ -15,6 +15,31 @@ pub struct Endpoint {
     pub requests_per_second: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// CPU the API process spent per request, in microseconds.
+    pub api_cpu_us: f64,
+    /// CPU Redis spent per request, in microseconds.
+    pub redis_cpu_us: f64,
+}
+
+/// User plus system CPU seconds a process has used, from `/proc/<pid>/stat`.
+fn process_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces; the fields after its
+    // closing parenthesis are numbered from 3.
+    let after_name = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| anyhow::anyhow!("/proc/{pid}/stat has no command name"))?;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |index: usize| -> anyhow::Result<f64> {
+        Ok(fields
+            .get(index - 3)
+            .ok_or_else(|| anyhow::anyhow!("/proc/{pid}/stat is short"))?
+            .parse::<f64>()?)
+    };
+    // SAFETY: sysconf reads a constant of the system.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((ticks(14)? + ticks(15)?) / per_second)
 }
 
 struct Api(Child);
@@ -53,7 +78,7 @@ pub async fn api(
             dir.path().display()
         ),
     )?;
-    let _api = Api(Command::new(sibling("savestream-api")?)
+    let api = Api(Command::new(sibling("savestream-api")?)
         .arg("--config")
         .arg(&config)
         .env("RUST_LOG", "warn")
@@ -98,8 +123,11 @@ pub async fn api(
             Some(&get_script),
         ),
     ];
+    let info = crate::redis_stats::info_client(redis_url).await?;
     let mut endpoints = Vec::new();
     for (name, url, script) in runs {
+        let api_before = process_cpu_seconds(api.0.id())?;
+        let redis_before = crate::redis_stats::cpu_seconds(&info).await?;
         let mut command = Command::new("wrk");
         command
             .arg(format!("-t{threads}"))
@@ -113,7 +141,10 @@ pub async fn api(
             .arg(&url)
             .output()
             .map_err(|error| anyhow::anyhow!("running wrk ({error}): apt-get install wrk"))?;
+        let api_cpu = process_cpu_seconds(api.0.id())? - api_before;
+        let redis_cpu = crate::redis_stats::cpu_seconds(&info).await? - redis_before;
         let text = String::from_utf8_lossy(&output.stdout).to_string();
+        let requests = wrk_requests(&text).unwrap_or(f64::NAN);
         anyhow::ensure!(
             !text.contains("Non-2xx"),
             "{name}: wrk saw non-2xx answers:\n{text}"
@@ -123,6 +154,8 @@ pub async fn api(
             requests_per_second: wrk_number(&text, "Requests/sec:").unwrap_or(f64::NAN),
             p50_ms: wrk_latency(&text, "50%").unwrap_or(f64::NAN),
             p99_ms: wrk_latency(&text, "99%").unwrap_or(f64::NAN),
+            api_cpu_us: api_cpu * 1e6 / requests,
+            redis_cpu_us: redis_cpu * 1e6 / requests,
         });
     }
     Ok(endpoints)
@@ -132,6 +165,14 @@ fn wrk_number(text: &str, label: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.trim().strip_prefix(label))
         .and_then(|value| value.trim().parse().ok())
+}
+
+/// The request count of wrk's `N requests in 10.00s, ...` line.
+fn wrk_requests(text: &str) -> Option<f64> {
+    text.lines()
+        .find(|line| line.contains(" requests in "))
+        .and_then(|line| line.split_whitespace().next())
+        .and_then(|count| count.parse().ok())
 }
 
 /// A latency line of `wrk --latency`, e.g. `     99%    1.23ms`, in ms.
@@ -158,10 +199,10 @@ mod tests {
 
     #[test]
     fn wrk_output_is_read_in_milliseconds() {
-        let text =
-            "  Latency Distribution\n     50%  310.00us\n     99%    2.50ms\nRequests/sec:  41234.56\n";
+        let text = "  Latency Distribution\n     50%  310.00us\n     99%    2.50ms\n  412345 requests in 10.00s, 50.1MB read\nRequests/sec:  41234.56\n";
         assert_eq!(wrk_latency(text, "50%"), Some(0.31));
         assert_eq!(wrk_latency(text, "99%"), Some(2.5));
         assert_eq!(wrk_number(text, "Requests/sec:"), Some(41234.56));
+        assert_eq!(wrk_requests(text), Some(412345.0));
     }
 }
