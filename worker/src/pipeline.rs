@@ -584,8 +584,9 @@ impl Attempt<'_> {
                 }
                 chunk = stream.next() => match chunk {
                     Some(Ok(bytes)) => {
-                        partial.write(&bytes).await?;
-                        downloaded_bytes.increment(bytes.len() as u64);
+                        let chunk_len = bytes.len() as u64;
+                        partial.write(bytes).await?;
+                        downloaded_bytes.increment(chunk_len);
                     }
                     Some(Err(error)) => return Err(error.into()),
                     None => return Ok(partial.len()),
