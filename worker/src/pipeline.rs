@@ -179,6 +179,16 @@ impl From<StoreError> for Stop {
     }
 }
 
+/// Hands what the partial file was given to the storage before an attempt
+/// that still holds its lease stops (a dropped partial file may lose what
+/// it had not written yet). A failure here changes nothing: the next
+/// attempt resumes from whatever length the file has.
+async fn keep_what_arrived(partial: &mut dyn PartialFile) {
+    if let Err(error) = partial.flush().await {
+        warn!(%error, "cannot write what was downloaded before the attempt stopped");
+    }
+}
+
 /// Runs one attempt of the task `lease` holds. `cancel` fires when the task
 /// is canceled while it runs.
 pub async fn process(context: &Context, lease: &Lease, cancel: &CancellationToken) -> Outcome {
@@ -557,7 +567,12 @@ impl Attempt<'_> {
             tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => return Err(Stop::Interrupted(Interrupt::Canceled)),
-                _ = self.context.release.cancelled() => return Err(Stop::Interrupted(Interrupt::Release)),
+                _ = self.context.release.cancelled() => {
+                    // The lease is still this worker's: what arrived is
+                    // kept for the attempt that resumes.
+                    keep_what_arrived(partial).await;
+                    return Err(Stop::Interrupted(Interrupt::Release));
+                }
                 _ = ticker.tick() => {
                     partial.flush().await?;
                     let (bytes_before, at_before) = last_reported;
@@ -584,10 +599,16 @@ impl Attempt<'_> {
                 }
                 chunk = stream.next() => match chunk {
                     Some(Ok(bytes)) => {
-                        partial.write(&bytes).await?;
-                        downloaded_bytes.increment(bytes.len() as u64);
+                        let chunk_len = bytes.len() as u64;
+                        partial.write(bytes).await?;
+                        downloaded_bytes.increment(chunk_len);
                     }
-                    Some(Err(error)) => return Err(error.into()),
+                    Some(Err(error)) => {
+                        // A retry resumes from the partial file's length:
+                        // what arrived before the source failed is kept.
+                        keep_what_arrived(partial).await;
+                        return Err(error.into());
+                    }
                     None => return Ok(partial.len()),
                 },
             }

@@ -43,18 +43,15 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use savestream_shared::task::TaskId;
 use tokio::fs::{File, OpenOptions};
-use tokio::io::{AsyncWriteExt, BufWriter};
 
+use super::write_behind::WriteBehind;
 use super::{FileName, PartialFile, Storage, StorageDir, StorageError, StoragePath};
 
 /// How many alternative names (`name_1` … ) are tried before giving up.
 const MAX_ALTERNATIVES: u32 = 10_000;
-
-/// The write buffer of a partial file: large enough to keep system calls
-/// few, small enough that memory does not depend on the file.
-const WRITE_BUFFER_BYTES: usize = 256 * 1024;
 
 #[derive(Debug)]
 pub struct LocalStorage {
@@ -443,11 +440,13 @@ impl Storage for LocalStorage {
             .await
             .map_err(io("read the size of the partial file of"))?
             .len();
+        let file = WriteBehind::start(file.into_std().await, "partial-writer")
+            .map_err(io("start the thread writing the partial file of"))?;
         Ok(Box::new(LocalPartialFile {
             storage: self.name.clone(),
             path: path.to_string(),
             files,
-            file: BufWriter::with_capacity(WRITE_BUFFER_BYTES, file),
+            file,
             len,
         }))
     }
@@ -496,8 +495,8 @@ struct LocalPartialFile {
     path: String,
     files: FileNames,
     /// The own partial file, opened for appending, so after a truncate
-    /// writes start at zero again.
-    file: BufWriter<File>,
+    /// writes start at zero again; written by its own thread.
+    file: WriteBehind,
     len: u64,
 }
 
@@ -519,25 +518,22 @@ impl PartialFile for LocalPartialFile {
     }
 
     async fn truncate(&mut self) -> Result<(), StorageError> {
+        self.flush().await?;
         self.file
-            .flush()
-            .await
-            .map_err(|source| self.io_error("write the partial file of", source))?;
-        self.file
-            .get_mut()
-            .set_len(0)
+            .truncate()
             .await
             .map_err(|source| self.io_error("truncate the partial file of", source))?;
         self.len = 0;
         Ok(())
     }
 
-    async fn write(&mut self, chunk: &[u8]) -> Result<(), StorageError> {
+    async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError> {
+        let chunk_len = chunk.len() as u64;
         self.file
-            .write_all(chunk)
+            .write(chunk)
             .await
             .map_err(|source| self.io_error("write the partial file of", source))?;
-        self.len += chunk.len() as u64;
+        self.len += chunk_len;
         Ok(())
     }
 
@@ -549,22 +545,14 @@ impl PartialFile for LocalPartialFile {
     }
 
     async fn finish(mut self: Box<Self>) -> Result<u64, StorageError> {
-        self.file
-            .flush()
-            .await
-            .map_err(|source| self.io_error("write the partial file of", source))?;
-        self.file
-            .get_mut()
-            .sync_all()
-            .await
-            .map_err(|source| self.io_error("sync the partial file of", source))?;
+        // Flushed first, so that a failed write is not reported as a failed sync.
+        self.flush().await?;
         let own = Identity::of(
             &self
                 .file
-                .get_ref()
-                .metadata()
+                .sync()
                 .await
-                .map_err(|source| self.io_error("check the partial file of", source))?,
+                .map_err(|source| self.io_error("sync the partial file of", source))?,
         );
         // No-clobber: a link fails where a rename would replace. The task
         // holds the name, so a file already there was put there by hand.
@@ -660,7 +648,7 @@ mod tests {
             .await
             .unwrap();
         let mut partial = storage.open(owner, &path).await.unwrap();
-        partial.write(bytes).await.unwrap();
+        partial.write(Bytes::copy_from_slice(bytes)).await.unwrap();
         partial.finish().await.unwrap();
         path
     }
@@ -685,8 +673,8 @@ mod tests {
 
         let mut partial = storage.open(&owner, &path).await.unwrap();
         assert_eq!(partial.len(), 0);
-        partial.write(b"hello ").await.unwrap();
-        partial.write(b"world").await.unwrap();
+        partial.write(Bytes::from_static(b"hello ")).await.unwrap();
+        partial.write(Bytes::from_static(b"world")).await.unwrap();
         assert_eq!(storage.finished(&owner, &path).await.unwrap(), None);
         assert_eq!(partial.finish().await.unwrap(), 11);
 
@@ -867,20 +855,72 @@ mod tests {
             .await
             .unwrap();
         let mut partial = storage.open(&owner, &path).await.unwrap();
-        partial.write(&[1u8; 1000]).await.unwrap();
+        partial.write(Bytes::from(vec![1u8; 1000])).await.unwrap();
         partial.flush().await.unwrap();
         // The worker dies here: what was flushed to the partial file stays.
         drop(partial);
 
         let mut resumed = storage.open(&owner, &path).await.unwrap();
         assert_eq!(resumed.len(), 1000);
-        resumed.write(&[2u8; 500]).await.unwrap();
+        resumed.write(Bytes::from(vec![2u8; 500])).await.unwrap();
         assert_eq!(resumed.finish().await.unwrap(), 1500);
         let bytes = std::fs::read(storage.base_path().join("big.bin")).unwrap();
         assert_eq!(bytes.len(), 1500);
         assert!(bytes[..1000].iter().all(|&byte| byte == 1));
         assert!(bytes[1000..].iter().all(|&byte| byte == 2));
         assert_eq!(on_disk(&storage), vec!["big.bin"]);
+    }
+
+    #[tokio::test]
+    async fn a_truncated_partial_file_starts_over_from_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = storage(&dir);
+        let owner = task();
+        let path = storage
+            .reserve(&owner, &storage_dir("/"), &name("again.bin"), &[])
+            .await
+            .unwrap();
+        let mut partial = storage.open(&owner, &path).await.unwrap();
+        partial.write(Bytes::from(vec![7u8; 3 << 20])).await.unwrap();
+
+        partial.truncate().await.unwrap();
+        assert_eq!(partial.len(), 0);
+        partial.write(Bytes::from_static(b"fresh")).await.unwrap();
+
+        assert_eq!(partial.finish().await.unwrap(), 5);
+        assert_eq!(
+            std::fs::read(storage.base_path().join("again.bin")).unwrap(),
+            b"fresh"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_large_file_is_saved_byte_for_byte_through_many_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = storage(&dir);
+        let owner = task();
+        let path = storage
+            .reserve(&owner, &storage_dir("/"), &name("large.bin"), &[])
+            .await
+            .unwrap();
+        let mut partial = storage.open(&owner, &path).await.unwrap();
+        // Chunks of odd sizes, more than the writing thread's queue holds,
+        // with a flush (as every progress write does) along the way.
+        let mut expected = Vec::new();
+        for index in 0..200u32 {
+            let chunk: Vec<u8> = (0..(index * 997 % 150_000))
+                .map(|byte| (byte ^ index) as u8)
+                .collect();
+            expected.extend_from_slice(&chunk);
+            partial.write(Bytes::from(chunk)).await.unwrap();
+            if index % 50 == 0 {
+                partial.flush().await.unwrap();
+            }
+        }
+
+        assert_eq!(partial.finish().await.unwrap(), expected.len() as u64);
+        assert!(std::fs::read(storage.base_path().join("large.bin")).unwrap() == expected);
+        assert_eq!(on_disk(&storage), vec!["large.bin"]);
     }
 
     #[tokio::test]
@@ -895,7 +935,7 @@ mod tests {
                 .await
                 .unwrap();
             let mut partial = storage.open(&owner, &path).await.unwrap();
-            partial.write(b"12345").await.unwrap();
+            partial.write(Bytes::from_static(b"12345")).await.unwrap();
             partial.flush().await.unwrap();
             drop(partial);
             // Finishing, done by hand up to the crash: linked, then `removed` gone.
@@ -932,7 +972,7 @@ mod tests {
             .await
             .unwrap();
         let mut partial = storage.open(&owner, &path).await.unwrap();
-        partial.write(b"ours").await.unwrap();
+        partial.write(Bytes::from_static(b"ours")).await.unwrap();
         // Somebody puts a file in its place by hand while it downloads.
         std::fs::write(storage.base_path().join("f.bin"), b"by hand").unwrap();
 
@@ -966,7 +1006,7 @@ mod tests {
             .open(&owner, &pending)
             .await
             .unwrap()
-            .write(b"abc")
+            .write(Bytes::from_static(b"abc"))
             .await
             .unwrap();
         storage
@@ -1009,7 +1049,7 @@ mod tests {
 
         let mut partial = storage.open(&owner, &path).await.unwrap();
         assert_eq!(partial.len(), 5);
-        partial.write(b"678").await.unwrap();
+        partial.write(Bytes::from_static(b"678")).await.unwrap();
         partial.finish().await.unwrap();
 
         assert_eq!(

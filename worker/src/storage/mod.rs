@@ -17,11 +17,13 @@
 
 mod local;
 pub mod path;
+mod write_behind;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use savestream_shared::config::{Config, StorageKind};
 use savestream_shared::task::TaskId;
 
@@ -135,7 +137,9 @@ pub trait PartialFile: Send {
     /// Drops everything written, to start over (the source could not resume).
     async fn truncate(&mut self) -> Result<(), StorageError>;
 
-    async fn write(&mut self, chunk: &[u8]) -> Result<(), StorageError>;
+    /// Appends `chunk`. The storage may keep it rather than copy it, and
+    /// may write it later: a failure can surface at a later call.
+    async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError>;
 
     /// Hands buffered bytes to the storage, so that a crash loses only
     /// what arrived since (the pipeline calls it with every progress write).
