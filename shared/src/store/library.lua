@@ -182,15 +182,9 @@ end
 
 -- Checks that `attempt` is the running attempt: the lease fence.
 -- Returns the error reply to give, or nil and the fields a worker
--- transition needs: {status, attempt, job, log[, extra]}, with the field
--- named `extra` read too when it is given.
-local function check_lease(keys, task_id, attempt, extra)
-  local state
-  if extra then
-    state = redis.call('HMGET', keys[1], 'status', 'attempt', 'job', 'log', extra)
-  else
-    state = redis.call('HMGET', keys[1], 'status', 'attempt', 'job', 'log')
-  end
+-- transition needs: {status, attempt, job, log}.
+local function check_lease(keys, task_id, attempt)
+  local state = redis.call('HMGET', keys[1], 'status', 'attempt', 'job', 'log')
   local status, current = state[1], state[2]
   if not status then
     return fail_with('NOTFOUND', task_id)
@@ -315,21 +309,17 @@ end
 -- ARGV: task_id, attempt, size ('' when unknown), path, retention_ms
 local function complete(keys, args)
   local task_id, attempt = args[1], args[2]
-  local refused, state = check_lease(keys, task_id, attempt, 'error')
+  local refused, state = check_lease(keys, task_id, attempt)
   if refused then
     return refused
   end
   local at = now_text()
   local event = append_event(keys, task_id, 'completed', at, 'attempt', attempt, 'size', args[3], 'path', args[4])
-  local log = logged(state[4], event)
-  if state[5] and state[5] ~= '' then
-    -- An earlier attempt's error is cleared; a first attempt has none, and
-    -- writing an empty field would cost a search and a reallocation.
-    redis.call('HSET', keys[1], 'status', 'completed', 'size', args[3], 'path', args[4], 'ended', at, 'log', log,
-      'error', '')
-  else
-    redis.call('HSET', keys[1], 'status', 'completed', 'size', args[3], 'path', args[4], 'ended', at, 'log', log)
-  end
+  -- An earlier attempt's error is cleared. (Writing it unread is cheaper
+  -- than reading it to skip the write: a field a hash lacks is searched
+  -- from end to end.)
+  redis.call('HSET', keys[1], 'status', 'completed', 'size', args[3], 'path', args[4], 'error', '', 'ended', at,
+    'log', logged(state[4], event))
   finish(keys, task_id, 'running', state[3], args[5])
   return 'OK'
 end
