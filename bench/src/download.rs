@@ -6,9 +6,10 @@
 //!   the size over the time from the task's creation to `completed`, and the
 //!   worker's peak RSS (`VmHWM`).
 //! - Telegram: the Telegram source's `Downloader` (parallel precise parts
-//!   through the faithful fake) streaming into a file that is then synced,
-//!   as the local storage does. In-process, so its RSS would count the
-//!   fake's in-memory file and is not reported.
+//!   through the faithful fake) streaming into the worker's local storage
+//!   (`LocalStorage`: the task's partial file written behind, synced and
+//!   linked to its name), as the pipeline saves it. In-process, so its RSS
+//!   would count the fake's in-memory file and is not reported.
 //! - `dd if=/dev/zero bs=1M conv=fsync`: the disk's sequential write rate,
 //!   synced as the storage syncs a finished file.
 
@@ -19,11 +20,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
+use savestream_shared::task::TaskId;
 use savestream_telegram::fake::{FakeChat, FakeMessage, FakeTelegram};
 use savestream_telegram::{DownloadOptions, Downloader, TelegramApi};
 use savestream_testkit::free_port;
 use savestream_tests::file_server::{FileServer, ServedFile};
-use tokio::io::AsyncWriteExt;
+use savestream_worker::storage::path::{FileName, StorageDir};
+use savestream_worker::storage::LocalStorage;
+use savestream_worker::storage::Storage;
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Download {
@@ -194,20 +198,28 @@ pub async fn telegram(dir: &Path, size: u64, threads: usize) -> anyhow::Result<D
         .next()
         .ok_or_else(|| anyhow::anyhow!("no message"))?;
     let downloader = Downloader::new(api, DownloadOptions::new(threads));
-    let target = dir.join("telegram.bin");
+    let storage = LocalStorage::new("local1", dir)?;
+    let owner = TaskId::generate();
     let before = Instant::now();
-    let mut output = tokio::fs::File::create(&target).await?;
+    let path = storage
+        .reserve(
+            &owner,
+            &StorageDir::parse("/")?,
+            &FileName::parse("telegram.bin")?,
+            &[],
+        )
+        .await?;
+    let mut partial = storage.open(&owner, &path).await?;
     let mut stream = downloader.stream(&message, 0)?;
     while let Some(chunk) = stream.next().await {
-        output.write_all(&chunk?).await?;
+        partial.write(chunk?).await?;
     }
-    output.sync_all().await?;
+    let saved = partial.finish().await?;
     let seconds = before.elapsed().as_secs_f64();
-    let saved = tokio::fs::metadata(&target).await?.len();
     anyhow::ensure!(saved == size, "the saved file has {saved} bytes, not {size}");
-    tokio::fs::remove_file(&target).await?;
+    storage.remove(&path).await?;
     Ok(Download {
-        path: format!("fake Telegram → {threads} parallel parts → file"),
+        path: format!("fake Telegram → {threads} parallel parts → local storage"),
         bytes: size,
         seconds,
         megabytes_per_second: megabytes_per_second(size, seconds),
