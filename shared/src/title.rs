@@ -18,12 +18,7 @@ pub fn resolved(source: SourceKind, file_name: &str, storage: &str, path: &str) 
 /// `[<tag>](<file>-><storage>:<path>)`, built by concatenation: the API
 /// builds one for every task it creates, and `format!` costs several times more.
 fn single(source: SourceKind, file: &str, storage: &str, path: &str) -> String {
-    let parts = ["[", source.title_tag(), "](", file, "->", storage, ":", path, ")"];
-    let mut title = String::with_capacity(parts.iter().map(|part| part.len()).sum());
-    for part in parts {
-        title.push_str(part);
-    }
-    title
+    ["[", source.title_tag(), "](", file, "->", storage, ":", path, ")"].concat()
 }
 
 /// The title of an album saved as several files, in the seed's batch form
