@@ -3,11 +3,12 @@
 //! `POST /api/v1/tasks` and `GET /api/v1/tasks/{id}`, each for the same
 //! duration and connections, in the same run.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use savestream_testkit::free_port;
+
+use crate::process::{self, sibling, Killed};
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Endpoint {
@@ -19,46 +20,6 @@ pub struct Endpoint {
     pub api_cpu_us: f64,
     /// CPU Redis spent per request, in microseconds.
     pub redis_cpu_us: f64,
-}
-
-/// User plus system CPU seconds a process has used, from `/proc/<pid>/stat`.
-fn process_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The command name (field 2) may hold spaces; the fields after its
-    // closing parenthesis are numbered from 3.
-    let after_name = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .ok_or_else(|| anyhow::anyhow!("/proc/{pid}/stat has no command name"))?;
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks = |index: usize| -> anyhow::Result<f64> {
-        Ok(fields
-            .get(index - 3)
-            .ok_or_else(|| anyhow::anyhow!("/proc/{pid}/stat is short"))?
-            .parse::<f64>()?)
-    };
-    // SAFETY: sysconf reads a constant of the system.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok((ticks(14)? + ticks(15)?) / per_second)
-}
-
-struct Api(Child);
-
-impl Drop for Api {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn sibling(binary: &str) -> anyhow::Result<PathBuf> {
-    let path = std::env::current_exe()?.with_file_name(binary);
-    anyhow::ensure!(
-        path.exists(),
-        "{} is missing: cargo build --release --bins",
-        path.display()
-    );
-    Ok(path)
 }
 
 pub async fn api(
@@ -78,12 +39,14 @@ pub async fn api(
             dir.path().display()
         ),
     )?;
-    let api = Api(Command::new(sibling("savestream-api")?)
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()?);
+    let api = Killed(
+        Command::new(sibling("savestream-api")?)
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     let created = loop {
@@ -126,7 +89,7 @@ pub async fn api(
     let info = crate::redis_stats::info_client(redis_url).await?;
     let mut endpoints = Vec::new();
     for (name, url, script) in runs {
-        let api_before = process_cpu_seconds(api.0.id())?;
+        let api_before = process::cpu_seconds(api.0.id())?;
         let redis_before = crate::redis_stats::cpu_seconds(&info).await?;
         let mut command = Command::new("wrk");
         command
@@ -141,7 +104,7 @@ pub async fn api(
             .arg(&url)
             .output()
             .map_err(|error| anyhow::anyhow!("running wrk ({error}): apt-get install wrk"))?;
-        let api_cpu = process_cpu_seconds(api.0.id())? - api_before;
+        let api_cpu = process::cpu_seconds(api.0.id())? - api_before;
         let redis_cpu = crate::redis_stats::cpu_seconds(&info).await? - redis_before;
         let text = String::from_utf8_lossy(&output.stdout).to_string();
         let requests = wrk_requests(&text).unwrap_or(f64::NAN);

@@ -13,8 +13,8 @@
 //! - `dd if=/dev/zero bs=1M conv=fsync`: the disk's sequential write rate,
 //!   synced as the storage syncs a finished file.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,8 @@ use savestream_tests::file_server::{FileServer, ServedFile};
 use savestream_worker::storage::path::{FileName, StorageDir};
 use savestream_worker::storage::LocalStorage;
 use savestream_worker::storage::Storage;
+
+use crate::process::{sibling, Killed};
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Download {
@@ -57,25 +59,6 @@ fn content(size: u64) -> Bytes {
         body.extend_from_slice(&pattern[..take]);
     }
     Bytes::from(body)
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn sibling(binary: &str) -> anyhow::Result<PathBuf> {
-    let path = std::env::current_exe()?.with_file_name(binary);
-    anyhow::ensure!(
-        path.exists(),
-        "{} is missing: cargo build --release --bins",
-        path.display()
-    );
-    Ok(path)
 }
 
 fn megabytes_per_second(bytes: u64, seconds: f64) -> f64 {

@@ -13,11 +13,13 @@
 //! - [`api`]: the HTTP API under `wrk`, next to `/health` as the ceiling.
 //! - [`download`]: a large file through the HTTP and Telegram paths, next to `dd`.
 //! - [`peer`]: runs the BullMQ scripts in `bench/bullmq` on the same Redis.
+//! - [`process`]: the release binaries a benchmark runs, and a process's CPU.
 //! - [`redis_stats`]: Redis CPU and memory from `INFO`.
 
 pub mod api;
 pub mod download;
 pub mod peer;
+pub mod process;
 pub mod queue;
 pub mod redis_stats;
 pub mod scale;

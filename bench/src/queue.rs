@@ -46,7 +46,7 @@ pub async fn throughput(url: &str, tasks: usize, slots: usize, lanes: usize) -> 
     let store = bench_store(url, &prefix).await?;
     let info = redis_stats::info_client(url).await?;
     let cpu_before = redis_stats::cpu_seconds(&info).await?;
-    let client_before = redis_stats::own_cpu_seconds();
+    let client_before = crate::process::cpu_seconds(std::process::id())?;
     let started = Instant::now();
 
     let batches: Vec<Vec<_>> = (0..tasks)
@@ -99,7 +99,7 @@ pub async fn throughput(url: &str, tasks: usize, slots: usize, lanes: usize) -> 
         handle.abort();
     }
     let cpu_after = redis_stats::cpu_seconds(&info).await?;
-    let client_cpu_seconds = redis_stats::own_cpu_seconds() - client_before;
+    let client_cpu_seconds = crate::process::cpu_seconds(std::process::id())? - client_before;
     let total_seconds = (ended - started).as_secs_f64();
     Ok(Throughput {
         tasks,

@@ -22,19 +22,6 @@ pub async fn cpu_seconds(client: &Client) -> anyhow::Result<f64> {
     Ok(field(&info, "used_cpu_user")? + field(&info, "used_cpu_sys")?)
 }
 
-/// User plus system CPU seconds this process (the benchmark's client side:
-/// creator and consumer) has used so far.
-pub fn own_cpu_seconds() -> f64 {
-    // SAFETY: getrusage only writes the struct it is given.
-    let usage = unsafe {
-        let mut usage = std::mem::zeroed::<libc::rusage>();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
-        usage
-    };
-    let seconds = |time: libc::timeval| time.tv_sec as f64 + time.tv_usec as f64 / 1e6;
-    seconds(usage.ru_utime) + seconds(usage.ru_stime)
-}
-
 /// Bytes of memory the dataset uses (`used_memory`).
 pub async fn used_memory(client: &Client) -> anyhow::Result<f64> {
     let info: String = client.info(Some(fred::types::InfoKind::Memory)).await?;

@@ -1,0 +1,66 @@
+//! The processes a benchmark runs or measures: the release binaries next to
+//! the benchmark's own (`sibling`), a child that is killed when dropped
+//! (`Killed`), and a process's CPU time from `/proc` (`cpu_seconds`).
+
+use std::path::PathBuf;
+use std::process::Child;
+
+/// A child process, killed and reaped when dropped, so a failed benchmark
+/// leaves no API or worker running.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The path of a release binary built next to this benchmark.
+pub fn sibling(binary: &str) -> anyhow::Result<PathBuf> {
+    let path = std::env::current_exe()?.with_file_name(binary);
+    anyhow::ensure!(
+        path.exists(),
+        "{} is missing: cargo build --release --bins",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// User plus system CPU seconds a process has used, from `/proc/<pid>/stat`.
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces; the fields after its
+    // closing parenthesis are numbered from 3.
+    let after_name = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| anyhow::anyhow!("/proc/{pid}/stat has no command name"))?;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |index: usize| -> anyhow::Result<f64> {
+        Ok(fields
+            .get(index - 3)
+            .ok_or_else(|| anyhow::anyhow!("/proc/{pid}/stat is short"))?
+            .parse::<f64>()?)
+    };
+    // SAFETY: sysconf reads a constant of the system.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((ticks(14)? + ticks(15)?) / per_second)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_that_computes_has_used_cpu() {
+        let before = cpu_seconds(std::process::id()).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(100);
+        let mut spin = 0u64;
+        while std::time::Instant::now() < deadline {
+            spin = std::hint::black_box(spin.wrapping_add(1));
+        }
+        let used = cpu_seconds(std::process::id()).unwrap() - before;
+        assert!(used >= 0.05, "spinning 100 ms counted {used} s of CPU");
+    }
+}
