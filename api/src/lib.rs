@@ -9,6 +9,7 @@
 //! ## Layout
 //! - [`startup`]: `Application::build` connects and binds; `run_until_stopped` serves until shutdown.
 //! - [`routes`]: the operations, one module per resource (`health`, `tasks`, `events`, `storages`, `workers`).
+//! - [`create_batcher`]: concurrent creates share one `savestream_create_batch` call.
 //! - [`new_task`]: every check on a create request, turning it into the store's `NewTask`.
 //! - [`direct_link`]: direct http(s) links (`url`) checked into a `DirectLink`.
 //! - [`wire`]: the JSON types, their docs and examples, converted from `shared`'s domain types.
@@ -20,12 +21,13 @@
 //! - [`state`]: `AppState`, shared by every handler.
 //!
 //! ## Invariants
-//! - Nothing is written to Redis for a refused request: every check runs before the one store call.
+//! - Nothing is written to Redis for a refused request: every check runs before the create is handed to the store.
 //! - Every response that is not a success has a JSON body `{"error": "..."}`.
 //! - Only this crate derives poem-openapi types; `shared` knows nothing of HTTP.
 //! - The bearer token is never logged, and headers are never logged.
 
 pub mod auth;
+pub mod create_batcher;
 pub mod direct_link;
 pub mod error;
 pub mod live_events;

@@ -9,6 +9,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::ExpectedToken;
+use crate::create_batcher::CreateBatcher;
 
 /// At most this many live event streams are open at once: each holds a Redis
 /// connection of its own, and Redis' connections are not free.
@@ -20,6 +21,8 @@ pub struct AppState {
     /// `[api] token`, digested once for [`crate::auth::check`].
     pub token: ExpectedToken,
     pub store: Store,
+    /// Creates go through here, so that concurrent ones share a store call.
+    pub creates: CreateBatcher,
     /// Cancelled when the server begins to shut down, so that live event
     /// streams end and graceful shutdown does not wait on them forever.
     pub shutdown: CancellationToken,
@@ -29,8 +32,10 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Builds the state and starts the create batcher, on the current Tokio runtime.
     pub fn new(config: Config, store: Store, metrics: PrometheusHandle) -> AppState {
         AppState {
+            creates: CreateBatcher::start(store.clone()),
             token: ExpectedToken::new(&config.api.token),
             config: Arc::new(config),
             store,

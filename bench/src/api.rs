@@ -20,6 +20,9 @@ pub struct Endpoint {
     pub api_cpu_us: f64,
     /// CPU Redis spent per request, in microseconds.
     pub redis_cpu_us: f64,
+    /// Function calls (`FCALL`) Redis ran per request: below 1 when
+    /// concurrent creates share a batch call.
+    pub fcalls: f64,
 }
 
 pub async fn api(
@@ -91,6 +94,7 @@ pub async fn api(
     for (name, url, script) in runs {
         let api_before = process::cpu_seconds(api.0.id())?;
         let redis_before = crate::redis_stats::cpu_seconds(&info).await?;
+        crate::redis_stats::reset_command_stats(&info).await?;
         let mut command = Command::new("wrk");
         command
             .arg(format!("-t{threads}"))
@@ -106,6 +110,12 @@ pub async fn api(
             .map_err(|error| anyhow::anyhow!("running wrk ({error}): apt-get install wrk"))?;
         let api_cpu = process::cpu_seconds(api.0.id())? - api_before;
         let redis_cpu = crate::redis_stats::cpu_seconds(&info).await? - redis_before;
+        let fcalls = crate::redis_stats::command_stats(&info)
+            .await?
+            .iter()
+            .filter(|cost| cost.command == "fcall")
+            .map(|cost| cost.calls)
+            .sum::<u64>() as f64;
         let text = String::from_utf8_lossy(&output.stdout).to_string();
         let requests = wrk_requests(&text).unwrap_or(f64::NAN);
         anyhow::ensure!(
@@ -119,6 +129,7 @@ pub async fn api(
             p99_ms: wrk_latency(&text, "99%").unwrap_or(f64::NAN),
             api_cpu_us: api_cpu * 1e6 / requests,
             redis_cpu_us: redis_cpu * 1e6 / requests,
+            fcalls: fcalls / requests,
         });
     }
     Ok(endpoints)

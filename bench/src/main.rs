@@ -196,17 +196,18 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let endpoints = api::api(&url, seconds, connections, threads).await?;
             println!("{}", serde_json::to_string(&endpoints)?);
-            println!("| endpoint | requests/s | p50 | p99 | API CPU per request | Redis CPU per request |");
-            println!("|---|---|---|---|---|---|");
+            println!("| endpoint | requests/s | p50 | p99 | API CPU per request | Redis CPU per request | FCALLs per request |");
+            println!("|---|---|---|---|---|---|---|");
             for endpoint in &endpoints {
                 println!(
-                    "| {} | {:.0} | {:.3} ms | {:.3} ms | {:.1} µs | {:.1} µs |",
+                    "| {} | {:.0} | {:.3} ms | {:.3} ms | {:.1} µs | {:.1} µs | {:.3} |",
                     endpoint.name,
                     endpoint.requests_per_second,
                     endpoint.p50_ms,
                     endpoint.p99_ms,
                     endpoint.api_cpu_us,
-                    endpoint.redis_cpu_us
+                    endpoint.redis_cpu_us,
+                    endpoint.fcalls
                 );
             }
             if let [health, create, ..] = endpoints.as_slice() {

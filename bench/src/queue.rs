@@ -54,8 +54,12 @@ pub async fn throughput(url: &str, tasks: usize, slots: usize, lanes: usize) -> 
         .chunks(1000)
         .map(|chunk| chunk.iter().map(|&index| new_task(index)).collect())
         .collect();
-    let mut creations =
-        futures::stream::iter(batches.iter().map(|batch| store.create_batch(batch))).buffer_unordered(4);
+    let mut creations = futures::stream::iter(
+        batches
+            .iter()
+            .map(|batch| store.create_batch(batch.iter().map(|new_task| (new_task, None)))),
+    )
+    .buffer_unordered(4);
     while let Some(results) = creations.next().await {
         for result in results? {
             result?;
@@ -228,7 +232,10 @@ pub async fn phases(url: &str, tasks: usize, batch: usize) -> anyhow::Result<Pha
     redis_stats::reset_command_stats(&info).await?;
     let all: Vec<_> = (0..tasks).map(new_task).collect();
     for chunk in all.chunks(batch) {
-        for result in store.create_batch(chunk).await? {
+        for result in store
+            .create_batch(chunk.iter().map(|new_task| (new_task, None)))
+            .await?
+        {
             result?;
         }
     }

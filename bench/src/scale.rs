@@ -35,8 +35,12 @@ pub async fn scale(url: &str, tasks: usize, samples: usize) -> anyhow::Result<Sc
     for batch in &batches {
         task_ids.extend(batch.iter().map(|new_task| new_task.task_id.clone()));
     }
-    let mut creations =
-        futures::stream::iter(batches.iter().map(|batch| store.create_batch(batch))).buffer_unordered(4);
+    let mut creations = futures::stream::iter(
+        batches
+            .iter()
+            .map(|batch| store.create_batch(batch.iter().map(|new_task| (new_task, None)))),
+    )
+    .buffer_unordered(4);
     while let Some(results) = creations.next().await {
         for result in results? {
             result?;

@@ -747,6 +747,46 @@ async fn the_library_is_reloaded_when_redis_loses_it() {
 }
 
 #[tokio::test]
+async fn a_batch_honours_idempotency_keys_within_it_and_from_before() {
+    let harness = Harness::start().await;
+    let new_task = |index: usize| NewTask {
+        task_id: TaskId::generate(),
+        source: SourceKind::Http,
+        link: format!("https://example.com/{index}"),
+        user_id: 1,
+        storage: "local1".into(),
+        dir: "/".into(),
+        title: format!("t{index}"),
+    };
+    let earlier = harness
+        .store
+        .create(&new_task(0), Some("used-before"))
+        .await
+        .unwrap();
+    let tasks: Vec<NewTask> = (1..=5).map(new_task).collect();
+    // Keyed and unkeyed creates interleaved, so each key must be read at
+    // its own task's place in KEYS.
+    let keys = [Some("k"), None, Some("k"), Some("used-before"), None];
+
+    let created = harness.store.create_batch(tasks.iter().zip(keys)).await.unwrap();
+
+    let created: Vec<_> = created.into_iter().map(Result::unwrap).collect();
+    assert!(created[0].is_new && created[0].task_id == tasks[0].task_id);
+    assert!(created[1].is_new && created[1].task_id == tasks[1].task_id);
+    assert!(!created[2].is_new && created[2].task_id == tasks[0].task_id);
+    assert!(!created[3].is_new && created[3].task_id == earlier.task_id);
+    assert!(created[4].is_new && created[4].task_id == tasks[4].task_id);
+    let queued = harness.store.list(10).await.unwrap().queued;
+    assert_eq!(
+        queued.len(),
+        4,
+        "the earlier task and three of the five: {queued:?}"
+    );
+    let later = harness.store.create(&new_task(6), Some("k")).await.unwrap();
+    assert_eq!(later.task_id, tasks[0].task_id, "the batch recorded the key");
+}
+
+#[tokio::test]
 async fn batches_apply_the_same_rules_task_by_task() {
     let harness = Harness::start().await;
     let new_tasks: Vec<NewTask> = (0..5)
@@ -761,7 +801,11 @@ async fn batches_apply_the_same_rules_task_by_task() {
         })
         .collect();
 
-    let created = harness.store.create_batch(&new_tasks).await.unwrap();
+    let created = harness
+        .store
+        .create_batch(new_tasks.iter().map(|new_task| (new_task, None)))
+        .await
+        .unwrap();
     assert!(created
         .iter()
         .all(|result| result.as_ref().is_ok_and(|created| created.is_new)));

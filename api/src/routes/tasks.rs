@@ -113,15 +113,17 @@ impl TasksApi {
         }
         let idempotency_key = check_idempotency_key(idempotency_key.0)?;
         let new_task = new_task::validate(body.0, &state.config)?;
-        let created = state.store.create(&new_task, idempotency_key.as_deref()).await?;
+        let source = new_task.source;
+        let storage = new_task.storage.clone();
+        let created = state.creates.create(new_task, idempotency_key).await?;
         record_task_id(&created.task_id);
         let body = Json(TaskCreated::new(created.task_id.to_string()));
         if created.is_new {
-            crate::metrics::task_created(new_task.source);
+            crate::metrics::task_created(source);
             tracing::info!(
                 task_id = %created.task_id,
-                source = new_task.source.as_str(),
-                storage = %new_task.storage,
+                source = source.as_str(),
+                storage = %storage,
                 "task created"
             );
             Ok(CreateResponse::Created(body))

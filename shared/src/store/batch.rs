@@ -9,7 +9,7 @@
 use fred::types::Value;
 
 use super::queue::{lease_from, Lease};
-use super::{Created, NewTask, Store, StoreError};
+use super::{idempotency_digest, Created, NewTask, Store, StoreError, IDEMPOTENCY_WINDOW};
 use crate::task::TaskId;
 
 impl Store {
@@ -76,14 +76,28 @@ impl Store {
             .collect())
     }
 
-    /// Creates many tasks in one call (no idempotency keys).
-    pub async fn create_batch(
+    /// Creates many tasks in one call, each as [`Store::create`] creates
+    /// one: a task with an idempotency key already used within
+    /// [`IDEMPOTENCY_WINDOW`] answers the first task instead, also when the
+    /// first is earlier in the same batch.
+    pub async fn create_batch<'a>(
         &self,
-        new_tasks: &[NewTask],
+        requests: impl IntoIterator<Item = (&'a NewTask, Option<&'a str>)>,
     ) -> Result<Vec<Result<Created, StoreError>>, StoreError> {
-        let task_ids: Vec<&TaskId> = new_tasks.iter().map(|new_task| &new_task.task_id).collect();
-        let mut args = Vec::with_capacity(new_tasks.len() * 9);
-        for new_task in new_tasks {
+        let keys = self.keys();
+        let mut batch_keys = self.batch_keys(std::iter::empty());
+        let mut task_ids: Vec<&TaskId> = Vec::new();
+        let mut args = Vec::new();
+        for (new_task, idempotency_key) in requests {
+            task_ids.push(&new_task.task_id);
+            batch_keys.push(keys.task(&new_task.task_id));
+            let idempotency_ttl = match idempotency_key {
+                Some(key) => {
+                    batch_keys.push(keys.idempotency(&idempotency_digest(key)));
+                    IDEMPOTENCY_WINDOW.as_millis().to_string()
+                }
+                None => String::new(),
+            };
             args.extend([
                 new_task.task_id.to_string(),
                 new_task.source.as_str().to_owned(),
@@ -92,22 +106,20 @@ impl Store {
                 new_task.storage.clone(),
                 new_task.dir.clone(),
                 new_task.title.clone(),
-                String::new(),
+                idempotency_ttl,
                 new_task.request_field(),
             ]);
         }
-        let results = self
-            .call_batch("savestream_create_batch", &task_ids, args)
+        let Some(first) = task_ids.first() else {
+            return Ok(Vec::new());
+        };
+        let reply = self
+            .call(first, "savestream_create_batch", batch_keys, args)
             .await?;
-        Ok(results
+        Ok(self
+            .per_task("savestream_create_batch", &task_ids, reply)?
             .into_iter()
-            .zip(new_tasks)
-            .map(|(result, new_task)| {
-                result.map(|_| Created {
-                    task_id: new_task.task_id.clone(),
-                    is_new: true,
-                })
-            })
+            .map(|result| result.and_then(Created::from_reply))
             .collect())
     }
 

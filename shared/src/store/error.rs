@@ -3,7 +3,7 @@
 
 use crate::task::{TaskId, TaskStatus};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     /// No task with this id (never created, or expired after retention).
     #[error("task {0} not found")]

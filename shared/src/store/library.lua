@@ -436,26 +436,37 @@ end
 -- Batches: one call that applies a per-task function to many tasks, so a
 -- busy queue pays one round trip, one script invocation, one clock read and
 -- one write per shared set per batch rather than per task. KEYS: events,
--- jobs, queued, running, delayed, then each task's hash. ARGV: `width`
--- arguments per task, as the per-task function takes them. Each task's
--- result is its own: an error becomes the string 'ERR <code> <details>' in
--- its slot, so one refused task does not fail the batch.
-local function batch_of(per_task, width)
+-- jobs, queued, running, delayed, then each task's hash, followed by the
+-- task's own extra key when `extra_key(task_args)` says it has one (a
+-- create's idempotency key). ARGV: `width` arguments per task, as the
+-- per-task function takes them. Each task's result is its own: an error
+-- becomes the string 'ERR <code> <details>' in its slot, so one refused
+-- task does not fail the batch.
+local function batch_of(per_task, width, extra_key)
   local function run_all(keys, args, results)
     -- One keys table and one args table serve every task in turn: a
     -- per-task function reads them only while it runs.
     local task_keys = { nil, keys[1], keys[2], keys[3], keys[4], keys[5] }
     local task_args = {}
-    for index = 0, #keys - 6 do
-      task_keys[1] = keys[6 + index]
+    local next_key, index = 6, 0
+    while next_key <= #keys do
+      task_keys[1] = keys[next_key]
+      next_key = next_key + 1
       for position = 1, width do
         task_args[position] = args[index * width + position]
+      end
+      if extra_key and extra_key(task_args) then
+        task_keys[7] = keys[next_key]
+        next_key = next_key + 1
+      else
+        task_keys[7] = nil
       end
       local result = per_task(task_keys, task_args)
       if type(result) == 'table' and result.err then
         result = 'ERR ' .. result.err
       end
-      results[index + 1] = result
+      index = index + 1
+      results[index] = result
     end
     flush_deferred()
     if deferred.trim_jobs then
@@ -478,6 +489,12 @@ local function batch_of(per_task, width)
   end
 end
 
+-- In a batch, a create has an idempotency key exactly when it gives the
+-- key's time to live.
+local function has_idempotency_key(args)
+  return args[8] ~= ''
+end
+
 local function version()
   return LIBRARY_VERSION
 end
@@ -492,7 +509,7 @@ redis.register_function('savestream_retry', retry)
 redis.register_function('savestream_cancel', cancel)
 redis.register_function('savestream_promote', promote)
 redis.register_function('savestream_heartbeat', heartbeat)
-redis.register_function('savestream_create_batch', batch_of(create, 9))
+redis.register_function('savestream_create_batch', batch_of(create, 9, has_idempotency_key))
 redis.register_function('savestream_start_batch', batch_of(start, 3))
 redis.register_function('savestream_complete_batch', batch_of(complete, 5))
 redis.register_function { function_name = 'savestream_version', callback = version, flags = { 'no-writes' } }

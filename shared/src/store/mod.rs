@@ -55,6 +55,22 @@ pub struct Created {
     pub is_new: bool,
 }
 
+impl Created {
+    /// Reads the library's answer to a create: `{task_id, 1}` when created,
+    /// `{existing_task_id, 0}` for a repeated idempotency key.
+    fn from_reply(reply: Value) -> Result<Created, StoreError> {
+        let mut parts = reply.into_array().into_iter();
+        let task_id = parts
+            .next()
+            .and_then(|value| value.as_string())
+            .unwrap_or_default();
+        let is_new = parts.next().and_then(|value| value.as_i64()) == Some(1);
+        let task_id = TaskId::parse(&task_id)
+            .map_err(|error| StoreError::Corrupt(format!("create answered: {error}")))?;
+        Ok(Created { task_id, is_new })
+    }
+}
+
 /// Download progress, written by the running worker a few times a second.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Progress {
@@ -312,14 +328,7 @@ impl Store {
         let reply = self
             .call(&new_task.task_id, "savestream_create", keys, args)
             .await?;
-        let mut parts = reply.into_array().into_iter();
-        let task_id = parts
-            .next()
-            .and_then(|value| value.as_string())
-            .unwrap_or_default();
-        let is_new = parts.next().and_then(|value| value.as_i64()) == Some(1);
-        let task_id = TaskId::parse(&task_id).map_err(|error| StoreError::Corrupt(error.to_string()))?;
-        Ok(Created { task_id, is_new })
+        Created::from_reply(reply)
     }
 
     /// The task and its progress, or `None` when there is no such task.

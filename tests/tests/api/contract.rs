@@ -99,6 +99,71 @@ async fn get_task_adds_savestreams_documented_fields() {
     );
 }
 
+/// Creates that arrive together share store calls (`create_batcher`); each
+/// must still get its own task, and repeats of one `Idempotency-Key` among
+/// them exactly one.
+#[tokio::test]
+async fn concurrent_creates_each_get_their_own_task_and_a_repeated_key_gets_one() {
+    let app = spawn_app().await;
+    let create = |message: u32, key: Option<&'static str>| {
+        let mut body = contract_body();
+        body["telegram_url"] = format!("https://t.me/channel/{message}").into();
+        let mut request = app.client.post(app.url("/api/v1/tasks")).json(&body);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        async move {
+            let response = request.send().await.expect("POST /api/v1/tasks");
+            let status = response.status().as_u16();
+            let body: serde_json::Value = response.json().await.expect("a JSON body");
+            let task_id = body["task_id"].as_str().map(str::to_owned);
+            (
+                status,
+                task_id.unwrap_or_else(|| panic!("no task id in the answer {status} {body}")),
+            )
+        }
+    };
+
+    let answers = futures::future::join_all(
+        (1..=60).map(|message| create(message, (message % 3 == 0).then_some("one-key"))),
+    )
+    .await;
+
+    let (keyed, unkeyed): (Vec<_>, Vec<_>) = answers
+        .into_iter()
+        .zip(1..)
+        .partition(|(_, message)| message % 3 == 0);
+    let mut unkeyed_ids: Vec<&str> = unkeyed
+        .iter()
+        .map(|((status, task_id), _)| {
+            assert_eq!(*status, 201);
+            task_id.as_str()
+        })
+        .collect();
+    unkeyed_ids.sort_unstable();
+    unkeyed_ids.dedup();
+    assert_eq!(
+        unkeyed_ids.len(),
+        40,
+        "every unkeyed create has a task of its own"
+    );
+    let keyed_ids: std::collections::HashSet<&str> =
+        keyed.iter().map(|((_, task_id), _)| task_id.as_str()).collect();
+    assert_eq!(keyed_ids.len(), 1, "one task for the key: {keyed_ids:?}");
+    let firsts = keyed.iter().filter(|((status, _), _)| *status == 201).count();
+    assert_eq!(firsts, 1, "exactly one 201 for the key, the rest 200");
+    let list: serde_json::Value = app
+        .client
+        .get(app.url("/api/v1/tasks"))
+        .send()
+        .await
+        .expect("GET /api/v1/tasks")
+        .json()
+        .await
+        .expect("a JSON list");
+    assert_eq!(list["queued"].as_array().expect("queued").len(), 41);
+}
+
 #[tokio::test]
 async fn curl_list_example_lists_queued_tasks_oldest_first() {
     let app = spawn_app().await;
