@@ -324,6 +324,17 @@ impl Application {
                     store: context.store.clone(),
                     storages: context.storages.clone(),
                 };
+                // Subscribed first, so a cancel during the sweep is heard.
+                let sweeper = leftovers.clone();
+                let stop = background.clone();
+                services.spawn(async move {
+                    tokio::select! {
+                        () = stop.cancelled() => {}
+                        swept = sweeper.sweep() => if let Err(error) = swept {
+                            warn!(%error, "cannot look over the storages for partial files of ended tasks");
+                        }
+                    }
+                });
                 services.spawn(cancel::listen(
                     subscriber,
                     context.running.clone(),

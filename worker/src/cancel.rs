@@ -12,15 +12,17 @@
 //! could not record). Every worker that hears the cancel of a task it is
 //! not running removes what it finds of it in its own storages
 //! ([`Leftovers`]). Partial files are found by their task, so any worker
-//! may, and a canceled task has no more use for them. This is best effort:
-//! a worker that is down when the message is sent never hears it.
+//! may, and a canceled task has no more use for them. A worker that is down
+//! when the message is sent never hears it; so each worker, when it starts,
+//! also looks over its storages for partial files of tasks that have ended
+//! ([`Leftovers::sweep`]).
 
 use std::time::Duration;
 
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use savestream_shared::config::RedisConfig;
-use savestream_shared::store::Store;
+use savestream_shared::store::{Store, StoreError};
 use savestream_shared::task::{TaskId, TaskStatus};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
@@ -75,6 +77,50 @@ impl Leftovers {
         if let Err(error) = storage.discard(task_id, &dir).await {
             warn!(%error, task_id = %task_id, "cannot remove the partial files of a canceled task");
         }
+    }
+
+    /// Removes the partial files in this worker's storages whose tasks have
+    /// ended (canceled, or failed or completed by an attempt that died
+    /// before cleaning up), and answers how many tasks' it removed. Partial
+    /// files of queued and running tasks stay: an attempt resumes them. So
+    /// do those of tasks the store does not know — expired after their
+    /// retention, or another deployment's sharing the directory — which are
+    /// reported for a person to look at rather than removed unasked.
+    pub async fn sweep(&self) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for storage in self.storages.iter() {
+            let owners = match storage.partial_owners().await {
+                Ok(owners) => owners,
+                Err(error) => {
+                    warn!(%error, "cannot look for leftover partial files: they stay until their tasks are canceled again");
+                    continue;
+                }
+            };
+            for (task_id, dir) in owners {
+                let Some(record) = self.store.get(&task_id).await? else {
+                    info!(
+                        task_id = %task_id,
+                        storage = storage.name(),
+                        dir = %dir,
+                        "partial files of a task the store does not know (expired, or another deployment's): left in place; delete them by hand if they are not another deployment's"
+                    );
+                    continue;
+                };
+                if !record.task.status.is_terminal() {
+                    continue;
+                }
+                match storage.discard(&task_id, &dir).await {
+                    Ok(()) => {
+                        info!(task_id = %task_id, status = %record.task.status, "removed the partial files of an ended task");
+                        removed += 1;
+                    }
+                    Err(error) => {
+                        warn!(%error, task_id = %task_id, "cannot remove the partial files of an ended task")
+                    }
+                }
+            }
+        }
+        Ok(removed)
     }
 }
 

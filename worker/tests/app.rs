@@ -355,6 +355,81 @@ async fn a_task_canceled_while_queued_loses_the_partial_files_an_earlier_attempt
     listener.await.unwrap();
 }
 
+/// The names directly in `dir`, sorted.
+fn names_in(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn the_sweep_removes_partial_files_of_ended_tasks_only() {
+    let harness = Harness::start().await;
+    let storage = Arc::new(LocalStorage::new("local1", harness.storage_dir.path()).unwrap());
+    let mut storages = Storages::default();
+    storages.insert(storage.clone());
+    let leftovers = cancel::Leftovers {
+        store: harness.store.clone(),
+        storages,
+    };
+    let canceled = harness.create("/c.bin").await;
+    let queued = harness.create("/q.bin").await;
+    let unknown = TaskId::generate();
+    let root = StorageDir::parse("/").unwrap();
+    for (task_id, file) in [(&canceled, "c.bin"), (&queued, "q.bin"), (&unknown, "u.bin")] {
+        storage
+            .reserve(task_id, &root, &FileName::parse(file).unwrap(), &[])
+            .await
+            .unwrap();
+    }
+    // Canceled with no listener: nobody heard the message.
+    harness.store.cancel(&canceled).await.unwrap();
+
+    let removed = leftovers.sweep().await.expect("the sweep reads the store");
+
+    assert_eq!(removed, 1);
+    assert_eq!(
+        names_in(harness.storage_dir.path()),
+        vec![
+            format!(".q.bin.{queued}.part"),
+            format!(".u.bin.{unknown}.part"),
+            "q.bin.part".to_owned(),
+            "u.bin.part".to_owned(),
+        ],
+        "a queued task resumes its partial file; an unknown task's is not for this worker to judge"
+    );
+}
+
+#[tokio::test]
+async fn a_starting_worker_removes_what_a_task_canceled_while_no_worker_ran_left() {
+    let harness = Harness::start().await;
+    let storage = LocalStorage::new("local1", harness.storage_dir.path()).unwrap();
+    let task_id = harness.create("/f.bin").await;
+    storage
+        .reserve(
+            &task_id,
+            &StorageDir::parse("/deep/er").unwrap(),
+            &FileName::parse("f.bin").unwrap(),
+            &[],
+        )
+        .await
+        .unwrap();
+    harness.store.cancel(&task_id).await.unwrap();
+
+    let worker = Worker::start(harness.config(1, 5)).await;
+
+    let directory = harness.stored("/deep/er");
+    eventually("the partial files to go", Duration::from_secs(10), || async {
+        names_in(&directory).is_empty().then_some(())
+    })
+    .await;
+    worker.shut_down(Duration::from_secs(10)).await;
+}
+
 #[tokio::test]
 async fn a_canceled_running_task_stops_within_a_second_and_leaves_nothing() {
     let harness = Harness::start().await;

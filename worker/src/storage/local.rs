@@ -487,6 +487,58 @@ impl Storage for LocalStorage {
             .await
             .map_err(|source| self.io_error("remove", path, source))
     }
+
+    async fn partial_owners(&self) -> Result<Vec<(TaskId, StorageDir)>, StorageError> {
+        let base = self.base.clone();
+        tokio::task::spawn_blocking(move || partial_owners_under(&base))
+            .await
+            .map_err(|error| std::io::Error::other(error.to_string()))
+            .and_then(|walked| walked)
+            .map_err(|source| self.io_error("look for partial files in", "/", source))
+    }
+}
+
+/// Walks the tree under `base` (never following a symlink) for own partial
+/// files, `.C.T.part`, and answers each owner `T` once per directory.
+/// Directories whose names no `dir_path` could have made hold no task's
+/// files and are passed over.
+fn partial_owners_under(base: &Path) -> std::io::Result<Vec<(TaskId, StorageDir)>> {
+    let mut owners = Vec::new();
+    let mut directories = vec![(base.to_path_buf(), String::new())];
+    while let Some((directory, relative)) = directories.pop() {
+        let mut found: Vec<TaskId> = Vec::new();
+        for listed in std::fs::read_dir(&directory)? {
+            let listed = listed?;
+            let Some(name) = listed.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let kind = listed.file_type()?;
+            if kind.is_dir() {
+                directories.push((listed.path(), format!("{relative}/{name}")));
+            } else if kind.is_file() {
+                if let Some(owner) = own_partial_owner(&name) {
+                    if !found.contains(&owner) {
+                        found.push(owner);
+                    }
+                }
+            }
+        }
+        let Ok(dir) = StorageDir::parse(if relative.is_empty() { "/" } else { &relative }) else {
+            continue;
+        };
+        owners.extend(found.into_iter().map(|owner| (owner, dir.clone())));
+    }
+    Ok(owners)
+}
+
+/// The task whose own partial file is named `file_name` (`.C.T.part`), if it is one.
+fn own_partial_owner(file_name: &str) -> Option<TaskId> {
+    let (name, owner) = file_name
+        .strip_prefix('.')?
+        .strip_suffix(".part")?
+        .rsplit_once('.')?;
+    FileName::parse(name).ok()?;
+    TaskId::parse(owner).ok()
 }
 
 struct LocalPartialFile {
@@ -684,6 +736,46 @@ mod tests {
             b"hello world"
         );
         assert_eq!(storage.finished(&owner, &path).await.unwrap(), Some(11));
+    }
+
+    #[tokio::test]
+    async fn partial_owners_finds_each_tasks_partial_files_once_per_directory_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = storage(&dir);
+        let (deep, root, finished) = (task(), task(), task());
+        for file in ["one.bin", "two.bin"] {
+            storage
+                .reserve(&deep, &storage_dir("/a/b"), &name(file), &[])
+                .await
+                .unwrap();
+        }
+        storage
+            .reserve(&root, &storage_dir("/"), &name("r.bin"), &[])
+            .await
+            .unwrap();
+        save(&storage, &finished, "/a", "done.bin", b"x").await;
+        // Names that only look like partial files, and a symlink out of the base.
+        std::fs::write(dir.path().join("plain.part"), b"").unwrap();
+        std::fs::write(dir.path().join(".x.not-a-task-id.part"), b"").unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join(format!(".o.bin.{}.part", task())), b"").unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
+
+        let mut owners: Vec<(String, String)> = storage
+            .partial_owners()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(owner, dir)| (owner.to_string(), dir.to_string()))
+            .collect();
+        owners.sort();
+
+        let mut expected = vec![
+            (deep.to_string(), "/a/b".to_owned()),
+            (root.to_string(), "/".to_owned()),
+        ];
+        expected.sort();
+        assert_eq!(owners, expected);
     }
 
     #[tokio::test]

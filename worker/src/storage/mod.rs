@@ -121,6 +121,11 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// Removes the finished file at `path`, if any (a task canceled in the
     /// instant between its file being finished and its completion recorded).
     async fn remove(&self, path: &StoragePath) -> Result<(), StorageError>;
+
+    /// Every task that has partial files here, once per directory that
+    /// holds some: what a starting worker looks over for tasks that ended
+    /// while no worker was there to hear it ([`crate::cancel::Leftovers::sweep`]).
+    async fn partial_owners(&self) -> Result<Vec<(TaskId, StorageDir)>, StorageError>;
 }
 
 /// A file being written. Bytes are appended in order; [`PartialFile::finish`]
@@ -179,5 +184,9 @@ impl Storages {
 
     pub fn get(&self, name: &str) -> Option<&Arc<dyn Storage>> {
         self.by_name.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Storage>> {
+        self.by_name.values()
     }
 }
