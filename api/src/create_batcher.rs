@@ -11,7 +11,8 @@
 //!
 //! Each create still succeeds or fails on its own (the batch applies the
 //! library's single `create` to each task in turn, idempotency keys
-//! included), and one call at a time keeps creates in the order they came.
+//! included), and the calls go out in order on one connection, so creates
+//! reach Redis in the order they came.
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use savestream_shared::store::{Created, NewTask, Store, StoreError};
@@ -70,14 +71,17 @@ impl CreateBatcher {
 /// call, with at most [`IN_FLIGHT`] calls outstanding.
 async fn send_batches(store: Store, mut receiver: mpsc::Receiver<PendingCreate>) {
     let mut in_flight = FuturesUnordered::new();
+    // `recv_many` is cancel-safe: when the other branch wins, nothing was
+    // taken off the channel.
+    let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
-        let mut batch = Vec::with_capacity(MAX_BATCH);
         tokio::select! {
             received = receiver.recv_many(&mut batch, MAX_BATCH), if in_flight.len() < IN_FLIGHT => {
                 if received == 0 {
                     break;
                 }
-                in_flight.push(send_batch(&store, batch));
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
+                in_flight.push(send_batch(&store, full));
             }
             Some(()) = in_flight.next() => {}
         }
