@@ -139,6 +139,18 @@ impl Harness {
         task_id
     }
 
+    /// The test's local storage, and a `Leftovers` that cleans it.
+    fn leftovers(&self) -> (Arc<LocalStorage>, cancel::Leftovers) {
+        let storage = Arc::new(LocalStorage::new("local1", self.storage_dir.path()).unwrap());
+        let mut storages = Storages::default();
+        storages.insert(storage.clone());
+        let leftovers = cancel::Leftovers {
+            store: self.store.clone(),
+            storages,
+        };
+        (storage, leftovers)
+    }
+
     async fn record(&self, task_id: &TaskId) -> TaskRecord {
         self.store.get(task_id).await.unwrap().expect("the task exists")
     }
@@ -306,13 +318,7 @@ async fn a_task_canceled_while_queued_loses_the_partial_files_an_earlier_attempt
     let subscriber = cancel::subscribe(&redis, &harness.store.keys().cancel_channel())
         .await
         .expect("subscribing");
-    let storage = Arc::new(LocalStorage::new("local1", harness.storage_dir.path()).unwrap());
-    let mut storages = Storages::default();
-    storages.insert(storage.clone());
-    let leftovers = cancel::Leftovers {
-        store: harness.store.clone(),
-        storages,
-    };
+    let (storage, leftovers) = harness.leftovers();
     let stop = CancellationToken::new();
     let listener = tokio::spawn(cancel::listen(
         subscriber,
@@ -340,15 +346,7 @@ async fn a_task_canceled_while_queued_loses_the_partial_files_an_earlier_attempt
     eventually(
         "the canceled task's partial files to go",
         Duration::from_secs(2),
-        || async {
-            let mut names: Vec<String> = std::fs::read_dir(harness.storage_dir.path())
-                .unwrap()
-                .flatten()
-                .map(|entry| entry.file_name().to_string_lossy().into_owned())
-                .collect();
-            names.sort();
-            (names == others_only).then_some(())
-        },
+        || async { (names_in(harness.storage_dir.path()) == others_only).then_some(()) },
     )
     .await;
     stop.cancel();
@@ -369,13 +367,7 @@ fn names_in(dir: &std::path::Path) -> Vec<String> {
 #[tokio::test]
 async fn the_sweep_removes_partial_files_of_ended_tasks_only() {
     let harness = Harness::start().await;
-    let storage = Arc::new(LocalStorage::new("local1", harness.storage_dir.path()).unwrap());
-    let mut storages = Storages::default();
-    storages.insert(storage.clone());
-    let leftovers = cancel::Leftovers {
-        store: harness.store.clone(),
-        storages,
-    };
+    let (storage, leftovers) = harness.leftovers();
     let canceled = harness.create("/c.bin").await;
     let queued = harness.create("/q.bin").await;
     let unknown = TaskId::generate();
