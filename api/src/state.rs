@@ -1,5 +1,6 @@
 //! [`AppState`]: what every request handler shares, built once at start-up.
 
+use std::ops::Deref;
 use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -15,8 +16,13 @@ use crate::create_batcher::CreateBatcher;
 /// connection of its own, and Redis' connections are not free.
 pub const MAX_LIVE_STREAMS: usize = 256;
 
+/// The shared state behind one reference count. poem hands every request
+/// its own clone of the state; one `Arc` to copy is cheaper than the
+/// handles inside (a cancellation token's clone takes a lock).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+pub struct Shared {
     pub config: Arc<Config>,
     /// `[api] token`, digested once for [`crate::auth::check`].
     pub token: ExpectedToken,
@@ -34,7 +40,7 @@ pub struct AppState {
 impl AppState {
     /// Builds the state and starts the create batcher, on the current Tokio runtime.
     pub fn new(config: Config, store: Store, metrics: PrometheusHandle) -> AppState {
-        AppState {
+        AppState(Arc::new(Shared {
             creates: CreateBatcher::start(store.clone()),
             token: ExpectedToken::new(&config.api.token),
             config: Arc::new(config),
@@ -42,6 +48,14 @@ impl AppState {
             shutdown: CancellationToken::new(),
             live_streams: Arc::new(Semaphore::new(MAX_LIVE_STREAMS)),
             metrics,
-        }
+        }))
+    }
+}
+
+impl Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
     }
 }
