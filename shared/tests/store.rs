@@ -746,10 +746,9 @@ async fn the_library_is_reloaded_when_redis_loses_it() {
     assert_eq!(harness.status(&task_id).await, TaskStatus::Queued);
 }
 
-#[tokio::test]
-async fn a_batch_honours_idempotency_keys_within_it_and_from_before() {
-    let harness = Harness::start().await;
-    let new_task = |index: usize| NewTask {
+/// A new direct-link task, its link and title numbered `index`.
+fn numbered_task(index: usize) -> NewTask {
+    NewTask {
         task_id: TaskId::generate(),
         source: SourceKind::Http,
         link: format!("https://example.com/{index}"),
@@ -757,13 +756,18 @@ async fn a_batch_honours_idempotency_keys_within_it_and_from_before() {
         storage: "local1".into(),
         dir: "/".into(),
         title: format!("t{index}"),
-    };
+    }
+}
+
+#[tokio::test]
+async fn a_batch_honours_idempotency_keys_within_it_and_from_before() {
+    let harness = Harness::start().await;
     let earlier = harness
         .store
-        .create(&new_task(0), Some("used-before"))
+        .create(&numbered_task(0), Some("used-before"))
         .await
         .unwrap();
-    let tasks: Vec<NewTask> = (1..=5).map(new_task).collect();
+    let tasks: Vec<NewTask> = (1..=5).map(numbered_task).collect();
     // Keyed and unkeyed creates interleaved, so each key must be read at
     // its own task's place in KEYS.
     let keys = [Some("k"), None, Some("k"), Some("used-before"), None];
@@ -782,24 +786,14 @@ async fn a_batch_honours_idempotency_keys_within_it_and_from_before() {
         4,
         "the earlier task and three of the five: {queued:?}"
     );
-    let later = harness.store.create(&new_task(6), Some("k")).await.unwrap();
+    let later = harness.store.create(&numbered_task(6), Some("k")).await.unwrap();
     assert_eq!(later.task_id, tasks[0].task_id, "the batch recorded the key");
 }
 
 #[tokio::test]
 async fn batches_apply_the_same_rules_task_by_task() {
     let harness = Harness::start().await;
-    let new_tasks: Vec<NewTask> = (0..5)
-        .map(|index| NewTask {
-            task_id: TaskId::generate(),
-            source: SourceKind::Http,
-            link: format!("https://example.com/{index}"),
-            user_id: 1,
-            storage: "local1".into(),
-            dir: "/".into(),
-            title: format!("t{index}"),
-        })
-        .collect();
+    let new_tasks: Vec<NewTask> = (0..5).map(numbered_task).collect();
 
     let created = harness
         .store

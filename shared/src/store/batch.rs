@@ -9,7 +9,7 @@
 use fred::types::Value;
 
 use super::queue::{lease_from, Lease};
-use super::{idempotency_digest, Created, NewTask, Store, StoreError, IDEMPOTENCY_WINDOW};
+use super::{idempotency_digest, Created, NewTask, Store, StoreError};
 use crate::task::TaskId;
 
 impl Store {
@@ -78,8 +78,8 @@ impl Store {
 
     /// Creates many tasks in one call, each as [`Store::create`] creates
     /// one: a task with an idempotency key already used within
-    /// [`IDEMPOTENCY_WINDOW`] answers the first task instead, also when the
-    /// first is earlier in the same batch.
+    /// [`IDEMPOTENCY_WINDOW`](super::IDEMPOTENCY_WINDOW) answers the first
+    /// task instead, also when the first is earlier in the same batch.
     pub async fn create_batch<'a>(
         &self,
         requests: impl IntoIterator<Item = (&'a NewTask, Option<&'a str>)>,
@@ -91,24 +91,10 @@ impl Store {
         for (new_task, idempotency_key) in requests {
             task_ids.push(&new_task.task_id);
             batch_keys.push(keys.task(&new_task.task_id));
-            let idempotency_ttl = match idempotency_key {
-                Some(key) => {
-                    batch_keys.push(keys.idempotency(&idempotency_digest(key)));
-                    IDEMPOTENCY_WINDOW.as_millis().to_string()
-                }
-                None => String::new(),
-            };
-            args.extend([
-                new_task.task_id.to_string(),
-                new_task.source.as_str().to_owned(),
-                new_task.link.clone(),
-                new_task.user_id.to_string(),
-                new_task.storage.clone(),
-                new_task.dir.clone(),
-                new_task.title.clone(),
-                idempotency_ttl,
-                new_task.request_field(),
-            ]);
+            if let Some(key) = idempotency_key {
+                batch_keys.push(keys.idempotency(&idempotency_digest(key)));
+            }
+            args.extend(new_task.create_args(idempotency_key.is_some()));
         }
         let Some(first) = task_ids.first() else {
             return Ok(Vec::new());

@@ -314,17 +314,7 @@ impl Store {
         if let Some(key) = idempotency_key {
             keys.push(self.keys.idempotency(&idempotency_digest(key)));
         }
-        let args = vec![
-            new_task.task_id.to_string(),
-            new_task.source.as_str().to_owned(),
-            new_task.link.clone(),
-            new_task.user_id.to_string(),
-            new_task.storage.clone(),
-            new_task.dir.clone(),
-            new_task.title.clone(),
-            IDEMPOTENCY_WINDOW.as_millis().to_string(),
-            new_task.request_field(),
-        ];
+        let args = new_task.create_args(idempotency_key.is_some()).to_vec();
         let reply = self
             .call(&new_task.task_id, "savestream_create", keys, args)
             .await?;
@@ -631,6 +621,28 @@ pub(crate) fn request_field(
 impl NewTask {
     fn request_field(&self) -> String {
         request_field(self.source, &self.link, self.user_id, &self.storage, &self.dir)
+    }
+
+    /// The library's `create` ARGV for this task; the idempotency key's
+    /// time to live is given only with a key (a batch reads it as "a key
+    /// follows this task's hash in KEYS").
+    pub(crate) fn create_args(&self, with_idempotency_key: bool) -> [String; 9] {
+        let idempotency_ttl = if with_idempotency_key {
+            IDEMPOTENCY_WINDOW.as_millis().to_string()
+        } else {
+            String::new()
+        };
+        [
+            self.task_id.to_string(),
+            self.source.as_str().to_owned(),
+            self.link.clone(),
+            self.user_id.to_string(),
+            self.storage.clone(),
+            self.dir.clone(),
+            self.title.clone(),
+            idempotency_ttl,
+            self.request_field(),
+        ]
     }
 }
 
