@@ -91,6 +91,7 @@ async fn send_batches(store: Store, mut receiver: mpsc::Receiver<PendingCreate>)
 
 /// Sends one batch and answers each of its creates.
 async fn send_batch(store: &Store, batch: Vec<PendingCreate>) {
+    crate::metrics::create_batch(batch.len());
     let requests = batch
         .iter()
         .map(|pending| (&pending.new_task, pending.idempotency_key.as_deref()));

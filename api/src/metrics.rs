@@ -10,7 +10,10 @@
 //!   with `path` the route's template (`/api/v1/tasks/{task_id}`), never the
 //!   concrete path, so ids do not make a series each;
 //! - `savestream_redis_errors_total`: store calls that failed because Redis
-//!   did not answer.
+//!   did not answer;
+//! - `savestream_create_batch_size`: creates per store call
+//!   ([`crate::create_batcher`]); its `_count` is the calls, its `_sum` the
+//!   creates they carried, so their ratio shows how much batching a load gets.
 //!
 //! Gauges are read from Redis (`Store::queue_depth`) at scrape time, so they
 //! are right whichever process changed the queue:
@@ -44,6 +47,7 @@ pub const TASKS_CREATED: &str = "savestream_tasks_created_total";
 pub const TASKS_CANCELED: &str = "savestream_tasks_canceled_total";
 pub const HTTP_REQUESTS: &str = "savestream_http_requests_total";
 pub const REDIS_ERRORS: &str = "savestream_redis_errors_total";
+pub const CREATE_BATCH_SIZE: &str = "savestream_create_batch_size";
 pub const QUEUE_DEPTH: &str = "savestream_queue_depth";
 pub const JOBS_PENDING: &str = "savestream_jobs_pending";
 
@@ -97,6 +101,10 @@ fn describe() {
         REDIS_ERRORS,
         "Store calls of this API that failed because Redis did not answer"
     );
+    metrics::describe_histogram!(
+        CREATE_BATCH_SIZE,
+        "Creates carried by each store call of this API: concurrent creates share one"
+    );
     metrics::describe_gauge!(
         QUEUE_DEPTH,
         "Tasks in each sorted set of the projection at scrape time (queued, running, delayed)"
@@ -134,6 +142,10 @@ fn per_source(
         SourceKind::Telegram => telegram,
         SourceKind::Http => http,
     }
+}
+
+pub fn create_batch(creates: usize) {
+    metrics::histogram!(CREATE_BATCH_SIZE).record(creates as f64);
 }
 
 pub fn redis_error() {

@@ -254,6 +254,9 @@ async fn metrics_is_prometheus_text_and_its_counters_move_with_creates_and_cance
         ),
         1.0
     );
+    // One after another, each create is a store call of its own.
+    assert_eq!(moved("savestream_create_batch_size_count", &[]), 3.0);
+    assert_eq!(moved("savestream_create_batch_size_sum", &[]), 3.0);
     assert!(
         !after.text.contains(&first),
         "no task id in /metrics:\n{}",
