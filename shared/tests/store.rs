@@ -790,6 +790,49 @@ async fn a_batch_honours_idempotency_keys_within_it_and_from_before() {
     assert_eq!(later.task_id, tasks[0].task_id, "the batch recorded the key");
 }
 
+/// Concurrent creates of different clients share batches, so a Redis error
+/// in one task (here a corrupt idempotency key: `GET` on a hash) must stay
+/// that task's: the others are created and answered as created.
+#[tokio::test]
+async fn a_redis_error_in_one_task_of_a_batch_fails_that_task_only() {
+    use sha2::Digest;
+    let harness = Harness::start().await;
+    let digest: String = sha2::Sha256::digest(b"poisoned")
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    let raw = harness.raw().await;
+    let _: () = raw
+        .hset(harness.store.keys().idempotency(&digest), ("not", "a string"))
+        .await
+        .unwrap();
+    let tasks: Vec<NewTask> = (1..=3).map(numbered_task).collect();
+
+    let created = harness
+        .store
+        .create_batch(tasks.iter().zip([None, Some("poisoned"), None]))
+        .await
+        .expect("the batch call itself succeeds");
+
+    assert!(created[0].as_ref().is_ok_and(|created| created.is_new));
+    assert!(
+        matches!(&created[1], Err(StoreError::Corrupt(details)) if details.contains("WRONGTYPE")),
+        "{:?}",
+        created[1]
+    );
+    assert!(created[2].as_ref().is_ok_and(|created| created.is_new));
+    let queued: Vec<TaskId> = harness
+        .store
+        .list(10)
+        .await
+        .unwrap()
+        .queued
+        .into_iter()
+        .map(|summary| summary.id)
+        .collect();
+    assert_eq!(queued, vec![tasks[0].task_id.clone(), tasks[2].task_id.clone()]);
+}
+
 #[tokio::test]
 async fn batches_apply_the_same_rules_task_by_task() {
     let harness = Harness::start().await;
