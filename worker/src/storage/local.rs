@@ -250,9 +250,21 @@ impl FileNames {
 
 /// The name `file_name` is `owner`'s own partial file of, if it is one.
 fn own_partial_of(file_name: &str, owner: &TaskId) -> Option<FileName> {
-    let suffix = format!(".{owner}.part");
-    let name = file_name.strip_prefix('.')?.strip_suffix(suffix.as_str())?;
-    FileName::parse(name).ok()
+    own_partial_parts(file_name)
+        .filter(|(_, of)| of == owner)
+        .map(|(name, _)| name)
+}
+
+/// The name and the task of an own partial file, `.C.T.part`, read back
+/// from its file name ([`LocalStorage::own_partial_name`] makes it); `None`
+/// for any other file. A task id holds no dot, so `T` is what follows the
+/// last one.
+fn own_partial_parts(file_name: &str) -> Option<(FileName, TaskId)> {
+    let (name, owner) = file_name
+        .strip_prefix('.')?
+        .strip_suffix(".part")?
+        .rsplit_once('.')?;
+    Some((FileName::parse(name).ok()?, TaskId::parse(owner).ok()?))
 }
 
 /// What makes a file itself: names with the same identity are links to one file.
@@ -516,29 +528,20 @@ fn partial_owners_under(base: &Path) -> std::io::Result<Vec<(TaskId, StorageDir)
             if kind.is_dir() {
                 directories.push((listed.path(), format!("{relative}/{name}")));
             } else if kind.is_file() {
-                if let Some(owner) = own_partial_owner(&name) {
+                if let Some((_, owner)) = own_partial_parts(&name) {
                     if !found.contains(&owner) {
                         found.push(owner);
                     }
                 }
             }
         }
-        let Ok(dir) = StorageDir::parse(if relative.is_empty() { "/" } else { &relative }) else {
+        // `relative` is empty for the base itself, which parses as the root.
+        let Ok(dir) = StorageDir::parse(&relative) else {
             continue;
         };
         owners.extend(found.into_iter().map(|owner| (owner, dir.clone())));
     }
     Ok(owners)
-}
-
-/// The task whose own partial file is named `file_name` (`.C.T.part`), if it is one.
-fn own_partial_owner(file_name: &str) -> Option<TaskId> {
-    let (name, owner) = file_name
-        .strip_prefix('.')?
-        .strip_suffix(".part")?
-        .rsplit_once('.')?;
-    FileName::parse(name).ok()?;
-    TaskId::parse(owner).ok()
 }
 
 struct LocalPartialFile {
