@@ -1,21 +1,24 @@
 """Instructions Redis spends per task on the function library's hot path.
 
 Runs `redis-server` under `valgrind --tool=callgrind`, loads a library
-file, then creates, starts and completes N tasks in batches of 64 exactly as
-the `queue` benchmark's consumer does, dumping the counts after each step.
+file, then creates, starts and completes N tasks in batches (64 unless BATCH
+says otherwise) as the `queue` benchmark's consumer does, dumping the counts after each step.
 Instruction counts do not depend on what else the machine runs, so two
 versions of the library compare fairly on a busy machine (BENCHMARKS.md,
 benchmark 1).
 
     pip install redis
     python3 bench/scripts/library_instructions.py shared/src/store/library.lua 2000
+
+Environment: BATCH (tasks per call, default 64), PORT (default 7793), OUT
+(a folder to keep callgrind's files in; default a new temp dir).
 """
 import glob, os, re, subprocess, sys, tempfile, time
 
 import redis
 PORT=int(os.environ.get("PORT","7793"))
-lib=sys.argv[1]; N=int(sys.argv[2]); B=64
-out=os.path.join(tempfile.mkdtemp(prefix="callgrind-"), "redis")
+lib=sys.argv[1]; N=int(sys.argv[2]); B=int(os.environ.get("BATCH","64"))
+out=os.path.join(os.environ.get("OUT") or tempfile.mkdtemp(prefix="callgrind-"), "redis")
 for f in glob.glob(out+"*"): os.remove(f)
 p=subprocess.Popen(["valgrind","--tool=callgrind",f"--callgrind-out-file={out}.%p","redis-server","--port",str(PORT),"--save","","--appendonly","no","--busy-reply-threshold","600000"],stdout=subprocess.DEVNULL,stderr=subprocess.DEVNULL)
 r=redis.Redis(port=PORT, socket_timeout=600)
