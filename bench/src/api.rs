@@ -1,8 +1,12 @@
 //! Benchmark 3: the API under load. `wrk` on loopback against the release
 //! `savestream-api`: `GET /health` (the framework's ceiling, no Redis),
 //! `POST /api/v1/tasks` and `GET /api/v1/tasks/{id}`, each for the same
-//! duration and connections, in the same run.
+//! duration and connections, in the same run. A run is `rounds` rounds of
+//! the three against the same server and Redis: one round's create/health
+//! ratio swings by a tenth or more on a shared machine, so the figure is
+//! the median of the rounds'.
 
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -12,6 +16,8 @@ use crate::process::{self, sibling, Killed};
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Endpoint {
+    /// Which round of the run, from 1.
+    pub round: usize,
     pub name: String,
     pub requests_per_second: f64,
     pub p50_ms: f64,
@@ -30,6 +36,7 @@ pub async fn api(
     seconds: u64,
     connections: usize,
     threads: usize,
+    rounds: usize,
 ) -> anyhow::Result<Vec<Endpoint>> {
     let dir = tempfile::tempdir()?;
     let port = free_port();
@@ -90,49 +97,89 @@ pub async fn api(
         ),
     ];
     let info = crate::redis_stats::info_client(redis_url).await?;
+    let load = Load {
+        seconds,
+        connections,
+        threads,
+    };
     let mut endpoints = Vec::new();
-    for (name, url, script) in runs {
-        let api_before = process::cpu_seconds(api.0.id())?;
-        let redis_before = crate::redis_stats::cpu_seconds(&info).await?;
-        crate::redis_stats::reset_command_stats(&info).await?;
-        let mut command = Command::new("wrk");
-        command
-            .arg(format!("-t{threads}"))
-            .arg(format!("-c{connections}"))
-            .arg(format!("-d{seconds}s"))
-            .arg("--latency");
-        if let Some(script) = script {
-            command.arg("-s").arg(script);
+    for round in 1..=rounds {
+        for (name, url, script) in &runs {
+            endpoints.push(run_endpoint(&api, &info, round, (*name, url.as_str(), *script), &load).await?);
         }
-        let output = command
-            .arg(&url)
-            .output()
-            .map_err(|error| anyhow::anyhow!("running wrk ({error}): apt-get install wrk"))?;
-        let api_cpu = process::cpu_seconds(api.0.id())? - api_before;
-        let redis_cpu = crate::redis_stats::cpu_seconds(&info).await? - redis_before;
-        let fcalls = crate::redis_stats::command_stats(&info)
-            .await?
-            .iter()
-            .filter(|cost| cost.command == "fcall")
-            .map(|cost| cost.calls)
-            .sum::<u64>() as f64;
-        let text = String::from_utf8_lossy(&output.stdout).to_string();
-        let requests = wrk_requests(&text).unwrap_or(f64::NAN);
-        anyhow::ensure!(
-            !text.contains("Non-2xx"),
-            "{name}: wrk saw non-2xx answers:\n{text}"
-        );
-        endpoints.push(Endpoint {
-            name: name.to_owned(),
-            requests_per_second: wrk_number(&text, "Requests/sec:").unwrap_or(f64::NAN),
-            p50_ms: wrk_latency(&text, "50%").unwrap_or(f64::NAN),
-            p99_ms: wrk_latency(&text, "99%").unwrap_or(f64::NAN),
-            api_cpu_us: api_cpu * 1e6 / requests,
-            redis_cpu_us: redis_cpu * 1e6 / requests,
-            fcalls: fcalls / requests,
-        });
     }
     Ok(endpoints)
+}
+
+/// How `wrk` loads each endpoint.
+struct Load {
+    seconds: u64,
+    connections: usize,
+    threads: usize,
+}
+
+/// One endpoint's run of `wrk`, with the CPU the API and Redis spent on it.
+async fn run_endpoint(
+    api: &Killed,
+    info: &fred::clients::Client,
+    round: usize,
+    (name, url, script): (&str, &str, Option<&PathBuf>),
+    load: &Load,
+) -> anyhow::Result<Endpoint> {
+    let api_before = process::cpu_seconds(api.0.id())?;
+    let redis_before = crate::redis_stats::cpu_seconds(info).await?;
+    crate::redis_stats::reset_command_stats(info).await?;
+    let mut command = Command::new("wrk");
+    command
+        .arg(format!("-t{}", load.threads))
+        .arg(format!("-c{}", load.connections))
+        .arg(format!("-d{}s", load.seconds))
+        .arg("--latency");
+    if let Some(script) = script {
+        command.arg("-s").arg(script);
+    }
+    let output = command
+        .arg(url)
+        .output()
+        .map_err(|error| anyhow::anyhow!("running wrk ({error}): apt-get install wrk"))?;
+    let api_cpu = process::cpu_seconds(api.0.id())? - api_before;
+    let redis_cpu = crate::redis_stats::cpu_seconds(info).await? - redis_before;
+    let fcalls = crate::redis_stats::command_stats(info)
+        .await?
+        .iter()
+        .filter(|cost| cost.command == "fcall")
+        .map(|cost| cost.calls)
+        .sum::<u64>() as f64;
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    let requests = wrk_requests(&text).unwrap_or(f64::NAN);
+    anyhow::ensure!(
+        !text.contains("Non-2xx"),
+        "{name}: wrk saw non-2xx answers:\n{text}"
+    );
+    Ok(Endpoint {
+        round,
+        name: name.to_owned(),
+        requests_per_second: wrk_number(&text, "Requests/sec:").unwrap_or(f64::NAN),
+        p50_ms: wrk_latency(&text, "50%").unwrap_or(f64::NAN),
+        p99_ms: wrk_latency(&text, "99%").unwrap_or(f64::NAN),
+        api_cpu_us: api_cpu * 1e6 / requests,
+        redis_cpu_us: redis_cpu * 1e6 / requests,
+        fcalls: fcalls / requests,
+    })
+}
+
+/// Each round's create/health ratio, in round order.
+pub fn create_health_ratios(endpoints: &[Endpoint]) -> Vec<f64> {
+    let rate = |round: usize, name: &str| {
+        endpoints
+            .iter()
+            .find(|endpoint| endpoint.round == round && endpoint.name == name)
+            .map(|endpoint| endpoint.requests_per_second)
+    };
+    let rounds = endpoints.iter().map(|endpoint| endpoint.round).max().unwrap_or(0);
+    (1..=rounds)
+        .filter_map(|round| Some(rate(round, "POST /api/v1/tasks")? / rate(round, "GET /health")?))
+        .collect()
 }
 
 fn wrk_number(text: &str, label: &str) -> Option<f64> {
@@ -170,6 +217,31 @@ fn wrk_latency(text: &str, percentile: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn endpoint(round: usize, name: &str, requests_per_second: f64) -> Endpoint {
+        Endpoint {
+            round,
+            name: name.to_owned(),
+            requests_per_second,
+            p50_ms: 0.0,
+            p99_ms: 0.0,
+            api_cpu_us: 0.0,
+            redis_cpu_us: 0.0,
+            fcalls: 0.0,
+        }
+    }
+
+    #[test]
+    fn each_round_divides_its_own_creates_by_its_own_health_checks() {
+        let endpoints = [
+            endpoint(1, "GET /health", 80_000.0),
+            endpoint(1, "POST /api/v1/tasks", 40_000.0),
+            endpoint(1, "GET /api/v1/tasks/{id}", 50_000.0),
+            endpoint(2, "GET /health", 60_000.0),
+            endpoint(2, "POST /api/v1/tasks", 15_000.0),
+        ];
+        assert_eq!(create_health_ratios(&endpoints), vec![0.5, 0.25]);
+    }
 
     #[test]
     fn wrk_output_is_read_in_milliseconds() {

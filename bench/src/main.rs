@@ -51,6 +51,10 @@ enum Benchmark {
         connections: usize,
         #[arg(long, default_value_t = 2)]
         threads: usize,
+        /// Rounds of the three endpoints against the same server; the
+        /// summary is the median of the rounds' create/health ratios.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// 4. Download: a large file via HTTP (worker process) and the Telegram fake, next to dd.
     Download {
@@ -193,14 +197,17 @@ async fn main() -> anyhow::Result<()> {
             seconds,
             connections,
             threads,
+            rounds,
         } => {
-            let endpoints = api::api(&url, seconds, connections, threads).await?;
+            anyhow::ensure!(rounds > 0, "--rounds must be at least 1");
+            let endpoints = api::api(&url, seconds, connections, threads, rounds).await?;
             println!("{}", serde_json::to_string(&endpoints)?);
-            println!("| endpoint | requests/s | p50 | p99 | API CPU per request | Redis CPU per request | FCALLs per request |");
-            println!("|---|---|---|---|---|---|---|");
+            println!("| round | endpoint | requests/s | p50 | p99 | API CPU per request | Redis CPU per request | FCALLs per request |");
+            println!("|---|---|---|---|---|---|---|---|");
             for endpoint in &endpoints {
                 println!(
-                    "| {} | {:.0} | {:.3} ms | {:.3} ms | {:.1} µs | {:.1} µs | {:.3} |",
+                    "| {} | {} | {:.0} | {:.3} ms | {:.3} ms | {:.1} µs | {:.1} µs | {:.3} |",
+                    endpoint.round,
                     endpoint.name,
                     endpoint.requests_per_second,
                     endpoint.p50_ms,
@@ -210,11 +217,14 @@ async fn main() -> anyhow::Result<()> {
                     endpoint.fcalls
                 );
             }
-            if let [health, create, ..] = endpoints.as_slice() {
+            let mut ratios = api::create_health_ratios(&endpoints);
+            let each: Vec<String> = ratios.iter().map(|ratio| format!("{ratio:.2}")).collect();
+            ratios.sort_by(f64::total_cmp);
+            if let Some(median) = ratios.get(ratios.len() / 2) {
                 println!(
-                    "
-create / health: {:.2}",
-                    create.requests_per_second / health.requests_per_second
+                    "\ncreate / health: {median:.2}, the median of {} rounds ({})",
+                    ratios.len(),
+                    each.join(", ")
                 );
             }
         }
