@@ -26,6 +26,9 @@ pub struct Endpoint {
     pub api_cpu_us: f64,
     /// CPU Redis spent per request, in microseconds.
     pub redis_cpu_us: f64,
+    /// Core time the machine left idle per request, in microseconds: with
+    /// every process waiting on another, nobody had work.
+    pub idle_us: f64,
     /// Function calls (`FCALL`) Redis ran per request: below 1 when
     /// concurrent creates share a batch call.
     pub fcalls: f64,
@@ -129,6 +132,7 @@ async fn run_endpoint(
     let api_before = process::cpu_seconds(api.0.id())?;
     let redis_before = crate::redis_stats::cpu_seconds(info).await?;
     crate::redis_stats::reset_command_stats(info).await?;
+    let idle_before = process::idle_seconds()?;
     let mut command = Command::new("wrk");
     command
         .arg(format!("-t{}", load.threads))
@@ -142,6 +146,7 @@ async fn run_endpoint(
         .arg(url)
         .output()
         .map_err(|error| anyhow::anyhow!("running wrk ({error}): apt-get install wrk"))?;
+    let idle = process::idle_seconds()? - idle_before;
     let api_cpu = process::cpu_seconds(api.0.id())? - api_before;
     let redis_cpu = crate::redis_stats::cpu_seconds(info).await? - redis_before;
     let fcalls = crate::redis_stats::command_stats(info)
@@ -164,6 +169,7 @@ async fn run_endpoint(
         p99_ms: wrk_latency(&text, "99%").unwrap_or(f64::NAN),
         api_cpu_us: api_cpu * 1e6 / requests,
         redis_cpu_us: redis_cpu * 1e6 / requests,
+        idle_us: idle * 1e6 / requests,
         fcalls: fcalls / requests,
     })
 }
@@ -227,6 +233,7 @@ mod tests {
             p99_ms: 0.0,
             api_cpu_us: 0.0,
             redis_cpu_us: 0.0,
+            idle_us: 0.0,
             fcalls: 0.0,
         }
     }

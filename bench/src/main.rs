@@ -202,11 +202,11 @@ async fn main() -> anyhow::Result<()> {
             anyhow::ensure!(rounds > 0, "--rounds must be at least 1");
             let endpoints = api::api(&url, seconds, connections, threads, rounds).await?;
             println!("{}", serde_json::to_string(&endpoints)?);
-            println!("| round | endpoint | requests/s | p50 | p99 | API CPU per request | Redis CPU per request | FCALLs per request |");
-            println!("|---|---|---|---|---|---|---|---|");
+            println!("| round | endpoint | requests/s | p50 | p99 | API CPU per request | Redis CPU per request | idle per request | FCALLs per request |");
+            println!("|---|---|---|---|---|---|---|---|---|");
             for endpoint in &endpoints {
                 println!(
-                    "| {} | {} | {:.0} | {:.3} ms | {:.3} ms | {:.1} µs | {:.1} µs | {:.3} |",
+                    "| {} | {} | {:.0} | {:.3} ms | {:.3} ms | {:.1} µs | {:.1} µs | {:.1} µs | {:.3} |",
                     endpoint.round,
                     endpoint.name,
                     endpoint.requests_per_second,
@@ -214,6 +214,7 @@ async fn main() -> anyhow::Result<()> {
                     endpoint.p99_ms,
                     endpoint.api_cpu_us,
                     endpoint.redis_cpu_us,
+                    endpoint.idle_us,
                     endpoint.fcalls
                 );
             }

@@ -1,6 +1,7 @@
 //! The processes a benchmark runs or measures: the release binaries next to
 //! the benchmark's own (`sibling`), a child that is killed when dropped
-//! (`Killed`), and a process's CPU time from `/proc` (`cpu_seconds`).
+//! (`Killed`), a process's CPU time from `/proc` (`cpu_seconds`) and the
+//! time the machine's cores sat idle (`idle_seconds`).
 
 use std::path::PathBuf;
 use std::process::Child;
@@ -43,9 +44,32 @@ pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
             .ok_or_else(|| anyhow::anyhow!("/proc/{pid}/stat is short"))?
             .parse::<f64>()?)
     };
+    Ok((ticks(14)? + ticks(15)?) / ticks_per_second())
+}
+
+fn ticks_per_second() -> f64 {
     // SAFETY: sysconf reads a constant of the system.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok((ticks(14)? + ticks(15)?) / per_second)
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
+}
+
+/// Seconds the machine's cores have spent idle (idle plus waiting on I/O),
+/// summed over the cores, from the `cpu` line of `/proc/stat`. Between two
+/// readings it tells how much of the machine a run left unused: time in
+/// which no process had work, because each waited on another.
+pub fn idle_seconds() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat
+        .lines()
+        .find(|line| line.starts_with("cpu "))
+        .ok_or_else(|| anyhow::anyhow!("/proc/stat has no `cpu` line"))?;
+    // cpu user nice system idle iowait ...
+    let fields: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    anyhow::ensure!(fields.len() >= 5, "/proc/stat's `cpu` line is short: {line}");
+    Ok((fields[3] + fields[4]) / ticks_per_second())
 }
 
 #[cfg(test)]
@@ -62,5 +86,16 @@ mod tests {
         }
         let used = cpu_seconds(std::process::id()).unwrap() - before;
         assert!(used >= 0.05, "spinning 100 ms counted {used} s of CPU");
+    }
+
+    #[test]
+    fn idle_time_is_read_and_never_goes_back() {
+        let before = idle_seconds().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let after = idle_seconds().unwrap();
+        assert!(
+            before > 0.0 && after >= before,
+            "idle went from {before} s to {after} s"
+        );
     }
 }
