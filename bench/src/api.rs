@@ -14,6 +14,11 @@ use savestream_testkit::free_port;
 
 use crate::process::{self, sibling, Killed};
 
+/// The endpoints' names, as the tables show them.
+pub const HEALTH: &str = "GET /health";
+pub const CREATE: &str = "POST /api/v1/tasks";
+pub const STATUS: &str = "GET /api/v1/tasks/{id}";
+
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Endpoint {
     /// Which round of the run, from 1.
@@ -87,14 +92,10 @@ pub async fn api(
         "wrk.headers[\"Authorization\"] = \"Bearer bench-token\"\n",
     )?;
     let runs = [
-        ("GET /health", format!("{base}/health"), None),
+        (HEALTH, format!("{base}/health"), None),
+        (CREATE, format!("{base}/api/v1/tasks"), Some(&post_script)),
         (
-            "POST /api/v1/tasks",
-            format!("{base}/api/v1/tasks"),
-            Some(&post_script),
-        ),
-        (
-            "GET /api/v1/tasks/{id}",
+            STATUS,
             format!("{base}/api/v1/tasks/{task_id}"),
             Some(&get_script),
         ),
@@ -184,7 +185,7 @@ pub fn create_health_ratios(endpoints: &[Endpoint]) -> Vec<f64> {
     };
     let rounds = endpoints.iter().map(|endpoint| endpoint.round).max().unwrap_or(0);
     (1..=rounds)
-        .filter_map(|round| Some(rate(round, "POST /api/v1/tasks")? / rate(round, "GET /health")?))
+        .filter_map(|round| Some(rate(round, CREATE)? / rate(round, HEALTH)?))
         .collect()
 }
 
@@ -241,11 +242,11 @@ mod tests {
     #[test]
     fn each_round_divides_its_own_creates_by_its_own_health_checks() {
         let endpoints = [
-            endpoint(1, "GET /health", 80_000.0),
-            endpoint(1, "POST /api/v1/tasks", 40_000.0),
-            endpoint(1, "GET /api/v1/tasks/{id}", 50_000.0),
-            endpoint(2, "GET /health", 60_000.0),
-            endpoint(2, "POST /api/v1/tasks", 15_000.0),
+            endpoint(1, HEALTH, 80_000.0),
+            endpoint(1, CREATE, 40_000.0),
+            endpoint(1, STATUS, 50_000.0),
+            endpoint(2, HEALTH, 60_000.0),
+            endpoint(2, CREATE, 15_000.0),
         ];
         assert_eq!(create_health_ratios(&endpoints), vec![0.5, 0.25]);
     }

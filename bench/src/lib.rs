@@ -59,6 +59,24 @@ pub fn new_task(index: usize) -> NewTask {
     }
 }
 
+/// A figure that swings from round to round, summed up by its median with
+/// every round's after it: `2.07x, the median of 3 rounds (2.07x, 2.25x,
+/// 2.01x)`. `None` when there are no rounds.
+pub fn median_of_rounds(values: &[f64], unit: &str) -> Option<String> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let each: Vec<String> = values.iter().map(|value| format!("{value:.2}{unit}")).collect();
+    Some(format!(
+        "{:.2}{unit}, the median of {} rounds ({})",
+        quantile(&sorted, 0.5),
+        values.len(),
+        each.join(", ")
+    ))
+}
+
 /// The `q`-quantile of sorted samples.
 pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
@@ -66,4 +84,18 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     }
     let index = ((sorted.len() as f64) * q).floor() as usize;
     sorted[index.min(sorted.len() - 1)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_are_summed_up_by_their_median_and_listed_in_order() {
+        assert_eq!(
+            median_of_rounds(&[2.07, 2.25, 2.01], "x").as_deref(),
+            Some("2.07x, the median of 3 rounds (2.07x, 2.25x, 2.01x)")
+        );
+        assert_eq!(median_of_rounds(&[], "x"), None);
+    }
 }

@@ -3,7 +3,7 @@
 //! with `--json`). Build with `--release`; see BENCHMARKS.md.
 
 use clap::{Parser, Subcommand};
-use savestream_bench::{api, download, peer, queue, scale};
+use savestream_bench::{api, download, median_of_rounds, peer, queue, scale};
 use savestream_testkit::RedisServer;
 
 #[derive(Parser)]
@@ -123,17 +123,9 @@ async fn main() -> anyhow::Result<()> {
                 );
                 ratios.push(ours.tasks_per_second / rate);
             }
-            if ratios.is_empty() {
-                println!("\n(BullMQ skipped: run `npm ci` in bench/bullmq)");
-            } else {
-                let each: Vec<String> = ratios.iter().map(|ratio| format!("{ratio:.2}x")).collect();
-                ratios.sort_by(f64::total_cmp);
-                println!(
-                    "\nsavestream / BullMQ: {:.2}x, the median of {} rounds ({})",
-                    ratios[ratios.len() / 2],
-                    ratios.len(),
-                    each.join(", ")
-                );
+            match median_of_rounds(&ratios, "x") {
+                Some(summary) => println!("\nsavestream / BullMQ: {summary}"),
+                None => println!("\n(BullMQ skipped: run `npm ci` in bench/bullmq)"),
             }
         }
         Benchmark::Phases { tasks, batch } => {
@@ -218,15 +210,8 @@ async fn main() -> anyhow::Result<()> {
                     endpoint.fcalls
                 );
             }
-            let mut ratios = api::create_health_ratios(&endpoints);
-            let each: Vec<String> = ratios.iter().map(|ratio| format!("{ratio:.2}")).collect();
-            ratios.sort_by(f64::total_cmp);
-            if let Some(median) = ratios.get(ratios.len() / 2) {
-                println!(
-                    "\ncreate / health: {median:.2}, the median of {} rounds ({})",
-                    ratios.len(),
-                    each.join(", ")
-                );
+            if let Some(summary) = median_of_rounds(&api::create_health_ratios(&endpoints), "") {
+                println!("\ncreate / health: {summary}");
             }
         }
         Benchmark::Download { bytes, threads } => {
