@@ -68,10 +68,15 @@ pub fn median_of_rounds(values: &[f64], unit: &str) -> Option<String> {
     }
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
+    let middle = sorted.len() / 2;
+    let median = if sorted.len() % 2 == 1 {
+        sorted[middle]
+    } else {
+        (sorted[middle - 1] + sorted[middle]) / 2.0
+    };
     let each: Vec<String> = values.iter().map(|value| format!("{value:.2}{unit}")).collect();
     Some(format!(
-        "{:.2}{unit}, the median of {} rounds ({})",
-        quantile(&sorted, 0.5),
+        "{median:.2}{unit}, the median of {} rounds ({})",
         values.len(),
         each.join(", ")
     ))
@@ -95,6 +100,10 @@ mod tests {
         assert_eq!(
             median_of_rounds(&[2.07, 2.25, 2.01], "x").as_deref(),
             Some("2.07x, the median of 3 rounds (2.07x, 2.25x, 2.01x)")
+        );
+        assert_eq!(
+            median_of_rounds(&[0.40, 0.30], "").as_deref(),
+            Some("0.35, the median of 2 rounds (0.40, 0.30)")
         );
         assert_eq!(median_of_rounds(&[], "x"), None);
     }
