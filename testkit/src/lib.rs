@@ -161,6 +161,18 @@ where
     }
 }
 
+/// The names directly in `dir` (files and directories, hidden ones too),
+/// sorted: what a test compares a storage directory against.
+pub fn names_in(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|error| panic!("cannot list {}: {error}", dir.display()))
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 /// The directory cargo builds binaries into, for tests that run the real
 /// `savestream-api` and `savestream-worker` processes.
 pub fn target_bin_dir() -> PathBuf {

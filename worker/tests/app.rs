@@ -15,7 +15,7 @@ use savestream_shared::event::EventKind;
 use savestream_shared::store::{NewTask, Store, TaskRecord};
 use savestream_shared::task::{SourceKind, TaskId, TaskStatus};
 use savestream_shared::title;
-use savestream_testkit::{eventually, RedisServer};
+use savestream_testkit::{eventually, names_in, RedisServer};
 use savestream_tests::file_server::{FileServer, ServedFile};
 use savestream_worker::pipeline::RELEASED_MESSAGE;
 use savestream_worker::running::RunningTasks;
@@ -330,15 +330,8 @@ async fn a_task_canceled_while_queued_loses_the_partial_files_an_earlier_attempt
     let other = TaskId::generate();
     // An earlier attempt of the task reserved its file, then was released:
     // the task waits in the queue. Another task downloads beside it.
-    let root = StorageDir::parse("/").unwrap();
-    storage
-        .reserve(&task_id, &root, &FileName::parse("f.bin").unwrap(), &[])
-        .await
-        .unwrap();
-    storage
-        .reserve(&other, &root, &FileName::parse("g.bin").unwrap(), &[])
-        .await
-        .unwrap();
+    reserve(&storage, &task_id, "/", "f.bin").await;
+    reserve(&storage, &other, "/", "g.bin").await;
 
     harness.store.cancel(&task_id).await.unwrap();
 
@@ -353,15 +346,18 @@ async fn a_task_canceled_while_queued_loses_the_partial_files_an_earlier_attempt
     listener.await.unwrap();
 }
 
-/// The names directly in `dir`, sorted.
-fn names_in(dir: &std::path::Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
+/// Reserves `file` in `dir` for `task_id`, as an attempt does before it
+/// downloads: the partial file and the name's reservation.
+async fn reserve(storage: &LocalStorage, task_id: &TaskId, dir: &str, file: &str) {
+    storage
+        .reserve(
+            task_id,
+            &StorageDir::parse(dir).unwrap(),
+            &FileName::parse(file).unwrap(),
+            &[],
+        )
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -371,12 +367,8 @@ async fn the_sweep_removes_partial_files_of_ended_tasks_only() {
     let canceled = harness.create("/c.bin").await;
     let queued = harness.create("/q.bin").await;
     let unknown = TaskId::generate();
-    let root = StorageDir::parse("/").unwrap();
     for (task_id, file) in [(&canceled, "c.bin"), (&queued, "q.bin"), (&unknown, "u.bin")] {
-        storage
-            .reserve(task_id, &root, &FileName::parse(file).unwrap(), &[])
-            .await
-            .unwrap();
+        reserve(&storage, task_id, "/", file).await;
     }
     // Canceled with no listener: nobody heard the message.
     harness.store.cancel(&canceled).await.unwrap();
@@ -401,15 +393,7 @@ async fn a_starting_worker_removes_what_a_task_canceled_while_no_worker_ran_left
     let harness = Harness::start().await;
     let storage = LocalStorage::new("local1", harness.storage_dir.path()).unwrap();
     let task_id = harness.create("/f.bin").await;
-    storage
-        .reserve(
-            &task_id,
-            &StorageDir::parse("/deep/er").unwrap(),
-            &FileName::parse("f.bin").unwrap(),
-            &[],
-        )
-        .await
-        .unwrap();
+    reserve(&storage, &task_id, "/deep/er", "f.bin").await;
     harness.store.cancel(&task_id).await.unwrap();
 
     let worker = Worker::start(harness.config(1, 5)).await;

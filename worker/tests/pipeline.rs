@@ -170,13 +170,7 @@ impl Harness {
 
     /// Every name in the storage, hidden ones too, sorted.
     fn names_on_disk(&self) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(self.storage_dir.path())
-            .unwrap()
-            .flatten()
-            .map(|entry| entry.file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
+        savestream_testkit::names_in(self.storage_dir.path())
     }
 
     /// Starts an attempt and hands the task back to the queue before it
