@@ -71,6 +71,19 @@ impl ApiError {
         ApiError::Unavailable(REDIS_UNAVAILABLE.to_owned())
     }
 
+    /// The same refusal said of one task of a batch (`` `tasks[3]`: ... ``),
+    /// so the client knows which task to fix.
+    pub fn for_task(self, index: usize) -> ApiError {
+        let named = |message: String| format!("`tasks[{index}]`: {message}");
+        match self {
+            ApiError::BadRequest(message) => ApiError::BadRequest(named(message)),
+            ApiError::Forbidden(message) => ApiError::Forbidden(named(message)),
+            ApiError::NotFound(message) => ApiError::NotFound(named(message)),
+            ApiError::Conflict(message) => ApiError::Conflict(named(message)),
+            other => other,
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,

@@ -169,9 +169,15 @@ impl CreateTaskRequest {
                  {{\"telegram_url\": \"https://t.me/channel/123\", \"user_id\": 123456789}}"
             )
         })?;
+        CreateTaskRequest::from_value(value, "the request body")
+    }
+
+    /// Reads one task from a JSON value; `what` names the value in the
+    /// error when it is not an object (`the request body`, `tasks[3]`).
+    pub fn from_value(value: Value, what: &str) -> Result<CreateTaskRequest, String> {
         let Value::Object(mut fields) = value else {
             return Err(format!(
-                "the request body is {}, not a JSON object: send an object such as \
+                "{what} is {}, not a JSON object: send an object such as \
                  {{\"telegram_url\": \"https://t.me/channel/123\", \"user_id\": 123456789}}",
                 describe(&value)
             ));
@@ -246,6 +252,87 @@ fn describe(value: &Value) -> &'static str {
     }
 }
 
+/// The most tasks one `POST /api/v1/tasks/batch` may carry.
+pub const MAX_BATCH_TASKS: usize = 500;
+
+/// Tasks to create in one request.
+#[derive(Object, Debug, Clone, PartialEq)]
+#[oai(example)]
+pub struct CreateTasksRequest {
+    /// The tasks, 1 to 500, each as `POST /api/v1/tasks` takes one. The whole body is at most 64 KiB.
+    #[oai(validator(min_items = 1, max_items = 500))]
+    pub tasks: Vec<CreateTaskRequest>,
+}
+
+impl Example for CreateTasksRequest {
+    fn example() -> Self {
+        CreateTasksRequest {
+            tasks: vec![
+                CreateTaskRequest::example(),
+                CreateTaskRequest {
+                    telegram_url: None,
+                    url: Some("https://example.com/file.zip".to_owned()),
+                    ..CreateTaskRequest::example()
+                },
+            ],
+        }
+    }
+}
+
+impl CreateTasksRequest {
+    /// Reads a batch body. An error in a task names it by its index
+    /// (`tasks[3]`), so the client knows which one to fix.
+    pub fn from_json(body: &[u8]) -> Result<CreateTasksRequest, String> {
+        const SHAPE: &str = "send an object such as {\"tasks\": [{\"telegram_url\": \"https://t.me/channel/123\", \"user_id\": 123456789}]}";
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Err(format!("the request body is empty: {SHAPE}"));
+        }
+        let value: Value = serde_json::from_slice(body)
+            .map_err(|error| format!("the request body is not valid JSON ({error}): {SHAPE}"))?;
+        let Value::Object(mut fields) = value else {
+            return Err(format!(
+                "the request body is {}, not a JSON object: {SHAPE}",
+                describe(&value)
+            ));
+        };
+        let tasks = match fields.remove("tasks") {
+            None | Some(Value::Null) => return Err(format!("`tasks` is missing: {SHAPE}")),
+            Some(Value::Array(tasks)) => tasks,
+            Some(other) => {
+                return Err(format!(
+                    "`tasks` must be an array, not {}: {SHAPE}",
+                    describe(&other)
+                ))
+            }
+        };
+        if tasks.is_empty() {
+            return Err("`tasks` is empty: give at least one task".to_owned());
+        }
+        if tasks.len() > MAX_BATCH_TASKS {
+            return Err(format!(
+                "`tasks` holds {} tasks, more than the {MAX_BATCH_TASKS} allowed: split them into several requests",
+                tasks.len()
+            ));
+        }
+        let tasks = tasks
+            .into_iter()
+            .enumerate()
+            .map(|(index, task)| {
+                let what = format!("`tasks[{index}]`");
+                CreateTaskRequest::from_value(task, &what).map_err(|error| {
+                    // A field's error names the field alone; say whose.
+                    if error.starts_with(&what) {
+                        error
+                    } else {
+                        format!("{what}: {error}")
+                    }
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(CreateTasksRequest { tasks })
+    }
+}
+
 /// `POST /api/v1/tasks` succeeded.
 #[derive(Object, Debug, Clone)]
 #[oai(example)]
@@ -259,6 +346,22 @@ pub struct TaskCreated {
 impl Example for TaskCreated {
     fn example() -> Self {
         TaskCreated::new(EXAMPLE_TASK_ID.to_owned())
+    }
+}
+
+/// `POST /api/v1/tasks/batch` succeeded.
+#[derive(Object, Debug, Clone)]
+#[oai(example)]
+pub struct TasksCreated {
+    /// One entry per task of the request, in the request's order.
+    pub tasks: Vec<TaskCreated>,
+}
+
+impl Example for TasksCreated {
+    fn example() -> Self {
+        TasksCreated {
+            tasks: vec![TaskCreated::example()],
+        }
     }
 }
 

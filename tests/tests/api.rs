@@ -5,6 +5,7 @@
 //!
 //! No worker runs here, so created tasks stay queued.
 //!
+//! - `batch`: many tasks in one request.
 //! - `contract`: SaveAny-Bot's documented requests and answers, exactly.
 //! - `client`: the generated client end to end.
 //! - `errors`: every refusal, its status, its JSON body, and that it wrote nothing.
@@ -12,6 +13,7 @@
 //! - `operations`: docs, spec, readiness across a Redis outage, shutdown, logs.
 
 mod api {
+    mod batch;
     mod client;
     mod contract;
     mod errors;

@@ -17,7 +17,9 @@ use crate::error::{ApiError, ErrorSet, Failure};
 use crate::new_task;
 use crate::routes::{parse_task_id, record_task_id, ApiTags};
 use crate::state::AppState;
-use crate::wire::{CreateTaskRequest, TaskCanceled, TaskCreated, TaskDetails, TaskListBody};
+use crate::wire::{
+    CreateTaskRequest, CreateTasksRequest, TaskCanceled, TaskCreated, TaskDetails, TaskListBody, TasksCreated,
+};
 
 /// `limit` when the request gives none.
 pub const DEFAULT_LIST_LIMIT: u32 = 100;
@@ -57,6 +59,17 @@ pub enum CreateResponse {
     /// nothing new was created. The body is the one the first request got.
     #[oai(status = 200)]
     Repeated(Json<TaskCreated>),
+}
+
+#[derive(ApiResponse)]
+pub enum CreateManyResponse {
+    /// The tasks were created and queued.
+    #[oai(status = 201)]
+    Created(Json<TasksCreated>),
+    /// Every task repeats one a request with the same `Idempotency-Key` created within the last
+    /// 24 hours; nothing new was created. The body is the one the first request got.
+    #[oai(status = 200)]
+    Repeated(Json<TasksCreated>),
 }
 
 #[derive(ApiResponse)]
@@ -102,16 +115,7 @@ impl TasksApi {
         body: CreateTaskBody,
         request: &poem::Request,
     ) -> Result<CreateResponse, Failure<CreateErrors>> {
-        // poem reads a header value that is not visible ASCII as absent;
-        // such a key must be refused, not silently dropped (each repeat
-        // would then create another task).
-        if idempotency_key.0.is_none() && request.headers().contains_key("idempotency-key") {
-            return Err(ApiError::BadRequest(format!(
-                "header `Idempotency-Key` must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} printable ASCII characters: use a UUID, for example"
-            ))
-            .into());
-        }
-        let idempotency_key = check_idempotency_key(idempotency_key.0)?;
+        let idempotency_key = idempotency_key_of(idempotency_key, request)?;
         let new_task = new_task::validate(body.0, &state.config)?;
         let source = new_task.source;
         let storage = new_task.storage.clone();
@@ -130,6 +134,76 @@ impl TasksApi {
         } else {
             tracing::info!(task_id = %created.task_id, "repeated idempotency key: returning the first task");
             Ok(CreateResponse::Repeated(body))
+        }
+    }
+
+    /// Create many download tasks at once
+    ///
+    /// Queues up to 500 tasks in one request, each as `POST /api/v1/tasks` takes one, and answers
+    /// their ids in the request's order. Every task is checked first: if one is refused, the
+    /// answer names it (`tasks[3]`) and no task is created.
+    ///
+    /// With an `Idempotency-Key` header, a repeat of the request within 24 hours answers 200 with
+    /// the first request's ids. If the request fails partway (503 while Redis is unreachable),
+    /// some tasks may stand created: repeat it with the same key and only the missing ones are
+    /// created.
+    #[oai(path = "/tasks/batch", method = "post", operation_id = "create_tasks")]
+    async fn create_tasks(
+        &self,
+        _authorized: Authorized,
+        state: Data<&AppState>,
+        /// Any text of 1 to 255 printable ASCII characters chosen by the client, for example a
+        /// UUID. The same key within 24 hours returns the tasks the first request created.
+        #[oai(name = "Idempotency-Key")]
+        idempotency_key: Header<Option<String>>,
+        body: CreateTasksBody,
+        request: &poem::Request,
+    ) -> Result<CreateManyResponse, Failure<CreateErrors>> {
+        let idempotency_key = idempotency_key_of(idempotency_key, request)?;
+        let new_tasks = body
+            .0
+            .tasks
+            .into_iter()
+            .enumerate()
+            .map(|(index, task)| {
+                new_task::validate(task, &state.config).map_err(|error| error.for_task(index))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        // Each task's own key: the request's key and the task's place in
+        // it. A newline cannot occur in a key a client sends, so no single
+        // create's key can stand for a batch's task.
+        let keys: Vec<Option<String>> = (0..new_tasks.len())
+            .map(|index| idempotency_key.as_ref().map(|key| format!("{key}\n{index}")))
+            .collect();
+        let mut created = Vec::with_capacity(new_tasks.len());
+        // Calls of the create batcher's size keep each one short in Redis.
+        for (tasks, keys) in new_tasks
+            .chunks(crate::create_batcher::MAX_BATCH)
+            .zip(keys.chunks(crate::create_batcher::MAX_BATCH))
+        {
+            let requests = tasks.iter().zip(keys.iter().map(Option::as_deref));
+            for result in state.store.create_batch(requests).await? {
+                created.push(result?);
+            }
+        }
+        let mut any_new = false;
+        for (new_task, created) in new_tasks.iter().zip(&created) {
+            if created.is_new {
+                any_new = true;
+                crate::metrics::task_created(new_task.source);
+            }
+        }
+        tracing::info!(tasks = created.len(), new = any_new, "tasks created in a batch");
+        let body = Json(TasksCreated {
+            tasks: created
+                .iter()
+                .map(|created| TaskCreated::new(created.task_id.to_string()))
+                .collect(),
+        });
+        if any_new {
+            Ok(CreateManyResponse::Created(body))
+        } else {
+            Ok(CreateManyResponse::Repeated(body))
         }
     }
 
@@ -213,6 +287,19 @@ fn default_list_limit() -> u32 {
     DEFAULT_LIST_LIMIT
 }
 
+/// The request's `Idempotency-Key`, checked.
+fn idempotency_key_of(header: Header<Option<String>>, request: &Request) -> Result<Option<String>, ApiError> {
+    // poem reads a header value that is not visible ASCII as absent; such a
+    // key must be refused, not silently dropped (each repeat would then
+    // create another task).
+    if header.0.is_none() && request.headers().contains_key("idempotency-key") {
+        return Err(ApiError::BadRequest(format!(
+            "header `Idempotency-Key` must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} printable ASCII characters: use a UUID, for example"
+        )));
+    }
+    check_idempotency_key(header.0)
+}
+
 fn check_idempotency_key(key: Option<String>) -> Result<Option<String>, ApiError> {
     match key {
         None => Ok(None),
@@ -269,6 +356,49 @@ impl<'a> ApiExtractor<'a> for CreateTaskBody {
             .map_err(|error| ApiError::BadRequest(format!("cannot read the request body: {error}")))?;
         CreateTaskRequest::from_json(&bytes)
             .map(CreateTaskBody)
+            .map_err(|message| ApiError::BadRequest(message).into())
+    }
+}
+
+/// The body of `POST /api/v1/tasks/batch`, read with
+/// [`CreateTasksRequest::from_json`] for the reasons [`CreateTaskBody`] gives.
+pub struct CreateTasksBody(pub CreateTasksRequest);
+
+impl<'a> ApiExtractor<'a> for CreateTasksBody {
+    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::RequestObject];
+
+    type ParamType = ();
+    type ParamRawType = ();
+
+    fn register(registry: &mut Registry) {
+        CreateTasksRequest::register(registry);
+        // The tasks' schema is the single create's, rule included.
+        CreateTaskRequest::register_with_source_rule(registry);
+    }
+
+    fn request_meta() -> Option<MetaRequest> {
+        Some(MetaRequest {
+            description: Some("The tasks to create."),
+            content: vec![MetaMediaType {
+                content_type: "application/json",
+                schema: CreateTasksRequest::schema_ref(),
+            }],
+            required: true,
+        })
+    }
+
+    async fn from_request(
+        _request: &'a Request,
+        body: &mut RequestBody,
+        _param_opts: ExtractParamOptions<Self::ParamType>,
+    ) -> poem::Result<Self> {
+        let bytes = body
+            .take()?
+            .into_bytes()
+            .await
+            .map_err(|error| ApiError::BadRequest(format!("cannot read the request body: {error}")))?;
+        CreateTasksRequest::from_json(&bytes)
+            .map(CreateTasksBody)
             .map_err(|message| ApiError::BadRequest(message).into())
     }
 }
