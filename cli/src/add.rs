@@ -1,20 +1,33 @@
-//! `savestream add <link> --user N [--storage S] [--dir D]`: creates a task
-//! and prints its id alone on stdout, so `id=$(savestream add ...)` works.
+//! `savestream add <link>... --user N [--storage S] [--dir D]`: creates a
+//! task per link and prints their ids on stdout, one per line in the links'
+//! order, so `id=$(savestream add ...)` works for one. `-` reads the links
+//! from standard input, one per line, for an import.
 //!
 //! A `t.me` (or `telegram.me`) link becomes `telegram_url`, any other http(s)
 //! link `url`. Only the kind is decided here; the API checks everything else
-//! and its refusal is printed as it says it.
+//! and its refusal is printed as it says it. One link is one
+//! `POST /api/v1/tasks`; several go in `POST /api/v1/tasks/batch` requests,
+//! each checked whole by the API before it creates any of its tasks.
 
+use std::io::BufRead;
 use std::process::ExitCode;
 
-use anyhow::anyhow;
+use anyhow::{anyhow, bail, Context};
+use savestream_client::types::{CreateTaskRequest, CreateTasksRequest};
 
 use crate::api::Api;
 
+/// The most tasks the API takes in one batch.
+const MAX_BATCH_TASKS: usize = 500;
+/// A batch's body stays under this many bytes, well inside the API's 64 KiB.
+const MAX_BATCH_BYTES: usize = 48 * 1024;
+
 #[derive(clap::Args)]
 pub struct AddArgs {
-    /// A Telegram message link (https://t.me/channel/123) or a direct http(s) link to a file.
-    pub link: String,
+    /// Telegram message links (https://t.me/channel/123) or direct http(s) links to files;
+    /// `-` reads them from standard input, one per line.
+    #[arg(required = true, value_name = "LINK")]
+    pub links: Vec<String>,
     /// The Telegram user id the task is for (a [[users]] entry of the server's config).
     #[arg(long)]
     pub user: i64,
@@ -27,7 +40,7 @@ pub struct AddArgs {
 }
 
 /// Which field of the create request a link goes into.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Link {
     /// `telegram_url`.
     Telegram(String),
@@ -36,6 +49,13 @@ pub enum Link {
 }
 
 impl Link {
+    /// The link as the user gave it.
+    pub fn text(&self) -> &str {
+        match self {
+            Link::Telegram(text) | Link::Direct(text) => text,
+        }
+    }
+
     pub fn parse(text: &str) -> anyhow::Result<Link> {
         let text = text.trim();
         let lower = text.to_ascii_lowercase();
@@ -60,7 +80,47 @@ impl Link {
 }
 
 pub async fn run(api: &Api, args: AddArgs) -> anyhow::Result<ExitCode> {
-    let link = Link::parse(&args.link)?;
+    let texts = link_texts(&args.links, || std::io::stdin().lock())?;
+    // Every link is read before anything is sent, so a typo in the last
+    // one creates nothing.
+    let links = texts
+        .iter()
+        .enumerate()
+        .map(|(index, text)| {
+            Link::parse(text).with_context(|| format!("link {} of {}", index + 1, texts.len()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if let [link] = links.as_slice() {
+        return add_one(api, &args, link.clone()).await;
+    }
+    add_many(api, &args, links).await
+}
+
+/// The links the arguments give: themselves, or standard input's non-empty
+/// lines for a lone `-`.
+fn link_texts<R: BufRead>(arguments: &[String], stdin: impl FnOnce() -> R) -> anyhow::Result<Vec<String>> {
+    if !arguments.iter().any(|argument| argument == "-") {
+        return Ok(arguments.to_vec());
+    }
+    if arguments.len() > 1 {
+        bail!("`-` reads the links from standard input: give it alone, without other links");
+    }
+    let mut texts = Vec::new();
+    for line in stdin().lines() {
+        let line = line.context("reading links from standard input")?;
+        let line = line.trim();
+        if !line.is_empty() {
+            texts.push(line.to_owned());
+        }
+    }
+    if texts.is_empty() {
+        bail!("standard input held no links: give one link per line");
+    }
+    Ok(texts)
+}
+
+/// One task, with `POST /api/v1/tasks`.
+async fn add_one(api: &Api, args: &AddArgs, link: Link) -> anyhow::Result<ExitCode> {
     let created = api
         .client()
         .create_task()
@@ -70,8 +130,8 @@ pub async fn run(api: &Api, args: AddArgs) -> anyhow::Result<ExitCode> {
                 Link::Direct(link) => body.url(Some(link)),
             };
             body.user_id(args.user)
-                .storage_name(args.storage)
-                .dir_path(args.dir)
+                .storage_name(args.storage.clone())
+                .dir_path(args.dir.clone())
         })
         .send()
         .await;
@@ -84,9 +144,158 @@ pub async fn run(api: &Api, args: AddArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Many tasks, with as few `POST /api/v1/tasks/batch` requests as the API's
+/// limits allow. Each batch's ids are printed as soon as it is created, so
+/// a failure in a later batch leaves the earlier ids on stdout.
+async fn add_many(api: &Api, args: &AddArgs, links: Vec<Link>) -> anyhow::Result<ExitCode> {
+    let total = links.len();
+    let tasks = links
+        .iter()
+        .map(|link| task_request(link, args))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let sizes: Vec<usize> = tasks
+        .iter()
+        .map(|task| serde_json::to_vec(task).map_or(0, |json| json.len()) + 1)
+        .collect();
+    for range in batches(&sizes) {
+        let first = range.start;
+        let batch = &links[range.clone()];
+        let tasks = tasks[range].to_vec();
+        let answer = api
+            .client()
+            .create_tasks()
+            .body(CreateTasksRequest { tasks })
+            .send()
+            .await;
+        match answer {
+            Ok(created) => {
+                for task in created.into_inner().tasks {
+                    println!("{}", task.task_id);
+                }
+            }
+            Err(error) => {
+                let message = name_the_link(&api.explain(error).await.to_string(), first, batch);
+                if first == 0 {
+                    bail!("{message}");
+                }
+                bail!(
+                    "{message} (links 1 to {first} of {total} were created, their ids are printed above; \
+                     links {} to {total} may not have been: `savestream ls` shows what is queued)",
+                    first + 1
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Splits tasks, given the size of each one's JSON, into consecutive
+/// batches within the API's limits.
+fn batches(sizes: &[usize]) -> Vec<std::ops::Range<usize>> {
+    let mut batches = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (index, size) in sizes.iter().enumerate() {
+        if index > start && (index - start == MAX_BATCH_TASKS || bytes + size > MAX_BATCH_BYTES) {
+            batches.push(start..index);
+            start = index;
+            bytes = 0;
+        }
+        bytes += size;
+    }
+    if start < sizes.len() {
+        batches.push(start..sizes.len());
+    }
+    batches
+}
+
+fn task_request(link: &Link, args: &AddArgs) -> anyhow::Result<CreateTaskRequest> {
+    let builder = CreateTaskRequest::builder()
+        .user_id(args.user)
+        .storage_name(args.storage.clone())
+        .dir_path(args.dir.clone());
+    let builder = match link {
+        Link::Telegram(link) => builder.telegram_url(Some(link.clone())),
+        Link::Direct(link) => builder.url(Some(link.clone())),
+    };
+    builder.try_into().map_err(|error| anyhow!("{error}"))
+}
+
+/// The API names a refused task by its place in the batch (`` `tasks[3]` ``);
+/// the user knows it by its place among the links and by the link itself.
+fn name_the_link(message: &str, first: usize, batch: &[Link]) -> String {
+    let Some(rest) = message.strip_prefix("`tasks[") else {
+        return message.to_owned();
+    };
+    let Some((index, rest)) = rest.split_once("]`") else {
+        return message.to_owned();
+    };
+    match index
+        .parse::<usize>()
+        .ok()
+        .and_then(|index| Some((index, batch.get(index)?)))
+    {
+        Some((index, link)) => format!("link {} (`{}`){rest}", first + index + 1, link.text()),
+        None => message.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn direct(count: usize, length: usize) -> Vec<Link> {
+        (0..count)
+            .map(|index| {
+                Link::Direct(format!(
+                    "https://example.com/{index:0>width$}",
+                    width = length - 20
+                ))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn batches_cover_every_task_in_order_within_the_apis_count_and_size() {
+        assert_eq!(batches(&[90; 1201]), [0..500, 500..1000, 1000..1201]);
+        assert_eq!(batches(&[2100; 50]), [0..23, 23..46, 46..50]);
+        assert_eq!(
+            batches(&[60_000, 10]),
+            [0..1, 1..2],
+            "an oversized task goes alone, for the API to refuse"
+        );
+        assert_eq!(batches(&[]), Vec::<std::ops::Range<usize>>::new());
+    }
+
+    #[test]
+    fn a_refused_task_is_named_by_its_place_among_all_links() {
+        let batch = direct(3, 30);
+        assert_eq!(
+            name_the_link("`tasks[2]`: `url`: the host is private", 500, &batch),
+            format!("link 503 (`{}`): `url`: the host is private", batch[2].text())
+        );
+        assert_eq!(
+            name_the_link("user 1 is not configured", 0, &batch),
+            "user 1 is not configured"
+        );
+        assert_eq!(
+            name_the_link("`tasks[9]`: out of range", 0, &batch),
+            "`tasks[9]`: out of range"
+        );
+    }
+
+    #[test]
+    fn a_lone_dash_reads_the_non_empty_lines_of_standard_input() {
+        let arguments = |list: &[&str]| list.iter().map(|text| text.to_string()).collect::<Vec<_>>();
+        let stdin = || std::io::Cursor::new("https://t.me/a_chan/1\n\n  https://example.com/b  \n");
+        assert_eq!(
+            link_texts(&arguments(&["-"]), stdin).unwrap(),
+            ["https://t.me/a_chan/1", "https://example.com/b"]
+        );
+        assert_eq!(link_texts(&arguments(&["x", "y"]), stdin).unwrap(), ["x", "y"]);
+        assert!(link_texts(&arguments(&["-", "x"]), stdin).is_err());
+        assert!(link_texts(&arguments(&["-"]), || std::io::Cursor::new("\n \n")).is_err());
+    }
 
     #[test]
     fn telegram_links_and_direct_links_are_told_apart() {

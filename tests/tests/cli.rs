@@ -396,6 +396,81 @@ async fn add_sends_a_t_me_link_as_telegram_url_and_takes_the_url_and_token_from_
 }
 
 #[tokio::test]
+async fn add_with_several_links_prints_their_ids_in_order_and_a_refused_link_creates_none() {
+    let app = spawn_app(0).await;
+    let user = TEST_USER.to_string();
+    let links = [
+        "https://example.com/files/1.bin",
+        "https://t.me/channel/7",
+        "https://example.com/files/3.bin",
+    ];
+
+    let added = run_with_flags(&app, &["add", links[0], links[1], links[2], "--user", &user]).await;
+    let refused = run_with_flags(
+        &app,
+        &[
+            "add",
+            "https://example.com/files/4.bin",
+            "https://t.me/chan/5",
+            "--user",
+            &user,
+        ],
+    )
+    .await;
+
+    let ids: Vec<String> = stdout(&added).lines().map(str::to_owned).collect();
+    assert_eq!(ids.len(), 3, "{}", explain(&added));
+    for (id, link) in ids.iter().zip(links) {
+        let (_, task) = app.get_task(id).await;
+        assert_eq!(task["link"], link, "{task}");
+    }
+    assert!(
+        error_line(&refused).starts_with("savestream: link 2 (`https://t.me/chan/5`): `telegram_url`: "),
+        "{}",
+        explain(&refused)
+    );
+    let listed = stdout(&run_with_flags(&app, &["ls"]).await);
+    assert!(
+        !listed.contains("4.bin"),
+        "the refused batch created a task:\n{listed}"
+    );
+}
+
+#[tokio::test]
+async fn add_dash_reads_one_link_per_line_from_standard_input() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app(0).await;
+    let links: Vec<String> = (0..30)
+        .map(|index| format!("https://example.com/files/{index}.bin"))
+        .collect();
+    let mut command = tokio::process::Command::new(binary_path("savestream"));
+    command
+        .args(flags(&app))
+        .args(["add", "-", "--user", &TEST_USER.to_string()])
+        .env_remove("SAVESTREAM_URL")
+        .env_remove("SAVESTREAM_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("running savestream add -");
+    let mut stdin = child.stdin.take().expect("a stdin pipe");
+    stdin
+        .write_all(format!("{}\n\n", links.join("\n")).as_bytes())
+        .await
+        .expect("writing the links");
+    drop(stdin);
+
+    let added = child.wait_with_output().await.expect("savestream add -");
+
+    let ids: Vec<String> = stdout(&added).lines().map(str::to_owned).collect();
+    assert_eq!(ids.len(), links.len(), "{}", explain(&added));
+    for index in [0, 17, 29] {
+        let (_, task) = app.get_task(&ids[index]).await;
+        assert_eq!(task["link"], links[index], "{task}");
+    }
+}
+
+#[tokio::test]
 async fn cancel_cancels_a_queued_task_and_a_second_cancel_prints_the_apis_refusal() {
     let app = spawn_app(0).await;
     let added = run_with_flags(
