@@ -1,7 +1,8 @@
 //! Benchmark 3: the API under load. `wrk` on loopback against the release
 //! `savestream-api`: `GET /health` (the framework's ceiling, no Redis),
-//! `POST /api/v1/tasks` and `GET /api/v1/tasks/{id}`, each for the same
-//! duration and connections, in the same run. A run is `rounds` rounds of
+//! `POST /api/v1/tasks`, `GET /api/v1/tasks/{id}` and
+//! `POST /api/v1/tasks/batch` with [`BATCH_TASKS`] tasks a request, each for
+//! the same duration and connections, in the same run. A run is `rounds` rounds of
 //! the three against the same server and Redis: one round's create/health
 //! ratio swings by a tenth or more on a shared machine, so the figure is
 //! the median of the rounds'.
@@ -18,6 +19,9 @@ use crate::process::{self, sibling, Killed};
 pub const HEALTH: &str = "GET /health";
 pub const CREATE: &str = "POST /api/v1/tasks";
 pub const STATUS: &str = "GET /api/v1/tasks/{id}";
+/// How many tasks each batch request of the run carries.
+pub const BATCH_TASKS: usize = 100;
+pub const BATCH: &str = "POST /api/v1/tasks/batch (100 tasks)";
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Endpoint {
@@ -86,6 +90,16 @@ pub async fn api(
         "wrk.method = \"POST\"\nwrk.body = '{\"url\":\"https://example.com/a.bin\",\"user_id\":123456789}'\n\
          wrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"Authorization\"] = \"Bearer bench-token\"\n",
     )?;
+    let batch_script = dir.path().join("batch.lua");
+    let task = r#"{\"url\":\"https://example.com/a.bin\",\"user_id\":123456789}"#;
+    std::fs::write(
+        &batch_script,
+        format!(
+            "wrk.method = \"POST\"\nwrk.body = '{{\"tasks\":[{}]}}'\n\
+             wrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"Authorization\"] = \"Bearer bench-token\"\n",
+            vec![task; BATCH_TASKS].join(",")
+        ),
+    )?;
     let get_script = dir.path().join("get.lua");
     std::fs::write(
         &get_script,
@@ -99,6 +113,7 @@ pub async fn api(
             format!("{base}/api/v1/tasks/{task_id}"),
             Some(&get_script),
         ),
+        (BATCH, format!("{base}/api/v1/tasks/batch"), Some(&batch_script)),
     ];
     let info = crate::redis_stats::info_client(redis_url).await?;
     let load = Load {
@@ -177,6 +192,18 @@ async fn run_endpoint(
 
 /// Each round's create/health ratio, in round order.
 pub fn create_health_ratios(endpoints: &[Endpoint]) -> Vec<f64> {
+    ratios(endpoints, (CREATE, 1.0), HEALTH)
+}
+
+/// Each round's tasks created per second through batch requests, over
+/// those created one per request: what batching saves a client.
+pub fn batch_create_ratios(endpoints: &[Endpoint]) -> Vec<f64> {
+    ratios(endpoints, (BATCH, BATCH_TASKS as f64), CREATE)
+}
+
+/// Each round's rate of `numerator` (times its tasks per request) over
+/// that of `denominator`, in round order.
+fn ratios(endpoints: &[Endpoint], (numerator, scale): (&str, f64), denominator: &str) -> Vec<f64> {
     let rate = |round: usize, name: &str| {
         endpoints
             .iter()
@@ -185,7 +212,7 @@ pub fn create_health_ratios(endpoints: &[Endpoint]) -> Vec<f64> {
     };
     let rounds = endpoints.iter().map(|endpoint| endpoint.round).max().unwrap_or(0);
     (1..=rounds)
-        .filter_map(|round| Some(rate(round, CREATE)? / rate(round, HEALTH)?))
+        .filter_map(|round| Some(rate(round, numerator)? * scale / rate(round, denominator)?))
         .collect()
 }
 
@@ -249,6 +276,16 @@ mod tests {
             endpoint(2, CREATE, 15_000.0),
         ];
         assert_eq!(create_health_ratios(&endpoints), vec![0.5, 0.25]);
+    }
+
+    #[test]
+    fn a_batch_requests_rate_counts_every_task_it_carries() {
+        let endpoints = [
+            endpoint(1, CREATE, 20_000.0),
+            endpoint(1, BATCH, 1_000.0),
+            endpoint(2, CREATE, 25_000.0),
+        ];
+        assert_eq!(batch_create_ratios(&endpoints), vec![BATCH_TASKS as f64 / 20.0]);
     }
 
     #[test]

@@ -43,7 +43,7 @@ enum Benchmark {
         #[arg(long, default_value_t = 10_000)]
         tasks: usize,
     },
-    /// 3. API: requests/s and latency of create and status next to /health (needs wrk).
+    /// 3. API: requests/s and latency of create, batch create and status next to /health (needs wrk).
     Api {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
@@ -212,6 +212,12 @@ async fn main() -> anyhow::Result<()> {
             }
             if let Some(summary) = median_of_rounds(&api::create_health_ratios(&endpoints), "") {
                 println!("\ncreate / health: {summary}");
+            }
+            if let Some(summary) = median_of_rounds(&api::batch_create_ratios(&endpoints), "x") {
+                println!(
+                    "tasks created per second in batches of {} / one per request: {summary}",
+                    api::BATCH_TASKS
+                );
             }
         }
         Benchmark::Download { bytes, threads } => {
