@@ -181,6 +181,8 @@ async fn missing_or_wrong_tokens_answer_401_json_on_every_protected_endpoint() {
     let requests = || {
         vec![
             http.post(app.url("/api/v1/tasks")).json(&contract_body()),
+            http.post(app.url("/api/v1/tasks/batch"))
+                .json(&serde_json::json!({"tasks": [contract_body()]})),
             http.get(app.url("/api/v1/tasks")),
             http.get(app.url(&format!("/api/v1/tasks/{task_id}"))),
             http.delete(app.url(&format!("/api/v1/tasks/{task_id}"))),
