@@ -112,7 +112,7 @@ impl TasksApi {
         /// UUID. The same key within 24 hours returns the task the first request created.
         #[oai(name = "Idempotency-Key")]
         idempotency_key: Header<Option<String>>,
-        body: CreateTaskBody,
+        body: Body<CreateTaskRequest>,
         request: &poem::Request,
     ) -> Result<CreateResponse, Failure<CreateErrors>> {
         let idempotency_key = idempotency_key_of(idempotency_key, request)?;
@@ -156,7 +156,7 @@ impl TasksApi {
         /// UUID. The same key within 24 hours returns the tasks the first request created.
         #[oai(name = "Idempotency-Key")]
         idempotency_key: Header<Option<String>>,
-        body: CreateTasksBody,
+        body: Body<CreateTasksRequest>,
         request: &poem::Request,
     ) -> Result<CreateManyResponse, Failure<CreateErrors>> {
         let idempotency_key = idempotency_key_of(idempotency_key, request)?;
@@ -315,73 +315,68 @@ fn check_idempotency_key(key: Option<String>) -> Result<Option<String>, ApiError
     }
 }
 
-/// The body of `POST /api/v1/tasks`, read with [`CreateTaskRequest::from_json`].
-///
-/// poem-openapi's own `Json<CreateTaskRequest>` would do, but its errors name
-/// types rather than fields, and it refuses bodies without a JSON
-/// `Content-Type`, which SaveAny-Bot accepted (`curl -d` sends a form type).
-/// The OpenAPI document still shows `CreateTaskRequest` as the body.
-pub struct CreateTaskBody(pub CreateTaskRequest);
+/// A request body that reads itself from JSON, naming the field in every
+/// error (`CreateTaskRequest::from_json`, `CreateTasksRequest::from_json`).
+pub trait ReadBody: Type + Sized {
+    /// The body's description in the OpenAPI document.
+    const DESCRIPTION: &'static str;
 
-impl<'a> ApiExtractor<'a> for CreateTaskBody {
-    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::RequestObject];
+    /// Registers the body's schema, with any rule the derive cannot state.
+    fn register_schema(registry: &mut Registry);
 
-    type ParamType = ();
-    type ParamRawType = ();
+    fn read(bytes: &[u8]) -> Result<Self, String>;
+}
 
-    fn register(registry: &mut Registry) {
+impl ReadBody for CreateTaskRequest {
+    const DESCRIPTION: &'static str = "The task to create.";
+
+    fn register_schema(registry: &mut Registry) {
         CreateTaskRequest::register_with_source_rule(registry);
     }
 
-    fn request_meta() -> Option<MetaRequest> {
-        Some(MetaRequest {
-            description: Some("The task to create."),
-            content: vec![MetaMediaType {
-                content_type: "application/json",
-                schema: CreateTaskRequest::schema_ref(),
-            }],
-            required: true,
-        })
-    }
-
-    async fn from_request(
-        _request: &'a Request,
-        body: &mut RequestBody,
-        _param_opts: ExtractParamOptions<Self::ParamType>,
-    ) -> poem::Result<Self> {
-        let bytes = body
-            .take()?
-            .into_bytes()
-            .await
-            .map_err(|error| ApiError::BadRequest(format!("cannot read the request body: {error}")))?;
-        CreateTaskRequest::from_json(&bytes)
-            .map(CreateTaskBody)
-            .map_err(|message| ApiError::BadRequest(message).into())
+    fn read(bytes: &[u8]) -> Result<Self, String> {
+        CreateTaskRequest::from_json(bytes)
     }
 }
 
-/// The body of `POST /api/v1/tasks/batch`, read with
-/// [`CreateTasksRequest::from_json`] for the reasons [`CreateTaskBody`] gives.
-pub struct CreateTasksBody(pub CreateTasksRequest);
+impl ReadBody for CreateTasksRequest {
+    const DESCRIPTION: &'static str = "The tasks to create.";
 
-impl<'a> ApiExtractor<'a> for CreateTasksBody {
-    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::RequestObject];
-
-    type ParamType = ();
-    type ParamRawType = ();
-
-    fn register(registry: &mut Registry) {
-        CreateTasksRequest::register(registry);
+    fn register_schema(registry: &mut Registry) {
+        <CreateTasksRequest as Type>::register(registry);
         // The tasks' schema is the single create's, rule included.
         CreateTaskRequest::register_with_source_rule(registry);
     }
 
+    fn read(bytes: &[u8]) -> Result<Self, String> {
+        CreateTasksRequest::from_json(bytes)
+    }
+}
+
+/// A `POST` body read with [`ReadBody::read`].
+///
+/// poem-openapi's own `Json<T>` would do, but its errors name types rather
+/// than fields, and it refuses bodies without a JSON `Content-Type`, which
+/// SaveAny-Bot accepted (`curl -d` sends a form type). The OpenAPI document
+/// still shows `T` as the body.
+pub struct Body<T>(pub T);
+
+impl<'a, T: ReadBody> ApiExtractor<'a> for Body<T> {
+    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::RequestObject];
+
+    type ParamType = ();
+    type ParamRawType = ();
+
+    fn register(registry: &mut Registry) {
+        T::register_schema(registry);
+    }
+
     fn request_meta() -> Option<MetaRequest> {
         Some(MetaRequest {
-            description: Some("The tasks to create."),
+            description: Some(T::DESCRIPTION),
             content: vec![MetaMediaType {
                 content_type: "application/json",
-                schema: CreateTasksRequest::schema_ref(),
+                schema: T::schema_ref(),
             }],
             required: true,
         })
@@ -397,8 +392,8 @@ impl<'a> ApiExtractor<'a> for CreateTasksBody {
             .into_bytes()
             .await
             .map_err(|error| ApiError::BadRequest(format!("cannot read the request body: {error}")))?;
-        CreateTasksRequest::from_json(&bytes)
-            .map(CreateTasksBody)
+        T::read(&bytes)
+            .map(Body)
             .map_err(|message| ApiError::BadRequest(message).into())
     }
 }
