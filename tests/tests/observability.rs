@@ -182,6 +182,44 @@ async fn create(app: &TestApp, body: serde_json::Value) -> String {
 }
 
 #[tokio::test]
+async fn a_batch_create_counts_each_new_task_once_and_a_repeat_counts_none() {
+    let app = spawn_app(0).await;
+    let batch = json!({ "tasks": [
+        { "url": "https://example.com/a.zip", "user_id": TEST_USER },
+        { "url": "https://example.com/b.zip", "user_id": TEST_USER },
+        { "telegram_url": "https://t.me/channel/1", "user_id": TEST_USER },
+    ]});
+    let post = || {
+        app.client
+            .post(app.url("/api/v1/tasks/batch"))
+            .header("Idempotency-Key", "metrics-batch")
+            .json(&batch)
+            .send()
+    };
+    let before = scrape(&app).await;
+
+    let first = post().await.expect("POST a batch");
+    let after_first = scrape(&app).await;
+    let repeat = post().await.expect("POST the batch again");
+    let after_repeat = scrape(&app).await;
+
+    assert_eq!(first.status(), 201);
+    assert_eq!(repeat.status(), 200);
+    let created =
+        |scrape: &Scrape, source: &str| scrape.value("savestream_tasks_created_total", &[("source", source)]);
+    assert_eq!(created(&after_first, "http") - created(&before, "http"), 2.0);
+    assert_eq!(
+        created(&after_first, "telegram") - created(&before, "telegram"),
+        1.0
+    );
+    assert_eq!(created(&after_repeat, "http"), created(&after_first, "http"));
+    assert_eq!(
+        created(&after_repeat, "telegram"),
+        created(&after_first, "telegram")
+    );
+}
+
+#[tokio::test]
 async fn metrics_is_prometheus_text_and_its_counters_move_with_creates_and_cancels() {
     // Arrange: no worker, so created tasks stay queued.
     let app = spawn_app(0).await;

@@ -176,21 +176,22 @@ impl TasksApi {
             .map(|index| idempotency_key.as_ref().map(|key| format!("{key}\n{index}")))
             .collect();
         let mut created = Vec::with_capacity(new_tasks.len());
+        let mut any_new = false;
         // Calls of the create batcher's size keep each one short in Redis.
+        // Each task is counted as it is created, so a call that fails
+        // later leaves the earlier ones counted.
         for (tasks, keys) in new_tasks
             .chunks(crate::create_batcher::MAX_BATCH)
             .zip(keys.chunks(crate::create_batcher::MAX_BATCH))
         {
             let requests = tasks.iter().zip(keys.iter().map(Option::as_deref));
-            for result in state.store.create_batch(requests).await? {
-                created.push(result?);
-            }
-        }
-        let mut any_new = false;
-        for (new_task, created) in new_tasks.iter().zip(&created) {
-            if created.is_new {
-                any_new = true;
-                crate::metrics::task_created(new_task.source);
+            for (new_task, result) in tasks.iter().zip(state.store.create_batch(requests).await?) {
+                let task = result?;
+                if task.is_new {
+                    any_new = true;
+                    crate::metrics::task_created(new_task.source);
+                }
+                created.push(task);
             }
         }
         tracing::info!(tasks = created.len(), new = any_new, "tasks created in a batch");
