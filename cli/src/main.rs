@@ -65,7 +65,7 @@ enum Command {
 /// The subcommands that talk to a running API.
 #[derive(Subcommand)]
 enum ClientCommand {
-    /// Create a task that saves a Telegram message's file or a direct link; prints its id.
+    /// Create a task per link (a Telegram message's file or a direct link); prints their ids, one per line.
     Add(add::AddArgs),
     /// Show a task: status, title, where it is saved, progress, error.
     Status {
