@@ -18,7 +18,7 @@ use savestream_shared::config::StorageConfig;
 use savestream_shared::event::EventKind;
 use savestream_shared::store::{LoggedEvent, Progress, TaskList, TaskRecord, TaskSummary, WorkerInfo};
 use savestream_shared::task::{Millis, SourceKind, TaskStatus};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// The longest string any field of a request body may hold, in bytes.
 pub const MAX_FIELD_LEN: usize = 2048;
@@ -157,31 +157,21 @@ impl CreateTaskRequest {
     /// contract types every field as a string or a number, so a `null` is
     /// refused like any other value of the wrong type.
     pub fn from_json(body: &[u8]) -> Result<CreateTaskRequest, String> {
-        if body.iter().all(u8::is_ascii_whitespace) {
-            return Err(
-                "the request body is empty: send a JSON object with `telegram_url` (or `url`) and `user_id`"
-                    .to_owned(),
-            );
-        }
-        let value: Value = serde_json::from_slice(body).map_err(|error| {
-            format!(
-                "the request body is not valid JSON ({error}): send an object such as \
-                 {{\"telegram_url\": \"https://t.me/channel/123\", \"user_id\": 123456789}}"
-            )
-        })?;
-        CreateTaskRequest::from_value(value, "the request body")
+        let fields = body_object(
+            body,
+            "send a JSON object with `telegram_url` (or `url`) and `user_id`",
+            TASK_SHAPE,
+        )?;
+        CreateTaskRequest::from_fields(fields)
     }
 
     /// Reads one task from a JSON value; `what` names the value in the
-    /// error when it is not an object (`the request body`, `tasks[3]`).
+    /// error when it is not an object (`tasks[3]`).
     pub fn from_value(value: Value, what: &str) -> Result<CreateTaskRequest, String> {
-        let Value::Object(mut fields) = value else {
-            return Err(format!(
-                "{what} is {}, not a JSON object: send an object such as \
-                 {{\"telegram_url\": \"https://t.me/channel/123\", \"user_id\": 123456789}}",
-                describe(&value)
-            ));
-        };
+        CreateTaskRequest::from_fields(json_object(value, what, TASK_SHAPE)?)
+    }
+
+    fn from_fields(mut fields: Map<String, Value>) -> Result<CreateTaskRequest, String> {
         let mut text = |name: &str| -> Result<Option<String>, String> {
             match fields.remove(name) {
                 None => Ok(None),
@@ -240,6 +230,32 @@ impl CreateTaskRequest {
     }
 }
 
+/// What a create body looks like, for the errors that refuse one.
+const TASK_SHAPE: &str =
+    "send an object such as {\"telegram_url\": \"https://t.me/channel/123\", \"user_id\": 123456789}";
+
+/// A request body's JSON object, or the error that says what is wrong with
+/// it: `empty_hint` for an empty body, `shape` for any other.
+fn body_object(body: &[u8], empty_hint: &str, shape: &str) -> Result<Map<String, Value>, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(format!("the request body is empty: {empty_hint}"));
+    }
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|error| format!("the request body is not valid JSON ({error}): {shape}"))?;
+    json_object(value, "the request body", shape)
+}
+
+/// `value`'s fields when it is an object; `what` names it in the error.
+fn json_object(value: Value, what: &str, shape: &str) -> Result<Map<String, Value>, String> {
+    match value {
+        Value::Object(fields) => Ok(fields),
+        other => Err(format!(
+            "{what} is {}, not a JSON object: {shape}",
+            describe(&other)
+        )),
+    }
+}
+
 /// What a JSON value is, for error messages.
 fn describe(value: &Value) -> &'static str {
     match value {
@@ -284,17 +300,7 @@ impl CreateTasksRequest {
     /// (`tasks[3]`), so the client knows which one to fix.
     pub fn from_json(body: &[u8]) -> Result<CreateTasksRequest, String> {
         const SHAPE: &str = "send an object such as {\"tasks\": [{\"telegram_url\": \"https://t.me/channel/123\", \"user_id\": 123456789}]}";
-        if body.iter().all(u8::is_ascii_whitespace) {
-            return Err(format!("the request body is empty: {SHAPE}"));
-        }
-        let value: Value = serde_json::from_slice(body)
-            .map_err(|error| format!("the request body is not valid JSON ({error}): {SHAPE}"))?;
-        let Value::Object(mut fields) = value else {
-            return Err(format!(
-                "the request body is {}, not a JSON object: {SHAPE}",
-                describe(&value)
-            ));
-        };
+        let mut fields = body_object(body, SHAPE, SHAPE)?;
         let tasks = match fields.remove("tasks") {
             None | Some(Value::Null) => return Err(format!("`tasks` is missing: {SHAPE}")),
             Some(Value::Array(tasks)) => tasks,
