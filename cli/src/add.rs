@@ -40,7 +40,7 @@ pub struct AddArgs {
 }
 
 /// Which field of the create request a link goes into.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Link {
     /// `telegram_url`.
     Telegram(String),
@@ -91,7 +91,7 @@ pub async fn run(api: &Api, args: AddArgs) -> anyhow::Result<ExitCode> {
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     if let [link] = links.as_slice() {
-        return add_one(api, &args, link.clone()).await;
+        return add_one(api, &args, link).await;
     }
     add_many(api, &args, links).await
 }
@@ -120,19 +120,11 @@ fn link_texts<R: BufRead>(arguments: &[String], stdin: impl FnOnce() -> R) -> an
 }
 
 /// One task, with `POST /api/v1/tasks`.
-async fn add_one(api: &Api, args: &AddArgs, link: Link) -> anyhow::Result<ExitCode> {
+async fn add_one(api: &Api, args: &AddArgs, link: &Link) -> anyhow::Result<ExitCode> {
     let created = api
         .client()
         .create_task()
-        .body_map(|body| {
-            let body = match link {
-                Link::Telegram(link) => body.telegram_url(Some(link)),
-                Link::Direct(link) => body.url(Some(link)),
-            };
-            body.user_id(args.user)
-                .storage_name(args.storage.clone())
-                .dir_path(args.dir.clone())
-        })
+        .body(task_request(link, args)?)
         .send()
         .await;
     match created {
@@ -209,6 +201,7 @@ fn batches(sizes: &[usize]) -> Vec<std::ops::Range<usize>> {
     batches
 }
 
+/// The create request for `link`, with the user, storage and dir given.
 fn task_request(link: &Link, args: &AddArgs) -> anyhow::Result<CreateTaskRequest> {
     let builder = CreateTaskRequest::builder()
         .user_id(args.user)
