@@ -3,7 +3,7 @@
 //! `POST /api/v1/tasks`, `GET /api/v1/tasks/{id}` and
 //! `POST /api/v1/tasks/batch` with [`BATCH_TASKS`] tasks a request, each for
 //! the same duration and connections, in the same run. A run is `rounds` rounds of
-//! the three against the same server and Redis: one round's create/health
+//! the four against the same server and Redis: one round's create/health
 //! ratio swings by a tenth or more on a shared machine, so the figure is
 //! the median of the rounds'.
 
@@ -75,7 +75,8 @@ pub async fn api(
         let attempt = client
             .post(format!("{base}/api/v1/tasks"))
             .bearer_auth("bench-token")
-            .json(&serde_json::json!({"url": "https://example.com/a.bin", "user_id": 123456789}))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(TASK_BODY)
             .send()
             .await;
         if let Ok(response) = attempt {
@@ -85,21 +86,10 @@ pub async fn api(
     };
     let task_id = created["task_id"].as_str().unwrap_or_default().to_owned();
     let post_script = dir.path().join("post.lua");
-    std::fs::write(
-        &post_script,
-        "wrk.method = \"POST\"\nwrk.body = '{\"url\":\"https://example.com/a.bin\",\"user_id\":123456789}'\n\
-         wrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"Authorization\"] = \"Bearer bench-token\"\n",
-    )?;
+    std::fs::write(&post_script, post_script_text(TASK_BODY))?;
     let batch_script = dir.path().join("batch.lua");
-    let task = r#"{\"url\":\"https://example.com/a.bin\",\"user_id\":123456789}"#;
-    std::fs::write(
-        &batch_script,
-        format!(
-            "wrk.method = \"POST\"\nwrk.body = '{{\"tasks\":[{}]}}'\n\
-             wrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"Authorization\"] = \"Bearer bench-token\"\n",
-            vec![task; BATCH_TASKS].join(",")
-        ),
-    )?;
+    let batch_body = format!(r#"{{"tasks":[{}]}}"#, vec![TASK_BODY; BATCH_TASKS].join(","));
+    std::fs::write(&batch_script, post_script_text(&batch_body))?;
     let get_script = dir.path().join("get.lua");
     std::fs::write(
         &get_script,
@@ -128,6 +118,17 @@ pub async fn api(
         }
     }
     Ok(endpoints)
+}
+
+/// The task every create of the run asks for.
+const TASK_BODY: &str = r#"{"url":"https://example.com/a.bin","user_id":123456789}"#;
+
+/// A `wrk` script that posts `body` (JSON, no `'`) with the run's token.
+fn post_script_text(body: &str) -> String {
+    format!(
+        "wrk.method = \"POST\"\nwrk.body = '{body}'\n\
+         wrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"Authorization\"] = \"Bearer bench-token\"\n"
+    )
 }
 
 /// How `wrk` loads each endpoint.
@@ -286,6 +287,7 @@ mod tests {
             endpoint(2, CREATE, 25_000.0),
         ];
         assert_eq!(batch_create_ratios(&endpoints), vec![BATCH_TASKS as f64 / 20.0]);
+        assert!(BATCH.ends_with(&format!("({BATCH_TASKS} tasks)")), "{BATCH}");
     }
 
     #[test]

@@ -51,7 +51,7 @@ enum Benchmark {
         connections: usize,
         #[arg(long, default_value_t = 2)]
         threads: usize,
-        /// Rounds of the three endpoints against the same server; the
+        /// Rounds of the four endpoints against the same server; the
         /// summary is the median of the rounds' create/health ratios.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
