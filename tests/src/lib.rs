@@ -33,6 +33,8 @@ pub struct TestOptions {
     pub retry: u32,
     pub lease_seconds: u64,
     pub shutdown_grace_seconds: u64,
+    /// `[api] webhook_url`: every process of the app delivers outcomes there.
+    pub webhook_url: Option<String>,
     /// Extra TOML appended to the generated config.toml.
     pub extra_config: String,
 }
@@ -46,6 +48,7 @@ impl Default for TestOptions {
             retry: 3,
             lease_seconds: 5,
             shutdown_grace_seconds: 10,
+            webhook_url: None,
             extra_config: String::new(),
         }
     }
@@ -61,6 +64,21 @@ pub struct Process {
 impl Process {
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// Whether the process was started and neither killed nor exited.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+
+    /// How the process ended, if it exited on its own since it was last
+    /// asked; after that it counts as gone (`pid` 0).
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status)
     }
 
     /// SIGKILL, as a crash or a lost machine would.
@@ -316,6 +334,11 @@ pub fn binary_path(binary: &str) -> PathBuf {
 
 fn config_toml(options: &TestOptions, redis_url: &str, api_port: u16, storage_dir: &Path) -> String {
     let token = options.token.clone().unwrap_or_default();
+    let webhook_url = options
+        .webhook_url
+        .as_ref()
+        .map(|url| format!("webhook_url = \"{url}\"\n"))
+        .unwrap_or_default();
     format!(
         r#"workers = {slots}
 retry = {retry}
@@ -324,7 +347,7 @@ retry = {retry}
 host = "127.0.0.1"
 port = {api_port}
 token = "{token}"
-
+{webhook_url}
 [redis]
 url = "{redis_url}"
 prefix = "savestream"

@@ -9,6 +9,9 @@
 //!   module docs state the durability setting and what `everysec` risks.
 //! - `webhooks`: a receiver that flaps between 5xx, hang-ups, timeouts and
 //!   200; every outcome delivered, repeats only under the same `webhook-id`.
+//! - `storm`: all of the above at once: workers SIGKILLed at random, Redis
+//!   killed and restarted twice, a flapping webhook receiver, a client
+//!   creating through it all. `SAVESTREAM_SOAK=1` runs 1,000 tasks.
 //! - `hostile`: huge, nested and non-UTF-8 bodies, path traversal in
 //!   `dir_path` and in file names, auth bypass attempts.
 //!
@@ -21,6 +24,7 @@ mod reliability {
     mod hostile;
     mod receiver;
     mod redis_restart;
+    mod storm;
     mod support;
     mod webhooks;
 }

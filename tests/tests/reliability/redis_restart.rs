@@ -48,12 +48,11 @@ use savestream_tests::{TestApp, TestOptions};
 use savestream_shared::store::Store;
 
 use super::support::{
-    body, completed_path, count, create, direct_link_request, events_by_task, names, partial_files, store_at,
-    wait_until_no_task_is_pending, GatedServer, RedisProcess,
+    body, completed_path, count, create, create_until_answered, direct_link_request, events_by_task, names,
+    partial_files, store_at, wait_until_no_task_is_pending, Created, GatedServer, RedisProcess,
+    REDIS_AOF_ALWAYS,
 };
 
-/// The durability setting under test (see the module docs).
-const REDIS_AOF_ALWAYS: [&str; 4] = ["--appendonly", "yes", "--appendfsync", "always"];
 const TASKS: usize = 120;
 /// The client's pace: one create every this long, so the run spans the outage.
 const CREATE_EVERY: Duration = Duration::from_millis(40);
@@ -77,14 +76,6 @@ fn served_file(index: usize) -> (String, Vec<u8>, bool) {
         body(1_000 + index as u64, size),
         throttled,
     )
-}
-
-/// What the client got for one logical create.
-#[derive(Debug)]
-struct Created {
-    task_id: String,
-    /// Requests that got no answer or a 503 before this one succeeded.
-    repeats: usize,
 }
 
 /// A finished run: the app (still up, for its files), Redis as restarted,
@@ -129,33 +120,10 @@ async fn run_through_a_redis_restart() -> Restarted {
         let mut created = Vec::with_capacity(requests.len());
         for (index, request) in requests.into_iter().enumerate() {
             let key = format!("reliability-redis-restart-{index}");
-            let mut repeats = 0;
-            let task_id = loop {
-                let answer = client
-                    .post(&create_url)
-                    .header("Idempotency-Key", &key)
-                    .json(&request)
-                    .timeout(Duration::from_secs(10))
-                    .send()
-                    .await;
-                match answer {
-                    Ok(response) if response.status() == 201 || response.status() == 200 => {
-                        let body: serde_json::Value = response.json().await.expect("a JSON body");
-                        break body["task_id"].as_str().expect("a task id").to_owned();
-                    }
-                    Ok(response) if response.status() == 503 => {}
-                    Ok(response) => panic!(
-                        "create {index} answered {}: {}",
-                        response.status(),
-                        response.text().await.unwrap_or_default()
-                    ),
-                    Err(_) => {}
-                }
-                repeats += 1;
-                refused.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(CLIENT_RETRY_DELAY).await;
-            };
-            created.push(Created { task_id, repeats });
+            created.push(
+                create_until_answered(&client, &create_url, &request, &key, CLIENT_RETRY_DELAY, &refused)
+                    .await,
+            );
             tokio::time::sleep(CREATE_EVERY).await;
         }
         created

@@ -1,7 +1,8 @@
 //! What the reliability tests share: file contents that betray a wrong
-//! offset, creating direct-link tasks, reading the event log through the
-//! store, waiting until no task is queued or running, a seeded random
-//! source for chaos, and [`RedisProcess`], a `redis-server` the test starts
+//! offset, creating direct-link tasks (once, or as a careful client through
+//! outages), reading the event log through the store, waiting until no task
+//! is queued or running, a seeded random source for chaos, killing and
+//! replacing workers, and [`RedisProcess`], a `redis-server` the test starts
 //! itself (on a port and dir of its choosing, to restart Redis in place).
 //!
 //! It owns no process of the app: `TestApp` does. Nothing here sleeps to
@@ -53,6 +54,56 @@ pub async fn create(app: &TestApp, url: &str, dir: Option<&str>) -> String {
         .as_str()
         .expect("a 201 carries a task id")
         .to_owned()
+}
+
+/// What a careful client got for one logical create.
+#[derive(Debug)]
+pub struct Created {
+    pub task_id: String,
+    /// Requests that got no answer or a 503 before one succeeded.
+    pub repeats: usize,
+}
+
+/// The careful client the contract allows: it sends `Idempotency-Key: key`
+/// and repeats the same request, `retry_delay` apart, until it gets a 201
+/// or a 200, so a create that Redis applied but could not acknowledge is
+/// answered with the same task instead of created twice. Each request that
+/// got no answer or a 503 counts in `refused`. Any other answer panics.
+pub async fn create_until_answered(
+    client: &reqwest::Client,
+    create_url: &str,
+    request: &serde_json::Value,
+    key: &str,
+    retry_delay: Duration,
+    refused: &AtomicUsize,
+) -> Created {
+    let mut repeats = 0;
+    loop {
+        let answer = client
+            .post(create_url)
+            .header("Idempotency-Key", key)
+            .json(request)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await;
+        match answer {
+            Ok(response) if response.status() == 201 || response.status() == 200 => {
+                let body: serde_json::Value = response.json().await.expect("a JSON body");
+                let task_id = body["task_id"].as_str().expect("a task id").to_owned();
+                return Created { task_id, repeats };
+            }
+            Ok(response) if response.status() == 503 => {}
+            Ok(response) => panic!(
+                "create {key} answered {}: {}",
+                response.status(),
+                response.text().await.unwrap_or_default()
+            ),
+            Err(_) => {}
+        }
+        repeats += 1;
+        refused.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(retry_delay).await;
+    }
 }
 
 /// A store on the app's Redis, to read the event log and the projection.
@@ -169,6 +220,46 @@ impl Chaos {
     pub fn between(&mut self, range: std::ops::Range<u64>) -> u64 {
         range.start + self.next() % (range.end - range.start)
     }
+}
+
+/// The durability setting the Redis restart tests run with: every write is
+/// in the append-only file, fsynced, before Redis answers it
+/// (`redis_restart.rs` says why that is the one that guarantees no loss).
+pub const REDIS_AOF_ALWAYS: [&str; 4] = ["--appendonly", "yes", "--appendfsync", "always"];
+
+/// SIGKILLs a worker picked at random among the live ones and starts a
+/// new one in its place, as a fleet's supervisor would.
+pub fn kill_and_replace_a_worker(app: &mut TestApp, chaos: &mut Chaos) {
+    let live: Vec<usize> = (0..app.workers.len())
+        .filter(|&index| app.workers[index].is_running())
+        .collect();
+    if let Some(&victim) = live.get(chaos.between(0..live.len().max(1) as u64) as usize) {
+        app.workers[victim].kill();
+    }
+    app.start_worker();
+}
+
+/// Starts a new worker in place of each one that exited on its own, as a
+/// supervisor would (compose's `restart: unless-stopped`), and returns how
+/// many. Each must have exited for the one reason a worker is meant to:
+/// it was started while Redis was away and could not connect (it exits 1,
+/// naming Redis). Any other exit is a crash, and fails the test.
+pub fn restart_workers_that_could_not_connect(app: &mut TestApp) -> usize {
+    let mut restarted = 0;
+    for index in 0..app.workers.len() {
+        let Some(status) = app.workers[index].exit_status() else {
+            continue;
+        };
+        let log = app.workers[index].log();
+        assert!(
+            status.code() == Some(1) && log.contains("cannot connect to redis"),
+            "{} exited ({status}), and not for want of Redis at its start:\n{log}",
+            app.workers[index].name
+        );
+        app.start_worker();
+        restarted += 1;
+    }
+    restarted
 }
 
 /// A `redis-server` this test started itself, killed when dropped. The

@@ -9,9 +9,6 @@
 //! (a task's outcome never arrives under two ids, and an id never names two
 //! outcomes); every body is the task's real outcome; the projection records
 //! each delivery as `delivered`.
-//!
-//! `TestOptions` writes the `[api]` table itself, so the workers here read a
-//! copy of the app's config.toml with `webhook_url` added to it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -48,33 +45,14 @@ async fn every_terminal_event_reaches_a_flapping_receiver_and_repeats_carry_the_
     for index in 0..4u64 {
         files.add(&format!("/w/{index}.bin"), ServedFile::new(body(index, 10_000)));
     }
-    let mut app = TestApp::spawn(TestOptions {
-        workers: 0,
+    let app = TestApp::spawn(TestOptions {
+        workers: 2,
+        webhook_url: Some(receiver.url()),
         // Tries spread over an hour in 99 retries are about 5 s apart.
         extra_config: "[webhook]\nmax_attempts = 100\nspan_hours = 1\n".to_owned(),
         ..TestOptions::default()
     })
     .await;
-    let config = std::fs::read_to_string(&app.config_path).expect("reading the app's config.toml");
-    assert!(config.contains("[api]\n"), "{config}");
-    let hooked_config = app.dir.path().join("config-webhook.toml");
-    std::fs::write(
-        &hooked_config,
-        config.replacen(
-            "[api]\n",
-            &format!("[api]\nwebhook_url = \"{}\"\n", receiver.url()),
-            1,
-        ),
-    )
-    .expect("writing the webhook config");
-    for number in 0..2 {
-        let worker = app.spawn_process(
-            "savestream-worker",
-            &["--config", &hooked_config.display().to_string()],
-            &format!("webhook-worker-{number}"),
-        );
-        app.workers.push(worker);
-    }
     // Deliveries start with the events after the first dispatcher started.
     eventually("both dispatchers to start", Duration::from_secs(20), || async {
         let started = app
