@@ -113,20 +113,26 @@ fn a_disabled_api_exits_0_saying_how_to_enable_it() {
 }
 
 #[test]
-fn unreachable_redis_exits_1_naming_the_host_and_what_to_do() {
+fn unreachable_redis_is_waited_for_then_exits_1_naming_the_host_and_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     // Nothing listens on a port that was free a moment ago.
     let redis_port = savestream_testkit::free_port();
     std::fs::write(
         dir.path().join("config.toml"),
         format!(
-            "[api]\nhost = \"127.0.0.1\"\nport = 0\n\n[redis]\nurl = \"redis://:hunter2@127.0.0.1:{redis_port}\"\n"
+            "[api]\nhost = \"127.0.0.1\"\nport = 0\n\n[redis]\nurl = \"redis://:hunter2@127.0.0.1:{redis_port}\"\n\
+             startup_wait_seconds = 1\n"
         ),
     )
     .unwrap();
     let output = run(&[], dir.path());
     assert_eq!(output.status.code(), Some(1), "{}", explain(&output));
     let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("redis is not answering: waiting for it"),
+        "{}",
+        explain(&output)
+    );
     assert!(
         stderr.contains(&format!("cannot connect to redis at 127.0.0.1:{redis_port}")),
         "{}",

@@ -34,6 +34,7 @@ pub async fn bench_store(url: &str, prefix: &str) -> anyhow::Result<Store> {
         &RedisConfig {
             url: url.to_owned(),
             prefix: prefix.to_owned(),
+            startup_wait_seconds: 0,
         },
         &QueueConfig {
             lease_seconds: 30,

@@ -127,6 +127,7 @@ const ENV_KEYS: &[(&str, EnvKind)] = &[
     ("telegram.proxy.url", EnvKind::OptStr),
     ("redis.url", EnvKind::Str),
     ("redis.prefix", EnvKind::Str),
+    ("redis.startup_wait_seconds", EnvKind::Int),
     ("queue.lease_seconds", EnvKind::Int),
     ("queue.retention_hours", EnvKind::Int),
     ("http.allow_private_networks", EnvKind::Bool),
@@ -317,6 +318,10 @@ pub struct RedisConfig {
     pub url: String,
     /// Key prefix, default `savestream`; never empty, no braces, colons or whitespace.
     pub prefix: String,
+    /// How long the API and a worker wait at start for a Redis that does
+    /// not answer (down, restarting, loading its data) before they give up;
+    /// default 60, 0 gives up at once.
+    pub startup_wait_seconds: u64,
 }
 
 impl fmt::Debug for RedisConfig {
@@ -325,7 +330,20 @@ impl fmt::Debug for RedisConfig {
         f.debug_struct("RedisConfig")
             .field("url", &redact_url_password(&self.url))
             .field("prefix", &self.prefix)
+            .field("startup_wait_seconds", &self.startup_wait_seconds)
             .finish()
+    }
+}
+
+impl RedisConfig {
+    /// `url` with its password, if any, replaced by `[redacted]`: the form
+    /// logs and error messages show.
+    pub fn shown_url(&self) -> String {
+        redact_url_password(&self.url)
+    }
+
+    pub fn startup_wait(&self) -> Duration {
+        Duration::from_secs(self.startup_wait_seconds)
     }
 }
 
@@ -445,6 +463,7 @@ impl Default for RedisConfig {
         RedisConfig {
             url: "redis://127.0.0.1:6379".to_owned(),
             prefix: "savestream".to_owned(),
+            startup_wait_seconds: 60,
         }
     }
 }
@@ -1297,10 +1316,12 @@ fn read_redis(mut s: Section<'_, '_>) -> Result<RedisConfig, ConfigError> {
         // It becomes the `{prefix}` hash tag of every key.
         return Err(s.error("prefix", "must not contain '{', '}', ':' or whitespace"));
     }
+    let startup_wait_seconds = s.int("startup_wait_seconds", d.startup_wait_seconds, 0..=3600)?;
     s.finish()?;
     Ok(RedisConfig {
         url: url.trim().to_owned(),
         prefix,
+        startup_wait_seconds,
     })
 }
 
@@ -1384,6 +1405,7 @@ mod tests {
         [redis]
         url = "redis://127.0.0.1:6379"
         prefix = "savestream"
+        startup_wait_seconds = 60
         [queue]
         lease_seconds = 30
         retention_hours = 168
@@ -1441,6 +1463,7 @@ mod tests {
         let redis = RedisConfig {
             url: "redis://user:hunter2@localhost:6379/0".into(),
             prefix: "p".into(),
+            startup_wait_seconds: 0,
         };
         let printed = format!("{redis:?}");
         assert!(!printed.contains("hunter2"), "{printed}");

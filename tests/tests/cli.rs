@@ -551,6 +551,7 @@ async fn store(app: &TestApp) -> Store {
         &RedisConfig {
             url: app.redis.url(),
             prefix: "savestream".into(),
+            startup_wait_seconds: 0,
         },
         &QueueConfig {
             lease_seconds: app.options.lease_seconds,

@@ -65,6 +65,7 @@ async fn a_telegram_task_without_a_route_to_telegram_fails_in_bounded_time_sayin
         &RedisConfig {
             url: app.redis.url(),
             prefix: "savestream".into(),
+            startup_wait_seconds: 0,
         },
         &QueueConfig {
             lease_seconds: app.options.lease_seconds,

@@ -309,6 +309,7 @@ async fn a_webhooks_role_worker_delivers_what_a_tasks_role_worker_completes() {
         &RedisConfig {
             url: app.redis.url(),
             prefix: "savestream".into(),
+            startup_wait_seconds: 0,
         },
         &QueueConfig {
             lease_seconds: app.options.lease_seconds,

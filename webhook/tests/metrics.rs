@@ -94,6 +94,7 @@ async fn deliveries_are_counted_by_outcome() {
         &RedisConfig {
             url: redis.url(),
             prefix: "test".into(),
+            startup_wait_seconds: 0,
         },
         &QueueConfig {
             lease_seconds: 30,

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fred::clients::SubscriberClient;
-use savestream_shared::config::{Config, RedisConfig};
+use savestream_shared::config::Config;
 use savestream_shared::store::{Store, StoreError, WorkerInfo};
 use savestream_telegram::TelegramError;
 use savestream_webhook::{Dispatcher, WebhookError};
@@ -154,7 +154,7 @@ impl Application {
             None
         };
         let redis_error = |error| StartupError::Redis {
-            url: shown_url(&config.redis),
+            url: config.redis.shown_url(),
             error,
         };
         let store = Store::connect(&config.redis, &config.queue)
@@ -180,7 +180,7 @@ impl Application {
             let subscriber = cancel::subscribe(&config.redis, &store.keys().cancel_channel())
                 .await
                 .map_err(|error| StartupError::Subscribe {
-                    url: shown_url(&config.redis),
+                    url: config.redis.shown_url(),
                     error,
                 })?;
             let storages = Storages::from_config(&config)?;
@@ -223,7 +223,7 @@ impl Application {
                 Ok(gauges) => Some(gauges),
                 Err(error) => {
                     return Err(StartupError::Redis {
-                        url: shown_url(&config.redis),
+                        url: config.redis.shown_url(),
                         error,
                     })
                 }
@@ -399,19 +399,5 @@ impl Application {
             debug!(%error, "cannot leave the registry of live workers");
         }
         info!("worker stopped");
-    }
-}
-
-/// The Redis URL without its password, for messages.
-fn shown_url(redis: &RedisConfig) -> String {
-    match url::Url::parse(&redis.url) {
-        Ok(mut url) => {
-            if url.password().is_some() {
-                // Only URLs that cannot have a password refuse one, and this one has one.
-                let _ = url.set_password(Some("[redacted]"));
-            }
-            url.to_string()
-        }
-        Err(_) => "[unparsable url]".to_owned(),
     }
 }

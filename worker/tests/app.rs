@@ -214,6 +214,7 @@ async fn connect(redis_url: &str, lease_seconds: u64) -> Store {
         &RedisConfig {
             url: redis_url.to_owned(),
             prefix: PREFIX.into(),
+            startup_wait_seconds: 0,
         },
         &QueueConfig {
             lease_seconds,
@@ -277,6 +278,7 @@ async fn a_cancel_message_reaches_the_token_of_the_running_task() {
     let redis = RedisConfig {
         url: harness.redis.url(),
         prefix: PREFIX.into(),
+        startup_wait_seconds: 0,
     };
     let subscriber = cancel::subscribe(&redis, &harness.store.keys().cancel_channel())
         .await
@@ -314,6 +316,7 @@ async fn a_task_canceled_while_queued_loses_the_partial_files_an_earlier_attempt
     let redis = RedisConfig {
         url: harness.redis.url(),
         prefix: PREFIX.into(),
+        startup_wait_seconds: 0,
     };
     let subscriber = cancel::subscribe(&redis, &harness.store.keys().cancel_channel())
         .await

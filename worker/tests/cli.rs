@@ -67,19 +67,34 @@ fn an_invalid_config_exits_2_naming_the_key() {
 }
 
 #[test]
-fn an_unreachable_redis_exits_1_naming_it() {
+fn an_unreachable_redis_is_waited_for_then_exits_1_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let config = write_config(dir.path(), &format!("redis://127.0.0.1:{port}"));
+    let config = write_config(dir.path(), &format!("redis://:hunter2@127.0.0.1:{port}"));
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("[redis]\n", "[redis]\nstartup_wait_seconds = 1\n"),
+    )
+    .unwrap();
     let output = worker().arg("--config").arg(&config).output().unwrap();
 
     assert_eq!(output.status.code(), Some(1));
     let lines = stderr_lines(&output);
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.contains("redis is not answering: waiting for it")),
+        "{lines:?}"
+    );
+    assert!(
+        !lines.iter().any(|line| line.contains("hunter2")),
+        "the password leaked: {lines:?}"
+    );
     let last = lines.last().cloned().unwrap_or_default();
     assert!(
-        last.starts_with(&format!(
-            "error: starting the worker: cannot connect to redis at redis://127.0.0.1:{port}"
-        )),
+        last.starts_with("error: starting the worker: cannot connect to redis at redis://")
+            && last.contains(&format!("@127.0.0.1:{port}")),
         "{lines:?}"
     );
 }

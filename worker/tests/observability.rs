@@ -36,6 +36,7 @@ impl Harness {
             &RedisConfig {
                 url: redis.url(),
                 prefix: PREFIX.into(),
+                startup_wait_seconds: 0,
             },
             &QueueConfig {
                 lease_seconds: 5,

@@ -68,6 +68,7 @@ impl Harness {
             &RedisConfig {
                 url: redis.url(),
                 prefix: "test".into(),
+                startup_wait_seconds: 0,
             },
             &queue,
         )

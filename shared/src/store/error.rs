@@ -28,6 +28,19 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether Redis may answer later: it is unreachable, timed out, or
+    /// still loading its data. A refused password, a bad database number or
+    /// a corrupt key will not mend by waiting.
+    pub fn is_transient(&self) -> bool {
+        let StoreError::Unavailable(error) = self else {
+            return false;
+        };
+        matches!(
+            error.kind(),
+            fred::error::ErrorKind::IO | fred::error::ErrorKind::Timeout | fred::error::ErrorKind::Canceled
+        ) || error.details().starts_with("LOADING")
+    }
+
     /// Maps an error reply of the function library (`CODE details`) to its
     /// variant; any other error means Redis itself is in trouble.
     pub(crate) fn from_reply(task_id: &TaskId, error: fred::error::Error) -> StoreError {

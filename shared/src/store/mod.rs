@@ -127,7 +127,13 @@ pub struct Store {
 
 impl Store {
     /// Connects to `[redis] url` and makes sure the function library in
-    /// Redis is this build's.
+    /// Redis is this build's. A Redis that does not answer yet (down,
+    /// restarting, loading its data) is waited for, up to `[redis]
+    /// startup_wait_seconds`: a process started during an outage (a fleet's
+    /// replacement worker, everything after a reboot) comes up with Redis
+    /// instead of exiting and leaving its restart to a supervisor's growing
+    /// back-off. An error no wait can cure (a refused password, a bad
+    /// database) returns at once.
     pub async fn connect(redis: &RedisConfig, queue: &QueueConfig) -> Result<Store, StoreError> {
         let config = Config::from_url(&redis.url)?;
         let client = Builder::from_config(config)
@@ -141,15 +147,50 @@ impl Store {
             })
             .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
             .build()?;
-        client.init().await?;
         let store = Store {
             client,
             keys: Keys::new(&redis.prefix),
             retention: queue.retention(),
             lease: queue.lease(),
         };
-        store.load_library().await?;
+        let deadline = tokio::time::Instant::now() + redis.startup_wait();
+        let mut pause = Duration::from_millis(100);
+        let mut waiting = false;
+        loop {
+            let error = match store.connect_once().await {
+                Ok(()) => break,
+                Err(error) => error,
+            };
+            let now = tokio::time::Instant::now();
+            if !error.is_transient() || now + pause > deadline {
+                return Err(error);
+            }
+            if !waiting {
+                tracing::warn!(
+                    redis = %redis.shown_url(),
+                    %error,
+                    wait_seconds = (deadline - now).as_secs(),
+                    "redis is not answering: waiting for it ([redis] startup_wait_seconds)"
+                );
+                waiting = true;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
+        if waiting {
+            tracing::info!(redis = %redis.shown_url(), "redis answers: starting");
+        }
         Ok(store)
+    }
+
+    /// One try at what [`connect`](Store::connect) needs: the connection
+    /// (kept once made) and the library.
+    async fn connect_once(&self) -> Result<(), StoreError> {
+        if !self.client.is_connected() {
+            // A failed `init` stops its connection task, so it can run again.
+            self.client.init().await?;
+        }
+        self.load_library().await
     }
 
     pub fn keys(&self) -> &Keys {

@@ -19,8 +19,8 @@ use savestream_tests::file_server::{FileServer, ServedFile};
 use savestream_tests::{TestApp, TestOptions};
 
 use super::support::{
-    body, completed_path, count, create, events_by_task, kill_and_replace_a_worker, names, partial_files,
-    store, wait_until_no_task_is_pending, Chaos,
+    assert_no_worker_exited, body, completed_path, count, create, events_by_task, kill_and_replace_a_worker,
+    names, partial_files, store, wait_until_no_task_is_pending, Chaos,
 };
 
 /// Tasks in a CI run: enough for about ten kills, most of them mid-download.
@@ -96,6 +96,7 @@ async fn every_task_completes_exactly_once_with_identical_files_while_workers_ar
         let chaos_loop = async {
             loop {
                 tokio::time::sleep(Duration::from_millis(chaos.between(1_500..3_500))).await;
+                assert_no_worker_exited(&mut app);
                 kill_and_replace_a_worker(&mut app, &mut chaos);
                 kills += 1;
             }

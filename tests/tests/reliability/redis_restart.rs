@@ -274,3 +274,39 @@ async fn a_file_reserved_while_redis_is_away_keeps_its_name_and_leaves_no_partia
     assert_eq!(partial_files(&app.storage_dir), Vec::<std::path::PathBuf>::new());
     assert_eq!(app.stored_files(), vec!["g/gated.bin".to_owned()]);
 }
+
+#[tokio::test]
+async fn a_worker_started_while_redis_is_down_waits_for_it_and_then_works() {
+    // Arrange: a task queued with no worker to run it, then Redis dies.
+    let redis = RedisServer::start_with(&REDIS_AOF_ALWAYS);
+    let (port, redis_dir) = (redis.port(), redis.dir().to_path_buf());
+    let files = FileServer::start().await;
+    let bytes = body(11, 5_000);
+    files.add("/late/file.bin", ServedFile::new(bytes.clone()));
+    let mut app = TestApp::spawn_with_redis(TestOptions::default(), redis).await;
+    let task_id = create(&app, &files.url("/late/file.bin"), Some("/late")).await;
+    app.redis.kill();
+
+    // Act: a worker starts during the outage; Redis comes back.
+    let worker = app.start_worker();
+    eventually(
+        "the worker to wait for redis",
+        Duration::from_secs(20),
+        || async {
+            app.workers[worker]
+                .log()
+                .contains("redis is not answering: waiting for it")
+                .then_some(())
+        },
+    )
+    .await;
+    let _restarted = RedisProcess::start(port, &redis_dir, &REDIS_AOF_ALWAYS).await;
+
+    // Assert: that worker, still the same process, ran the task.
+    let task = app
+        .wait_for_status(&task_id, "completed", Duration::from_secs(30))
+        .await;
+    assert!(app.workers[worker].is_running(), "{}", app.workers[worker].log());
+    assert_eq!(task["path"], "/late/file.bin", "{task}");
+    assert!(std::fs::read(app.storage_path("/late/file.bin")).unwrap() == bytes);
+}

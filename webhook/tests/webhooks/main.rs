@@ -55,6 +55,7 @@ impl Harness {
             &RedisConfig {
                 url: redis.url(),
                 prefix: "test".into(),
+                startup_wait_seconds: 0,
             },
             &QueueConfig {
                 lease_seconds: 30,
@@ -795,6 +796,7 @@ async fn tasks_that_ended_before_the_group_existed_are_not_replayed() {
         &RedisConfig {
             url: redis.url(),
             prefix: "test".into(),
+            startup_wait_seconds: 0,
         },
         &QueueConfig {
             lease_seconds: 30,
