@@ -4,8 +4,9 @@
 //! in the library.
 //!
 //! Exit codes: 0 after a graceful shutdown (or a login), 1 when the worker
-//! cannot start (Redis unreachable, a storage that cannot be created) or the
-//! login fails, 2 for a bad command line or config file (including Telegram
+//! cannot start (Redis still unreachable after `[redis]
+//! startup_wait_seconds`, a storage that cannot be created) or the login
+//! fails, 2 for a bad command line or config file (including Telegram
 //! settings that `login` cannot use).
 
 use std::path::PathBuf;
