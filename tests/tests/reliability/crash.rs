@@ -15,22 +15,19 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use savestream_tests::file_server::{FileServer, ServedFile};
+use savestream_tests::file_server::FileServer;
 use savestream_tests::{TestApp, TestOptions};
 
 use super::support::{
-    assert_no_worker_exited, body, completed_path, count, create, events_by_task, kill_and_replace_a_worker,
-    names, partial_files, store, wait_until_no_task_is_pending, Chaos,
+    assert_no_worker_exited, chaos_file, completed_path, count, create, events_by_task,
+    kill_and_replace_a_worker, names, partial_files, serve_chaos_files, soak, store,
+    wait_until_no_task_is_pending, Chaos,
 };
 
 /// Tasks in a CI run: enough for about ten kills, most of them mid-download.
 const CI_TASKS: usize = 400;
 /// Tasks in the soak (`SAVESTREAM_SOAK=1`), as issue 8 asks.
 const SOAK_TASKS: usize = 2_000;
-/// Every this-many-th file is throttled, so its download takes seconds.
-const THROTTLED_EVERY: usize = 4;
-const THROTTLE_BYTES_PER_SECOND: u64 = 32_000;
-
 fn task_count() -> usize {
     if let Some(count) = std::env::var("SAVESTREAM_CRASH_TASKS")
         .ok()
@@ -38,26 +35,11 @@ fn task_count() -> usize {
     {
         return count;
     }
-    match std::env::var("SAVESTREAM_SOAK").as_deref() {
-        Ok("1") | Ok("true") => SOAK_TASKS,
-        _ => CI_TASKS,
-    }
-}
-
-/// The file of task `index`: a throttled 40–56 KB file (1.3–1.8 s to
-/// download) or a small one at full speed.
-fn served_file(index: usize) -> (String, Vec<u8>, bool) {
-    let throttled = index.is_multiple_of(THROTTLED_EVERY);
-    let size = if throttled {
-        40_000 + (index * 131) % 16_000
+    if soak() {
+        SOAK_TASKS
     } else {
-        1 + (index * 7_919) % 24_000
-    };
-    (
-        format!("file-{index:04}.bin"),
-        body(index as u64, size),
-        throttled,
-    )
+        CI_TASKS
+    }
 }
 
 #[tokio::test]
@@ -65,14 +47,7 @@ async fn every_task_completes_exactly_once_with_identical_files_while_workers_ar
     // Arrange: the files, three workers with the shortest lease, the tasks.
     let tasks = task_count();
     let files = FileServer::start().await;
-    for index in 0..tasks {
-        let (name, bytes, throttled) = served_file(index);
-        let mut served = ServedFile::new(bytes);
-        if throttled {
-            served = served.throttled(THROTTLE_BYTES_PER_SECOND);
-        }
-        files.add(&format!("/crash/{name}"), served);
-    }
+    serve_chaos_files(&files, "crash", tasks);
     let mut app = TestApp::spawn(TestOptions {
         workers: 3,
         lease_seconds: 5,
@@ -83,7 +58,7 @@ async fn every_task_completes_exactly_once_with_identical_files_while_workers_ar
     let started_at = Instant::now();
     let mut task_ids = Vec::with_capacity(tasks);
     for index in 0..tasks {
-        let (name, _, _) = served_file(index);
+        let (name, _, _) = chaos_file("crash", index);
         task_ids.push(create(&app, &files.url(&format!("/crash/{name}")), Some("/crash")).await);
     }
 
@@ -130,7 +105,7 @@ async fn every_task_completes_exactly_once_with_identical_files_while_workers_ar
     assert_eq!(log.len(), tasks, "the log holds tasks nobody created");
     let mut expected_files = BTreeSet::new();
     for (index, task_id) in task_ids.iter().enumerate() {
-        let (name, bytes, _) = served_file(index);
+        let (name, bytes, _) = chaos_file("crash", index);
         let wanted = format!("/crash/{name}");
         let path = completed_path(&log[task_id]).unwrap_or_default();
         let stored = std::fs::read(app.storage_path(path))

@@ -9,13 +9,15 @@
 //! arrived in full (headers and body) with what it answered; holding a
 //! request open ends when the sender hangs up, or after a minute.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+
+use savestream_tests::savestream_testkit::eventually;
 
 /// One way to answer a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,6 +107,59 @@ impl FlappingReceiver {
     pub fn received(&self) -> Vec<Received> {
         lock(&self.state).received.clone()
     }
+
+    /// The tasks whose outcome it answered 200 at least once.
+    pub fn delivered_tasks(&self) -> BTreeSet<String> {
+        lock(&self.state)
+            .received
+            .iter()
+            .filter(|received| received.answered == Behaviour::Status(200))
+            .filter_map(|received| received.json()["task_id"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// Waits until the outcome of every task in `task_ids` was answered 200.
+    pub async fn wait_until_delivered(&self, task_ids: &BTreeSet<String>, timeout: Duration) {
+        eventually("every outcome to be answered 200", timeout, || async {
+            let delivered = self.delivered_tasks();
+            task_ids.is_subset(&delivered).then_some(())
+        })
+        .await;
+    }
+}
+
+/// Checks what repeats must keep, over every request `received`: a task's
+/// outcome arrives under one `webhook-id`, and an id always carries the
+/// same body. Returns how many outcomes (tasks) the requests carried.
+pub fn assert_repeats_are_identical(received: &[Received]) -> usize {
+    let mut ids_by_task: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
+    let mut bodies_by_id: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for request in received {
+        assert!(!request.webhook_id().is_empty(), "no webhook-id: {request:?}");
+        let task_id = request.json()["task_id"].as_str().unwrap_or_default().to_owned();
+        ids_by_task
+            .entry(task_id)
+            .or_default()
+            .insert(request.webhook_id());
+        bodies_by_id
+            .entry(request.webhook_id())
+            .or_default()
+            .insert(&request.body);
+    }
+    let split: Vec<_> = ids_by_task.iter().filter(|(_, ids)| ids.len() > 1).collect();
+    assert!(
+        split.is_empty(),
+        "outcomes delivered under several webhook-ids: {split:?}"
+    );
+    let mixed: Vec<_> = bodies_by_id
+        .iter()
+        .filter(|(_, bodies)| bodies.len() > 1)
+        .collect();
+    assert!(
+        mixed.is_empty(),
+        "webhook-ids that carried different bodies: {mixed:?}"
+    );
+    ids_by_task.len()
 }
 
 impl Drop for FlappingReceiver {

@@ -29,20 +29,20 @@
 //! Size: 120 tasks and two Redis outages in CI (about a minute);
 //! `SAVESTREAM_SOAK=1` runs 1,000 tasks and five outages.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use savestream_tests::file_server::{FileServer, ServedFile};
+use savestream_tests::file_server::FileServer;
 use savestream_tests::savestream_testkit::{eventually, RedisServer};
 use savestream_tests::{TestApp, TestOptions};
 
-use super::receiver::{Behaviour, FlappingReceiver};
+use super::receiver::{assert_repeats_are_identical, Behaviour, FlappingReceiver};
 use super::support::{
-    assert_no_worker_exited, body, completed_path, count, create_until_answered, direct_link_request,
-    events_by_task, kill_and_replace_a_worker, names, partial_files, store_at, wait_until_no_task_is_pending,
-    Chaos, Created, RedisProcess, REDIS_AOF_ALWAYS,
+    assert_no_worker_exited, chaos_file, completed_path, count, create_until_answered, direct_link_request,
+    events_by_task, kill_and_replace_a_worker, names, partial_files, serve_chaos_files, soak, store_at,
+    wait_until_no_task_is_pending, Chaos, Created, RedisProcess, REDIS_AOF_ALWAYS,
 };
 
 /// The size of a run: tasks, and Redis outages spread evenly over their creation.
@@ -63,31 +63,14 @@ const SOAK: Size = Size {
 /// The client's pace, so the creates span the outages and the kills.
 const CREATE_EVERY: Duration = Duration::from_millis(50);
 const CLIENT_RETRY_DELAY: Duration = Duration::from_millis(100);
-const THROTTLED_EVERY: usize = 4;
-const THROTTLE_BYTES_PER_SECOND: u64 = 32_000;
 const OK: Behaviour = Behaviour::Status(200);
 
 fn size() -> Size {
-    match std::env::var("SAVESTREAM_SOAK").as_deref() {
-        Ok("1") | Ok("true") => SOAK,
-        _ => CI,
-    }
-}
-
-/// The file of task `index`: a throttled 40–56 KB file (1.3–1.8 s to
-/// download, so kills and outages land mid-download) or a small one.
-fn served_file(index: usize) -> (String, Vec<u8>, bool) {
-    let throttled = index.is_multiple_of(THROTTLED_EVERY);
-    let size = if throttled {
-        40_000 + (index * 131) % 16_000
+    if soak() {
+        SOAK
     } else {
-        1 + (index * 7_919) % 24_000
-    };
-    (
-        format!("storm-{index:04}.bin"),
-        body(5_000 + index as u64, size),
-        throttled,
-    )
+        CI
+    }
 }
 
 /// Short failures only: a receiver that holds requests until the 15-second
@@ -114,14 +97,7 @@ async fn every_task_completes_once_and_is_delivered_while_workers_and_redis_are_
     let Size { tasks, outages } = size();
     let receiver = FlappingReceiver::start(receiver_script()).await;
     let files = FileServer::start().await;
-    for index in 0..tasks {
-        let (name, bytes, throttled) = served_file(index);
-        let mut served = ServedFile::new(bytes);
-        if throttled {
-            served = served.throttled(THROTTLE_BYTES_PER_SECOND);
-        }
-        files.add(&format!("/storm/{name}"), served);
-    }
+    serve_chaos_files(&files, "storm", tasks);
     let redis = RedisServer::start_with(&REDIS_AOF_ALWAYS);
     let (port, redis_dir) = (redis.port(), redis.dir().to_path_buf());
     let mut app = TestApp::spawn_with_redis(
@@ -159,7 +135,7 @@ async fn every_task_completes_once_and_is_delivered_while_workers_and_redis_are_
     let outage_at = move |outage: usize| (outage + 1) * tasks / (outages + 1);
     let requests: Vec<serde_json::Value> = (0..tasks)
         .map(|index| {
-            let url = files.url(&format!("/storm/{}", served_file(index).0));
+            let url = files.url(&format!("/storm/{}", chaos_file("storm", index).0));
             direct_link_request(&url, Some("/storm"))
         })
         .collect();
@@ -231,39 +207,25 @@ async fn every_task_completes_once_and_is_delivered_while_workers_and_redis_are_
             () = chaos_loop => unreachable!("the chaos loop never ends"),
         }
     }
-    let given: BTreeSet<&str> = created.iter().map(|created| created.task_id.as_str()).collect();
-    eventually(
-        "every outcome to be answered 200",
-        Duration::from_secs(120),
-        || async {
-            let delivered: BTreeSet<String> = receiver
-                .received()
-                .iter()
-                .filter(|received| received.answered == OK)
-                .filter_map(|received| received.json()["task_id"].as_str().map(str::to_owned))
-                .collect();
-            given
-                .iter()
-                .all(|task_id| delivered.contains(*task_id))
-                .then_some(())
-        },
-    )
-    .await;
+    let given: BTreeSet<String> = created.iter().map(|created| created.task_id.clone()).collect();
+    receiver
+        .wait_until_delivered(&given, Duration::from_secs(120))
+        .await;
     let elapsed = started_at.elapsed();
 
     // Assert: the tasks, from the client and the log.
     assert_eq!(given.len(), tasks, "two creates got the same task: {created:?}");
     let log = events_by_task(&store).await;
-    let logged: BTreeSet<&str> = log.keys().map(String::as_str).collect();
+    let logged: BTreeSet<String> = log.keys().cloned().collect();
     assert_eq!(
         logged.difference(&given).collect::<Vec<_>>(),
-        Vec::<&&str>::new(),
+        Vec::<&String>::new(),
         "tasks in the log that no client was given: duplicates"
     );
     let mut wrong = Vec::new();
     let mut takeovers = 0;
     for task_id in &given {
-        let events = log.get(*task_id).map(Vec::as_slice).unwrap_or_default();
+        let events = log.get(task_id).map(Vec::as_slice).unwrap_or_default();
         if count(events, "started") > 1 {
             takeovers += 1;
         }
@@ -282,7 +244,7 @@ async fn every_task_completes_once_and_is_delivered_while_workers_and_redis_are_
     // The files.
     let mut expected_files = BTreeSet::new();
     for (index, created) in created.iter().enumerate() {
-        let (name, bytes, _) = served_file(index);
+        let (name, bytes, _) = chaos_file("storm", index);
         let wanted = format!("/storm/{name}");
         let path = completed_path(&log[&created.task_id]).unwrap_or_default();
         let stored = std::fs::read(app.storage_path(path))
@@ -305,40 +267,17 @@ async fn every_task_completes_once_and_is_delivered_while_workers_and_redis_are_
 
     // The webhooks: the task's outcome, repeated only as itself.
     let received = receiver.received();
-    let mut ids_by_task: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
-    let mut bodies_by_id: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for request in &received {
         let json = request.json();
-        let task_id = json["task_id"].as_str().unwrap_or_default().to_owned();
+        let task_id = json["task_id"].as_str().unwrap_or_default();
         assert!(
-            given.contains(task_id.as_str()),
+            given.contains(task_id),
             "a webhook for a task nobody created: {}",
             request.body
         );
         assert_eq!(json["status"], "completed", "{}", request.body);
-        assert!(!request.webhook_id().is_empty(), "no webhook-id: {request:?}");
-        ids_by_task
-            .entry(task_id)
-            .or_default()
-            .insert(request.webhook_id());
-        bodies_by_id
-            .entry(request.webhook_id())
-            .or_default()
-            .insert(&request.body);
     }
-    let split: Vec<_> = ids_by_task.iter().filter(|(_, ids)| ids.len() > 1).collect();
-    assert!(
-        split.is_empty(),
-        "outcomes delivered under several webhook-ids: {split:?}"
-    );
-    let mixed: Vec<_> = bodies_by_id
-        .iter()
-        .filter(|(_, bodies)| bodies.len() > 1)
-        .collect();
-    assert!(
-        mixed.is_empty(),
-        "webhook-ids that carried different bodies: {mixed:?}"
-    );
+    assert_repeats_are_identical(&received);
 
     // The run met what it was meant to.
     let repeats: usize = created.iter().map(|created| created.repeats).sum();

@@ -18,6 +18,7 @@ use std::time::Duration;
 use savestream_shared::config::{QueueConfig, RedisConfig};
 use savestream_shared::event::EventKind;
 use savestream_shared::store::{LoggedEvent, Store};
+use savestream_tests::file_server::{FileServer, ServedFile};
 use savestream_tests::savestream_testkit::eventually;
 use savestream_tests::{TestApp, TEST_STORAGE, TEST_USER};
 use serde_json::json;
@@ -35,6 +36,45 @@ pub fn body(seed: u64, size: usize) -> Vec<u8> {
             (state >> 24) as u8
         })
         .collect()
+}
+
+/// Whether the long run was asked for (`SAVESTREAM_SOAK=1`).
+pub fn soak() -> bool {
+    matches!(std::env::var("SAVESTREAM_SOAK").as_deref(), Ok("1") | Ok("true"))
+}
+
+/// Every this-many-th file of a chaos run is throttled.
+const THROTTLED_EVERY: usize = 4;
+const THROTTLE_BYTES_PER_SECOND: u64 = 32_000;
+
+/// File number `index` of a chaos run, named `{stem}-NNNN.bin`, with its
+/// contents and whether it is throttled: every fourth is a 40–56 KB file
+/// served at 32 KB/s (1.3–1.8 s to download, so kills and outages land
+/// mid-download), the others small ones at full speed.
+pub fn chaos_file(stem: &str, index: usize) -> (String, Vec<u8>, bool) {
+    let throttled = index.is_multiple_of(THROTTLED_EVERY);
+    let size = if throttled {
+        40_000 + (index * 131) % 16_000
+    } else {
+        1 + (index * 7_919) % 24_000
+    };
+    (
+        format!("{stem}-{index:04}.bin"),
+        body(index as u64, size),
+        throttled,
+    )
+}
+
+/// Serves chaos files `0..count` at `/{stem}/{name}`.
+pub fn serve_chaos_files(files: &FileServer, stem: &str, count: usize) {
+    for index in 0..count {
+        let (name, bytes, throttled) = chaos_file(stem, index);
+        let mut served = ServedFile::new(bytes);
+        if throttled {
+            served = served.throttled(THROTTLE_BYTES_PER_SECOND);
+        }
+        files.add(&format!("/{stem}/{name}"), served);
+    }
 }
 
 /// The request body of a direct-link task.

@@ -18,7 +18,7 @@ use savestream_tests::file_server::{FileServer, ServedFile};
 use savestream_tests::savestream_testkit::eventually;
 use savestream_tests::{TestApp, TestOptions};
 
-use super::receiver::{Behaviour, FlappingReceiver};
+use super::receiver::{assert_repeats_are_identical, Behaviour, FlappingReceiver};
 use super::support::{body, create, store, wait_until_no_task_is_pending};
 
 const OK: Behaviour = Behaviour::Status(200);
@@ -93,60 +93,23 @@ async fn every_terminal_event_reaches_a_flapping_receiver_and_repeats_carry_the_
         let (_, task) = app.get_task(task_id).await;
         assert_eq!(task["status"], *status, "{task}");
     }
-    eventually(
-        "every outcome to be answered 200",
-        Duration::from_secs(150),
-        || async {
-            let delivered: BTreeSet<String> = receiver
-                .received()
-                .iter()
-                .filter(|received| received.answered == OK)
-                .filter_map(|received| received.json()["task_id"].as_str().map(str::to_owned))
-                .collect();
-            expected
-                .keys()
-                .all(|task_id| delivered.contains(task_id))
-                .then_some(())
-        },
-    )
-    .await;
+    let expected_tasks: BTreeSet<String> = expected.keys().cloned().collect();
+    receiver
+        .wait_until_delivered(&expected_tasks, Duration::from_secs(150))
+        .await;
 
     // Assert.
     let received = receiver.received();
-    let mut ids_by_task: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut bodies_by_id: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for request in &received {
         let json = request.json();
-        let task_id = json["task_id"].as_str().unwrap_or_default().to_owned();
+        let task_id = json["task_id"].as_str().unwrap_or_default();
         let expected_status = expected
-            .get(&task_id)
+            .get(task_id)
             .unwrap_or_else(|| panic!("a webhook for a task nobody created: {}", request.body));
         assert_eq!(json["status"], *expected_status, "{}", request.body);
-        assert!(!request.webhook_id().is_empty(), "no webhook-id: {request:?}");
-        ids_by_task
-            .entry(task_id)
-            .or_default()
-            .insert(request.webhook_id().to_owned());
-        bodies_by_id
-            .entry(request.webhook_id().to_owned())
-            .or_default()
-            .insert(request.body.clone());
     }
-    for (task_id, ids) in &ids_by_task {
-        assert_eq!(
-            ids.len(),
-            1,
-            "task {task_id} arrived under several webhook-ids: {ids:?}"
-        );
-    }
-    for (webhook_id, bodies) in &bodies_by_id {
-        assert_eq!(
-            bodies.len(),
-            1,
-            "{webhook_id} carried different bodies: {bodies:?}"
-        );
-    }
-    let repeats = received.len() - ids_by_task.len();
+    let outcomes = assert_repeats_are_identical(&received);
+    let repeats = received.len() - outcomes;
     assert!(repeats > 0, "the receiver never made the sender repeat");
     let redis = Builder::from_config(Config::from_url(&app.redis.url()).expect("a valid redis url"))
         .build()
