@@ -12,16 +12,14 @@
 //! otherwise 400, which runs in about half a minute. `SAVESTREAM_CRASH_TASKS=N`
 //! picks any other count, `SAVESTREAM_CHAOS_SEED` repeats a run's kills.
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use savestream_tests::file_server::FileServer;
 use savestream_tests::{TestApp, TestOptions};
 
 use super::support::{
-    assert_no_worker_exited, chaos_file, completed_path, count, create, events_by_task,
-    kill_and_replace_a_worker, names, partial_files, serve_chaos_files, soak, store,
-    wait_until_no_task_is_pending, Chaos,
+    assert_chaos_files_stored, chaos_file, count, create, events_by_task,
+    kill_workers_until_no_task_is_pending, names, serve_chaos_files, soak, store, Chaos,
 };
 
 /// Tasks in a CI run: enough for about ten kills, most of them mid-download.
@@ -65,22 +63,8 @@ async fn every_task_completes_exactly_once_with_identical_files_while_workers_ar
     // Act: kill a random worker every 1.5–3.5 s and start a new one, until
     // no task is queued or running. The intervals are chaos, not waits.
     let mut chaos = Chaos::from_env();
-    let mut kills = 0usize;
     let timeout = Duration::from_secs(60 + tasks as u64 / 4);
-    {
-        let chaos_loop = async {
-            loop {
-                tokio::time::sleep(Duration::from_millis(chaos.between(1_500..3_500))).await;
-                assert_no_worker_exited(&mut app);
-                kill_and_replace_a_worker(&mut app, &mut chaos);
-                kills += 1;
-            }
-        };
-        tokio::select! {
-            () = wait_until_no_task_is_pending(&store, timeout) => {}
-            () = chaos_loop => unreachable!("the chaos loop never ends"),
-        }
-    }
+    let kills = kill_workers_until_no_task_is_pending(&mut app, &mut chaos, &store, timeout).await;
     let elapsed = started_at.elapsed();
 
     // Assert: from the log, the files, and what is left on disk.
@@ -103,32 +87,8 @@ async fn every_task_completes_exactly_once_with_identical_files_while_workers_ar
         wrong.join("\n")
     );
     assert_eq!(log.len(), tasks, "the log holds tasks nobody created");
-    let mut expected_files = BTreeSet::new();
-    for (index, task_id) in task_ids.iter().enumerate() {
-        let (name, bytes, _) = chaos_file("crash", index);
-        let wanted = format!("/crash/{name}");
-        let path = completed_path(&log[task_id]).unwrap_or_default();
-        let stored = std::fs::read(app.storage_path(path))
-            .unwrap_or_else(|error| panic!("task {task_id} completed at {path:?}: {error}"));
-        assert!(
-            stored == bytes,
-            "task {task_id}: {path} differs: {} bytes stored, {} served",
-            stored.len(),
-            bytes.len()
-        );
-        // A kill between reserving the file and recording `resolved` leaves
-        // a reservation the next attempt must take back under the same name
-        // (redis_restart.rs reproduces that deterministically).
-        assert_eq!(path, wanted, "task {task_id} saved its file under another name");
-        expected_files.insert(wanted.trim_start_matches('/').to_owned());
-    }
-    assert_eq!(partial_files(&app.storage_dir), Vec::<std::path::PathBuf>::new());
-    let stored_files: BTreeSet<String> = app.stored_files().into_iter().collect();
-    assert_eq!(
-        stored_files.difference(&expected_files).collect::<Vec<_>>(),
-        Vec::<&String>::new(),
-        "files nobody asked for"
-    );
+    let task_ids: Vec<&str> = task_ids.iter().map(String::as_str).collect();
+    assert_chaos_files_stored(&app, "crash", &task_ids, &log);
     assert!(
         kills >= 3,
         "only {kills} kills in {elapsed:?}: the run was too short to test anything"

@@ -40,9 +40,9 @@ use savestream_tests::{TestApp, TestOptions};
 
 use super::receiver::{assert_repeats_are_identical, Behaviour, FlappingReceiver};
 use super::support::{
-    assert_no_worker_exited, chaos_file, completed_path, count, create_until_answered, direct_link_request,
-    events_by_task, kill_and_replace_a_worker, names, partial_files, serve_chaos_files, soak, store_at,
-    wait_until_no_task_is_pending, Chaos, Created, RedisProcess, REDIS_AOF_ALWAYS,
+    assert_chaos_files_stored, assert_no_worker_exited, chaos_file, count, create_until_answered,
+    direct_link_request, events_by_task, kill_and_replace_a_worker, kill_workers_until_no_task_is_pending,
+    names, serve_chaos_files, soak, store_at, Chaos, Created, RedisProcess, REDIS_AOF_ALWAYS,
 };
 
 /// The size of a run: tasks, and Redis outages spread evenly over their creation.
@@ -193,20 +193,8 @@ async fn every_task_completes_once_and_is_delivered_while_workers_and_redis_are_
     let created: Vec<Created> = creator.await.expect("the creating client panicked");
     // Every task ends while the kills go on.
     let store = store_at(&app.redis.url(), app.options.lease_seconds).await;
-    {
-        let chaos_loop = async {
-            loop {
-                tokio::time::sleep(Duration::from_millis(chaos.between(1_500..3_500))).await;
-                assert_no_worker_exited(&mut app);
-                kill_and_replace_a_worker(&mut app, &mut chaos);
-                kills += 1;
-            }
-        };
-        tokio::select! {
-            () = wait_until_no_task_is_pending(&store, Duration::from_secs(120 + tasks as u64 / 4)) => {}
-            () = chaos_loop => unreachable!("the chaos loop never ends"),
-        }
-    }
+    let timeout = Duration::from_secs(120 + tasks as u64 / 4);
+    kills += kill_workers_until_no_task_is_pending(&mut app, &mut chaos, &store, timeout).await;
     let given: BTreeSet<String> = created.iter().map(|created| created.task_id.clone()).collect();
     receiver
         .wait_until_delivered(&given, Duration::from_secs(120))
@@ -242,28 +230,8 @@ async fn every_task_completes_once_and_is_delivered_while_workers_and_redis_are_
     );
 
     // The files.
-    let mut expected_files = BTreeSet::new();
-    for (index, created) in created.iter().enumerate() {
-        let (name, bytes, _) = chaos_file("storm", index);
-        let wanted = format!("/storm/{name}");
-        let path = completed_path(&log[&created.task_id]).unwrap_or_default();
-        let stored = std::fs::read(app.storage_path(path))
-            .unwrap_or_else(|error| panic!("task {} completed at {path:?}: {error}", created.task_id));
-        assert!(stored == bytes, "task {}: {path} differs", created.task_id);
-        assert_eq!(
-            path, wanted,
-            "task {} saved its file under another name",
-            created.task_id
-        );
-        expected_files.insert(wanted.trim_start_matches('/').to_owned());
-    }
-    assert_eq!(partial_files(&app.storage_dir), Vec::<std::path::PathBuf>::new());
-    let stored_files: BTreeSet<String> = app.stored_files().into_iter().collect();
-    assert_eq!(
-        stored_files.difference(&expected_files).collect::<Vec<_>>(),
-        Vec::<&String>::new(),
-        "files nobody asked for"
-    );
+    let task_ids: Vec<&str> = created.iter().map(|created| created.task_id.as_str()).collect();
+    assert_chaos_files_stored(&app, "storm", &task_ids, &log);
 
     // The webhooks: the task's outcome, repeated only as itself.
     let received = receiver.received();

@@ -8,7 +8,7 @@
 //! It owns no process of the app: `TestApp` does. Nothing here sleeps to
 //! synchronise; waits go through `eventually`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -289,6 +289,70 @@ pub fn assert_no_worker_exited(app: &mut TestApp) {
             panic!("{} exited on its own ({status}):\n{}", worker.name, worker.log());
         }
     }
+}
+
+/// Every 1.5–3.5 s, kills a random worker and starts a new one (failing
+/// on any that exited on its own), until no task is queued or running;
+/// returns how many it killed. The intervals are chaos, not waits.
+pub async fn kill_workers_until_no_task_is_pending(
+    app: &mut TestApp,
+    chaos: &mut Chaos,
+    store: &Store,
+    timeout: Duration,
+) -> usize {
+    let mut kills = 0;
+    let chaos_loop = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(chaos.between(1_500..3_500))).await;
+            assert_no_worker_exited(app);
+            kill_and_replace_a_worker(app, chaos);
+            kills += 1;
+        }
+    };
+    tokio::select! {
+        () = wait_until_no_task_is_pending(store, timeout) => {}
+        () = chaos_loop => unreachable!("the chaos loop never ends"),
+    }
+    kills
+}
+
+/// Checks the storage after a chaos run whose task number `index` (in
+/// `task_ids`) downloaded `chaos_file(stem, index)`: each file is
+/// byte-identical at the path asked for (a kill between reserving a file and
+/// recording `resolved` must not make the next attempt take `name_1`), and
+/// no `.part` file and no other file is left.
+pub fn assert_chaos_files_stored(
+    app: &TestApp,
+    stem: &str,
+    task_ids: &[&str],
+    log: &HashMap<String, Vec<EventKind>>,
+) {
+    let mut expected_files = BTreeSet::new();
+    for (index, task_id) in task_ids.iter().enumerate() {
+        let (name, bytes, _) = chaos_file(stem, index);
+        let wanted = format!("/{stem}/{name}");
+        let path = log
+            .get(*task_id)
+            .and_then(|events| completed_path(events))
+            .unwrap_or_default();
+        let stored = std::fs::read(app.storage_path(path))
+            .unwrap_or_else(|error| panic!("task {task_id} completed at {path:?}: {error}"));
+        assert!(
+            stored == bytes,
+            "task {task_id}: {path} differs: {} bytes stored, {} served",
+            stored.len(),
+            bytes.len()
+        );
+        assert_eq!(path, wanted, "task {task_id} saved its file under another name");
+        expected_files.insert(wanted.trim_start_matches('/').to_owned());
+    }
+    assert_eq!(partial_files(&app.storage_dir), Vec::<PathBuf>::new());
+    let stored_files: BTreeSet<String> = app.stored_files().into_iter().collect();
+    assert_eq!(
+        stored_files.difference(&expected_files).collect::<Vec<_>>(),
+        Vec::<&String>::new(),
+        "files nobody asked for"
+    );
 }
 
 /// A `redis-server` this test started itself, killed when dropped. The
