@@ -2,8 +2,9 @@
 //! shortest lease download direct links and deliver each outcome to a
 //! flapping webhook receiver, while a chaos loop SIGKILLs a random worker
 //! every few seconds and starts a new one, and Redis (append-only file,
-//! `appendfsync always`) is SIGKILLed and restarted in place, twice, while a
-//! careful client keeps creating tasks through it all.
+//! `appendfsync always`) is SIGKILLed and restarted in place (twice in CI,
+//! five times in the soak), while a careful client keeps creating tasks
+//! through it all.
 //!
 //! What must hold, read from the outside, is the union of what the single
 //! failures promise:
