@@ -18,8 +18,8 @@ use savestream_tests::file_server::FileServer;
 use savestream_tests::{TestApp, TestOptions};
 
 use super::support::{
-    assert_chaos_files_stored, chaos_file, count, create, events_by_task,
-    kill_workers_until_no_task_is_pending, names, serve_chaos_files, soak, store, Chaos,
+    assert_chaos_files_stored, assert_each_completed_once, chaos_file, create, events_by_task,
+    kill_workers_until_no_task_is_pending, serve_chaos_files, soak, store, Chaos,
 };
 
 /// Tasks in a CI run: enough for about ten kills, most of them mid-download.
@@ -69,23 +69,7 @@ async fn every_task_completes_exactly_once_with_identical_files_while_workers_ar
 
     // Assert: from the log, the files, and what is left on disk.
     let log = events_by_task(&store).await;
-    let mut takeovers = 0;
-    let mut wrong = Vec::new();
-    for task_id in &task_ids {
-        let events = log.get(task_id).map(Vec::as_slice).unwrap_or_default();
-        if count(events, "started") > 1 {
-            takeovers += 1;
-        }
-        if count(events, "completed") != 1 || count(events, "failed") + count(events, "canceled") != 0 {
-            wrong.push(format!("{task_id}: {:?}", names(events)));
-        }
-    }
-    assert!(
-        wrong.is_empty(),
-        "{} of {tasks} tasks did not end with exactly one `completed`:\n{}",
-        wrong.len(),
-        wrong.join("\n")
-    );
+    let takeovers = assert_each_completed_once(task_ids.iter().map(String::as_str), &log);
     assert_eq!(log.len(), tasks, "the log holds tasks nobody created");
     let task_ids: Vec<&str> = task_ids.iter().map(String::as_str).collect();
     assert_chaos_files_stored(&app, "crash", &task_ids, &log);

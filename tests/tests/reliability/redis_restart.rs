@@ -48,9 +48,9 @@ use savestream_tests::{TestApp, TestOptions};
 use savestream_shared::store::Store;
 
 use super::support::{
-    body, completed_path, count, create, create_until_answered, direct_link_request, events_by_task, names,
-    partial_files, store_at, wait_until_no_task_is_pending, Created, GatedServer, RedisProcess,
-    REDIS_AOF_ALWAYS,
+    assert_each_completed_once, body, completed_path, create, create_until_answered, direct_link_request,
+    events_by_task, partial_files, store_at, wait_until_no_task_is_pending, Created, GatedServer,
+    RedisProcess, REDIS_AOF_ALWAYS,
 };
 
 const TASKS: usize = 120;
@@ -196,19 +196,7 @@ async fn every_task_that_got_a_201_ends_once_when_redis_with_aof_always_is_kille
         Vec::<&&str>::new(),
         "tasks in the log that no client was given: duplicates"
     );
-    let mut wrong = Vec::new();
-    for task_id in &given {
-        let events = log.get(*task_id).map(Vec::as_slice).unwrap_or_default();
-        let terminal = count(events, "completed") + count(events, "failed") + count(events, "canceled");
-        if count(events, "created") != 1 || terminal != 1 || count(events, "completed") != 1 {
-            wrong.push(format!("{task_id}: {:?}", names(events)));
-        }
-    }
-    assert!(
-        wrong.is_empty(),
-        "tasks lost, unfinished or ended twice:\n{}",
-        wrong.join("\n")
-    );
+    assert_each_completed_once(given.iter().copied(), &log);
     // Each file is whole, where its task says it is.
     for (index, created) in created.iter().enumerate() {
         let (_, bytes, _) = served_file(index);

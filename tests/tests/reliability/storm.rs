@@ -41,9 +41,10 @@ use savestream_tests::{TestApp, TestOptions};
 
 use super::receiver::{assert_repeats_are_identical, Behaviour, FlappingReceiver};
 use super::support::{
-    assert_chaos_files_stored, assert_no_worker_exited, chaos_file, count, create_until_answered,
-    direct_link_request, events_by_task, kill_and_replace_a_worker, kill_workers_until_no_task_is_pending,
-    names, serve_chaos_files, soak, store_at, Chaos, Created, RedisProcess, REDIS_AOF_ALWAYS,
+    assert_chaos_files_stored, assert_each_completed_once, assert_no_worker_exited, chaos_file,
+    create_until_answered, direct_link_request, events_by_task, kill_and_replace_a_worker,
+    kill_workers_until_no_task_is_pending, serve_chaos_files, soak, store_at, Chaos, Created, RedisProcess,
+    REDIS_AOF_ALWAYS,
 };
 
 /// The size of a run: tasks, and Redis outages spread evenly over their creation.
@@ -211,24 +212,7 @@ async fn every_task_completes_once_and_is_delivered_while_workers_and_redis_are_
         Vec::<&String>::new(),
         "tasks in the log that no client was given: duplicates"
     );
-    let mut wrong = Vec::new();
-    let mut takeovers = 0;
-    for task_id in &given {
-        let events = log.get(task_id).map(Vec::as_slice).unwrap_or_default();
-        if count(events, "started") > 1 {
-            takeovers += 1;
-        }
-        let other_outcomes = count(events, "failed") + count(events, "canceled");
-        if count(events, "created") != 1 || count(events, "completed") != 1 || other_outcomes != 0 {
-            wrong.push(format!("{task_id}: {:?}", names(events)));
-        }
-    }
-    assert!(
-        wrong.is_empty(),
-        "{} of {tasks} tasks lost, unfinished or ended otherwise than once `completed`:\n{}",
-        wrong.len(),
-        wrong.join("\n")
-    );
+    let takeovers = assert_each_completed_once(given.iter().map(String::as_str), &log);
 
     // The files.
     let task_ids: Vec<&str> = created.iter().map(|created| created.task_id.as_str()).collect();

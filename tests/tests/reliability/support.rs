@@ -190,6 +190,35 @@ pub fn names(events: &[EventKind]) -> Vec<&'static str> {
     events.iter().map(EventKind::name).collect()
 }
 
+/// Checks that each of `task_ids` has, in the log, one `created` and
+/// exactly one `completed` event and no other outcome: nothing lost, nothing
+/// unfinished, nothing ended twice. Returns how many were started more than
+/// once (taken over after a kill or an outage).
+pub fn assert_each_completed_once<'a>(
+    task_ids: impl IntoIterator<Item = &'a str>,
+    log: &HashMap<String, Vec<EventKind>>,
+) -> usize {
+    let (mut checked, mut takeovers, mut wrong) = (0, 0, Vec::new());
+    for task_id in task_ids {
+        checked += 1;
+        let events = log.get(task_id).map(Vec::as_slice).unwrap_or_default();
+        if count(events, "started") > 1 {
+            takeovers += 1;
+        }
+        let other_outcomes = count(events, "failed") + count(events, "canceled");
+        if count(events, "created") != 1 || count(events, "completed") != 1 || other_outcomes != 0 {
+            wrong.push(format!("{task_id}: {:?}", names(events)));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {checked} tasks lost, unfinished or not ended by exactly one `completed`:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+    takeovers
+}
+
 /// Where the `completed` event says the file is.
 pub fn completed_path(events: &[EventKind]) -> Option<&str> {
     events.iter().find_map(|event| match event {
