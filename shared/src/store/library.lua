@@ -210,7 +210,11 @@ local function create(keys, args)
   local task_id = args[1]
   if keys[7] then
     local existing = redis.call('GET', keys[7])
-    if existing then
+    -- The key outlives a task that ended more than `retention_hours` ago
+    -- (the key keeps 24 hours, retention may be 1): a repeat then creates
+    -- the task again rather than answer with an id that is gone. The
+    -- first task's hash shares this one's prefix (and hash tag).
+    if existing and redis.call('EXISTS', string.sub(keys[1], 1, #keys[1] - #task_id) .. existing) == 1 then
       return { existing, 0 }
     end
   end
