@@ -31,6 +31,12 @@ impl Harness {
     }
 
     async fn with_lease(lease_seconds: u64) -> Harness {
+        Harness::with_queue(lease_seconds, 1).await
+    }
+
+    /// A store whose terminal tasks and log are kept `retention_hours`;
+    /// at 0 every event already logged is past the horizon.
+    async fn with_queue(lease_seconds: u64, retention_hours: u64) -> Harness {
         let redis = RedisServer::start();
         let store = Store::connect(
             &RedisConfig {
@@ -40,7 +46,7 @@ impl Harness {
             },
             &QueueConfig {
                 lease_seconds,
-                retention_hours: 1,
+                retention_hours,
             },
         )
         .await
@@ -108,6 +114,39 @@ impl Harness {
             .iter()
             .map(|logged| logged.event.kind.name())
             .collect()
+    }
+
+    /// Creates, starts and completes a task.
+    async fn run_to_completion(&self) -> TaskId {
+        let task_id = self.create().await;
+        let lease = self.start_next().await;
+        assert_eq!(lease.task.id, task_id, "the queue was not empty");
+        self.store.complete(&lease, None, "/f").await.unwrap();
+        task_id
+    }
+
+    /// The id of the task's event of type `name`.
+    async fn event_id(&self, task_id: &TaskId, name: &str) -> String {
+        let events = self.store.events(task_id).await.unwrap();
+        let event = events.iter().find(|logged| logged.event.kind.name() == name);
+        event.expect("the task has such an event").id.clone()
+    }
+
+    /// Lets the log's nodes hold `entries` each: `XTRIM MINID ~` drops only
+    /// whole nodes, so small ones make its trims almost exact.
+    async fn stream_nodes_of(&self, entries: u32) {
+        let raw = self.raw().await;
+        let _: String = raw
+            .custom(
+                fred::cmd!("CONFIG"),
+                vec![
+                    "SET".to_owned(),
+                    "stream-node-max-entries".to_owned(),
+                    entries.to_string(),
+                ],
+            )
+            .await
+            .unwrap();
     }
 
     async fn jobs_left(&self) -> (i64, i64) {
@@ -184,6 +223,33 @@ async fn the_same_idempotency_key_returns_the_first_task() {
     assert!(!second.is_new);
     assert!(other.is_new && other.task_id != first.task_id);
     assert_eq!(harness.store.list(10).await.unwrap().queued.len(), 2);
+}
+
+#[tokio::test]
+async fn an_idempotency_key_whose_task_has_expired_creates_the_task_again() {
+    let harness = Harness::start().await;
+    let new_task = || NewTask {
+        task_id: TaskId::generate(),
+        source: SourceKind::Http,
+        link: "https://example.com/a.bin".into(),
+        user_id: 1,
+        storage: "local1".into(),
+        dir: "/".into(),
+        title: "t".into(),
+    };
+    let first = harness.store.create(&new_task(), Some("key-1")).await.unwrap();
+    // What retention does to an ended task's hash (retention may be 1 hour,
+    // the key lives 24).
+    let raw = harness.raw().await;
+    let _: i64 = raw.del(harness.store.keys().task(&first.task_id)).await.unwrap();
+
+    let again = harness.store.create(&new_task(), Some("key-1")).await.unwrap();
+    let repeat = harness.store.create(&new_task(), Some("key-1")).await.unwrap();
+
+    assert!(again.is_new, "a repeat must not answer with a task that is gone");
+    assert_ne!(again.task_id, first.task_id);
+    assert!(harness.store.get(&again.task_id).await.unwrap().is_some());
+    assert_eq!((repeat.task_id, repeat.is_new), (again.task_id, false));
 }
 
 #[tokio::test]
@@ -674,6 +740,7 @@ async fn the_fold_over_the_log_equals_the_live_projection() {
         .fold_log()
         .await
         .unwrap()
+        .tasks
         .into_iter()
         .map(|(id, folded)| (id, folded.task))
         .collect();
@@ -734,6 +801,149 @@ async fn rebuild_restores_a_lost_projection_that_equals_the_live_one() {
     // The queued task still runs from its work item.
     let lease = harness.start_next().await;
     assert_eq!(lease.task.status, TaskStatus::Running);
+}
+
+#[tokio::test]
+async fn trimming_the_log_keeps_the_whole_history_of_every_queued_and_running_task() {
+    // Retention 0: every event logged before the trim is past the horizon.
+    let harness = Harness::with_queue(30, 0).await;
+    harness.stream_nodes_of(2).await;
+    for _ in 0..10 {
+        harness.run_to_completion().await;
+    }
+    let running = harness.create().await;
+    harness.start_next().await;
+    let queued = harness.create().await;
+    for _ in 0..10 {
+        harness.create().await;
+    }
+
+    let trimmed = harness.store.trim_log().await.unwrap();
+
+    assert!(trimmed >= 20, "the ended tasks' events go ({trimmed} trimmed)");
+    assert_eq!(harness.event_names(&running).await, vec!["created", "started"]);
+    assert_eq!(harness.event_names(&queued).await, vec!["created"]);
+    // What the log holds still folds: a rebuild of a lost projection works.
+    let raw = harness.raw().await;
+    let _: i64 = raw.del(harness.store.keys().task(&running)).await.unwrap();
+    harness.store.rebuild().await.unwrap();
+    assert_eq!(harness.status(&running).await, TaskStatus::Running);
+    assert_eq!(harness.status(&queued).await, TaskStatus::Queued);
+}
+
+#[tokio::test]
+async fn trimming_the_log_keeps_events_the_webhook_dispatcher_has_not_acknowledged() {
+    let harness = Harness::with_queue(30, 0).await;
+    harness.stream_nodes_of(2).await;
+    harness.store.ensure_webhooks_group().await.unwrap();
+    for _ in 0..5 {
+        harness.run_to_completion().await;
+    }
+
+    let trimmed_before_delivery = harness.store.trim_log().await.unwrap();
+    let read = harness
+        .reader
+        .read_events("dispatcher", 100, Duration::from_millis(100))
+        .await
+        .unwrap();
+    harness
+        .store
+        .ack_events(&read.iter().map(|entry| entry.id.clone()).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let trimmed_after_delivery = harness.store.trim_log().await.unwrap();
+
+    assert_eq!(trimmed_before_delivery, 0);
+    assert_eq!(read.len(), 15, "all five tasks' events reach the dispatcher");
+    assert!(
+        trimmed_after_delivery >= 14,
+        "{trimmed_after_delivery} trimmed once delivered"
+    );
+}
+
+#[tokio::test]
+async fn a_rebuild_keeps_the_projection_of_tasks_whose_history_was_trimmed_at_its_start() {
+    let harness = Harness::start().await;
+    let ended = harness.create().await;
+    let running = harness.create().await;
+    let ended_lease = harness.start_next().await;
+    harness.start_next().await;
+    harness.store.complete(&ended_lease, None, "/f").await.unwrap();
+    let whole = harness.create().await;
+    let live = harness.store.projection().await.unwrap();
+    // Cut both first tasks' histories in two, as a trim at that point would.
+    let raw = harness.raw().await;
+    let cut = harness.event_id(&ended, "started").await;
+    let _: i64 = raw
+        .custom(
+            fred::cmd!("XTRIM"),
+            vec![harness.store.keys().events(), "MINID".into(), cut],
+        )
+        .await
+        .unwrap();
+    let _: i64 = raw.del(harness.store.keys().running()).await.unwrap();
+
+    let folded = harness.store.fold_log().await.unwrap();
+    let report = harness.store.rebuild().await.unwrap();
+
+    assert_eq!(
+        folded.truncated,
+        [ended.clone(), running.clone()].into_iter().collect()
+    );
+    assert_eq!(
+        (report.tasks, report.kept, report.running, report.queued),
+        (1, 2, 1, 1)
+    );
+    assert_eq!(harness.store.projection().await.unwrap(), live);
+    let list = harness.store.list(10).await.unwrap();
+    assert_eq!(
+        list.running.iter().map(|task| &task.id).collect::<Vec<_>>(),
+        vec![&running]
+    );
+    assert_eq!(
+        list.queued.iter().map(|task| &task.id).collect::<Vec<_>>(),
+        vec![&whole]
+    );
+}
+
+#[tokio::test]
+async fn a_rebuild_gives_a_task_waiting_out_a_retry_no_spent_work_item() {
+    let harness = Harness::start().await;
+    // A running task's pending item keeps every later item on `jobs`, spent or not.
+    harness.create().await;
+    harness.start_next().await;
+    let backing_off = harness.create().await;
+    let lease = harness.start_next().await;
+    harness
+        .store
+        .retry(
+            &lease,
+            "later",
+            RetryKind::Failure { max_retries: 3 },
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    let raw = harness.raw().await;
+    let _: i64 = raw.del(harness.store.keys().task(&backing_off)).await.unwrap();
+    let _: i64 = raw.del(harness.store.keys().delayed()).await.unwrap();
+
+    let report = harness.store.rebuild().await.unwrap();
+
+    assert_eq!(report.delayed, 1);
+    let delayed: Vec<String> = raw
+        .zrange(harness.store.keys().delayed(), 0, -1, None, false, None, false)
+        .await
+        .unwrap();
+    assert_eq!(delayed, vec![backing_off.to_string()]);
+    let job: String = raw
+        .hget(harness.store.keys().task(&backing_off), "job")
+        .await
+        .unwrap();
+    assert_eq!(
+        job, "",
+        "its spent item was acknowledged: no worker will be handed it again"
+    );
 }
 
 #[tokio::test]
@@ -900,6 +1110,7 @@ async fn batches_apply_the_same_rules_task_by_task() {
         .fold_log()
         .await
         .unwrap()
+        .tasks
         .into_iter()
         .map(|(id, folded)| (id, folded.task))
         .collect();

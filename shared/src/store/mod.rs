@@ -7,12 +7,14 @@
 
 mod batch;
 mod error;
+mod groups;
 pub mod queue;
 mod registry;
 pub use registry::WorkerInfo;
 mod rebuild;
+mod retention;
 pub mod webhooks;
-pub use rebuild::{FoldedTask, RebuildReport};
+pub use rebuild::{FoldedLog, FoldedTask, RebuildReport};
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -345,7 +347,9 @@ impl Store {
 
     /// Creates a task: a `created` event, a queued projection and a work
     /// item, atomically. With an idempotency key, a repeat within
-    /// [`IDEMPOTENCY_WINDOW`] returns the first task instead.
+    /// [`IDEMPOTENCY_WINDOW`] returns the first task instead, as long as
+    /// that task is kept (retention may end it sooner; the repeat then
+    /// creates the task again).
     pub async fn create(
         &self,
         new_task: &NewTask,
@@ -493,25 +497,6 @@ impl Store {
             }
         }
         Ok(logged)
-    }
-
-    /// Trims the event log to the retention horizon, by time (MINID), never
-    /// by length, so no live task loses its history.
-    pub async fn trim_log(&self) -> Result<u64, StoreError> {
-        let horizon = now_ms() - self.retention.as_millis() as Millis;
-        let trimmed: u64 = self
-            .client
-            .custom(
-                fred::cmd!("XTRIM"),
-                vec![
-                    self.keys.events(),
-                    "MINID".into(),
-                    "~".into(),
-                    horizon.to_string(),
-                ],
-            )
-            .await?;
-        Ok(trimmed)
     }
 
     /// Waits up to `block` for events after the log id `after` (`$` for

@@ -13,8 +13,10 @@ use fred::types::scan::Scanner;
 use fred::types::Value;
 use futures::TryStreamExt;
 
+use super::groups::StreamId;
 use super::{now_ms, request_field, stream_entries, task_from_hash, Store, StoreError};
 use crate::event::EventKind;
+use crate::keys::WORKERS_GROUP;
 use crate::task::{Task, TaskId, TaskStatus};
 
 /// One task as the log tells it.
@@ -27,6 +29,17 @@ pub struct FoldedTask {
     pub due_at: Option<i64>,
 }
 
+/// The log folded: every task whose whole history it holds, and the tasks
+/// whose history it holds only the end of.
+#[derive(Clone, Debug, Default)]
+pub struct FoldedLog {
+    pub tasks: HashMap<TaskId, FoldedTask>,
+    /// Tasks whose `created` event was trimmed away (see `retention.rs`:
+    /// only a task that had ended can lose it). Their projection, while it
+    /// lasts, is the only record of how they began.
+    pub truncated: HashSet<TaskId>,
+}
+
 /// What a rebuild wrote.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RebuildReport {
@@ -36,16 +49,29 @@ pub struct RebuildReport {
     pub delayed: usize,
     /// Terminal tasks past retention, left out.
     pub expired: usize,
+    /// Tasks whose history begins before the log does, whose projection
+    /// was kept as it was (it cannot be folded; it can only be lost).
+    pub kept: usize,
 }
 
 impl Store {
-    /// Folds the whole log into tasks, with each task's event ids.
-    pub async fn fold_log(&self) -> Result<HashMap<TaskId, FoldedTask>, StoreError> {
-        let mut tasks: HashMap<TaskId, FoldedTask> = HashMap::new();
+    /// Folds the whole log into tasks, with each task's event ids. A task
+    /// whose first event on the log is not `created` had the start of its
+    /// history trimmed: it is set aside in [`FoldedLog::truncated`], not
+    /// folded. Any other transition the rules refuse is corruption.
+    pub async fn fold_log(&self) -> Result<FoldedLog, StoreError> {
+        let mut folded = FoldedLog::default();
         for logged in self.read_log().await? {
             let task_id = logged.event.task_id.clone();
-            let (state, mut event_ids) = match tasks.remove(&task_id) {
-                Some(folded) => (Some(folded.task), folded.event_ids),
+            if folded.truncated.contains(&task_id) {
+                continue;
+            }
+            let (state, mut event_ids) = match folded.tasks.remove(&task_id) {
+                Some(task) => (Some(task.task), task.event_ids),
+                None if !matches!(logged.event.kind, EventKind::Created { .. }) => {
+                    folded.truncated.insert(task_id);
+                    continue;
+                }
                 None => (None, Vec::new()),
             };
             let task = Task::apply(state, &logged.event)
@@ -55,7 +81,7 @@ impl Store {
                 EventKind::Retrying { due_at, .. } => Some(due_at),
                 _ => None,
             };
-            tasks.insert(
+            folded.tasks.insert(
                 task_id,
                 FoldedTask {
                     task,
@@ -64,7 +90,7 @@ impl Store {
                 },
             );
         }
-        Ok(tasks)
+        Ok(folded)
     }
 
     /// Every task hash in the projection.
@@ -96,23 +122,25 @@ impl Store {
         Ok(tasks)
     }
 
-    /// Rewrites the projection (task hashes, their log lists, `queued`,
-    /// `running`, `delayed`) from the log. Run it with no process writing.
+    /// Rewrites the projection (task hashes, `queued`, `running`,
+    /// `delayed`) from the log. Run it with no process writing. A task
+    /// whose history was trimmed at its start keeps its hash as it is; if
+    /// that hash says it is queued or running, it is indexed again.
     pub async fn rebuild(&self) -> Result<RebuildReport, StoreError> {
-        let folded = self.fold_log().await?;
+        let FoldedLog {
+            tasks: folded,
+            truncated,
+        } = self.fold_log().await?;
         let jobs = self.live_jobs().await?;
         let keys = self.keys().clone();
         let retention_ms = self.retention().as_millis() as i64;
         let now = now_ms();
         let mut report = RebuildReport::default();
-        let stale: HashSet<TaskId> = self
-            .projection()
-            .await?
-            .into_keys()
-            .filter(|id| !folded.contains_key(id))
-            .collect();
-        for task_id in stale {
-            let _: i64 = self.client().del(keys.task(&task_id)).await?;
+        let projection = self.projection().await?;
+        for task_id in projection.keys() {
+            if !folded.contains_key(task_id) && !truncated.contains(task_id) {
+                let _: i64 = self.client().del(keys.task(task_id)).await?;
+            }
         }
         let _: i64 = self
             .client()
@@ -137,66 +165,99 @@ impl Store {
             fields.push(("job", jobs.get(&task_id).cloned().unwrap_or_default()));
             fields.push(("log", event_ids.join(" ")));
             let _: () = self.client().hset(&hash_key, fields).await?;
-            match task.status {
-                TaskStatus::Queued => {
-                    let _: () = self
-                        .client()
-                        .zadd(
-                            keys.queued(),
-                            None,
-                            None,
-                            false,
-                            false,
-                            (task.created_at as f64, task_id.as_str()),
-                        )
-                        .await?;
-                    report.queued += 1;
-                    if !jobs.contains_key(&task_id) {
-                        let due = due.unwrap_or(now);
-                        let _: () = self
-                            .client()
-                            .zadd(
-                                keys.delayed(),
-                                None,
-                                None,
-                                false,
-                                false,
-                                (due as f64, task_id.as_str()),
-                            )
-                            .await?;
-                        report.delayed += 1;
-                    }
-                }
-                TaskStatus::Running => {
-                    let started = task.started_at.unwrap_or(task.created_at);
-                    let _: () = self
-                        .client()
-                        .zadd(
-                            keys.running(),
-                            None,
-                            None,
-                            false,
-                            false,
-                            (started as f64, task_id.as_str()),
-                        )
-                        .await?;
-                    report.running += 1;
-                }
-                _ => {
-                    let expire_at = task.ended_at.unwrap_or(now) + retention_ms;
-                    let _: bool = self.client().pexpire_at(&hash_key, expire_at, None).await?;
-                }
+            if task.status.is_terminal() {
+                let expire_at = task.ended_at.unwrap_or(now) + retention_ms;
+                let _: bool = self.client().pexpire_at(&hash_key, expire_at, None).await?;
+            } else {
+                self.index_live(&task_id, &task, due.unwrap_or(now), &jobs, &mut report)
+                    .await?;
             }
             report.tasks += 1;
+        }
+        for task_id in truncated {
+            let Some(task) = projection.get(&task_id) else {
+                continue; // ended, and expired since: nothing to keep
+            };
+            report.kept += 1;
+            if !task.status.is_terminal() {
+                let job = jobs.get(&task_id).cloned().unwrap_or_default();
+                let _: () = self.client().hset(keys.task(&task_id), ("job", job)).await?;
+                // Its retry's due time went with the trimmed events, if it
+                // was waiting: it is due now.
+                self.index_live(&task_id, task, now, &jobs, &mut report).await?;
+            }
         }
         Ok(report)
     }
 
-    /// The work item of each task that has one on `jobs`.
+    /// Puts a queued or running task into `queued` / `running`, and a
+    /// queued one without a live work item into `delayed` at `due`.
+    async fn index_live(
+        &self,
+        task_id: &TaskId,
+        task: &Task,
+        due: i64,
+        jobs: &HashMap<TaskId, String>,
+        report: &mut RebuildReport,
+    ) -> Result<(), StoreError> {
+        let keys = self.keys();
+        let (set, score) = match task.status {
+            TaskStatus::Queued => (keys.queued(), task.created_at),
+            TaskStatus::Running => (keys.running(), task.started_at.unwrap_or(task.created_at)),
+            _ => return Ok(()),
+        };
+        let _: () = self
+            .client()
+            .zadd(set, None, None, false, false, (score as f64, task_id.as_str()))
+            .await?;
+        if task.status == TaskStatus::Running {
+            report.running += 1;
+            return Ok(());
+        }
+        report.queued += 1;
+        if !jobs.contains_key(task_id) {
+            let _: () = self
+                .client()
+                .zadd(
+                    keys.delayed(),
+                    None,
+                    None,
+                    false,
+                    false,
+                    (due as f64, task_id.as_str()),
+                )
+                .await?;
+            report.delayed += 1;
+        }
+        Ok(())
+    }
+
+    /// The live work item of each task that has one on `jobs`: an entry
+    /// not yet handed to a worker, or handed out and not acknowledged.
+    /// `jobs` also holds spent entries, acknowledged but kept because an
+    /// older one is still pending (it is trimmed from its oldest pending
+    /// entry on): giving a task one of those would leave it waiting for a
+    /// delivery that never comes.
     async fn live_jobs(&self) -> Result<HashMap<TaskId, String>, StoreError> {
+        let Some(position) = self.group_position(&self.keys().jobs(), WORKERS_GROUP).await? else {
+            // No group yet: nothing was handed out, every entry is live.
+            return self.jobs_where(|_| true).await;
+        };
+        let pending: HashSet<StreamId> = position.pending.iter().copied().collect();
+        self.jobs_where(|id| position.still_needs(id, &pending)).await
+    }
+
+    /// The newest entry on `jobs` of each task, among the entries `keep` accepts.
+    async fn jobs_where(
+        &self,
+        keep: impl Fn(StreamId) -> bool,
+    ) -> Result<HashMap<TaskId, String>, StoreError> {
         let reply: Value = self.client().xrange(self.keys().jobs(), "-", "+", None).await?;
         let mut jobs = HashMap::new();
         for (job_id, fields) in stream_entries(reply)? {
+            if !StreamId::parse(&job_id).is_some_and(&keep) {
+                continue;
+            }
             if let Some(task_id) = fields.get("task").and_then(|text| TaskId::parse(text).ok()) {
                 jobs.insert(task_id, job_id);
             }

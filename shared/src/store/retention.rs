@@ -1,0 +1,119 @@
+//! What the event log keeps: it is trimmed by time to the retention
+//! horizon (`[queue] retention_hours`), never by length, and never past an
+//! event that is still needed.
+//!
+//! Two things need old events. A task that is still queued or running
+//! needs its whole history, from its `created` event on: the log is the
+//! truth a rebuild folds, and a history cut in two cannot be folded. And
+//! the webhook dispatcher needs every event it has not acknowledged, or an
+//! outcome it fell behind on would never be delivered. Terminal tasks need
+//! nothing: their projection expires on its own (`PEXPIRE` at the end), so
+//! a rebuild keeps a projection whose history was trimmed as it is (see
+//! `rebuild.rs`).
+
+use fred::prelude::*;
+use fred::types::Value;
+
+use super::groups::StreamId;
+use super::{now_ms, Store, StoreError};
+use crate::keys::WEBHOOKS_GROUP;
+use crate::task::{Millis, TaskId};
+
+impl Store {
+    /// Trims the event log to the retention horizon, by time (MINID), but
+    /// never past the `created` event of the oldest queued or running task
+    /// nor past an event the `webhooks` group has not acknowledged. Returns
+    /// how many events went.
+    pub async fn trim_log(&self) -> Result<u64, StoreError> {
+        let horizon = StreamId {
+            millis: (now_ms() - self.retention().as_millis() as Millis).max(0) as u64,
+            sequence: 0,
+        };
+        let mut floor = horizon;
+        if let Some(created) = self.oldest_live_created().await? {
+            // The `created` event's id is at or after the task's `created`
+            // time: both come from the same function call's clock.
+            floor = floor.min(StreamId {
+                millis: created.max(0) as u64,
+                sequence: 0,
+            });
+        }
+        let events = self.keys().events();
+        if let Some(position) = self.group_position(&events, WEBHOOKS_GROUP).await? {
+            let needed = position.oldest_needed();
+            if needed < horizon && self.any_event_between(needed, horizon).await? {
+                tracing::warn!(
+                    behind_since_ms = needed.millis,
+                    "the event log is kept past [queue] retention_hours: the webhook dispatcher has not \
+                     acknowledged older events; run a worker that delivers webhooks, or, if webhooks are \
+                     off for good, remove the `webhooks` consumer group of the events stream (XGROUP DESTROY)"
+                );
+            }
+            floor = floor.min(needed);
+        }
+        let trimmed: u64 = self
+            .client()
+            .custom(
+                fred::cmd!("XTRIM"),
+                vec![events, "MINID".into(), "~".into(), floor.to_string()],
+            )
+            .await?;
+        Ok(trimmed)
+    }
+
+    /// The creation time (Redis' clock, ms) of the oldest task that is
+    /// queued (or waiting out a retry, which `queued` holds too) or
+    /// running. `queued` is scored by creation; `running` by start, so
+    /// its tasks' `created` fields are read, one round trip for all.
+    async fn oldest_live_created(&self) -> Result<Option<Millis>, StoreError> {
+        let keys = self.keys();
+        let oldest_queued: Vec<(String, f64)> = self
+            .client()
+            .zrange(keys.queued(), 0, 0, None, false, None, true)
+            .await?;
+        let mut oldest = oldest_queued.first().map(|(_, score)| *score as Millis);
+        let running: Vec<String> = self
+            .client()
+            .zrange(keys.running(), 0, -1, None, false, None, false)
+            .await?;
+        let running: Vec<TaskId> = running.iter().filter_map(|id| TaskId::parse(id).ok()).collect();
+        if running.is_empty() {
+            return Ok(oldest);
+        }
+        let pipeline = self.client().pipeline();
+        for task_id in &running {
+            let _: () = pipeline.hget(keys.task(task_id), "created").await?;
+        }
+        let created: Vec<Option<String>> = if running.len() == 1 {
+            vec![pipeline.all().await?]
+        } else {
+            pipeline.all().await?
+        };
+        for created in created
+            .iter()
+            .flatten()
+            .filter_map(|text| text.parse::<Millis>().ok())
+        {
+            oldest = Some(oldest.map_or(created, |oldest| oldest.min(created)));
+        }
+        Ok(oldest)
+    }
+
+    /// Whether the log holds an event at or after `from` and before `until`.
+    async fn any_event_between(&self, from: StreamId, until: StreamId) -> Result<bool, StoreError> {
+        let reply: Value = self
+            .client()
+            .custom(
+                fred::cmd!("XRANGE"),
+                vec![
+                    self.keys().events(),
+                    from.to_string(),
+                    format!("({until}"),
+                    "COUNT".into(),
+                    "1".into(),
+                ],
+            )
+            .await?;
+        Ok(!reply.into_array().is_empty())
+    }
+}
