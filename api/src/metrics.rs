@@ -8,7 +8,8 @@
 //! - `savestream_tasks_canceled_total{source}`: tasks this API canceled;
 //! - `savestream_http_requests_total{method,path,status}`: every response,
 //!   with `path` the route's template (`/api/v1/tasks/{task_id}`), never the
-//!   concrete path, so ids do not make a series each;
+//!   concrete path, so ids do not make a series each, and `method` one of
+//!   the nine standard methods or `other`, so made-up methods do not either;
 //! - `savestream_redis_errors_total`: store calls that failed because Redis
 //!   did not answer;
 //! - `savestream_create_batch_size`: creates per store call
@@ -54,6 +55,11 @@ pub const JOBS_PENDING: &str = "savestream_jobs_pending";
 /// The `path` label of a request that matched no route: one series for all
 /// of them, however many different paths scanners try.
 pub const UNMATCHED_PATH: &str = "unmatched";
+
+/// The `method` label of a request whose method is not one of HTTP's
+/// standard nine: one series for all of them, however many names clients
+/// make up (the method is read before any token is checked).
+pub const OTHER_METHOD: &str = "other";
 
 /// How long a scrape waits for Redis before it answers with the counters
 /// alone; Prometheus' own scrape timeout is 10 s by default.
@@ -166,11 +172,30 @@ pub fn http_request(method: &str, route: Option<&str>, status: u16) {
     };
     metrics::counter!(
         HTTP_REQUESTS,
-        "method" => method.to_owned(),
+        "method" => method_label(method),
         "path" => path,
         "status" => status.to_string(),
     )
     .increment(1);
+}
+
+/// The `method` label: a standard method as itself, any other as
+/// [`OTHER_METHOD`]. Methods are case-sensitive (RFC 9110 §9.1), so `get` is
+/// not `GET` and is `other` too; the label set stays at ten values whatever
+/// clients send.
+fn method_label(method: &str) -> &'static str {
+    match method {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "OPTIONS" => "OPTIONS",
+        "CONNECT" => "CONNECT",
+        "TRACE" => "TRACE",
+        _ => OTHER_METHOD,
+    }
 }
 
 /// The document's path templates (`/api/v1/tasks/{task_id}`) by the
@@ -280,6 +305,18 @@ mod tests {
         assert_eq!(templates["/api/v1/tasks/:param0"], "/api/v1/tasks/{task_id}");
         assert_eq!(templates["/api/v1/tasks"], "/api/v1/tasks");
         assert_eq!(templates["/api/v1/workers"], "/api/v1/workers");
+    }
+
+    #[test]
+    fn standard_methods_label_themselves_and_every_other_method_is_other() {
+        for method in [
+            "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+        ] {
+            assert_eq!(method_label(method), method);
+        }
+        for method in ["M1", "M2", "PROPFIND", "get", "Post", ""] {
+            assert_eq!(method_label(method), OTHER_METHOD, "{method:?}");
+        }
     }
 
     #[test]

@@ -368,6 +368,54 @@ async fn metrics_needs_no_token_is_not_in_the_openapi_document_and_counts_refusa
 }
 
 #[tokio::test]
+async fn made_up_http_methods_share_one_other_series_in_metrics() {
+    // Arrange: no token is sent, as a stranger on the network would not.
+    let app = spawn_app(0).await;
+    let made_up = ["M1", "M2", "M3", "PROPFIND", "get"];
+
+    // Act: each made-up method on the same route, so only the method differs.
+    let mut statuses = Vec::new();
+    for name in made_up {
+        let method = reqwest::Method::from_bytes(name.as_bytes()).expect("a valid method token");
+        let response = reqwest::Client::new()
+            .request(method, app.url("/api/v1/tasks"))
+            .send()
+            .await
+            .unwrap_or_else(|error| panic!("{name} /api/v1/tasks: {error}"));
+        statuses.push(response.status().as_u16());
+    }
+    let scrape = scrape(&app).await;
+
+    // Assert: one series labelled `other` carries all of them, and no
+    // series is labelled with a name a client made up.
+    assert!(
+        statuses.windows(2).all(|pair| pair[0] == pair[1]),
+        "every made-up method is answered alike: {statuses:?}"
+    );
+    let other_series: Vec<(&String, &f64)> = scrape
+        .samples
+        .iter()
+        .filter(|(series, _)| {
+            series.starts_with("savestream_http_requests_total{") && series.contains("method=\"other\"")
+        })
+        .collect();
+    assert_eq!(
+        other_series.len(),
+        1,
+        "one method=\"other\" series:\n{}",
+        scrape.text
+    );
+    assert_eq!(*other_series[0].1, made_up.len() as f64, "{}", scrape.text);
+    for name in made_up {
+        assert!(
+            !scrape.text.contains(&format!("method=\"{name}\"")),
+            "no series for the made-up method {name}:\n{}",
+            scrape.text
+        );
+    }
+}
+
+#[tokio::test]
 async fn redis_errors_are_counted_and_metrics_still_answers_without_redis() {
     let mut app = spawn_app(0).await;
     let before = scrape(&app).await.value("savestream_redis_errors_total", &[]);
