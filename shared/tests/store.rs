@@ -253,6 +253,33 @@ async fn an_idempotency_key_whose_task_has_expired_creates_the_task_again() {
 }
 
 #[tokio::test]
+async fn a_create_sent_again_answers_created_and_makes_one_task() {
+    // fred sends a command again when its connection dropped before the
+    // answer, and Redis may have run it the first time.
+    let harness = Harness::start().await;
+    let single = numbered_task(1);
+    let batched = numbered_task(2);
+
+    let first = harness.store.create(&single, None).await.unwrap();
+    let again = harness.store.create(&single, None).await.unwrap();
+    harness.store.create_batch([(&batched, None)]).await.unwrap();
+    let batch_again = harness.store.create_batch([(&batched, None)]).await.unwrap();
+
+    assert_eq!(first, again);
+    assert!(again.is_new, "the request did create it");
+    assert_eq!(batch_again.len(), 1);
+    let batch_again = batch_again.into_iter().next().unwrap().unwrap();
+    assert_eq!(
+        (batch_again.task_id.clone(), batch_again.is_new),
+        (batched.task_id.clone(), true)
+    );
+    for task_id in [&single.task_id, &batched.task_id] {
+        assert_eq!(harness.event_names(task_id).await, vec!["created"]);
+    }
+    assert_eq!(harness.jobs_left().await, (2, 0), "one work item each");
+}
+
+#[tokio::test]
 async fn a_task_runs_through_start_resolve_progress_and_complete() {
     let harness = Harness::start().await;
     let task_id = harness.create().await;

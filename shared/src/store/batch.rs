@@ -87,9 +87,11 @@ impl Store {
         let keys = self.keys();
         let mut batch_keys = self.batch_keys(std::iter::empty());
         let mut task_ids: Vec<&TaskId> = Vec::new();
+        let mut new_tasks: Vec<&NewTask> = Vec::new();
         let mut args = Vec::new();
         for (new_task, idempotency_key) in requests {
             task_ids.push(&new_task.task_id);
+            new_tasks.push(new_task);
             batch_keys.push(keys.task(&new_task.task_id));
             if let Some(key) = idempotency_key {
                 batch_keys.push(keys.idempotency(&idempotency_digest(key)));
@@ -105,7 +107,11 @@ impl Store {
         Ok(self
             .per_task("savestream_create_batch", &task_ids, reply)?
             .into_iter()
-            .map(|result| result.and_then(Created::from_reply))
+            .zip(new_tasks)
+            .map(|(result, new_task)| match result {
+                Err(StoreError::AlreadyExists(_)) => Ok(Created::sent_again(new_task)),
+                result => result.and_then(Created::from_reply),
+            })
             .collect())
     }
 

@@ -60,6 +60,19 @@ pub struct Created {
 impl Created {
     /// Reads the library's answer to a create: `{task_id, 1}` when created,
     /// `{existing_task_id, 0}` for a repeated idempotency key.
+    /// The answer to a create whose task id is already taken. Ids are
+    /// minted for each request (`TaskId::generate`, unique across
+    /// processes), so the only create that finds its id taken is the same
+    /// create run again: fred sends a command once more when the connection
+    /// it went out on dropped before the answer came, and Redis may have run
+    /// it. The task is there, made by this request: it was created.
+    pub(crate) fn sent_again(new_task: &NewTask) -> Created {
+        Created {
+            task_id: new_task.task_id.clone(),
+            is_new: true,
+        }
+    }
+
     fn from_reply(reply: Value) -> Result<Created, StoreError> {
         let mut parts = reply.into_array().into_iter();
         let task_id = parts
@@ -362,8 +375,12 @@ impl Store {
         let args = new_task.create_args(idempotency_key.is_some()).to_vec();
         let reply = self
             .call(&new_task.task_id, "savestream_create", keys, args)
-            .await?;
-        Created::from_reply(reply)
+            .await;
+        match reply {
+            Ok(reply) => Created::from_reply(reply),
+            Err(StoreError::AlreadyExists(_)) => Ok(Created::sent_again(new_task)),
+            Err(error) => Err(error),
+        }
     }
 
     /// The task and its progress, or `None` when there is no such task.
