@@ -141,16 +141,19 @@ pub async fn run_job(context: &Context, job: Job) {
             Ok(lease) => lease,
             Err(StoreError::Ended { status, .. }) => {
                 debug!(%status, "the task has ended already: discarding its work item");
+                running.signals.ending();
                 discard(context, &job.job_id).await;
                 return;
             }
             Err(error @ (StoreError::NotFound(_) | StoreError::LeaseLost(_))) => {
                 debug!(%error, "the work item is obsolete: discarding it");
+                running.signals.ending();
                 discard(context, &job.job_id).await;
                 return;
             }
             Err(error @ (StoreError::Corrupt(_) | StoreError::AlreadyExists(_))) => {
                 error!(%error, "cannot read the task: discarding its work item");
+                running.signals.ending();
                 discard(context, &job.job_id).await;
                 return;
             }
@@ -173,9 +176,10 @@ pub async fn run_job(context: &Context, job: Job) {
             metrics::task_waited(source, Duration::from_millis(waited as u64));
         }
         let started = std::time::Instant::now();
-        let outcome = pipeline::process(context, &lease, &running.cancel).await;
+        let outcome = pipeline::process(context, &lease, &running.signals).await;
         observe(&outcome, source, started.elapsed());
         if outcome == Outcome::Vanished {
+            running.signals.ending();
             discard(context, &job.job_id).await;
         }
         drop(running);

@@ -2,9 +2,10 @@
 //! the retry promoter and the hourly housekeeping.
 //!
 //! - [`heartbeat`] renews, every third of a lease, the lease of every work
-//!   item this process holds, so only a dead worker's items expire, and
-//!   registers the process in the registry of live workers (its
-//!   `WorkerInfo`, with the tasks it holds at that moment).
+//!   item this process holds, so only a dead worker's items expire; stops
+//!   the attempt of an item another worker took over; and registers the
+//!   process in the registry of live workers (its `WorkerInfo`, with the
+//!   tasks it holds at that moment).
 //! - [`Reaper`] claims items idle past the lease (their worker is gone) for
 //!   free slots; the intake loop runs it every half lease.
 //! - [`promote`] moves tasks whose retry backoff is over back onto the
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 use savestream_shared::store::queue::Job;
 use savestream_shared::store::WorkerInfo;
 use savestream_shared::store::{Store, StoreError};
+use savestream_shared::task::TaskStatus;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -49,12 +51,13 @@ pub async fn heartbeat(context: Arc<Context>, registration: WorkerInfo, stop: Ca
         let job_ids = context.running.job_ids();
         if !job_ids.is_empty() {
             match context.store.heartbeat(&context.consumer, &job_ids).await {
-                // Items another worker took over are not renewed (that would
-                // pull them back); their attempts learn it from their next
-                // progress write, which answers LeaseLost, and stop without
-                // touching the partial file the new holder resumes.
-                Ok(lost) if !lost.is_empty() => warn!(?lost, "leases lost to another worker"),
-                Ok(_) => {}
+                // Items no longer pending to this consumer are not renewed
+                // (that would pull a taken-over item back).
+                Ok(lost) => {
+                    for job_id in lost {
+                        stop_if_taken_over(&context, &job_id).await;
+                    }
+                }
                 Err(error) => {
                     count_redis_error(&error);
                     warn!(%error, held = job_ids.len(), "cannot renew leases");
@@ -77,6 +80,50 @@ pub async fn heartbeat(context: Arc<Context>, registration: WorkerInfo, stop: Ca
                 // The registry is for operators; nothing waits on it.
                 debug!(%error, "cannot register in the registry of live workers");
             }
+        }
+    }
+}
+
+/// Stops the attempt holding `job_id` if another worker took the item over.
+///
+/// The heartbeat reports every item that is no longer pending to this
+/// consumer, and most of those are no takeover: the attempt's own
+/// transition acknowledged it (`completed`, `failed`, a retry, a release, a
+/// discard) while it tidies up, or the task was canceled (the cancel
+/// message or the next progress write stops the attempt, which then
+/// removes the partial files). Only a task that is still running can have
+/// been taken over; its attempt stops writing at once, without waiting
+/// for its next fenced progress write, since the new holder may be
+/// appending to the same partial file, and it leaves that file alone.
+async fn stop_if_taken_over(context: &Context, job_id: &str) {
+    let Some(holder) = context.running.holder(job_id) else {
+        debug!(
+            job_id,
+            "a work item acknowledged by its own attempt, which is ending"
+        );
+        return;
+    };
+    match context.store.get(&holder.task_id).await {
+        Ok(Some(record)) if record.task.status == TaskStatus::Running => {
+            if context.running.lose(job_id, &holder) {
+                warn!(
+                    job_id,
+                    task_id = %holder.task_id,
+                    attempt = record.task.attempt,
+                    holder = record.task.worker.as_deref().unwrap_or("unknown"),
+                    "lease lost to another worker: stopping this attempt and leaving the partial file to the new holder"
+                );
+            }
+        }
+        Ok(record) => debug!(
+            job_id,
+            task_id = %holder.task_id,
+            status = ?record.map(|record| record.task.status),
+            "a work item no longer pending because its task left the running state: its attempt learns it by itself"
+        ),
+        Err(error) => {
+            count_redis_error(&error);
+            debug!(%error, job_id, "cannot read the task of a work item no longer pending: its next progress write tells the attempt");
         }
     }
 }

@@ -56,12 +56,12 @@ use savestream_shared::store::queue::RetryKind;
 use savestream_shared::store::{Lease, Progress, RetryOutcome, StoreError};
 use savestream_shared::task::TaskStatus;
 use savestream_shared::title;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::context::Context;
 use crate::metrics;
 use crate::retry::backoff_with_jitter;
+use crate::running::AttemptSignals;
 use crate::source::{shown_link, RemoteFile, Source, SourceError};
 use crate::storage::path::FALLBACK_NAME;
 use crate::storage::{FileName, PartialFile, Storage, StorageDir, StorageError, StoragePath};
@@ -189,13 +189,14 @@ async fn keep_what_arrived(partial: &mut dyn PartialFile) {
     }
 }
 
-/// Runs one attempt of the task `lease` holds. `cancel` fires when the task
-/// is canceled while it runs.
-pub async fn process(context: &Context, lease: &Lease, cancel: &CancellationToken) -> Outcome {
+/// Runs one attempt of the task `lease` holds. `signals.cancel` fires when
+/// the task is canceled while it runs, `signals.lease_lost` when another
+/// attempt holds its work item now.
+pub async fn process(context: &Context, lease: &Lease, signals: &AttemptSignals) -> Outcome {
     let mut attempt = Attempt {
         context,
         lease,
-        cancel,
+        signals,
         placements: Vec::new(),
         partials: None,
     };
@@ -209,7 +210,7 @@ pub async fn process(context: &Context, lease: &Lease, cancel: &CancellationToke
 struct Attempt<'a> {
     context: &'a Context,
     lease: &'a Lease,
-    cancel: &'a CancellationToken,
+    signals: &'a AttemptSignals,
     /// Where the task's files go, once known: what a cancel that comes
     /// after they were finished removes.
     placements: Vec<(Arc<dyn Storage>, StoragePath)>,
@@ -345,6 +346,7 @@ impl Attempt<'_> {
             Ok(()) | Err(Stop::Interrupted(Interrupt::StoreUnavailable)) => {}
             Err(stop) => return Err(stop),
         }
+        self.still_held()?;
         partial.finish().await?;
         self.complete(bytes, &path.to_string()).await
     }
@@ -448,6 +450,7 @@ impl Attempt<'_> {
                 Ok(()) | Err(Stop::Interrupted(Interrupt::StoreUnavailable)) => {}
                 Err(stop) => return Err(stop),
             }
+            self.still_held()?;
             partial.finish().await?;
             done += bytes;
             if count > 1 {
@@ -566,7 +569,11 @@ impl Attempt<'_> {
         loop {
             tokio::select! {
                 biased;
-                _ = self.cancel.cancelled() => return Err(Stop::Interrupted(Interrupt::Canceled)),
+                _ = self.signals.cancel.cancelled() => return Err(Stop::Interrupted(Interrupt::Canceled)),
+                // Another attempt appends to the same partial file now: not
+                // one more byte from this one, not even what is queued (the
+                // partial file is dropped, which abandons it).
+                _ = self.signals.lease_lost.cancelled() => return Err(Stop::Interrupted(Interrupt::LeaseLost)),
                 _ = self.context.release.cancelled() => {
                     // The lease is still this worker's: what arrived is
                     // kept for the attempt that resumes.
@@ -647,6 +654,7 @@ impl Attempt<'_> {
         if self.lease.attempt > 1 {
             self.discard_partials().await;
         }
+        self.signals.ending();
         match self
             .persist(|| self.context.store.complete(self.lease, Some(bytes), path_text))
             .await
@@ -666,11 +674,22 @@ impl Attempt<'_> {
         }
     }
 
-    /// Runs `future` unless the task is canceled or the grace period ends first.
+    /// Whether the heartbeat found the work item held by another attempt:
+    /// a file it may be writing is not this attempt's to finish.
+    fn still_held(&self) -> Result<(), Stop> {
+        if self.signals.lease_lost.is_cancelled() {
+            return Err(Stop::Interrupted(Interrupt::LeaseLost));
+        }
+        Ok(())
+    }
+
+    /// Runs `future` unless the task is canceled, its lease is lost or the
+    /// grace period ends first.
     async fn interruptible<T>(&self, future: impl Future<Output = T>) -> Result<T, Stop> {
         tokio::select! {
             biased;
-            _ = self.cancel.cancelled() => Err(Stop::Interrupted(Interrupt::Canceled)),
+            _ = self.signals.cancel.cancelled() => Err(Stop::Interrupted(Interrupt::Canceled)),
+            _ = self.signals.lease_lost.cancelled() => Err(Stop::Interrupted(Interrupt::LeaseLost)),
             _ = self.context.release.cancelled() => Err(Stop::Interrupted(Interrupt::Release)),
             value = future => Ok(value),
         }
@@ -718,6 +737,9 @@ impl Attempt<'_> {
     }
 
     async fn record_failure(&mut self, error: TaskError) -> Outcome {
+        // The transition acknowledges the work item; nothing is written
+        // into the partial files after it.
+        self.signals.ending();
         if error.permanent {
             warn!(error = %error.message, "failed");
             let result = self
@@ -768,6 +790,7 @@ impl Attempt<'_> {
                 Outcome::Canceled
             }
             Interrupt::Release => {
+                self.signals.ending();
                 let result = self
                     .persist(|| {
                         self.context.store.retry(

@@ -302,10 +302,10 @@ async fn a_cancel_message_reaches_the_token_of_the_running_task() {
 
     harness.store.cancel(&task_id).await.unwrap();
 
-    tokio::time::timeout(Duration::from_secs(1), guard.cancel.cancelled())
+    tokio::time::timeout(Duration::from_secs(1), guard.signals.cancel.cancelled())
         .await
         .expect("the cancel message arrives within a second");
-    assert!(!other_guard.cancel.is_cancelled());
+    assert!(!other_guard.signals.cancel.is_cancelled());
     stop.cancel();
     listener.await.unwrap();
 }
@@ -453,6 +453,72 @@ async fn a_canceled_running_task_stops_within_a_second_and_leaves_nothing() {
         .map(|(_, kind)| kind.name())
         .collect();
     assert_eq!(names, vec!["created", "started", "resolved", "canceled"]);
+    worker.shut_down(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn an_attempt_whose_item_another_worker_took_over_stops_writing_and_leaves_its_partial_file() {
+    let harness = Harness::start().await;
+    harness
+        .files
+        .add("/slow.bin", ServedFile::new(body(2_000_000)).throttled(100_000));
+    let worker = Worker::start(harness.config(2, 10)).await;
+    let task_id = harness.create("/slow.bin").await;
+    let part = harness.stored("/slow.bin.part");
+    eventually(
+        "the download to be under way",
+        Duration::from_secs(10),
+        || async {
+            let len = std::fs::metadata(&part)
+                .map(|metadata| metadata.len())
+                .unwrap_or(0);
+            (len > 0).then_some(())
+        },
+    )
+    .await;
+
+    // Another worker claims the item, as its reaper would once the lease
+    // expired, and has not started its attempt yet: the attempt number is
+    // unchanged, so this worker's progress writes still succeed and only
+    // its heartbeat can tell it.
+    let raw = harness.raw().await;
+    let _: Value = raw
+        .custom(
+            fred::cmd!("XAUTOCLAIM"),
+            vec![
+                harness.store.keys().jobs(),
+                "workers".to_owned(),
+                "other-worker".to_owned(),
+                "0".to_owned(),
+                "0-0".to_owned(),
+                "JUSTID".to_owned(),
+            ],
+        )
+        .await
+        .unwrap();
+
+    // A heartbeat comes every third of the 5 s lease.
+    eventually("the download to stop", Duration::from_secs(4), || async {
+        harness
+            .files
+            .requests_for("/slow.bin")
+            .iter()
+            .all(|request| request.finished && !request.complete)
+            .then_some(())
+    })
+    .await;
+    assert!(part.exists(), "the partial file stays for the new holder");
+    assert!(!harness.stored("/slow.bin").exists());
+    let record = harness.record(&task_id).await;
+    assert_eq!(record.task.status, TaskStatus::Running);
+    let names: Vec<&str> = harness
+        .events(&task_id)
+        .await
+        .iter()
+        .map(|(_, kind)| kind.name())
+        .collect();
+    assert_eq!(names, vec!["created", "started", "resolved"]);
+    // With a 10 s grace period, a prompt shutdown shows the attempt is over.
     worker.shut_down(Duration::from_secs(5)).await;
 }
 

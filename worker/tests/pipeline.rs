@@ -18,7 +18,7 @@ use savestream_testkit::{eventually, RedisServer};
 use savestream_tests::file_server::{FileServer, ServedFile};
 use savestream_worker::context::Context;
 use savestream_worker::pipeline::{self, Outcome, RELEASED_MESSAGE};
-use savestream_worker::running::RunningTasks;
+use savestream_worker::running::{AttemptSignals, RunningTasks};
 use savestream_worker::source::http::HttpSource;
 use savestream_worker::source::Sources;
 use savestream_worker::storage::{FileName, LocalStorage, Storage, StorageDir, Storages};
@@ -146,13 +146,13 @@ impl Harness {
     }
 
     async fn process(&self, lease: &Lease) -> Outcome {
-        pipeline::process(&self.context, lease, &CancellationToken::new()).await
+        pipeline::process(&self.context, lease, &AttemptSignals::default()).await
     }
 
     /// Runs an attempt in the background.
     fn spawn(&self, lease: Lease) -> tokio::task::JoinHandle<Outcome> {
         let context = self.context.clone();
-        tokio::spawn(async move { pipeline::process(&context, &lease, &CancellationToken::new()).await })
+        tokio::spawn(async move { pipeline::process(&context, &lease, &AttemptSignals::default()).await })
     }
 
     fn stored(&self, relative: &str) -> PathBuf {

@@ -24,7 +24,7 @@ use savestream_telegram::naming;
 use savestream_testkit::{eventually, RedisServer};
 use savestream_worker::context::Context;
 use savestream_worker::pipeline::{self, Outcome};
-use savestream_worker::running::RunningTasks;
+use savestream_worker::running::{AttemptSignals, RunningTasks};
 use savestream_worker::source::http::HttpSource;
 use savestream_worker::source::telegram::{download_options, TelegramSource};
 use savestream_worker::source::Sources;
@@ -173,13 +173,14 @@ impl Harness {
     }
 
     async fn process(&self, lease: &Lease) -> Outcome {
-        pipeline::process(&self.context, lease, &CancellationToken::new()).await
+        pipeline::process(&self.context, lease, &AttemptSignals::default()).await
     }
 
     /// Runs an attempt in the background; `cancel` is its cancel signal.
     fn spawn(&self, lease: Lease, cancel: CancellationToken) -> tokio::task::JoinHandle<Outcome> {
         let context = self.context.clone();
-        tokio::spawn(async move { pipeline::process(&context, &lease, &cancel).await })
+        let signals = AttemptSignals::with_cancel(cancel);
+        tokio::spawn(async move { pipeline::process(&context, &lease, &signals).await })
     }
 
     fn stored(&self, relative: &str) -> PathBuf {
