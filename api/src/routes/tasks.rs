@@ -294,26 +294,34 @@ fn idempotency_key_of(header: Header<Option<String>>, request: &Request) -> Resu
     // key must be refused, not silently dropped (each repeat would then
     // create another task).
     if header.0.is_none() && request.headers().contains_key("idempotency-key") {
-        return Err(ApiError::BadRequest(format!(
-            "header `Idempotency-Key` must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} printable ASCII characters: use a UUID, for example"
-        )));
+        return Err(invalid_idempotency_key());
     }
     check_idempotency_key(header.0)
 }
 
+/// A key that is absent is no key; a key that is given must be one a repeat
+/// can match. An empty one (or only spaces, which HTTP parsers trim to
+/// empty) is refused like any other bad key rather than read as absent:
+/// a client sending it believes its retries are safe, and each would create
+/// another task.
 fn check_idempotency_key(key: Option<String>) -> Result<Option<String>, ApiError> {
     match key {
         None => Ok(None),
-        Some(key) if key.is_empty() => Ok(None),
         Some(key)
-            if key.len() <= MAX_IDEMPOTENCY_KEY_LEN && key.bytes().all(|b| b.is_ascii_graphic() || b == b' ') =>
+            if !key.trim_matches(' ').is_empty()
+                && key.len() <= MAX_IDEMPOTENCY_KEY_LEN
+                && key.bytes().all(|b| b.is_ascii_graphic() || b == b' ') =>
         {
             Ok(Some(key))
         }
-        Some(_) => Err(ApiError::BadRequest(format!(
-            "header `Idempotency-Key` must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} printable ASCII characters: use a UUID, for example"
-        ))),
+        Some(_) => Err(invalid_idempotency_key()),
     }
+}
+
+fn invalid_idempotency_key() -> ApiError {
+    ApiError::BadRequest(format!(
+        "header `Idempotency-Key` must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} printable ASCII characters: use a UUID, for example, or leave the header out"
+    ))
 }
 
 /// A request body that reads itself from JSON, naming the field in every
@@ -406,7 +414,8 @@ mod tests {
     #[test]
     fn idempotency_keys_are_short_printable_ascii() {
         assert_eq!(check_idempotency_key(None).unwrap(), None);
-        assert_eq!(check_idempotency_key(Some(String::new())).unwrap(), None);
+        assert!(check_idempotency_key(Some(String::new())).is_err());
+        assert!(check_idempotency_key(Some("   ".into())).is_err());
         assert_eq!(
             check_idempotency_key(Some("order 42".into())).unwrap().as_deref(),
             Some("order 42")

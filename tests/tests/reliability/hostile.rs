@@ -75,8 +75,13 @@ fn raw_exchange(port: u16, request: &[u8]) -> (u16, String, String) {
 /// A raw `POST /api/v1/tasks` with the token, `Connection: close`, and
 /// `extra_headers` (each ending in CRLF) before `body`.
 fn raw_post(port: u16, extra_headers: &str, body: &[u8]) -> (u16, String, String) {
+    raw_post_to(port, "/api/v1/tasks", extra_headers, body)
+}
+
+/// [`raw_post`] to any `path`.
+fn raw_post_to(port: u16, path: &str, extra_headers: &str, body: &[u8]) -> (u16, String, String) {
     let mut request = format!(
-        "POST /api/v1/tasks HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {TOKEN}\r\n\
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {TOKEN}\r\n\
          Connection: close\r\n{extra_headers}"
     )
     .into_bytes();
@@ -389,6 +394,41 @@ async fn a_non_ascii_idempotency_key_is_refused_rather_than_ignored() {
         assert_eq!(first.2, repeat.2);
     }
     assert!(logged_events(&app).await <= 1, "a repeat created a second task");
+}
+
+#[tokio::test]
+async fn an_empty_or_blank_idempotency_key_is_refused_with_400_and_creates_nothing() {
+    // Arrange: a key that is present but empty, or only spaces (which the
+    // server's HTTP parser trims to empty), on both create endpoints.
+    let app = spawn_app(0).await;
+    let single = contract_body();
+    let batch = json!({ "tasks": [serde_json::from_str::<serde_json::Value>(&single).expect("the contract body is JSON")] })
+        .to_string();
+    let endpoints = [("/api/v1/tasks", single), ("/api/v1/tasks/batch", batch)];
+    let keys = [
+        "Idempotency-Key:\r\n",
+        "Idempotency-Key: \r\n",
+        "Idempotency-Key:    \r\n",
+    ];
+
+    for (path, body) in &endpoints {
+        for key in keys {
+            // Act
+            let header = format!("Content-Type: application/json\r\n{key}");
+            let reply = raw_post_to(app.api_port, path, &header, body.as_bytes());
+
+            // Assert: refused as a bad key, not read as "no key".
+            let case = format!("{path} with {key:?}");
+            assert_json_refusal(&case, &reply, &[400]);
+            assert!(
+                reply.2.contains("header `Idempotency-Key`"),
+                "{case}: the error names the header: {}",
+                reply.2
+            );
+        }
+    }
+    assert_eq!(logged_events(&app).await, 0, "an empty key created a task");
+    assert_healthy(&app).await;
 }
 
 /// How a task with a hostile path ended.
