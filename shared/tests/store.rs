@@ -831,6 +831,42 @@ async fn rebuild_restores_a_lost_projection_that_equals_the_live_one() {
 }
 
 #[tokio::test]
+async fn a_redis_error_inside_a_worker_batch_leaves_the_sets_agreeing_with_the_tasks_before_it() {
+    let harness = Harness::start().await;
+    harness.create().await;
+    harness.create().await;
+    let first = harness.start_next().await;
+    let second = harness.start_next().await;
+    // Where the second task's hash should be, a key of another type: Redis
+    // itself fails inside the call, after the first task's completion ran.
+    let raw = harness.raw().await;
+    let second_key = harness.store.keys().task(&second.task.id);
+    let _: i64 = raw.del(&second_key).await.unwrap();
+    let _: () = raw
+        .set(&second_key, "not a hash", None, None, false)
+        .await
+        .unwrap();
+
+    let result = harness
+        .store
+        .complete_batch(&[(&first, None, "/a"), (&second, None, "/b")])
+        .await;
+
+    assert!(result.is_err(), "the call fails as a whole");
+    assert_eq!(harness.status(&first.task.id).await, TaskStatus::Completed);
+    let running: Vec<String> = raw
+        .zrange(harness.store.keys().running(), 0, -1, None, false, None, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        running,
+        vec![second.task.id.to_string()],
+        "the completed task left `running`"
+    );
+    assert_eq!(harness.jobs_left().await.1, 1, "its work item was acknowledged");
+}
+
+#[tokio::test]
 async fn trimming_the_log_keeps_the_whole_history_of_every_queued_and_running_task() {
     // Retention 0: every event logged before the trim is past the horizon.
     let harness = Harness::with_queue(30, 0).await;

@@ -497,6 +497,14 @@ local function batch_of(per_task, width, extra_key, isolated)
     deferred = { by_command = {}, order = {} }
     local results = {}
     local ok, failure = pcall(run_all, keys, args, results)
+    if not ok then
+      -- What the tasks before the error wrote stands (Redis keeps a
+      -- function's writes up to its error), so their set writes and acks
+      -- must stand too, or a completed task would stay in `running` and
+      -- its item pending. Each is idempotent, so running them again after
+      -- an error inside the flush itself is harmless.
+      pcall(flush_deferred)
+    end
     -- Leave no batch state behind for the next call, even when a Redis
     -- error inside one task fails the call, as Redis would fail it.
     batch_now, batch_now_text, deferred = nil, nil, nil
