@@ -867,6 +867,65 @@ async fn a_redis_error_inside_a_worker_batch_leaves_the_sets_agreeing_with_the_t
 }
 
 #[tokio::test]
+async fn a_task_whose_hash_cannot_be_read_at_its_start_fails_with_the_reason_instead_of_staying_running() {
+    let harness = Harness::start().await;
+    let single = harness.create().await;
+    let batched = harness.create().await;
+    // A field no build of this version writes: another version's, or a hand edit.
+    let raw = harness.raw().await;
+    for task_id in [&single, &batched] {
+        let _: () = raw
+            .hset(
+                harness.store.keys().task(task_id),
+                ("request", "[\"carrier-pigeon\"]"),
+            )
+            .await
+            .unwrap();
+    }
+    let jobs = harness
+        .reader
+        .read_jobs(WORKER, 2, Duration::from_secs(1))
+        .await
+        .unwrap();
+
+    let started = harness.store.start(&jobs[0].job_id, &single, WORKER).await;
+    let started_in_batch = harness
+        .store
+        .start_batch(&[(jobs[1].job_id.clone(), batched.clone())], WORKER)
+        .await
+        .unwrap();
+
+    for (task_id, answer) in [
+        (&single, started.map(|_| ())),
+        (&batched, started_in_batch[0].clone().map(|_| ())),
+    ] {
+        assert!(
+            matches!(
+                answer,
+                Err(StoreError::Ended {
+                    status: TaskStatus::Failed,
+                    ..
+                })
+            ),
+            "{answer:?}"
+        );
+        let error: String = raw
+            .hget(harness.store.keys().task(task_id), "error")
+            .await
+            .unwrap();
+        assert!(
+            error.contains("cannot read this task") && error.contains("create the task again"),
+            "{error}"
+        );
+        assert_eq!(
+            harness.event_names(task_id).await,
+            vec!["created", "started", "failed"]
+        );
+    }
+    assert_eq!(harness.jobs_left().await.1, 0, "no work item is left pending");
+}
+
+#[tokio::test]
 async fn trimming_the_log_keeps_the_whole_history_of_every_queued_and_running_task() {
     // Retention 0: every event logged before the trim is past the horizon.
     let harness = Harness::with_queue(30, 0).await;

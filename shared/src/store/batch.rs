@@ -8,7 +8,7 @@
 
 use fred::types::Value;
 
-use super::queue::{lease_from, Lease};
+use super::queue::Lease;
 use super::{idempotency_digest, Created, NewTask, Store, StoreError};
 use crate::task::TaskId;
 
@@ -134,12 +134,14 @@ impl Store {
             .call_then_read(&task_ids, "savestream_start_batch", keys, args)
             .await?;
         let results = self.per_task("savestream_start_batch", &task_ids, reply)?;
-        Ok(results
-            .into_iter()
-            .zip(jobs)
-            .zip(hashes)
-            .map(|((result, (job_id, task_id)), fields)| lease_from(task_id, job_id, result?, fields))
-            .collect())
+        let mut leases = Vec::with_capacity(jobs.len());
+        for ((result, (job_id, task_id)), fields) in results.into_iter().zip(jobs).zip(hashes) {
+            leases.push(match result {
+                Ok(reply) => self.lease_or_fail(task_id, job_id, reply, fields).await,
+                Err(error) => Err(error),
+            });
+        }
+        Ok(leases)
     }
 
     /// Completes many attempts in one call, as [`Store::complete`] does one.

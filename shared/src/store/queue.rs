@@ -16,7 +16,7 @@ use super::{
     ensure_group, now_ms, pairs, stream_entries, task_from_hash, Progress, Store, StoreError, StreamEntry,
 };
 use crate::keys::WORKERS_GROUP;
-use crate::task::{Task, TaskId};
+use crate::task::{Task, TaskId, TaskStatus};
 
 /// A work item read from `jobs`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -195,7 +195,43 @@ impl Store {
         let (reply, mut hashes) = self
             .call_then_read(&[task_id], "savestream_start", self.task_keys(task_id), args)
             .await?;
-        lease_from(task_id, job_id, reply, hashes.pop().unwrap_or_default())
+        self.lease_or_fail(task_id, job_id, reply, hashes.pop().unwrap_or_default())
+            .await
+    }
+
+    /// The lease a start answered, or, when the task's hash cannot be
+    /// decoded (a field written by another build, a hand edit), the task
+    /// failed with the reason as its error. The start has run by then: a
+    /// task left `running` with its work item discarded would never end,
+    /// and one whose item was kept would be taken over again every lease.
+    /// Answers [`StoreError::Ended`] once the task is failed.
+    pub(crate) async fn lease_or_fail(
+        &self,
+        task_id: &TaskId,
+        job_id: &str,
+        reply: Value,
+        fields: HashMap<String, String>,
+    ) -> Result<Lease, StoreError> {
+        let attempt = started_attempt(task_id, reply)?;
+        let why = match lease_from(task_id, job_id, attempt, &fields) {
+            Err(StoreError::Corrupt(why)) => why,
+            answer => return answer,
+        };
+        tracing::error!(%task_id, %why, "the task's stored fields cannot be read: failing it");
+        let error =
+            format!("savestream cannot read this task's stored fields ({why}): create the task again");
+        let args = vec![
+            task_id.to_string(),
+            attempt.to_string(),
+            error,
+            self.retention_ms(),
+        ];
+        self.call(task_id, "savestream_fail", self.task_keys(task_id), args)
+            .await?;
+        Err(StoreError::Ended {
+            task_id: task_id.clone(),
+            status: TaskStatus::Failed,
+        })
     }
 
     /// Acknowledges and deletes a work item that must not run: its task
@@ -407,27 +443,32 @@ fn job_from_entry((job_id, fields): (String, std::collections::HashMap<String, S
     Job { job_id, task_id }
 }
 
-/// The lease a start answered (`{attempt, at}`) for the task hash read right behind it.
-pub(crate) fn lease_from(
+/// The attempt a start answered (`{attempt, at}`).
+fn started_attempt(task_id: &TaskId, reply: Value) -> Result<u32, StoreError> {
+    reply
+        .into_array()
+        .into_iter()
+        .next()
+        .and_then(|value| value.as_u64())
+        .map(|attempt| attempt as u32)
+        .ok_or_else(|| StoreError::Corrupt(format!("the start of task {task_id} answered no attempt")))
+}
+
+/// The lease of a started attempt, from the task hash read right behind the start.
+fn lease_from(
     task_id: &TaskId,
     job_id: &str,
-    reply: Value,
-    fields: HashMap<String, String>,
+    attempt: u32,
+    fields: &HashMap<String, String>,
 ) -> Result<Lease, StoreError> {
     if fields.is_empty() {
         // Only a task past its retention has no hash, and it cannot start.
         return Err(StoreError::NotFound(task_id.clone()));
     }
-    let attempt = reply
-        .into_array()
-        .into_iter()
-        .next()
-        .and_then(|value| value.as_u64())
-        .ok_or_else(|| StoreError::Corrupt(format!("the start of task {task_id} answered no attempt")))?;
     Ok(Lease {
-        task: task_from_hash(task_id, &fields)?,
-        attempt: attempt as u32,
+        task: task_from_hash(task_id, fields)?,
+        attempt,
         job_id: job_id.to_owned(),
-        progress: super::progress_from_hash(&fields),
+        progress: super::progress_from_hash(fields),
     })
 }
