@@ -329,6 +329,62 @@ async fn a_task_runs_through_start_resolve_progress_and_complete() {
 }
 
 #[tokio::test]
+async fn an_end_sent_again_by_its_own_attempt_answers_as_the_first_did() {
+    // fred sends a command again when its connection dropped before the
+    // answer, and Redis may have run it the first time.
+    let harness = Harness::start().await;
+    let completed = harness.create().await;
+    let lease = harness.start_next().await;
+    harness.store.complete(&lease, None, "/f").await.unwrap();
+    harness.store.complete(&lease, None, "/f").await.unwrap();
+    let other_end = harness.store.fail(&lease, "x").await;
+
+    let failed = harness.create().await;
+    let failing = harness.start_next().await;
+    harness.store.fail(&failing, "broken").await.unwrap();
+    harness.store.fail(&failing, "broken").await.unwrap();
+
+    let exhausted = harness.create().await;
+    let retrying = harness.start_next().await;
+    let used_up = RetryKind::Failure { max_retries: 0 };
+    let first = harness
+        .store
+        .retry(&retrying, "again", used_up, Duration::ZERO)
+        .await;
+    let again = harness
+        .store
+        .retry(&retrying, "again", used_up, Duration::ZERO)
+        .await;
+
+    assert!(
+        matches!(
+            other_end,
+            Err(StoreError::Ended {
+                status: TaskStatus::Completed,
+                ..
+            })
+        ),
+        "another end of the same attempt is refused: {other_end:?}"
+    );
+    assert_eq!(
+        harness.event_names(&completed).await,
+        vec!["created", "started", "completed"]
+    );
+    assert_eq!(
+        harness.event_names(&failed).await,
+        vec!["created", "started", "failed"]
+    );
+    assert_eq!(
+        (first.unwrap(), again.unwrap()),
+        (RetryOutcome::Failed, RetryOutcome::Failed)
+    );
+    assert_eq!(
+        harness.event_names(&exhausted).await,
+        vec!["created", "started", "failed"]
+    );
+}
+
+#[tokio::test]
 async fn illegal_transitions_are_refused_and_change_nothing() {
     let harness = Harness::start().await;
 

@@ -190,13 +190,22 @@ local function check_lease(keys, task_id, attempt)
     return fail_with('NOTFOUND', task_id)
   end
   if status == 'completed' or status == 'failed' or status == 'canceled' then
-    return fail_with('ENDED', status)
+    return fail_with('ENDED', status), state
   end
   if status ~= 'running' or tonumber(current) ~= tonumber(attempt) then
     return fail_with('STALE', 'attempt ' .. attempt .. ' of task ' .. task_id .. ' is no longer current (task is '
       .. status .. ' at attempt ' .. tostring(current or 0) .. ')')
   end
   return nil, state
+end
+
+-- Whether a refused end is this very call run again: the task ended as
+-- `status` at `attempt`, and only that attempt's holder can end it so.
+-- fred sends a command once more when its connection dropped before the
+-- answer, and Redis may have run it; the holder must then hear that its
+-- end stands (and tidy up after it), not that the task ended elsewhere.
+local function ended_by(state, status, attempt)
+  return state ~= nil and state[1] == status and tonumber(state[2]) == tonumber(attempt)
 end
 
 -- ARGV: task_id, source, link, user_id, storage, dir, title, idempotency_ttl_ms, request
@@ -315,7 +324,7 @@ local function complete(keys, args)
   local task_id, attempt = args[1], args[2]
   local refused, state = check_lease(keys, task_id, attempt)
   if refused then
-    return refused
+    return ended_by(state, 'completed', attempt) and 'OK' or refused
   end
   local at = now_text()
   local event = append_event(keys, task_id, 'completed', at, 'attempt', attempt, 'size', args[3], 'path', args[4])
@@ -341,7 +350,7 @@ end
 local function fail(keys, args)
   local refused, state = check_lease(keys, args[1], args[2])
   if refused then
-    return refused
+    return ended_by(state, 'failed', args[2]) and 'failed' or refused
   end
   return fail_task(keys, args[1], args[2], args[3], args[4], state)
 end
@@ -353,7 +362,8 @@ local function retry(keys, args)
   local task_id, attempt, error_text = args[1], args[2], args[3]
   local refused, state = check_lease(keys, task_id, attempt)
   if refused then
-    return refused
+    -- A retry that found the retries used up failed the task.
+    return ended_by(state, 'failed', attempt) and 'failed' or refused
   end
   local kept = redis.call('HMGET', keys[1], 'retries', 'created')
   local retries, created = tonumber(kept[1] or 0), kept[2]
