@@ -965,6 +965,21 @@ impl<'c, 't> Section<'c, 't> {
         Ok(self.opt_string(key)?.unwrap_or_else(|| default.to_owned()))
     }
 
+    /// A token (empty: none) that must be exactly what the other side
+    /// compares: visible ASCII, nothing around it. The API trims what a
+    /// client sends and refuses anything but ASCII, so a token read as is
+    /// from a secret file with its trailing newline could never match and
+    /// every request would be refused, with nothing saying why. `consequence`
+    /// says what would happen if the token were kept; the error never holds
+    /// the token.
+    fn token(&mut self, key: &'static str, consequence: &str) -> Result<Secret, ConfigError> {
+        let text = self.string(key, "")?;
+        match token_problem(&text) {
+            None => Ok(Secret::new(text)),
+            Some(problem) => Err(self.error(key, format!("{problem}; {consequence}"))),
+        }
+    }
+
     /// Checks a string that must be present and not blank. Called after
     /// [`Section::finish`], so a misspelt key is reported as a typo rather than
     /// as the correct key missing.
@@ -1013,6 +1028,30 @@ impl<'c, 't> Section<'c, 't> {
         };
         Err(self.error(unknown, message))
     }
+}
+
+/// What is wrong with a non-empty token, and what to do about it, in words
+/// that never quote the token.
+fn token_problem(text: &str) -> Option<&'static str> {
+    if text.is_empty() {
+        return None;
+    }
+    if text.trim().is_empty() {
+        return Some("is only whitespace: set a token of visible ASCII characters, or \"\" for none");
+    }
+    if text.ends_with(['\n', '\r']) {
+        return Some("ends with a newline (as a secret file often does): remove the trailing newline");
+    }
+    if text.trim() != text {
+        return Some("starts or ends with whitespace: remove it");
+    }
+    if !text.bytes().all(|byte| (0x21..=0x7e).contains(&byte)) {
+        return Some(
+            "holds a space, a control character or a non-ASCII character: use visible ASCII characters \
+             only (! to ~), e.g. the output of `openssl rand -hex 32`",
+        );
+    }
+    None
 }
 
 fn describe(value: &Value) -> &'static str {
@@ -1091,7 +1130,10 @@ fn read_api(mut s: Section<'_, '_>) -> Result<ApiConfig, ConfigError> {
         return Err(s.error("host", "must not be empty (0.0.0.0 listens on every interface)"));
     }
     let port = s.port("port", d.port)?;
-    let token = Secret::new(s.string("token", "")?);
+    let token = s.token(
+        "token",
+        "as it is, no request could send it and every one would be refused with 401",
+    )?;
     let webhook_url = match s.non_empty_string("webhook_url")? {
         None => None,
         Some(text) => Some(parse_http_url(&text).map_err(|message| s.error("webhook_url", message))?),
@@ -1125,7 +1167,7 @@ fn parse_http_url(text: &str) -> Result<Url, String> {
 fn read_telegram(mut s: Section<'_, '_>) -> Result<TelegramConfig, ConfigError> {
     let app_id = s.opt_int("app_id", 1..=i64::from(i32::MAX))?;
     let app_hash = Secret::new(s.string("app_hash", "")?);
-    let token = Secret::new(s.string("token", "")?);
+    let token = s.token("token", "as it is, Telegram would refuse the bot's sign-in")?;
 
     let mut u = s.section("userbot")?;
     let userbot_defaults = UserbotConfig::default();
@@ -1456,6 +1498,89 @@ mod tests {
         ] {
             assert_eq!(edit_distance(a, b), distance, "{a} -> {b}");
         }
+    }
+
+    /// Loads [`FULL`] with `[api] token` set to `token` (a TOML string).
+    fn load_api_token(toml_string: &str, env: &[(&str, &str)]) -> Result<Loaded, ConfigError> {
+        let text = FULL.replace("token = \"t\"", &format!("token = {toml_string}"));
+        let env = env
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()));
+        Config::from_toml_str(&text, "config.toml", env)
+    }
+
+    #[test]
+    fn config_api_token_ending_in_a_newline_is_refused_and_the_error_says_to_remove_it() {
+        let error = load_api_token(r#""tok-3f9a\n""#, &[]).unwrap_err().to_string();
+        assert!(error.starts_with("config.toml: api.token: "), "{error}");
+        assert!(error.contains("remove the trailing newline"), "{error}");
+        assert!(
+            !error.contains("tok-3f9a"),
+            "the error printed the token: {error}"
+        );
+    }
+
+    #[test]
+    fn config_api_token_from_the_environment_ending_in_a_newline_names_the_variable() {
+        let error = load_api_token(r#""""#, &[("SAVESTREAM_API_TOKEN", "env-tok-77c1\r\n")])
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("SAVESTREAM_API_TOKEN: "), "{error}");
+        assert!(error.contains("remove the trailing newline"), "{error}");
+        assert!(
+            !error.contains("env-tok-77c1"),
+            "the error printed the token: {error}"
+        );
+    }
+
+    #[test]
+    fn config_api_token_with_an_inner_space_is_refused() {
+        let error = load_api_token(r#""tok 4b2e""#, &[]).unwrap_err().to_string();
+        assert!(error.starts_with("config.toml: api.token: "), "{error}");
+        assert!(error.contains("visible ASCII"), "{error}");
+        assert!(!error.contains("4b2e"), "the error printed the token: {error}");
+    }
+
+    #[test]
+    fn config_api_token_with_a_non_ascii_character_is_refused() {
+        let error = load_api_token(r#""tök-91d0""#, &[]).unwrap_err().to_string();
+        assert!(error.starts_with("config.toml: api.token: "), "{error}");
+        assert!(error.contains("non-ASCII"), "{error}");
+        assert!(!error.contains("91d0"), "the error printed the token: {error}");
+    }
+
+    #[test]
+    fn config_api_token_of_only_whitespace_or_leading_whitespace_is_refused() {
+        for (toml_string, expected) in [(r#""  ""#, "only whitespace"), (r#"" tok-5e""#, "remove it")] {
+            let error = load_api_token(toml_string, &[]).unwrap_err().to_string();
+            assert!(
+                error.starts_with("config.toml: api.token: "),
+                "{toml_string}: {error}"
+            );
+            assert!(error.contains(expected), "{toml_string}: {error}");
+        }
+    }
+
+    #[test]
+    fn config_api_token_of_visible_ascii_or_empty_is_accepted() {
+        let loaded = load_api_token(r#""Ab0-_.~!+/=tok""#, &[]).unwrap();
+        assert_eq!(loaded.config.api.token.expose(), "Ab0-_.~!+/=tok");
+        let loaded = load_api_token(r#""""#, &[]).unwrap();
+        assert!(loaded.config.api.token.is_empty());
+    }
+
+    #[test]
+    fn config_telegram_token_ending_in_a_newline_is_refused_without_printing_it() {
+        let text = FULL.replace("token = \"b\"", "token = \"123:bot-6a1f\\n\"");
+        let error = Config::from_toml_str(&text, "config.toml", Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("config.toml: telegram.token: "), "{error}");
+        assert!(error.contains("remove the trailing newline"), "{error}");
+        assert!(
+            !error.contains("bot-6a1f"),
+            "the error printed the token: {error}"
+        );
     }
 
     #[test]
