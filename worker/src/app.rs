@@ -24,9 +24,10 @@ use savestream_shared::store::{Store, StoreError, WorkerInfo};
 use savestream_telegram::TelegramError;
 use savestream_webhook::{Dispatcher, WebhookError};
 use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::context::{consumer_name, host_name, Context};
 use crate::metrics::{self, MetricsServer, QueueGauges};
@@ -103,10 +104,29 @@ pub enum StartupError {
     Telegram(TelegramError),
     #[error("cannot start the webhook dispatcher: {0}")]
     Webhook(WebhookError),
+    #[error("cannot start the webhook dispatcher: creating its consumer group on redis at {url} failed: {error}; webhooks would not be delivered: check that redis answers and accepts XGROUP on the events stream, then start the worker again")]
+    WebhookGroup { url: String, error: WebhookError },
     #[error("--role webhooks runs only the webhook dispatcher, and [api] webhook_url is not set: set it, or run another role")]
     NothingToRun,
     #[error("cannot listen for /metrics on port {port} ([worker] metrics_port): {error}")]
     Metrics { port: u16, error: std::io::Error },
+}
+
+/// Why a running worker stopped on its own. Like [`StartupError`], each
+/// message is complete on its own line.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The dispatcher could not start its loops (its consumer group or its
+    /// reading connection): a process left running would look live and
+    /// deliver nothing, so it stops, as a worker whose task intake cannot
+    /// start does.
+    #[error("the webhook dispatcher stopped: {0}; webhooks are not delivered: check that redis answers, then start the worker again")]
+    Dispatcher(WebhookError),
+    /// Not expected: the dispatcher returns only when it is told to stop.
+    #[error("the webhook dispatcher stopped on its own; start the worker again")]
+    DispatcherEnded,
+    #[error("the webhook dispatcher ended abnormally: {0}; start the worker again")]
+    DispatcherPanicked(tokio::task::JoinError),
 }
 
 impl From<StorageError> for StartupError {
@@ -163,7 +183,18 @@ impl Application {
 
         let dispatcher = if role.runs_webhooks() {
             match Dispatcher::new(store.clone(), &config) {
-                Ok(dispatcher) => Some(dispatcher),
+                Ok(dispatcher) => {
+                    // What the dispatcher's `run` does first, done here as the
+                    // task role creates its group: a failure is a failed start.
+                    dispatcher
+                        .ensure_group()
+                        .await
+                        .map_err(|error| StartupError::WebhookGroup {
+                            url: config.redis.shown_url(),
+                            error,
+                        })?;
+                    Some(dispatcher)
+                }
                 Err(error) if error.is_disabled() => {
                     debug!("no webhook_url: the webhook dispatcher does not run");
                     None
@@ -287,8 +318,10 @@ impl Application {
         self.dispatcher.is_some()
     }
 
-    /// Runs until `shutdown` completes, then shuts down gracefully.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) {
+    /// Runs until `shutdown` completes, then shuts down gracefully. Also
+    /// shuts down, and answers the error, when the webhook dispatcher
+    /// cannot run.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
         let context = self.context;
         let intake = CancellationToken::new();
         let background = CancellationToken::new();
@@ -308,13 +341,9 @@ impl Application {
         if let Some(gauges) = self.gauges {
             services.spawn(gauges.sample(metrics::install(), background.clone()));
         }
-        let dispatcher = self.dispatcher.map(|dispatcher| {
+        let mut dispatcher = self.dispatcher.map(|dispatcher| {
             let stop = webhooks.clone();
-            tokio::spawn(async move {
-                if let Err(error) = dispatcher.run(stop).await {
-                    warn!(%error, "the webhook dispatcher stopped: webhooks are not delivered by this worker");
-                }
-            })
+            tokio::spawn(dispatcher.run(stop))
         });
         let intake_loop = match (self.reader, self.subscriber) {
             (Some(reader), Some(subscriber)) => {
@@ -360,7 +389,21 @@ impl Application {
             "worker started"
         );
 
-        shutdown.await;
+        // The dispatcher ends only when told to, unless it cannot run.
+        let mut failure = tokio::select! {
+            () = shutdown => None,
+            ended = dispatcher_ended(&mut dispatcher) => {
+                dispatcher = None;
+                Some(match ended {
+                    Ok(Ok(())) => RunError::DispatcherEnded,
+                    Ok(Err(error)) => RunError::Dispatcher(error),
+                    Err(error) => RunError::DispatcherPanicked(error),
+                })
+            }
+        };
+        if let Some(error) = &failure {
+            error!(%error, "the webhook dispatcher cannot run: shutting down");
+        }
         let deadline = tokio::time::Instant::now() + self.grace;
         info!(
             running = context.running.len(),
@@ -386,8 +429,16 @@ impl Application {
             tasks.wait().await;
         }
         if let Some(dispatcher) = dispatcher {
-            if let Err(error) = dispatcher.await {
-                warn!(%error, "the webhook dispatcher ended abnormally");
+            match dispatcher.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    warn!(%error, "the webhook dispatcher stopped");
+                    failure.get_or_insert(RunError::Dispatcher(error));
+                }
+                Err(error) => {
+                    warn!(%error, "the webhook dispatcher ended abnormally");
+                    failure.get_or_insert(RunError::DispatcherPanicked(error));
+                }
             }
         }
         // Leases were renewed until every task ended; now the rest may stop.
@@ -399,5 +450,19 @@ impl Application {
             debug!(%error, "cannot leave the registry of live workers");
         }
         info!("worker stopped");
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Completes when the dispatcher's task ends; never when there is none.
+async fn dispatcher_ended(
+    dispatcher: &mut Option<JoinHandle<Result<(), WebhookError>>>,
+) -> Result<Result<(), WebhookError>, tokio::task::JoinError> {
+    match dispatcher {
+        Some(handle) => handle.await,
+        None => std::future::pending().await,
     }
 }

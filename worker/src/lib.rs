@@ -54,4 +54,4 @@ pub mod running;
 pub mod source;
 pub mod storage;
 
-pub use app::{Application, Role, StartupError};
+pub use app::{Application, Role, RunError, StartupError};

@@ -5,8 +5,10 @@
 //!
 //! Exit codes: 0 after a graceful shutdown (or a login), 1 when the worker
 //! cannot start (Redis still unreachable after `[redis]
-//! startup_wait_seconds`, a storage that cannot be created) or the login
-//! fails, 2 for a bad command line or config file (including Telegram
+//! startup_wait_seconds`, a storage that cannot be created, a webhook
+//! dispatcher that cannot create its consumer group) or stops because its
+//! webhook dispatcher cannot run (after a graceful shutdown of the rest),
+//! or the login fails, 2 for a bad command line or config file (including Telegram
 //! settings that `login` cannot use).
 
 use std::path::PathBuf;
@@ -108,7 +110,10 @@ async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     let application = Application::build_with_role(config, role)
         .await
         .context("starting the worker")?;
-    application.run_until_stopped(shutdown_signal()).await;
+    application
+        .run_until_stopped(shutdown_signal())
+        .await
+        .context("running the worker")?;
     Ok(())
 }
 

@@ -20,7 +20,7 @@ use savestream_tests::file_server::{FileServer, ServedFile};
 use savestream_worker::pipeline::RELEASED_MESSAGE;
 use savestream_worker::running::RunningTasks;
 use savestream_worker::storage::{FileName, LocalStorage, Storage, StorageDir, Storages};
-use savestream_worker::{cancel, Application};
+use savestream_worker::{cancel, Application, RunError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -68,7 +68,7 @@ storages = ["local1"]
 struct Worker {
     consumer: String,
     stop: CancellationToken,
-    handle: JoinHandle<()>,
+    handle: JoinHandle<Result<(), RunError>>,
 }
 
 impl Worker {
@@ -91,7 +91,8 @@ impl Worker {
         tokio::time::timeout(timeout, self.handle)
             .await
             .expect("the worker stops in time")
-            .expect("the worker does not panic");
+            .expect("the worker does not panic")
+            .expect("the worker stops only when told to");
     }
 }
 

@@ -36,6 +36,17 @@ fn write_config(dir: &std::path::Path, redis_url: &str) -> std::path::PathBuf {
     path
 }
 
+/// A worker process that a failing test does not leave running.
+struct KilledOnDrop(std::process::Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        // It may have exited already; then there is nothing to kill.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn a_missing_config_file_exits_2_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -206,6 +217,56 @@ fn the_webhooks_role_without_a_webhook_url_exits_1_saying_what_to_set() {
         ),
         "{lines:?}"
     );
+}
+
+#[tokio::test]
+async fn a_webhooks_role_whose_dispatcher_cannot_start_exits_1_naming_it() {
+    let redis = RedisServer::start();
+    // The event stream's key holds a string: Redis refuses the dispatcher's
+    // XGROUP CREATE with WRONGTYPE, as surely as any refusal can be made.
+    let client = fred::prelude::Builder::from_config(fred::prelude::Config::from_url(&redis.url()).unwrap())
+        .build()
+        .unwrap();
+    fred::prelude::ClientLike::init(&client).await.unwrap();
+    let _: () =
+        fred::prelude::KeysInterface::set(&client, "{savestream}:events", "not a stream", None, None, false)
+            .await
+            .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &redis.url());
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("[api]\n", "[api]\nwebhook_url = \"http://127.0.0.1:1/hook\"\n"),
+    )
+    .unwrap();
+    let log = dir.path().join("worker.log");
+    let mut child = KilledOnDrop(
+        worker()
+            .arg("--config")
+            .arg(&config)
+            .args(["--role", "webhooks"])
+            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .spawn()
+            .unwrap(),
+    );
+
+    let exited = eventually("the worker to exit", Duration::from_secs(10), || {
+        let status = child.0.try_wait().unwrap();
+        async move { status }
+    })
+    .await;
+
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(exited.code(), Some(1), "{text}");
+    let last = text.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(
+            "error: starting the worker: cannot start the webhook dispatcher: creating its consumer group on redis at redis://"
+        ) && last.contains("WRONGTYPE"),
+        "{text}"
+    );
+    assert!(!text.contains("worker started"), "{text}");
 }
 
 #[test]

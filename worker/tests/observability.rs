@@ -16,7 +16,7 @@ use savestream_shared::task::{SourceKind, TaskId, TaskStatus};
 use savestream_shared::title;
 use savestream_testkit::{eventually, RedisServer};
 use savestream_tests::file_server::{FileServer, ServedFile};
-use savestream_worker::{Application, Role, StartupError};
+use savestream_worker::{Application, Role, RunError, StartupError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -151,7 +151,7 @@ struct Worker {
     consumer: String,
     metrics: Option<SocketAddr>,
     stop: CancellationToken,
-    handle: JoinHandle<()>,
+    handle: JoinHandle<Result<(), RunError>>,
 }
 
 impl Worker {
@@ -176,7 +176,8 @@ impl Worker {
         tokio::time::timeout(Duration::from_secs(15), self.handle)
             .await
             .expect("the worker stops in time")
-            .expect("the worker does not panic");
+            .expect("the worker does not panic")
+            .expect("the worker stops only when told to");
     }
 }
 
