@@ -30,6 +30,18 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 const REDIS_UNAVAILABLE: &str =
     "the task store is unavailable (redis is not answering): try again in a few seconds";
 
+/// [`REDIS_UNAVAILABLE`] said of a create. A store call that timed out may
+/// still have run in Redis, so the client is not told that nothing changed:
+/// only a repeat under the same key is sure not to make a second task.
+const CREATE_UNAVAILABLE: &str =
+    "the task store is unavailable (redis is not answering), so the task may or \
+     may not have been created: try again in a few seconds with the same `Idempotency-Key` (without one, \
+     a repeat may create a second task)";
+const CREATE_MANY_UNAVAILABLE: &str =
+    "the task store is unavailable (redis is not answering), so some or all \
+     of the tasks may or may not have been created: try again in a few seconds with the same \
+     `Idempotency-Key` and only the missing ones are created (without one, a repeat may create them twice)";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
@@ -69,6 +81,23 @@ impl ApiError {
 
     pub fn store_unavailable() -> ApiError {
         ApiError::Unavailable(REDIS_UNAVAILABLE.to_owned())
+    }
+
+    /// A failed store call of `POST /api/v1/tasks` as its answer: an
+    /// unavailable store says the task may have been created.
+    pub fn from_create(error: StoreError) -> ApiError {
+        match ApiError::from(error) {
+            ApiError::Unavailable(_) => ApiError::Unavailable(CREATE_UNAVAILABLE.to_owned()),
+            other => other,
+        }
+    }
+
+    /// [`ApiError::from_create`] for `POST /api/v1/tasks/batch`.
+    pub fn from_create_many(error: StoreError) -> ApiError {
+        match ApiError::from(error) {
+            ApiError::Unavailable(_) => ApiError::Unavailable(CREATE_MANY_UNAVAILABLE.to_owned()),
+            other => other,
+        }
     }
 
     /// The same refusal said of one task of a batch (`` `tasks[3]`: ... ``),
@@ -233,7 +262,10 @@ fn describe_status(status: u16) -> &'static str {
         413 => "The request body is larger than 64 KiB.",
         503 => {
             "Redis, which holds the tasks, is not answering (or too many live event streams are \
-                open); retry after a few seconds. Nothing was changed."
+                open); retry after a few seconds. A create or cancel that timed out waiting for \
+                Redis may or may not have taken effect: repeat a create with the same \
+                `Idempotency-Key` to be safe (the first task is answered if it was stored), and \
+                read a task to see whether a cancel went through."
         }
         _ => "An error; `error` says what went wrong.",
     }

@@ -119,7 +119,11 @@ impl TasksApi {
         let new_task = new_task::validate(body.0, &state.config)?;
         let source = new_task.source;
         let storage = new_task.storage.clone();
-        let created = state.creates.create(new_task, idempotency_key).await?;
+        let created = state
+            .creates
+            .create(new_task, idempotency_key)
+            .await
+            .map_err(ApiError::from_create)?;
         record_task_id(&created.task_id);
         let body = Json(TaskCreated::new(created.task_id.to_string()));
         if created.is_new {
@@ -185,8 +189,13 @@ impl TasksApi {
             .zip(keys.chunks(crate::create_batcher::MAX_BATCH))
         {
             let requests = tasks.iter().zip(keys.iter().map(Option::as_deref));
-            for (new_task, result) in tasks.iter().zip(state.store.create_batch(requests).await?) {
-                let task = result?;
+            let results = state
+                .store
+                .create_batch(requests)
+                .await
+                .map_err(ApiError::from_create_many)?;
+            for (new_task, result) in tasks.iter().zip(results) {
+                let task = result.map_err(ApiError::from_create_many)?;
                 if task.is_new {
                     any_new = true;
                     crate::metrics::task_created(new_task.source);

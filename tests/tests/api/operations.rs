@@ -116,6 +116,69 @@ async fn redis_outage_answers_503_json_and_the_api_recovers_when_redis_returns()
 }
 
 #[tokio::test]
+async fn a_create_redis_did_not_answer_says_it_may_have_been_stored_and_to_repeat_with_the_same_key() {
+    // Arrange: Redis gone, so the store call of a create fails the way a
+    // timed-out one does, and the API cannot know whether Redis ran it.
+    let mut app = spawn_app().await;
+    let spec: serde_json::Value = anonymous()
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    app.redis.kill();
+
+    // Act
+    let single = app
+        .client
+        .post(app.url("/api/v1/tasks"))
+        .header("Idempotency-Key", "outage-1")
+        .json(&contract_body())
+        .send()
+        .await
+        .unwrap();
+    let single = expect_json_error(single, 503).await;
+    let batch = app
+        .client
+        .post(app.url("/api/v1/tasks/batch"))
+        .header("Idempotency-Key", "outage-2")
+        .json(&serde_json::json!({ "tasks": [contract_body()] }))
+        .send()
+        .await
+        .unwrap();
+    let batch = expect_json_error(batch, 503).await;
+
+    // Assert: neither the answers nor the document promise that nothing
+    // was stored; each says how to repeat safely.
+    for (what, error) in [
+        ("POST /api/v1/tasks", &single),
+        ("POST /api/v1/tasks/batch", &batch),
+    ] {
+        assert!(
+            error.contains("may or may not have been created"),
+            "{what}: {error}"
+        );
+        assert!(error.contains("same `Idempotency-Key`"), "{what}: {error}");
+    }
+    for path in ["/api/v1/tasks", "/api/v1/tasks/batch"] {
+        let description = spec["paths"][path]["post"]["responses"]["503"]["description"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            !description.contains("Nothing was changed")
+                && description.contains("may or may not have taken effect"),
+            "{path}: {description}"
+        );
+        assert!(
+            description.contains("same `Idempotency-Key`"),
+            "{path}: {description}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn sigterm_stops_the_api_cleanly() {
     let mut app = spawn_app().await;
     create_contract_task(&app).await;
