@@ -478,7 +478,7 @@ pub struct TaskDetails {
     pub created_at: String,
     /// Why the task failed, or the last retryable error while it is retried; empty when none.
     pub error: String,
-    /// When the task last changed, RFC 3339 in UTC. Example: `2024-01-19T04:31:12.345Z`.
+    /// When the task last changed, RFC 3339 in UTC. Example: `2024-01-19T04:31:12Z`.
     pub updated_at: String,
     // No doc comment: see `status`.
     pub source: SourceWire,
@@ -507,7 +507,7 @@ impl Example for TaskDetails {
             title: EXAMPLE_TITLE.to_owned(),
             created_at: EXAMPLE_TIME.to_owned(),
             error: String::new(),
-            updated_at: "2024-01-19T04:31:12.345Z".to_owned(),
+            updated_at: "2024-01-19T04:31:12Z".to_owned(),
             source: SourceWire::Telegram,
             link: "https://t.me/channel/123".to_owned(),
             storage_name: "local1".to_owned(),
@@ -1013,5 +1013,44 @@ mod tests {
     #[test]
     fn times_are_rfc3339_utc_with_z() {
         assert_eq!(rfc3339(1_705_638_600_000), "2024-01-19T04:30:00Z");
+    }
+
+    /// Every `YYYY-MM-DDTHH:MM:SS` in `text` and the character after it.
+    fn timestamps(text: &str) -> Vec<(String, Option<char>)> {
+        let shape = "dddd-dd-ddTdd:dd:dd";
+        let bytes = text.as_bytes();
+        (0..bytes.len().saturating_sub(shape.len() - 1))
+            .filter(|&start| {
+                shape
+                    .bytes()
+                    .zip(&bytes[start..])
+                    .all(|(expected, &byte)| match expected {
+                        b'd' => byte.is_ascii_digit(),
+                        other => byte == other,
+                    })
+            })
+            .map(|start| {
+                let end = start + shape.len();
+                (text[start..end].to_owned(), text[end..].chars().next())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_documents_example_times_have_whole_seconds_as_the_server_writes_them() {
+        let document = crate::openapi_json();
+        let found = timestamps(&document);
+
+        assert!(found.len() >= 3, "the document shows example times: {found:?}");
+        for (time, next) in found {
+            // `rfc3339` writes whole seconds and `Z`: a fraction (`.345`)
+            // would show clients a form the server never sends.
+            assert_eq!(next, Some('Z'), "{time} is followed by {next:?}, not Z");
+            let written = format!("{time}Z");
+            let millis = chrono::DateTime::parse_from_rfc3339(&written)
+                .unwrap_or_else(|error| panic!("{written}: {error}"))
+                .timestamp_millis();
+            assert_eq!(rfc3339(millis), written);
+        }
     }
 }
