@@ -17,10 +17,12 @@
 //!
 //! Outcomes: 2xx is delivered; 410 gives up this delivery (`gone`; later
 //! events are still delivered to the same URL, which is the operator's
-//! config, not a subscription the receiver can cancel); 429 and 503 with
-//! `Retry-After` retry after that delay; anything else, a timeout or a
-//! connection error retries on the [`Backoff`] schedule, until
-//! `max_attempts` tries or the span are used up (`gave_up`).
+//! config, not a subscription the receiver can cancel); anything else, a
+//! timeout or a connection error retries on the [`Backoff`] schedule, until
+//! `max_attempts` tries or the span are used up (`gave_up`). A 429 or 503
+//! with `Retry-After` waits that long when it is longer than the schedule's
+//! delay, never shorter: a receiver answering `Retry-After: 0` would
+//! otherwise use up every attempt in seconds.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -463,7 +465,12 @@ pub fn decide(
     if attempt >= options.max_attempts {
         return WebhookResult::GaveUp;
     }
-    let delay = answer.retry_after.unwrap_or_else(|| backoff.delay(attempt, unit));
+    // `Retry-After` only ever lengthens the wait. Taken alone, a receiver
+    // that answers `Retry-After: 0` while it is down would get every try
+    // within seconds and the delivery would give up, where the schedule
+    // would have kept trying for the whole span.
+    let scheduled = backoff.delay(attempt, unit);
+    let delay = answer.retry_after.map_or(scheduled, |asked| asked.max(scheduled));
     WebhookResult::Retry { delay }
 }
 
@@ -554,6 +561,24 @@ mod tests {
                 decide_default(&answer(Some(status), Some(delay)), 1),
                 WebhookResult::Retry { delay }
             );
+        }
+    }
+
+    #[test]
+    fn a_retry_after_shorter_than_the_backoff_waits_the_backoff() {
+        let options = DispatcherOptions::from_config(&Config::default());
+        let backoff = options.backoff();
+        for attempt in [1, 5, 9] {
+            let scheduled = backoff.delay(attempt, 0.5);
+            for retry_after in [Duration::ZERO, Duration::from_secs(1)] {
+                for status in [429, 503] {
+                    assert_eq!(
+                        decide_default(&answer(Some(status), Some(retry_after)), attempt),
+                        WebhookResult::Retry { delay: scheduled },
+                        "status {status}, Retry-After {retry_after:?}, attempt {attempt}"
+                    );
+                }
+            }
         }
     }
 

@@ -533,16 +533,40 @@ async fn a_delivery_gives_up_after_max_attempts() {
 }
 
 #[tokio::test]
-async fn retry_after_on_a_503_is_honoured() {
-    // Arrange: the backoff alone would wait an hour.
+async fn a_retry_after_longer_than_the_backoff_is_honoured() {
+    // Arrange: the backoff alone would retry after about 10 ms.
     let harness = Harness::start().await;
     let receiver = Receiver::start().await;
     receiver.script([Reply::StatusWithHeaders(503, vec![("retry-after", "1".into())])]);
     let config = harness.config(&receiver.url(), None);
+    let dispatcher = harness.spawn(&config, fast(&config));
+
+    // Act
+    let task_id = harness.finish_task(End::Complete).await;
+
+    // Assert
+    let webhook = harness.wait_for_state(&task_id, WebhookState::Delivered).await;
+    assert_eq!(webhook.attempts, 2);
+    let requests = receiver.requests();
+    let gap = requests[1].arrived - requests[0].arrived;
+    assert!(
+        gap >= Duration::from_millis(900),
+        "the retry came after {gap:?}, not Retry-After's 1 s"
+    );
+    dispatcher.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_retry_after_of_zero_does_not_hasten_the_backoff() {
+    // Arrange: the backoff waits 1 s (±25 % jitter); the receiver asks for
+    // its retry at once.
+    let harness = Harness::start().await;
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::StatusWithHeaders(429, vec![("retry-after", "0".into())])]);
+    let config = harness.config(&receiver.url(), None);
     let options = DispatcherOptions {
-        backoff_first: Duration::from_secs(3600),
-        backoff_max: Duration::from_secs(3600),
-        span: Duration::from_secs(7200),
+        backoff_first: Duration::from_secs(1),
+        backoff_max: Duration::from_secs(1),
         ..fast(&config)
     };
     let dispatcher = harness.spawn(&config, options);
@@ -556,8 +580,8 @@ async fn retry_after_on_a_503_is_honoured() {
     let requests = receiver.requests();
     let gap = requests[1].arrived - requests[0].arrived;
     assert!(
-        gap >= Duration::from_millis(900),
-        "the retry came after {gap:?}, not Retry-After's 1 s"
+        gap >= Duration::from_millis(700),
+        "the retry came after {gap:?}, sooner than the backoff's 750 ms at least"
     );
     dispatcher.stop().await.unwrap();
 }
