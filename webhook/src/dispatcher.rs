@@ -90,8 +90,8 @@ impl Dispatcher {
     ///
     /// Returns [`WebhookError::Disabled`] when no URL is configured: the
     /// caller then runs no dispatcher (see [`WebhookError::is_disabled`]).
-    /// Fails for a URL that is not http(s) and for a `whsec_` secret that is
-    /// not base64.
+    /// Fails for a URL that is not http(s) and for a secret that is not
+    /// base64 after an optional `whsec_` (see [`Signer::from_secret`]).
     pub fn new(store: Store, config: &Config) -> Result<Dispatcher, WebhookError> {
         Dispatcher::with_options(store, config, DispatcherOptions::from_config(config))
     }

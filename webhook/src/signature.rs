@@ -1,10 +1,12 @@
 //! Standard Webhooks signing: `webhook-signature: v1,<base64 HMAC-SHA256>`
 //! over `"{webhook-id}.{webhook-timestamp}.{body}"`.
 //!
-//! The key is `[api] webhook_secret`: a `whsec_<base64>` secret is decoded
-//! as the Standard Webhooks spec says; any other secret is used as its raw
-//! bytes, so a plain passphrase works too. The key never leaves this module
-//! and is never printed.
+//! The key is `[api] webhook_secret`, read as the spec and its reference
+//! libraries read it: an optional `whsec_` prefix, then the base64 of the
+//! key bytes. A secret that is not base64 is refused when the dispatcher is
+//! built (the worker's start), not used as raw bytes: receivers verify with
+//! those libraries, which would decode it and reject every signature. The
+//! key never leaves this module and is never printed.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -23,15 +25,16 @@ pub struct Signer {
 }
 
 impl Signer {
-    /// Parses `[api] webhook_secret`. Fails only for a `whsec_` secret whose
-    /// rest is not base64, and does not echo it.
+    /// Parses `[api] webhook_secret`: strips an optional `whsec_` and
+    /// decodes the rest as base64 (standard alphabet, padded), exactly as
+    /// the `standardwebhooks` libraries do, so `whsec_<b64>` and `<b64>`
+    /// are the same key. Fails, without echoing the secret, when the rest
+    /// is not base64 or decodes to no bytes.
     pub fn from_secret(secret: &str) -> Result<Signer, WebhookError> {
-        let key = match secret.strip_prefix(SECRET_PREFIX) {
-            Some(encoded) => STANDARD
-                .decode(encoded)
-                .map_err(|_| WebhookError::InvalidSecret)?,
-            None => secret.as_bytes().to_vec(),
-        };
+        let encoded = secret.strip_prefix(SECRET_PREFIX).unwrap_or(secret);
+        let key = STANDARD
+            .decode(encoded)
+            .map_err(|_| WebhookError::InvalidSecret)?;
         if key.is_empty() {
             return Err(WebhookError::InvalidSecret);
         }
@@ -78,21 +81,40 @@ mod tests {
     }
 
     #[test]
-    fn a_secret_without_the_prefix_is_used_as_raw_bytes() {
-        let raw = Signer::from_secret("plain passphrase").unwrap();
-        let encoded = Signer::from_secret(&format!("whsec_{}", STANDARD.encode("plain passphrase"))).unwrap();
+    fn the_secret_without_its_prefix_gives_the_same_signature() {
+        let prefixed = Signer::from_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let bare = Signer::from_secret("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
 
-        assert_eq!(raw.sign("msg_1", 1, "{}"), encoded.sign("msg_1", 1, "{}"));
+        let id = "msg_p5jXN8AQM9LWM0D4loKWxJek";
+        let body = r#"{"test": 2432232314}"#;
+        assert_eq!(
+            bare.sign(id, 1614265330, body),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+        assert_eq!(
+            bare.sign(id, 1614265330, body),
+            prefixed.sign(id, 1614265330, body)
+        );
     }
 
     #[test]
-    fn a_whsec_secret_that_is_not_base64_is_refused_without_echoing_it() {
-        let error = Signer::from_secret("whsec_not*base64!").unwrap_err();
+    fn a_secret_that_is_not_base64_is_refused_without_echoing_it() {
+        for secret in [
+            "whsec_not*base64!",
+            "a plain passphrase",
+            "whsec_",
+            "whsec_QUFBQQ",
+        ] {
+            let error = Signer::from_secret(secret).unwrap_err();
 
-        assert!(matches!(error, WebhookError::InvalidSecret));
-        assert!(!error.to_string().contains("not*base64"));
+            assert!(matches!(error, WebhookError::InvalidSecret), "{secret}");
+            let message = error.to_string();
+            assert!(message.contains("[api] webhook_secret"), "{message}");
+            assert!(message.contains("openssl rand -base64 32"), "{message}");
+            assert!(!message.contains("not*base64") && !message.contains("passphrase"));
+        }
         assert_eq!(
-            format!("{:?}", Signer::from_secret("s").unwrap()),
+            format!("{:?}", Signer::from_secret("whsec_QUFBQQ==").unwrap()),
             "Signer([redacted])"
         );
     }

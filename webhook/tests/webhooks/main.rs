@@ -267,7 +267,7 @@ fn unix_now() -> i64 {
 }
 
 /// A verifier written from the Standard Webhooks spec, as a receiver would
-/// write it: the key is the base64 after `whsec_`; the signed content is
+/// write it: the key is the base64 after an optional `whsec_`; the signed content is
 /// `{id}.{timestamp}.{body}`; the header holds space-separated `v1,<base64>`
 /// signatures, any of which may match; the timestamp must be within 5
 /// minutes of now.
@@ -276,10 +276,8 @@ fn verify_standard_webhook(
     headers: &HashMap<String, String>,
     body: &str,
 ) -> Result<(), String> {
-    let key = match secret.strip_prefix("whsec_") {
-        Some(encoded) => STANDARD.decode(encoded).map_err(|error| error.to_string())?,
-        None => secret.as_bytes().to_vec(),
-    };
+    let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
+    let key = STANDARD.decode(encoded).map_err(|error| error.to_string())?;
     let id = headers.get("webhook-id").ok_or("no webhook-id")?;
     let timestamp = headers.get("webhook-timestamp").ok_or("no webhook-timestamp")?;
     let signatures = headers.get("webhook-signature").ok_or("no webhook-signature")?;
@@ -415,18 +413,25 @@ async fn the_signature_is_accepted_by_a_verifier_written_from_the_spec() {
 }
 
 #[tokio::test]
-async fn a_plain_secret_signs_with_its_raw_bytes() {
+async fn a_secret_without_the_whsec_prefix_signs_as_the_prefixed_one() {
+    // Arrange: the spec's example secret, configured without its prefix.
     let harness = Harness::start().await;
     let receiver = Receiver::start().await;
-    let config = harness.config(&receiver.url(), Some("a plain passphrase"));
+    let config = harness.config(&receiver.url(), Some("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"));
     let dispatcher = harness.spawn(&config, fast(&config));
 
+    // Act
     let task_id = harness.finish_task(End::Complete).await;
 
+    // Assert: a receiver holding the prefixed secret verifies it.
     harness.wait_for_state(&task_id, WebhookState::Delivered).await;
     let request = receiver.requests().remove(0);
     assert_eq!(
-        verify_standard_webhook("a plain passphrase", &request.headers, &request.body),
+        verify_standard_webhook(
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            &request.headers,
+            &request.body
+        ),
         Ok(())
     );
     dispatcher.stop().await.unwrap();
@@ -873,10 +878,13 @@ async fn a_dispatcher_is_disabled_without_a_url_and_refuses_bad_urls_and_secrets
         Err(WebhookError::InvalidUrl { .. })
     ));
 
-    let bad_secret = harness.config("https://example.com/hook", Some("whsec_%%%"));
-    let error = Dispatcher::new(harness.store.clone(), &bad_secret).err().unwrap();
-    assert!(matches!(error, WebhookError::InvalidSecret));
-    assert!(!error.to_string().contains("%%%"), "the secret is not echoed");
+    for secret in ["whsec_%%%", "a plain passphrase %%%"] {
+        let bad_secret = harness.config("https://example.com/hook", Some(secret));
+        let error = Dispatcher::new(harness.store.clone(), &bad_secret).err().unwrap();
+        assert!(matches!(error, WebhookError::InvalidSecret));
+        assert!(error.to_string().contains("[api] webhook_secret"), "{error}");
+        assert!(!error.to_string().contains("%%%"), "the secret is not echoed");
+    }
 
     let good = harness.config(
         "https://example.com/hook",
