@@ -8,8 +8,9 @@
 //! task resumed by another from its offset (with a `Range` request) and
 //! completed once; a cancel stops a download within a second and leaves no
 //! file; retries back off and end in `failed`; a 404 fails at once; SIGTERM
-//! drains, and releases what outlives the grace period; an idle fleet picks
-//! a task up at once.
+//! drains, and releases what outlives the grace period, and a second SIGTERM
+//! exits at once, leaving the task to be taken over; an idle fleet picks a
+//! task up at once.
 //!
 //! The event log is read with the store itself, so these tests do not
 //! depend on how the API shows events.
@@ -406,6 +407,53 @@ async fn a_task_running_past_the_grace_period_is_released_and_finished_by_anothe
         .any(|request| request.status == 206 && request.range_start() > Some(0));
     assert!(resumed, "{:?}", files.requests_for("/slow.bin"));
     assert_eq!(holder(&app, &store, &task_id).await, second);
+}
+
+#[tokio::test]
+async fn a_second_sigterm_during_the_drain_exits_at_once_with_3_and_the_task_is_taken_over() {
+    let files = FileServer::start().await;
+    files.add("/slow.bin", ServedFile::new(body(1_000_000)).throttled(100_000));
+    // A grace period far longer than the test: only the second signal can
+    // end the drain in time.
+    let mut app = spawn(
+        1,
+        TestOptions {
+            shutdown_grace_seconds: 60,
+            ..TestOptions::default()
+        },
+    )
+    .await;
+    let task_id = create(&app, &files.url("/slow.bin"), None).await;
+    wait_for_partial(&app, "/slow.bin").await;
+    let child = app.workers[0].terminate().expect("the worker is running");
+    eventually("the drain to begin", Duration::from_secs(5), || async {
+        app.workers[0].log().contains("shutting down").then_some(())
+    })
+    .await;
+
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = savestream_tests::Process::wait_exit(child, Duration::from_secs(2)).await;
+
+    assert_eq!(status.code(), Some(3), "{status:?}\n{}", app.workers[0].log());
+    let (_, task) = app.get_task(&task_id).await;
+    assert_eq!(
+        task["status"], "running",
+        "nothing was written for the abandoned attempt"
+    );
+    // Nothing is lost: another worker takes the task over once the lease
+    // expires, and resumes the partial file.
+    files.set_throttle("/slow.bin", None);
+    app.start_worker();
+    app.wait_for_status(&task_id, "completed", Duration::from_secs(20))
+        .await;
+    assert_eq!(
+        std::fs::read(app.storage_path("/slow.bin")).unwrap(),
+        body(1_000_000)
+    );
 }
 
 #[tokio::test]

@@ -8,7 +8,10 @@
 //! period (`[worker] shutdown_grace_seconds`) to finish, release what is
 //! still running to the queue so another worker resumes it at once, and
 //! only then stop the heartbeat and the other background loops and leave
-//! the registry of live workers.
+//! the registry of live workers. Attempts that do not stop within
+//! [`RELEASE_WAIT`] after the grace period are abandoned (their work items
+//! stay pending and are taken over once their leases expire), so a hung
+//! disk write cannot keep the process from exiting.
 //!
 //! What a process runs is its [`Role`]: `all` (tasks, and the webhook
 //! dispatcher when `[api] webhook_url` is set), `tasks`, or `webhooks`.
@@ -127,7 +130,17 @@ pub enum RunError {
     DispatcherEnded,
     #[error("the webhook dispatcher ended abnormally: {0}; start the worker again")]
     DispatcherPanicked(tokio::task::JoinError),
+    /// Attempts that did not stop within [`RELEASE_WAIT`] of being told to
+    /// release their tasks (a disk write that hangs): the process exits
+    /// without them, and their work items, still pending, are taken over
+    /// once their leases expire.
+    #[error("{attempts} attempt(s) did not stop within {}s after the grace period and were abandoned: another worker takes their tasks over once their leases expire", RELEASE_WAIT.as_secs())]
+    Abandoned { attempts: usize },
 }
+
+/// How long running attempts have, once the grace period is over, to hand
+/// their tasks back before the process exits without them.
+pub const RELEASE_WAIT: Duration = Duration::from_secs(5);
 
 impl From<StorageError> for StartupError {
     fn from(error: StorageError) -> StartupError {
@@ -426,7 +439,18 @@ impl Application {
                 "grace period over: releasing running tasks to other workers"
             );
             context.release.cancel();
-            tasks.wait().await;
+            // A release is one Redis call; an attempt that takes longer is
+            // stuck (in a disk write, say). Its work item stays pending and
+            // expires, so leaving it behind loses nothing.
+            if tokio::time::timeout(RELEASE_WAIT, tasks.wait()).await.is_err() {
+                let attempts = tasks.len();
+                error!(
+                    abandoned = attempts,
+                    "attempts did not stop within {}s of the end of the grace period: abandoning them; their work items stay pending and another worker takes them over once their leases expire",
+                    RELEASE_WAIT.as_secs()
+                );
+                failure.get_or_insert(RunError::Abandoned { attempts });
+            }
         }
         if let Some(dispatcher) = dispatcher {
             match dispatcher.await {

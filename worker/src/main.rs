@@ -9,7 +9,12 @@
 //! dispatcher that cannot create its consumer group) or stops because its
 //! webhook dispatcher cannot run (after a graceful shutdown of the rest),
 //! or the login fails, 2 for a bad command line or config file (including Telegram
-//! settings that `login` cannot use).
+//! settings that `login` cannot use), 3 when the shutdown was cut short: a
+//! second SIGTERM or Ctrl-C during the drain (the process exits at once), or
+//! attempts that did not stop within `RELEASE_WAIT` (5 s) after the grace
+//! period. Nothing is lost either way: the work items of the tasks still
+//! running stay pending, and another worker takes them over once their
+//! leases expire (`[queue] lease_seconds`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,7 +25,11 @@ use savestream_shared::config::Config;
 use savestream_shared::telemetry::{self, LogFormat};
 use savestream_telegram::{LoginError, TelegramError};
 use savestream_worker::login::TerminalPrompt;
-use savestream_worker::{Application, Role};
+use savestream_worker::{Application, Role, RunError};
+use tokio_util::sync::CancellationToken;
+
+/// The exit code of a shutdown cut short (see the exit codes above).
+const EXIT_CUT_SHORT: u8 = 3;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -97,24 +106,50 @@ fn main() -> ExitCode {
     if let Some(Command::Login) = cli.command {
         return runtime.block_on(login(loaded.config));
     }
-    match runtime.block_on(run(loaded.config, cli.role)) {
-        Ok(()) => ExitCode::SUCCESS,
+    let exit_code = match runtime.block_on(run(loaded.config, cli.role)) {
+        Ok(exit_code) => exit_code,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::from(1)
         }
-    }
+    };
+    // A shutdown cut short leaves attempts behind, possibly blocked in a
+    // disk write on a blocking thread: dropping the runtime would wait for
+    // them, forever if the disk hangs.
+    runtime.shutdown_background();
+    exit_code
 }
 
-async fn run(config: Config, role: Role) -> anyhow::Result<()> {
+async fn run(config: Config, role: Role) -> anyhow::Result<ExitCode> {
     let application = Application::build_with_role(config, role)
         .await
         .context("starting the worker")?;
-    application
-        .run_until_stopped(shutdown_signal())
-        .await
-        .context("running the worker")?;
-    Ok(())
+    // Listened to from here on: until now the default action of a signal
+    // (exit) was right, as nothing had started.
+    let mut signals = ShutdownSignals::listen();
+    let shutdown = CancellationToken::new();
+    let second_signal = async {
+        let first = signals.next().await;
+        tracing::info!("{first} received: shutting down; send another to exit at once");
+        shutdown.cancel();
+        signals.next().await
+    };
+    tokio::select! {
+        ran = application.run_until_stopped(shutdown.clone().cancelled_owned()) => match ran {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(error @ RunError::Abandoned { .. }) => {
+                eprintln!("error: {error}");
+                Ok(ExitCode::from(EXIT_CUT_SHORT))
+            }
+            Err(error) => Err(error).context("running the worker"),
+        },
+        second = second_signal => {
+            tracing::warn!(
+                "{second} received again: exiting at once; the tasks still running stay pending and another worker takes them over once their leases expire"
+            );
+            Ok(ExitCode::from(EXIT_CUT_SHORT))
+        }
+    }
 }
 
 /// `savestream-worker login`: the session path on success, one line on failure.
@@ -136,30 +171,63 @@ async fn login(config: Config) -> ExitCode {
     }
 }
 
-/// Completes on SIGTERM (how containers are stopped) or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = async {
+/// SIGTERM (how containers are stopped) and Ctrl-C, as often as they come:
+/// the first starts the graceful shutdown, a second cuts it short.
+struct ShutdownSignals {
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl ShutdownSignals {
+    #[cfg(unix)]
+    fn listen() -> ShutdownSignals {
+        use tokio::signal::unix::{signal, SignalKind};
+        let listen_to = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(listener) => Some(listener),
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for {name}: it stops the worker without a graceful shutdown");
+                None
+            }
+        };
+        ShutdownSignals {
+            interrupt: listen_to(SignalKind::interrupt(), "Ctrl-C"),
+            terminate: listen_to(SignalKind::terminate(), "SIGTERM"),
+        }
+    }
+
+    #[cfg(not(unix))]
+    fn listen() -> ShutdownSignals {
+        ShutdownSignals {}
+    }
+
+    /// Completes when the next signal arrives, naming it.
+    #[cfg(unix)]
+    async fn next(&mut self) -> &'static str {
+        async fn received(listener: &mut Option<tokio::signal::unix::Signal>) {
+            let came = match listener {
+                Some(listener) => listener.recv().await.is_some(),
+                None => false,
+            };
+            if !came {
+                // No listener, or its driver is gone: no signal comes
+                // through it again.
+                std::future::pending::<()>().await;
+            }
+        }
+        tokio::select! {
+            () = received(&mut self.interrupt) => "Ctrl-C",
+            () = received(&mut self.terminate) => "SIGTERM",
+        }
+    }
+
+    #[cfg(not(unix))]
+    async fn next(&mut self) -> &'static str {
         if let Err(error) = tokio::signal::ctrl_c().await {
             tracing::warn!(%error, "cannot listen for Ctrl-C");
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("Ctrl-C received"),
-        _ = terminate => tracing::info!("SIGTERM received"),
+        "Ctrl-C"
     }
 }
