@@ -12,7 +12,9 @@
 //! - **deliver** waits for a free slot (a semaphore of `concurrency`
 //!   permits), claims as many due deliveries as it has slots, and tries each
 //!   in a task of its own. With nothing due it sleeps until the earliest due
-//!   time, at most `idle_poll`, or until ingest or a finished try wakes it.
+//!   time, at least [`MIN_EMPTY_CLAIM_WAIT`] (due times are Redis' clock, and
+//!   this host's may run ahead) and at most `idle_poll`, or until ingest or
+//!   a finished try wakes it.
 //!   A retry never sleeps in a task: it waits in the due set.
 //!
 //! Outcomes: 2xx is delivered; 410 gives up this delivery (`gone`; later
@@ -31,6 +33,7 @@ use savestream_shared::config::Config;
 use savestream_shared::event::EventKind;
 use savestream_shared::store::webhooks::{ClaimedWebhook, EventEntry, WebhookResult, WebhookState};
 use savestream_shared::store::{Store, StoreError};
+use savestream_shared::task::Millis;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -387,19 +390,40 @@ impl Dispatcher {
         while tries.join_next().await.is_some() {}
     }
 
-    /// How long to sleep before the earliest delivery is due, at most
-    /// `idle_poll`. A claimed delivery counts at its lease's end, which is
-    /// harmless: the finished try wakes the loop anyway.
+    /// How long to sleep after a claim that found nothing due: see
+    /// [`wait_after_empty_claim`].
     async fn time_to_next_due(&self) -> Duration {
         let poll = self.inner.options.idle_poll;
         match self.inner.store.next_webhook_due().await {
-            Ok(Some(due)) => {
-                let wait = due.saturating_sub(Store::now_ms()).max(1);
-                Duration::from_millis(wait as u64).min(poll)
-            }
-            Ok(None) | Err(_) => poll,
+            Ok(next_due) => wait_after_empty_claim(next_due, Store::now_ms(), poll),
+            Err(_) => poll,
         }
     }
+}
+
+/// The shortest sleep after a claim that found nothing due (unless
+/// `idle_poll` is shorter still).
+///
+/// Due times are Redis' clock (`TIME`, in the library), `now` is this
+/// host's. On a host whose clock is ahead of Redis', a retry looks due
+/// before Redis hands it out; without a floor the loop would claim and read
+/// the due set every millisecond until Redis' clock caught up. The cost is
+/// that a retry may start up to this much after its due time, which no
+/// backoff measured in seconds notices.
+pub const MIN_EMPTY_CLAIM_WAIT: Duration = Duration::from_millis(100);
+
+/// How long the deliver loop sleeps after a claim that found nothing due:
+/// until the earliest due time `next_due` (Redis' clock, compared with this
+/// host's `now`), but at least [`MIN_EMPTY_CLAIM_WAIT`] and at most `poll`.
+/// A claimed delivery counts at its lease's end, which is harmless: the
+/// finished try wakes the loop anyway.
+pub fn wait_after_empty_claim(next_due: Option<Millis>, now: Millis, poll: Duration) -> Duration {
+    let floor = MIN_EMPTY_CLAIM_WAIT.min(poll);
+    let until_due = match next_due {
+        Some(due) => Duration::from_millis(due.saturating_sub(now).max(0) as u64),
+        None => poll,
+    };
+    until_due.clamp(floor, poll)
 }
 
 impl Inner {
@@ -598,6 +622,37 @@ mod tests {
         assert_eq!(
             decide_default(&answer(Some(503), Some(Duration::ZERO)), 10),
             WebhookResult::GaveUp
+        );
+    }
+
+    #[test]
+    fn a_delivery_that_looks_overdue_on_a_fast_clock_does_not_make_the_loop_spin() {
+        let poll = Duration::from_secs(1);
+        let now = 1_700_000_000_000;
+
+        // This host is 5 s ahead of Redis: the earliest delivery looks 5 s
+        // overdue, yet the claim found nothing due.
+        let wait = wait_after_empty_claim(Some(now - 5_000), now, poll);
+
+        assert!(wait >= Duration::from_millis(100), "waits only {wait:?}");
+        assert_eq!(wait_after_empty_claim(Some(now), now, poll), MIN_EMPTY_CLAIM_WAIT);
+    }
+
+    #[test]
+    fn the_wait_after_an_empty_claim_runs_to_the_next_due_time_within_the_poll() {
+        let poll = Duration::from_secs(1);
+        let now = 1_700_000_000_000;
+
+        assert_eq!(
+            wait_after_empty_claim(Some(now + 300), now, poll),
+            Duration::from_millis(300)
+        );
+        assert_eq!(wait_after_empty_claim(Some(now + 60_000), now, poll), poll);
+        assert_eq!(wait_after_empty_claim(None, now, poll), poll);
+        let short_poll = Duration::from_millis(50);
+        assert_eq!(
+            wait_after_empty_claim(Some(now - 5_000), now, short_poll),
+            short_poll
         );
     }
 
