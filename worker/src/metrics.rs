@@ -283,15 +283,29 @@ impl MetricsServer {
     /// Answers `GET /metrics` until `stop`; connections in progress finish.
     pub async fn serve(self, stop: CancellationToken) {
         let connections = TaskTracker::new();
+        let mut backoff = AcceptBackoff::default();
         loop {
             let accepted = tokio::select! {
                 _ = stop.cancelled() => break,
                 accepted = self.listener.accept() => accepted,
             };
             let (stream, _) = match accepted {
-                Ok(accepted) => accepted,
+                Ok(accepted) => {
+                    backoff.accepted();
+                    accepted
+                }
                 Err(error) => {
-                    debug!(%error, "cannot accept a metrics connection");
+                    // EMFILE and its kin do not clear by asking again at once:
+                    // a retry without a pause would spin a core while they last.
+                    if backoff.failed() {
+                        warn!(%error, "cannot accept metrics connections: trying again every {ACCEPT_BACKOFF:?} until one succeeds");
+                    } else {
+                        debug!(%error, "cannot accept a metrics connection");
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                    }
                     continue;
                 }
             };
@@ -322,6 +336,27 @@ impl MetricsServer {
     }
 }
 
+/// The pause after a failed accept (as hyper's and tokio's examples do).
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// When a failed accept is worth a warning: the first of a burst, that is,
+/// the first since the listener last accepted a connection.
+#[derive(Debug, Default)]
+struct AcceptBackoff {
+    failing: bool,
+}
+
+impl AcceptBackoff {
+    /// Records a failed accept; answers whether it starts a burst.
+    fn failed(&mut self) -> bool {
+        !std::mem::replace(&mut self.failing, true)
+    }
+
+    fn accepted(&mut self) {
+        self.failing = false;
+    }
+}
+
 fn answer(request: &Request<hyper::body::Incoming>, handle: &PrometheusHandle) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match (request.method(), request.uri().path()) {
         (&hyper::Method::GET, "/metrics") => (
@@ -346,4 +381,20 @@ fn answer(request: &Request<hyper::body::Incoming>, handle: &PrometheusHandle) -
         response.headers_mut().insert(hyper::header::CONTENT_TYPE, value);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_of_accept_failures_warns_once_and_a_success_ends_the_burst() {
+        let mut backoff = AcceptBackoff::default();
+
+        assert!(backoff.failed(), "the first failure of a burst warns");
+        assert!(!backoff.failed());
+        assert!(!backoff.failed());
+        backoff.accepted();
+        assert!(backoff.failed(), "a failure after a success starts a new burst");
+    }
 }
