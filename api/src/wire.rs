@@ -582,6 +582,12 @@ pub struct TaskListBody {
     pub queued: Vec<TaskLine>,
     /// Tasks a worker is downloading, oldest first, at most `limit`.
     pub running: Vec<TaskLine>,
+    /// How many tasks are queued in all. More than `queued` holds when the list was cut at
+    /// `limit`: ask with a larger `limit` to see more.
+    pub queued_total: u64,
+    /// How many tasks are running in all. More than `running` holds when the list was cut at
+    /// `limit`.
+    pub running_total: u64,
 }
 
 impl Example for TaskListBody {
@@ -592,6 +598,8 @@ impl Example for TaskListBody {
                 id: "d4mq2nk0h9pc73b0qpb0".to_owned(),
                 title: "[tgfiles](file2.pdf->local1:/downloads/file2.pdf)".to_owned(),
             }],
+            queued_total: 1,
+            running_total: 1,
         }
     }
 }
@@ -601,6 +609,8 @@ impl From<TaskList> for TaskListBody {
         TaskListBody {
             queued: list.queued.into_iter().map(TaskLine::from).collect(),
             running: list.running.into_iter().map(TaskLine::from).collect(),
+            queued_total: list.queued_total,
+            running_total: list.running_total,
         }
     }
 }

@@ -72,8 +72,12 @@ enum ClientCommand {
         /// The id `savestream add` printed.
         task_id: String,
     },
-    /// List queued and running tasks.
-    Ls,
+    /// List queued and running tasks, oldest first.
+    Ls {
+        /// How many of each to list at most: 1 to 1000.
+        #[arg(long, default_value_t = ls::DEFAULT_LIMIT, value_parser = clap::value_parser!(u32).range(1..=ls::MAX_LIMIT as i64))]
+        limit: u32,
+    },
     /// Cancel a queued or running task.
     Cancel {
         /// The id `savestream add` printed.
@@ -105,7 +109,7 @@ fn main() -> ExitCode {
                 match command {
                     ClientCommand::Add(args) => add::run(&api, args).await,
                     ClientCommand::Status { task_id } => status::run(&api, &task_id).await,
-                    ClientCommand::Ls => ls::run(&api).await,
+                    ClientCommand::Ls { limit } => ls::run(&api, limit).await,
                     ClientCommand::Cancel { task_id } => cancel::run(&api, &task_id).await,
                     ClientCommand::Workers => workers::run(&api).await,
                     ClientCommand::Watch { task_id } => watch::run(&api, &task_id).await,

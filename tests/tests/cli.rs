@@ -370,6 +370,31 @@ async fn add_prints_the_id_of_a_queued_task_that_status_and_ls_show() {
 }
 
 #[tokio::test]
+async fn ls_says_when_the_limit_cut_the_list_short() {
+    let app = spawn_app(0).await;
+    let user = TEST_USER.to_string();
+    let links = ["https://example.com/a.bin", "https://example.com/b.bin"];
+    let added = run_with_flags(&app, &["add", links[0], links[1], "--user", &user]).await;
+    let ids: Vec<String> = stdout(&added).lines().map(str::to_owned).collect();
+
+    let cut = run_with_flags(&app, &["ls", "--limit", "1"]).await;
+    let whole = run_with_flags(&app, &["ls"]).await;
+    let out_of_range = run_with_flags(&app, &["ls", "--limit", "0"]).await;
+
+    assert_eq!(ids.len(), 2, "{}", explain(&added));
+    assert!(cut.status.success(), "{}", explain(&cut));
+    let listed = stdout(&cut);
+    assert!(listed.contains(&ids[0]) && !listed.contains(&ids[1]), "{listed}");
+    let note = String::from_utf8_lossy(&cut.stderr).into_owned();
+    assert!(
+        note.contains("showing the oldest 1 of 2 queued tasks: `savestream ls --limit 10` shows more"),
+        "{note}"
+    );
+    assert!(whole.stderr.is_empty(), "nothing was cut: {}", explain(&whole));
+    assert_eq!(out_of_range.status.code(), Some(2), "{}", explain(&out_of_range));
+}
+
+#[tokio::test]
 async fn add_sends_a_t_me_link_as_telegram_url_and_takes_the_url_and_token_from_the_environment() {
     let app = spawn_app(0).await;
     let base_url = app.base_url();

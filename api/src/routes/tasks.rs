@@ -219,8 +219,9 @@ impl TasksApi {
 
     /// List queued and running tasks
     ///
-    /// Queued and running tasks, each list oldest first and at most `limit` long. Ended tasks are
-    /// not listed: ask for them by id.
+    /// Queued and running tasks, each list oldest first and at most `limit` long;
+    /// `queued_total` and `running_total` say how many there are in all, so a list cut short
+    /// shows. Ended tasks are not listed: ask for them by id.
     #[oai(path = "/tasks", method = "get", operation_id = "list_tasks")]
     async fn list_tasks(
         &self,

@@ -112,6 +112,10 @@ pub struct TaskSummary {
 pub struct TaskList {
     pub queued: Vec<TaskSummary>,
     pub running: Vec<TaskSummary>,
+    /// How many tasks are queued in all; `queued` holds the oldest of them.
+    pub queued_total: u64,
+    /// How many tasks are running in all; `running` holds the oldest of them.
+    pub running_total: u64,
 }
 
 /// How much work the queue holds at one moment, for gauges.
@@ -395,23 +399,33 @@ impl Store {
         }))
     }
 
-    /// Queued and running tasks, oldest first, at most `limit` of each.
+    /// Queued and running tasks, oldest first, at most `limit` of each,
+    /// with how many there are in all (so a reader knows when the lists
+    /// were cut short).
     pub async fn list(&self, limit: usize) -> Result<TaskList, StoreError> {
-        if limit == 0 {
-            return Ok(TaskList::default());
-        }
         let stop = limit as i64 - 1;
         let pipeline = self.client.pipeline();
+        let _: () = pipeline.zcard(self.keys.queued()).await?;
+        let _: () = pipeline.zcard(self.keys.running()).await?;
         let _: () = pipeline
             .zrange(self.keys.queued(), 0, stop, None, false, None, false)
             .await?;
         let _: () = pipeline
             .zrange(self.keys.running(), 0, stop, None, false, None, false)
             .await?;
-        let (queued_ids, running_ids): (Vec<String>, Vec<String>) = pipeline.all().await?;
+        let (queued_total, running_total, queued_ids, running_ids): (u64, u64, Vec<String>, Vec<String>) =
+            pipeline.all().await?;
+        // `ZRANGE 0 -1` would be everything: a limit of 0 lists none.
+        let (queued_ids, running_ids) = if limit == 0 {
+            (Vec::new(), Vec::new())
+        } else {
+            (queued_ids, running_ids)
+        };
         Ok(TaskList {
             queued: self.summaries(queued_ids).await?,
             running: self.summaries(running_ids).await?,
+            queued_total,
+            running_total,
         })
     }
 

@@ -7,6 +7,40 @@ use savestream_tests::{TEST_STORAGE, TEST_USER};
 use super::helpers::{generated_client, logged_events, spawn_app, OTHER_STORAGE};
 
 #[tokio::test]
+async fn a_list_cut_at_its_limit_says_how_many_tasks_there_are_in_all() {
+    let app = spawn_app().await;
+    let client = generated_client(&app);
+    let mut created = Vec::new();
+    for index in 0..3 {
+        let answer = client
+            .create_task()
+            .body_map(|body| {
+                body.url(Some(format!("https://example.com/{index}.bin")))
+                    .user_id(TEST_USER)
+            })
+            .send()
+            .await
+            .expect("create_task");
+        created.push(answer.into_inner().task_id);
+    }
+
+    let cut = client
+        .list_tasks()
+        .limit(2)
+        .send()
+        .await
+        .expect("list_tasks")
+        .into_inner();
+    let whole = client.list_tasks().send().await.expect("list_tasks").into_inner();
+
+    let ids = |list: &types::TaskList| list.queued.iter().map(|task| task.id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&cut), created[..2], "the oldest first");
+    assert_eq!((cut.queued_total, cut.running_total), (3, 0));
+    assert_eq!(ids(&whole), created);
+    assert_eq!(whole.queued_total, 3);
+}
+
+#[tokio::test]
 async fn generated_client_drives_a_task_from_creation_to_cancellation() {
     let app = spawn_app().await;
     let client = generated_client(&app);
