@@ -50,7 +50,7 @@ pub fn album_title(files: usize, total_bytes: u64) -> String {
 ///
 /// Separators, NUL and control characters become `_`; surrounding whitespace is trimmed; `.`
 /// and `..` (and names of only dots) are refused; a long name is cut on a character boundary
-/// keeping its extension.
+/// keeping its extension, and refused when the cut leaves only dots.
 pub fn sanitize(name: &str) -> Option<String> {
     let replaced: String = name
         .chars()
@@ -63,10 +63,19 @@ pub fn sanitize(name: &str) -> Option<String> {
         })
         .collect();
     let trimmed = replaced.trim();
-    if trimmed.is_empty() || trimmed.chars().all(|c| c == '.') {
+    if !is_usable(trimmed) {
         return None;
     }
-    Some(truncate_keeping_extension(trimmed, MAX_FILE_NAME_BYTES))
+    // Checked again after the cut: trimming the whitespace the cut exposes can
+    // leave only dots (`"." + " " * 300 + "x."` becomes `..`), which would
+    // name the directory itself or its parent.
+    let shortened = truncate_keeping_extension(trimmed, MAX_FILE_NAME_BYTES);
+    is_usable(&shortened).then_some(shortened)
+}
+
+/// False for an empty name and for names of only dots (`.`, `..`, `...`).
+fn is_usable(name: &str) -> bool {
+    !name.is_empty() && !name.chars().all(|c| c == '.')
 }
 
 fn truncate_keeping_extension(name: &str, max_bytes: usize) -> String {
@@ -249,6 +258,24 @@ mod tests {
         assert_eq!(shortened.len(), MAX_FILE_NAME_BYTES);
         let odd = format!("{}.{}", "y".repeat(300), "z".repeat(40));
         assert_eq!(sanitize(&odd).unwrap().len(), MAX_FILE_NAME_BYTES);
+    }
+
+    #[test]
+    fn a_cut_that_leaves_only_dots_is_refused() {
+        let spaces = " ".repeat(300);
+        for name in [
+            format!(".{spaces}x."),
+            format!(".{spaces}x"),
+            format!("..{spaces}x"),
+            format!("...{spaces}x."),
+        ] {
+            assert_eq!(sanitize(&name), None, "{name:?}");
+            assert_eq!(
+                file_name(&message(document(Some(&name), Some("audio/ogg")))),
+                "1234567_89.ogg",
+                "{name:?}"
+            );
+        }
     }
 
     #[test]
