@@ -9,7 +9,9 @@
 //! - [`Reaper`] claims items idle past the lease (their worker is gone) for
 //!   free slots; the intake loop runs it every half lease.
 //! - [`promote`] moves tasks whose retry backoff is over back onto the
-//!   queue, waking when the earliest is due rather than polling fast.
+//!   queue. Redis' clock decides what is due; this process's clock only
+//!   sets how long to sleep (between 200 ms and 1 s) while any retry
+//!   waits, so clock skew neither delays retries nor makes it poll fast.
 //! - [`housekeeping`] trims the event log to the retention horizon and
 //!   removes consumers of dead workers that hold nothing, once an hour.
 
@@ -27,8 +29,12 @@ use tracing::{debug, info, warn};
 use crate::context::Context;
 use crate::metrics;
 
-/// The longest the promoter sleeps without looking for due retries.
+/// The longest the promoter sleeps without looking for due retries: how
+/// late a retry can be when this process's clock is behind Redis'.
 pub const PROMOTER_MAX_SLEEP: Duration = Duration::from_secs(1);
+/// The shortest sleep between the promoter's rounds while a retry waits:
+/// how often it asks Redis when this process's clock runs ahead of Redis'.
+pub const PROMOTER_MIN_SLEEP: Duration = Duration::from_millis(200);
 /// How many due tasks one promoter call moves.
 const PROMOTE_BATCH: usize = 100;
 /// How often the housekeeping runs.
@@ -178,29 +184,38 @@ impl Reaper {
 
 /// Moves due retries onto the queue until `stop`.
 pub async fn promote(store: Store, stop: CancellationToken) {
+    promote_with_clock(store, stop, Store::now_ms).await
+}
+
+/// [`promote`], with `local_now` as this process's clock (milliseconds
+/// since the epoch), so tests can give it a skewed one.
+///
+/// Due times are Redis' clock, and only Redis decides what is due: while
+/// anything waits out a backoff, every round asks it to promote. This
+/// process's clock only sets how long to sleep until the next round, never
+/// whether to ask, and the sleep is kept between [`PROMOTER_MIN_SLEEP`] and
+/// [`PROMOTER_MAX_SLEEP`]: with a clock behind Redis' a retry is late by at
+/// most the longest sleep, not by the skew, and with one ahead the
+/// promoter asks at most every shortest sleep.
+pub async fn promote_with_clock(store: Store, stop: CancellationToken, local_now: impl Fn() -> i64) {
     loop {
         let sleep = match store.next_due().await {
-            Ok(Some(due)) => {
-                let wait = due - Store::now_ms();
-                if wait <= 0 {
-                    match store.promote_due(PROMOTE_BATCH).await {
-                        // More may be due at once: look again right away.
-                        Ok(promoted) if promoted > 0 => {
-                            debug!(promoted, "queued tasks whose backoff is over");
-                            continue;
-                        }
-                        // Nothing moved although something looked due: this
-                        // clock runs ahead of Redis'. Wait a little.
-                        Ok(_) => Duration::from_millis(50),
-                        Err(error) => {
-                            debug!(%error, "cannot promote due retries");
-                            PROMOTER_MAX_SLEEP
-                        }
-                    }
-                } else {
-                    Duration::from_millis(wait as u64).min(PROMOTER_MAX_SLEEP)
+            Ok(Some(due)) => match store.promote_due(PROMOTE_BATCH).await {
+                // More may be due at once: look again right away.
+                Ok(promoted) if promoted > 0 => {
+                    debug!(promoted, "queued tasks whose backoff is over");
+                    continue;
                 }
-            }
+                // Nothing is due yet by Redis' clock.
+                Ok(_) => {
+                    let wait = Duration::from_millis(due.saturating_sub(local_now()).max(0) as u64);
+                    wait.clamp(PROMOTER_MIN_SLEEP, PROMOTER_MAX_SLEEP)
+                }
+                Err(error) => {
+                    debug!(%error, "cannot promote due retries");
+                    PROMOTER_MAX_SLEEP
+                }
+            },
             Ok(None) => PROMOTER_MAX_SLEEP,
             Err(error) => {
                 debug!(%error, "cannot look for due retries");

@@ -12,6 +12,7 @@ use std::time::Duration;
 use fred::prelude::*;
 use savestream_shared::config::{Config, QueueConfig, RedisConfig};
 use savestream_shared::event::EventKind;
+use savestream_shared::store::queue::RetryKind;
 use savestream_shared::store::{NewTask, Store, TaskRecord};
 use savestream_shared::task::{SourceKind, TaskId, TaskStatus};
 use savestream_shared::title;
@@ -20,7 +21,7 @@ use savestream_tests::file_server::{FileServer, ServedFile};
 use savestream_worker::pipeline::RELEASED_MESSAGE;
 use savestream_worker::running::RunningTasks;
 use savestream_worker::storage::{FileName, LocalStorage, Storage, StorageDir, Storages};
-use savestream_worker::{cancel, Application, RunError};
+use savestream_worker::{cancel, lease, Application, RunError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -706,4 +707,98 @@ async fn shutdown_releases_a_task_still_running_when_the_grace_period_ends() {
     assert_eq!(record.task.error, RELEASED_MESSAGE);
     assert_eq!(record.task.retries, 0);
     assert!(harness.stored("/slow.bin.part").exists());
+}
+
+/// Makes `task_id` wait out a retry backoff of `delay` in the delayed set,
+/// as a failed attempt would.
+async fn delay_retry(harness: &Harness, task_id: &TaskId, delay: Duration) {
+    let reader = harness.store.with_own_connection().await.unwrap();
+    let jobs = reader
+        .read_jobs("failing-worker", 1, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let lease = harness
+        .store
+        .start(&jobs[0].job_id, task_id, "failing-worker")
+        .await
+        .unwrap();
+    harness
+        .store
+        .retry(&lease, "boom", RetryKind::Failure { max_retries: 3 }, delay)
+        .await
+        .unwrap();
+    assert!(harness.store.next_due().await.unwrap().is_some());
+}
+
+/// A local clock `offset_ms` away from the real one (and Redis').
+fn skewed_clock(offset_ms: i64) -> impl Fn() -> i64 {
+    move || Store::now_ms() + offset_ms
+}
+
+#[tokio::test]
+async fn a_due_retry_is_promoted_on_time_when_this_clock_runs_an_hour_behind_redis() {
+    let harness = Harness::start().await;
+    let task_id = harness.create("/f.bin").await;
+    delay_retry(&harness, &task_id, Duration::from_millis(300)).await;
+    let stop = CancellationToken::new();
+
+    let promoter = tokio::spawn(lease::promote_with_clock(
+        harness.store.clone(),
+        stop.clone(),
+        skewed_clock(-3_600_000),
+    ));
+
+    // Due in 300 ms by Redis' clock; the promoter sleeps at most 1 s.
+    eventually("the retry to be queued again", Duration::from_secs(3), || async {
+        harness.store.next_due().await.unwrap().is_none().then_some(())
+    })
+    .await;
+    let reader = harness.store.with_own_connection().await.unwrap();
+    let jobs = reader
+        .read_jobs("next-worker", 1, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].task_id.as_ref().ok(), Some(&task_id));
+    stop.cancel();
+    promoter.await.unwrap();
+}
+
+#[tokio::test]
+async fn the_promoter_asks_redis_at_most_five_times_a_second_when_this_clock_runs_an_hour_ahead() {
+    let harness = Harness::start().await;
+    let task_id = harness.create("/f.bin").await;
+    delay_retry(&harness, &task_id, Duration::from_secs(30)).await;
+    let raw = harness.raw().await;
+    let _: Value = raw.custom(fred::cmd!("CONFIG"), vec!["RESETSTAT"]).await.unwrap();
+    let stop = CancellationToken::new();
+
+    let promoter = tokio::spawn(lease::promote_with_clock(
+        harness.store.clone(),
+        stop.clone(),
+        skewed_clock(3_600_000),
+    ));
+    // A rate is measured over time: there is no event to wait for instead.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.cancel();
+    promoter.await.unwrap();
+
+    let stats: String = raw
+        .custom(fred::cmd!("INFO"), vec!["commandstats"])
+        .await
+        .unwrap();
+    let promote_calls: u64 = stats
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_fcall:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|calls| calls.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        (1..=6).contains(&promote_calls),
+        "{promote_calls} promote calls in a second: {stats}"
+    );
+    assert!(
+        harness.store.next_due().await.unwrap().is_some(),
+        "the retry is not due for 30 s by Redis' clock"
+    );
 }
