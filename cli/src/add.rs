@@ -7,7 +7,9 @@
 //! link `url`. Only the kind is decided here; the API checks everything else
 //! and its refusal is printed as it says it. One link is one
 //! `POST /api/v1/tasks`; several go in `POST /api/v1/tasks/batch` requests,
-//! each checked whole by the API before it creates any of its tasks.
+//! each checked whole by the API before it creates any of its tasks. Each
+//! request carries an `Idempotency-Key` and is repeated with it while its
+//! fate is unknown (see `repeat.rs`).
 
 use std::io::BufRead;
 use std::process::ExitCode;
@@ -16,6 +18,7 @@ use anyhow::{anyhow, bail, Context};
 use savestream_client::types::{CreateTaskRequest, CreateTasksRequest};
 
 use crate::api::Api;
+use crate::repeat;
 
 /// The most tasks the API takes in one batch.
 const MAX_BATCH_TASKS: usize = 500;
@@ -121,12 +124,15 @@ fn link_texts<R: BufRead>(arguments: &[String], stdin: impl FnOnce() -> R) -> an
 
 /// One task, with `POST /api/v1/tasks`.
 async fn add_one(api: &Api, args: &AddArgs, link: &Link) -> anyhow::Result<ExitCode> {
-    let created = api
-        .client()
-        .create_task()
-        .body(task_request(link, args)?)
-        .send()
-        .await;
+    let body = task_request(link, args)?;
+    let created = repeat::with_same_key(api, |key| {
+        api.client()
+            .create_task()
+            .idempotency_key(key)
+            .body(body.clone())
+            .send()
+    })
+    .await;
     match created {
         Ok(created) => {
             println!("{}", created.into_inner().task_id);
@@ -152,13 +158,17 @@ async fn add_many(api: &Api, args: &AddArgs, links: Vec<Link>) -> anyhow::Result
     for range in batches(&sizes) {
         let first = range.start;
         let batch = &links[range.clone()];
-        let tasks = tasks[range].to_vec();
-        let answer = api
-            .client()
-            .create_tasks()
-            .body(CreateTasksRequest { tasks })
-            .send()
-            .await;
+        let body = CreateTasksRequest {
+            tasks: tasks[range].to_vec(),
+        };
+        let answer = repeat::with_same_key(api, |key| {
+            api.client()
+                .create_tasks()
+                .idempotency_key(key)
+                .body(body.clone())
+                .send()
+        })
+        .await;
         match answer {
             Ok(created) => {
                 for task in created.into_inner().tasks {

@@ -15,6 +15,7 @@ mod api;
 mod cancel;
 mod format;
 mod ls;
+mod repeat;
 mod sse;
 mod status;
 mod up;

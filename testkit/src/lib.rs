@@ -84,6 +84,12 @@ impl RedisServer {
         panic!("redis-server did not start on any of 5 free ports");
     }
 
+    /// The server's process id, for signals (SIGSTOP makes a Redis that
+    /// holds its connections open and answers nothing).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }

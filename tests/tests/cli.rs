@@ -370,6 +370,63 @@ async fn add_prints_the_id_of_a_queued_task_that_status_and_ls_show() {
 }
 
 #[tokio::test]
+async fn add_repeats_a_create_redis_did_not_answer_with_the_same_key_and_creates_the_task_once() {
+    use tokio::io::AsyncBufReadExt;
+
+    let app = spawn_app(0).await;
+    // A Redis that holds its connections open and answers nothing: the
+    // API's call times out and it answers 503, while the create itself
+    // waits unread in Redis' socket and runs once Redis goes on.
+    signal(app.redis.pid(), "STOP");
+    let mut args = flags(&app);
+    args.extend([
+        "add".into(),
+        "https://example.com/once.bin".into(),
+        "--user".into(),
+        TEST_USER.to_string(),
+    ]);
+    let mut add = tokio::process::Command::new(binary_path("savestream"))
+        .args(&args)
+        .env_remove("SAVESTREAM_URL")
+        .env_remove("SAVESTREAM_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("running savestream add");
+    let mut stderr = tokio::io::BufReader::new(add.stderr.take().unwrap()).lines();
+
+    let announced = tokio::time::timeout(STEP, async {
+        while let Some(line) = stderr.next_line().await.unwrap() {
+            if line.contains("trying again") {
+                return line;
+            }
+        }
+        panic!("savestream add ended without trying again");
+    })
+    .await
+    .expect("savestream add to announce a repeat");
+    signal(app.redis.pid(), "CONT");
+    let output = tokio::time::timeout(STEP, add.wait_with_output())
+        .await
+        .expect("savestream add to end")
+        .unwrap();
+
+    assert!(announced.contains("same Idempotency-Key"), "{announced}");
+    assert!(output.status.success(), "{}", explain(&output));
+    let task_id = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let (code, task) = app.get_task(&task_id).await;
+    assert_eq!(code, 200, "{task}");
+    let store = store(&app).await;
+    assert_eq!(
+        store.list(10).await.unwrap().queued_total,
+        1,
+        "one task, not one per try"
+    );
+}
+
+#[tokio::test]
 async fn ls_says_when_the_limit_cut_the_list_short() {
     let app = spawn_app(0).await;
     let user = TEST_USER.to_string();
