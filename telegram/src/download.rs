@@ -17,7 +17,10 @@
 //! - FLOOD_WAIT / FLOOD_PREMIUM_WAIT: every part holds its next request until the wait is
 //!   over (one flood wait means the account is throttled, not the part), then retries. A wait
 //!   longer than [`DownloadOptions::max_flood_wait`] ends the stream with the
-//!   [`TelegramError::FloodWait`] so the worker can release the task instead of holding a slot.
+//!   [`TelegramError::FloodWait`] so the worker can release the task instead of holding a slot;
+//!   the gate is held for it all the same, and a part that finds the gate closed for longer
+//!   than that gives up without asking, since Telegram refuses (and may lengthen the wait of)
+//!   every request the account sends before the wait is over.
 //! - FILE_REFERENCE_EXPIRED: the message is refetched (once for all parts that saw the same
 //!   stale reference) and the part retried with the new reference, same offset.
 //! - FILE_MIGRATE_X: every later request goes to data centre X.
@@ -219,8 +222,16 @@ struct Shared {
     /// the refetch, so parts that saw the same stale reference wait for one refetch.
     current: Mutex<Current>,
     /// No request starts before this instant (a flood wait is the account's, not the part's).
-    flood_gate: StdMutex<Option<Instant>>,
+    flood_gate: StdMutex<Option<FloodGate>>,
     options: DownloadOptions,
+}
+
+/// A flood wait being waited out: no request before `until`.
+#[derive(Clone, Copy)]
+struct FloodGate {
+    until: Instant,
+    /// FLOOD_PREMIUM_WAIT rather than FLOOD_WAIT, for the error of a part that gives up.
+    premium: bool,
 }
 
 struct Current {
@@ -242,7 +253,7 @@ async fn fetch_part(shared: &Shared, part: Part) -> Result<Bytes, TelegramError>
     let options = &shared.options;
     let mut attempts = Attempts::default();
     loop {
-        shared.wait_for_flood_gate().await;
+        shared.wait_for_flood_gate().await?;
         let (location, dc, generation) = {
             let current = shared.current.lock().await;
             (current.location.clone(), current.dc, current.generation)
@@ -272,6 +283,10 @@ async fn fetch_part(shared: &Shared, part: Part) -> Result<Bytes, TelegramError>
             TelegramError::FloodWait { seconds, premium } => {
                 attempts.flood_waits += 1;
                 let wait = Duration::from_secs(u64::from(seconds));
+                // Held even when this part gives up: until the wait is over Telegram refuses
+                // every request of the account, and the other parts would only earn more
+                // (and longer) flood waits by asking.
+                shared.hold_requests_for(wait, premium);
                 if wait > options.max_flood_wait || attempts.flood_waits > options.max_flood_waits_per_part {
                     return Err(error);
                 }
@@ -281,7 +296,6 @@ async fn fetch_part(shared: &Shared, part: Part) -> Result<Bytes, TelegramError>
                     offset = part.offset,
                     "Telegram asked to wait before the next part"
                 );
-                shared.hold_requests_for(wait);
             }
             TelegramError::FileReferenceExpired => {
                 attempts.refreshes += 1;
@@ -324,29 +338,41 @@ async fn fetch_part(shared: &Shared, part: Part) -> Result<Bytes, TelegramError>
 }
 
 impl Shared {
-    fn hold_requests_for(&self, wait: Duration) {
+    fn hold_requests_for(&self, wait: Duration, premium: bool) {
         let until = Instant::now() + wait;
-        // A poisoned lock only means another part panicked mid-update of an Option<Instant>,
-        // which cannot be left half-written; keep using the value.
+        // A poisoned lock only means another part panicked mid-update of an Option of a Copy
+        // value, which cannot be left half-written; keep using the value.
         let mut gate = self
             .flood_gate
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if gate.is_none_or(|current| current < until) {
-            *gate = Some(until);
+        if gate.is_none_or(|current| current.until < until) {
+            *gate = Some(FloodGate { until, premium });
         }
     }
 
-    async fn wait_for_flood_gate(&self) {
+    /// Waits until no flood wait holds requests back. Fails with the flood wait, without
+    /// waiting, when what is left of it is longer than [`DownloadOptions::max_flood_wait`]:
+    /// the download gives up as the part that got the wait did.
+    async fn wait_for_flood_gate(&self) -> Result<(), TelegramError> {
         loop {
-            let until = *self
+            let gate = *self
                 .flood_gate
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            match until {
-                Some(until) if until > Instant::now() => tokio::time::sleep_until(until).await,
-                _ => return,
+            let Some(gate) = gate.filter(|gate| gate.until > Instant::now()) else {
+                return Ok(());
+            };
+            let left = gate.until - Instant::now();
+            if left > self.options.max_flood_wait {
+                let seconds =
+                    u32::try_from(left.as_secs() + u64::from(left.subsec_nanos() > 0)).unwrap_or(u32::MAX);
+                return Err(TelegramError::FloodWait {
+                    seconds,
+                    premium: gate.premium,
+                });
             }
+            tokio::time::sleep_until(gate.until).await;
         }
     }
 

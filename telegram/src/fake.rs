@@ -6,7 +6,9 @@
 //! enforces `upload.getFile`'s precise-mode rules (a misaligned or boundary-crossing request is
 //! a 400 `OFFSET_INVALID` / `LIMIT_INVALID`), answers a request sent to the wrong data centre
 //! with FILE_MIGRATE, and a stale file reference with FILE_REFERENCE_EXPIRED until the message
-//! is refetched. Faults are injected on a schedule ([`Fault`]) and every call is recorded,
+//! is refetched. After it answers FLOOD_WAIT_n it refuses every `get_part` of the account with
+//! the rest of the wait until the n seconds are over (tokio time), as Telegram does, and counts
+//! those refusals ([`FakeTelegram::flood_refusals`]). Faults are injected on a schedule ([`Fault`]) and every call is recorded,
 //! with the peak number of part requests in flight, for assertions.
 //!
 //! Errors are produced the way the real client produces them: as Telegram's RPC error text run
@@ -238,6 +240,17 @@ struct State {
     calls: Vec<Call>,
     part_calls: usize,
     next_file: i64,
+    /// The account's current flood wait, set by an injected FLOOD_WAIT.
+    flood: Option<Flood>,
+    /// `get_part` requests refused because they came during a flood wait.
+    flood_refusals: usize,
+}
+
+/// A flood wait the fake enforces on every request until `until`.
+#[derive(Clone, Copy)]
+struct Flood {
+    until: tokio::time::Instant,
+    premium: bool,
 }
 
 struct ChatState {
@@ -326,6 +339,12 @@ impl FakeTelegram {
             .iter()
             .filter(|call| matches!(call, Call::Refetch { .. }))
             .count()
+    }
+
+    /// `get_part` requests refused with the rest of a flood wait because they were sent before
+    /// it was over: a client that respects flood waits sends none.
+    pub fn flood_refusals(&self) -> usize {
+        self.lock().flood_refusals
     }
 
     /// `get_part` requests being answered right now.
@@ -449,7 +468,24 @@ impl FakeTelegram {
         let call = state.part_calls;
         state.part_calls += 1;
 
+        // Telegram refuses every request of an account that is waiting out a flood wait, with
+        // what is left of the wait (rounded up), before it looks at the request itself.
+        let now = tokio::time::Instant::now();
+        if let Some(flood) = state.flood.filter(|flood| flood.until > now) {
+            state.flood_refusals += 1;
+            let left = flood.until - now;
+            let seconds = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            let name = if flood.premium {
+                "FLOOD_PREMIUM_WAIT"
+            } else {
+                "FLOOD_WAIT"
+            };
+            let refusal = rpc::rpc_error(420, &format!("{name}_{seconds}"));
+            return (Duration::ZERO, Err(rpc::from_rpc(&refusal, Subject::File)));
+        }
+
         let mut delay = Duration::ZERO;
+        let mut flood = None;
         let mut fault_error = None;
         let mut file_changes = Vec::new();
         for fault in state.faults.iter_mut() {
@@ -466,10 +502,12 @@ impl FakeTelegram {
                 FaultKind::Delay(extra) => delay += *extra,
                 FaultKind::FloodWait(seconds) => {
                     fault_error = Some(rpc::rpc_error(420, &format!("FLOOD_WAIT_{seconds}")));
+                    flood = Some((*seconds, false));
                     break;
                 }
                 FaultKind::FloodPremiumWait(seconds) => {
                     fault_error = Some(rpc::rpc_error(420, &format!("FLOOD_PREMIUM_WAIT_{seconds}")));
+                    flood = Some((*seconds, true));
                     break;
                 }
                 FaultKind::Disconnect => {
@@ -487,6 +525,12 @@ impl FakeTelegram {
                 }
                 FaultKind::ExpireReference | FaultKind::Migrate(_) => file_changes.push(fault.kind.clone()),
             }
+        }
+        if let Some((seconds, premium)) = flood {
+            state.flood = Some(Flood {
+                until: now + Duration::from_secs(u64::from(seconds)),
+                premium,
+            });
         }
         if let Some(error) = fault_error {
             return (delay, Err(rpc::from_rpc(&error, Subject::File)));

@@ -8,6 +8,8 @@ use savestream_telegram::fake::{Fault, FaultKind};
 use savestream_telegram::{DownloadOptions, Downloader, TelegramError};
 use tokio::time::Instant;
 
+use savestream_telegram::TelegramApi;
+
 use crate::support::{assert_requests_valid, collect, downloader, drain, one_file, HOME_DC, MIB};
 
 /// 10 MiB and a few bytes: 11 parts, the last one short.
@@ -32,6 +34,11 @@ async fn survives(kind: FaultKind, threads: usize) -> (crate::support::OneFile, 
         slowest = slowest.max(started.elapsed());
         assert!(received == world.bytes, "{kind:?} at part {part}: bytes differ");
         assert_requests_valid(&world.fake);
+        assert_eq!(
+            world.fake.flood_refusals(),
+            0,
+            "{kind:?} at part {part}: a part asked during a flood wait"
+        );
         last_world = Some(world);
     }
     // The loop ran three times, so there is a world.
@@ -147,6 +154,68 @@ async fn a_flood_wait_longer_than_the_limit_ends_the_download_retryably() {
         "what arrived is a correct prefix"
     );
     assert!(received.len() <= MIDDLE as usize * MIB);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flood_wait_longer_than_the_limit_holds_every_other_part_back() {
+    for (kind, premium) in [
+        (FaultKind::FloodWait(3600), false),
+        (FaultKind::FloodPremiumWait(3600), true),
+    ] {
+        // Arrange: parts after the middle one are in flight when it gets the wait.
+        let world = one_file(SIZE).await;
+        world.fake.inject(Fault::at_part(MIDDLE, kind.clone()));
+        let options = DownloadOptions {
+            max_flood_wait: Duration::from_secs(30),
+            ..DownloadOptions::new(4)
+        };
+        let stream = Downloader::new(world.fake.clone(), options)
+            .stream(&world.message, 0)
+            .unwrap();
+
+        // Act
+        let started = Instant::now();
+        let (_, error) = drain(stream).await;
+
+        // Assert: the download gave up at once, and no part asked Telegram again during the
+        // wait (each such request would have been refused with another FLOOD_WAIT).
+        assert!(
+            matches!(error, Some(TelegramError::FloodWait { seconds, premium: p }) if seconds >= 3570 && p == premium),
+            "{kind:?}: {error:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{kind:?}: the wait was slept"
+        );
+        assert_eq!(
+            world.fake.flood_refusals(),
+            0,
+            "{kind:?}: parts kept asking during the flood wait"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_fake_refuses_every_request_until_a_flood_wait_is_over() {
+    // Arrange
+    let world = one_file(SIZE).await;
+    world.fake.inject(Fault::at_call(0, FaultKind::FloodWait(5)));
+    let file = world.message.media.file().unwrap();
+    let ask = || world.fake.get_part(file.location, HOME_DC, 0, 1024);
+
+    // Act and assert
+    assert!(matches!(
+        ask().await,
+        Err(TelegramError::FloodWait { seconds: 5, .. })
+    ));
+    tokio::time::advance(Duration::from_millis(1500)).await;
+    assert!(
+        matches!(ask().await, Err(TelegramError::FloodWait { seconds: 4, .. })),
+        "a request during the wait is refused with the rest of it, rounded up"
+    );
+    assert_eq!(world.fake.flood_refusals(), 1);
+    tokio::time::advance(Duration::from_millis(3500)).await;
+    assert_eq!(ask().await.unwrap().len(), 1024, "answered once the wait is over");
 }
 
 #[tokio::test(start_paused = true)]
