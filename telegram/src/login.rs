@@ -6,7 +6,10 @@
 //! tested with a scripted one; [`login`] plugs grammers in. The session is written to a
 //! temporary file beside the configured path and renamed into place only after a successful
 //! login, so workers copying the file at start never see a half-written session (see
-//! [`crate::grammers::settings`] for the session-sharing rule).
+//! [`crate::grammers::settings`] for the session-sharing rule). The session holds the account's
+//! auth key from the first exchange with Telegram, long before the user types the code, so the
+//! temporary file is created readable by its owner only (0600, whatever the umask) before SQLite
+//! opens it, and a login whose session cannot be kept private fails.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -152,28 +155,69 @@ pub async fn login(config: &TelegramConfig, prompt: &mut dyn LoginPrompt) -> Res
             TelegramError::Session(format!("cannot create {}: {error}", parent.display()))
         })?;
     }
-    let temporary = temporary_path(&target);
-    remove_session_files(&temporary).await;
-
-    let outcome = login_into(&temporary, app_id, config.app_hash.clone(), proxy_url, prompt).await;
-    if let Err(error) = outcome {
-        remove_session_files(&temporary).await;
-        return Err(error);
-    }
-    tokio::fs::rename(&temporary, &target).await.map_err(|error| {
-        TelegramError::Session(format!(
-            "cannot move the new session to {}: {error}",
-            target.display()
-        ))
-    })?;
-    remove_session_files(&temporary).await;
-    restrict_to_owner(&target).await;
+    let app_hash = config.app_hash.clone();
+    login_to_file(
+        &target,
+        prompt,
+        async move |path: &Path, prompt: &mut dyn LoginPrompt| {
+            login_into(path, app_id, app_hash, proxy_url, prompt).await
+        },
+    )
+    .await?;
     prompt.tell(&format!(
         "logged in; the user session is at {}. Every worker process copies it when it starts, so one \
          file serves a whole fleet: give each worker host a copy at this path",
         target.display()
     ));
     Ok(target)
+}
+
+/// Runs `log_in` on a private temporary session file beside `target` and renames it to
+/// `target` once the login succeeded; removes the temporary file (and SQLite's side files)
+/// when it failed. `log_in` opens the session at the path it is given and runs the dialogue.
+async fn login_to_file<L>(target: &Path, prompt: &mut dyn LoginPrompt, log_in: L) -> Result<(), LoginError>
+where
+    L: AsyncFnOnce(&Path, &mut dyn LoginPrompt) -> Result<(), LoginError>,
+{
+    let temporary = temporary_path(target);
+    remove_session_files(&temporary).await;
+    let outcome = async {
+        create_private_file(&temporary).await?;
+        log_in(&temporary, prompt).await?;
+        // The file was created 0600 and SQLite gives its journals the database's mode; this
+        // catches a file system that ignored the mode, before the session is put in place.
+        restrict_to_owner(&temporary).await?;
+        Ok(())
+    }
+    .await;
+    if let Err(error) = outcome {
+        remove_session_files(&temporary).await;
+        return Err(error);
+    }
+    tokio::fs::rename(&temporary, target).await.map_err(|error| {
+        TelegramError::Session(format!(
+            "cannot move the new session to {}: {error}",
+            target.display()
+        ))
+    })?;
+    remove_session_files(&temporary).await;
+    Ok(())
+}
+
+/// Creates `path`, empty and readable and writable by its owner only, so that SQLite opens a
+/// file no one else could ever read (an empty file is an empty database to SQLite). Fails when
+/// the file exists: it was just removed, so something else is racing for the name.
+async fn create_private_file(path: &Path) -> Result<(), TelegramError> {
+    let mut options = tokio::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    options.open(path).await.map(drop).map_err(|error| {
+        TelegramError::Session(format!(
+            "cannot create the new session file {}: {error}: check that the directory is writable",
+            path.display()
+        ))
+    })
 }
 
 async fn login_into(
@@ -294,17 +338,36 @@ async fn remove_session_files(path: &Path) {
     }
 }
 
-/// The session is a credential: on Unix only its owner may read it.
-async fn restrict_to_owner(path: &Path) {
+/// The session is a credential (whoever reads it is logged in as the account): on Unix only
+/// its owner may read it. Fails when the mode cannot be set or does not stick (a file system
+/// without Unix permissions), rather than leave the account's key readable by others.
+async fn restrict_to_owner(path: &Path) -> Result<(), TelegramError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        if let Err(error) = tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).await {
-            tracing::warn!(path = %path.display(), %error, "could not make the session readable by its owner only");
+        let refuse = |why: String| {
+            TelegramError::Session(format!(
+                "cannot make the session {} readable by its owner only ({why}); it holds the account's \
+                 login key, so it is not kept: put `[telegram.userbot] session` on a file system with \
+                 Unix permissions and log in again",
+                path.display()
+            ))
+        };
+        tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .await
+            .map_err(|error| refuse(error.to_string()))?;
+        let mode = tokio::fs::metadata(path)
+            .await
+            .map_err(|error| refuse(error.to_string()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(refuse(format!("its mode is still {:o}", mode & 0o777)));
         }
     }
     #[cfg(not(unix))]
     let _ = path;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -459,6 +522,89 @@ mod tests {
         };
         let error = login(&config, &mut prompt(&[], &[])).await.unwrap_err();
         assert!(error.to_string().contains("app_id"), "{error}");
+    }
+
+    /// The modes of the temporary session file and its SQLite side files, as they are now.
+    #[cfg(unix)]
+    fn session_modes(dir: &Path) -> Vec<(String, u32)> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| {
+                let entry = entry.unwrap();
+                let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
+                (entry.file_name().to_string_lossy().into_owned(), mode)
+            })
+            .collect()
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn the_session_is_readable_by_its_owner_only_while_and_after_the_login_runs() {
+        // Arrange: the usual umask, under which a plain create makes a file 0644.
+        // SAFETY: umask only swaps the process's file-creation mask; 022 is the common default
+        // and takes no permission from files other tests create.
+        unsafe { libc::umask(0o022) };
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("usersession.db");
+        let mut answers = prompt(&["12345"], &[]);
+        let mut during_login = Vec::new();
+
+        // Act: a real SQLite session gets a key written into it before the code is asked for,
+        // as a grammers login does.
+        login_to_file(
+            &target,
+            &mut answers,
+            async |path: &Path, prompt: &mut dyn LoginPrompt| {
+                let session = SqliteSession::open(path).await.unwrap();
+                grammers_session::Session::set_dc_option(
+                    &session,
+                    &grammers_session::types::DcOption {
+                        id: 2,
+                        ipv4: "127.0.0.1:443".parse().unwrap(),
+                        ipv6: "[::1]:443".parse().unwrap(),
+                        auth_key: Some([7; 256]),
+                    },
+                )
+                .await
+                .expect("writing an auth key into the session");
+                let outcome = run_flow(&mut telegram(None), prompt).await;
+                during_login = session_modes(dir.path());
+                drop(session);
+                outcome
+            },
+        )
+        .await
+        .unwrap();
+
+        // Assert
+        assert!(!during_login.is_empty());
+        for (name, mode) in &during_login {
+            assert_eq!(mode & 0o077, 0, "{name} is {mode:o} during the login");
+        }
+        let after = session_modes(dir.path());
+        assert_eq!(after, vec![("usersession.db".to_owned(), 0o600)]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_login_removes_its_temporary_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("usersession.db");
+        let mut answers = prompt(&["1", "2", "3"], &[]);
+
+        let error = login_to_file(
+            &target,
+            &mut answers,
+            async |path: &Path, prompt: &mut dyn LoginPrompt| {
+                let _session = SqliteSession::open(path).await.unwrap();
+                run_flow(&mut telegram(None), prompt).await
+            },
+        )
+        .await
+        .unwrap_err();
+
+        assert!(matches!(error, LoginError::InvalidCode(3)), "{error}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]
