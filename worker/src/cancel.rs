@@ -37,6 +37,11 @@ pub async fn subscribe(redis: &RedisConfig, channel: &str) -> Result<SubscriberC
         .with_connection_config(|connection| {
             connection.connection_timeout = Duration::from_secs(3);
         })
+        .with_performance_config(|performance| {
+            // fred's default of 32 messages overflows when a user cancels a
+            // batch import; what overflows anyway is swept (see `listen`).
+            performance.broadcast_channel_capacity = 1024;
+        })
         .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
         .build_subscriber_client()?;
     subscriber.init().await?;
@@ -124,8 +129,23 @@ impl Leftovers {
     }
 }
 
+/// What the cleaner is asked to do.
+enum Cleanup {
+    /// Remove what this canceled task left.
+    Task(TaskId),
+    /// Messages were missed: look over the storages for partial files of
+    /// every ended task.
+    Sweep,
+}
+
 /// Cancels the running attempts of the tasks named on the channel, and
 /// removes what the others left ([`Leftovers`]), until `stop`.
+///
+/// Removing a task's leftovers reads the store and the disk, so it runs
+/// beside the listener: done inline, a burst of cancels (a batch import
+/// canceled) piled up behind it until the subscription's channel
+/// overflowed and messages were lost. Should that happen anyway, the
+/// cleaner sweeps the storages, which finds what the missed messages named.
 pub async fn listen(
     subscriber: SubscriberClient,
     running: RunningTasks,
@@ -133,6 +153,8 @@ pub async fn listen(
     stop: CancellationToken,
 ) {
     let mut messages = subscriber.message_rx();
+    let (cleanup, requests) = tokio::sync::mpsc::unbounded_channel();
+    let cleaner = tokio::spawn(clean(leftovers, requests));
     loop {
         let message = tokio::select! {
             _ = stop.cancelled() => break,
@@ -150,20 +172,45 @@ pub async fn listen(
                         } else {
                             // The attempt that runs it cleans up after
                             // itself; nothing here does for the others.
-                            leftovers.remove(&task_id).await;
+                            let _ = cleanup.send(Cleanup::Task(task_id));
                         }
                     }
                     Err(error) => debug!(%error, "ignoring a cancel message that names no task"),
                 }
             }
             Err(RecvError::Lagged(missed)) => {
-                // The progress writes of the missed tasks tell them instead.
-                warn!(missed, "missed cancel messages");
+                // The progress writes of the missed tasks tell their
+                // attempts instead; the sweep removes the others' leftovers.
+                warn!(
+                    missed,
+                    "missed cancel messages: looking over the storages for what canceled tasks left"
+                );
+                let _ = cleanup.send(Cleanup::Sweep);
             }
             Err(RecvError::Closed) => break,
         }
     }
+    // What is left to clean waits for the next cancel or the next start's sweep.
+    cleaner.abort();
     if let Err(error) = subscriber.quit().await {
         debug!(%error, "closing the cancel subscription");
+    }
+}
+
+/// Does what the listener asks, one request at a time, until it stops.
+async fn clean(leftovers: Leftovers, mut requests: tokio::sync::mpsc::UnboundedReceiver<Cleanup>) {
+    while let Some(request) = requests.recv().await {
+        match request {
+            Cleanup::Task(task_id) => leftovers.remove(&task_id).await,
+            Cleanup::Sweep => match leftovers.sweep().await {
+                Ok(removed) => info!(
+                    removed,
+                    "swept the partial files of ended tasks after missed cancel messages"
+                ),
+                Err(error) => {
+                    warn!(%error, "cannot sweep the partial files of ended tasks: they stay until the next start")
+                }
+            },
+        }
     }
 }

@@ -351,6 +351,49 @@ async fn a_task_canceled_while_queued_loses_the_partial_files_an_earlier_attempt
     listener.await.unwrap();
 }
 
+#[tokio::test]
+async fn a_burst_of_cancels_removes_the_partial_files_of_every_canceled_task() {
+    let harness = Harness::start().await;
+    let redis = RedisConfig {
+        url: harness.redis.url(),
+        prefix: PREFIX.into(),
+        startup_wait_seconds: 0,
+    };
+    let subscriber = cancel::subscribe(&redis, &harness.store.keys().cancel_channel())
+        .await
+        .expect("subscribing");
+    let (storage, leftovers) = harness.leftovers();
+    let stop = CancellationToken::new();
+    let listener = tokio::spawn(cancel::listen(
+        subscriber,
+        RunningTasks::default(),
+        leftovers,
+        stop.clone(),
+    ));
+    // Many queued tasks that earlier attempts left partial files of: far
+    // more cancel messages at once than a subscriber's channel holds.
+    let mut tasks = Vec::new();
+    for index in 0..300 {
+        let file = format!("f{index}.bin");
+        let task_id = harness.create(&format!("/{file}")).await;
+        reserve(&storage, &task_id, "/", &file).await;
+        tasks.push(task_id);
+    }
+
+    futures::future::try_join_all(tasks.iter().map(|task_id| harness.store.cancel(task_id)))
+        .await
+        .unwrap();
+
+    eventually(
+        "every canceled task's partial files to go",
+        Duration::from_secs(20),
+        || async { names_in(harness.storage_dir.path()).is_empty().then_some(()) },
+    )
+    .await;
+    stop.cancel();
+    listener.await.unwrap();
+}
+
 /// Reserves `file` in `dir` for `task_id`, as an attempt does before it
 /// downloads: the partial file and the name's reservation.
 async fn reserve(storage: &LocalStorage, task_id: &TaskId, dir: &str, file: &str) {
