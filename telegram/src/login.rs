@@ -164,12 +164,21 @@ pub async fn login(config: &TelegramConfig, prompt: &mut dyn LoginPrompt) -> Res
         },
     )
     .await?;
-    prompt.tell(&format!(
-        "logged in; the user session is at {}. Every worker process copies it when it starts, so one \
-         file serves a whole fleet: give each worker host a copy at this path",
-        target.display()
-    ));
+    prompt.tell(&logged_in_message(&target));
     Ok(target)
+}
+
+/// What the user is told after a login: where the session is, and that it serves this host
+/// only (see [`crate::grammers::settings`]).
+fn logged_in_message(target: &Path) -> String {
+    format!(
+        "logged in; the user session is at {}. Every worker process on this host copies it when \
+         it starts, so one login serves them all. Do not copy the file to another host: Telegram \
+         revokes a session used from two IP addresses at once (AUTH_KEY_DUPLICATED), for every \
+         worker. Run `savestream-worker login` on each worker host instead, or use a bot token \
+         (`[telegram] token`)",
+        target.display()
+    )
 }
 
 /// Runs `log_in` on a private temporary session file beside `target` and renames it to
@@ -605,6 +614,22 @@ mod tests {
 
         assert!(matches!(error, LoginError::InvalidCode(3)), "{error}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn the_login_tells_each_host_to_log_in_itself_rather_than_copy_the_session() {
+        let message = logged_in_message(Path::new("data/usersession.db"));
+
+        assert!(message.contains("data/usersession.db"), "{message}");
+        assert!(
+            message.contains("Do not copy the file to another host"),
+            "{message}"
+        );
+        assert!(
+            message.contains("`savestream-worker login` on each worker host"),
+            "{message}"
+        );
+        assert!(!message.contains("give each worker host a copy"), "{message}");
     }
 
     #[test]

@@ -84,6 +84,17 @@ pub fn from_rpc(error: &RpcError, subject: Subject<'_>) -> TelegramError {
                  (user session) or check `[telegram] token` (bot)"
             ))
         }
+        // The same auth key was used from two places (IP addresses) at once, as happens when a
+        // session file is copied to a second host: Telegram revokes the key for everyone using
+        // it, so no retry can work and every worker on that session now fails the same way.
+        "AUTH_KEY_DUPLICATED" => TelegramError::Unauthorized(
+            "Telegram revoked the user session because it was used from two places at once \
+             (AUTH_KEY_DUPLICATED), for every worker using it: a session file copied to another \
+             host does this. Run `savestream-worker login` on each worker host, so that each host \
+             has a login of its own (never copy the session file between hosts), or use a bot \
+             token (`[telegram] token`)"
+                .to_owned(),
+        ),
         "SESSION_REVOKED" => TelegramError::Unauthorized(
             "the session was ended from another device (SESSION_REVOKED): run `savestream-worker login` again"
                 .to_owned(),
@@ -309,6 +320,25 @@ mod tests {
             };
             assert!(text.contains(advice), "{message}: {text}");
             assert!(!mapped.is_retryable(), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_key_used_from_two_hosts_is_a_permanent_error_that_says_to_log_in_on_each_host() {
+        for subject in [Subject::Login, Subject::File, Subject::Chat("@x")] {
+            let mapped = from_rpc(&rpc_error(406, "AUTH_KEY_DUPLICATED"), subject);
+
+            let TelegramError::Unauthorized(text) = &mapped else {
+                panic!("AUTH_KEY_DUPLICATED mapped to {mapped:?}");
+            };
+            assert!(!mapped.is_retryable());
+            assert!(text.contains("AUTH_KEY_DUPLICATED"), "{text}");
+            assert!(text.contains("two places at once"), "{text}");
+            assert!(
+                text.contains("`savestream-worker login` on each worker host"),
+                "{text}"
+            );
+            assert!(text.contains("[telegram] token"), "{text}");
         }
     }
 

@@ -4,13 +4,19 @@
 //! ## The session-sharing rule: copy on start
 //! A grammers session file (SQLite) must be opened by one client at a time: grammers writes
 //! auth keys, data-centre options, the peer cache and the update state into it, and two
-//! processes doing so at once corrupt each other's state. A fleet still shares one login:
-//! every worker process copies the configured session file into a private temporary directory
-//! when it first connects, and uses only the copy. The original is never opened by workers, so
-//! any number of them can start from it; only `savestream-worker login` writes it (atomically,
-//! by rename). Each process then has its own MTProto sessions on the same authorization, which
-//! Telegram allows. What a copy learns (peers found in the dialogs, auth keys for other data
-//! centres) is the process's own and is lost on exit; the next start learns it again.
+//! processes doing so at once corrupt each other's state. The worker processes of one host
+//! still share one login: each copies the configured session file into a private temporary
+//! directory when it first connects, and uses only the copy. The original is never opened by
+//! workers, so any number of them can start from it; only `savestream-worker login` writes it
+//! (atomically, by rename). Each process then has its own MTProto sessions on the same
+//! authorization key, from the same address, which Telegram allows. What a copy learns (peers
+//! found in the dialogs, auth keys for other data centres) is the process's own and is lost on
+//! exit; the next start learns it again.
+//!
+//! Hosts do not share a session file: Telegram revokes an auth key used from two IP addresses
+//! at once (406 `AUTH_KEY_DUPLICATED`, see [`crate::rpc`]), for every process using it. Each
+//! worker host runs `savestream-worker login` itself (its own authorization of the same or
+//! another account), or uses a bot token.
 //!
 //! Bots need no file: a bot signs in with its token into an in-memory session each time a
 //! worker process starts.
