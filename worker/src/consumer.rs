@@ -16,11 +16,13 @@ use std::time::Duration;
 
 use savestream_shared::store::queue::Job;
 use savestream_shared::store::{Store, StoreError};
+use savestream_shared::task::TaskStatus;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, field, info, warn, Instrument};
 
+use crate::cancel::Leftovers;
 use crate::context::Context;
 use crate::lease::{count_redis_error, Reaper};
 use crate::metrics::{self, Ended};
@@ -143,6 +145,18 @@ pub async fn run_job(context: &Context, job: Job) {
                 debug!(%status, "the task has ended already: discarding its work item");
                 running.signals.ending();
                 discard(context, &job.job_id).await;
+                if status == TaskStatus::Canceled {
+                    // Canceled after this worker read the item: its cancel
+                    // listener took the task for one that runs here, so it
+                    // left what earlier attempts left to this attempt, which
+                    // will not run.
+                    Leftovers {
+                        store: context.store.clone(),
+                        storages: context.storages.clone(),
+                    }
+                    .remove(&task_id)
+                    .await;
+                }
                 return;
             }
             Err(error @ (StoreError::NotFound(_) | StoreError::LeaseLost(_))) => {

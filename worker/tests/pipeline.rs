@@ -699,3 +699,34 @@ async fn a_lost_lease_stops_the_download_without_writing_a_transition() {
         vec!["created", "started", "resolved", "started"]
     );
 }
+
+#[tokio::test]
+async fn a_work_item_whose_task_was_canceled_before_it_started_removes_what_earlier_attempts_left() {
+    let harness = Harness::start().await;
+    let task_id = harness.create("/f.bin").await;
+    // An earlier attempt reserved the file and was released: the task waits in the queue.
+    harness
+        .storage()
+        .reserve(
+            &task_id,
+            &StorageDir::parse("/").unwrap(),
+            &FileName::parse("f.bin").unwrap(),
+            &[],
+        )
+        .await
+        .unwrap();
+    let job = harness
+        .reader
+        .read_jobs(CONSUMER, 1, Duration::from_secs(2))
+        .await
+        .unwrap()
+        .remove(0);
+    // Canceled after this worker read the item and before it started it:
+    // this worker's cancel listener took the task for one it runs, so only
+    // the start's answer tells the worker to clean up.
+    harness.store.cancel(&task_id).await.unwrap();
+
+    savestream_worker::consumer::run_job(&harness.context, job).await;
+
+    assert_eq!(harness.names_on_disk(), Vec::<String>::new());
+}
