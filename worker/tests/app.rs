@@ -65,6 +65,34 @@ storages = ["local1"]
         .config
 }
 
+/// A cancel listener running in this process.
+struct Listener {
+    stop: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+impl Listener {
+    async fn stop(self) {
+        self.stop.cancel();
+        self.handle.await.unwrap();
+    }
+}
+
+/// Waits until the partial file `part` has bytes in it.
+async fn wait_until_under_way(part: &std::path::Path) {
+    eventually(
+        "the download to be under way",
+        Duration::from_secs(10),
+        || async {
+            let len = std::fs::metadata(part)
+                .map(|metadata| metadata.len())
+                .unwrap_or(0);
+            (len > 0).then_some(())
+        },
+    )
+    .await;
+}
+
 /// A worker running in this process.
 struct Worker {
     consumer: String,
@@ -151,6 +179,21 @@ impl Harness {
             storages,
         };
         (storage, leftovers)
+    }
+
+    /// The cancel listener a worker runs, on this harness' Redis.
+    async fn listen_for_cancels(&self, running: RunningTasks, leftovers: cancel::Leftovers) -> Listener {
+        let redis = RedisConfig {
+            url: self.redis.url(),
+            prefix: PREFIX.into(),
+            startup_wait_seconds: 0,
+        };
+        let subscriber = cancel::subscribe(&redis, &self.store.keys().cancel_channel())
+            .await
+            .expect("subscribing");
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(cancel::listen(subscriber, running, leftovers, stop.clone()));
+        Listener { stop, handle }
     }
 
     async fn record(&self, task_id: &TaskId) -> TaskRecord {
@@ -277,26 +320,12 @@ async fn an_idle_worker_picks_tasks_up_at_once_and_runs_them_side_by_side() {
 #[tokio::test]
 async fn a_cancel_message_reaches_the_token_of_the_running_task() {
     let harness = Harness::start().await;
-    let redis = RedisConfig {
-        url: harness.redis.url(),
-        prefix: PREFIX.into(),
-        startup_wait_seconds: 0,
-    };
-    let subscriber = cancel::subscribe(&redis, &harness.store.keys().cancel_channel())
-        .await
-        .expect("subscribing");
     let running = RunningTasks::default();
-    let stop = CancellationToken::new();
     let leftovers = cancel::Leftovers {
         store: harness.store.clone(),
         storages: Storages::default(),
     };
-    let listener = tokio::spawn(cancel::listen(
-        subscriber,
-        running.clone(),
-        leftovers,
-        stop.clone(),
-    ));
+    let listener = harness.listen_for_cancels(running.clone(), leftovers).await;
     let task_id = harness.create("/whatever").await;
     let other = harness.create("/other").await;
     let guard = running.register("1-0", &task_id);
@@ -308,29 +337,16 @@ async fn a_cancel_message_reaches_the_token_of_the_running_task() {
         .await
         .expect("the cancel message arrives within a second");
     assert!(!other_guard.signals.cancel.is_cancelled());
-    stop.cancel();
-    listener.await.unwrap();
+    listener.stop().await;
 }
 
 #[tokio::test]
 async fn a_task_canceled_while_queued_loses_the_partial_files_an_earlier_attempt_left() {
     let harness = Harness::start().await;
-    let redis = RedisConfig {
-        url: harness.redis.url(),
-        prefix: PREFIX.into(),
-        startup_wait_seconds: 0,
-    };
-    let subscriber = cancel::subscribe(&redis, &harness.store.keys().cancel_channel())
-        .await
-        .expect("subscribing");
     let (storage, leftovers) = harness.leftovers();
-    let stop = CancellationToken::new();
-    let listener = tokio::spawn(cancel::listen(
-        subscriber,
-        RunningTasks::default(),
-        leftovers,
-        stop.clone(),
-    ));
+    let listener = harness
+        .listen_for_cancels(RunningTasks::default(), leftovers)
+        .await;
     let task_id = harness.create("/f.bin").await;
     let other = TaskId::generate();
     // An earlier attempt of the task reserved its file, then was released:
@@ -347,29 +363,16 @@ async fn a_task_canceled_while_queued_loses_the_partial_files_an_earlier_attempt
         || async { (names_in(harness.storage_dir.path()) == others_only).then_some(()) },
     )
     .await;
-    stop.cancel();
-    listener.await.unwrap();
+    listener.stop().await;
 }
 
 #[tokio::test]
 async fn a_burst_of_cancels_removes_the_partial_files_of_every_canceled_task() {
     let harness = Harness::start().await;
-    let redis = RedisConfig {
-        url: harness.redis.url(),
-        prefix: PREFIX.into(),
-        startup_wait_seconds: 0,
-    };
-    let subscriber = cancel::subscribe(&redis, &harness.store.keys().cancel_channel())
-        .await
-        .expect("subscribing");
     let (storage, leftovers) = harness.leftovers();
-    let stop = CancellationToken::new();
-    let listener = tokio::spawn(cancel::listen(
-        subscriber,
-        RunningTasks::default(),
-        leftovers,
-        stop.clone(),
-    ));
+    let listener = harness
+        .listen_for_cancels(RunningTasks::default(), leftovers)
+        .await;
     // Many queued tasks that earlier attempts left partial files of: far
     // more cancel messages at once than a subscriber's channel holds.
     let mut tasks = Vec::new();
@@ -390,8 +393,7 @@ async fn a_burst_of_cancels_removes_the_partial_files_of_every_canceled_task() {
         || async { names_in(harness.storage_dir.path()).is_empty().then_some(()) },
     )
     .await;
-    stop.cancel();
-    listener.await.unwrap();
+    listener.stop().await;
 }
 
 /// Reserves `file` in `dir` for `task_id`, as an attempt does before it
@@ -463,17 +465,7 @@ async fn a_canceled_running_task_stops_within_a_second_and_leaves_nothing() {
     let worker = Worker::start(harness.config(2, 10)).await;
     let task_id = harness.create("/slow.bin").await;
     let part = harness.stored("/slow.bin.part");
-    eventually(
-        "the download to be under way",
-        Duration::from_secs(10),
-        || async {
-            let len = std::fs::metadata(&part)
-                .map(|metadata| metadata.len())
-                .unwrap_or(0);
-            (len > 0).then_some(())
-        },
-    )
-    .await;
+    wait_until_under_way(&part).await;
 
     harness.store.cancel(&task_id).await.unwrap();
 
@@ -510,17 +502,7 @@ async fn an_attempt_whose_item_another_worker_took_over_stops_writing_and_leaves
     let worker = Worker::start(harness.config(2, 10)).await;
     let task_id = harness.create("/slow.bin").await;
     let part = harness.stored("/slow.bin.part");
-    eventually(
-        "the download to be under way",
-        Duration::from_secs(10),
-        || async {
-            let len = std::fs::metadata(&part)
-                .map(|metadata| metadata.len())
-                .unwrap_or(0);
-            (len > 0).then_some(())
-        },
-    )
-    .await;
+    wait_until_under_way(&part).await;
 
     // Another worker claims the item, as its reaper would once the lease
     // expired, and has not started its attempt yet: the attempt number is
