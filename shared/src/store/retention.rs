@@ -30,11 +30,12 @@ impl Store {
             sequence: 0,
         };
         let mut floor = horizon;
-        if let Some(created) = self.oldest_live_created().await? {
-            // The `created` event's id is at or after the task's `created`
-            // time: both come from the same function call's clock.
+        if let Some(first_event) = self.oldest_live_history().await? {
+            // From the start of its millisecond: a task created in the same
+            // millisecond but ranked after it in `queued` may hold an
+            // earlier id of it.
             floor = floor.min(StreamId {
-                millis: created.max(0) as u64,
+                millis: first_event.millis,
                 sequence: 0,
             });
         }
@@ -61,42 +62,46 @@ impl Store {
         Ok(trimmed)
     }
 
-    /// The creation time (Redis' clock, ms) of the oldest task that is
-    /// queued (or waiting out a retry, which `queued` holds too) or
-    /// running. `queued` is scored by creation; `running` by start, so
-    /// its tasks' `created` fields are read, one round trip for all.
-    async fn oldest_live_created(&self) -> Result<Option<Millis>, StoreError> {
+    /// The id of the first event (its `created`) of the oldest task that
+    /// is queued (or waiting out a retry, which `queued` holds too) or
+    /// running, read from the task's `log`: exact, where its `created` time
+    /// and its event's id come from two readings of the clock. `queued` is
+    /// scored by creation, so its first task is its oldest; `running` is
+    /// scored by start, so all of its tasks are read.
+    async fn oldest_live_history(&self) -> Result<Option<StreamId>, StoreError> {
         let keys = self.keys();
-        let oldest_queued: Vec<(String, f64)> = self
-            .client()
-            .zrange(keys.queued(), 0, 0, None, false, None, true)
+        // Both sets in one transaction: a task that starts, or is queued
+        // again, between two separate reads would be in neither.
+        let transaction = self.client().multi();
+        let _: () = transaction
+            .zrange(keys.queued(), 0, 0, None, false, None, false)
             .await?;
-        let mut oldest = oldest_queued.first().map(|(_, score)| *score as Millis);
-        let running: Vec<String> = self
-            .client()
+        let _: () = transaction
             .zrange(keys.running(), 0, -1, None, false, None, false)
             .await?;
-        let running: Vec<TaskId> = running.iter().filter_map(|id| TaskId::parse(id).ok()).collect();
-        if running.is_empty() {
-            return Ok(oldest);
+        let (oldest_queued, running): (Vec<String>, Vec<String>) = transaction.exec(true).await?;
+        let live: Vec<TaskId> = oldest_queued
+            .iter()
+            .chain(&running)
+            .filter_map(|id| TaskId::parse(id).ok())
+            .collect();
+        if live.is_empty() {
+            return Ok(None);
         }
         let pipeline = self.client().pipeline();
-        for task_id in &running {
-            let _: () = pipeline.hget(keys.task(task_id), "created").await?;
+        for task_id in &live {
+            let _: () = pipeline.hget(keys.task(task_id), "log").await?;
         }
-        let created: Vec<Option<String>> = if running.len() == 1 {
+        let logs: Vec<Option<String>> = if live.len() == 1 {
             vec![pipeline.all().await?]
         } else {
             pipeline.all().await?
         };
-        for created in created
+        Ok(logs
             .iter()
             .flatten()
-            .filter_map(|text| text.parse::<Millis>().ok())
-        {
-            oldest = Some(oldest.map_or(created, |oldest| oldest.min(created)));
-        }
-        Ok(oldest)
+            .filter_map(|log| log.split(' ').next().and_then(StreamId::parse))
+            .min())
     }
 
     /// Whether the log holds an event at or after `from` and before `until`.
