@@ -374,9 +374,9 @@ async fn a_burst_of_cancels_removes_the_partial_files_of_every_canceled_task() {
         .listen_for_cancels(RunningTasks::default(), leftovers)
         .await;
     // Many queued tasks that earlier attempts left partial files of: far
-    // more cancel messages at once than a subscriber's channel holds.
+    // more cancel messages at once than a subscriber's channel holds (1,024).
     let mut tasks = Vec::new();
-    for index in 0..300 {
+    for index in 0..1500 {
         let file = format!("f{index}.bin");
         let task_id = harness.create(&format!("/{file}")).await;
         reserve(&storage, &task_id, "/", &file).await;
