@@ -37,7 +37,7 @@ use savestream_shared::task::Millis;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::body::body_json;
 use crate::error::WebhookError;
@@ -173,6 +173,10 @@ impl Dispatcher {
 
     /// Acknowledges the non-terminal and undecodable events, and records a
     /// delivery (acknowledging its event in the same call) for each terminal one.
+    /// A terminal event whose task is gone or cannot be read is acknowledged
+    /// without a delivery and does not hold back the rest of the batch; only
+    /// a Redis failure fails the step (the batch is taken over again later,
+    /// and recording a delivery twice records it once).
     pub async fn handle_events(&self, entries: Vec<EventEntry>) -> Result<Ingested, WebhookError> {
         let mut ingested = Ingested {
             read: entries.len(),
@@ -208,13 +212,37 @@ impl Dispatcher {
         task_event: &savestream_shared::event::TaskEvent,
     ) -> Result<bool, WebhookError> {
         let store = &self.inner.store;
-        let Some(record) = store.get(&task_event.task_id).await? else {
-            // Only an event older than the retention period has no task;
-            // the API no longer knows the task either.
-            warn!(task_id = %task_event.task_id, event_id, "no webhook for a task past retention");
-            metrics::counter!(DELIVERIES_METRIC, "outcome" => "skipped").increment(1);
-            store.ack_events(&[event_id.to_owned()]).await?;
-            return Ok(false);
+        let record = match store.get(&task_event.task_id).await {
+            Ok(Some(record)) => record,
+            Ok(None) => {
+                // Only an event older than the retention period has no task;
+                // the API no longer knows the task either.
+                warn!(task_id = %task_event.task_id, event_id, "no webhook for a task past retention");
+                metrics::counter!(DELIVERIES_METRIC, "outcome" => "skipped").increment(1);
+                store.ack_events(&[event_id.to_owned()]).await?;
+                return Ok(false);
+            }
+            Err(StoreError::Corrupt(why)) => {
+                // The task's hash cannot be decoded (a field another build
+                // wrote, a hand edit; the store fails such a task at its
+                // start). That is this event's problem alone: answering the
+                // error would fail the whole read batch, the reclaim would
+                // retry it every lease for ever, and the terminal events
+                // after it would never get their webhooks, nor would the
+                // log be trimmed past it. The body cannot be built from the
+                // event alone (it has no title nor creation time), so the
+                // event is acknowledged without a delivery.
+                error!(
+                    task_id = %task_event.task_id, event_id, %why,
+                    "no webhook for this task: its stored fields in redis cannot be read, so the \
+                     event is acknowledged without a delivery; inspect the task's hash (HGETALL) \
+                     and create the task again if its outcome matters to the receiver"
+                );
+                metrics::counter!(DELIVERIES_METRIC, "outcome" => "skipped").increment(1);
+                store.ack_events(&[event_id.to_owned()]).await?;
+                return Ok(false);
+            }
+            Err(error) => return Err(error.into()),
         };
         let webhook_id = webhook_id(event_id);
         let recorded = store

@@ -16,8 +16,8 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use savestream_shared::config::{Config, QueueConfig, RedisConfig, Secret};
 use savestream_shared::store::webhooks::{TaskWebhook, WebhookState};
-use savestream_shared::store::{NewTask, Store};
-use savestream_shared::task::{rfc3339, SourceKind, TaskId};
+use savestream_shared::store::{NewTask, Store, StoreError};
+use savestream_shared::task::{rfc3339, SourceKind, TaskId, TaskStatus};
 use savestream_shared::title;
 use savestream_testkit::{eventually, free_port, RedisServer};
 use savestream_webhook::dispatcher::webhook_id;
@@ -42,7 +42,8 @@ enum End {
 }
 
 struct Harness {
-    _redis: RedisServer,
+    /// The private server: dropping it kills it; `redis_cli` reaches it by port.
+    redis: RedisServer,
     store: Store,
     /// A second connection for the blocking job reads of the fake worker.
     reader: Store,
@@ -70,11 +71,7 @@ impl Harness {
             .await
             .expect("creating the webhooks group before any task ends");
         let reader = store.with_own_connection().await.expect("a second connection");
-        Harness {
-            _redis: redis,
-            store,
-            reader,
-        }
+        Harness { redis, store, reader }
     }
 
     /// Creates a task and ends it the given way, as a worker (or the API,
@@ -138,6 +135,31 @@ impl Harness {
                 .expect("failing the task"),
             End::Cancel => unreachable!("handled above"),
         }
+    }
+
+    /// Runs one command on the test Redis through `redis-cli` (installed
+    /// beside the `redis-server` the harness runs), for what the store
+    /// deliberately cannot do: write a hash by hand, read a group's
+    /// pending entries. Answers the raw reply, trimmed.
+    fn redis_cli(&self, args: &[&str]) -> String {
+        let output = std::process::Command::new("redis-cli")
+            .arg("-p")
+            .arg(self.redis.port().to_string())
+            .args(args)
+            .output()
+            .expect("running redis-cli (it comes with redis-server)");
+        assert!(output.status.success(), "redis-cli {args:?} failed: {output:?}");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// How many events the `webhooks` group has read and not acknowledged.
+    fn webhook_events_pending(&self) -> usize {
+        let events = self.store.keys().events();
+        let summary = self.redis_cli(&["XPENDING", &events, "webhooks"]);
+        let count = summary.lines().next().unwrap_or_default();
+        count
+            .parse()
+            .unwrap_or_else(|_| panic!("XPENDING answered {summary:?}"))
     }
 
     /// Creates and ends `count` tasks, all created first (so the work items
@@ -670,6 +692,61 @@ async fn a_try_cut_short_by_a_killed_dispatcher_is_taken_over_after_the_lease() 
 }
 
 #[tokio::test]
+async fn a_task_whose_hash_cannot_be_read_costs_only_its_own_webhook() {
+    // Arrange: the first task's hash gets a `request` field no build of this
+    // version writes (another version's, a hand edit), so the store fails
+    // it at its start; the second task then completes. Both terminal events
+    // wait in one read batch, the unreadable one first.
+    let harness = Harness::start().await;
+    let receiver = Receiver::start().await;
+    let unreadable = harness.create().await;
+    let readable = harness.create().await;
+    let unreadable_key = harness.store.keys().task(&unreadable);
+    harness.redis_cli(&["HSET", &unreadable_key, "request", r#"["carrier-pigeon"]"#]);
+    let job = harness
+        .reader
+        .read_jobs(WORKER, 1, Duration::from_secs(1))
+        .await
+        .expect("reading jobs")
+        .remove(0);
+    let started = harness.store.start(&job.job_id, &unreadable, WORKER).await;
+    assert!(
+        matches!(
+            started,
+            Err(StoreError::Ended {
+                status: TaskStatus::Failed,
+                ..
+            })
+        ),
+        "the store fails a task it cannot read at its start: {started:?}"
+    );
+    harness.end(&readable, End::Complete).await;
+    let config = harness.config(&receiver.url(), None);
+
+    // Act
+    let dispatcher = harness.spawn(&config, fast(&config));
+
+    // Assert: the later task's webhook is delivered, the unreadable task's
+    // event is acknowledged without a delivery, and nothing stays pending.
+    harness.wait_for_state(&readable, WebhookState::Delivered).await;
+    eventually(
+        "every event read by the webhooks group to be acknowledged",
+        WAIT,
+        || async { (harness.webhook_events_pending() == 0).then_some(()) },
+    )
+    .await;
+    let requests = receiver.requests();
+    assert_eq!(
+        requests.len(),
+        1,
+        "only the readable task's webhook: {requests:#?}"
+    );
+    assert_eq!(requests[0].webhook_id(), harness.webhook_id_of(&readable).await);
+    assert_eq!(harness.task_webhook(&unreadable).await, None);
+    dispatcher.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn events_read_but_not_recorded_by_a_dead_dispatcher_are_taken_over() {
     // Arrange: a dispatcher read the events and died before recording them.
     let harness = Harness::start().await;
@@ -838,7 +915,7 @@ async fn tasks_that_ended_before_the_group_existed_are_not_replayed() {
     let harness = Harness {
         reader: store.with_own_connection().await.unwrap(),
         store,
-        _redis: redis,
+        redis,
     };
     let old = harness.finish_task(End::Complete).await;
     let receiver = Receiver::start().await;
