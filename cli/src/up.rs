@@ -3,12 +3,23 @@
 //! It reads the config, uses the Redis at `[redis] url` when one answers and
 //! otherwise starts a private `redis-server` (its own port and data dir under
 //! `.savestream/redis`, AOF on), then runs `savestream-api` and one
-//! `savestream-worker` with that config until Ctrl-C or SIGTERM. On the way
-//! out it stops them in reverse order with SIGTERM, so running tasks drain
-//! and Redis writes its AOF.
+//! `savestream-worker` with that config until Ctrl-C, SIGTERM or SIGHUP. On
+//! the way out it stops them in reverse order with one SIGTERM each, so
+//! running tasks drain and Redis writes its AOF; a second Ctrl-C or SIGTERM
+//! during that is passed on to the child being stopped, which cuts the
+//! worker's drain short, as it would for the worker alone.
+//!
+//! Each child runs in a process group of its own. A terminal sends Ctrl-C to
+//! its whole foreground process group: children in `up`'s group would get
+//! that SIGINT as well as `up`'s SIGTERM, and the worker takes a second
+//! signal as "exit at once" (exit 3, running tasks left to their leases).
+//! Outside the terminal's group only `up` hears the terminal, so `up` must
+//! pass on every signal that ends it (SIGHUP included) and stop its
+//! children, and it does: no child outlives it.
 
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -16,34 +27,117 @@ use fred::prelude::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use savestream_shared::config::Config;
+use tokio::signal::unix::{signal, SignalKind};
 
-/// A child process stopped with SIGTERM when dropped.
+/// A child process, in a process group of its own, sent SIGTERM when
+/// dropped while it still runs (an early error or a panic in `up`), so it
+/// does not outlive `up`.
 struct Supervised {
     name: &'static str,
     child: Child,
 }
 
 impl Supervised {
-    fn stop(&mut self, grace: Duration) {
+    /// Starts `command` in a process group of its own (see the module doc),
+    /// with no standard input: only `up` reads the terminal.
+    fn spawn(name: &'static str, command: &mut Command) -> std::io::Result<Supervised> {
+        let child = command.process_group(0).stdin(Stdio::null()).spawn()?;
+        Ok(Supervised { name, child })
+    }
+
+    fn terminate(&self) {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+    }
+
+    /// Sends one SIGTERM and waits up to `grace` for the child to exit,
+    /// then kills it. A further stop signal to `up` meanwhile is passed on
+    /// as a second SIGTERM, which tells the worker to exit at once.
+    async fn stop(&mut self, grace: Duration, signals: &mut StopSignals) {
         if let Ok(Some(_)) = self.child.try_wait() {
             return;
         }
-        let pid = Pid::from_raw(self.child.id() as i32);
-        let _ = kill(pid, Signal::SIGTERM);
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+        self.terminate();
+        let deadline = tokio::time::Instant::now() + grace;
+        // The std child has no exit future; polling its status is the
+        // cheapest way to await it here.
+        let mut poll = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            tokio::select! {
+                _ = poll.tick() => {
+                    if let Ok(Some(status)) = self.child.try_wait() {
+                        self.report(status);
+                        return;
+                    }
+                }
+                name = signals.next() => {
+                    eprintln!("savestream: {name} received again: passing it on to {}", self.name);
+                    self.terminate();
+                }
+                () = tokio::time::sleep_until(deadline) => break,
             }
-            // Synchronous shutdown path: nothing to await but the child's exit.
-            std::thread::sleep(Duration::from_millis(50));
         }
         eprintln!(
             "savestream: {} did not stop within {grace:?}; killing it",
             self.name
         );
         let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Ok(status) = self.child.wait() {
+            self.report(status);
+        }
+    }
+
+    /// One line per stopped child, so a shutdown cut short (the worker's
+    /// exit code 3) is not hidden behind `up`'s own exit.
+    fn report(&self, status: ExitStatus) {
+        eprintln!("savestream: {} stopped ({status})", self.name);
+    }
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate();
+        }
+    }
+}
+
+/// The signals that stop `up`: Ctrl-C, SIGTERM (service managers), SIGHUP
+/// (the terminal closed) and SIGQUIT (Ctrl-\). Each used to reach the
+/// children from the terminal directly; now `up` passes them on.
+struct StopSignals {
+    listeners: Vec<(&'static str, tokio::signal::unix::Signal)>,
+}
+
+impl StopSignals {
+    fn listen() -> anyhow::Result<StopSignals> {
+        let kinds = [
+            ("Ctrl-C", SignalKind::interrupt()),
+            ("SIGTERM", SignalKind::terminate()),
+            ("SIGHUP", SignalKind::hangup()),
+            ("SIGQUIT", SignalKind::quit()),
+        ];
+        let mut listeners = Vec::with_capacity(kinds.len());
+        for (name, kind) in kinds {
+            let listener = signal(kind).with_context(|| {
+                format!("cannot listen for {name}, which must stop the children `up` starts")
+            })?;
+            listeners.push((name, listener));
+        }
+        Ok(StopSignals { listeners })
+    }
+
+    /// Completes when the next stop signal arrives, naming it.
+    async fn next(&mut self) -> &'static str {
+        let received = self.listeners.iter_mut().map(|(name, listener)| {
+            Box::pin(async move {
+                // `None` only when the runtime's signal driver is gone.
+                if listener.recv().await.is_none() {
+                    std::future::pending::<()>().await;
+                }
+                *name
+            })
+        });
+        futures::future::select_all(received).await.0
     }
 }
 
@@ -51,13 +145,16 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     let loaded = Config::load(config_path).map_err(|error| anyhow::anyhow!("{error}"))?;
     let config = loaded.config;
     let config_arg = config_path.display().to_string();
+    // Listened to before any child starts: from here on a stop signal no
+    // longer ends `up` at once, which would leave the children running.
+    let mut signals = StopSignals::listen()?;
 
     let mut children: Vec<Supervised> = Vec::new();
     let redis_url = if redis_answers(&config.redis.url).await {
         eprintln!("savestream: using the Redis at [redis] url");
         None
     } else {
-        let (redis, url) = start_private_redis(Path::new(".savestream/redis")).await?;
+        let (redis, url) = start_private_redis(Path::new(".savestream/redis"), &mut signals).await?;
         eprintln!("savestream: no Redis answered at [redis] url; started a private redis-server at {url}");
         children.push(redis);
         Some(url)
@@ -69,8 +166,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         if let Some(url) = &redis_url {
             command.env("SAVESTREAM_REDIS_URL", url);
         }
-        let child = command.spawn().with_context(|| format!("starting {binary}"))?;
-        Ok(Supervised { name: binary, child })
+        Supervised::spawn(binary, &mut command).with_context(|| format!("starting {binary}"))
     };
     children.push(spawn("savestream-api")?);
     children.push(spawn("savestream-worker")?);
@@ -84,29 +180,24 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         config.api.port
     );
 
-    let exit = wait_for_stop_or_exit(&mut children).await;
+    let exit = wait_for_stop_or_exit(&mut children, &mut signals).await;
     let grace = config.worker.shutdown_grace() + Duration::from_secs(5);
     for child in children.iter_mut().rev() {
-        child.stop(grace);
+        child.stop(grace, &mut signals).await;
     }
     Ok(exit)
 }
 
-/// Waits for Ctrl-C / SIGTERM, or for a child to exit on its own (which
-/// stops the whole instance: half an instance helps nobody).
-async fn wait_for_stop_or_exit(children: &mut [Supervised]) -> ExitCode {
-    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(signal) => signal,
-        Err(error) => {
-            eprintln!("savestream: cannot listen for SIGTERM: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
+/// Waits for a stop signal, or for a child to exit on its own (which stops
+/// the whole instance: half an instance helps nobody).
+async fn wait_for_stop_or_exit(children: &mut [Supervised], signals: &mut StopSignals) -> ExitCode {
     let mut poll = tokio::time::interval(Duration::from_millis(200));
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
-            _ = terminate.recv() => return ExitCode::SUCCESS,
+            name = signals.next() => {
+                eprintln!("savestream: {name} received: stopping the worker, the API and Redis in turn, each with one SIGTERM");
+                return ExitCode::SUCCESS;
+            }
             _ = poll.tick() => {
                 for child in children.iter_mut() {
                     if let Ok(Some(status)) = child.child.try_wait() {
@@ -140,13 +231,17 @@ async fn redis_answers(url: &str) -> bool {
 
 /// Starts `redis-server` on a free loopback port with its data (AOF on) in
 /// `data_dir`, and waits until it answers.
-async fn start_private_redis(data_dir: &Path) -> anyhow::Result<(Supervised, String)> {
+async fn start_private_redis(
+    data_dir: &Path,
+    signals: &mut StopSignals,
+) -> anyhow::Result<(Supervised, String)> {
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .context("finding a free port for redis-server")?
         .port();
-    let child = Command::new("redis-server")
+    let mut command = Command::new("redis-server");
+    command
         .args([
             "--port",
             &port.to_string(),
@@ -157,24 +252,19 @@ async fn start_private_redis(data_dir: &Path) -> anyhow::Result<(Supervised, Str
         ])
         .arg("--dir")
         .arg(data_dir)
-        .stdout(Stdio::null())
-        .spawn()
-        .map_err(|error| {
-            anyhow::anyhow!(
-                "no Redis answers at [redis] url and redis-server cannot be started ({error}): \
+        .stdout(Stdio::null());
+    let mut redis = Supervised::spawn("redis-server", &mut command).map_err(|error| {
+        anyhow::anyhow!(
+            "no Redis answers at [redis] url and redis-server cannot be started ({error}): \
                  install it (Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew install redis) \
                  or point [redis] url at a running Redis"
-            )
-        })?;
-    let mut redis = Supervised {
-        name: "redis-server",
-        child,
-    };
+        )
+    })?;
     let url = format!("redis://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(10);
     while !redis_answers(&url).await {
         if Instant::now() > deadline || matches!(redis.child.try_wait(), Ok(Some(_))) {
-            redis.stop(Duration::from_secs(1));
+            redis.stop(Duration::from_secs(1), signals).await;
             bail!(
                 "the private redis-server on port {port} did not start; is {} writable?",
                 data_dir.display()

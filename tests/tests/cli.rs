@@ -3,7 +3,9 @@
 //! - `savestream up` with the README's config (`config.example.toml`, three
 //!   keys changed for a test machine) starts its own redis-server, the API
 //!   and a worker, completes a direct-link task end to end, and on SIGTERM
-//!   leaves no child behind;
+//!   leaves no child behind; a terminal's Ctrl-C (SIGINT to `up`'s whole
+//!   process group) stops the worker once, gracefully, so the download in
+//!   flight is released to the queue;
 //! - `add`, `status`, `ls`, `cancel` and `workers` against a real API, with
 //!   the URL and token from flags or the environment, and the API's refusals
 //!   printed as one line;
@@ -20,9 +22,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use savestream_shared::config::{QueueConfig, RedisConfig};
+use savestream_shared::event::EventKind;
 use savestream_shared::store::{Store, WorkerInfo};
+use savestream_shared::task::{TaskId, TaskStatus};
 use savestream_tests::file_server::{FileServer, ServedFile};
-use savestream_tests::savestream_testkit::{eventually, free_port};
+use savestream_tests::savestream_testkit::{eventually, free_port, RedisServer};
 use savestream_tests::{binary_path, TestApp, TestOptions, TEST_USER};
 use serde_json::json;
 
@@ -134,10 +138,20 @@ impl Drop for Up {
     }
 }
 
+/// Sends SIGINT/SIGTERM/... (`name`) to the process group `group_id`.
+fn signal_group(group_id: u32, name: &str) {
+    signal_target(&format!("-{group_id}"), name);
+}
+
 fn signal(pid: u32, name: &str) {
+    signal_target(&pid.to_string(), name);
+}
+
+fn signal_target(target: &str, name: &str) {
     let _ = std::process::Command::new("kill")
         .arg(format!("-{name}"))
-        .arg(pid.to_string())
+        .arg("--")
+        .arg(target)
         .stderr(Stdio::null())
         .status();
 }
@@ -212,6 +226,48 @@ fn example_config_for_test(api_port: u16, downloads: &Path) -> String {
     )
 }
 
+/// Starts `savestream up --config <config_path>` in `dir`, with `env` and
+/// none of the ambient settings, logging to `dir/up.log`. It leads a process
+/// group of its own, as a shell makes a foreground job, so a signal to that
+/// group (a terminal's Ctrl-C) reaches it and not the test runner.
+fn start_up(dir: &Path, config_path: &Path, env: &[(&str, &str)]) -> Up {
+    use std::os::unix::process::CommandExt as _;
+    let log = dir.join("up.log");
+    let log_file = std::fs::File::create(&log).expect("creating the log");
+    let mut command = std::process::Command::new(binary_path("savestream"));
+    command
+        .args(["up", "--config"])
+        .arg(config_path)
+        .current_dir(dir)
+        .env_remove("SAVESTREAM_CONFIG")
+        .env_remove("SAVESTREAM_API_PORT")
+        .env_remove("SAVESTREAM_REDIS_URL")
+        .env_remove("SAVESTREAM_WORKER_SHUTDOWN_GRACE_SECONDS")
+        .env("NO_COLOR", "1")
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log_file.try_clone().expect("cloning a file handle")))
+        .stderr(Stdio::from(log_file));
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let child = command.spawn().expect("running savestream up");
+    Up { child, log }
+}
+
+async fn wait_until_ready(http: &reqwest::Client, base_url: &str) {
+    eventually("the API that `savestream up` started to be ready", STEP, || {
+        let request = http.get(format!("{base_url}/ready")).send();
+        async move {
+            request
+                .await
+                .ok()
+                .filter(|response| response.status().is_success())
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn savestream_up_starts_its_own_redis_completes_a_direct_link_task_and_stops_everything_on_sigterm() {
     // Arrange: the example config, with nothing listening at [redis] url.
@@ -224,34 +280,10 @@ async fn savestream_up_starts_its_own_redis_completes_a_direct_link_task_and_sto
     let config_path = dir.path().join("config.toml");
     std::fs::write(&config_path, example_config_for_test(api_port, &downloads)).expect("writing the config");
     let no_redis = format!("redis://127.0.0.1:{}", free_port());
-    let log = dir.path().join("up.log");
-    let log_file = std::fs::File::create(&log).expect("creating the log");
-    let child = std::process::Command::new(binary_path("savestream"))
-        .args(["up", "--config"])
-        .arg(&config_path)
-        .current_dir(dir.path())
-        .env("SAVESTREAM_REDIS_URL", &no_redis)
-        .env_remove("SAVESTREAM_CONFIG")
-        .env_remove("SAVESTREAM_API_PORT")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(log_file.try_clone().expect("cloning a file handle")))
-        .stderr(Stdio::from(log_file))
-        .spawn()
-        .expect("running savestream up");
-    let mut up = Up { child, log };
+    let mut up = start_up(dir.path(), &config_path, &[("SAVESTREAM_REDIS_URL", &no_redis)]);
     let base_url = format!("http://127.0.0.1:{api_port}");
     let http = reqwest::Client::new();
-    eventually("the API that `savestream up` started to be ready", STEP, || {
-        let request = http.get(format!("{base_url}/ready")).send();
-        async move {
-            request
-                .await
-                .ok()
-                .filter(|response| response.status().is_success())
-        }
-    })
-    .await;
+    wait_until_ready(&http, &base_url).await;
     let children = children_of(up.child.id());
     for binary in ["redis-server", "savestream-api", "savestream-worker"] {
         assert!(
@@ -327,6 +359,114 @@ async fn savestream_up_starts_its_own_redis_completes_a_direct_link_task_and_sto
         reqwest::get(format!("{base_url}/health")).await.is_err(),
         "the API still answers after SIGTERM"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_to_savestream_ups_process_group_stops_the_worker_gracefully_and_releases_its_running_task() {
+    // Arrange: `up` on a Redis of the test's own, so the task can be read
+    // after `up` has ended, with a grace period of 1 s and a download
+    // throttled to last 10 s: the drain must end in a release.
+    let redis = RedisServer::start();
+    let dir = tempfile::Builder::new()
+        .prefix("savestream-up-ctrl-c-")
+        .tempdir()
+        .expect("creating a temp dir");
+    let downloads = dir.path().join("downloads");
+    let api_port = free_port();
+    let config_path = dir.path().join("config.toml");
+    std::fs::write(&config_path, example_config_for_test(api_port, &downloads)).expect("writing the config");
+    let redis_url = redis.url();
+    let mut up = start_up(
+        dir.path(),
+        &config_path,
+        &[
+            ("SAVESTREAM_REDIS_URL", &redis_url),
+            ("SAVESTREAM_WORKER_SHUTDOWN_GRACE_SECONDS", "1"),
+        ],
+    );
+    let base_url = format!("http://127.0.0.1:{api_port}");
+    let http = reqwest::Client::new();
+    wait_until_ready(&http, &base_url).await;
+    let files = FileServer::start().await;
+    files.add("/slow.bin", ServedFile::new(body(1_000_000)).throttled(100_000));
+    let created: serde_json::Value = http
+        .post(format!("{base_url}/api/v1/tasks"))
+        .header("Content-Type", "application/json")
+        .body(json!({ "url": files.url("/slow.bin"), "user_id": 123456789 }).to_string())
+        .send()
+        .await
+        .expect("POST /api/v1/tasks")
+        .json()
+        .await
+        .expect("a JSON answer");
+    let task_id = TaskId::parse(created["task_id"].as_str().expect("a task id")).expect("a valid task id");
+    let store = Store::connect(
+        &RedisConfig {
+            url: redis_url.clone(),
+            prefix: "savestream".into(),
+            startup_wait_seconds: 0,
+        },
+        &QueueConfig {
+            lease_seconds: 30,
+            retention_hours: 1,
+        },
+    )
+    .await
+    .expect("connecting to the test's redis");
+    eventually("the download to be under way", STEP, || {
+        let store = store.clone();
+        let task_id = task_id.clone();
+        async move {
+            let record = store.get(&task_id).await.ok()??;
+            (record.task.status == TaskStatus::Running && record.progress.downloaded_bytes > 0).then_some(())
+        }
+    })
+    .await;
+
+    // Act: Ctrl-C as a terminal sends it, to the whole foreground group.
+    signal_group(up.child.id(), "INT");
+    let status = eventually(
+        "`savestream up` to exit after Ctrl-C",
+        Duration::from_secs(60),
+        || {
+            let exited = up.child.try_wait().expect("waiting on savestream up");
+            async move { exited }
+        },
+    )
+    .await;
+
+    // Assert: one graceful stop, not a drain cut short (exit 3), and the
+    // task handed back to the queue rather than left running on its lease.
+    assert!(
+        status.success(),
+        "savestream up exited with {status}\n{}",
+        up.log()
+    );
+    let log = up.log();
+    assert!(
+        log.contains("savestream: savestream-worker stopped (exit status: 0)"),
+        "the worker did not exit 0:\n{log}"
+    );
+    assert!(
+        !log.contains("received again"),
+        "a second signal reached the worker:\n{log}"
+    );
+    let record = store
+        .get(&task_id)
+        .await
+        .expect("reading the task")
+        .expect("the task exists");
+    assert_eq!(record.task.status, TaskStatus::Queued, "{log}");
+    let released = store
+        .events(&task_id)
+        .await
+        .expect("reading the event log")
+        .into_iter()
+        .any(|logged| {
+            matches!(&logged.event.kind, EventKind::Retrying { error, .. } if error == "worker shut down before the task finished")
+        });
+    assert!(released, "no release was recorded:\n{log}");
+    assert!(children_of(up.child.id()).is_empty(), "children left behind");
 }
 
 // ----- (b) add, status, ls, cancel, workers --------------------------------
