@@ -94,7 +94,7 @@ impl Dispatcher {
     /// Returns [`WebhookError::Disabled`] when no URL is configured: the
     /// caller then runs no dispatcher (see [`WebhookError::is_disabled`]).
     /// Fails for a URL that is not http(s) and for a secret that is not
-    /// base64 after an optional `whsec_` (see [`Signer::from_secret`]).
+    /// `whsec_` followed by base64 (see [`Signer::from_secret`]).
     pub fn new(store: Store, config: &Config) -> Result<Dispatcher, WebhookError> {
         Dispatcher::with_options(store, config, DispatcherOptions::from_config(config))
     }
@@ -296,11 +296,34 @@ impl Dispatcher {
     /// records them; a try cut short by a harder stop is left claimed and
     /// another dispatcher takes it over after the lease.
     ///
-    /// Fails only at start, when the group cannot be created or the reading
-    /// connection opened; later Redis errors are logged and retried.
+    /// Fails only at start, when Redis refuses to create the group or open
+    /// the reading connection (a refused password, a key of the wrong
+    /// type); a Redis that does not answer is waited for there, and later
+    /// Redis errors are logged and retried.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WebhookError> {
-        self.ensure_group().await?;
-        let reader = self.inner.store.with_own_connection().await?;
+        // A Redis outage stops no process (ARCHITECTURE.md): a worker whose
+        // dispatcher failed here would exit, so start-up waits out errors
+        // that time mends, as the ingest loop does.
+        let mut failures = 0u32;
+        let reader = loop {
+            let started = async {
+                self.ensure_group().await?;
+                Ok::<_, WebhookError>(self.inner.store.with_own_connection().await?)
+            }
+            .await;
+            match started {
+                Ok(reader) => break reader,
+                Err(WebhookError::Store(error)) if error.is_transient() => {
+                    failures += 1;
+                    warn!(%error, "starting the webhook dispatcher: redis is not answering; trying again");
+                    pause(error_backoff(failures), &shutdown).await;
+                    if shutdown.is_cancelled() {
+                        return Ok(());
+                    }
+                }
+                Err(error) => return Err(error),
+            }
+        };
         info!(
             consumer = %self.inner.consumer,
             host = %self.inner.sender.host(),

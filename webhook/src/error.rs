@@ -12,10 +12,11 @@ pub enum WebhookError {
     /// The webhook URL is not an http or https URL.
     #[error("webhook_url must be an http or https URL, not {scheme}:")]
     InvalidUrl { scheme: String },
-    /// A webhook secret that is not `whsec_` (optional) and base64, as the
-    /// Standard Webhooks spec defines it. The secret is not shown.
-    #[error("[api] webhook_secret (or SAVESTREAM_API_WEBHOOK_SECRET) is not a Standard Webhooks secret: after an optional `whsec_` prefix it must be the base64 of at least one key byte, or receivers' standard verifiers reject every signature; make one with `echo whsec_$(openssl rand -base64 32)`, give the receiver the same value, and start the worker again")]
-    InvalidSecret,
+    /// A webhook secret that is not `whsec_` followed by base64 (see
+    /// `Signer::from_secret`). `problem` says which part is wrong; neither
+    /// it nor the message shows the secret.
+    #[error("[api] webhook_secret (or SAVESTREAM_API_WEBHOOK_SECRET) is not a Standard Webhooks secret: {problem}; it must be `whsec_` followed by the base64 of the key bytes: make one with `echo whsec_$(openssl rand -base64 32)`, give the receiver the same value, and start the worker again")]
+    InvalidSecret { problem: &'static str },
     /// Options that cannot work together, named in the message.
     #[error("invalid webhook dispatcher options: {0}")]
     InvalidOptions(String),
