@@ -2,7 +2,8 @@
 //! `run_until_stopped` against a real Redis and a real HTTP server. These
 //! tests cover what lives around the pipeline: the intake loop, leases and
 //! the reaper, the cancel subscription, undecodable work items, a Redis
-//! restart, and the graceful shutdown.
+//! restart, a Redis outage as the webhook dispatcher starts, and the
+//! graceful shutdown.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -21,7 +22,7 @@ use savestream_tests::file_server::{FileServer, ServedFile};
 use savestream_worker::pipeline::RELEASED_MESSAGE;
 use savestream_worker::running::RunningTasks;
 use savestream_worker::storage::{FileName, LocalStorage, Storage, StorageDir, Storages};
-use savestream_worker::{cancel, lease, Application, RunError};
+use savestream_worker::{cancel, lease, Application, Role, RunError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -826,4 +827,63 @@ async fn the_promoter_asks_redis_at_most_five_times_a_second_when_this_clock_run
         harness.store.next_due().await.unwrap().is_some(),
         "the retry is not due for 30 s by Redis' clock"
     );
+}
+
+#[tokio::test]
+async fn a_redis_outage_as_the_webhook_dispatcher_starts_delays_it_and_stops_nothing() {
+    // Arrange: a webhooks worker built while Redis answered; then Redis
+    // dies, and its port refuses every connection (a listener that drops
+    // them).
+    let mut harness = Harness::start().await;
+    let mut config = harness.config(1, 1);
+    config.api.webhook_url = Some("http://127.0.0.1:1/hook".parse().expect("a valid URL"));
+    let application = Application::build_with_role(config, Role::Webhooks)
+        .await
+        .expect("the worker starts");
+    let port = harness.redis.port();
+    harness.redis.kill();
+    let refuser = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("taking the dead redis' port");
+    let stop = CancellationToken::new();
+    let mut handle = tokio::spawn(application.run_until_stopped(stop.clone().cancelled_owned()));
+
+    // Act: an outage longer than the store's 5 s command timeout, so the
+    // dispatcher's first calls fail rather than wait for a reconnect. The
+    // span is the scenario itself, not a wait for something to happen.
+    let outage_ends = tokio::time::Instant::now() + Duration::from_secs(6);
+    loop {
+        tokio::select! {
+            accepted = refuser.accept() => drop(accepted.expect("accepting a connection")),
+            ended = &mut handle => panic!("the worker stopped during the outage: {ended:?}"),
+            () = tokio::time::sleep_until(outage_ends) => break,
+        }
+    }
+    drop(refuser);
+    let _replacement = ReplacementRedis::start(port, harness.redis.dir());
+
+    // Assert: the dispatcher starts once Redis is back (it blocks reading
+    // the events), and the worker stops only when told to.
+    eventually(
+        "the dispatcher to read events from the replacement redis",
+        Duration::from_secs(15),
+        || async {
+            let client =
+                Builder::from_config(fred::types::config::Config::from_url(&harness.redis.url()).ok()?)
+                    .build()
+                    .ok()?;
+            client.init().await.ok()?;
+            let clients: String = client.custom(fred::cmd!("CLIENT"), vec!["LIST"]).await.ok()?;
+            let _ = client.quit().await;
+            clients.contains("cmd=xreadgroup").then_some(())
+        },
+    )
+    .await;
+    assert!(!handle.is_finished(), "{:?}", handle.await);
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), handle)
+        .await
+        .expect("the worker stops in time")
+        .expect("the worker does not panic")
+        .expect("the worker stops only when told to");
 }
