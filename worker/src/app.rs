@@ -333,7 +333,8 @@ impl Application {
 
     /// Runs until `shutdown` completes, then shuts down gracefully. Also
     /// shuts down, and answers the error, when the webhook dispatcher
-    /// cannot run.
+    /// cannot run. When attempts are abandoned as well, the answer is
+    /// [`RunError::Abandoned`]; the dispatcher's error is logged.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
         let context = self.context;
         let intake = CancellationToken::new();
@@ -449,7 +450,10 @@ impl Application {
                     "attempts did not stop within {}s of the end of the grace period: abandoning them; their work items stay pending and another worker takes them over once their leases expire",
                     RELEASE_WAIT.as_secs()
                 );
-                failure.get_or_insert(RunError::Abandoned { attempts });
+                // Abandoned attempts decide the exit (3) even when the
+                // dispatcher failed too (1, already logged above): tasks
+                // left pending are what an operator must know about first.
+                failure = Some(RunError::Abandoned { attempts });
             }
         }
         if let Some(dispatcher) = dispatcher {
