@@ -10,8 +10,9 @@
 //! only then stop the heartbeat and the other background loops and leave
 //! the registry of live workers. Attempts that do not stop within
 //! [`RELEASE_WAIT`] after the grace period are abandoned (their work items
-//! stay pending and are taken over once their leases expire), so a hung
-//! disk write cannot keep the process from exiting.
+//! stay pending and are taken over once their leases expire), so neither a
+//! Redis that does not answer (a release retries it for up to a lease) nor
+//! a hung disk write can keep the process from exiting.
 //!
 //! What a process runs is its [`Role`]: `all` (tasks, and the webhook
 //! dispatcher when `[api] webhook_url` is set), `tasks`, or `webhooks`.
@@ -130,11 +131,12 @@ pub enum RunError {
     DispatcherEnded,
     #[error("the webhook dispatcher ended abnormally: {0}; start the worker again")]
     DispatcherPanicked(tokio::task::JoinError),
-    /// Attempts that did not stop within [`RELEASE_WAIT`] of being told to
-    /// release their tasks (a disk write that hangs): the process exits
-    /// without them, and their work items, still pending, are taken over
-    /// once their leases expire.
-    #[error("{attempts} attempt(s) did not stop within {}s after the grace period and were abandoned: another worker takes their tasks over once their leases expire", RELEASE_WAIT.as_secs())]
+    /// Attempts that did not finish releasing their tasks within
+    /// [`RELEASE_WAIT`] of being told to: most often Redis not answering
+    /// (the release retries it for up to a lease), else a write that hangs.
+    /// The process exits without them, and their work items, still
+    /// pending, are taken over once their leases expire.
+    #[error("{attempts} attempt(s) did not finish releasing their tasks within {}s after the grace period (redis not answering, or a write that hangs) and were abandoned: their tasks stay running until their leases expire, then another worker takes them over", RELEASE_WAIT.as_secs())]
     Abandoned { attempts: usize },
 }
 
@@ -440,14 +442,16 @@ impl Application {
                 "grace period over: releasing running tasks to other workers"
             );
             context.release.cancel();
-            // A release is one Redis call; an attempt that takes longer is
-            // stuck (in a disk write, say). Its work item stays pending and
-            // expires, so leaving it behind loses nothing.
+            // A release is one Redis call when Redis answers; during an
+            // outage it retries for up to a lease, and a hung write holds
+            // it for ever. The wait is bounded so the process still exits:
+            // the work item stays pending and expires, so leaving the
+            // attempt behind loses nothing.
             if tokio::time::timeout(RELEASE_WAIT, tasks.wait()).await.is_err() {
                 let attempts = tasks.len();
                 error!(
                     abandoned = attempts,
-                    "attempts did not stop within {}s of the end of the grace period: abandoning them; their work items stay pending and another worker takes them over once their leases expire",
+                    "attempts did not finish releasing their tasks within {}s of the end of the grace period (redis not answering, or a write that hangs): abandoning them; their work items stay pending and another worker takes them over once their leases expire",
                     RELEASE_WAIT.as_secs()
                 );
                 // Abandoned attempts decide the exit (3) even when the

@@ -11,8 +11,9 @@
 //! or the login fails, 2 for a bad command line or config file (including Telegram
 //! settings that `login` cannot use), 3 when the shutdown was cut short: a
 //! second SIGTERM or Ctrl-C during the drain (the process exits at once), or
-//! attempts that did not stop within `RELEASE_WAIT` (5 s) after the grace
-//! period. 3 wins over 1 when both happen (a dispatcher that failed, then
+//! attempts that did not finish releasing their tasks within `RELEASE_WAIT`
+//! (5 s) after the grace period (Redis not answering, or a write that
+//! hangs). 3 wins over 1 when both happen (a dispatcher that failed, then
 //! attempts abandoned): the dispatcher's failure is in the log. Nothing is
 //! lost either way: the work items of the tasks still
 //! running stay pending, and another worker takes them over once their
