@@ -390,7 +390,7 @@ async fn a_burst_of_cancels_removes_the_partial_files_of_every_canceled_task() {
 
     eventually(
         "every canceled task's partial files to go",
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         || async { names_in(harness.storage_dir.path()).is_empty().then_some(()) },
     )
     .await;
