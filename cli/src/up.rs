@@ -14,13 +14,24 @@
 //! that SIGINT as well as `up`'s SIGTERM, and the worker takes a second
 //! signal as "exit at once" (exit 3, running tasks left to their leases).
 //! Outside the terminal's group only `up` hears the terminal, so `up` must
-//! pass on every signal that ends it (SIGHUP included) and stop its
+//! pass on every signal that ends it (SIGHUP included, unless `up` was
+//! started with SIGHUP ignored, as `nohup` starts it) and stop its
 //! children, and it does: no child outlives it.
 
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+/// `eprintln!` that cannot panic. Once the terminal hangs up, writing to it
+/// fails (EIO) and `eprintln!` would panic, and a panic skips the orderly
+/// stop that a closed terminal's SIGHUP asks for.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
 
 use anyhow::{bail, Context};
 use fred::prelude::*;
@@ -70,13 +81,13 @@ impl Supervised {
                     }
                 }
                 name = signals.next() => {
-                    eprintln!("savestream: {name} received again: passing it on to {}", self.name);
+                    say!("savestream: {name} received again: passing it on to {}", self.name);
                     self.terminate();
                 }
                 () = tokio::time::sleep_until(deadline) => break,
             }
         }
-        eprintln!(
+        say!(
             "savestream: {} did not stop within {grace:?}; killing it",
             self.name
         );
@@ -89,7 +100,7 @@ impl Supervised {
     /// One line per stopped child, so a shutdown cut short (the worker's
     /// exit code 3) is not hidden behind `up`'s own exit.
     fn report(&self, status: ExitStatus) {
-        eprintln!("savestream: {} stopped ({status})", self.name);
+        say!("savestream: {} stopped ({status})", self.name);
     }
 }
 
@@ -98,6 +109,17 @@ impl Drop for Supervised {
         if let Ok(None) = self.child.try_wait() {
             self.terminate();
         }
+    }
+}
+
+/// Whether this process was started with `signal` ignored (as `nohup`
+/// starts it with SIGHUP).
+fn ignored(signal: libc::c_int) -> bool {
+    // SAFETY: with a null new action, sigaction only reads the current one
+    // into `current`, a plain C struct for which all zeroes is valid.
+    unsafe {
+        let mut current: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(signal, std::ptr::null(), &mut current) == 0 && current.sa_sigaction == libc::SIG_IGN
     }
 }
 
@@ -118,6 +140,11 @@ impl StopSignals {
         ];
         let mut listeners = Vec::with_capacity(kinds.len());
         for (name, kind) in kinds {
+            // `nohup savestream up` ignores SIGHUP so that closing the
+            // terminal stops nothing; listening would undo that.
+            if kind == SignalKind::hangup() && ignored(libc::SIGHUP) {
+                continue;
+            }
             let listener = signal(kind).with_context(|| {
                 format!("cannot listen for {name}, which must stop the children `up` starts")
             })?;
@@ -151,11 +178,11 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
 
     let mut children: Vec<Supervised> = Vec::new();
     let redis_url = if redis_answers(&config.redis.url).await {
-        eprintln!("savestream: using the Redis at [redis] url");
+        say!("savestream: using the Redis at [redis] url");
         None
     } else {
         let (redis, url) = start_private_redis(Path::new(".savestream/redis"), &mut signals).await?;
-        eprintln!("savestream: no Redis answered at [redis] url; started a private redis-server at {url}");
+        say!("savestream: no Redis answered at [redis] url; started a private redis-server at {url}");
         children.push(redis);
         Some(url)
     };
@@ -170,7 +197,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     };
     children.push(spawn("savestream-api")?);
     children.push(spawn("savestream-worker")?);
-    eprintln!(
+    say!(
         "savestream: API on http://{}:{} with one worker; Ctrl-C stops everything",
         if config.api.host == "0.0.0.0" {
             "127.0.0.1"
@@ -195,13 +222,13 @@ async fn wait_for_stop_or_exit(children: &mut [Supervised], signals: &mut StopSi
     loop {
         tokio::select! {
             name = signals.next() => {
-                eprintln!("savestream: {name} received: stopping the worker, the API and Redis in turn, each with one SIGTERM");
+                say!("savestream: {name} received: stopping the worker, the API and Redis in turn, each with one SIGTERM");
                 return ExitCode::SUCCESS;
             }
             _ = poll.tick() => {
                 for child in children.iter_mut() {
                     if let Ok(Some(status)) = child.child.try_wait() {
-                        eprintln!("savestream: {} exited ({status}); stopping the rest", child.name);
+                        say!("savestream: {} exited ({status}); stopping the rest", child.name);
                         return ExitCode::FAILURE;
                     }
                 }

@@ -231,10 +231,24 @@ fn example_config_for_test(api_port: u16, downloads: &Path) -> String {
 /// group of its own, as a shell makes a foreground job, so a signal to that
 /// group (a terminal's Ctrl-C) reaches it and not the test runner.
 fn start_up(dir: &Path, config_path: &Path, env: &[(&str, &str)]) -> Up {
+    start_up_through(&[], dir, config_path, env)
+}
+
+/// `savestream up` run by `wrapper` (for example `["nohup"]`), in a process
+/// group of its own as a shell's job is.
+fn start_up_through(wrapper: &[&str], dir: &Path, config_path: &Path, env: &[(&str, &str)]) -> Up {
     use std::os::unix::process::CommandExt as _;
     let log = dir.join("up.log");
     let log_file = std::fs::File::create(&log).expect("creating the log");
-    let mut command = std::process::Command::new(binary_path("savestream"));
+    let savestream = binary_path("savestream");
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut command = std::process::Command::new(program);
+            command.args(args).arg(&savestream);
+            command
+        }
+        None => std::process::Command::new(&savestream),
+    };
     command
         .args(["up", "--config"])
         .arg(config_path)
@@ -423,6 +437,11 @@ async fn ctrl_c_to_savestream_ups_process_group_stops_the_worker_gracefully_and_
     })
     .await;
 
+    let children: Vec<u32> = children_of(up.child.id())
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .collect();
+
     // Act: Ctrl-C as a terminal sends it, to the whole foreground group.
     signal_group(up.child.id(), "INT");
     let status = eventually(
@@ -466,7 +485,77 @@ async fn ctrl_c_to_savestream_ups_process_group_stops_the_worker_gracefully_and_
             matches!(&logged.event.kind, EventKind::Retrying { error, .. } if error == "worker shut down before the task finished")
         });
     assert!(released, "no release was recorded:\n{log}");
-    assert!(children_of(up.child.id()).is_empty(), "children left behind");
+    assert!(
+        children.len() >= 2,
+        "the API and the worker ran: {children:?}\n{log}"
+    );
+    assert!(
+        children.iter().all(|pid| !is_alive(*pid)),
+        "children left behind: {children:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn savestream_up_under_nohup_keeps_running_when_the_terminal_hangs_up() {
+    // Arrange: `nohup savestream up`, which starts it with SIGHUP ignored.
+    let dir = tempfile::Builder::new()
+        .prefix("savestream-up-nohup-")
+        .tempdir()
+        .expect("creating a temp dir");
+    let downloads = dir.path().join("downloads");
+    let api_port = free_port();
+    let config_path = dir.path().join("config.toml");
+    std::fs::write(&config_path, example_config_for_test(api_port, &downloads)).expect("writing the config");
+    let redis = RedisServer::start();
+    let redis_url = redis.url();
+    let mut up = start_up_through(
+        &["nohup"],
+        dir.path(),
+        &config_path,
+        &[("SAVESTREAM_REDIS_URL", &redis_url)],
+    );
+    let base_url = format!("http://127.0.0.1:{api_port}");
+    let http = reqwest::Client::new();
+    wait_until_ready(&http, &base_url).await;
+
+    // Act: the terminal closes, hanging up its whole session's jobs.
+    signal_group(up.child.id(), "HUP");
+    let files = FileServer::start().await;
+    files.add("/after.bin", ServedFile::new(body(1_000)));
+    let created: serde_json::Value = http
+        .post(format!("{base_url}/api/v1/tasks"))
+        .header("Content-Type", "application/json")
+        .body(json!({ "url": files.url("/after.bin"), "user_id": 123456789 }).to_string())
+        .send()
+        .await
+        .expect("POST /api/v1/tasks after the hangup")
+        .json()
+        .await
+        .expect("a JSON answer");
+    let task_id = created["task_id"].as_str().expect("a task id").to_owned();
+
+    // Assert: everything still runs, and a task created after the hangup completes.
+    eventually("the task created after the hangup to complete", STEP, || {
+        let request = http.get(format!("{base_url}/api/v1/tasks/{task_id}")).send();
+        async move {
+            let task: serde_json::Value = request.await.ok()?.json().await.ok()?;
+            (task["status"] == "completed").then_some(())
+        }
+    })
+    .await;
+    assert!(
+        up.child.try_wait().unwrap().is_none(),
+        "up stopped:\n{}",
+        up.log()
+    );
+    assert!(!up.log().contains("SIGHUP received"), "{}", up.log());
+    signal(up.child.id(), "TERM");
+    let status = eventually("`savestream up` to exit after SIGTERM", STEP, || {
+        let exited = up.child.try_wait().expect("waiting on savestream up");
+        async move { exited }
+    })
+    .await;
+    assert!(status.success(), "{status}\n{}", up.log());
 }
 
 // ----- (b) add, status, ls, cancel, workers --------------------------------
