@@ -99,13 +99,23 @@ impl Process {
         Some(child)
     }
 
-    /// Waits for a process that was sent SIGTERM to exit, at most `timeout`.
+    /// Waits for a process that was sent SIGTERM to exit, at most
+    /// `timeout`; one that does not is killed before the test fails, so it
+    /// cannot outlive the test (a `Child` dropped is not killed).
     pub async fn wait_exit(mut child: Child, timeout: Duration) -> std::process::ExitStatus {
-        eventually("the process to exit", timeout, || {
-            let status = child.try_wait().expect("waiting on a child process");
-            async move { status }
-        })
-        .await
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("waiting on a child process") {
+                return status;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the process did not exit within {timeout:?}: killed it");
+            }
+            // A child's exit is not an event this runtime can await here.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     pub fn log(&self) -> String {

@@ -436,7 +436,7 @@ async fn a_second_sigterm_during_the_drain_exits_at_once_with_3_and_the_task_is_
         .status()
         .unwrap();
     assert!(sent.success());
-    let status = savestream_tests::Process::wait_exit(child, Duration::from_secs(2)).await;
+    let status = savestream_tests::Process::wait_exit(child, Duration::from_secs(10)).await;
 
     assert_eq!(status.code(), Some(3), "{status:?}\n{}", app.workers[0].log());
     let (_, task) = app.get_task(&task_id).await;
