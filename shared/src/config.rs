@@ -45,7 +45,15 @@ pub const ENV_PREFIX: &str = "SAVESTREAM_";
 
 /// `SAVESTREAM_*` variables that are not config keys (the binaries' own flags),
 /// so the overlay neither applies nor warns about them.
-const ENV_RESERVED: &[&str] = &["SAVESTREAM_CONFIG", "SAVESTREAM_LOG"];
+const ENV_RESERVED: &[&str] = &[
+    "SAVESTREAM_CONFIG",
+    "SAVESTREAM_LOG",
+    // savestream-worker --role
+    "SAVESTREAM_ROLE",
+    // the savestream CLI's --url and --token, which README has users export
+    "SAVESTREAM_URL",
+    "SAVESTREAM_TOKEN",
+];
 
 /// Top-level keys of SaveAny-Bot's config.toml that savestream has no use for.
 /// `proxy` is SaveAny-Bot's global proxy; savestream only has `[telegram.proxy]`.
@@ -1045,10 +1053,12 @@ fn token_problem(text: &str) -> Option<&'static str> {
     if text.trim() != text {
         return Some("starts or ends with whitespace: remove it");
     }
-    if !text.bytes().all(|byte| (0x21..=0x7e).contains(&byte)) {
+    // Inner spaces are sendable (`Authorization: Bearer two words` presents
+    // `two words`); control and non-ASCII characters are not.
+    if !text.bytes().all(|byte| (0x20..=0x7e).contains(&byte)) {
         return Some(
-            "holds a space, a control character or a non-ASCII character: use visible ASCII characters \
-             only (! to ~), e.g. the output of `openssl rand -hex 32`",
+            "holds a control character or a non-ASCII character: use visible ASCII characters and \
+             spaces only, e.g. the output of `openssl rand -hex 32`",
         );
     }
     None
@@ -1138,7 +1148,17 @@ fn read_api(mut s: Section<'_, '_>) -> Result<ApiConfig, ConfigError> {
         None => None,
         Some(text) => Some(parse_http_url(&text).map_err(|message| s.error("webhook_url", message))?),
     };
-    let webhook_secret = s.non_empty_string("webhook_secret")?.map(Secret::new);
+    // Empty means unsigned, as SaveAny-Bot files write it; a secret of only
+    // whitespace (a variable set to a newline) would silently mean the same.
+    let webhook_secret = match s.opt_string("webhook_secret")? {
+        Some(text) if !text.is_empty() && text.trim().is_empty() => {
+            return Err(s.error(
+                "webhook_secret",
+                "is only whitespace: set whsec_ and base64 (echo whsec_$(openssl rand -base64 32)), or \"\" to send webhooks unsigned",
+            ))
+        }
+        other => other.filter(|text| !text.is_empty()).map(Secret::new),
+    };
     s.finish()?;
     Ok(ApiConfig {
         enable,
@@ -1534,11 +1554,46 @@ mod tests {
     }
 
     #[test]
-    fn config_api_token_with_an_inner_space_is_refused() {
-        let error = load_api_token(r#""tok 4b2e""#, &[]).unwrap_err().to_string();
+    fn config_api_token_with_an_inner_space_is_accepted_as_a_client_can_send_it() {
+        let loaded = load_api_token(r#""correct horse 4b2e""#, &[]).unwrap();
+        assert_eq!(loaded.config.api.token.expose(), "correct horse 4b2e");
+    }
+
+    #[test]
+    fn config_api_token_with_a_control_character_is_refused() {
+        let error = load_api_token(r#""tok	4b2e""#, &[]).unwrap_err().to_string();
         assert!(error.starts_with("config.toml: api.token: "), "{error}");
-        assert!(error.contains("visible ASCII"), "{error}");
+        assert!(error.contains("control character"), "{error}");
         assert!(!error.contains("4b2e"), "the error printed the token: {error}");
+    }
+
+    #[test]
+    fn a_blank_webhook_secret_is_refused_rather_than_read_as_none() {
+        let text = FULL.replace("webhook_secret = \"s\"", "webhook_secret = \"  \"");
+        let error = Config::from_toml_str(&text, "config.toml", Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("config.toml: api.webhook_secret: "), "{error}");
+        assert!(error.contains("only whitespace"), "{error}");
+    }
+
+    #[test]
+    fn the_binaries_own_environment_variables_are_not_reported_as_unknown() {
+        let env = [
+            ("SAVESTREAM_ROLE", "tasks"),
+            ("SAVESTREAM_URL", "http://x"),
+            ("SAVESTREAM_TOKEN", "t"),
+        ]
+        .map(|(name, value)| (name.to_owned(), value.to_owned()));
+        let loaded = Config::from_toml_str(FULL, "config.toml", env).unwrap();
+        assert!(
+            loaded
+                .warnings
+                .iter()
+                .all(|warning| !warning.contains("SAVESTREAM_")),
+            "{:?}",
+            loaded.warnings
+        );
     }
 
     #[test]
