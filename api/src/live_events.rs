@@ -2,8 +2,11 @@
 //! `GET /api/v1/tasks/{task_id}/events`.
 //!
 //! [`follow`] replays the history the handler read, then tails the `events`
-//! stream with `XREAD BLOCK` from the id of the last history entry, so no
-//! event falls between the two reads, and keeps the entries of this task.
+//! stream with `XREAD BLOCK` from the later of the last history entry and
+//! the log's newest entry read before the history, so no event falls
+//! between the two reads, and keeps the entries of this task. (From the
+//! last history entry alone, a watcher of a task queued behind a backlog
+//! read the whole backlog, every task's events, each time it connected.)
 //! The stream ends after the task's last event, when the server shuts down,
 //! or when Redis goes away (the client then reconnects with `Last-Event-ID`).
 //!
@@ -35,14 +38,21 @@ const BLOCK: Duration = Duration::from_secs(5);
 const BATCH: u64 = 500;
 
 /// The task's events: `history` (those after `last_event_id`, when given),
-/// then live ones until the task ends.
+/// then live ones until the task ends. `newest` is the log's newest entry
+/// id, read before `history`: every event of the task up to it is in
+/// `history` already, so the live part starts after whichever of the two
+/// is later.
 pub async fn follow(
     state: &AppState,
     task_id: TaskId,
     history: Vec<LoggedEvent>,
+    newest: Option<String>,
     last_event_id: Option<String>,
 ) -> Result<BoxStream<'static, TaskEventBody>, ApiError> {
-    let tail_from = history.last().map(|logged| logged.id.clone());
+    let tail_from = history.last().map(|logged| match &newest {
+        Some(newest) if stream_id_after(newest, &logged.id) => newest.clone(),
+        _ => logged.id.clone(),
+    });
     let history: Vec<TaskEventBody> = history.into_iter().map(TaskEventBody::from).collect();
     let ended = history.last().is_some_and(TaskEventBody::is_terminal);
     let replay: Vec<TaskEventBody> = history

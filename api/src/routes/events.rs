@@ -67,15 +67,22 @@ impl EventsApi {
     ) -> Result<EventsResponse, Failure<EventsErrors>> {
         let task_id = parse_task_id(&task_id.0)?;
         record_task_id(&task_id);
-        let history = state.store.events(&task_id).await?;
-        if history.is_empty() {
-            return Err(ApiError::task_not_found(&task_id).into());
-        }
         let wants_stream = headers
             .get_all(poem::http::header::ACCEPT)
             .iter()
             .filter_map(|value| value.to_str().ok())
             .any(|accept| accept.contains("text/event-stream"));
+        // Read before the history: the live part may start after it (see
+        // `live_events::follow`).
+        let newest = if wants_stream {
+            state.store.newest_log_id().await?
+        } else {
+            None
+        };
+        let history = state.store.events(&task_id).await?;
+        if history.is_empty() {
+            return Err(ApiError::task_not_found(&task_id).into());
+        }
         if !wants_stream {
             return Ok(EventsResponse::Ok(EventsContent::Json(Json(TaskEvents {
                 task_id: task_id.to_string(),
@@ -86,7 +93,7 @@ impl EventsApi {
             .get("last-event-id")
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned);
-        let events = live_events::follow(&state, task_id, history, last_event_id).await?;
+        let events = live_events::follow(&state, task_id, history, newest, last_event_id).await?;
         let stream = EventStream::new(events)
             .keep_alive(KEEP_ALIVE)
             .to_event(|event: TaskEventBody| {

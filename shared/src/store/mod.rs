@@ -530,6 +530,15 @@ impl Store {
         Ok(logged)
     }
 
+    /// The id of the newest event on the log, or `None` while it is empty.
+    pub async fn newest_log_id(&self) -> Result<Option<String>, StoreError> {
+        let reply: Value = self
+            .client
+            .xrevrange(self.keys.events(), "+", "-", Some(1))
+            .await?;
+        Ok(stream_entries(reply)?.into_iter().next().map(|(id, _)| id))
+    }
+
     /// Waits up to `block` for events after the log id `after` (`$` for
     /// "from now"), at most `count`. Call it on a store
     /// [`with_own_connection`](Store::with_own_connection): it blocks.

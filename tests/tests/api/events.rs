@@ -6,7 +6,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use savestream_tests::TestApp;
 
-use super::helpers::{create_contract_task, spawn_app, STEP};
+use fred::prelude::ClientLike;
+
+use super::helpers::{contract_body, create_contract_task, redis, spawn_app, STEP};
 
 /// One SSE event: its `id:` and its `data:` parsed as JSON.
 #[derive(Debug)]
@@ -134,6 +136,58 @@ async fn event_stream_sends_history_then_live_events_and_ends_with_the_task() {
         stream.next().await.is_none(),
         "the stream ends after the task's last event"
     );
+}
+
+#[tokio::test]
+async fn a_live_stream_starts_after_the_backlog_that_was_on_the_log_when_it_opened() {
+    let app = spawn_app().await;
+    let task_id = create_contract_task(&app).await;
+    // A backlog behind it: 5,000 other tasks' events, ten XREADs' worth.
+    for _ in 0..50 {
+        let tasks: Vec<serde_json::Value> = (0..100).map(|_| contract_body()).collect();
+        let response = app
+            .client
+            .post(app.url("/api/v1/tasks/batch"))
+            .json(&serde_json::json!({ "tasks": tasks }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+    }
+    let reads_before = xread_calls(&app).await;
+
+    let mut stream = SseReader::open(&app, &task_id, None).await;
+    let created = stream.next().await.expect("the history's first event");
+    let canceled = app
+        .client
+        .delete(app.url(&format!("/api/v1/tasks/{task_id}")))
+        .send()
+        .await
+        .unwrap();
+    let live = stream.next().await.expect("the live cancel event");
+
+    assert_eq!(created.data["type"], "created");
+    assert_eq!(canceled.status(), 200);
+    assert_eq!(live.data["type"], "canceled");
+    assert!(stream.next().await.is_none(), "the stream ends with the task");
+    let reads = xread_calls(&app).await - reads_before;
+    assert!(
+        reads <= 3,
+        "{reads} XREADs: the stream read the backlog before it opened"
+    );
+}
+
+/// How many `XREAD`s Redis has run, from `INFO commandstats`.
+async fn xread_calls(app: &TestApp) -> u64 {
+    let info: String = redis(app)
+        .await
+        .info(Some(fred::types::InfoKind::CommandStats))
+        .await
+        .expect("INFO commandstats");
+    info.lines()
+        .find_map(|line| line.strip_prefix("cmdstat_xread:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().expect("a count"))
 }
 
 #[tokio::test]
