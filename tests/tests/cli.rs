@@ -269,6 +269,50 @@ fn start_up_through(wrapper: &[&str], dir: &Path, config_path: &Path, env: &[(&s
     Up { child, log }
 }
 
+/// A directory for `savestream up` with the README's config in it, made
+/// for a test machine (`example_config_for_test`).
+struct UpSite {
+    dir: tempfile::TempDir,
+    downloads: PathBuf,
+    config_path: PathBuf,
+    api_port: u16,
+}
+
+impl UpSite {
+    fn new(prefix: &str) -> UpSite {
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir()
+            .expect("creating a temp dir");
+        let downloads = dir.path().join("downloads");
+        let api_port = free_port();
+        let config_path = dir.path().join("config.toml");
+        std::fs::write(&config_path, example_config_for_test(api_port, &downloads))
+            .expect("writing the config");
+        UpSite {
+            dir,
+            downloads,
+            config_path,
+            api_port,
+        }
+    }
+}
+
+/// Creates a task for a direct link, as the README's curl example does, and returns its id.
+async fn post_direct_link(http: &reqwest::Client, base_url: &str, url: &str) -> String {
+    let created: serde_json::Value = http
+        .post(format!("{base_url}/api/v1/tasks"))
+        .header("Content-Type", "application/json")
+        .body(json!({ "url": url, "user_id": 123456789 }).to_string())
+        .send()
+        .await
+        .expect("POST /api/v1/tasks")
+        .json()
+        .await
+        .expect("a JSON answer");
+    created["task_id"].as_str().expect("a task id").to_owned()
+}
+
 async fn wait_until_ready(http: &reqwest::Client, base_url: &str) {
     eventually("the API that `savestream up` started to be ready", STEP, || {
         let request = http.get(format!("{base_url}/ready")).send();
@@ -285,14 +329,12 @@ async fn wait_until_ready(http: &reqwest::Client, base_url: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn savestream_up_starts_its_own_redis_completes_a_direct_link_task_and_stops_everything_on_sigterm() {
     // Arrange: the example config, with nothing listening at [redis] url.
-    let dir = tempfile::Builder::new()
-        .prefix("savestream-up-")
-        .tempdir()
-        .expect("creating a temp dir");
-    let downloads = dir.path().join("downloads");
-    let api_port = free_port();
-    let config_path = dir.path().join("config.toml");
-    std::fs::write(&config_path, example_config_for_test(api_port, &downloads)).expect("writing the config");
+    let UpSite {
+        dir,
+        downloads,
+        config_path,
+        api_port,
+    } = UpSite::new("savestream-up-");
     let no_redis = format!("redis://127.0.0.1:{}", free_port());
     let mut up = start_up(dir.path(), &config_path, &[("SAVESTREAM_REDIS_URL", &no_redis)]);
     let base_url = format!("http://127.0.0.1:{api_port}");
@@ -319,17 +361,7 @@ async fn savestream_up_starts_its_own_redis_completes_a_direct_link_task_and_sto
     files.add("/rfc9110.txt", ServedFile::new(contents.clone()));
 
     // Act: the README's first task, as its curl example sends it.
-    let created: serde_json::Value = http
-        .post(format!("{base_url}/api/v1/tasks"))
-        .header("Content-Type", "application/json")
-        .body(json!({ "url": files.url("/rfc9110.txt"), "user_id": 123456789 }).to_string())
-        .send()
-        .await
-        .expect("POST /api/v1/tasks")
-        .json()
-        .await
-        .expect("a JSON answer");
-    let task_id = created["task_id"].as_str().expect("a task id").to_owned();
+    let task_id = post_direct_link(&http, &base_url, &files.url("/rfc9110.txt")).await;
     let task = eventually("the task to complete", STEP, || {
         let request = http.get(format!("{base_url}/api/v1/tasks/{task_id}")).send();
         async move {
@@ -381,14 +413,12 @@ async fn ctrl_c_to_savestream_ups_process_group_stops_the_worker_gracefully_and_
     // after `up` has ended, with a grace period of 1 s and a download
     // throttled to last 10 s: the drain must end in a release.
     let redis = RedisServer::start();
-    let dir = tempfile::Builder::new()
-        .prefix("savestream-up-ctrl-c-")
-        .tempdir()
-        .expect("creating a temp dir");
-    let downloads = dir.path().join("downloads");
-    let api_port = free_port();
-    let config_path = dir.path().join("config.toml");
-    std::fs::write(&config_path, example_config_for_test(api_port, &downloads)).expect("writing the config");
+    let UpSite {
+        dir,
+        config_path,
+        api_port,
+        ..
+    } = UpSite::new("savestream-up-ctrl-c-");
     let redis_url = redis.url();
     let mut up = start_up(
         dir.path(),
@@ -403,17 +433,8 @@ async fn ctrl_c_to_savestream_ups_process_group_stops_the_worker_gracefully_and_
     wait_until_ready(&http, &base_url).await;
     let files = FileServer::start().await;
     files.add("/slow.bin", ServedFile::new(body(1_000_000)).throttled(100_000));
-    let created: serde_json::Value = http
-        .post(format!("{base_url}/api/v1/tasks"))
-        .header("Content-Type", "application/json")
-        .body(json!({ "url": files.url("/slow.bin"), "user_id": 123456789 }).to_string())
-        .send()
-        .await
-        .expect("POST /api/v1/tasks")
-        .json()
-        .await
-        .expect("a JSON answer");
-    let task_id = TaskId::parse(created["task_id"].as_str().expect("a task id")).expect("a valid task id");
+    let task_id = post_direct_link(&http, &base_url, &files.url("/slow.bin")).await;
+    let task_id = TaskId::parse(&task_id).expect("a valid task id");
     let store = Store::connect(
         &RedisConfig {
             url: redis_url.clone(),
@@ -498,14 +519,12 @@ async fn ctrl_c_to_savestream_ups_process_group_stops_the_worker_gracefully_and_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn savestream_up_under_nohup_keeps_running_when_the_terminal_hangs_up() {
     // Arrange: `nohup savestream up`, which starts it with SIGHUP ignored.
-    let dir = tempfile::Builder::new()
-        .prefix("savestream-up-nohup-")
-        .tempdir()
-        .expect("creating a temp dir");
-    let downloads = dir.path().join("downloads");
-    let api_port = free_port();
-    let config_path = dir.path().join("config.toml");
-    std::fs::write(&config_path, example_config_for_test(api_port, &downloads)).expect("writing the config");
+    let UpSite {
+        dir,
+        config_path,
+        api_port,
+        ..
+    } = UpSite::new("savestream-up-nohup-");
     let redis = RedisServer::start();
     let redis_url = redis.url();
     let mut up = start_up_through(
@@ -522,17 +541,7 @@ async fn savestream_up_under_nohup_keeps_running_when_the_terminal_hangs_up() {
     signal_group(up.child.id(), "HUP");
     let files = FileServer::start().await;
     files.add("/after.bin", ServedFile::new(body(1_000)));
-    let created: serde_json::Value = http
-        .post(format!("{base_url}/api/v1/tasks"))
-        .header("Content-Type", "application/json")
-        .body(json!({ "url": files.url("/after.bin"), "user_id": 123456789 }).to_string())
-        .send()
-        .await
-        .expect("POST /api/v1/tasks after the hangup")
-        .json()
-        .await
-        .expect("a JSON answer");
-    let task_id = created["task_id"].as_str().expect("a task id").to_owned();
+    let task_id = post_direct_link(&http, &base_url, &files.url("/after.bin")).await;
 
     // Assert: everything still runs, and a task created after the hangup completes.
     eventually("the task created after the hangup to complete", STEP, || {
