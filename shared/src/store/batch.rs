@@ -108,10 +108,7 @@ impl Store {
             .per_task("savestream_create_batch", &task_ids, reply)?
             .into_iter()
             .zip(new_tasks)
-            .map(|(result, new_task)| match result {
-                Err(StoreError::AlreadyExists(_)) => Ok(Created::sent_again(new_task)),
-                result => result.and_then(Created::from_reply),
-            })
+            .map(|(answer, new_task)| Created::from_answer(answer, new_task))
             .collect())
     }
 

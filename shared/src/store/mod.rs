@@ -58,21 +58,29 @@ pub struct Created {
 }
 
 impl Created {
-    /// Reads the library's answer to a create: `{task_id, 1}` when created,
-    /// `{existing_task_id, 0}` for a repeated idempotency key.
-    /// The answer to a create whose task id is already taken. Ids are
-    /// minted for each request (`TaskId::generate`, unique across
-    /// processes), so the only create that finds its id taken is the same
-    /// create run again: fred sends a command once more when the connection
-    /// it went out on dropped before the answer came, and Redis may have run
-    /// it. The task is there, made by this request: it was created.
-    pub(crate) fn sent_again(new_task: &NewTask) -> Created {
-        Created {
-            task_id: new_task.task_id.clone(),
-            is_new: true,
+    /// What the library answered to the create of `new_task`, alone or in a
+    /// batch. A taken task id answers created: ids are minted for each
+    /// request (`TaskId::generate`, unique across processes), so the only
+    /// create that finds its id taken is the same create run again (fred
+    /// sends a command once more when the connection it went out on dropped
+    /// before the answer came, and Redis may have run it). The task is
+    /// there, made by this request.
+    pub(crate) fn from_answer(
+        answer: Result<Value, StoreError>,
+        new_task: &NewTask,
+    ) -> Result<Created, StoreError> {
+        match answer {
+            Ok(reply) => Created::from_reply(reply),
+            Err(StoreError::AlreadyExists(_)) => Ok(Created {
+                task_id: new_task.task_id.clone(),
+                is_new: true,
+            }),
+            Err(error) => Err(error),
         }
     }
 
+    /// Reads the library's answer to a create: `{task_id, 1}` when created,
+    /// `{existing_task_id, 0}` for a repeated idempotency key.
     fn from_reply(reply: Value) -> Result<Created, StoreError> {
         let mut parts = reply.into_array().into_iter();
         let task_id = parts
@@ -377,14 +385,10 @@ impl Store {
             keys.push(self.keys.idempotency(&idempotency_digest(key)));
         }
         let args = new_task.create_args(idempotency_key.is_some()).to_vec();
-        let reply = self
+        let answer = self
             .call(&new_task.task_id, "savestream_create", keys, args)
             .await;
-        match reply {
-            Ok(reply) => Created::from_reply(reply),
-            Err(StoreError::AlreadyExists(_)) => Ok(Created::sent_again(new_task)),
-            Err(error) => Err(error),
-        }
+        Created::from_answer(answer, new_task)
     }
 
     /// The task and its progress, or `None` when there is no such task.
@@ -437,21 +441,36 @@ impl Store {
             .iter()
             .map(|id| TaskId::parse(id).map_err(|error| StoreError::Corrupt(error.to_string())))
             .collect::<Result<Vec<_>, _>>()?;
-        let pipeline = self.client.pipeline();
-        for task_id in &task_ids {
-            let _: () = pipeline.hget(self.keys.task(task_id), "title").await?;
-        }
-        let titles: Vec<Option<String>> = if task_ids.len() == 1 {
-            vec![pipeline.all().await?]
-        } else {
-            pipeline.all().await?
-        };
+        let titles = self.field_of_each(&task_ids, "title").await?;
         Ok(task_ids
             .into_iter()
             .zip(titles)
             // A task may end between the two reads; it is no longer listed then.
             .filter_map(|(id, title)| title.map(|title| TaskSummary { id, title }))
             .collect())
+    }
+
+    /// One field of each task's hash, in order (`None` where a task has no
+    /// hash, or the hash no such field), read with pipelined `HGET`s.
+    pub(crate) async fn field_of_each(
+        &self,
+        task_ids: &[TaskId],
+        field: &str,
+    ) -> Result<Vec<Option<String>>, StoreError> {
+        if task_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pipeline = self.client.pipeline();
+        for task_id in task_ids {
+            let _: () = pipeline.hget(self.keys.task(task_id), field).await?;
+        }
+        // fred answers a pipeline of one command with that command's reply,
+        // not an array of it.
+        Ok(if task_ids.len() == 1 {
+            vec![pipeline.all().await?]
+        } else {
+            pipeline.all().await?
+        })
     }
 
     /// The queue's depth: sizes of the sorted sets and the pending entries of `jobs`.
