@@ -85,18 +85,7 @@ impl Store {
             .chain(&running)
             .filter_map(|id| TaskId::parse(id).ok())
             .collect();
-        if live.is_empty() {
-            return Ok(None);
-        }
-        let pipeline = self.client().pipeline();
-        for task_id in &live {
-            let _: () = pipeline.hget(keys.task(task_id), "log").await?;
-        }
-        let logs: Vec<Option<String>> = if live.len() == 1 {
-            vec![pipeline.all().await?]
-        } else {
-            pipeline.all().await?
-        };
+        let logs = self.field_of_each(&live, "log").await?;
         Ok(logs
             .iter()
             .flatten()
