@@ -220,14 +220,7 @@ impl Store {
         tracing::error!(%task_id, %why, "the task's stored fields cannot be read: failing it");
         let error =
             format!("savestream cannot read this task's stored fields ({why}): create the task again");
-        let args = vec![
-            task_id.to_string(),
-            attempt.to_string(),
-            error,
-            self.retention_ms(),
-        ];
-        self.call(task_id, "savestream_fail", self.task_keys(task_id), args)
-            .await?;
+        self.fail_attempt(task_id, attempt, &error).await?;
         Err(StoreError::Ended {
             task_id: task_id.clone(),
             status: TaskStatus::Failed,
@@ -314,19 +307,20 @@ impl Store {
 
     /// Fails the task for good with `error` (a permanent failure).
     pub async fn fail(&self, lease: &Lease, error: &str) -> Result<(), StoreError> {
+        self.fail_attempt(&lease.task.id, lease.attempt, error).await
+    }
+
+    /// Fails attempt `attempt` of `task_id`: [`fail`](Store::fail), for a
+    /// start whose lease could not be built ([`Store::lease_or_fail`]).
+    async fn fail_attempt(&self, task_id: &TaskId, attempt: u32, error: &str) -> Result<(), StoreError> {
         let args = vec![
-            lease.task.id.to_string(),
-            lease.attempt.to_string(),
+            task_id.to_string(),
+            attempt.to_string(),
             error.to_owned(),
             self.retention_ms(),
         ];
-        self.call(
-            &lease.task.id,
-            "savestream_fail",
-            self.task_keys(&lease.task.id),
-            args,
-        )
-        .await?;
+        self.call(task_id, "savestream_fail", self.task_keys(task_id), args)
+            .await?;
         Ok(())
     }
 
