@@ -218,9 +218,7 @@ impl Dispatcher {
                 // Only an event older than the retention period has no task;
                 // the API no longer knows the task either.
                 warn!(task_id = %task_event.task_id, event_id, "no webhook for a task past retention");
-                metrics::counter!(DELIVERIES_METRIC, "outcome" => "skipped").increment(1);
-                store.ack_events(&[event_id.to_owned()]).await?;
-                return Ok(false);
+                return self.skip_event(event_id).await;
             }
             Err(StoreError::Corrupt(why)) => {
                 // The task's hash cannot be decoded (a field another build
@@ -238,9 +236,7 @@ impl Dispatcher {
                      event is acknowledged without a delivery; inspect the task's hash (HGETALL) \
                      and create the task again if its outcome matters to the receiver"
                 );
-                metrics::counter!(DELIVERIES_METRIC, "outcome" => "skipped").increment(1);
-                store.ack_events(&[event_id.to_owned()]).await?;
-                return Ok(false);
+                return self.skip_event(event_id).await;
             }
             Err(error) => return Err(error.into()),
         };
@@ -256,6 +252,14 @@ impl Dispatcher {
             .await?;
         debug!(%webhook_id, task_id = %task_event.task_id, recorded, "webhook delivery recorded");
         Ok(recorded)
+    }
+
+    /// Acknowledges a terminal event that gets no delivery (the caller has
+    /// logged why), counting it as skipped; answers that nothing was recorded.
+    async fn skip_event(&self, event_id: &str) -> Result<bool, WebhookError> {
+        metrics::counter!(DELIVERIES_METRIC, "outcome" => "skipped").increment(1);
+        self.inner.store.ack_events(&[event_id.to_owned()]).await?;
+        Ok(false)
     }
 
     /// Step: claims up to `concurrency` due deliveries, tries them all at
