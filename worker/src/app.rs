@@ -365,10 +365,7 @@ impl Application {
             (Some(reader), Some(subscriber)) => {
                 services.spawn(lease::promote(context.store.clone(), background.clone()));
                 services.spawn(lease::housekeeping(context.store.clone(), background.clone()));
-                let leftovers = cancel::Leftovers {
-                    store: context.store.clone(),
-                    storages: context.storages.clone(),
-                };
+                let leftovers = context.leftovers();
                 // Subscribed first, so a cancel during the sweep is heard.
                 let sweeper = leftovers.clone();
                 let stop = background.clone();

@@ -22,7 +22,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, field, info, warn, Instrument};
 
-use crate::cancel::Leftovers;
 use crate::context::Context;
 use crate::lease::{count_redis_error, Reaper};
 use crate::metrics::{self, Ended};
@@ -150,12 +149,7 @@ pub async fn run_job(context: &Context, job: Job) {
                     // listener took the task for one that runs here, so it
                     // left what earlier attempts left to this attempt, which
                     // will not run.
-                    Leftovers {
-                        store: context.store.clone(),
-                        storages: context.storages.clone(),
-                    }
-                    .remove(&task_id)
-                    .await;
+                    context.leftovers().remove(&task_id).await;
                 }
                 return;
             }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use savestream_shared::store::Store;
 use tokio_util::sync::CancellationToken;
 
+use crate::cancel::Leftovers;
 use crate::running::RunningTasks;
 use crate::source::Sources;
 use crate::storage::Storages;
@@ -29,6 +30,14 @@ impl Context {
     /// How long a lease lasts without a heartbeat (`[queue] lease_seconds`).
     pub fn lease(&self) -> Duration {
         self.store.lease_duration()
+    }
+
+    /// What removes a canceled task's leftovers from this worker's storages.
+    pub fn leftovers(&self) -> Leftovers {
+        Leftovers {
+            store: self.store.clone(),
+            storages: self.storages.clone(),
+        }
     }
 }
 
