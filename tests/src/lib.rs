@@ -267,6 +267,17 @@ impl TestApp {
         json_reply(response).await
     }
 
+    /// `DELETE /api/v1/tasks/{id}`; returns status and JSON body.
+    pub async fn cancel_task(&self, task_id: &str) -> (u16, serde_json::Value) {
+        let response = self
+            .client
+            .delete(self.url(&format!("/api/v1/tasks/{task_id}")))
+            .send()
+            .await
+            .expect("DELETE /api/v1/tasks/{id}");
+        json_reply(response).await
+    }
+
     /// `GET /api/v1/tasks/{id}`; returns status and JSON body.
     pub async fn get_task(&self, task_id: &str) -> (u16, serde_json::Value) {
         let response = self

@@ -79,13 +79,8 @@ impl SseReader {
 async fn events_are_listed_as_json_oldest_first() {
     let app = spawn_app().await;
     let task_id = create_contract_task(&app).await;
-    let canceled = app
-        .client
-        .delete(app.url(&format!("/api/v1/tasks/{task_id}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(canceled.status(), 200);
+    let (canceled, _) = app.cancel_task(&task_id).await;
+    assert_eq!(canceled, 200);
 
     let response = app
         .client
@@ -126,9 +121,8 @@ async fn event_stream_sends_history_then_live_events_and_ends_with_the_task() {
 
     // Another task's events are on the same log; the stream must skip them.
     let other_task = create_contract_task(&app).await;
-    let cancel = |id: String| app.client.delete(app.url(&format!("/api/v1/tasks/{id}"))).send();
-    assert_eq!(cancel(other_task).await.unwrap().status(), 200);
-    assert_eq!(cancel(task_id.clone()).await.unwrap().status(), 200);
+    assert_eq!(app.cancel_task(&other_task).await.0, 200);
+    assert_eq!(app.cancel_task(&task_id).await.0, 200);
 
     let canceled = stream.next().await.expect("the live cancel event");
     assert_eq!(canceled.data["type"], "canceled");
@@ -158,16 +152,11 @@ async fn a_live_stream_starts_after_the_backlog_that_was_on_the_log_when_it_open
 
     let mut stream = SseReader::open(&app, &task_id, None).await;
     let created = stream.next().await.expect("the history's first event");
-    let canceled = app
-        .client
-        .delete(app.url(&format!("/api/v1/tasks/{task_id}")))
-        .send()
-        .await
-        .unwrap();
+    let (canceled, _) = app.cancel_task(&task_id).await;
     let live = stream.next().await.expect("the live cancel event");
 
     assert_eq!(created.data["type"], "created");
-    assert_eq!(canceled.status(), 200);
+    assert_eq!(canceled, 200);
     assert_eq!(live.data["type"], "canceled");
     assert!(stream.next().await.is_none(), "the stream ends with the task");
     let reads = xread_calls(&app).await - reads_before;
@@ -194,11 +183,7 @@ async fn xread_calls(app: &TestApp) -> u64 {
 async fn event_stream_of_an_ended_task_replays_its_history_and_closes() {
     let app = spawn_app().await;
     let task_id = create_contract_task(&app).await;
-    app.client
-        .delete(app.url(&format!("/api/v1/tasks/{task_id}")))
-        .send()
-        .await
-        .unwrap();
+    app.cancel_task(&task_id).await;
 
     let mut stream = SseReader::open(&app, &task_id, None).await;
 
@@ -212,11 +197,7 @@ async fn event_stream_resumes_after_last_event_id() {
     let app = spawn_app().await;
     let task_id = create_contract_task(&app).await;
     let first = SseReader::open(&app, &task_id, None).await.next().await.unwrap();
-    app.client
-        .delete(app.url(&format!("/api/v1/tasks/{task_id}")))
-        .send()
-        .await
-        .unwrap();
+    app.cancel_task(&task_id).await;
 
     let mut resumed = SseReader::open(&app, &task_id, Some(&first.id)).await;
 
