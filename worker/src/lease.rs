@@ -15,6 +15,7 @@
 //! - [`housekeeping`] trims the event log to the retention horizon and
 //!   removes consumers of dead workers that hold nothing, once an hour.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,7 @@ use tracing::{debug, info, warn};
 
 use crate::context::Context;
 use crate::metrics;
+use crate::running::Holder;
 
 /// The longest the promoter sleeps without looking for due retries: how
 /// late a retry can be when this process's clock is behind Redis'.
@@ -54,14 +56,20 @@ pub async fn heartbeat(context: Arc<Context>, registration: WorkerInfo, stop: Ca
             _ = stop.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let job_ids = context.running.job_ids();
-        if !job_ids.is_empty() {
+        // The holders are read before the renewal: an item the reaper hands
+        // back to this process while the renewal is in flight belongs to a
+        // new attempt, which a takeover seen by this renewal must not stop.
+        let holders: HashMap<String, Holder> = context.running.holders().into_iter().collect();
+        if !holders.is_empty() {
+            let job_ids: Vec<String> = holders.keys().cloned().collect();
             match context.store.heartbeat(&context.consumer, &job_ids).await {
                 // Items no longer pending to this consumer are not renewed
                 // (that would pull a taken-over item back).
                 Ok(lost) => {
                     for job_id in lost {
-                        stop_if_taken_over(&context, &job_id).await;
+                        if let Some(holder) = holders.get(&job_id) {
+                            stop_if_taken_over(&context, &job_id, holder).await;
+                        }
                     }
                 }
                 Err(error) => {
@@ -101,17 +109,17 @@ pub async fn heartbeat(context: Arc<Context>, registration: WorkerInfo, stop: Ca
 /// been taken over; its attempt stops writing at once, without waiting
 /// for its next fenced progress write, since the new holder may be
 /// appending to the same partial file, and it leaves that file alone.
-async fn stop_if_taken_over(context: &Context, job_id: &str) {
-    let Some(holder) = context.running.holder(job_id) else {
+async fn stop_if_taken_over(context: &Context, job_id: &str, holder: &Holder) {
+    if !context.running.is_writing(job_id, holder) {
         debug!(
             job_id,
-            "a work item acknowledged by its own attempt, which is ending"
+            "a work item acknowledged by its own attempt, which is ending (or was handed to a newer one)"
         );
         return;
-    };
+    }
     match context.store.get(&holder.task_id).await {
         Ok(Some(record)) if record.task.status == TaskStatus::Running => {
-            if context.running.lose(job_id, &holder) {
+            if context.running.lose(job_id, holder) {
                 warn!(
                     job_id,
                     task_id = %holder.task_id,

@@ -33,6 +33,13 @@ struct Entry {
     signals: AttemptSignals,
 }
 
+impl Entry {
+    /// Whether this entry is `holder`'s attempt, not yet ending.
+    fn is_writing(&self, holder: &Holder) -> bool {
+        self.registration == holder.registration && !self.signals.is_ending()
+    }
+}
+
 /// What tells one attempt to stop, and what the attempt tells the heartbeat.
 #[derive(Clone, Debug, Default)]
 pub struct AttemptSignals {
@@ -71,7 +78,7 @@ impl AttemptSignals {
     }
 }
 
-/// The attempt that holds a work item here, as [`RunningTasks::holder`] saw it.
+/// The attempt that held a work item here when [`RunningTasks::holders`] looked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Holder {
     pub task_id: TaskId,
@@ -116,9 +123,22 @@ impl RunningTasks {
         }
     }
 
-    /// The work items whose leases must be renewed.
-    pub fn job_ids(&self) -> Vec<String> {
-        self.lock().keys().cloned().collect()
+    /// Every work item held now, with the attempt that holds it: the items
+    /// whose leases the heartbeat renews, and the holders it may stop when
+    /// an item turns out to be taken over. The holder is taken before the
+    /// renewal is sent, so an item this process is handed again while the
+    /// renewal is in flight keeps its new attempt.
+    pub fn holders(&self) -> Vec<(String, Holder)> {
+        self.lock()
+            .iter()
+            .map(|(job_id, entry)| {
+                let holder = Holder {
+                    task_id: entry.task_id.clone(),
+                    registration: entry.registration,
+                };
+                (job_id.clone(), holder)
+            })
+            .collect()
     }
 
     /// The tasks being run, for the registry (`WorkerInfo::tasks`).
@@ -133,24 +153,21 @@ impl RunningTasks {
         task_ids
     }
 
-    /// The attempt holding `job_id` that may still be writing: none once it
-    /// ended, or while it sends the transition that ends it.
-    pub fn holder(&self, job_id: &str) -> Option<Holder> {
-        let by_job = self.lock();
-        let entry = by_job.get(job_id)?;
-        (!entry.signals.is_ending()).then(|| Holder {
-            task_id: entry.task_id.clone(),
-            registration: entry.registration,
-        })
+    /// Whether the attempt `holder` names still holds `job_id` and may be
+    /// writing: not once it ended, began to send the transition that ends
+    /// it, or was replaced.
+    pub fn is_writing(&self, job_id: &str, holder: &Holder) -> bool {
+        self.lock()
+            .get(job_id)
+            .is_some_and(|entry| entry.is_writing(holder))
     }
 
     /// Tells the attempt `holder` names that its lease is lost, unless it
     /// has ended, begun to end, or been replaced since. Returns whether it
     /// was told.
     pub fn lose(&self, job_id: &str, holder: &Holder) -> bool {
-        let by_job = self.lock();
-        match by_job.get(job_id) {
-            Some(entry) if entry.registration == holder.registration && !entry.signals.is_ending() => {
+        match self.lock().get(job_id) {
+            Some(entry) if entry.is_writing(holder) => {
                 entry.signals.lease_lost.cancel();
                 true
             }
@@ -209,7 +226,7 @@ mod tests {
         let running = RunningTasks::default();
         let task_id = TaskId::generate();
         let guard = running.register("1-0", &task_id);
-        assert_eq!(running.job_ids(), vec!["1-0".to_owned()]);
+        assert_eq!(job_ids(&running), vec!["1-0".to_owned()]);
         assert_eq!(running.task_ids(), vec![task_id.to_string()]);
 
         assert!(running.cancel(&task_id));
@@ -233,7 +250,7 @@ mod tests {
         assert!(first.signals.lease_lost.is_cancelled());
         assert!(!second.signals.lease_lost.is_cancelled());
         drop(first);
-        assert_eq!(running.job_ids(), vec!["1-0".to_owned()]);
+        assert_eq!(job_ids(&running), vec!["1-0".to_owned()]);
         assert!(running.cancel(&task_id));
         assert!(second.signals.cancel.is_cancelled());
         drop(second);
@@ -247,16 +264,45 @@ mod tests {
         let writing = running.register("1-0", &task_id);
         let ending = running.register("2-0", &task_id);
         ending.signals.ending();
+        let seen = holder_of(&running, "1-0");
+        let seen_ending = holder_of(&running, "2-0");
 
-        assert_eq!(running.holder("2-0"), None);
-        let holder = running.holder("1-0").expect("the writing attempt holds its item");
-        assert!(running.lose("1-0", &holder));
+        assert!(!running.is_writing("2-0", &seen_ending));
+        assert!(!running.lose("2-0", &seen_ending));
+        assert!(!ending.signals.lease_lost.is_cancelled());
+        assert!(running.is_writing("1-0", &seen));
+        assert!(running.lose("1-0", &seen));
         assert!(writing.signals.lease_lost.is_cancelled());
         assert!(!writing.signals.cancel.is_cancelled());
+    }
 
-        // The holder seen before a replacement is not the replacement.
-        let replacement = running.register("1-0", &task_id);
-        assert!(!running.lose("1-0", &holder));
-        assert!(!replacement.signals.lease_lost.is_cancelled());
+    #[test]
+    fn a_holder_seen_before_the_item_was_handed_back_cannot_stop_the_new_attempt() {
+        // The heartbeat looks at the holders, sends the renewal, and hears
+        // the item is no longer pending here; meanwhile the reaper handed
+        // the item back to this process and a new attempt registered it.
+        let running = RunningTasks::default();
+        let task_id = TaskId::generate();
+        let _older = running.register("1-0", &task_id);
+        let seen = holder_of(&running, "1-0");
+
+        let newer = running.register("1-0", &task_id);
+
+        assert!(!running.is_writing("1-0", &seen));
+        assert!(!running.lose("1-0", &seen));
+        assert!(!newer.signals.lease_lost.is_cancelled());
+    }
+
+    fn job_ids(running: &RunningTasks) -> Vec<String> {
+        running.holders().into_iter().map(|(job_id, _)| job_id).collect()
+    }
+
+    fn holder_of(running: &RunningTasks, job_id: &str) -> Holder {
+        let holders = running.holders();
+        let (_, holder) = holders
+            .into_iter()
+            .find(|(held, _)| held == job_id)
+            .expect("the item is registered");
+        holder
     }
 }
