@@ -34,8 +34,12 @@
 //! not FAT): [`LocalStorage::new`] checks. Every directory is checked after
 //! it is created and its symlinks resolved, so nothing is written outside
 //! the base path even when someone plants a symlink inside it, and partial
-//! files are opened without following symlinks. Bytes are appended through a
-//! small buffer, so memory stays flat whatever the size of the file.
+//! files are opened without following symlinks. Bytes are written through a
+//! small buffer, so memory stays flat whatever the size of the file, each at
+//! the offset this writer is at: an attempt that was taken over while frozen
+//! and wakes up writes its bytes where it meant to, not after the new
+//! holder's, and a partial file that does not end where its writer's bytes
+//! end is not finished but discarded ([`StorageError::Interleaved`]).
 
 use std::fs::Metadata;
 use std::io::ErrorKind;
@@ -318,6 +322,19 @@ async fn link_if_free(original: &Path, link: &Path) -> std::io::Result<bool> {
     }
 }
 
+/// Replaces the own partial file `identity` and its hold by a new empty
+/// one, as a reservation makes them: whatever still has the old one open
+/// writes into a file no name leads to. The name is held again at once,
+/// so that no other task takes it before the next attempt; if one did in
+/// that instant, the next attempt finds it taken.
+async fn start_over(files: &FileNames, identity: Identity) -> std::io::Result<()> {
+    remove_if_same(&files.hold, identity).await?;
+    remove_if_same(&files.own, identity).await?;
+    create_if_missing(&files.own).await?;
+    link_if_free(&files.own, &files.hold).await?;
+    Ok(())
+}
+
 /// Creates an empty file at `path` unless something is there; a symlink
 /// there is not followed (`O_EXCL`).
 async fn create_if_missing(path: &Path) -> std::io::Result<()> {
@@ -440,9 +457,10 @@ impl Storage for LocalStorage {
             }
         }
         // `O_NOFOLLOW`: a symlink planted in place of the partial file since
-        // it was checked is refused, not written through.
+        // it was checked is refused, not written through. Not `O_APPEND`:
+        // the writes go at this file's own offsets (see `finish`).
         let file = OpenOptions::new()
-            .append(true)
+            .write(true)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&files.own)
             .await
@@ -452,7 +470,7 @@ impl Storage for LocalStorage {
             .await
             .map_err(io("read the size of the partial file of"))?
             .len();
-        let file = WriteBehind::start(file.into_std().await, "partial-writer")
+        let file = WriteBehind::start(file.into_std().await, len, "partial-writer")
             .map_err(io("start the thread writing the partial file of"))?;
         Ok(Box::new(LocalPartialFile {
             storage: self.name.clone(),
@@ -549,9 +567,11 @@ struct LocalPartialFile {
     /// The storage path of the file, for messages.
     path: String,
     files: FileNames,
-    /// The own partial file, opened for appending, so after a truncate
-    /// writes start at zero again; written by its own thread.
+    /// The own partial file, written by its own thread at offsets of its
+    /// own: from the length it had when opened, and from 0 after a truncate.
     file: WriteBehind,
+    /// Where the file ends as this writer wrote it: the length it had when
+    /// opened (or 0 after a truncate) and every byte written since.
     len: u64,
 }
 
@@ -602,16 +622,31 @@ impl PartialFile for LocalPartialFile {
     async fn finish(mut self: Box<Self>) -> Result<u64, StorageError> {
         // Flushed first, so that a failed write is not reported as a failed sync.
         self.flush().await?;
-        let own = Identity::of(
-            &self
-                .file
-                .sync()
+        let synced = self
+            .file
+            .sync()
+            .await
+            .map_err(|source| self.io_error("sync the partial file of", source))?;
+        let own = Identity::of(&synced);
+        let files = &self.files;
+        // An attempt taken over while it was frozen may have written this
+        // file after this one opened it. Its bytes went at its own offsets,
+        // the same bytes where it wrote the same source; but a file that
+        // does not end where this writer's bytes end holds bytes it did not
+        // write, and is not finished. It goes: the next attempt starts over.
+        if synced.len() != self.len {
+            start_over(files, own)
                 .await
-                .map_err(|source| self.io_error("sync the partial file of", source))?,
-        );
+                .map_err(|source| self.io_error("discard the partial file of", source))?;
+            return Err(StorageError::Interleaved {
+                storage: self.storage.clone(),
+                path: self.path.clone(),
+                on_disk: synced.len(),
+                written: self.len,
+            });
+        }
         // No-clobber: a link fails where a rename would replace. The task
         // holds the name, so a file already there was put there by hand.
-        let files = &self.files;
         let linked = link_if_free(&files.own, &files.target)
             .await
             .map_err(|source| self.io_error("link the partial file to", source))?;
@@ -964,6 +999,78 @@ mod tests {
         assert!(bytes[..1000].iter().all(|&byte| byte == 1));
         assert!(bytes[1000..].iter().all(|&byte| byte == 2));
         assert_eq!(on_disk(&storage), vec!["big.bin"]);
+    }
+
+    #[tokio::test]
+    async fn a_taken_over_attempt_that_writes_late_writes_at_its_own_offsets_not_after_the_new_holders() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = storage(&dir);
+        let owner = task();
+        let path = storage
+            .reserve(&owner, &storage_dir("/"), &name("f.bin"), &[])
+            .await
+            .unwrap();
+        let mut old = storage.open(&owner, &path).await.unwrap();
+        old.write(Bytes::from(vec![b'a'; 1000])).await.unwrap();
+        old.flush().await.unwrap();
+        // The task is taken over while the old attempt is frozen ...
+        let mut new = storage.open(&owner, &path).await.unwrap();
+        assert_eq!(new.len(), 1000);
+        // ... which then wakes up and writes what it had queued.
+        old.write(Bytes::from(vec![b'b'; 500])).await.unwrap();
+        old.flush().await.unwrap();
+        drop(old);
+        new.write(Bytes::from(vec![b'c'; 500])).await.unwrap();
+
+        assert_eq!(new.finish().await.unwrap(), 1500);
+        let bytes = std::fs::read(storage.base_path().join("f.bin")).unwrap();
+        assert_eq!(bytes.len(), 1500, "the old attempt's bytes were appended");
+        assert!(bytes[..1000].iter().all(|&byte| byte == b'a'));
+        assert!(bytes[1000..].iter().all(|&byte| byte == b'c'));
+        assert_eq!(on_disk(&storage), vec!["f.bin"]);
+    }
+
+    #[tokio::test]
+    async fn a_partial_file_that_ends_past_what_its_writer_wrote_is_discarded_not_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = storage(&dir);
+        let owner = task();
+        let path = storage
+            .reserve(&owner, &storage_dir("/"), &name("f.bin"), &[])
+            .await
+            .unwrap();
+        let mut old = storage.open(&owner, &path).await.unwrap();
+        old.write(Bytes::from(vec![b'a'; 1000])).await.unwrap();
+        old.flush().await.unwrap();
+        let mut new = storage.open(&owner, &path).await.unwrap();
+        // The old attempt, taken over while frozen, gets further than the
+        // new one ends.
+        old.write(Bytes::from(vec![b'a'; 800])).await.unwrap();
+        old.flush().await.unwrap();
+        new.write(Bytes::from(vec![b'a'; 500])).await.unwrap();
+
+        let error = new.finish().await.unwrap_err();
+
+        assert!(!error.is_permanent(), "{error}");
+        assert!(
+            error.to_string().contains("holds 1800 bytes, not the 1500"),
+            "{error}"
+        );
+        assert!(!storage.base_path().join("f.bin").exists(), "not finished");
+        // A new, empty partial file holds the name; the old one's late
+        // writes go to a file no name leads to any more.
+        old.write(Bytes::from(vec![b'a'; 100])).await.unwrap();
+        old.flush().await.unwrap();
+        drop(old);
+        let own = format!(".f.bin.{owner}.part");
+        assert_eq!(on_disk(&storage), vec![own.clone(), "f.bin.part".to_owned()]);
+        let base = storage.base_path();
+        assert_eq!(identity(&base.join(&own)), identity(&base.join("f.bin.part")));
+        let mut again = storage.open(&owner, &path).await.unwrap();
+        assert_eq!(again.len(), 0, "the next attempt starts over");
+        again.write(Bytes::from(vec![b'a'; 1500])).await.unwrap();
+        assert_eq!(again.finish().await.unwrap(), 1500);
+        assert_eq!(std::fs::read(base.join("f.bin")).unwrap().len(), 1500);
     }
 
     #[tokio::test]

@@ -50,6 +50,16 @@ pub enum StorageError {
     /// (someone put it there by hand): it is left alone, never replaced.
     #[error("storage {storage}: {path} is taken by a file this task did not write; it was left as it is")]
     Occupied { storage: String, path: String },
+    /// The partial file does not end where the bytes this attempt wrote
+    /// end: another attempt (taken over, yet still running) wrote it too.
+    /// The partial file was discarded, so the next attempt starts over.
+    #[error("storage {storage}: the partial file of {path} holds {on_disk} bytes, not the {written} this attempt wrote: another attempt wrote to it too; it was discarded, to start over")]
+    Interleaved {
+        storage: String,
+        path: String,
+        on_disk: u64,
+        written: u64,
+    },
     /// The file is larger than the storage accepts.
     #[error("storage {storage}: the file is {size} bytes, more than the {max} bytes this storage accepts")]
     TooLarge { storage: String, size: u64, max: u64 },
@@ -74,6 +84,7 @@ impl StorageError {
             | StorageError::NoFreeName { .. }
             | StorageError::Occupied { .. }
             | StorageError::TooLarge { .. } => true,
+            StorageError::Interleaved { .. } => false,
             StorageError::Io { source, .. } => source.kind() == std::io::ErrorKind::FileTooLarge,
         }
     }
@@ -152,7 +163,10 @@ pub trait PartialFile: Send {
 
     /// Makes the written bytes durable and the file visible under its path,
     /// never replacing a file someone else put there
-    /// ([`StorageError::Occupied`]); returns its size.
+    /// ([`StorageError::Occupied`]); returns its size. A partial file that
+    /// holds more or fewer bytes than were written to it through this one
+    /// (another attempt wrote it too) is discarded instead
+    /// ([`StorageError::Interleaved`], worth a retry).
     async fn finish(self: Box<Self>) -> Result<u64, StorageError>;
 }
 

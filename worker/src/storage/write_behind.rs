@@ -1,12 +1,19 @@
-//! [`WriteBehind`]: a file appended to by a thread of its own, so that a
-//! download never waits on the disk chunk by chunk.
+//! [`WriteBehind`]: a file written in order by a thread of its own, so that
+//! a download never waits on the disk chunk by chunk.
 //!
 //! It owns the writes, truncation and sync of one open file, and nothing
 //! about names, links or which storage the file belongs to (that is
 //! `local`'s). The async side gathers the chunks it is given, without
 //! copying them, into batches of about [`BATCH_BYTES`] and hands each batch
-//! to the thread through a queue of [`QUEUED_BATCHES`]; the thread appends
-//! it with one vectored write. `tokio::fs` would instead copy every write
+//! to the thread through a queue of [`QUEUED_BATCHES`]; the thread writes
+//! it with one vectored write.
+//!
+//! Every write goes at an offset the thread keeps (`pwritev`), starting
+//! where it was told the file ends and moving on by what it wrote, never at
+//! wherever the file ends by then (`O_APPEND`). Another process that writes
+//! the same file (an attempt taken over while frozen, that wakes up) so
+//! cannot push this writer's bytes further along: of two writers of the
+//! same source, each writes the same bytes at the same offsets. `tokio::fs` would instead copy every write
 //! into a buffer of its own and send it through `spawn_blocking`, one
 //! round trip between threads per write, and the download would wait for
 //! each. Memory stays bounded: at most one batch being gathered, the
@@ -31,7 +38,7 @@
 //! dropped file (a canceled task, a lost lease) is no longer written to.
 
 use std::fs::{File, Metadata};
-use std::io::{self, IoSlice, Write};
+use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -57,8 +64,8 @@ const MAX_SLICES: usize = 1024;
 
 /// What the async side asks of the thread, answered in order.
 enum Command {
-    /// Appends the chunks, in order.
-    Append(Vec<Bytes>),
+    /// Writes the chunks, in order, where the previous write ended.
+    Write(Vec<Bytes>),
     /// Answers once everything before it is written.
     Flush(oneshot::Sender<io::Result<()>>),
     /// Empties the file, after everything before it is written.
@@ -87,7 +94,7 @@ impl Failure {
     }
 }
 
-/// An open file whose appends are done by a thread of its own.
+/// An open file whose writes are done by a thread of its own.
 pub struct WriteBehind {
     /// `None` once the thread is known to have stopped.
     commands: Option<mpsc::Sender<Command>>,
@@ -100,10 +107,12 @@ pub struct WriteBehind {
 }
 
 impl WriteBehind {
-    /// Starts the thread that writes `file` (opened for appending: writes
-    /// go to its end, which is 0 again after a truncate). `name` names the
-    /// thread, for a reader of thread lists.
-    pub fn start(file: File, name: &str) -> io::Result<WriteBehind> {
+    /// Starts the thread that writes `file` from `offset` on (each write
+    /// where the one before ended, and from 0 again after a truncate).
+    /// `file` must not be opened for appending: Linux writes such a file
+    /// at its end whatever the offset. `name` names the thread, for a
+    /// reader of thread lists.
+    pub fn start(file: File, offset: u64, name: &str) -> io::Result<WriteBehind> {
         let (commands, receiver) = mpsc::channel(QUEUED_BATCHES);
         let failure = Arc::new(Failure::default());
         let abandoned = Arc::new(AtomicBool::new(false));
@@ -111,7 +120,7 @@ impl WriteBehind {
         let thread_abandoned = abandoned.clone();
         std::thread::Builder::new()
             .name(name.to_owned())
-            .spawn(move || run(file, receiver, &thread_failure, &thread_abandoned))?;
+            .spawn(move || run(file, offset, receiver, &thread_failure, &thread_abandoned))?;
         Ok(WriteBehind {
             commands: Some(commands),
             gathering: Vec::new(),
@@ -121,8 +130,9 @@ impl WriteBehind {
         })
     }
 
-    /// Appends `chunk`, without copying it. Returns once it is queued, not
-    /// written; waits only while the queue is full.
+    /// Writes `chunk` after the chunks before it, without copying it.
+    /// Returns once it is queued, not written; waits only while the queue
+    /// is full.
     pub async fn write(&mut self, chunk: Bytes) -> io::Result<()> {
         if chunk.is_empty() {
             return Ok(());
@@ -168,7 +178,7 @@ impl WriteBehind {
         }
         let batch = std::mem::take(&mut self.gathering);
         self.gathered_bytes = 0;
-        self.send(Command::Append(batch)).await
+        self.send(Command::Write(batch)).await
     }
 
     async fn send(&mut self, command: Command) -> io::Result<()> {
@@ -211,15 +221,22 @@ impl Drop for WriteBehind {
 
 /// The thread: runs commands in order until the queue closes, the file is
 /// abandoned, or a command fails (then the failure is kept and it stops).
-fn run(mut file: File, mut receiver: mpsc::Receiver<Command>, failure: &Failure, abandoned: &AtomicBool) {
-    let mut writeback = Writeback::at(file.metadata().map_or(0, |metadata| metadata.len()));
+/// `writeback.end` is where the next write goes.
+fn run(
+    file: File,
+    offset: u64,
+    mut receiver: mpsc::Receiver<Command>,
+    failure: &Failure,
+    abandoned: &AtomicBool,
+) {
+    let mut writeback = Writeback::at(offset);
     while let Some(command) = receiver.blocking_recv() {
         if abandoned.load(Ordering::Acquire) {
             return;
         }
         let result = match command {
-            Command::Append(batch) => {
-                append(&mut file, &batch).map(|written| writeback.wrote(&file, written))
+            Command::Write(batch) => {
+                write_at(&file, &batch, writeback.end).map(|written| writeback.wrote(&file, written))
             }
             Command::Flush(answer) => {
                 // Every earlier batch was written before this command was
@@ -253,7 +270,8 @@ fn reply<T>(answer: oneshot::Sender<io::Result<T>>, result: io::Result<T>) -> io
     outcome
 }
 
-/// Where the file ends and how much of it the kernel was asked to write back.
+/// Where the writes have got to and how much of it the kernel was asked to
+/// write back.
 struct Writeback {
     started_up_to: u64,
     end: u64,
@@ -267,7 +285,7 @@ impl Writeback {
         }
     }
 
-    /// Counts `written` more bytes at the end of `file`, and starts the
+    /// Counts `written` more bytes written at `end`, and starts the
     /// writeback of what was written since the last start once that is
     /// [`WRITEBACK_BYTES`].
     fn wrote(&mut self, file: &File, written: u64) {
@@ -298,20 +316,56 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 #[cfg(not(target_os = "linux"))]
 fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
-/// Writes every byte of `batch`, in as few system calls as the kernel
-/// allows, and returns how many that was.
-fn append(file: &mut File, batch: &[Bytes]) -> io::Result<u64> {
+/// Writes every byte of `batch` at `offset` on, in as few system calls as
+/// the kernel allows, and returns how many that was.
+fn write_at(file: &File, batch: &[Bytes], offset: u64) -> io::Result<u64> {
     let mut slices: Vec<IoSlice<'_>> = batch.iter().map(|chunk| IoSlice::new(chunk)).collect();
     let mut remaining: &mut [IoSlice<'_>] = &mut slices;
+    let mut at = offset;
     while !remaining.is_empty() {
-        match file.write_vectored(remaining) {
+        match write_vectored_at(file, remaining, at) {
             Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
-            Ok(written) => IoSlice::advance_slices(&mut remaining, written),
+            Ok(written) => {
+                at += written as u64;
+                IoSlice::advance_slices(&mut remaining, written);
+            }
             Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
             Err(error) => return Err(error),
         }
     }
-    Ok(batch.iter().map(|chunk| chunk.len() as u64).sum())
+    Ok(at - offset)
+}
+
+/// One `pwritev`: as much of `slices` as the kernel takes, at `offset`,
+/// leaving the file's own position alone.
+#[cfg(target_os = "linux")]
+fn write_vectored_at(file: &File, slices: &[IoSlice<'_>], offset: u64) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let offset = libc::off_t::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::FileTooLarge))?;
+    let count = slices.len().min(MAX_SLICES) as libc::c_int;
+    // SAFETY: `IoSlice` is ABI compatible with `iovec` on Unix (its
+    // documented guarantee), the first `count` slices are alive and only
+    // read during the call, and the descriptor is open for as long as
+    // `file` is borrowed.
+    let written = unsafe {
+        libc::pwritev(
+            file.as_raw_fd(),
+            slices.as_ptr().cast::<libc::iovec>(),
+            count,
+            offset,
+        )
+    };
+    usize::try_from(written).map_err(|_| io::Error::last_os_error())
+}
+
+/// Elsewhere one slice at a time (`pwrite`), which only costs system calls.
+#[cfg(not(target_os = "linux"))]
+fn write_vectored_at(file: &File, slices: &[IoSlice<'_>], offset: u64) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    match slices.iter().find(|slice| !slice.is_empty()) {
+        Some(slice) => file.write_at(slice, offset),
+        None => Ok(0),
+    }
 }
 
 #[cfg(test)]
@@ -320,8 +374,16 @@ mod tests {
 
     use super::*;
 
-    fn appending(path: &std::path::Path) -> File {
-        OpenOptions::new().create(true).append(true).open(path).unwrap()
+    /// Starts a writer of the file at `path` (created when missing) at its end.
+    fn at_end(path: &std::path::Path) -> WriteBehind {
+        let file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(path)
+            .unwrap();
+        let len = file.metadata().unwrap().len();
+        WriteBehind::start(file, len, "test-writer").unwrap()
     }
 
     /// Chunks of every size around a batch, each of a different byte.
@@ -348,7 +410,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         std::fs::write(&path, b"before").unwrap();
-        let mut file = WriteBehind::start(appending(&path), "test-writer").unwrap();
+        let mut file = at_end(&path);
         let mut expected = b"before".to_vec();
 
         for chunk in chunks() {
@@ -368,10 +430,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn it_writes_at_its_own_offsets_whatever_else_writes_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"0123456789").unwrap();
+        let mut file = at_end(&path);
+        file.write(Bytes::from_static(b"abc")).await.unwrap();
+        file.flush().await.unwrap();
+        // Someone else writes the file meanwhile, past where this writer is.
+        let mut other = at_end(&path);
+        other.write(Bytes::from_static(b"XYZW")).await.unwrap();
+        other.flush().await.unwrap();
+
+        file.write(Bytes::from_static(b"de")).await.unwrap();
+        let metadata = file.sync().await.unwrap();
+
+        assert_eq!(std::fs::read(&path).unwrap(), b"0123456789abcdeZW");
+        assert_eq!(metadata.len(), 17);
+    }
+
+    #[tokio::test]
     async fn flush_returns_once_the_bytes_are_in_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
-        let mut file = WriteBehind::start(appending(&path), "test-writer").unwrap();
+        let mut file = at_end(&path);
 
         file.write(Bytes::from_static(b"abc")).await.unwrap();
         file.flush().await.unwrap();
@@ -384,7 +466,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         std::fs::write(&path, b"old bytes").unwrap();
-        let mut file = WriteBehind::start(appending(&path), "test-writer").unwrap();
+        let mut file = at_end(&path);
         file.write(Bytes::from(vec![9u8; BATCH_BYTES + 1])).await.unwrap();
 
         file.truncate().await.unwrap();
@@ -399,7 +481,7 @@ mod tests {
     async fn a_failed_write_is_reported_by_the_next_call_and_every_later_one() {
         // /dev/full refuses every write with ENOSPC, like a full disk.
         let full = OpenOptions::new().write(true).open("/dev/full").unwrap();
-        let mut file = WriteBehind::start(full, "test-writer").unwrap();
+        let mut file = WriteBehind::start(full, 0, "test-writer").unwrap();
 
         file.write(Bytes::from_static(b"lost")).await.unwrap();
         let flushed = file.flush().await.unwrap_err();
@@ -415,7 +497,7 @@ mod tests {
     async fn a_dropped_file_is_not_written_to_any_more() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
-        let mut file = WriteBehind::start(appending(&path), "test-writer").unwrap();
+        let mut file = at_end(&path);
         file.write(Bytes::from_static(b"kept")).await.unwrap();
         file.flush().await.unwrap();
         // Less than a batch: still being gathered when the file is dropped.
