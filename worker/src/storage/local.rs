@@ -50,6 +50,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use savestream_shared::task::TaskId;
 use tokio::fs::{File, OpenOptions};
+use tracing::{debug, warn};
 
 use super::write_behind::WriteBehind;
 use super::{FileName, PartialFile, Storage, StorageDir, StorageError, StoragePath};
@@ -531,18 +532,42 @@ impl Storage for LocalStorage {
 /// Walks the tree under `base` (never following a symlink) for own partial
 /// files, `.C.T.part`, and answers each owner `T` once per directory.
 /// Directories whose names no `dir_path` could have made hold no task's
-/// files and are passed over.
+/// files and are passed over. So are directories below the base that cannot
+/// be read (a root-only `lost+found`) and entries that vanish during the
+/// walk: one of them must not keep every other task's leftovers in place.
+/// Only a base that cannot be read fails the walk.
 fn partial_owners_under(base: &Path) -> std::io::Result<Vec<(TaskId, StorageDir)>> {
     let mut owners = Vec::new();
     let mut directories = vec![(base.to_path_buf(), String::new())];
     while let Some((directory, relative)) = directories.pop() {
+        let listing = match std::fs::read_dir(&directory) {
+            Ok(listing) => listing,
+            Err(error) if relative.is_empty() => return Err(error),
+            Err(error) => {
+                passed_over(&relative, &error);
+                continue;
+            }
+        };
         let mut found: Vec<TaskId> = Vec::new();
-        for listed in std::fs::read_dir(&directory)? {
-            let listed = listed?;
+        for listed in listing {
+            let listed = match listed {
+                Ok(listed) => listed,
+                Err(error) => {
+                    // What was listed before still counts.
+                    passed_over(&relative, &error);
+                    break;
+                }
+            };
             let Some(name) = listed.file_name().to_str().map(str::to_owned) else {
                 continue;
             };
-            let kind = listed.file_type()?;
+            let kind = match listed.file_type() {
+                Ok(kind) => kind,
+                Err(error) => {
+                    passed_over(&format!("{relative}/{name}"), &error);
+                    continue;
+                }
+            };
             if kind.is_dir() {
                 directories.push((listed.path(), format!("{relative}/{name}")));
             } else if kind.is_file() {
@@ -560,6 +585,24 @@ fn partial_owners_under(base: &Path) -> std::io::Result<Vec<(TaskId, StorageDir)
         owners.extend(found.into_iter().map(|owner| (owner, dir.clone())));
     }
     Ok(owners)
+}
+
+/// Says why the walk for partial files passes over `relative` (said once,
+/// as the walk comes to each only once): at debug when it vanished while
+/// the walk went on, else as a warning, since partial files there stay.
+fn passed_over(relative: &str, error: &std::io::Error) {
+    if error.kind() == ErrorKind::NotFound {
+        debug!(
+            path = relative,
+            "gone while looking for partial files: passed over"
+        );
+    } else {
+        warn!(
+            path = relative,
+            %error,
+            "cannot look for partial files here: passed over, so partial files of ended tasks in it stay"
+        );
+    }
 }
 
 struct LocalPartialFile {
@@ -814,6 +857,52 @@ mod tests {
         ];
         expected.sort();
         assert_eq!(owners, expected);
+    }
+
+    #[tokio::test]
+    async fn partial_owners_passes_over_directories_it_cannot_read() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let storage = storage(&dir);
+        let owner = task();
+        storage
+            .reserve(&owner, &storage_dir("/a"), &name("f.bin"), &[])
+            .await
+            .unwrap();
+        // A root-only `lost+found`: unreadable, unless the tests run as root.
+        let locked = storage.base_path().join("lost+found");
+        std::fs::create_dir(&locked).unwrap();
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+        // One nobody can read, root neither: its path is longer than a
+        // path may be (PATH_MAX, 4096 bytes), so it cannot be opened by
+        // it. Built in two halves, each within the limit, one moved into
+        // the other.
+        let chain = |first: char| -> Vec<String> {
+            (0..12)
+                .map(|index| format!("{first}{index:02}{}", "x".repeat(197)))
+                .collect()
+        };
+        let upper = storage
+            .base_path()
+            .join("deep")
+            .join(chain('u').iter().collect::<PathBuf>());
+        std::fs::create_dir_all(&upper).unwrap();
+        let lower = chain('l');
+        std::fs::create_dir_all(dir.path().join(lower.iter().collect::<PathBuf>())).unwrap();
+        std::fs::rename(dir.path().join(&lower[0]), upper.join(&lower[0])).unwrap();
+        let too_deep = upper.join(lower.iter().collect::<PathBuf>());
+        assert!(too_deep.as_os_str().len() > 4096);
+        assert!(std::fs::read_dir(&too_deep).is_err(), "{too_deep:?} can be read");
+
+        let owners = storage.partial_owners().await;
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+        let owners: Vec<(String, String)> = owners
+            .unwrap()
+            .into_iter()
+            .map(|(owner, dir)| (owner.to_string(), dir.to_string()))
+            .collect();
+        assert_eq!(owners, vec![(owner.to_string(), "/a".to_owned())]);
     }
 
     #[tokio::test]
