@@ -2,7 +2,8 @@
 //! files configured by a test, for the `http` source to download.
 //!
 //! Each [`ServedFile`] can send or omit Content-Length and
-//! Content-Disposition, honour or ignore `Range`, be throttled to a number
+//! Content-Disposition, honour or ignore `Range` (or honour it with at most
+//! so many bytes per 206, as some servers cap a range), be throttled to a number
 //! of bytes per second (so a test can act in the middle of a download),
 //! answer 500 to its first requests, always answer one status (404), or
 //! redirect. Every request is recorded with its `Range` header, how many
@@ -36,6 +37,10 @@ pub struct ServedFile {
     pub content_disposition: Option<String>,
     /// Honour `Range: bytes=N-` with 206; when false, answer 200 with the whole file.
     pub ranges: bool,
+    /// Send at most this many bytes in a 206 (`Content-Range: bytes N-M/LEN`
+    /// with `M` short of the end), as servers that cap a range do; `None`
+    /// sends the rest of the file.
+    pub range_cap: Option<u64>,
     /// Send at most this many bytes per second; `None` sends at full speed.
     pub bytes_per_second: Option<u64>,
     /// Answer 500 to this many requests before serving the file.
@@ -55,6 +60,7 @@ impl ServedFile {
             body: body.into(),
             content_disposition: None,
             ranges: true,
+            range_cap: None,
             bytes_per_second: None,
             fail_first: 0,
             status: None,
@@ -86,6 +92,12 @@ impl ServedFile {
 
     pub fn without_ranges(mut self) -> ServedFile {
         self.ranges = false;
+        self
+    }
+
+    /// Answers a range with at most `bytes` bytes of it.
+    pub fn capping_ranges(mut self, bytes: u64) -> ServedFile {
+        self.range_cap = Some(bytes);
         self
     }
 
@@ -308,16 +320,24 @@ fn serve(file: &ServedFile, range: Option<&str>) -> (Response<Body>, Option<(Byt
             insert(&mut response, CONTENT_RANGE, &format!("bytes */{length}"));
             return (response, None);
         }
-        Some(start) => (StatusCode::PARTIAL_CONTENT, file.body.slice(start as usize..)),
+        Some(start) => {
+            let end = file
+                .range_cap
+                .map_or(length, |cap| length.min(start.saturating_add(cap.max(1))));
+            (
+                StatusCode::PARTIAL_CONTENT,
+                file.body.slice(start as usize..end as usize),
+            )
+        }
         None => (StatusCode::OK, file.body.clone()),
     };
     let mut response = empty(status);
-    if status == StatusCode::PARTIAL_CONTENT {
-        let start = length - bytes.len() as u64;
+    if let Some(start) = start.filter(|_| status == StatusCode::PARTIAL_CONTENT) {
+        let last = start + bytes.len() as u64 - 1;
         insert(
             &mut response,
             CONTENT_RANGE,
-            &format!("bytes {start}-{}/{length}", length - 1),
+            &format!("bytes {start}-{last}/{length}"),
         );
     }
     if file.ranges {

@@ -218,6 +218,37 @@ async fn a_server_that_ignores_range_sends_the_whole_file_from_offset_zero() {
 }
 
 #[tokio::test]
+async fn a_range_that_stops_short_of_the_end_of_the_file_is_not_taken_for_the_rest_of_it() {
+    let server = FileServer::start().await;
+    // `bytes=30000-` is answered `206 Content-Range: bytes 30000-39999/100000`.
+    server.add(
+        "/capped.bin",
+        ServedFile::new(body(100_000)).capping_ranges(10_000),
+    );
+    let source = source(true);
+    let link = task(&server.url("/capped.bin"));
+
+    for known_size in [Some(100_000), None] {
+        let file = RemoteFile {
+            size: known_size,
+            ..RemoteFile::default()
+        };
+        let download = source.open(&link, &file, 30_000).await.unwrap();
+
+        assert_eq!(download.offset, 0, "size {known_size:?}: it starts over");
+        assert_eq!(download.total, Some(100_000), "size {known_size:?}");
+        assert_eq!(read_all(download).await, body(100_000), "size {known_size:?}");
+    }
+    let requests: Vec<(Option<String>, u16)> = server
+        .requests_for("/capped.bin")
+        .into_iter()
+        .map(|request| (request.range, request.status))
+        .collect();
+    let attempt = [(Some("bytes=30000-".to_owned()), 206), (None, 200)];
+    assert_eq!(requests, [attempt.clone(), attempt].concat());
+}
+
+#[tokio::test]
 async fn a_file_that_changed_size_or_an_unsatisfiable_range_starts_over() {
     let server = FileServer::start().await;
     server.add("/changed.bin", ServedFile::new(body(3_000)));

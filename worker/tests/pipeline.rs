@@ -132,10 +132,16 @@ impl Harness {
     /// as an attempt that died after resolving would leave it; returns the
     /// next attempt's lease.
     async fn resolved_and_released(&self, name: &str, size: u64, path: &str) -> Lease {
+        self.resolved_and_released_with(name, Some(size), path).await
+    }
+
+    /// [`Harness::resolved_and_released`] with the size the first attempt
+    /// recorded, `None` when the server did not tell it.
+    async fn resolved_and_released_with(&self, name: &str, size: Option<u64>, path: &str) -> Lease {
         let first = self.lease().await;
         let resolved = title::resolved(SourceKind::Http, name, "local1", path);
         self.store
-            .resolve(&first, name, Some(size), path, &resolved)
+            .resolve(&first, name, size, path, &resolved)
             .await
             .unwrap();
         self.store
@@ -315,6 +321,45 @@ async fn a_resumed_attempt_continues_its_part_file_with_a_range_request() {
     assert_eq!(requests[0].sent, 70_000);
     assert_eq!(harness.record(&task_id).await.task.status, TaskStatus::Completed);
     assert_eq!(harness.names_on_disk(), vec!["f.bin"]);
+}
+
+#[tokio::test]
+async fn a_resumed_attempt_that_gets_a_capped_range_starts_over_rather_than_saving_part_of_the_file() {
+    // Whether or not the first attempt learnt the size, the server answers
+    // `bytes=30000-` with `bytes 30000-39999/100000`: not the rest of the file.
+    for recorded_size in [None, Some(100_000)] {
+        let harness = Harness::start().await;
+        harness
+            .files
+            .add("/f.bin", ServedFile::new(body(100_000)).capping_ranges(10_000));
+        let task_id = harness.create("/f.bin").await;
+        let lease = harness
+            .resolved_and_released_with("f.bin", recorded_size, "/f.bin")
+            .await;
+        std::fs::write(harness.own_partial(&task_id, "f.bin"), &body(100_000)[..30_000]).unwrap();
+
+        let outcome = harness.process(&lease).await;
+
+        assert_eq!(
+            outcome,
+            Outcome::Completed { bytes: 100_000 },
+            "recorded size {recorded_size:?}"
+        );
+        assert_eq!(
+            std::fs::read(harness.stored("/f.bin")).unwrap(),
+            body(100_000),
+            "recorded size {recorded_size:?}"
+        );
+        let statuses: Vec<u16> = harness
+            .files
+            .requests_for("/f.bin")
+            .iter()
+            .map(|request| request.status)
+            .collect();
+        assert_eq!(statuses, vec![206, 200], "recorded size {recorded_size:?}");
+        assert_eq!(harness.record(&task_id).await.task.size, Some(100_000));
+        assert_eq!(harness.names_on_disk(), vec!["f.bin"]);
+    }
 }
 
 #[tokio::test]

@@ -4,7 +4,8 @@
 //! (followed up to [`MAX_REDIRECTS`], each hop checked by the SSRF guard in
 //! [`super::ssrf`]), the file name (Content-Disposition, else the URL's last
 //! path segment), the size (Content-Length or Content-Range), resuming with
-//! `Range: bytes=N-`, and turning HTTP statuses and transport failures into
+//! `Range: bytes=N-` (only from an answer that is the whole rest of the
+//! file), and turning HTTP statuses and transport failures into
 //! [`SourceError`]s that say whether to retry and what to do.
 //!
 //! Messages show links without their query string or user info, which often
@@ -162,26 +163,18 @@ impl Source for HttpSource {
                     .get(CONTENT_RANGE)
                     .and_then(|value| value.to_str().ok())
                     .and_then(parse_content_range);
-                // Resume only when the server sends exactly the bytes asked
-                // for, of a file of the size known before; a file that
-                // changed in between starts over.
-                let consistent = match (range, file.size) {
-                    (Some((start, Some(total))), Some(size)) => start == offset && total == size,
-                    (Some((start, total)), None) => {
-                        start == offset && total.is_none_or(|total| total > offset)
+                if let Some(range) = range {
+                    if is_rest_of_file(range, response.content_length(), offset, file.size) {
+                        let total = range.total.or(file.size);
+                        return Ok(download(&url, offset, total, response));
                     }
-                    _ => false,
-                };
-                if consistent {
-                    let total = range.and_then(|(_, total)| total).or(file.size);
-                    return Ok(download(&url, offset, total, response));
                 }
             } else if response.status() != StatusCode::RANGE_NOT_SATISFIABLE {
                 // 200: the server ignores Range and sends the whole file.
                 let total = response.content_length().or(file.size);
                 return Ok(download(&url, 0, total, response));
             }
-            // 416 or an inconsistent range: fetch the file whole.
+            // 416, or a 206 that is not the rest of the file: fetch the file whole.
         }
         let response = self.get(&url, 0).await?;
         if response.status() == StatusCode::RANGE_NOT_SATISFIABLE {
@@ -301,17 +294,65 @@ pub fn display_url(url: &Url) -> String {
     shown
 }
 
-/// Reads `bytes START-END/TOTAL` (TOTAL may be `*`).
-fn parse_content_range(header: &str) -> Option<(u64, Option<u64>)> {
+/// Whether a 206 answer to `bytes=offset-` is the rest of the file: from
+/// `offset` to the file's last byte, of the `size` known before (if known).
+///
+/// A server may cap the range it answers `bytes=N-` with (`bytes
+/// 30000-39999/100000`): that is not the rest, and taking it for the rest
+/// saves a truncated file when the size is unknown, or fails every attempt
+/// at the same byte when it is known. Such an answer is not continued with
+/// further ranges: the caller starts over with one whole GET, the simpler of
+/// the two correct answers. A single response cannot mix two versions of a
+/// file, no second way of assembling a file is needed (a server that ignores
+/// Range is already answered by starting over), and a server that caps its
+/// ranges still sends the whole file to a GET without one.
+fn is_rest_of_file(range: ContentRange, body_length: Option<u64>, offset: u64, size: Option<u64>) -> bool {
+    let Some((first, last)) = range.first_last else {
+        return false;
+    };
+    // A total of `*` (unknown to the server) says nothing about where the
+    // file ends: only a size known before can.
+    let Some(total) = range.total.or(size) else {
+        return false;
+    };
+    size.is_none_or(|size| size == total)
+        && first == offset
+        && last.checked_add(1) == Some(total)
+        && body_length.is_none_or(|length| Some(length) == total.checked_sub(offset))
+}
+
+/// A `Content-Range` header: `bytes FIRST-LAST/TOTAL`, or `bytes */TOTAL`
+/// (a 416's), where TOTAL may be `*`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ContentRange {
+    /// The first and last byte sent (inclusive), when a range was sent.
+    first_last: Option<(u64, u64)>,
+    /// The whole file's size, when the server knows it.
+    total: Option<u64>,
+}
+
+fn parse_content_range(header: &str) -> Option<ContentRange> {
     let rest = header.trim().strip_prefix("bytes")?.trim_start();
     let (range, total) = rest.split_once('/')?;
-    let (start, _end) = range.split_once('-')?;
-    let start = start.trim().parse().ok()?;
+    let first_last = match range.trim() {
+        "*" => None,
+        range => {
+            let (first, last) = range.split_once('-')?;
+            let (first, last): (u64, u64) = (first.trim().parse().ok()?, last.trim().parse().ok()?);
+            if last < first {
+                return None;
+            }
+            Some((first, last))
+        }
+    };
     let total = match total.trim() {
         "*" => None,
         total => Some(total.parse().ok()?),
     };
-    Some((start, total))
+    if first_last.is_none() && total.is_none() {
+        return None;
+    }
+    Some(ContentRange { first_last, total })
 }
 
 /// The file name a Content-Disposition header gives: `filename*` (RFC 5987,
@@ -500,10 +541,42 @@ mod tests {
 
     #[test]
     fn content_ranges_are_read() {
-        assert_eq!(parse_content_range("bytes 100-199/200"), Some((100, Some(200))));
-        assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, None)));
-        assert_eq!(parse_content_range("bytes */200"), None);
+        let range = |first_last, total| Some(ContentRange { first_last, total });
+        assert_eq!(
+            parse_content_range("bytes 100-199/200"),
+            range(Some((100, 199)), Some(200))
+        );
+        assert_eq!(
+            parse_content_range("bytes 30000-39999/100000"),
+            range(Some((30_000, 39_999)), Some(100_000))
+        );
+        assert_eq!(parse_content_range("bytes 5-9/*"), range(Some((5, 9)), None));
+        assert_eq!(parse_content_range("bytes */200"), range(None, Some(200)));
+        assert_eq!(parse_content_range("bytes */*"), None);
+        assert_eq!(parse_content_range("bytes 9-5/200"), None);
+        assert_eq!(parse_content_range("bytes 5-/200"), None);
         assert_eq!(parse_content_range("nonsense"), None);
+    }
+
+    #[test]
+    fn only_a_range_to_the_end_of_the_file_is_the_rest_of_it() {
+        let range = |first_last, total| ContentRange { first_last, total };
+        let rest = range(Some((30_000, 99_999)), Some(100_000));
+        assert!(is_rest_of_file(rest, Some(70_000), 30_000, Some(100_000)));
+        assert!(is_rest_of_file(rest, None, 30_000, None));
+        // Capped: the range stops before the end of the file.
+        let capped = range(Some((30_000, 39_999)), Some(100_000));
+        assert!(!is_rest_of_file(capped, Some(10_000), 30_000, Some(100_000)));
+        assert!(!is_rest_of_file(capped, Some(10_000), 30_000, None));
+        // Another start, another size, a body shorter than the range.
+        assert!(!is_rest_of_file(rest, None, 20_000, Some(100_000)));
+        assert!(!is_rest_of_file(rest, None, 30_000, Some(120_000)));
+        assert!(!is_rest_of_file(rest, Some(10_000), 30_000, Some(100_000)));
+        // An unknown total: only a size known before says where the file ends.
+        let unknown = range(Some((30_000, 99_999)), None);
+        assert!(is_rest_of_file(unknown, None, 30_000, Some(100_000)));
+        assert!(!is_rest_of_file(unknown, None, 30_000, None));
+        assert!(!is_rest_of_file(range(None, Some(100_000)), None, 30_000, None));
     }
 
     #[test]
