@@ -19,6 +19,7 @@ pub mod dir_path;
 pub mod event;
 pub mod keys;
 pub mod link;
+pub mod shutdown;
 pub mod store;
 pub mod task;
 pub mod telemetry;

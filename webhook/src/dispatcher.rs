@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use savestream_shared::config::Config;
 use savestream_shared::event::EventKind;
+use savestream_shared::shutdown::unless_stuck;
 use savestream_shared::store::webhooks::{ClaimedWebhook, EventEntry, WebhookResult, WebhookState};
 use savestream_shared::store::{Store, StoreError};
 use savestream_shared::task::Millis;
@@ -348,7 +349,7 @@ impl Dispatcher {
         // pending on this consumer until the lease ran out. It blocks for at
         // most `idle_poll`, which bounds how late shutdown is noticed.
         while !shutdown.is_cancelled() {
-            let result = async {
+            let step = async {
                 if last_reclaim.is_none_or(|at| at.elapsed() >= reclaim_every) {
                     self.reclaim_events().await?;
                     last_reclaim = Some(Instant::now());
@@ -365,8 +366,13 @@ impl Dispatcher {
                     }
                 }
                 self.ingest(reader, self.inner.options.idle_poll).await
-            }
-            .await;
+            };
+            // A blocked read returns within `idle_poll` when Redis answers.
+            let answer_by = tokio::time::Instant::now() + self.inner.options.idle_poll + ANSWER_MARGIN;
+            let Some(result) = unless_stuck(step, shutdown, answer_by).await else {
+                debug!("redis did not answer the event read during shutdown: leaving it to the lease");
+                break;
+            };
             match result {
                 Ok(_) => failures = 0,
                 Err(error) => {
@@ -400,12 +406,16 @@ impl Dispatcher {
             while let Ok(permit) = Arc::clone(&slots).try_acquire_owned() {
                 permits.push(permit);
             }
-            let claimed = match self
+            let claim = self
                 .inner
                 .store
-                .claim_webhooks(&self.inner.consumer, permits.len(), options.lease)
-                .await
-            {
+                .claim_webhooks(&self.inner.consumer, permits.len(), options.lease);
+            let answer_by = tokio::time::Instant::now() + ANSWER_MARGIN;
+            let Some(claim) = unless_stuck(claim, shutdown, answer_by).await else {
+                debug!("redis did not answer the claim during shutdown: leaving it to the lease");
+                break;
+            };
+            let claimed = match claim {
                 Ok(claimed) => {
                     failures = 0;
                     claimed
@@ -420,7 +430,10 @@ impl Dispatcher {
             };
             if claimed.is_empty() {
                 drop(permits);
-                let sleep = self.time_to_next_due().await;
+                let answer_by = tokio::time::Instant::now() + ANSWER_MARGIN;
+                let Some(sleep) = unless_stuck(self.time_to_next_due(), shutdown, answer_by).await else {
+                    break;
+                };
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = self.inner.wake.notified() => {}
@@ -568,6 +581,11 @@ fn is_terminal(kind: &EventKind) -> bool {
         EventKind::Completed { .. } | EventKind::Failed { .. } | EventKind::Canceled
     )
 }
+
+/// How long a Redis call of the dispatcher's own (beyond a read's block
+/// time) is waited for after shutdown before the dispatcher stops without
+/// its answer: see [`unless_stuck`].
+const ANSWER_MARGIN: Duration = Duration::from_secs(1);
 
 /// Waits `delay` or until shutdown, whichever comes first.
 async fn pause(delay: Duration, shutdown: &CancellationToken) {

@@ -8,7 +8,7 @@
 //! period (`[worker] shutdown_grace_seconds`) to finish, release what is
 //! still running to the queue so another worker resumes it at once, and
 //! only then stop the heartbeat and the other background loops and leave
-//! the registry of live workers. Attempts that do not stop within
+//! the registry of live workers (each given [`BACKGROUND_WAIT`]). Attempts that do not stop within
 //! [`RELEASE_WAIT`] after the grace period are abandoned (their work items
 //! stay pending and are taken over once their leases expire), so neither a
 //! Redis that does not answer (a release retries it for up to a lease) nor
@@ -143,6 +143,15 @@ pub enum RunError {
 /// How long running attempts have, once the grace period is over, to hand
 /// their tasks back before the process exits without them.
 pub const RELEASE_WAIT: Duration = Duration::from_secs(5);
+
+/// How long, once every task has ended, the background loops (heartbeat,
+/// promoter, housekeeping, cancel listener, `/metrics`) have to stop, and
+/// then leaving the registry of live workers has to answer. They hold no
+/// work: a call they leave unanswered is one the next round of any worker
+/// makes again, and the registry entry ages out. Without the bound, a Redis
+/// that does not answer held the exit for each call's command timeout in
+/// turn (16 s).
+pub const BACKGROUND_WAIT: Duration = Duration::from_secs(1);
 
 impl From<StorageError> for StartupError {
     fn from(error: StorageError) -> StartupError {
@@ -473,10 +482,24 @@ impl Application {
         // Leases were renewed until every task ended; now the rest may stop.
         background.cancel();
         services.close();
-        services.wait().await;
-        if let Err(error) = context.store.unregister_worker(&context.consumer).await {
+        if tokio::time::timeout(BACKGROUND_WAIT, services.wait())
+            .await
+            .is_err()
+        {
+            debug!("background loops still waiting for redis: leaving them");
+        }
+        // After the heartbeat stopped, so its last registration cannot
+        // follow this.
+        match tokio::time::timeout(
+            BACKGROUND_WAIT,
+            context.store.unregister_worker(&context.consumer),
+        )
+        .await
+        {
+            Ok(Ok(())) => {}
             // The entry ages out of the registry after three leases anyway.
-            debug!(%error, "cannot leave the registry of live workers");
+            Ok(Err(error)) => debug!(%error, "cannot leave the registry of live workers"),
+            Err(_) => debug!("redis did not answer in time: leaving the registry of live workers to age out"),
         }
         info!("worker stopped");
         match failure {

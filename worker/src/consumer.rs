@@ -14,6 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use savestream_shared::shutdown::unless_stuck;
 use savestream_shared::store::queue::Job;
 use savestream_shared::store::{Store, StoreError};
 use savestream_shared::task::TaskStatus;
@@ -31,6 +32,11 @@ use crate::source::shown_link;
 /// How long one `XREADGROUP` waits for a new item. It bounds how late the
 /// reaper runs on an idle worker and how long shutdown waits for the read.
 pub const BLOCK: Duration = Duration::from_secs(2);
+
+/// How long beyond [`BLOCK`] a read is waited for after shutdown before
+/// the loop stops without its answer: only a Redis that does not answer
+/// takes longer (see `savestream_shared::shutdown`).
+const ANSWER_MARGIN: Duration = Duration::from_secs(1);
 
 /// Runs the intake loop until `intake` is canceled. Items already read
 /// when it is are still run (the shutdown grace period covers them).
@@ -69,7 +75,13 @@ pub async fn run(
             }
         }
 
-        match reader.read_jobs(&context.consumer, permits.len(), BLOCK).await {
+        let read = reader.read_jobs(&context.consumer, permits.len(), BLOCK);
+        let answer_by = tokio::time::Instant::now() + BLOCK + ANSWER_MARGIN;
+        let Some(read) = unless_stuck(read, &intake, answer_by).await else {
+            debug!("redis did not answer the read of work items during shutdown: leaving it to the lease");
+            break;
+        };
+        match read {
             Ok(jobs) => {
                 if failures > 0 {
                     info!("redis is reachable again: taking work");

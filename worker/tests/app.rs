@@ -19,6 +19,8 @@ use savestream_shared::task::{SourceKind, TaskId, TaskStatus};
 use savestream_shared::title;
 use savestream_testkit::{eventually, names_in, RedisServer};
 use savestream_tests::file_server::{FileServer, ServedFile};
+use savestream_worker::app::BACKGROUND_WAIT;
+use savestream_worker::consumer::BLOCK;
 use savestream_worker::pipeline::RELEASED_MESSAGE;
 use savestream_worker::running::RunningTasks;
 use savestream_worker::storage::{FileName, LocalStorage, Storage, StorageDir, Storages};
@@ -886,4 +888,60 @@ async fn a_redis_outage_as_the_webhook_dispatcher_starts_delays_it_and_stops_not
         .expect("the worker stops in time")
         .expect("the worker does not panic")
         .expect("the worker stops only when told to");
+}
+
+#[tokio::test]
+async fn a_worker_told_to_stop_while_redis_does_not_answer_exits_in_seconds_not_after_each_calls_timeout() {
+    // Arrange: an idle worker (tasks and webhooks) with a grace period of
+    // 1 s; then Redis stops answering without closing its connections (a
+    // frozen host), so every call would wait out the store's 5 s command
+    // timeout.
+    let harness = Harness::start().await;
+    let mut config = harness.config(1, 1);
+    config.api.webhook_url = Some("http://127.0.0.1:1/hook".parse().expect("a valid URL"));
+    let worker = Worker::start(config).await;
+    harness.wait_for_idle_workers(1).await;
+    let frozen = Frozen::stop(harness.redis.pid());
+
+    // Act
+    let asked = tokio::time::Instant::now();
+    worker.shut_down(Duration::from_secs(30)).await;
+    let took = asked.elapsed();
+    drop(frozen);
+
+    // Assert: it runs no task, so nothing it holds needs Redis. At most it
+    // waits for the read of work items in flight (its block time and a 1 s
+    // margin), then for the background loops and for leaving the registry
+    // (a second each). It took 16.7 s when every call waited for its
+    // timeout in turn.
+    let bound = BLOCK + Duration::from_secs(1) + 2 * BACKGROUND_WAIT + Duration::from_secs(1);
+    assert!(
+        took < bound,
+        "the worker took {took:?} to stop while Redis did not answer (bound {bound:?})"
+    );
+}
+
+/// A process stopped with SIGSTOP until this drops (then SIGCONT), so a
+/// failed assertion does not leave a frozen Redis behind.
+struct Frozen(u32);
+
+impl Frozen {
+    fn stop(pid: u32) -> Frozen {
+        signal(pid, "-STOP");
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal(self.0, "-CONT");
+    }
+}
+
+fn signal(pid: u32, which: &str) {
+    let status = Command::new("kill")
+        .args([which, &pid.to_string()])
+        .status()
+        .expect("running kill");
+    assert!(status.success(), "kill {which} {pid} failed");
 }
