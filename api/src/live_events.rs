@@ -9,6 +9,9 @@
 //! read the whole backlog, every task's events, each time it connected.)
 //! The stream ends after the task's last event, when the server shuts down,
 //! or when Redis goes away (the client then reconnects with `Last-Event-ID`).
+//! A reconnect that finds the task ended and nothing after its
+//! `Last-Event-ID` gets no stream at all ([`Follow::Ended`], a 204), because
+//! only that stops a browser's `EventSource` from reconnecting.
 //!
 //! Each stream reads on a Redis connection of its own, because a blocking
 //! read would stall every command multiplexed on the shared one; at most
@@ -37,18 +40,28 @@ const BLOCK: Duration = Duration::from_secs(5);
 /// Entries read per `XREAD`; other tasks' entries count too.
 const BATCH: u64 = 500;
 
+/// What a request for the live stream gets.
+pub enum Follow {
+    /// The events to send; the stream ends after the task's last event.
+    Events(BoxStream<'static, TaskEventBody>),
+    /// The task has ended and none of its events comes after
+    /// `Last-Event-ID`: there is nothing to send, now or later.
+    Ended,
+}
+
 /// The task's events: `history` (those after `last_event_id`, when given),
-/// then live ones until the task ends. `newest` is the log's newest entry
-/// id, read before `history`: every event of the task up to it is in
-/// `history` already, so the live part starts after whichever of the two
-/// is later.
+/// then live ones until the task ends; or [`Follow::Ended`] when `history`
+/// ends with the task's last event and nothing in it comes after
+/// `last_event_id`. `newest` is the log's newest entry id, read before
+/// `history`: every event of the task up to it is in `history` already, so
+/// the live part starts after whichever of the two is later.
 pub async fn follow(
     state: &AppState,
     task_id: TaskId,
     history: Vec<LoggedEvent>,
     newest: Option<String>,
     last_event_id: Option<String>,
-) -> Result<BoxStream<'static, TaskEventBody>, ApiError> {
+) -> Result<Follow, ApiError> {
     let tail_from = history.last().map(|logged| match &newest {
         Some(newest) if stream_id_after(newest, &logged.id) => newest.clone(),
         _ => logged.id.clone(),
@@ -64,7 +77,10 @@ pub async fn follow(
         })
         .collect();
     let Some(tail_from) = tail_from.filter(|_| !ended) else {
-        return Ok(stream::iter(replay).boxed());
+        if ended && replay.is_empty() {
+            return Ok(Follow::Ended);
+        }
+        return Ok(Follow::Events(stream::iter(replay).boxed()));
     };
     let permit = state.live_streams.clone().try_acquire_owned().map_err(|_| {
         ApiError::Unavailable(
@@ -86,7 +102,7 @@ pub async fn follow(
         let event = follower.next().await?;
         Some((event, follower))
     });
-    Ok(stream::iter(replay).chain(live).boxed())
+    Ok(Follow::Events(stream::iter(replay).chain(live).boxed()))
 }
 
 /// The live part of one stream.

@@ -121,14 +121,15 @@ impl Api {
     }
 
     /// Opens a task's live event stream (`Accept: text/event-stream`),
-    /// after `last_event_id` when given. The generated client reads only the
-    /// JSON form of this operation, so the stream is requested with the same
-    /// token on a client without a request timeout.
+    /// after `last_event_id` when given; `None` when the API answers 204: the
+    /// task has ended and nothing comes after `last_event_id`. The generated
+    /// client reads only the JSON form of this operation, so the stream is
+    /// requested with the same token on a client without a request timeout.
     pub async fn open_event_stream(
         &self,
         task_id: &str,
         last_event_id: Option<&str>,
-    ) -> anyhow::Result<reqwest::Response> {
+    ) -> anyhow::Result<Option<reqwest::Response>> {
         let url = format!("{}/api/v1/tasks/{task_id}/events", self.base_url);
         let mut request = self
             .streaming
@@ -141,10 +142,13 @@ impl Api {
             .send()
             .await
             .map_err(|error| self.explain_transport(&error))?;
+        if response.status() == reqwest::StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
         if !response.status().is_success() {
             return Err(self.explain_unexpected(response).await);
         }
-        Ok(response)
+        Ok(Some(response))
     }
 }
 

@@ -5,7 +5,9 @@
 //! Two sources feed the screen. The task's live event stream
 //! (`GET /api/v1/tasks/{id}/events`, `Accept: text/event-stream`) says what
 //! happens (started, resolved, retrying, how it ended); it reconnects with
-//! `Last-Event-ID` when the connection drops. Progress is not an event, so
+//! `Last-Event-ID` when the connection drops, and stops following when the
+//! API answers that with 204 (the task has ended and nothing came after the
+//! last event read). Progress is not an event, so
 //! `GET /api/v1/tasks/{id}` is polled a few times a second for the bytes and
 //! the speed; it also notices the end when the event stream cannot.
 //!
@@ -286,10 +288,14 @@ impl<'a> EventFollower<'a> {
                     .open_event_stream(&self.task_id, self.last_event_id.as_deref())
                     .await
                 {
-                    Ok(response) => {
+                    Ok(Some(response)) => {
                         self.response = Some(response);
                         self.parser = SseParser::default();
                     }
+                    // 204: the task has ended and nothing comes after the
+                    // last event read (its last one was one this client
+                    // could not read). The poll reads how it ended.
+                    Ok(None) => self.ended = true,
                     Err(_) => self.failures += 1,
                 }
                 continue;
@@ -316,5 +322,68 @@ impl<'a> EventFollower<'a> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A one-route HTTP server that answers its connections in turn with
+    /// `answers` and hands each request's head to the test.
+    async fn serve(answers: Vec<&'static str>) -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (requests, received) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            for answer in answers {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if socket.read(&mut byte).await.unwrap() == 0 {
+                        break;
+                    }
+                    head.push(byte[0]);
+                }
+                let _ = requests.send(String::from_utf8_lossy(&head).to_lowercase());
+                socket.write_all(answer.as_bytes()).await.unwrap();
+                socket.shutdown().await.unwrap();
+            }
+        });
+        (url, received)
+    }
+
+    #[tokio::test]
+    async fn a_reconnect_answered_204_ends_the_event_stream_without_reconnecting_again() {
+        // The first stream's last event is one this client cannot read (a
+        // newer server's kind), so the follower reconnects after it; the API
+        // answers that with 204: the task has ended with nothing after it.
+        let (url, mut requests) = serve(vec![
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n\
+             id: 1700000000000-3\ndata: {\"type\":\"archived\"}\n\n",
+            "HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n",
+        ])
+        .await;
+        let api = Api::new(&url, "token").unwrap();
+        let mut follower = EventFollower::new(&api, "d0bmcqqmclrc73a5e0fg");
+
+        // Reconnecting takes `RECONNECT_AFTER`; retrying a 204 as a drop
+        // would take `MAX_RECONNECTS` of them.
+        let next = tokio::time::timeout(Duration::from_secs(5), follower.next())
+            .await
+            .expect("the follower stopped after the 204");
+
+        assert!(next.is_none(), "no events: {next:?}");
+        let first = requests.recv().await.unwrap();
+        let second = requests.recv().await.unwrap();
+        assert!(!first.contains("last-event-id"), "{first}");
+        assert!(second.contains("last-event-id: 1700000000000-3\r\n"), "{second}");
+        assert!(follower.ended, "the 204 says the task has ended");
+        assert_eq!(
+            follower.failures, 1,
+            "one reconnect: after the first stream ended"
+        );
     }
 }

@@ -1,6 +1,9 @@
 //! `GET /api/v1/tasks/{task_id}/events`: a task's history from the event log,
 //! as one JSON document, or with `Accept: text/event-stream` as a live
-//! Server-Sent Events stream that ends with the task.
+//! Server-Sent Events stream that ends with the task. A stream request for a
+//! task that has ended, with nothing after its `Last-Event-ID`, answers 204,
+//! which tells a browser's `EventSource` to stop reconnecting (an empty 200
+//! would not: it reconnects to a closed stream every few seconds, forever).
 
 use futures::stream::BoxStream;
 use poem::http::HeaderMap;
@@ -42,6 +45,11 @@ pub enum EventsResponse {
     /// The task's events, oldest first.
     #[oai(status = 200)]
     Ok(EventsContent),
+    /// Only with `Accept: text/event-stream` and a `Last-Event-ID`: the task has ended and there
+    /// is nothing after `Last-Event-ID`, so there is nothing to send, now or later. An
+    /// `EventSource` stops reconnecting on this answer.
+    #[oai(status = 204)]
+    Ended,
 }
 
 #[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Tasks")]
@@ -51,7 +59,8 @@ impl EventsApi {
     /// Everything that happened to the task, oldest first: created, started, resolved, retrying,
     /// and how it ended. With `Accept: text/event-stream` the answer is a Server-Sent Events stream
     /// that sends the history, then each new event as it happens, and ends after the task's last
-    /// event. A reconnecting client that sends `Last-Event-ID` gets only the events after it.
+    /// event. A reconnecting client that sends `Last-Event-ID` gets only the events after it, or a
+    /// 204 with no body when the task has ended and nothing comes after it.
     #[oai(
         path = "/tasks/:task_id/events",
         method = "get",
@@ -93,7 +102,10 @@ impl EventsApi {
             .get("last-event-id")
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned);
-        let events = live_events::follow(&state, task_id, history, newest, last_event_id).await?;
+        let events = match live_events::follow(&state, task_id, history, newest, last_event_id).await? {
+            live_events::Follow::Events(events) => events,
+            live_events::Follow::Ended => return Ok(EventsResponse::Ended),
+        };
         let stream = EventStream::new(events)
             .keep_alive(KEEP_ALIVE)
             .to_event(|event: TaskEventBody| {

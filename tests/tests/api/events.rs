@@ -205,6 +205,94 @@ async fn event_stream_resumes_after_last_event_id() {
     assert!(resumed.next().await.is_none());
 }
 
+/// A stream request for `task_id` with `Last-Event-ID: last_event_id`.
+async fn request_stream_after(app: &TestApp, task_id: &str, last_event_id: &str) -> reqwest::Response {
+    app.client
+        .get(app.url(&format!("/api/v1/tasks/{task_id}/events")))
+        .header("Accept", "text/event-stream")
+        .header("Last-Event-ID", last_event_id)
+        .send()
+        .await
+        .expect("requesting the event stream")
+}
+
+/// The ids of a task's events, from the JSON form.
+async fn event_ids(app: &TestApp, task_id: &str) -> Vec<String> {
+    let body: serde_json::Value = app
+        .client
+        .get(app.url(&format!("/api/v1/tasks/{task_id}/events")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["events"]
+        .as_array()
+        .expect("the task's events")
+        .iter()
+        .map(|event| event["id"].as_str().expect("an event id").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn event_stream_of_an_ended_task_with_nothing_after_last_event_id_answers_204_so_eventsource_stops() {
+    let app = spawn_app().await;
+    let task_id = create_contract_task(&app).await;
+    assert_eq!(app.cancel_task(&task_id).await.0, 200);
+    let ids = event_ids(&app, &task_id).await;
+    assert_eq!(ids.len(), 2, "created, canceled: {ids:?}");
+    let (ms, seq) = ids[1].split_once('-').expect("a stream id");
+    let past_the_end = format!("{ms}-{}", seq.parse::<u64>().unwrap() + 1);
+
+    for last_event_id in [ids[1].as_str(), past_the_end.as_str()] {
+        let response = request_stream_after(&app, &task_id, last_event_id).await;
+
+        assert_eq!(response.status(), 204, "Last-Event-ID {last_event_id}");
+        assert!(
+            response.headers().get("content-type").is_none(),
+            "{:?}",
+            response.headers()
+        );
+        assert!(response.bytes().await.unwrap().is_empty(), "a 204 has no body");
+    }
+}
+
+#[tokio::test]
+async fn event_stream_of_an_ended_task_sends_what_comes_after_an_earlier_last_event_id_then_ends() {
+    let app = spawn_app().await;
+    let task_id = create_contract_task(&app).await;
+    assert_eq!(app.cancel_task(&task_id).await.0, 200);
+    let ids = event_ids(&app, &task_id).await;
+
+    let mut resumed = SseReader::open(&app, &task_id, Some(&ids[0])).await;
+    let canceled = resumed.next().await.expect("the event after Last-Event-ID");
+    assert_eq!(canceled.data["type"], "canceled");
+    assert_eq!(canceled.id, ids[1]);
+    assert!(resumed.next().await.is_none(), "the stream ends with the task");
+
+    // An unreadable Last-Event-ID is ignored: the whole history, not a 204.
+    let mut whole = SseReader::open(&app, &task_id, Some("not an id")).await;
+    assert_eq!(whole.next().await.unwrap().data["type"], "created");
+    assert_eq!(whole.next().await.unwrap().data["type"], "canceled");
+    assert!(whole.next().await.is_none());
+}
+
+#[tokio::test]
+async fn event_stream_of_a_task_that_has_not_ended_stays_open_after_its_last_event_id() {
+    let app = spawn_app().await;
+    let task_id = create_contract_task(&app).await;
+    let ids = event_ids(&app, &task_id).await;
+    assert_eq!(ids.len(), 1, "created: {ids:?}");
+
+    let mut stream = SseReader::open(&app, &task_id, Some(&ids[0])).await;
+    assert_eq!(app.cancel_task(&task_id).await.0, 200);
+
+    let canceled = stream.next().await.expect("the live cancel event");
+    assert_eq!(canceled.data["type"], "canceled");
+    assert!(stream.next().await.is_none(), "the stream ends with the task");
+}
+
 #[tokio::test]
 async fn event_streams_end_when_the_api_shuts_down() {
     let mut app = spawn_app().await;
