@@ -19,7 +19,7 @@ use savestream_shared::task::{SourceKind, TaskId, TaskStatus};
 use savestream_shared::title;
 use savestream_testkit::{eventually, names_in, RedisServer};
 use savestream_tests::file_server::{FileServer, ServedFile};
-use savestream_worker::app::BACKGROUND_WAIT;
+use savestream_worker::app::{BACKGROUND_WAIT, RELEASE_WAIT};
 use savestream_worker::consumer::BLOCK;
 use savestream_worker::pipeline::RELEASED_MESSAGE;
 use savestream_worker::running::RunningTasks;
@@ -919,6 +919,57 @@ async fn a_worker_told_to_stop_while_redis_does_not_answer_exits_in_seconds_not_
         took < bound,
         "the worker took {took:?} to stop while Redis did not answer (bound {bound:?})"
     );
+}
+
+#[tokio::test]
+async fn attempts_that_cannot_release_their_tasks_are_abandoned_after_the_release_wait_and_nothing_is_lost() {
+    // Arrange: a worker with a long lease runs a slow download; then Redis
+    // stops answering (a frozen host), so the release at the end of the
+    // grace period would retry for up to a lease (30 s).
+    let harness = Harness::start().await;
+    harness
+        .files
+        .add("/slow.bin", ServedFile::new(body(400_000)).throttled(100_000));
+    let mut config = harness.config(1, 1);
+    config.queue.lease_seconds = 30;
+    let worker = Worker::start(config).await;
+    let task_id = harness.create("/slow.bin").await;
+    harness
+        .wait_for(&task_id, TaskStatus::Running, Duration::from_secs(5))
+        .await;
+    let frozen = Frozen::stop(harness.redis.pid());
+
+    // Act
+    let asked = tokio::time::Instant::now();
+    worker.stop.cancel();
+    let ended = tokio::time::timeout(Duration::from_secs(30), worker.handle)
+        .await
+        .expect("the worker stops before the lease would let the release give up")
+        .expect("the worker does not panic");
+    let took = asked.elapsed();
+    drop(frozen);
+
+    // Assert: it exits with the abandoned attempt named, once the grace
+    // period (1 s) and the release wait are over, not after the lease.
+    match ended {
+        Err(RunError::Abandoned { attempts }) => assert_eq!(attempts, 1),
+        other => panic!("expected the attempt to be abandoned, got {other:?}"),
+    }
+    let bound = Duration::from_secs(1) + RELEASE_WAIT + BLOCK + Duration::from_secs(1) + 2 * BACKGROUND_WAIT;
+    assert!(took < bound, "the worker took {took:?} to stop (bound {bound:?})");
+    // And nothing is lost: Redis runs the release it was sent once it
+    // answers again, or, had the release not reached it, the work item is
+    // still pending and expires; either way another worker (with a short
+    // lease here) finishes the task from the partial file.
+    let mut config = harness.config(1, 10);
+    config.queue.lease_seconds = 1;
+    let second = Worker::start(config).await;
+    let record = harness
+        .wait_for(&task_id, TaskStatus::Completed, Duration::from_secs(20))
+        .await;
+    assert_eq!(record.task.worker.as_deref(), Some(second.consumer.as_str()));
+    assert_eq!(std::fs::read(harness.stored("/slow.bin")).unwrap(), body(400_000));
+    second.shut_down(Duration::from_secs(10)).await;
 }
 
 /// A process stopped with SIGSTOP until this drops (then SIGCONT), so a
