@@ -71,12 +71,21 @@ fn why_refused_v6(address: Ipv6Addr) -> Option<&'static str> {
         return Some("an unspecified address");
     }
     // An IPv4 address in IPv6 clothing is judged as the IPv4 address:
-    // mapped (::ffff:a.b.c.d), NAT64 (64:ff9b::a.b.c.d) and 6to4 (2002:AABB:CCDD::).
+    // mapped (::ffff:a.b.c.d), translated (::ffff:0:a.b.c.d), NAT64
+    // (64:ff9b::a.b.c.d) and 6to4 (2002:AABB:CCDD::).
     if let Some(v4) = address.to_ipv4_mapped() {
         return why_refused_v4(v4);
     }
+    if segments[..6] == [0, 0, 0, 0, 0xffff, 0] {
+        return why_refused_v4(embedded_v4(segments[6], segments[7]));
+    }
     if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
         return why_refused_v4(embedded_v4(segments[6], segments[7]));
+    }
+    // The local-use NAT64 prefix (RFC 8215) belongs to one network, which
+    // chooses where in it the IPv4 address sits: never a public server.
+    if segments[..3] == [0x64, 0xff9b, 1] {
+        return Some("a local-use translation (NAT64) address");
     }
     if segments[0] == 0x2002 {
         return why_refused_v4(embedded_v4(segments[1], segments[2]));
@@ -205,6 +214,13 @@ mod tests {
             ("64:ff9b::7f00:1", "a loopback address"),
             ("2002:c0a8:0101::1", "a private address"),
             ("::127.0.0.1", "a loopback address"),
+            ("::ffff:0:7f00:1", "a loopback address"),
+            ("::ffff:0:a9fe:a9fe", "a link-local address"),
+            ("64:ff9b:1::a00:1", "a local-use translation (NAT64) address"),
+            (
+                "64:ff9b:1:ffff::808:808",
+                "a local-use translation (NAT64) address",
+            ),
         ] {
             let ip: IpAddr = address.parse().unwrap();
             assert_eq!(why_refused(ip), Some(why), "{address}");
@@ -227,6 +243,7 @@ mod tests {
             "2001:4860:4860::8888",
             "::ffff:8.8.8.8",
             "64:ff9b::808:808",
+            "::ffff:0:808:808",
         ] {
             let ip: IpAddr = address.parse().unwrap();
             assert_eq!(why_refused(ip), None, "{address}");
