@@ -52,6 +52,7 @@ use savestream_shared::task::TaskId;
 use tokio::fs::{File, OpenOptions};
 use tracing::{debug, warn};
 
+use super::path::own_partial_parts;
 use super::write_behind::WriteBehind;
 use super::{FileName, PartialFile, Storage, StorageDir, StorageError, StoragePath};
 
@@ -88,7 +89,8 @@ impl LocalStorage {
         &self.base
     }
 
-    /// The name of `owner`'s own partial file of `name`, as it is on disk.
+    /// The name of `owner`'s own partial file of `name`, as it is on disk
+    /// ([`own_partial_parts`] reads it back).
     pub fn own_partial_name(name: &FileName, owner: &TaskId) -> String {
         format!(".{name}.{owner}.part")
     }
@@ -258,18 +260,6 @@ fn own_partial_of(file_name: &str, owner: &TaskId) -> Option<FileName> {
     own_partial_parts(file_name)
         .filter(|(_, of)| of == owner)
         .map(|(name, _)| name)
-}
-
-/// The name and the task of an own partial file, `.C.T.part`, read back
-/// from its file name ([`LocalStorage::own_partial_name`] makes it); `None`
-/// for any other file. A task id holds no dot, so `T` is what follows the
-/// last one.
-fn own_partial_parts(file_name: &str) -> Option<(FileName, TaskId)> {
-    let (name, owner) = file_name
-        .strip_prefix('.')?
-        .strip_suffix(".part")?
-        .rsplit_once('.')?;
-    Some((FileName::parse(name).ok()?, TaskId::parse(owner).ok()?))
 }
 
 /// What makes a file itself: names with the same identity are links to one file.
@@ -1327,6 +1317,32 @@ mod tests {
         storage.remove(&saved).await.unwrap();
         storage.remove(&saved).await.unwrap();
         assert!(!storage.base_path().join("d/done.txt").exists());
+    }
+
+    #[tokio::test]
+    async fn a_finished_file_whose_name_a_server_made_look_like_a_partial_file_is_kept_when_its_task_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = storage(&dir);
+        let owner = task();
+        // The name a Content-Disposition gave, made safe as the pipeline does.
+        let name = FileName::sanitize(&format!(".x.{owner}.part"));
+        let path = storage
+            .reserve(&owner, &storage_dir("/"), &name, &[])
+            .await
+            .unwrap();
+        let mut partial = storage.open(&owner, &path).await.unwrap();
+        partial.write(Bytes::from_static(b"kept")).await.unwrap();
+        partial.finish().await.unwrap();
+
+        storage.discard(&owner, &storage_dir("/")).await.unwrap();
+
+        assert_eq!(on_disk(&storage), vec![name.to_string()]);
+        assert_eq!(
+            std::fs::read(storage.base_path().join(name.as_str())).unwrap(),
+            b"kept"
+        );
+        // Nor does the sweep take it for a leftover of the task.
+        assert!(storage.partial_owners().await.unwrap().is_empty());
     }
 
     #[tokio::test]

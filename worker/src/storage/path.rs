@@ -8,6 +8,8 @@
 
 use std::fmt;
 
+use savestream_shared::task::TaskId;
+
 /// How long a file name may be, in bytes. File systems allow 255; the rest
 /// is room for what a download adds: the name of a task's own partial file
 /// is `.<name>.<task id>.part`, 27 bytes more (the `_123` of a conflict
@@ -72,7 +74,10 @@ impl FileName {
     /// Makes a safe name out of any text (a header, a URL segment): path
     /// separators and control characters become `_`, surrounding white space
     /// goes, a name too long is shortened (keeping a short extension), and a
-    /// name with nothing left, `.` or `..` becomes [`FALLBACK_NAME`].
+    /// name with nothing left, `.` or `..` becomes [`FALLBACK_NAME`]. A name
+    /// that reads as a task's own partial file (`.C.T.part`, see
+    /// [`own_partial_parts`]) gets `_` for its leading dot: the finished
+    /// file would be taken for one, and removed when task `T` ends.
     pub fn sanitize(text: &str) -> FileName {
         let replaced: String = text
             .chars()
@@ -89,6 +94,7 @@ impl FileName {
         // `_` and `._` are what a bare separator leaves behind: no name at all.
         let meaningless = shortened.len() <= 2 && shortened.chars().all(|c| c == '.' || c == '_');
         match FileName::parse(&shortened) {
+            Ok(_) if own_partial_parts(&shortened).is_some() => FileName(format!("_{}", &shortened[1..])),
             Ok(name) if !meaningless => name,
             _ => FileName(FALLBACK_NAME.to_owned()),
         }
@@ -122,6 +128,18 @@ impl fmt::Display for FileName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// The name and the task of a task's own partial file, `.C.T.part` (the
+/// local storage writes file `C` of task `T` through it), read back from
+/// its file name; `None` for any other file. A task id holds no dot, so `T`
+/// is what follows the last one.
+pub fn own_partial_parts(file_name: &str) -> Option<(FileName, TaskId)> {
+    let (name, owner) = file_name
+        .strip_prefix('.')?
+        .strip_suffix(".part")?
+        .rsplit_once('.')?;
+    Some((FileName::parse(name).ok()?, TaskId::parse(owner).ok()?))
 }
 
 /// Shortens `text` to at most `limit` bytes, keeping an extension of up to
@@ -280,6 +298,27 @@ mod tests {
             ("C:\\Users\\x.doc", "C:_Users_x.doc"),
         ] {
             assert_eq!(FileName::sanitize(text).as_str(), expected, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn sanitizing_a_name_that_reads_as_a_tasks_partial_file_changes_it() {
+        let task = TaskId::generate();
+        let partial_like = format!(".x.{task}.part");
+        assert!(own_partial_parts(&partial_like).is_some());
+
+        let name = FileName::sanitize(&partial_like);
+
+        assert_eq!(name.as_str(), format!("_x.{task}.part"));
+        assert!(own_partial_parts(name.as_str()).is_none());
+        // Names that only look alike stay as they are.
+        for fine in [
+            ".x.not-a-task-id.part".to_owned(),
+            format!("x.{task}.part"),
+            format!(".x.{task}.part.zip"),
+            format!(".{task}.part"),
+        ] {
+            assert_eq!(FileName::sanitize(&fine).as_str(), fine, "{fine:?}");
         }
     }
 
