@@ -549,6 +549,15 @@ impl Attempt<'_> {
         }
         let offset = partial.len();
         let download = self.interruptible(source.open(task, file, offset)).await??;
+        // A source that says the file has another size than the one
+        // recorded for the task serves another file: every attempt would
+        // download it whole and then fail at the wrong size. It fails now,
+        // before one byte of it is read.
+        if let (Some(size), Some(total)) = (file.size, download.total) {
+            if total != size {
+                return Err(SourceError::changed_size(&task.link, size, Some(total)).into());
+            }
+        }
         if download.offset != offset {
             partial.truncate().await?;
         }
@@ -607,6 +616,11 @@ impl Attempt<'_> {
                 chunk = stream.next() => match chunk {
                     Some(Ok(bytes)) => {
                         let chunk_len = bytes.len() as u64;
+                        // A source that did not say the size sends more
+                        // than the size recorded: the file changed.
+                        if let Some(size) = file.size.filter(|&size| partial.len() + chunk_len > size) {
+                            return Err(SourceError::changed_size(&task.link, size, None).into());
+                        }
                         partial.write(bytes).await?;
                         downloaded_bytes.increment(chunk_len);
                     }

@@ -249,27 +249,51 @@ async fn a_range_that_stops_short_of_the_end_of_the_file_is_not_taken_for_the_re
 }
 
 #[tokio::test]
-async fn a_file_that_changed_size_or_an_unsatisfiable_range_starts_over() {
+async fn a_file_that_changed_size_is_not_resumed_and_fails_permanently_with_both_sizes() {
     let server = FileServer::start().await;
     server.add("/changed.bin", ServedFile::new(body(3_000)));
     let source = source(true);
-    let link = task(&server.url("/changed.bin"));
-
+    let link = task(&server.url("/changed.bin?sig=secret"));
     // The earlier attempt saw 2 000 bytes; the server now has 3 000.
     let stale = RemoteFile {
         size: Some(2_000),
         ..RemoteFile::default()
     };
-    let download = source.open(&link, &stale, 1_000).await.unwrap();
-    assert_eq!(download.offset, 0);
-    assert_eq!(read_all(download).await, body(3_000));
 
-    // An offset past the end (416) starts over too.
-    let download = source.open(&link, &RemoteFile::default(), 5_000).await.unwrap();
+    // A 206 (`bytes 1000-2999/3000`) and a 416 (`bytes */3000`) both tell the new size.
+    for offset in [1_000, 5_000] {
+        let error = source.open(&link, &stale, offset).await.unwrap_err();
+
+        assert_eq!(error.kind, SourceErrorKind::Permanent, "offset {offset}");
+        assert_eq!(
+            error.message,
+            format!(
+                "the file at http://{}/changed.bin?… changed on the server (was 2000 bytes, now 3000): \
+                 add the link again to download the new file",
+                server.address()
+            ),
+            "offset {offset}"
+        );
+    }
+    let statuses: Vec<u16> = server.requests().iter().map(|request| request.status).collect();
+    assert_eq!(statuses, vec![206, 416], "no whole GET of the new file");
+}
+
+#[tokio::test]
+async fn an_unsatisfiable_range_of_a_file_of_unknown_size_starts_over() {
+    let server = FileServer::start().await;
+    server.add("/f.bin", ServedFile::new(body(3_000)));
+
+    let download = source(true)
+        .open(&task(&server.url("/f.bin")), &RemoteFile::default(), 5_000)
+        .await
+        .unwrap();
+
     assert_eq!(download.offset, 0);
+    assert_eq!(download.total, Some(3_000));
     assert_eq!(read_all(download).await, body(3_000));
     let statuses: Vec<u16> = server.requests().iter().map(|request| request.status).collect();
-    assert_eq!(statuses, vec![206, 200, 416, 200]);
+    assert_eq!(statuses, vec![416, 200]);
 }
 
 #[tokio::test]

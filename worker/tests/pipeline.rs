@@ -363,6 +363,87 @@ async fn a_resumed_attempt_that_gets_a_capped_range_starts_over_rather_than_savi
 }
 
 #[tokio::test]
+async fn a_file_that_changed_size_on_the_server_fails_at_once_with_an_error_that_says_what_to_do() {
+    // Slow enough that downloading the 3 000 bytes would take seconds.
+    let changed = ServedFile::new(body(3_000)).throttled(1_000);
+    for (how, served, status) in [
+        ("206 bytes 1000-2999/3000", changed.clone(), 206),
+        ("200 with Content-Length: 3000", changed.without_ranges(), 200),
+    ] {
+        let harness = Harness::start().await;
+        harness.files.add("/f.bin", served);
+        let task_id = harness.create("/f.bin").await;
+        // The first attempt recorded 2 000 bytes and saved 1 000 of them;
+        // the server has a file of 3 000 bytes at the link now.
+        let lease = harness.resolved_and_released("f.bin", 2_000, "/f.bin").await;
+        std::fs::write(harness.own_partial(&task_id, "f.bin"), &body(3_000)[..1_000]).unwrap();
+
+        let outcome = harness.process(&lease).await;
+
+        let expected = format!(
+            "the file at {} changed on the server (was 2000 bytes, now 3000): add the link again to \
+             download the new file",
+            harness.files.url("/f.bin")
+        );
+        assert_eq!(
+            outcome,
+            Outcome::Failed {
+                error: expected.clone()
+            },
+            "{how}"
+        );
+        let record = harness.record(&task_id).await;
+        assert_eq!(record.task.status, TaskStatus::Failed, "{how}");
+        assert_eq!(record.task.error, expected, "{how}");
+        assert_eq!(
+            harness.event_names(&task_id).await,
+            vec!["created", "started", "resolved", "retrying", "started", "failed"],
+            "{how}: no retry"
+        );
+        assert_eq!(harness.names_on_disk(), Vec::<String>::new(), "{how}");
+        // One request, whose body was left unread: the connection closed
+        // before the server could send it all.
+        let requests = eventually("the request to end", Duration::from_secs(5), || async {
+            let requests = harness.files.requests_for("/f.bin");
+            requests
+                .iter()
+                .all(|request| request.finished)
+                .then_some(requests)
+        })
+        .await;
+        assert_eq!(requests.len(), 1, "{how}: {requests:?}");
+        assert_eq!(requests[0].status, status, "{how}");
+        assert!(!requests[0].complete, "{how}: {requests:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_file_of_unstated_size_that_outgrows_the_recorded_size_fails_as_soon_as_it_does() {
+    let harness = Harness::start().await;
+    // Neither Range nor Content-Length: only the bytes tell the size.
+    harness.files.add(
+        "/f.bin",
+        ServedFile::new(body(3_000))
+            .without_ranges()
+            .without_content_length(),
+    );
+    let task_id = harness.create("/f.bin").await;
+    let lease = harness.resolved_and_released("f.bin", 2_000, "/f.bin").await;
+    std::fs::write(harness.own_partial(&task_id, "f.bin"), &body(3_000)[..1_000]).unwrap();
+
+    let outcome = harness.process(&lease).await;
+
+    let expected = format!(
+        "the file at {} changed on the server (was 2000 bytes, now larger): add the link again to \
+         download the new file",
+        harness.files.url("/f.bin")
+    );
+    assert_eq!(outcome, Outcome::Failed { error: expected });
+    assert_eq!(harness.record(&task_id).await.task.status, TaskStatus::Failed);
+    assert_eq!(harness.names_on_disk(), Vec::<String>::new());
+}
+
+#[tokio::test]
 async fn a_reservation_an_attempt_could_not_record_keeps_its_name_for_the_next_attempt() {
     let harness = Harness::start().await;
     harness.files.add("/f.bin", ServedFile::new(body(1_000)));

@@ -5,8 +5,9 @@
 //! [`super::ssrf`]), the file name (Content-Disposition, else the URL's last
 //! path segment), the size (Content-Length or Content-Range), resuming with
 //! `Range: bytes=N-` (only from an answer that is the whole rest of the
-//! file), and turning HTTP statuses and transport failures into
-//! [`SourceError`]s that say whether to retry and what to do.
+//! file, and never of a file whose size changed), and turning HTTP statuses
+//! and transport failures into [`SourceError`]s that say whether to retry
+//! and what to do.
 //!
 //! Messages show links without their query string or user info, which often
 //! carry credentials (signed URLs).
@@ -157,19 +158,28 @@ impl Source for HttpSource {
         let url = self.link(task)?;
         if offset > 0 {
             let response = self.get(&url, offset).await?;
-            if response.status() == StatusCode::PARTIAL_CONTENT {
+            let partial = response.status() == StatusCode::PARTIAL_CONTENT;
+            if partial || response.status() == StatusCode::RANGE_NOT_SATISFIABLE {
                 let range = response
                     .headers()
                     .get(CONTENT_RANGE)
                     .and_then(|value| value.to_str().ok())
                     .and_then(parse_content_range);
-                if let Some(range) = range {
+                // Both answers tell the file's size: one other than the size
+                // recorded for the task is another file, and fetching it
+                // whole would only end at the wrong size.
+                if let (Some(size), Some(total)) = (file.size, range.and_then(|range| range.total)) {
+                    if total != size {
+                        return Err(SourceError::changed_size(&task.link, size, Some(total)));
+                    }
+                }
+                if let Some(range) = range.filter(|_| partial) {
                     if is_rest_of_file(range, response.content_length(), offset, file.size) {
                         let total = range.total.or(file.size);
                         return Ok(download(&url, offset, total, response));
                     }
                 }
-            } else if response.status() != StatusCode::RANGE_NOT_SATISFIABLE {
+            } else {
                 // 200: the server ignores Range and sends the whole file.
                 let total = response.content_length().or(file.size);
                 return Ok(download(&url, 0, total, response));

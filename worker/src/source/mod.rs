@@ -90,6 +90,21 @@ impl SourceError {
     pub fn is_permanent(&self) -> bool {
         self.kind == SourceErrorKind::Permanent
     }
+
+    /// The file behind `link` is no longer the size recorded for the task
+    /// (`was`): it is another file now. Resuming would splice two files
+    /// together and downloading it whole would end at the wrong size, so
+    /// no attempt can succeed; the task is not the new file's. `now` is
+    /// `None` when the source sent more than `was` bytes without saying how
+    /// many it has.
+    pub fn changed_size(link: &str, was: u64, now: Option<u64>) -> SourceError {
+        let now = now.map_or_else(|| "larger".to_owned(), |now| now.to_string());
+        SourceError::permanent(format!(
+            "the file at {} changed on the server (was {was} bytes, now {now}): add the link again \
+             to download the new file",
+            shown_link(link)
+        ))
+    }
 }
 
 /// An open stream of a file's bytes.
@@ -160,6 +175,19 @@ impl Sources {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_changed_size_says_what_changed_and_what_to_do() {
+        let error = SourceError::changed_size("https://example.com/f.bin?sig=x", 2000, Some(3000));
+        assert!(error.is_permanent());
+        assert_eq!(
+            error.message,
+            "the file at https://example.com/f.bin?… changed on the server (was 2000 bytes, now 3000): \
+             add the link again to download the new file"
+        );
+        let error = SourceError::changed_size("https://example.com/f.bin", 2000, None);
+        assert!(error.message.contains("(was 2000 bytes, now larger)"), "{error}");
+    }
 
     #[test]
     fn links_are_shown_without_their_query_or_user_info() {
