@@ -31,8 +31,9 @@
 //! the task that recorded its path adopts.
 //!
 //! The base path must be on a file system with hard links (any Unix one,
-//! not FAT): [`LocalStorage::new`] checks. Every directory is checked after
-//! it is created and its symlinks resolved, so nothing is written outside
+//! not FAT): [`LocalStorage::new`] checks. Every directory is checked, its
+//! symlinks resolved, before anything is created in it (missing ones are
+//! made one component at a time), so nothing is created or written outside
 //! the base path even when someone plants a symlink inside it, and partial
 //! files are opened without following symlinks. Bytes are written through a
 //! small buffer, so memory stays flat whatever the size of the file, each at
@@ -132,20 +133,44 @@ impl LocalStorage {
     }
 
     /// The directory of `dir` on disk, created when missing, after checking
-    /// that it really is under the base path.
+    /// that it really is under the base path. Missing directories are made
+    /// one component at a time, each resolved and checked before the next
+    /// is made in it: a symlink planted inside the base path that leads out
+    /// of it is refused before anything is created where it leads.
     async fn directory(&self, dir: &StorageDir) -> Result<PathBuf, StorageError> {
-        let joined = self.joined(dir);
-        tokio::fs::create_dir_all(&joined)
-            .await
-            .map_err(|source| self.io_error("create the directory", dir, source))?;
-        match self.existing_directory(dir).await? {
-            Some(directory) => Ok(directory),
-            None => Err(self.io_error(
-                "resolve the directory",
-                dir,
-                std::io::Error::from(ErrorKind::NotFound),
-            )),
+        if let Some(directory) = self.existing_directory(dir).await? {
+            return Ok(directory);
         }
+        let io = |action: &'static str| move |source: std::io::Error| self.io_error(action, dir, source);
+        let mut directory = self.base.clone();
+        for component in dir.components() {
+            let next = directory.join(component.as_str());
+            match tokio::fs::create_dir(&next).await {
+                Err(error) if error.kind() != ErrorKind::AlreadyExists => {
+                    return Err(io("create the directory")(error));
+                }
+                _ => {}
+            }
+            // What is there now: the directory just made, or whatever was
+            // there already, a symlink resolved.
+            let resolved = tokio::fs::canonicalize(&next)
+                .await
+                .map_err(io("resolve the directory"))?;
+            if !resolved.starts_with(&self.base) {
+                return Err(self.escapes(dir));
+            }
+            if !tokio::fs::metadata(&resolved)
+                .await
+                .map_err(io("resolve the directory"))?
+                .is_dir()
+            {
+                return Err(io("create the directory")(std::io::Error::from(
+                    ErrorKind::NotADirectory,
+                )));
+            }
+            directory = resolved;
+        }
+        Ok(directory)
     }
 
     /// The directory of `dir` on disk if it exists, checked like [`Self::directory`].
@@ -1419,6 +1444,56 @@ mod tests {
             std::fs::read_dir(&outside).unwrap().count(),
             0,
             "nothing was written outside"
+        );
+    }
+
+    #[tokio::test]
+    async fn no_directory_is_created_outside_the_base_path_through_a_planted_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = storage(&dir);
+        let owner = task();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, storage.base_path().join("escape")).unwrap();
+        std::fs::create_dir(storage.base_path().join("a")).unwrap();
+        std::os::unix::fs::symlink(&outside, storage.base_path().join("a/escape")).unwrap();
+        // A symlink that stays inside the base path is followed.
+        std::fs::create_dir(storage.base_path().join("real")).unwrap();
+        std::os::unix::fs::symlink(
+            storage.base_path().join("real"),
+            storage.base_path().join("inside"),
+        )
+        .unwrap();
+
+        for dir_path in ["/escape/sub/deep", "/a/escape/sub", "/escape"] {
+            let escaped = storage
+                .reserve(&owner, &storage_dir(dir_path), &name("f"), &[])
+                .await;
+            assert!(
+                matches!(escaped, Err(StorageError::Escapes { .. })),
+                "{dir_path}: {escaped:?}"
+            );
+        }
+        let inside = storage
+            .reserve(&owner, &storage_dir("/inside/sub"), &name("f"), &[])
+            .await
+            .unwrap();
+        // A file where a directory should be is no directory.
+        std::fs::write(storage.base_path().join("file"), b"").unwrap();
+        let under_a_file = storage
+            .reserve(&owner, &storage_dir("/file/sub"), &name("f"), &[])
+            .await;
+
+        assert_eq!(
+            std::fs::read_dir(&outside).unwrap().count(),
+            0,
+            "nothing was created outside"
+        );
+        assert_eq!(inside.to_string(), "/inside/sub/f");
+        assert!(storage.base_path().join("real/sub/f.part").exists());
+        assert!(
+            matches!(under_a_file, Err(StorageError::Io { .. })),
+            "{under_a_file:?}"
         );
     }
 
