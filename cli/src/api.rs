@@ -59,6 +59,11 @@ impl Api {
         })
     }
 
+    /// The API's URL, without a trailing slash.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
     pub fn client(&self) -> &Client {
         &self.client
     }

@@ -607,22 +607,18 @@ async fn add_prints_the_id_of_a_queued_task_that_status_and_ls_show() {
     );
 }
 
-#[tokio::test]
-async fn add_repeats_a_create_redis_did_not_answer_with_the_same_key_and_creates_the_task_once() {
+/// `savestream add <link>` for `app`, its stdout piped and its stderr
+/// read line by line, killed if the test ends first.
+fn spawn_add(
+    app: &TestApp,
+    link: &str,
+) -> (
+    tokio::process::Child,
+    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+) {
     use tokio::io::AsyncBufReadExt;
-
-    let app = spawn_app(0).await;
-    // A Redis that holds its connections open and answers nothing: the
-    // API's call times out and it answers 503, while the create itself
-    // waits unread in Redis' socket and runs once Redis goes on.
-    signal(app.redis.pid(), "STOP");
-    let mut args = flags(&app);
-    args.extend([
-        "add".into(),
-        "https://example.com/once.bin".into(),
-        "--user".into(),
-        TEST_USER.to_string(),
-    ]);
+    let mut args = flags(app);
+    args.extend(["add".into(), link.into(), "--user".into(), TEST_USER.to_string()]);
     let mut add = tokio::process::Command::new(binary_path("savestream"))
         .args(&args)
         .env_remove("SAVESTREAM_URL")
@@ -633,18 +629,43 @@ async fn add_repeats_a_create_redis_did_not_answer_with_the_same_key_and_creates
         .kill_on_drop(true)
         .spawn()
         .expect("running savestream add");
-    let mut stderr = tokio::io::BufReader::new(add.stderr.take().unwrap()).lines();
+    let stderr = tokio::io::BufReader::new(add.stderr.take().unwrap()).lines();
+    (add, stderr)
+}
 
-    let announced = tokio::time::timeout(STEP, async {
+/// The next stderr line of `savestream add` that announces a repeat; fails
+/// the test if `add` ends (gives up) instead.
+async fn next_repeat(
+    stderr: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+    what: &str,
+) -> String {
+    tokio::time::timeout(STEP, async {
         while let Some(line) = stderr.next_line().await.unwrap() {
             if line.contains("trying again") {
                 return line;
             }
         }
-        panic!("savestream add ended without trying again");
+        panic!("savestream add ended without trying again ({what})");
     })
     .await
-    .expect("savestream add to announce a repeat");
+    .unwrap_or_else(|_| panic!("savestream add to announce a repeat ({what})"))
+}
+
+/// How many queued tasks the app's Redis holds.
+async fn queued_total(app: &TestApp) -> u64 {
+    store(app).await.list(10).await.unwrap().queued_total
+}
+
+#[tokio::test]
+async fn add_repeats_a_create_redis_did_not_answer_with_the_same_key_and_creates_the_task_once() {
+    let app = spawn_app(0).await;
+    // A Redis that holds its connections open and answers nothing: the
+    // API's call times out and it answers 503, while the create itself
+    // waits unread in Redis' socket and runs once Redis goes on.
+    signal(app.redis.pid(), "STOP");
+    let (add, mut stderr) = spawn_add(&app, "https://example.com/once.bin");
+
+    let announced = next_repeat(&mut stderr, "after a 503").await;
     signal(app.redis.pid(), "CONT");
     let output = tokio::time::timeout(STEP, add.wait_with_output())
         .await
@@ -656,12 +677,40 @@ async fn add_repeats_a_create_redis_did_not_answer_with_the_same_key_and_creates
     let task_id = String::from_utf8_lossy(&output.stdout).trim().to_owned();
     let (code, task) = app.get_task(&task_id).await;
     assert_eq!(code, 200, "{task}");
-    let store = store(&app).await;
-    assert_eq!(
-        store.list(10).await.unwrap().queued_total,
-        1,
-        "one task, not one per try"
+    assert_eq!(queued_total(&app).await, 1, "one task, not one per try");
+}
+
+#[tokio::test]
+async fn add_rides_out_an_api_restart_after_a_lost_answer_and_creates_the_task_once() {
+    // Arrange: a create whose fate is unknown (Redis stopped: the API
+    // answers 503 while the create waits unread in Redis' socket).
+    let mut app = spawn_app(0).await;
+    signal(app.redis.pid(), "STOP");
+    let (add, mut stderr) = spawn_add(&app, "https://example.com/restart.bin");
+    next_repeat(&mut stderr, "after a 503").await;
+
+    // Act: the API goes away (its port refuses connections) and comes
+    // back on the same port, with Redis going on meanwhile.
+    app.api.as_mut().expect("the API process").kill();
+    signal(app.redis.pid(), "CONT");
+    let refused = next_repeat(&mut stderr, "after a refused connection").await;
+    app.start_api().await;
+    let output = tokio::time::timeout(STEP, add.wait_with_output())
+        .await
+        .expect("savestream add to end")
+        .unwrap();
+
+    // Assert: the refused try was repeated, and the create that Redis
+    // applied after all was answered with its task, not made again.
+    assert!(
+        refused.contains(&app.base_url()) && refused.contains("same Idempotency-Key"),
+        "{refused}"
     );
+    assert!(output.status.success(), "{}", explain(&output));
+    let task_id = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let (code, task) = app.get_task(&task_id).await;
+    assert_eq!(code, 200, "{task}");
+    assert_eq!(queued_total(&app).await, 1, "one task, not one per try");
 }
 
 #[tokio::test]
