@@ -18,7 +18,7 @@ use anyhow::{anyhow, bail, Context};
 use savestream_client::types::{CreateTaskRequest, CreateTasksRequest};
 
 use crate::api::Api;
-use crate::repeat;
+use crate::{out, repeat};
 
 /// The most tasks the API takes in one batch.
 const MAX_BATCH_TASKS: usize = 500;
@@ -135,7 +135,7 @@ async fn add_one(api: &Api, args: &AddArgs, link: &Link) -> anyhow::Result<ExitC
     .await;
     match created {
         Ok(created) => {
-            println!("{}", created.into_inner().task_id);
+            out::line(created.into_inner().task_id)?;
             Ok(ExitCode::SUCCESS)
         }
         Err(error) => Err(api.explain(error).await),
@@ -172,7 +172,7 @@ async fn add_many(api: &Api, args: &AddArgs, links: Vec<Link>) -> anyhow::Result
         match answer {
             Ok(created) => {
                 for task in created.into_inner().tasks {
-                    println!("{}", task.task_id);
+                    out::line(task.task_id)?;
                 }
             }
             Err(error) => {

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use savestream_client::types::TaskSummary;
 
 use crate::api::Api;
-use crate::format;
+use crate::{format, out};
 
 /// The API's own default, and its largest `limit`.
 pub const DEFAULT_LIMIT: u32 = 100;
@@ -26,9 +26,9 @@ pub async fn run(api: &Api, limit: u32) -> anyhow::Result<ExitCode> {
         .chain(list.queued.iter().map(|task| row("queued", task)))
         .collect();
     if rows.is_empty() {
-        println!("no queued or running tasks");
+        out::line("no queued or running tasks")?;
     } else {
-        println!("{}", format::table(&["ID", "STATUS", "TITLE"], &rows));
+        out::line(format::table(&["ID", "STATUS", "TITLE"], &rows))?;
     }
     let cut = [
         ("running", list.running.len(), list.running_total),

@@ -6,15 +6,24 @@
 //! through the generated `savestream-client` crate, at `--url` /
 //! `SAVESTREAM_URL` with `--token` / `SAVESTREAM_TOKEN`.
 //!
-//! Exit codes: 0 on success (`watch`: the task completed), 1 when the API
-//! refused or could not be reached (`watch`: the task failed or was
-//! canceled), 2 for a bad command line. Errors are one line on stderr.
+//! Exit codes (see `exit.rs`):
+//! - 0 on success (`watch`: the task completed);
+//! - 1 when the API refused or could not be reached (`watch`: the task
+//!   failed or was canceled);
+//! - 2 for a bad command line;
+//! - 141 when standard output's reader went away (`savestream ls | head`):
+//!   quietly, as a shell reports a program that SIGPIPE killed (128 + 13),
+//!   rather than 0, since the command stopped before it was done.
+//!
+//! Errors are one line on stderr.
 
 mod add;
 mod api;
 mod cancel;
+mod exit;
 mod format;
 mod ls;
+mod out;
 mod repeat;
 mod sse;
 mod status;
@@ -121,8 +130,11 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("savestream: {error:#}");
-            ExitCode::FAILURE
+            let (code, say) = exit::for_error(&error);
+            if say {
+                eprintln!("savestream: {error:#}");
+            }
+            ExitCode::from(code)
         }
     }
 }

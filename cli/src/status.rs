@@ -4,12 +4,12 @@
 use std::process::ExitCode;
 
 use crate::api::Api;
-use crate::format;
+use crate::{format, out};
 
 pub async fn run(api: &Api, task_id: &str) -> anyhow::Result<ExitCode> {
     match api.client().get_task().task_id(task_id).send().await {
         Ok(task) => {
-            println!("{}", format::task(&task.into_inner()));
+            out::line(format::task(&task.into_inner()))?;
             Ok(ExitCode::SUCCESS)
         }
         Err(error) => Err(api.explain(error).await),

@@ -23,8 +23,8 @@ use indicatif::{HumanBytes, HumanDuration, ProgressBar, ProgressStyle};
 use savestream_client::types::{EventType, Task, TaskEvent, TaskStatus};
 
 use crate::api::Api;
-use crate::format;
 use crate::sse::SseParser;
+use crate::{format, out};
 
 /// How often progress is polled: the worker writes it a few times a second.
 const POLL_EVERY: Duration = Duration::from_millis(250);
@@ -75,7 +75,7 @@ pub async fn run(api: &Api, task_id: &str) -> anyhow::Result<ExitCode> {
     // The end as the event said it; read the task once more for its final
     // path, size and error.
     let task = get_task(api, task_id).await?;
-    Ok(screen.finish(&task))
+    screen.finish(&task)
 }
 
 async fn get_task(api: &Api, task_id: &str) -> anyhow::Result<Task> {
@@ -185,7 +185,7 @@ impl Screen {
     }
 
     /// Prints how the task ended and returns the exit code that says it.
-    fn finish(&self, task: &Task) -> ExitCode {
+    fn finish(&self, task: &Task) -> anyhow::Result<ExitCode> {
         let place = format!("{}:{}", task.storage_name, format::saved_path(task));
         match task.status {
             TaskStatus::Completed => {
@@ -198,25 +198,28 @@ impl Screen {
                 }
                 self.bar.set_message("done");
                 self.bar.finish();
-                println!("completed: saved {place} ({})", format::bytes(size));
-                ExitCode::SUCCESS
+                out::line(format_args!("completed: saved {place} ({})", format::bytes(size)))?;
+                Ok(ExitCode::SUCCESS)
             }
             TaskStatus::Failed => {
                 self.bar.abandon_with_message("failed");
-                println!("failed: {}", task.error);
-                ExitCode::FAILURE
+                out::line(format_args!("failed: {}", task.error))?;
+                Ok(ExitCode::FAILURE)
             }
             TaskStatus::Canceled => {
                 self.bar.abandon_with_message("canceled");
-                println!("canceled");
-                ExitCode::FAILURE
+                out::line("canceled")?;
+                Ok(ExitCode::FAILURE)
             }
             // Only reached if the event stream said the task ended and the
             // projection disagrees, which the store's atomic calls rule out.
             TaskStatus::Queued | TaskStatus::Running => {
                 self.bar.abandon();
-                println!("{}: the event stream ended before the task did", task.status);
-                ExitCode::FAILURE
+                out::line(format_args!(
+                    "{}: the event stream ended before the task did",
+                    task.status
+                ))?;
+                Ok(ExitCode::FAILURE)
             }
         }
     }

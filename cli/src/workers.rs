@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use crate::api::Api;
-use crate::format;
+use crate::{format, out};
 
 pub async fn run(api: &Api) -> anyhow::Result<ExitCode> {
     let list = match api.client().list_workers().send().await {
@@ -12,9 +12,9 @@ pub async fn run(api: &Api) -> anyhow::Result<ExitCode> {
         Err(error) => return Err(api.explain(error).await),
     };
     if list.workers.is_empty() {
-        println!(
-            "no live workers: start one with `savestream-worker --config config.toml` (or `savestream up`)"
-        );
+        out::line(
+            "no live workers: start one with `savestream-worker --config config.toml` (or `savestream up`)",
+        )?;
         return Ok(ExitCode::SUCCESS);
     }
     let rows: Vec<Vec<String>> = list
@@ -37,9 +37,9 @@ pub async fn run(api: &Api) -> anyhow::Result<ExitCode> {
             ]
         })
         .collect();
-    println!(
-        "{}",
-        format::table(&["NAME", "HOST", "PID", "ROLE", "BUSY", "SEEN", "TASKS"], &rows)
-    );
+    out::line(format::table(
+        &["NAME", "HOST", "PID", "ROLE", "BUSY", "SEEN", "TASKS"],
+        &rows,
+    ))?;
     Ok(ExitCode::SUCCESS)
 }

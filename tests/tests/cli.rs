@@ -839,6 +839,93 @@ async fn add_dash_reads_one_link_per_line_from_standard_input() {
     }
 }
 
+/// `savestream <args>` for `app` with `input` on its stdin, stdout and
+/// stderr piped.
+async fn spawn_piped(app: &TestApp, args: &[&str], input: &str) -> tokio::process::Child {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(binary_path("savestream"))
+        .args(flags(app))
+        .args(args)
+        .env_remove("SAVESTREAM_URL")
+        .env_remove("SAVESTREAM_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("running savestream");
+    let mut stdin = child.stdin.take().expect("a stdin pipe");
+    stdin.write_all(input.as_bytes()).await.expect("writing stdin");
+    drop(stdin);
+    child
+}
+
+/// Reads one line of the child's stdout, byte by byte so nothing more is
+/// taken from the pipe, then closes it as `| head -1` does, and waits for
+/// the child to end. Returns that line and how the child ended.
+async fn read_one_line_then_close(mut child: tokio::process::Child) -> (String, Output) {
+    use tokio::io::AsyncReadExt;
+    let mut stdout = child.stdout.take().expect("a stdout pipe");
+    let mut line = Vec::new();
+    tokio::time::timeout(STEP, async {
+        loop {
+            match stdout.read_u8().await.expect("reading one line") {
+                b'\n' => break,
+                byte => line.push(byte),
+            }
+        }
+    })
+    .await
+    .expect("a first line on stdout");
+    drop(stdout);
+    let output = tokio::time::timeout(STEP, child.wait_with_output())
+        .await
+        .expect("savestream to end once its reader is gone")
+        .expect("waiting on savestream");
+    (String::from_utf8_lossy(&line).into_owned(), output)
+}
+
+/// Asserts that a command whose reader went away ended as a program killed
+/// by SIGPIPE is seen by a shell (141), quietly: no panic, no message.
+fn ended_quietly_for_a_gone_reader(output: &Output) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{}", explain(output));
+    assert_ne!(output.status.code(), Some(101), "{}", explain(output));
+    assert_eq!(output.status.code(), Some(141), "{}", explain(output));
+    assert!(stderr.is_empty(), "{}", explain(output));
+}
+
+#[tokio::test]
+async fn a_reader_that_goes_away_ends_add_and_ls_quietly_with_141() {
+    // Arrange: 1000 queued tasks for `ls`, and 4000 links for `add -`. Each
+    // prints more than a pipe holds (64 KiB), so they must write after the
+    // reader is gone however the two race.
+    let app = spawn_app(0).await;
+    let user = TEST_USER.to_string();
+    let links = |prefix: &str, count: usize| {
+        (0..count)
+            .map(|index| format!("https://example.com/files/{prefix}-{index:0>40}.bin\n"))
+            .collect::<String>()
+    };
+    let queued = spawn_piped(&app, &["add", "-", "--user", &user], &links("ls", 1000)).await;
+    let queued = queued.wait_with_output().await.expect("savestream add -");
+    assert_eq!(stdout(&queued).lines().count(), 1000, "{}", explain(&queued));
+    let whole_list = stdout(&run_with_flags(&app, &["ls", "--limit", "1000"]).await);
+    assert!(whole_list.len() > 80 * 1024, "{} bytes", whole_list.len());
+
+    // Act: `savestream add - < links.txt | head -1`, and `savestream ls --limit 1000 | head -1`.
+    let add = spawn_piped(&app, &["add", "-", "--user", &user], &links("add", 4000)).await;
+    let (first_id, added) = read_one_line_then_close(add).await;
+    let ls = spawn_piped(&app, &["ls", "--limit", "1000"], "").await;
+    let (header, listed) = read_one_line_then_close(ls).await;
+
+    // Assert
+    assert_eq!(first_id.len(), 20, "{first_id}");
+    ended_quietly_for_a_gone_reader(&added);
+    assert!(header.starts_with("ID"), "{header}");
+    ended_quietly_for_a_gone_reader(&listed);
+}
+
 #[tokio::test]
 async fn cancel_cancels_a_queued_task_and_a_second_cancel_prints_the_apis_refusal() {
     let app = spawn_app(0).await;
