@@ -5,6 +5,10 @@ use crate::out::ReaderGone;
 
 /// The API refused, could not be reached, or something else went wrong.
 pub const FAILURE: u8 = 1;
+/// `watch` could not follow its task to the end (the API unreachable, the
+/// task unknown): how the task ends is unknown, unlike with 1, which says it
+/// failed or was canceled.
+pub const NOT_FOLLOWED: u8 = 3;
 /// Standard output's reader went away: 128 + SIGPIPE (13), what a shell
 /// reports for a program that SIGPIPE killed. Not 0, since the command
 /// stopped before it was done (`add` creates no more tasks once nobody
@@ -12,10 +16,14 @@ pub const FAILURE: u8 = 1;
 /// short by `| head`.
 pub const READER_GONE: u8 = 141;
 
-/// The exit code of a command that ended in `error`, and whether to print it.
-pub fn for_error(error: &anyhow::Error) -> (u8, bool) {
+/// The exit code of a command that ended in `error`, and whether to print
+/// it; `watching` for `watch`.
+pub fn for_error(error: &anyhow::Error, watching: bool) -> (u8, bool) {
     if caused_by::<ReaderGone>(error) {
         return (READER_GONE, false);
+    }
+    if watching {
+        return (NOT_FOLLOWED, true);
     }
     (FAILURE, true)
 }
@@ -32,10 +40,17 @@ mod tests {
 
     #[test]
     fn each_error_has_its_code() {
-        assert_eq!(for_error(&anyhow::anyhow!("refused")), (FAILURE, true));
+        let refused = anyhow::anyhow!("refused");
+        assert_eq!(for_error(&refused, false), (FAILURE, true));
+        assert_eq!(
+            for_error(&refused, true),
+            (NOT_FOLLOWED, true),
+            "`watch` that could not follow its task does not say it failed"
+        );
         let gone = Err::<(), _>(anyhow::Error::new(ReaderGone))
             .context("printing ids")
             .unwrap_err();
-        assert_eq!(for_error(&gone), (READER_GONE, false));
+        assert_eq!(for_error(&gone, false), (READER_GONE, false));
+        assert_eq!(for_error(&gone, true), (READER_GONE, false));
     }
 }

@@ -11,6 +11,9 @@
 //! - 1 when the API refused or could not be reached (`watch`: the task
 //!   failed or was canceled);
 //! - 2 for a bad command line;
+//! - 3 when `watch` could not follow the task to its end (the API
+//!   unreachable or refusing, the task unknown): how it ends is unknown, so
+//!   a script must not take it for a failure and add the link again;
 //! - 141 when standard output's reader went away (`savestream ls | head`):
 //!   quietly, as a shell reports a program that SIGPIPE killed (128 + 13),
 //!   rather than 0, since the command stopped before it was done.
@@ -95,7 +98,8 @@ enum ClientCommand {
     },
     /// List the live worker processes and the tasks they hold.
     Workers,
-    /// Follow a task with a progress bar until it ends; exits 0 only if it completed.
+    /// Follow a task with a progress bar until it ends; exits 0 if it completed, 1 if it
+    /// failed or was canceled, 3 if it could not be followed to its end.
     Watch {
         /// The id `savestream add` printed.
         task_id: String,
@@ -104,6 +108,7 @@ enum ClientCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let watching = matches!(cli.command, Command::Client(ClientCommand::Watch { .. }));
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -130,7 +135,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(error) => {
-            let (code, say) = exit::for_error(&error);
+            let (code, say) = exit::for_error(&error, watching);
             if say {
                 eprintln!("savestream: {error:#}");
             }

@@ -1,6 +1,8 @@
 //! `savestream watch <id>`: follows a task until it ends, with a live
 //! progress bar (bytes, speed, ETA), then prints how it ended on stdout and
-//! exits 0 only if it completed.
+//! exits 0 if it completed, 1 if it failed or was canceled. When it cannot
+//! follow the task to its end (the API unreachable for too long, the task
+//! unknown), its error exits 3 (see `main.rs`): how the task ends is unknown.
 //!
 //! Two sources feed the screen. The task's live event stream
 //! (`GET /api/v1/tasks/{id}/events`, `Accept: text/event-stream`) says what
@@ -23,6 +25,7 @@ use indicatif::{HumanBytes, HumanDuration, ProgressBar, ProgressStyle};
 use savestream_client::types::{EventType, Task, TaskEvent, TaskStatus};
 
 use crate::api::Api;
+use crate::exit;
 use crate::sse::SseParser;
 use crate::{format, out};
 
@@ -219,7 +222,7 @@ impl Screen {
                     "{}: the event stream ended before the task did",
                     task.status
                 ))?;
-                Ok(ExitCode::FAILURE)
+                Ok(ExitCode::from(exit::NOT_FOLLOWED))
             }
         }
     }

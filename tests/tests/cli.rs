@@ -1136,6 +1136,21 @@ async fn watch_exits_non_zero_and_says_why_when_the_task_fails() {
     );
 }
 
+#[tokio::test]
+async fn watch_exits_3_when_it_cannot_follow_the_task_to_its_end() {
+    let app = spawn_app(0).await;
+
+    let watched = run_with_flags(&app, &["watch", "d4mq2nk0h9pc73b0qpag"]).await;
+
+    // Not 1, which would say the task failed: a script must not add it again.
+    assert_eq!(watched.status.code(), Some(3), "{}", explain(&watched));
+    assert!(watched.stdout.is_empty(), "{}", explain(&watched));
+    assert_eq!(
+        String::from_utf8_lossy(&watched.stderr).trim_end(),
+        "savestream: task d4mq2nk0h9pc73b0qpag not found: it never existed, or it ended longer ago than the retention period"
+    );
+}
+
 /// A command on a pseudo-terminal, with a terminal emulator keeping the
 /// screen it draws.
 struct Terminal {
