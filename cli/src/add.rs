@@ -18,6 +18,7 @@ use anyhow::{anyhow, bail, Context};
 use savestream_client::types::{CreateTaskRequest, CreateTasksRequest};
 
 use crate::api::Api;
+use crate::exit::usage;
 use crate::{out, repeat};
 
 /// The most tasks the API takes in one batch.
@@ -76,9 +77,9 @@ impl Link {
         if without_scheme.is_some_and(|rest| !rest.is_empty()) {
             return Ok(Link::Direct(text.to_owned()));
         }
-        Err(anyhow!(
+        Err(usage(format_args!(
             "`{text}` is neither a Telegram message link (https://t.me/<channel>/<message>) nor an http(s) link"
-        ))
+        )))
     }
 }
 
@@ -106,7 +107,9 @@ fn link_texts<R: BufRead>(arguments: &[String], stdin: impl FnOnce() -> R) -> an
         return Ok(arguments.to_vec());
     }
     if arguments.len() > 1 {
-        bail!("`-` reads the links from standard input: give it alone, without other links");
+        return Err(usage(
+            "`-` reads the links from standard input: give it alone, without other links",
+        ));
     }
     let mut texts = Vec::new();
     for line in stdin().lines() {
@@ -117,7 +120,7 @@ fn link_texts<R: BufRead>(arguments: &[String], stdin: impl FnOnce() -> R) -> an
         }
     }
     if texts.is_empty() {
-        bail!("standard input held no links: give one link per line");
+        return Err(usage("standard input held no links: give one link per line"));
     }
     Ok(texts)
 }

@@ -8,6 +8,8 @@ use anyhow::anyhow;
 use savestream_client::types::ErrorResponse;
 use savestream_client::Client;
 
+use crate::exit::usage;
+
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";
 
 /// How long to wait for a connection: a local or LAN API answers in
@@ -34,12 +36,14 @@ impl Api {
     pub fn new(url: &str, token: &str) -> anyhow::Result<Api> {
         let base_url = url.trim().trim_end_matches('/').to_owned();
         let parsed = reqwest::Url::parse(&base_url).map_err(|error| {
-            anyhow!("--url (SAVESTREAM_URL) `{url}` is not a URL ({error}): give one such as {DEFAULT_URL}")
+            usage(format_args!(
+                "--url (SAVESTREAM_URL) `{url}` is not a URL ({error}): give one such as {DEFAULT_URL}"
+            ))
         })?;
         if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(anyhow!(
+            return Err(usage(format_args!(
                 "--url (SAVESTREAM_URL) `{url}` is not an http or https URL: give one such as {DEFAULT_URL}"
-            ));
+            )));
         }
         let build_error = |error: reqwest::Error| anyhow!("cannot set up an HTTP client: {error}");
         let http = savestream_client::http_client_builder(token)

@@ -1,10 +1,15 @@
 //! The exit codes, listed in `main.rs`'s documentation, and the one for a
 //! command that ended in an error.
 
+use std::fmt::Display;
+
 use crate::out::ReaderGone;
 
 /// The API refused, could not be reached, or something else went wrong.
 pub const FAILURE: u8 = 1;
+/// A bad command line or input (a `--url` that is not one, a link that is
+/// neither kind): what clap exits with for its own usage errors.
+pub const USAGE: u8 = 2;
 /// `watch` could not follow its task to the end (the API unreachable, the
 /// task unknown): how the task ends is unknown, unlike with 1, which says it
 /// failed or was canceled.
@@ -16,11 +21,32 @@ pub const NOT_FOLLOWED: u8 = 3;
 /// short by `| head`.
 pub const READER_GONE: u8 = 141;
 
+/// An error in what the user gave (arguments, environment, standard input),
+/// found before anything was sent: exits [`USAGE`].
+#[derive(Debug)]
+pub struct Usage(String);
+
+impl Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// A [`Usage`] error saying `message`.
+pub fn usage(message: impl Display) -> anyhow::Error {
+    anyhow::Error::new(Usage(message.to_string()))
+}
+
 /// The exit code of a command that ended in `error`, and whether to print
 /// it; `watching` for `watch`.
 pub fn for_error(error: &anyhow::Error, watching: bool) -> (u8, bool) {
     if caused_by::<ReaderGone>(error) {
         return (READER_GONE, false);
+    }
+    if caused_by::<Usage>(error) {
+        return (USAGE, true);
     }
     if watching {
         return (NOT_FOLLOWED, true);
@@ -52,5 +78,10 @@ mod tests {
             .unwrap_err();
         assert_eq!(for_error(&gone, false), (READER_GONE, false));
         assert_eq!(for_error(&gone, true), (READER_GONE, false));
+        let bad_link = Err::<(), _>(usage("`x` is not a link"))
+            .context("link 2 of 3")
+            .unwrap_err();
+        assert_eq!(for_error(&bad_link, false), (USAGE, true));
+        assert_eq!(for_error(&bad_link, true), (USAGE, true));
     }
 }

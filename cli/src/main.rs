@@ -10,7 +10,9 @@
 //! - 0 on success (`watch`: the task completed);
 //! - 1 when the API refused or could not be reached (`watch`: the task
 //!   failed or was canceled);
-//! - 2 for a bad command line;
+//! - 2 for a bad command line or input: clap's own usage errors, and ours
+//!   (a `--url` that is not one, a link that is neither kind, `-` among
+//!   links, no links on standard input);
 //! - 3 when `watch` could not follow the task to its end (the API
 //!   unreachable or refusing, the task unknown): how it ends is unknown, so
 //!   a script must not take it for a failure and add the link again;

@@ -127,20 +127,26 @@ fn the_url_also_comes_from_the_environment() {
     assert!(line.contains(&url), "{line}");
 }
 
+/// The exit code of a bad command line, as clap gives for its own usage errors.
+const USAGE: i32 = 2;
+
 #[test]
 fn a_link_that_is_neither_telegram_nor_http_is_refused_before_any_request() {
     let dir = tempfile::tempdir().unwrap();
-    let line = one_line_error(&run(
-        &[
-            "--url",
-            &nothing_listens(),
-            "add",
-            "example.com/a.zip",
-            "--user",
-            "1",
-        ],
-        dir.path(),
-    ));
+    let line = one_line_error_with(
+        &run(
+            &[
+                "--url",
+                &nothing_listens(),
+                "add",
+                "example.com/a.zip",
+                "--user",
+                "1",
+            ],
+            dir.path(),
+        ),
+        USAGE,
+    );
     assert!(
         line.contains("neither a Telegram message link") && line.contains("nor an http(s) link"),
         "{line}"
@@ -148,9 +154,47 @@ fn a_link_that_is_neither_telegram_nor_http_is_refused_before_any_request() {
 }
 
 #[test]
+fn a_dash_among_links_or_no_links_on_standard_input_is_a_bad_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = nothing_listens();
+    let mixed = run(
+        &[
+            "--url",
+            &url,
+            "add",
+            "-",
+            "https://example.com/a.zip",
+            "--user",
+            "1",
+        ],
+        dir.path(),
+    );
+    let empty = run(&["--url", &url, "add", "-", "--user", "1"], dir.path());
+
+    assert!(
+        one_line_error_with(&mixed, USAGE).contains("give it alone"),
+        "{}",
+        explain(&mixed)
+    );
+    assert!(
+        one_line_error_with(&empty, USAGE).contains("standard input held no links"),
+        "{}",
+        explain(&empty)
+    );
+}
+
+#[test]
 fn a_url_that_is_not_http_is_refused_with_an_example() {
     let dir = tempfile::tempdir().unwrap();
-    let line = one_line_error(&run(&["--url", "localhost:8080", "ls"], dir.path()));
-    assert!(line.contains("--url (SAVESTREAM_URL)"), "{line}");
-    assert!(line.contains("http://127.0.0.1:8080"), "{line}");
+    for url in ["localhost:8080", "127.0.0.1:8080"] {
+        for command in ["ls", "watch"] {
+            let mut args = vec!["--url", url, command];
+            if command == "watch" {
+                args.push("d4mq2nk0h9pc73b0qpag");
+            }
+            let line = one_line_error_with(&run(&args, dir.path()), USAGE);
+            assert!(line.contains("--url (SAVESTREAM_URL)"), "{line}");
+            assert!(line.contains("http://127.0.0.1:8080"), "{line}");
+        }
+    }
 }
