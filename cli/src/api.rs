@@ -21,6 +21,26 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// comment every 15 seconds, so this much silence means the connection died.
 const STREAM_READ_TIMEOUT: Duration = Duration::from_secs(45);
 
+/// How to give the client a token, after the API's 401 to a request without one.
+const NO_TOKEN_HINT: &str = "give savestream the token with --token or SAVESTREAM_TOKEN \
+     (SAVESTREAM_API_TOKEN is the server's variable, which this client does not read)";
+
+/// The token as given, without surrounding whitespace (the CR that
+/// `SAVESTREAM_TOKEN=$(cat token.txt)` keeps from a file with CRLF lines, a
+/// newline pasted with it). A control character inside it, which no HTTP
+/// header can carry, is refused rather than sending no token at all; the
+/// error never shows the token.
+fn clean_token(token: &str) -> anyhow::Result<&str> {
+    let token = token.trim();
+    if token.chars().any(char::is_control) {
+        return Err(usage(
+            "the token given with --token or SAVESTREAM_TOKEN has a control character inside it, \
+             which an HTTP header cannot carry: give the server's [api] token alone",
+        ));
+    }
+    Ok(token)
+}
+
 /// The generated client's error type for every operation.
 pub type ClientError = savestream_client::Error<ErrorResponse>;
 
@@ -30,6 +50,8 @@ pub struct Api {
     /// last as long as a download.
     streaming: reqwest::Client,
     base_url: String,
+    /// Whether a token is sent: a 401 without one says how to give it.
+    token_sent: bool,
 }
 
 impl Api {
@@ -45,6 +67,7 @@ impl Api {
                 "--url (SAVESTREAM_URL) `{url}` is not an http or https URL: give one such as {DEFAULT_URL}"
             )));
         }
+        let token = clean_token(token)?;
         let build_error = |error: reqwest::Error| anyhow!("cannot set up an HTTP client: {error}");
         let http = savestream_client::http_client_builder(token)
             .connect_timeout(CONNECT_TIMEOUT)
@@ -60,6 +83,7 @@ impl Api {
             client: Client::new_with_client(&base_url, http),
             streaming,
             base_url,
+            token_sent: !token.is_empty(),
         })
     }
 
@@ -75,7 +99,10 @@ impl Api {
     /// The error of a failed call, in one line.
     pub async fn explain(&self, error: ClientError) -> anyhow::Error {
         match error {
-            savestream_client::Error::ErrorResponse(response) => anyhow!("{}", response.into_inner().error),
+            savestream_client::Error::ErrorResponse(response) => {
+                let status = response.status();
+                self.with_hint(status, response.into_inner().error)
+            }
             savestream_client::Error::CommunicationError(error)
             | savestream_client::Error::ResponseBodyError(error)
             | savestream_client::Error::InvalidUpgrade(error) => self.explain_transport(&error),
@@ -121,12 +148,21 @@ impl Api {
             .ok()
             .and_then(|body| body.get("error")?.as_str().map(str::to_owned))
         {
-            Some(error) => anyhow!("{error}"),
+            Some(error) => self.with_hint(status, error),
             None => anyhow!(
                 "the API at {} answered {status}, which this client does not expect: is it a savestream API?",
                 self.base_url
             ),
         }
+    }
+
+    /// The API's own words for a refusal, and for a 401 to a request that
+    /// carried no token, how to give this client one.
+    fn with_hint(&self, status: reqwest::StatusCode, error: String) -> anyhow::Error {
+        if status == reqwest::StatusCode::UNAUTHORIZED && !self.token_sent {
+            return anyhow!("{error}; {NO_TOKEN_HINT}");
+        }
+        anyhow!("{error}")
     }
 
     /// Opens a task's live event stream (`Accept: text/event-stream`),
@@ -173,5 +209,24 @@ mod tests {
         assert!(error.contains("is not"), "{error}");
         let error = Api::new("ftp://example.com", "").err().unwrap().to_string();
         assert!(error.contains("not an http or https URL"), "{error}");
+    }
+
+    #[test]
+    fn a_token_loses_surrounding_whitespace_and_one_with_a_control_character_inside_is_refused() {
+        assert_eq!(clean_token("secret\r").unwrap(), "secret");
+        assert_eq!(clean_token(" \tsecret \r\n").unwrap(), "secret");
+        assert_eq!(clean_token("  ").unwrap(), "", "blank is no token");
+        for inner in ["sec\rret", "sec\nret", "sec\tret", "sec\u{7f}ret"] {
+            let error = clean_token(inner).unwrap_err();
+            let message = error.to_string();
+            assert!(error.is::<crate::exit::Usage>(), "{message}");
+            assert!(
+                message.contains("--token") && message.contains("SAVESTREAM_TOKEN"),
+                "{message}"
+            );
+            assert!(!message.contains("sec"), "the token is never shown: {message}");
+        }
+        assert!(Api::new(DEFAULT_URL, " secret\r").unwrap().token_sent);
+        assert!(!Api::new(DEFAULT_URL, "\r\n").unwrap().token_sent);
     }
 }

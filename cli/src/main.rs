@@ -51,7 +51,7 @@ struct Cli {
     /// The API to talk to.
     #[arg(long, global = true, env = "SAVESTREAM_URL", default_value = api::DEFAULT_URL)]
     url: String,
-    /// The API's [api] token; empty sends none.
+    /// The API's [api] token; empty sends none. Surrounding whitespace is ignored.
     #[arg(
         long,
         global = true,

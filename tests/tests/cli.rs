@@ -994,10 +994,50 @@ async fn refusals_are_the_apis_own_words_on_one_line() {
         error_line(&wrong_token),
         "savestream: wrong bearer token: send the token set in the server's [api] token"
     );
+    let no_token = error_line(&no_token);
     assert!(
-        error_line(&no_token).starts_with("savestream: missing bearer token"),
-        "{}",
-        explain(&no_token)
+        no_token.starts_with("savestream: missing bearer token"),
+        "{no_token}"
+    );
+    for hint in ["--token", "SAVESTREAM_TOKEN", "SAVESTREAM_API_TOKEN"] {
+        assert!(no_token.contains(hint), "no `{hint}` in: {no_token}");
+    }
+}
+
+#[tokio::test]
+async fn a_token_is_taken_without_surrounding_whitespace_and_one_with_a_control_character_is_refused() {
+    let app = spawn_app(0).await;
+    let base_url = app.base_url();
+    // `SAVESTREAM_TOKEN=$(cat token.txt)` from a file with CRLF lines keeps the CR.
+    let with_cr = format!("{TOKEN}\r");
+    let padded = format!("  {TOKEN}\t\n");
+    let inner = "cli-test\u{7}token-51f0";
+
+    let from_env = savestream(
+        &["ls"],
+        &[
+            ("SAVESTREAM_URL", base_url.as_str()),
+            ("SAVESTREAM_TOKEN", with_cr.as_str()),
+        ],
+    )
+    .await;
+    let from_flag = savestream(&["--url", &base_url, "--token", &padded, "ls"], &[]).await;
+    let refused = savestream(&["--url", &base_url, "--token", inner, "ls"], &[]).await;
+
+    assert_eq!(stdout(&from_env).trim(), "no queued or running tasks");
+    assert_eq!(stdout(&from_flag).trim(), "no queued or running tasks");
+    assert_eq!(refused.status.code(), Some(2), "{}", explain(&refused));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{}", explain(&refused));
+    assert!(
+        stderr.contains("--token")
+            && stderr.contains("SAVESTREAM_TOKEN")
+            && stderr.contains("control character"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("cli-test") && !stderr.contains("token-51f0"),
+        "the token is never printed: {stderr}"
     );
 }
 
