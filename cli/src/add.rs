@@ -4,8 +4,9 @@
 //! from standard input, one per line, for an import.
 //!
 //! A `t.me` (or `telegram.me`) link becomes `telegram_url`, any other http(s)
-//! link `url`. Only the kind is decided here; the API checks everything else
-//! and its refusal is printed as it says it. One link is one
+//! link `url`: the host decides, whatever the port or user info. Only the
+//! kind is decided here; the API checks everything else and its refusal is
+//! printed as it says it. One link is one
 //! `POST /api/v1/tasks`; several go in `POST /api/v1/tasks/batch` requests,
 //! each checked whole by the API before it creates any of its tasks. Each
 //! request carries an `Idempotency-Key` and is repeated with it while its
@@ -66,12 +67,19 @@ impl Link {
         let without_scheme = lower
             .strip_prefix("https://")
             .or_else(|| lower.strip_prefix("http://"));
-        let host = without_scheme
-            .unwrap_or(&lower)
-            .split(['/', '?', '#'])
-            .next()
-            .unwrap_or_default();
-        if matches!(host, "t.me" | "www.t.me" | "telegram.me" | "www.telegram.me") {
+        // The host as a URL parser reads it, without a port or user info
+        // (`https://t.me:443/chan/5` is a Telegram link); a link without a
+        // scheme (`t.me/c/1234/5`) is read as https to find it.
+        let as_url = match without_scheme {
+            Some(_) => text.to_owned(),
+            None => format!("https://{text}"),
+        };
+        let url = reqwest::Url::parse(&as_url).ok();
+        let host = url
+            .as_ref()
+            .and_then(reqwest::Url::host_str)
+            .map(|host| host.trim_end_matches('.'));
+        if host.is_some_and(|host| matches!(host, "t.me" | "www.t.me" | "telegram.me" | "www.telegram.me")) {
             return Ok(Link::Telegram(text.to_owned()));
         }
         if without_scheme.is_some_and(|rest| !rest.is_empty()) {
@@ -301,6 +309,35 @@ mod tests {
         assert_eq!(link_texts(&arguments(&["x", "y"]), stdin).unwrap(), ["x", "y"]);
         assert!(link_texts(&arguments(&["-", "x"]), stdin).is_err());
         assert!(link_texts(&arguments(&["-"]), || std::io::Cursor::new("\n \n")).is_err());
+    }
+
+    #[test]
+    fn a_telegram_link_is_known_by_its_host_whatever_its_port_or_user_info() {
+        for text in [
+            "https://t.me:443/chan/5",
+            "https://user@t.me/chan/5",
+            "https://user:secret@T.ME:443/chan/5",
+            "https://t.me./chan/5",
+            "t.me:443/chan/5",
+            "https://www.telegram.me:8443/chan/5",
+        ] {
+            assert_eq!(
+                Link::parse(text).unwrap(),
+                Link::Telegram(text.to_owned()),
+                "{text}"
+            );
+        }
+        for text in [
+            "https://t.me@example.com/chan/5",
+            "https://t.me.example.com/chan/5",
+            "https://example.com:443/t.me/5",
+        ] {
+            assert_eq!(
+                Link::parse(text).unwrap(),
+                Link::Direct(text.to_owned()),
+                "{text}"
+            );
+        }
     }
 
     #[test]
