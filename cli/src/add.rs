@@ -109,7 +109,8 @@ pub async fn run(api: &Api, args: AddArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The links the arguments give: themselves, or standard input's non-empty
-/// lines for a lone `-`.
+/// lines for a lone `-`, without the byte-order mark that a file saved by
+/// some Windows editors starts with (`trim` keeps it: it is no whitespace).
 fn link_texts<R: BufRead>(arguments: &[String], stdin: impl FnOnce() -> R) -> anyhow::Result<Vec<String>> {
     if !arguments.iter().any(|argument| argument == "-") {
         return Ok(arguments.to_vec());
@@ -120,8 +121,12 @@ fn link_texts<R: BufRead>(arguments: &[String], stdin: impl FnOnce() -> R) -> an
         ));
     }
     let mut texts = Vec::new();
-    for line in stdin().lines() {
+    for (index, line) in stdin().lines().enumerate() {
         let line = line.context("reading links from standard input")?;
+        let line = match index {
+            0 => line.strip_prefix('\u{feff}').unwrap_or(&line),
+            _ => &line,
+        };
         let line = line.trim();
         if !line.is_empty() {
             texts.push(line.to_owned());
@@ -309,6 +314,22 @@ mod tests {
         assert_eq!(link_texts(&arguments(&["x", "y"]), stdin).unwrap(), ["x", "y"]);
         assert!(link_texts(&arguments(&["-", "x"]), stdin).is_err());
         assert!(link_texts(&arguments(&["-"]), || std::io::Cursor::new("\n \n")).is_err());
+    }
+
+    #[test]
+    fn a_byte_order_mark_before_the_first_link_is_dropped() {
+        let dash = ["-".to_owned()];
+        let stdin = || std::io::Cursor::new("\u{feff}https://t.me/a_chan/1\r\nhttps://example.com/b\r\n");
+        assert_eq!(
+            link_texts(&dash, stdin).unwrap(),
+            ["https://t.me/a_chan/1", "https://example.com/b"]
+        );
+        let stdin = || std::io::Cursor::new("\u{feff}\r\n https://example.com/b");
+        assert_eq!(link_texts(&dash, stdin).unwrap(), ["https://example.com/b"]);
+        assert!(
+            link_texts(&dash, || std::io::Cursor::new("\u{feff}\n")).is_err(),
+            "a byte-order mark alone is no link"
+        );
     }
 
     #[test]
