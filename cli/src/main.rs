@@ -1,8 +1,8 @@
 //! `savestream`, the command-line client: flags, then one subcommand, then
 //! an exit code. Each subcommand lives in its own module.
 //!
-//! `savestream up` runs a whole local instance (Redis when none answers, the
-//! API and one worker) in the foreground. The others talk to a running API
+//! `savestream up` runs a whole local instance (a private Redis when nothing
+//! listens at `[redis] url`, the API and one worker) in the foreground. The others talk to a running API
 //! through the generated `savestream-client` crate, at `--url` /
 //! `SAVESTREAM_URL` with `--token` / `SAVESTREAM_TOKEN`.
 //!
@@ -67,7 +67,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a local instance: Redis (the one at [redis] url, or a private
-    /// redis-server started for the run), the API and one worker.
+    /// redis-server started for the run when nothing listens there), the API and one worker.
     Up {
         /// The config file both services read.
         #[arg(long, default_value = "config.toml", env = "SAVESTREAM_CONFIG")]

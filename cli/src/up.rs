@@ -1,13 +1,17 @@
 //! `savestream up`: one command for a working local instance.
 //!
 //! It reads the config, uses the Redis at `[redis] url` when one answers and
-//! otherwise starts a private `redis-server` (its own port and data dir under
-//! `.savestream/redis`, AOF on), then runs `savestream-api` and one
-//! `savestream-worker` with that config until Ctrl-C, SIGTERM or SIGHUP. On
-//! the way out it stops them in reverse order with one SIGTERM each, so
-//! running tasks drain and Redis writes its AOF; a second Ctrl-C or SIGTERM
-//! during that is passed on to the child being stopped, which cuts the
-//! worker's drain short, as it would for the worker alone.
+//! starts a private `redis-server` (its own port and data dir under
+//! `.savestream/redis`, AOF on) only when nothing listens there (the
+//! connection is refused). Anything else there (a refused login, a timeout,
+//! a name that does not resolve) stops `up` with what went wrong, since a
+//! private Redis would then hold tasks the user's Redis never sees. Then it
+//! runs `savestream-api` and one `savestream-worker` with that config until
+//! Ctrl-C, SIGTERM or SIGHUP. On the way out it stops them in reverse order
+//! with one SIGTERM each, so running tasks drain and Redis writes its AOF; a
+//! second Ctrl-C or SIGTERM during that is passed on to the child being
+//! stopped, which cuts the worker's drain short, as it would for the worker
+//! alone.
 //!
 //! Each child runs in a process group of its own. A terminal sends Ctrl-C to
 //! its whole foreground process group: children in `up`'s group would get
@@ -177,14 +181,24 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     let mut signals = StopSignals::listen()?;
 
     let mut children: Vec<Supervised> = Vec::new();
-    let redis_url = if redis_answers(&config.redis.url).await {
-        say!("savestream: using the Redis at [redis] url");
-        None
-    } else {
-        let (redis, url) = start_private_redis(Path::new(".savestream/redis"), &mut signals).await?;
-        say!("savestream: no Redis answered at [redis] url; started a private redis-server at {url}");
-        children.push(redis);
-        Some(url)
+    let redis_url = match probe_redis(&config.redis.url).await {
+        RedisProbe::Answers => {
+            say!("savestream: using the Redis at [redis] url");
+            None
+        }
+        RedisProbe::NothingListens => {
+            let (redis, url) = start_private_redis(Path::new(".savestream/redis"), &mut signals).await?;
+            say!(
+                "savestream: nothing listens at [redis] url ({}); started a private redis-server at {url}",
+                config.redis.shown_url()
+            );
+            children.push(redis);
+            Some(url)
+        }
+        RedisProbe::Fails { said, hint } => bail!(
+            "cannot use the Redis at [redis] url: {said}; {hint} \
+             (`up` starts a private Redis only when nothing listens there)"
+        ),
     };
 
     let spawn = |binary: &'static str| -> anyhow::Result<Supervised> {
@@ -237,23 +251,125 @@ async fn wait_for_stop_or_exit(children: &mut [Supervised], signals: &mut StopSi
     }
 }
 
-async fn redis_answers(url: &str) -> bool {
-    let Ok(config) = fred::prelude::Config::from_url(url) else {
-        return false;
+/// How long `up` waits for the Redis at `[redis] url` to accept a
+/// connection, and then to answer PING.
+const REDIS_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What `up` found at `[redis] url`.
+#[derive(Debug)]
+enum RedisProbe {
+    /// A Redis answered PING: `up` uses it.
+    Answers,
+    /// Every address the URL names refused the connection: nothing listens
+    /// there, so `up` starts a private Redis.
+    NothingListens,
+    /// Anything else (a refused login, a timeout, a name that does not
+    /// resolve, something that does not speak Redis): `up` stops, saying
+    /// what happened (`said`) and what to do (`hint`), rather than put the
+    /// tasks in a private store that the user's Redis never sees.
+    Fails { said: String, hint: &'static str },
+}
+
+/// What to do when the Redis refused the login.
+const FIX_THE_PASSWORD: &str = "set its password in [redis] url (redis://:PASSWORD@host:port) \
+     or in SAVESTREAM_REDIS_URL, which overrides it";
+/// What to do about any other failure.
+const FIX_THE_URL: &str = "make [redis] url (or SAVESTREAM_REDIS_URL, which overrides it) \
+     name a Redis that answers, or start that Redis";
+
+/// Probes the Redis at `url`: first whether anything listens at each
+/// address it names (a refused connection is the one answer that means
+/// nothing does), then whether what listens answers PING, logged in with
+/// the URL's credentials.
+async fn probe_redis(url: &str) -> RedisProbe {
+    let config = match fred::prelude::Config::from_url(url) {
+        Ok(config) => config,
+        Err(error) => {
+            return RedisProbe::Fails {
+                said: format!("it is not a Redis URL ({})", error.details()),
+                hint: FIX_THE_URL,
+            }
+        }
     };
-    let Ok(client) = Builder::from_config(config)
-        .with_connection_config(|connection| connection.connection_timeout = Duration::from_secs(1))
+    let mut listening = Vec::new();
+    let mut failure = None;
+    for server in config.server.hosts() {
+        let address = format!("{}:{}", server.host, server.port);
+        let connect = tokio::net::TcpStream::connect((&*server.host, server.port));
+        match tokio::time::timeout(REDIS_PROBE_TIMEOUT, connect).await {
+            Ok(Ok(_)) => listening.push(address),
+            Ok(Err(error)) if error.kind() == std::io::ErrorKind::ConnectionRefused => {}
+            Ok(Err(error)) => {
+                failure.get_or_insert(format!("cannot connect to {address}: {error}"));
+            }
+            Err(_) => {
+                failure.get_or_insert(format!(
+                    "{address} did not accept a connection within {} s",
+                    REDIS_PROBE_TIMEOUT.as_secs()
+                ));
+            }
+        }
+    }
+    if listening.is_empty() {
+        return match failure {
+            Some(said) => RedisProbe::Fails {
+                said,
+                hint: FIX_THE_URL,
+            },
+            None => RedisProbe::NothingListens,
+        };
+    }
+    let at = listening.join(", ");
+    match ping(config).await {
+        Ok(()) => RedisProbe::Answers,
+        Err(Some(error)) => RedisProbe::Fails {
+            said: format!("{at} answered: {}", redis_error(&error)),
+            hint: match error.kind() {
+                fred::error::ErrorKind::Auth => FIX_THE_PASSWORD,
+                _ => FIX_THE_URL,
+            },
+        },
+        Err(None) => RedisProbe::Fails {
+            said: format!(
+                "{at} accepted a connection but did not answer PING within {} s (is it a Redis? is it overloaded?)",
+                REDIS_PROBE_TIMEOUT.as_secs()
+            ),
+            hint: FIX_THE_URL,
+        },
+    }
+}
+
+/// Connects with `config` (its credentials included) and sends PING: the
+/// error that came back, or `None` when nothing did in time.
+async fn ping(config: fred::prelude::Config) -> Result<(), Option<fred::error::Error>> {
+    let client = Builder::from_config(config)
+        .with_connection_config(|connection| connection.connection_timeout = REDIS_PROBE_TIMEOUT)
         .build()
-    else {
-        return false;
-    };
-    let answered = tokio::time::timeout(Duration::from_secs(2), async {
-        client.init().await.ok()?;
-        client.ping::<String>(None).await.ok()
+        .map_err(Some)?;
+    let answered = tokio::time::timeout(REDIS_PROBE_TIMEOUT, async {
+        client.init().await?;
+        client.ping::<String>(None).await
     })
     .await;
     let _ = client.quit().await;
-    matches!(answered, Ok(Some(_)))
+    match answered {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) => Err(Some(error)),
+        Err(_) => Err(None),
+    }
+}
+
+/// A fred error in words: its details, which carry the server's own reply
+/// (`WRONGPASS invalid username-password pair or user is disabled`), after
+/// the kind of error when it is not such a reply.
+fn redis_error(error: &fred::error::Error) -> String {
+    let details = error.details().trim().trim_end_matches('.');
+    match error.kind() {
+        _ if details.is_empty() => error.kind().to_str().to_owned(),
+        // The server's reply as it came (`ERR ...`, `WRONGPASS ...`).
+        fred::error::ErrorKind::Auth | fred::error::ErrorKind::Unknown => details.to_owned(),
+        kind => format!("{}: {details}", kind.to_str()),
+    }
 }
 
 /// Starts `redis-server` on a free loopback port with its data (AOF on) in
@@ -282,14 +398,14 @@ async fn start_private_redis(
         .stdout(Stdio::null());
     let mut redis = Supervised::spawn("redis-server", &mut command).map_err(|error| {
         anyhow::anyhow!(
-            "no Redis answers at [redis] url and redis-server cannot be started ({error}): \
+            "nothing listens at [redis] url and redis-server cannot be started ({error}): \
                  install it (Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew install redis) \
                  or point [redis] url at a running Redis"
         )
     })?;
     let url = format!("redis://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !redis_answers(&url).await {
+    while !matches!(probe_redis(&url).await, RedisProbe::Answers) {
         if Instant::now() > deadline || matches!(redis.child.try_wait(), Ok(Some(_))) {
             redis.stop(Duration::from_secs(1), signals).await;
             bail!(

@@ -567,6 +567,70 @@ async fn savestream_up_under_nohup_keeps_running_when_the_terminal_hangs_up() {
     assert!(status.success(), "{status}\n{}", up.log());
 }
 
+/// Makes `redis` ask for `password` from now on (`CONFIG SET requirepass`):
+/// the harness's ready check sends a bare PING, which a Redis started with
+/// `--requirepass` answers with NOAUTH.
+fn require_password(redis: &RedisServer, password: &str) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", redis.port())).expect("connecting to redis");
+    stream
+        .write_all(format!("CONFIG SET requirepass {password}\r\n").as_bytes())
+        .expect("sending CONFIG SET");
+    let mut reply = [0u8; 5];
+    stream.read_exact(&mut reply).expect("reading the reply");
+    assert_eq!(&reply, b"+OK\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn savestream_up_stops_naming_the_auth_error_when_the_redis_at_its_url_refuses_the_login() {
+    // Arrange: a Redis that asks for a password; one URL with the wrong
+    // password, one with none.
+    let redis = RedisServer::start();
+    require_password(&redis, "the-right-password");
+    let wrong_password = format!("redis://:not-the-password-9f2@127.0.0.1:{}", redis.port());
+    let no_password = redis.url();
+
+    for (url, reply) in [(&wrong_password, "WRONGPASS"), (&no_password, "NOAUTH")] {
+        let UpSite { dir, config_path, .. } = UpSite::new("savestream-up-auth-");
+        let private_redis = dir.path().join(".savestream/redis");
+
+        // Act
+        let mut up = start_up(dir.path(), &config_path, &[("SAVESTREAM_REDIS_URL", url)]);
+        let status = eventually(
+            "`savestream up` to exit, or to start a private Redis",
+            STEP,
+            || {
+                let exited = up.child.try_wait().expect("waiting on savestream up");
+                let started = private_redis.exists();
+                async move { exited.map(Some).or(started.then_some(None)) }
+            },
+        )
+        .await;
+
+        // Assert: it stopped, named what Redis said and what to fix, and
+        // left the store to the user's Redis.
+        let log = up.log();
+        assert!(!private_redis.exists(), "a private Redis was started:\n{log}");
+        let status = status.unwrap_or_else(|| panic!("`up` runs on a private Redis:\n{log}"));
+        assert_eq!(status.code(), Some(1), "{log}");
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines.len(), 1, "one error line:\n{log}");
+        let line = lines[0];
+        assert!(
+            line.starts_with("savestream: cannot use the Redis at [redis] url: "),
+            "{line}"
+        );
+        assert!(line.contains(reply), "{line}");
+        assert!(line.contains(&format!("127.0.0.1:{}", redis.port())), "{line}");
+        assert!(line.contains("password in [redis] url"), "{line}");
+        assert!(line.contains("SAVESTREAM_REDIS_URL"), "{line}");
+        assert!(
+            !line.contains("not-the-password-9f2"),
+            "the password is never shown: {line}"
+        );
+    }
+}
+
 // ----- (b) add, status, ls, cancel, workers --------------------------------
 
 #[tokio::test]
