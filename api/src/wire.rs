@@ -790,6 +790,8 @@ impl From<LoggedEvent> for TaskEventBody {
                 size,
                 path,
                 title,
+                // Internal to the worker's resume: not part of the API.
+                validator: _,
             } => TaskEventBody {
                 attempt: Some(attempt),
                 file_name: Some(file_name),

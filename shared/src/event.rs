@@ -7,6 +7,9 @@
 //! the fields of its type. The function library (`store/library.lua`) writes
 //! them; [`TaskEvent::from_fields`] reads them. Changing a field name is a
 //! format change: bump [`EVENT_FORMAT_VERSION`] and keep reading the old one.
+//! A field added later is optional and absent when empty (`resolved`'s
+//! `validator`): entries written before it still decode, and readers that
+//! predate it pass over it.
 
 use std::collections::HashMap;
 
@@ -41,6 +44,12 @@ pub enum EventKind {
         size: Option<u64>,
         path: String,
         title: String,
+        /// What identifies this version of the file on its server (a direct
+        /// link's strong ETag, else its Last-Modified), sent as `If-Range`
+        /// when a later attempt resumes it. The field `validator` is absent
+        /// when there is none (Telegram files, servers that give none, and
+        /// every event written before it existed).
+        validator: Option<String>,
     },
     /// A worker took the task; `attempt` is the lease fence from now on.
     Started {
@@ -117,13 +126,19 @@ impl TaskEvent {
                 size,
                 path,
                 title,
-            } => fields.extend([
-                ("attempt", attempt.to_string()),
-                ("file", file_name.clone()),
-                ("size", size_text(size)),
-                ("path", path.clone()),
-                ("title", title.clone()),
-            ]),
+                validator,
+            } => {
+                fields.extend([
+                    ("attempt", attempt.to_string()),
+                    ("file", file_name.clone()),
+                    ("size", size_text(size)),
+                    ("path", path.clone()),
+                    ("title", title.clone()),
+                ]);
+                if let Some(validator) = validator {
+                    fields.push(("validator", validator.clone()));
+                }
+            }
             EventKind::Started { attempt, worker } => {
                 fields.extend([("attempt", attempt.to_string()), ("worker", worker.clone())])
             }
@@ -201,6 +216,8 @@ impl TaskEvent {
                 size: size()?,
                 path: text("path")?,
                 title: text("title")?,
+                // Optional: absent when the file has none.
+                validator: fields.get("validator").filter(|value| !value.is_empty()).cloned(),
             },
             "started" => EventKind::Started {
                 attempt: attempt()?,
@@ -263,6 +280,15 @@ mod tests {
             size: Some(42),
             path: "/downloads/file.pdf".into(),
             title: "[tgfiles](file.pdf->local1:/downloads/file.pdf)".into(),
+            validator: None,
+        });
+        round_trip(EventKind::Resolved {
+            attempt: 1,
+            file_name: "file.pdf".into(),
+            size: Some(42),
+            path: "/downloads/file.pdf".into(),
+            title: "[directlinks](file.pdf->local1:/downloads/file.pdf)".into(),
+            validator: Some("\"5f2b-61a0\"".into()),
         });
         round_trip(EventKind::Resolved {
             attempt: 2,
@@ -270,6 +296,7 @@ mod tests {
             size: None,
             path: "/stream.bin".into(),
             title: "t".into(),
+            validator: Some("Wed, 21 Oct 2015 07:28:00 GMT".into()),
         });
         round_trip(EventKind::Started {
             attempt: 3,
@@ -291,6 +318,44 @@ mod tests {
             error: "gone".into(),
         });
         round_trip(EventKind::Canceled);
+    }
+
+    #[test]
+    fn a_resolved_entry_without_a_validator_has_no_such_field_and_older_entries_decode() {
+        let resolved = |validator: Option<&str>| TaskEvent {
+            task_id: TaskId::generate(),
+            at: 1,
+            kind: EventKind::Resolved {
+                attempt: 1,
+                file_name: "f.bin".into(),
+                size: Some(3),
+                path: "/f.bin".into(),
+                title: "t".into(),
+                validator: validator.map(str::to_owned),
+            },
+        };
+        let names = |event: &TaskEvent| -> Vec<&'static str> {
+            event.to_fields().into_iter().map(|(name, _)| name).collect()
+        };
+        assert!(!names(&resolved(None)).contains(&"validator"));
+        assert_eq!(names(&resolved(Some("\"a\""))).last(), Some(&"validator"));
+        // An entry written before the field existed (or with it empty).
+        let mut fields: HashMap<String, String> = resolved(None)
+            .to_fields()
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value))
+            .collect();
+        let decoded = TaskEvent::from_fields(&fields).unwrap();
+        assert!(matches!(
+            decoded.kind,
+            EventKind::Resolved { validator: None, .. }
+        ));
+        fields.insert("validator".into(), String::new());
+        let decoded = TaskEvent::from_fields(&fields).unwrap();
+        assert!(matches!(
+            decoded.kind,
+            EventKind::Resolved { validator: None, .. }
+        ));
     }
 
     #[test]

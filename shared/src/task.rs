@@ -162,6 +162,10 @@ pub struct Task {
     pub size: Option<u64>,
     /// The file's path inside the storage, once resolved.
     pub path: Option<String>,
+    /// What identified the resolved file's version on its server (a direct
+    /// link's strong ETag or Last-Modified), for `If-Range` on a resume;
+    /// `None` when the source gave none. The latest `resolved` event's.
+    pub validator: Option<String>,
     pub created_at: Millis,
     pub updated_at: Millis,
     pub started_at: Option<Millis>,
@@ -230,6 +234,7 @@ impl Task {
                     file_name: None,
                     size: None,
                     path: None,
+                    validator: None,
                     created_at: at,
                     updated_at: at,
                     started_at: None,
@@ -293,12 +298,15 @@ impl Task {
                 size,
                 path,
                 title,
+                validator,
             } => {
                 fenced(&task, *attempt)?;
                 task.file_name = Some(file_name.clone());
                 task.size = *size;
                 task.path = Some(path.clone());
                 task.title = title.clone();
+                // Replaced, not kept: a file resolved without one has none.
+                task.validator = validator.clone();
             }
             EventKind::Retrying {
                 attempt,
@@ -454,6 +462,41 @@ mod tests {
         );
         check(vec![EventKind::Canceled], Ok(TaskStatus::Canceled));
         check(vec![started(1), EventKind::Canceled], Ok(TaskStatus::Canceled));
+    }
+
+    fn resolved(attempt: u32, validator: Option<&str>) -> EventKind {
+        EventKind::Resolved {
+            attempt,
+            file_name: "f.bin".into(),
+            size: Some(3),
+            path: "/f.bin".into(),
+            title: "t".into(),
+            validator: validator.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn the_validator_is_the_latest_resolved_events_and_outlives_a_retry() {
+        let task_id = TaskId::generate();
+        let fold = |kinds: Vec<EventKind>| {
+            let mut events = vec![created(&task_id)];
+            events.extend(kinds.into_iter().map(|kind| event(&task_id, 2, kind)));
+            Task::fold(&events).unwrap().unwrap().validator
+        };
+        assert_eq!(fold(vec![started(1)]), None);
+        assert_eq!(
+            fold(vec![
+                started(1),
+                resolved(1, Some("\"a\"")),
+                retrying(1),
+                started(2)
+            ]),
+            Some("\"a\"".to_owned())
+        );
+        assert_eq!(
+            fold(vec![started(1), resolved(1, Some("\"a\"")), resolved(1, None)]),
+            None
+        );
     }
 
     #[test]

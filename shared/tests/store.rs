@@ -293,7 +293,14 @@ async fn a_task_runs_through_start_resolve_progress_and_complete() {
     let final_title = title::resolved(SourceKind::Telegram, "file.pdf", "local1", "/downloads/file.pdf");
     harness
         .store
-        .resolve(&lease, "file.pdf", Some(10), "/downloads/file.pdf", &final_title)
+        .resolve(
+            &lease,
+            "file.pdf",
+            Some(10),
+            "/downloads/file.pdf",
+            &final_title,
+            None,
+        )
         .await
         .unwrap();
     let progress = Progress {
@@ -408,7 +415,7 @@ async fn illegal_transitions_are_refused_and_change_nothing() {
         Err(StoreError::Ended { .. })
     ));
     assert!(matches!(
-        harness.store.resolve(&lease, "f", None, "/f", "t").await,
+        harness.store.resolve(&lease, "f", None, "/f", "t", None).await,
         Err(StoreError::Ended { .. })
     ));
     assert!(matches!(
@@ -757,10 +764,11 @@ async fn an_undecodable_work_item_is_reported_and_can_be_discarded() {
 }
 
 /// A mixed workload: completed, failed, canceled, retried, taken over,
-/// running and queued tasks.
+/// running and queued tasks; resolved files with a validator, without one,
+/// and with one replaced by a file without.
 async fn mixed_workload(harness: &Harness) {
     let failure = RetryKind::Failure { max_retries: 1 };
-    // completed
+    // completed, resolved with a validator
     harness.create().await;
     let lease = harness.start_next().await;
     harness
@@ -771,6 +779,7 @@ async fn mixed_workload(harness: &Harness) {
             Some(3),
             "/downloads/a.bin",
             "[tgfiles](a.bin->local1:/downloads/a.bin)",
+            Some("\"a-etag\""),
         )
         .await
         .unwrap();
@@ -779,9 +788,22 @@ async fn mixed_workload(harness: &Harness) {
         .complete(&lease, Some(3), "/downloads/a.bin")
         .await
         .unwrap();
-    // failed after a retry
+    // failed after a retry; resolved with a validator by the first attempt,
+    // which the retry keeps
     harness.create().await;
     let lease = harness.start_next().await;
+    harness
+        .store
+        .resolve(
+            &lease,
+            "b.bin",
+            None,
+            "/downloads/b.bin",
+            "t",
+            Some("Wed, 21 Oct 2015 07:28:00 GMT"),
+        )
+        .await
+        .unwrap();
     harness
         .store
         .retry(&lease, "first", failure, Duration::ZERO)
@@ -807,9 +829,19 @@ async fn mixed_workload(harness: &Harness) {
         .retry(&lease, "later", failure, Duration::from_secs(60))
         .await
         .unwrap();
-    // running, and plain queued
+    // running, its validator replaced by a file without one; and plain queued
     harness.create().await;
-    harness.start_next().await;
+    let lease = harness.start_next().await;
+    harness
+        .store
+        .resolve(&lease, "c.bin", Some(5), "/downloads/c.bin", "t", Some("\"c\""))
+        .await
+        .unwrap();
+    harness
+        .store
+        .resolve(&lease, "c.bin", Some(5), "/downloads/c.bin", "t", None)
+        .await
+        .unwrap();
     harness.create().await;
 }
 
@@ -831,6 +863,97 @@ async fn the_fold_over_the_log_equals_the_live_projection() {
 
     assert_eq!(folded.len(), 7);
     assert_eq!(folded, live);
+    let mut validators: Vec<Option<String>> = live.values().map(|task| task.validator.clone()).collect();
+    validators.sort();
+    assert_eq!(
+        validators,
+        [
+            vec![None; 5],
+            vec![
+                Some("\"a-etag\"".to_owned()),
+                Some("Wed, 21 Oct 2015 07:28:00 GMT".to_owned())
+            ]
+        ]
+        .concat(),
+        "the workload's validators reach the projection, so the equality covers them"
+    );
+}
+
+#[tokio::test]
+async fn a_validator_is_recorded_in_the_event_and_the_hash_only_when_there_is_one() {
+    let harness = Harness::start().await;
+    let task_id = harness.create().await;
+    let lease = harness.start_next().await;
+    let raw = harness.raw().await;
+    let hash_field = |raw: Client| {
+        let key = harness.store.keys().task(&task_id);
+        async move {
+            let value: Option<String> = raw.hget(key, "validator").await.unwrap();
+            value
+        }
+    };
+    let validators = || async {
+        let mut found = Vec::new();
+        for logged in harness.store.events(&task_id).await.unwrap() {
+            if let EventKind::Resolved { validator, .. } = logged.event.kind {
+                found.push(validator);
+            }
+        }
+        found
+    };
+
+    harness
+        .store
+        .resolve(&lease, "f.bin", Some(3), "/f.bin", "t", None)
+        .await
+        .unwrap();
+    assert_eq!(hash_field(raw.clone()).await, None, "no empty field");
+    harness
+        .store
+        .resolve(&lease, "f.bin", Some(3), "/f.bin", "t", Some(""))
+        .await
+        .unwrap();
+    assert_eq!(hash_field(raw.clone()).await, None, "no empty field");
+    harness
+        .store
+        .resolve(&lease, "f.bin", Some(3), "/f.bin", "t", Some("\"v1\""))
+        .await
+        .unwrap();
+    assert_eq!(hash_field(raw.clone()).await.as_deref(), Some("\"v1\""));
+    let record = harness.store.get(&task_id).await.unwrap().unwrap();
+    assert_eq!(record.task.validator.as_deref(), Some("\"v1\""));
+
+    // The next attempt's lease carries it: what a resume sends as If-Range.
+    harness
+        .store
+        .retry(&lease, "died", RetryKind::Release, Duration::ZERO)
+        .await
+        .unwrap();
+    let lease = harness.start_next().await;
+    assert_eq!(lease.task.validator.as_deref(), Some("\"v1\""));
+
+    // A file resolved without one replaces it, as its name and size do.
+    harness
+        .store
+        .resolve(&lease, "f.bin", Some(3), "/f.bin", "t", None)
+        .await
+        .unwrap();
+    assert_eq!(hash_field(raw.clone()).await, None);
+    assert_eq!(
+        validators().await,
+        vec![None, None, Some("\"v1\"".to_owned()), None]
+    );
+    // The raw entries: no `validator` field where there is none.
+    let entries: Vec<(String, HashMap<String, String>)> = raw
+        .xrange(harness.store.keys().events(), "-", "+", None)
+        .await
+        .unwrap();
+    let resolved_fields: Vec<Option<String>> = entries
+        .into_iter()
+        .filter(|(_, fields)| fields.get("type").map(String::as_str) == Some("resolved"))
+        .map(|(_, fields)| fields.get("validator").cloned())
+        .collect();
+    assert_eq!(resolved_fields, vec![None, None, Some("\"v1\"".to_owned()), None]);
 }
 
 #[tokio::test]

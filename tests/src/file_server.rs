@@ -6,9 +6,12 @@
 //! so many bytes per 206, as some servers cap a range), be throttled to a number
 //! of bytes per second (so a test can act in the middle of a download),
 //! answer 500 to its first requests, always answer one status (404), or
-//! redirect. Every request is recorded with its `Range` header, how many
-//! body bytes were sent and whether the client hung up, so tests can assert
-//! that a resume used `Range` and that a canceled download stopped.
+//! redirect. Opt-in, it sends an `ETag` and/or a `Last-Modified` and then
+//! honours `If-Range` (a validator that does not match answers 200 with the
+//! whole file, as RFC 9110 says). Every request is recorded with its `Range`
+//! and `If-Range` headers, how many body bytes were sent and whether the
+//! client hung up, so tests can assert that a resume used `Range` and that
+//! a canceled download stopped.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -23,7 +26,8 @@ use futures::Stream;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{
-    HeaderValue, ACCEPT_RANGES, CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_RANGE, LOCATION, RANGE,
+    HeaderValue, ACCEPT_RANGES, CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_RANGE, ETAG, IF_RANGE,
+    LAST_MODIFIED, LOCATION, RANGE,
 };
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -51,6 +55,10 @@ pub struct ServedFile {
     pub content_length: bool,
     /// Answer 302 to this location instead of the file.
     pub redirect_to: Option<String>,
+    /// Send this `ETag` (as given: `"v1"`, or weak `W/"v1"`).
+    pub etag: Option<String>,
+    /// Send this `Last-Modified`.
+    pub last_modified: Option<String>,
 }
 
 impl ServedFile {
@@ -66,6 +74,8 @@ impl ServedFile {
             status: None,
             content_length: true,
             redirect_to: None,
+            etag: None,
+            last_modified: None,
         }
     }
 
@@ -115,6 +125,41 @@ impl ServedFile {
         self.fail_first = requests;
         self
     }
+
+    /// Sends `ETag: <etag>` (quotes included: `"v1"`, or weak `W/"v1"`)
+    /// and honours `If-Range` against it (see [`ServedFile::if_range_matches`]).
+    pub fn with_etag(mut self, etag: impl Into<String>) -> ServedFile {
+        self.etag = Some(etag.into());
+        self
+    }
+
+    /// Sends `Last-Modified: <date>` and honours `If-Range` against it.
+    pub fn with_last_modified(mut self, date: impl Into<String>) -> ServedFile {
+        self.last_modified = Some(date.into());
+        self
+    }
+
+    /// Whether a request's `If-Range` lets its `Range` stand. Only a file
+    /// with a validator looks at `If-Range` (the default ignores it, as it
+    /// always did). Then, as RFC 9110 (13.1.5) says: an entity tag matches
+    /// only a strong `ETag` equal to it, a date only a `Last-Modified`
+    /// equal to it; anything else means the file changed, and the whole
+    /// file is sent with 200.
+    pub fn if_range_matches(&self, if_range: Option<&str>) -> bool {
+        let Some(if_range) = if_range.map(str::trim) else {
+            return true;
+        };
+        if self.etag.is_none() && self.last_modified.is_none() {
+            return true;
+        }
+        if if_range.starts_with('"') || if_range.starts_with("W/") {
+            return self
+                .etag
+                .as_deref()
+                .is_some_and(|etag| !etag.starts_with("W/") && etag == if_range);
+        }
+        self.last_modified.as_deref() == Some(if_range)
+    }
 }
 
 /// One request the server answered.
@@ -123,6 +168,8 @@ pub struct RecordedRequest {
     pub path: String,
     /// The `Range` header, as sent.
     pub range: Option<String>,
+    /// The `If-Range` header, as sent.
+    pub if_range: Option<String>,
     pub status: u16,
     /// Body bytes handed to the connection so far.
     pub sent: u64,
@@ -243,6 +290,11 @@ fn respond(state: &Shared, request: Request<Incoming>) -> Response<Body> {
         .get(RANGE)
         .and_then(|value| value.to_str().ok())
         .map(str::to_owned);
+    let if_range = request
+        .headers()
+        .get(IF_RANGE)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
     let mut guard = lock(state);
     let hit = {
         let hits = guard.hits.entry(path.clone()).or_default();
@@ -254,6 +306,7 @@ fn respond(state: &Shared, request: Request<Incoming>) -> Response<Body> {
     guard.requests.push(RecordedRequest {
         path,
         range: range.clone(),
+        if_range: if_range.clone(),
         status: 0,
         sent: 0,
         finished: false,
@@ -279,7 +332,11 @@ fn respond(state: &Shared, request: Request<Incoming>) -> Response<Body> {
             }
             (response, None)
         }
-        Some(file) => serve(&file, range.as_deref()),
+        Some(file) => {
+            // A file that changed since the validator was taken ignores the range.
+            let range = range.filter(|_| file.if_range_matches(if_range.as_deref()));
+            serve(&file, range.as_deref())
+        }
     };
     let status = response.status().as_u16();
     let mut guard = lock(state);
@@ -348,6 +405,12 @@ fn serve(file: &ServedFile, range: Option<&str>) -> (Response<Body>, Option<(Byt
     }
     if let Some(disposition) = &file.content_disposition {
         insert(&mut response, CONTENT_DISPOSITION, disposition);
+    }
+    if let Some(etag) = &file.etag {
+        insert(&mut response, ETAG, etag);
+    }
+    if let Some(date) = &file.last_modified {
+        insert(&mut response, LAST_MODIFIED, date);
     }
     (response, Some((bytes, file.bytes_per_second)))
 }

@@ -48,6 +48,7 @@ mod tests {
             file_name: None,
             size: None,
             path: None,
+            validator: None,
             created_at: 1_705_638_600_000,
             updated_at: 0,
             started_at: None,

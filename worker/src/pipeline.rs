@@ -41,7 +41,11 @@
 //! recorded wins, and takes the task's files with it.
 //!
 //! Direct links keep the single-file path: a resumed attempt reuses the
-//! recorded file and path without resolving again.
+//! recorded file and path without resolving again, and the recorded
+//! validator (the server's strong ETag or Last-Modified when it resolved):
+//! the source resumes with `If-Range`, so a file replaced on the server is
+//! sent whole and the partial file starts over instead of being completed
+//! with another file's bytes.
 //!
 //! This module writes only the fenced transitions of the attempt it was
 //! given, and never decides a status itself: the function library does.
@@ -271,11 +275,14 @@ impl Attempt<'_> {
                     storage: storage.name().to_owned(),
                     error,
                 })?;
+                // With the validator recorded then, the source resumes
+                // only the very file those bytes came from.
                 let file = RemoteFile {
                     name: task.file_name.clone(),
                     size: task.size,
                     mime: None,
                     key: None,
+                    validator: task.validator.clone(),
                 };
                 self.placements.push((storage.clone(), path.clone()));
                 (file, path)
@@ -307,6 +314,7 @@ impl Attempt<'_> {
                         file.size,
                         &path_text,
                         &resolved_title,
+                        file.validator.as_deref(),
                     )
                 })
                 .await?;
@@ -409,6 +417,7 @@ impl Attempt<'_> {
                             file.size,
                             &path_text,
                             &resolved_title,
+                            file.validator.as_deref(),
                         )
                     })
                     .await?;

@@ -666,7 +666,7 @@ async fn a_task_left_by_a_dead_worker_is_resumed_by_a_live_one() {
         .await
         .unwrap();
     let resolved = title::resolved(SourceKind::Http, "f.bin", "local1", "/f.bin");
-    dead.resolve(&lease, "f.bin", Some(100_000), "/f.bin", &resolved)
+    dead.resolve(&lease, "f.bin", Some(100_000), "/f.bin", &resolved, None)
         .await
         .unwrap();
     let own_partial = LocalStorage::own_partial_name(&FileName::parse("f.bin").unwrap(), &task_id);

@@ -29,6 +29,7 @@ fn task(link: &str) -> Task {
         file_name: None,
         size: None,
         path: None,
+        validator: None,
         created_at: 0,
         updated_at: 0,
         started_at: None,
@@ -70,6 +71,7 @@ async fn the_file_name_comes_from_content_disposition_and_the_size_from_content_
             size: Some(1000),
             mime: None,
             key: None,
+            validator: None,
         }]
     );
 }
@@ -178,6 +180,7 @@ async fn a_download_resumes_from_an_offset_with_a_range_request() {
         size: Some(10_000),
         mime: None,
         key: None,
+        validator: None,
     };
 
     let download = source(true)
@@ -192,6 +195,30 @@ async fn a_download_resumes_from_an_offset_with_a_range_request() {
     assert_eq!(requests.len(), 1);
     assert_eq!(requests[0].range.as_deref(), Some("bytes=4000-"));
     assert_eq!(requests[0].status, 206);
+}
+
+#[tokio::test]
+async fn a_recorded_validator_that_cannot_be_sent_fetches_the_file_whole() {
+    // Only a hand-edited hash holds one; without If-Range nothing tells
+    // whether the saved bytes are of the file there now.
+    let server = FileServer::start().await;
+    server.add("/big.bin", ServedFile::new(body(10_000)).with_etag("\"a\""));
+    let file = RemoteFile {
+        size: Some(10_000),
+        validator: Some("\"a\"\r\nX-Injected: 1".into()),
+        ..RemoteFile::default()
+    };
+
+    let download = source(true)
+        .open(&task(&server.url("/big.bin")), &file, 4_000)
+        .await
+        .unwrap();
+
+    assert_eq!(download.offset, 0);
+    assert_eq!(read_all(download).await, body(10_000));
+    let requests = server.requests_for("/big.bin");
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!((requests[0].range.as_deref(), requests[0].status), (None, 200));
 }
 
 #[tokio::test]

@@ -138,10 +138,22 @@ impl Harness {
     /// [`Harness::resolved_and_released`] with the size the first attempt
     /// recorded, `None` when the server did not tell it.
     async fn resolved_and_released_with(&self, name: &str, size: Option<u64>, path: &str) -> Lease {
+        self.resolved_and_released_validated(name, size, path, None).await
+    }
+
+    /// [`Harness::resolved_and_released_with`] with the validator (ETag or
+    /// Last-Modified) the first attempt recorded.
+    async fn resolved_and_released_validated(
+        &self,
+        name: &str,
+        size: Option<u64>,
+        path: &str,
+        validator: Option<&str>,
+    ) -> Lease {
         let first = self.lease().await;
         let resolved = title::resolved(SourceKind::Http, name, "local1", path);
         self.store
-            .resolve(&first, name, size, path, &resolved)
+            .resolve(&first, name, size, path, &resolved, validator)
             .await
             .unwrap();
         self.store
@@ -321,6 +333,170 @@ async fn a_resumed_attempt_continues_its_part_file_with_a_range_request() {
     assert_eq!(requests[0].sent, 70_000);
     assert_eq!(harness.record(&task_id).await.task.status, TaskStatus::Completed);
     assert_eq!(harness.names_on_disk(), vec!["f.bin"]);
+}
+
+/// Another file of the same size as [`body`]'s: what the server has at the
+/// link after the first file was replaced.
+fn other_body(size: usize) -> Vec<u8> {
+    (0..size).map(|index| (index * 7 % 251) as u8 ^ 0x5a).collect()
+}
+
+#[tokio::test]
+async fn the_first_attempt_records_the_servers_validator_and_a_weak_etag_falls_back_to_last_modified() {
+    const DATE: &str = "Wed, 21 Oct 2015 07:28:00 GMT";
+    for (served, expected) in [
+        (
+            ServedFile::new(body(1_000))
+                .with_etag("\"a1\"")
+                .with_last_modified(DATE),
+            Some("\"a1\""),
+        ),
+        (
+            ServedFile::new(body(1_000))
+                .with_etag("W/\"a1\"")
+                .with_last_modified(DATE),
+            Some(DATE),
+        ),
+        (ServedFile::new(body(1_000)).with_etag("W/\"a1\""), None),
+        (ServedFile::new(body(1_000)), None),
+    ] {
+        let harness = Harness::start().await;
+        harness.files.add("/f.bin", served.clone());
+        let task_id = harness.create("/f.bin").await;
+        let lease = harness.lease().await;
+
+        assert_eq!(harness.process(&lease).await, Outcome::Completed { bytes: 1_000 });
+
+        let record = harness.record(&task_id).await;
+        assert_eq!(record.task.validator.as_deref(), expected, "{served:?}");
+        let recorded: Vec<Option<String>> = harness
+            .events(&task_id)
+            .await
+            .into_iter()
+            .filter_map(|kind| match kind {
+                EventKind::Resolved { validator, .. } => Some(validator),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(recorded, vec![expected.map(str::to_owned)], "{served:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_resumed_attempt_of_a_file_replaced_by_another_of_the_same_size_starts_over_and_saves_the_new_one()
+{
+    // The first attempt saved 30 000 bytes of file A, whose validator it
+    // recorded; the link now serves B: as large, other bytes, another
+    // validator. A server that honours If-Range answers the resume with
+    // the whole of B.
+    const SIZE: usize = 100_000;
+    for (how, recorded, now_served) in [
+        (
+            "etag",
+            "\"a\"",
+            ServedFile::new(other_body(SIZE)).with_etag("\"b\""),
+        ),
+        (
+            "last-modified",
+            "Wed, 21 Oct 2015 07:28:00 GMT",
+            ServedFile::new(other_body(SIZE)).with_last_modified("Thu, 22 Oct 2015 09:00:00 GMT"),
+        ),
+    ] {
+        let harness = Harness::start().await;
+        harness.files.add("/f.bin", now_served);
+        let task_id = harness.create("/f.bin").await;
+        let lease = harness
+            .resolved_and_released_validated("f.bin", Some(SIZE as u64), "/f.bin", Some(recorded))
+            .await;
+        std::fs::write(harness.own_partial(&task_id, "f.bin"), &body(SIZE)[..30_000]).unwrap();
+
+        let outcome = harness.process(&lease).await;
+
+        assert_eq!(outcome, Outcome::Completed { bytes: SIZE as u64 }, "{how}");
+        let stored = std::fs::read(harness.stored("/f.bin")).unwrap();
+        assert!(
+            stored == other_body(SIZE),
+            "{how}: the stored file is not B ({} bytes; A's prefix kept: {})",
+            stored.len(),
+            stored[..30_000] == body(SIZE)[..30_000]
+        );
+        let requests = harness.files.requests_for("/f.bin");
+        assert_eq!(requests.len(), 1, "{how}: {requests:?}");
+        assert_eq!(requests[0].range.as_deref(), Some("bytes=30000-"), "{how}");
+        assert_eq!(requests[0].if_range.as_deref(), Some(recorded), "{how}");
+        assert_eq!(requests[0].status, 200, "{how}: the whole new file");
+        assert_eq!(requests[0].sent, SIZE as u64, "{how}");
+        assert_eq!(harness.record(&task_id).await.task.status, TaskStatus::Completed);
+        assert_eq!(harness.names_on_disk(), vec!["f.bin"], "{how}");
+    }
+}
+
+#[tokio::test]
+async fn a_resumed_attempt_whose_validator_still_matches_continues_with_a_range_request() {
+    const SIZE: usize = 100_000;
+    const DATE: &str = "Wed, 21 Oct 2015 07:28:00 GMT";
+    for (how, recorded, served) in [
+        (
+            "etag",
+            "\"a\"",
+            ServedFile::new(body(SIZE))
+                .with_etag("\"a\"")
+                .with_last_modified(DATE),
+        ),
+        (
+            "last-modified",
+            DATE,
+            ServedFile::new(body(SIZE)).with_last_modified(DATE),
+        ),
+    ] {
+        let harness = Harness::start().await;
+        harness.files.add("/f.bin", served);
+        let task_id = harness.create("/f.bin").await;
+        let lease = harness
+            .resolved_and_released_validated("f.bin", Some(SIZE as u64), "/f.bin", Some(recorded))
+            .await;
+        std::fs::write(harness.own_partial(&task_id, "f.bin"), &body(SIZE)[..30_000]).unwrap();
+
+        let outcome = harness.process(&lease).await;
+
+        assert_eq!(outcome, Outcome::Completed { bytes: SIZE as u64 }, "{how}");
+        assert_eq!(
+            std::fs::read(harness.stored("/f.bin")).unwrap(),
+            body(SIZE),
+            "{how}"
+        );
+        let requests = harness.files.requests_for("/f.bin");
+        assert_eq!(requests.len(), 1, "{how}: {requests:?}");
+        assert_eq!(requests[0].range.as_deref(), Some("bytes=30000-"), "{how}");
+        assert_eq!(requests[0].if_range.as_deref(), Some(recorded), "{how}");
+        assert_eq!(requests[0].status, 206, "{how}");
+        assert_eq!(requests[0].sent, 70_000, "{how}");
+    }
+}
+
+#[tokio::test]
+async fn a_resumed_attempt_of_a_task_recorded_without_a_validator_sends_no_if_range() {
+    // A task resolved before validators were recorded resumes as it did,
+    // even from a server that gives one now.
+    let harness = Harness::start().await;
+    harness
+        .files
+        .add("/f.bin", ServedFile::new(body(100_000)).with_etag("\"a\""));
+    let task_id = harness.create("/f.bin").await;
+    let lease = harness.resolved_and_released("f.bin", 100_000, "/f.bin").await;
+    std::fs::write(harness.own_partial(&task_id, "f.bin"), &body(100_000)[..30_000]).unwrap();
+
+    assert_eq!(
+        harness.process(&lease).await,
+        Outcome::Completed { bytes: 100_000 }
+    );
+
+    assert_eq!(std::fs::read(harness.stored("/f.bin")).unwrap(), body(100_000));
+    let requests = harness.files.requests_for("/f.bin");
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(requests[0].range.as_deref(), Some("bytes=30000-"));
+    assert_eq!(requests[0].if_range, None);
+    assert_eq!(requests[0].status, 206);
 }
 
 #[tokio::test]

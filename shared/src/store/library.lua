@@ -276,7 +276,13 @@ local function start(keys, args)
   return { attempt, at }
 end
 
--- ARGV: task_id, attempt, file_name, size ('' when unknown), path, title
+-- ARGV: task_id, attempt, file_name, size ('' when unknown), path, title,
+--       validator ('' or absent when none)
+-- `validator` identifies the file's version on its server (a direct link's
+-- strong ETag or Last-Modified); a resume sends it as If-Range. Like the
+-- other fields it is the latest resolved file's: a file without one
+-- removes an earlier one, and neither the event nor the hash carries an
+-- empty field.
 local function resolve(keys, args)
   local task_id, attempt = args[1], args[2]
   local refused, state = check_lease(keys, task_id, attempt)
@@ -284,10 +290,21 @@ local function resolve(keys, args)
     return refused
   end
   local at = now_text()
-  local event = append_event(keys, task_id, 'resolved', at,
-    'attempt', attempt, 'file', args[3], 'size', args[4], 'path', args[5], 'title', args[6])
-  redis.call('HSET', keys[1], 'file', args[3], 'size', args[4], 'path', args[5], 'title', args[6], 'updated', at,
-    'log', logged(state[4], event))
+  local validator = args[7]
+  local log
+  if validator and validator ~= '' then
+    log = logged(state[4], append_event(keys, task_id, 'resolved', at,
+      'attempt', attempt, 'file', args[3], 'size', args[4], 'path', args[5], 'title', args[6],
+      'validator', validator))
+    redis.call('HSET', keys[1], 'file', args[3], 'size', args[4], 'path', args[5], 'title', args[6], 'updated', at,
+      'validator', validator, 'log', log)
+  else
+    log = logged(state[4], append_event(keys, task_id, 'resolved', at,
+      'attempt', attempt, 'file', args[3], 'size', args[4], 'path', args[5], 'title', args[6]))
+    redis.call('HSET', keys[1], 'file', args[3], 'size', args[4], 'path', args[5], 'title', args[6], 'updated', at,
+      'log', log)
+    redis.call('HDEL', keys[1], 'validator')
+  end
   return 'OK'
 end
 

@@ -778,6 +778,7 @@ pub(crate) fn task_from_hash(task_id: &TaskId, fields: &HashMap<String, String>)
         file_name: optional_text("file"),
         size: optional_number("size")?.map(|size| size as u64),
         path: optional_text("path"),
+        validator: optional_text("validator"),
         created_at,
         updated_at,
         started_at,

@@ -237,7 +237,10 @@ impl Store {
         Ok(())
     }
 
-    /// Records the resolved file: its name, size, path in the storage and the title.
+    /// Records the resolved file: its name, size, path in the storage, the
+    /// title, and the validator that identifies this version of the file
+    /// on its server (`None`, or empty, when the source gave none: no field
+    /// is written, and one an earlier `resolved` left is removed).
     pub async fn resolve(
         &self,
         lease: &Lease,
@@ -245,6 +248,7 @@ impl Store {
         size: Option<u64>,
         path: &str,
         title: &str,
+        validator: Option<&str>,
     ) -> Result<(), StoreError> {
         let args = vec![
             lease.task.id.to_string(),
@@ -253,6 +257,7 @@ impl Store {
             size.map(|size| size.to_string()).unwrap_or_default(),
             path.to_owned(),
             title.to_owned(),
+            validator.unwrap_or_default().to_owned(),
         ];
         self.call(
             &lease.task.id,

@@ -286,6 +286,7 @@ fn task_to_hash(task: &Task) -> Vec<(&'static str, String)> {
         ("file", task.file_name.clone()),
         ("size", task.size.map(|size| size.to_string())),
         ("path", task.path.clone()),
+        ("validator", task.validator.clone()),
         ("started", optional(task.started_at)),
         ("ended", optional(task.ended_at)),
         ("worker", task.worker.clone()),

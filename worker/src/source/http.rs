@@ -3,9 +3,12 @@
 //! It owns everything about talking to a web server: timeouts, redirects
 //! (followed up to [`MAX_REDIRECTS`], each hop checked by the SSRF guard in
 //! [`super::ssrf`]), the file name (Content-Disposition, else the URL's last
-//! path segment), the size (Content-Length or Content-Range), resuming with
-//! `Range: bytes=N-` (only from an answer that is the whole rest of the
-//! file, and never of a file whose size changed), and turning HTTP statuses
+//! path segment), the size (Content-Length or Content-Range), the
+//! [`validator`] (strong ETag, else Last-Modified), resuming with
+//! `Range: bytes=N-` and `If-Range: <validator>` (only from an answer that
+//! is the whole rest of the file, never of a file whose size changed, and
+//! never of one the server says was replaced: it answers 200 with the whole
+//! new file, and the download starts over), and turning HTTP statuses
 //! and transport failures into [`SourceError`]s that say whether to retry
 //! and what to do.
 //!
@@ -19,7 +22,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use percent_encoding::percent_decode_str;
-use reqwest::header::{CONTENT_DISPOSITION, CONTENT_RANGE, CONTENT_TYPE, RANGE};
+use reqwest::header::{
+    HeaderMap, HeaderName, HeaderValue, CONTENT_DISPOSITION, CONTENT_RANGE, CONTENT_TYPE, ETAG, IF_RANGE,
+    LAST_MODIFIED, RANGE,
+};
 use reqwest::{redirect, Response, StatusCode};
 use savestream_shared::config::HttpConfig;
 use savestream_shared::task::Task;
@@ -33,6 +39,9 @@ pub const MAX_REDIRECTS: usize = 10;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a read may wait for data before the download counts as stalled.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest validator kept; a longer header is taken for none (it would
+/// only bloat the task's hash and every `resolved` event).
+pub const MAX_VALIDATOR_LENGTH: usize = 512;
 
 /// A redirect the policy refused; found again in the error's source chain.
 #[derive(Debug, thiserror::Error)]
@@ -109,11 +118,21 @@ impl HttpSource {
         Ok(url)
     }
 
-    /// Sends a GET, from `offset` when it is not 0, and checks the status.
-    async fn get(&self, url: &Url, offset: u64) -> Result<Response, SourceError> {
+    /// Sends a GET, from `offset` when it is not 0 (with `If-Range` when
+    /// given: a server whose file no longer matches it answers 200 with the
+    /// whole file instead of the range), and checks the status.
+    async fn get(
+        &self,
+        url: &Url,
+        offset: u64,
+        if_range: Option<HeaderValue>,
+    ) -> Result<Response, SourceError> {
         let mut request = self.client.get(url.clone());
         if offset > 0 {
             request = request.header(RANGE, format!("bytes={offset}-"));
+            if let Some(validator) = if_range {
+                request = request.header(IF_RANGE, validator);
+            }
         }
         let response = request
             .send()
@@ -134,7 +153,7 @@ impl Source for HttpSource {
         // A GET rather than a HEAD: many servers and signed links answer
         // HEAD differently or not at all. Only the headers are read; the
         // body is dropped with the connection.
-        let response = self.get(&url, 0).await?;
+        let response = self.get(&url, 0, None).await?;
         let name = response
             .headers()
             .get(CONTENT_DISPOSITION)
@@ -151,13 +170,24 @@ impl Source for HttpSource {
             size: response.content_length(),
             mime,
             key: None,
+            validator: validator(response.headers()),
         }])
     }
 
     async fn open(&self, task: &Task, file: &RemoteFile, offset: u64) -> Result<Download, SourceError> {
         let url = self.link(task)?;
-        if offset > 0 {
-            let response = self.get(&url, offset).await?;
+        // The recorded validator, as a header. One that cannot be sent (a
+        // hand-edited hash) leaves no way to tell whether the bytes already
+        // saved are of the file there now: the file is fetched whole.
+        let if_range = file.validator.as_deref().map(HeaderValue::from_str).transpose();
+        if let (true, Ok(if_range)) = (offset > 0, if_range) {
+            // With `If-Range`, a 206 is a range of the very file whose
+            // beginning was saved; a file replaced since (even by one of
+            // the same size) comes back 200, whole, handled below as a
+            // server that ignores Range. Without a recorded validator (a
+            // task resolved before they were recorded, a server that gives
+            // none) the range is asked for as it always was.
+            let response = self.get(&url, offset, if_range).await?;
             let partial = response.status() == StatusCode::PARTIAL_CONTENT;
             if partial || response.status() == StatusCode::RANGE_NOT_SATISFIABLE {
                 let range = response
@@ -180,13 +210,14 @@ impl Source for HttpSource {
                     }
                 }
             } else {
-                // 200: the server ignores Range and sends the whole file.
+                // 200: the server ignores Range, or the file no longer
+                // matches `If-Range`, and sends the whole file.
                 let total = response.content_length().or(file.size);
                 return Ok(download(&url, 0, total, response));
             }
             // 416, or a 206 that is not the rest of the file: fetch the file whole.
         }
-        let response = self.get(&url, 0).await?;
+        let response = self.get(&url, 0, None).await?;
         if response.status() == StatusCode::RANGE_NOT_SATISFIABLE {
             return Err(status_error(&url, response.status()));
         }
@@ -302,6 +333,30 @@ pub fn display_url(url: &Url) -> String {
         shown.push_str("?…");
     }
     shown
+}
+
+/// What identifies the version of the file a response carries, for
+/// `If-Range` when a later attempt resumes it: the strong `ETag`, else the
+/// `Last-Modified` date, else none. A weak ETag (`W/"..."`) may not be sent
+/// in `If-Range` (RFC 9110, 13.1.5), nor may a malformed one (no quotes),
+/// which a server could only fail to match; either falls back to
+/// `Last-Modified`. Values that are not visible ASCII, or longer than
+/// [`MAX_VALIDATOR_LENGTH`], count as absent.
+pub fn validator(headers: &HeaderMap) -> Option<String> {
+    let header = |name: HeaderName| {
+        headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::trim)
+            .filter(|value| !value.is_empty() && value.len() <= MAX_VALIDATOR_LENGTH)
+    };
+    let strong_etag = header(ETAG).filter(|etag| {
+        etag.len() >= 2
+            && etag.starts_with('"')
+            && etag.ends_with('"')
+            && !etag[1..etag.len() - 1].contains('"')
+    });
+    strong_etag.or_else(|| header(LAST_MODIFIED)).map(str::to_owned)
 }
 
 /// Whether a 206 answer to `bytes=offset-` is the rest of the file: from
@@ -547,6 +602,42 @@ mod tests {
         assert!(check("file:///etc/passwd", 1, true)
             .unwrap_err()
             .contains("a file: link"));
+    }
+
+    #[test]
+    fn the_validator_is_the_strong_etag_else_last_modified() {
+        let headers = |pairs: &[(&'static str, &str)]| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in pairs {
+                headers.insert(*name, HeaderValue::from_str(value).unwrap());
+            }
+            headers
+        };
+        const DATE: &str = "Wed, 21 Oct 2015 07:28:00 GMT";
+        for (pairs, expected) in [
+            (
+                vec![("etag", "\"abc\""), ("last-modified", DATE)],
+                Some("\"abc\""),
+            ),
+            (vec![("etag", "\"\"")], Some("\"\"")),
+            (vec![("etag", "W/\"abc\""), ("last-modified", DATE)], Some(DATE)),
+            (vec![("etag", "W/\"abc\"")], None),
+            (vec![("etag", "abc"), ("last-modified", DATE)], Some(DATE)),
+            (vec![("etag", "\"a\"b\"")], None),
+            (vec![("last-modified", DATE)], Some(DATE)),
+            (vec![("last-modified", " ")], None),
+            (vec![], None),
+        ] {
+            assert_eq!(validator(&headers(&pairs)).as_deref(), expected, "{pairs:?}");
+        }
+        let long = format!("\"{}\"", "a".repeat(MAX_VALIDATOR_LENGTH));
+        assert_eq!(
+            validator(&headers(&[("etag", &long), ("last-modified", DATE)])).as_deref(),
+            Some(DATE)
+        );
+        let mut opaque = HeaderMap::new();
+        opaque.insert(ETAG, HeaderValue::from_bytes(b"\"caf\xe9\"").unwrap());
+        assert_eq!(validator(&opaque), None);
     }
 
     #[test]

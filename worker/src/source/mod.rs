@@ -47,6 +47,16 @@ pub struct RemoteFile {
     /// whose task link is the handle. Never recorded: a source that needs it
     /// resolves again on every attempt ([`Source::resolves_every_attempt`]).
     pub key: Option<String>,
+    /// What identifies this version of the file on its server: a direct
+    /// link's strong `ETag`, else its `Last-Modified` (see
+    /// [`http::validator`]). Recorded with the resolved file; a resumed
+    /// attempt gets the recorded one back and the http source sends it as
+    /// `If-Range`, so a file replaced on the server (even by one of the same
+    /// size) is sent whole rather than spliced onto the old one's bytes.
+    /// `None` when the source has none: Telegram (the file reference is the
+    /// file's identity), a server that sends neither header, a task
+    /// resolved before validators were recorded (resumed as before).
+    pub validator: Option<String>,
 }
 
 /// Whether a failure is worth another attempt.

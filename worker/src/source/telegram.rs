@@ -202,6 +202,8 @@ fn remote_file(task: &Task, message: &MediaMessage) -> Result<RemoteFile, Source
         size: Some(size),
         mime: message.media.mime().map(str::to_owned),
         key: Some(message_key(&message.reference())),
+        // The file reference, not a header, says which file this is.
+        validator: None,
     })
 }
 
