@@ -59,6 +59,9 @@ pub struct ServedFile {
     pub etag: Option<String>,
     /// Send this `Last-Modified`.
     pub last_modified: Option<String>,
+    /// Answer `Range` even when `If-Range` does not match (a server that
+    /// ignores `If-Range`, as some do).
+    pub ignores_if_range: bool,
 }
 
 impl ServedFile {
@@ -76,6 +79,7 @@ impl ServedFile {
             redirect_to: None,
             etag: None,
             last_modified: None,
+            ignores_if_range: false,
         }
     }
 
@@ -139,6 +143,12 @@ impl ServedFile {
         self
     }
 
+    /// Honours `Range` whatever `If-Range` says.
+    pub fn ignoring_if_range(mut self) -> ServedFile {
+        self.ignores_if_range = true;
+        self
+    }
+
     /// Whether a request's `If-Range` lets its `Range` stand. Only a file
     /// with a validator looks at `If-Range` (the default ignores it, as it
     /// always did). Then, as RFC 9110 (13.1.5) says: an entity tag matches
@@ -149,7 +159,7 @@ impl ServedFile {
         let Some(if_range) = if_range.map(str::trim) else {
             return true;
         };
-        if self.etag.is_none() && self.last_modified.is_none() {
+        if self.ignores_if_range || (self.etag.is_none() && self.last_modified.is_none()) {
             return true;
         }
         if if_range.starts_with('"') || if_range.starts_with("W/") {

@@ -222,6 +222,64 @@ async fn a_recorded_validator_that_cannot_be_sent_fetches_the_file_whole() {
 }
 
 #[tokio::test]
+async fn a_range_of_a_file_with_another_validator_is_not_resumed_even_from_a_server_that_ignores_if_range() {
+    // The file was replaced (same size, new ETag); this server answers the
+    // Range regardless of If-Range, but its 206 names the new ETag.
+    let server = FileServer::start().await;
+    server.add(
+        "/big.bin",
+        ServedFile::new(body(10_000))
+            .with_etag("\"new\"")
+            .ignoring_if_range(),
+    );
+    let file = RemoteFile {
+        size: Some(10_000),
+        validator: Some("\"old\"".into()),
+        ..RemoteFile::default()
+    };
+
+    let download = source(true)
+        .open(&task(&server.url("/big.bin")), &file, 4_000)
+        .await
+        .unwrap();
+
+    assert_eq!(download.offset, 0, "the saved bytes are of another file");
+    assert_eq!(read_all(download).await, body(10_000));
+    let requests = server.requests_for("/big.bin");
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert_eq!(
+        (requests[0].range_start(), requests[0].status),
+        (Some(4_000), 206)
+    );
+    assert_eq!((requests[1].range.as_deref(), requests[1].status), (None, 200));
+}
+
+#[tokio::test]
+async fn a_range_whose_validator_matches_the_recorded_one_is_resumed() {
+    let server = FileServer::start().await;
+    server.add(
+        "/big.bin",
+        ServedFile::new(body(10_000))
+            .with_etag("\"same\"")
+            .ignoring_if_range(),
+    );
+    let file = RemoteFile {
+        size: Some(10_000),
+        validator: Some("\"same\"".into()),
+        ..RemoteFile::default()
+    };
+
+    let download = source(true)
+        .open(&task(&server.url("/big.bin")), &file, 4_000)
+        .await
+        .unwrap();
+
+    assert_eq!(download.offset, 4_000);
+    assert_eq!(read_all(download).await, body(10_000)[4_000..].to_vec());
+    assert_eq!(server.requests_for("/big.bin").len(), 1);
+}
+
+#[tokio::test]
 async fn a_server_that_ignores_range_sends_the_whole_file_from_offset_zero() {
     let server = FileServer::start().await;
     server.add("/big.bin", ServedFile::new(body(5_000)).without_ranges());

@@ -203,7 +203,14 @@ impl Source for HttpSource {
                         return Err(SourceError::changed_size(&task.link, size, Some(total)));
                     }
                 }
-                if let Some(range) = range.filter(|_| partial) {
+                // A server that ignores If-Range but honours Range still
+                // names the file it sends from: another validator than the
+                // one recorded is another file.
+                let same_file = match (validator(response.headers()), file.validator.as_deref()) {
+                    (Some(now), Some(recorded)) => now == recorded,
+                    _ => true,
+                };
+                if let Some(range) = range.filter(|_| partial && same_file) {
                     if is_rest_of_file(range, response.content_length(), offset, file.size) {
                         let total = range.total.or(file.size);
                         return Ok(download(&url, offset, total, response));
