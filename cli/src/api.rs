@@ -120,7 +120,7 @@ impl Api {
     /// A transport error: nothing listens, it timed out, or the connection broke.
     pub fn explain_transport(&self, error: &reqwest::Error) -> anyhow::Error {
         if error.is_connect() {
-            return self.unreachable();
+            return self.explain_connect(error);
         }
         if error.is_timeout() {
             return anyhow!(
@@ -130,6 +130,40 @@ impl Api {
             );
         }
         anyhow!("lost the connection to the API at {} ({error})", self.base_url)
+    }
+
+    /// A connection that could not be made. Only a refused one means
+    /// nothing listens there ("is it running?"); anything else (a name that
+    /// does not resolve, a TLS handshake that failed, no answer in time)
+    /// says what went wrong.
+    fn explain_connect(&self, error: &reqwest::Error) -> anyhow::Error {
+        if is_refused(error) {
+            return self.unreachable();
+        }
+        if error.is_timeout() {
+            return anyhow!(
+                "cannot reach the API at {}: no connection within {} s: is the address right, and does no firewall drop it?",
+                self.base_url,
+                CONNECT_TIMEOUT.as_secs()
+            );
+        }
+        let causes = causes(error);
+        if self.base_url.starts_with("https:") && is_tls(error) {
+            // rustls's words for a server that answered in plain HTTP.
+            let hint = if causes.contains("InvalidContentType") {
+                format!(
+                    ": does it serve plain http? then use --url {}",
+                    self.base_url.replacen("https:", "http:", 1)
+                )
+            } else {
+                String::new()
+            };
+            return anyhow!(
+                "cannot reach the API at {}: the TLS handshake failed ({causes}){hint}",
+                self.base_url
+            );
+        }
+        anyhow!("cannot reach the API at {}: {causes}", self.base_url)
     }
 
     pub fn unreachable(&self) -> anyhow::Error {
@@ -195,6 +229,60 @@ impl Api {
         }
         Ok(Some(response))
     }
+}
+
+/// `error` and its causes, outermost first. An I/O error's cause is the
+/// error it wraps (`get_ref`): its own `source` skips that one, and the
+/// kind of a TLS failure is only on it.
+fn chain<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(error), |error| {
+        match error.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => error.source(),
+        }
+    })
+}
+
+/// Whether any error in `error`'s chain is an I/O error of `kind`.
+fn has_io_kind(error: &(dyn std::error::Error + 'static), kind: std::io::ErrorKind) -> bool {
+    chain(error).any(|error| {
+        error
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == kind)
+    })
+}
+
+/// Whether `error` is a refused connection: nothing listens at the address.
+pub fn is_refused(error: &(dyn std::error::Error + 'static)) -> bool {
+    has_io_kind(error, std::io::ErrorKind::ConnectionRefused)
+}
+
+/// Whether a connection failed in its TLS handshake: rustls's errors reach
+/// reqwest as an I/O error of kind `InvalidData` wrapping them (a
+/// certificate not trusted, a server that does not speak TLS).
+fn is_tls(error: &(dyn std::error::Error + 'static)) -> bool {
+    has_io_kind(error, std::io::ErrorKind::InvalidData)
+}
+
+/// `error`'s causes in one line, without reqwest's own "error sending
+/// request for url (...)", which names what the message already names, and
+/// hyper's "client error (Connect)", which says nothing more.
+fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in chain(error).skip(1) {
+        let text = cause.to_string();
+        if !text.starts_with("client error (") && !parts.iter().any(|part| part.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    if parts.is_empty() {
+        return error.to_string();
+    }
+    parts.join(": ")
 }
 
 #[cfg(test)]

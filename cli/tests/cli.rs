@@ -114,6 +114,26 @@ fn an_unreachable_api_is_one_line_that_says_to_start_it() {
 }
 
 #[test]
+fn a_name_that_does_not_resolve_is_named_with_the_cause_not_taken_for_an_api_not_running() {
+    let dir = tempfile::tempdir().unwrap();
+    // `.invalid` never resolves (RFC 2606).
+    let url = "http://savestream-api.invalid:8080";
+
+    let line = one_line_error(&run(&["--url", url, "ls"], dir.path()));
+
+    assert!(
+        line.starts_with(&format!("savestream: cannot reach the API at {url}: ")),
+        "{line}"
+    );
+    assert!(!line.contains("is it running"), "{line}");
+    assert!(!line.contains("savestream up"), "{line}");
+    assert!(
+        line.len() > format!("savestream: cannot reach the API at {url}: ").len(),
+        "the cause is named: {line}"
+    );
+}
+
+#[test]
 fn the_url_also_comes_from_the_environment() {
     let dir = tempfile::tempdir().unwrap();
     let url = nothing_listens();

@@ -1105,6 +1105,42 @@ async fn a_token_is_taken_without_surrounding_whitespace_and_one_with_a_control_
     );
 }
 
+#[tokio::test]
+async fn an_https_url_to_the_plain_http_api_says_the_tls_handshake_failed_not_that_it_is_not_running() {
+    let app = spawn_app(0).await;
+    let plain = app.base_url();
+    let https = plain.replacen("http://", "https://", 1);
+
+    let listed = savestream(&["--url", &https, "--token", TOKEN, "ls"], &[]).await;
+    let added = savestream(
+        &[
+            "--url",
+            &https,
+            "--token",
+            TOKEN,
+            "add",
+            "https://example.com/a.zip",
+            "--user",
+            &TEST_USER.to_string(),
+        ],
+        &[],
+    )
+    .await;
+
+    for output in [&listed, &added] {
+        let line = error_line(output);
+        assert!(
+            line.starts_with(&format!("savestream: cannot reach the API at {https}: ")),
+            "{line}"
+        );
+        assert!(line.contains("TLS handshake failed"), "{line}");
+        assert!(line.contains(&format!("use --url {plain}")), "{line}");
+        assert!(!line.contains("is it running"), "{line}");
+        assert!(!line.contains("savestream up"), "{line}");
+    }
+    assert_eq!(queued_total(&app).await, 0);
+}
+
 /// A store on the app's Redis, to register a worker as a worker process would.
 async fn store(app: &TestApp) -> Store {
     Store::connect(
