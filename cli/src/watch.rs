@@ -7,9 +7,10 @@
 //! Two sources feed the screen. The task's live event stream
 //! (`GET /api/v1/tasks/{id}/events`, `Accept: text/event-stream`) says what
 //! happens (started, resolved, retrying, how it ended); it reconnects with
-//! `Last-Event-ID` when the connection drops, and stops following when the
-//! API answers that with 204 (the task has ended and nothing came after the
-//! last event read). Progress is not an event, so
+//! `Last-Event-ID` when the connection drops or cannot be made (1, 2, 4 s
+//! apart, then every 5 s, for as long as the poll below goes on), and stops
+//! following when the API answers that with 204 (the task has ended and
+//! nothing came after the last event read). Progress is not an event, so
 //! `GET /api/v1/tasks/{id}` is polled a few times a second for the bytes and
 //! the speed; it also notices the end when the event stream cannot.
 //!
@@ -34,10 +35,24 @@ const POLL_EVERY: Duration = Duration::from_millis(250);
 /// How long the API may stay unreachable before `watch` gives up: long
 /// enough to ride out an API restart.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
-/// The pause before reconnecting a dropped event stream.
+/// The pause before reopening the event stream after one failure (a
+/// stream that closed, or an attempt to open one that failed); it doubles
+/// with each further failure in a row, up to [`MAX_RECONNECT_PAUSE`].
 const RECONNECT_AFTER: Duration = Duration::from_secs(1);
-/// Reconnections in a row before the event stream is left to polling.
-const MAX_RECONNECTS: u32 = 10;
+/// The longest pause between attempts to reopen the event stream: the
+/// stream is reopened for as long as the poll goes on (up to
+/// [`GIVE_UP_AFTER`] of an unreachable API), and within this long of the
+/// API coming back.
+const MAX_RECONNECT_PAUSE: Duration = Duration::from_secs(5);
+
+/// The pause before the next attempt to open the event stream after
+/// `failures` (at least one) failures in a row: 1, 2 and 4 s, then
+/// [`MAX_RECONNECT_PAUSE`] for as long as it takes.
+fn reconnect_pause(failures: u32) -> Duration {
+    RECONNECT_AFTER
+        .saturating_mul(1 << failures.saturating_sub(1).min(8))
+        .min(MAX_RECONNECT_PAUSE)
+}
 
 pub async fn run(api: &Api, task_id: &str) -> anyhow::Result<ExitCode> {
     let mut task = get_task(api, task_id).await?;
@@ -247,6 +262,8 @@ struct EventFollower<'a> {
     parser: SseParser,
     last_event_id: Option<String>,
     pending: VecDeque<TaskEvent>,
+    /// Failures in a row since a stream last opened: streams that closed
+    /// and attempts to open one that failed, alike.
     failures: u32,
     ended: bool,
 }
@@ -274,20 +291,21 @@ impl<'a> EventFollower<'a> {
         })
     }
 
-    /// The next event; `None` after the last one, or when the stream cannot
-    /// be had (polling then carries on alone).
+    /// The next event; `None` after the last one. A stream that closes, or
+    /// cannot be opened, is reopened after [`reconnect_pause`] for as long
+    /// as it takes: [`run`]'s poll decides when to give up.
     async fn next(&mut self) -> Option<TaskEvent> {
         loop {
             if let Some(event) = self.pending.pop_front() {
                 self.ended = is_ended_event(event.type_);
                 return Some(event);
             }
-            if self.ended || self.failures > MAX_RECONNECTS {
+            if self.ended {
                 return None;
             }
             let Some(response) = self.response.as_mut() else {
                 if self.failures > 0 {
-                    tokio::time::sleep(RECONNECT_AFTER).await;
+                    tokio::time::sleep(reconnect_pause(self.failures)).await;
                 }
                 match self
                     .api
@@ -295,6 +313,7 @@ impl<'a> EventFollower<'a> {
                     .await
                 {
                     Ok(Some(response)) => {
+                        self.failures = 0;
                         self.response = Some(response);
                         self.parser = SseParser::default();
                     }
@@ -337,8 +356,14 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A one-route HTTP server that answers its connections in turn with
-    /// `answers` and hands each request's head to the test.
-    async fn serve(answers: Vec<&'static str>) -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    /// `answers` and hands each request's head to the test, with the
+    /// (tokio) instant it arrived.
+    async fn serve(
+        answers: Vec<&'static str>,
+    ) -> (
+        String,
+        tokio::sync::mpsc::UnboundedReceiver<(String, tokio::time::Instant)>,
+    ) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (requests, received) = tokio::sync::mpsc::unbounded_channel();
@@ -353,7 +378,10 @@ mod tests {
                     }
                     head.push(byte[0]);
                 }
-                let _ = requests.send(String::from_utf8_lossy(&head).to_lowercase());
+                let _ = requests.send((
+                    String::from_utf8_lossy(&head).to_lowercase(),
+                    tokio::time::Instant::now(),
+                ));
                 socket.write_all(answer.as_bytes()).await.unwrap();
                 socket.shutdown().await.unwrap();
             }
@@ -375,15 +403,15 @@ mod tests {
         let api = Api::new(&url, "token").unwrap();
         let mut follower = EventFollower::new(&api, "d0bmcqqmclrc73a5e0fg");
 
-        // Reconnecting takes `RECONNECT_AFTER`; retrying a 204 as a drop
-        // would take `MAX_RECONNECTS` of them.
+        // Reconnecting takes `RECONNECT_AFTER`; a 204 retried as a drop
+        // would be retried for ever.
         let next = tokio::time::timeout(Duration::from_secs(5), follower.next())
             .await
             .expect("the follower stopped after the 204");
 
         assert!(next.is_none(), "no events: {next:?}");
-        let first = requests.recv().await.unwrap();
-        let second = requests.recv().await.unwrap();
+        let (first, _) = requests.recv().await.unwrap();
+        let (second, _) = requests.recv().await.unwrap();
         assert!(!first.contains("last-event-id"), "{first}");
         assert!(second.contains("last-event-id: 1700000000000-3\r\n"), "{second}");
         assert!(follower.ended, "the 204 says the task has ended");
@@ -391,5 +419,63 @@ mod tests {
             follower.failures, 1,
             "one reconnect: after the first stream ended"
         );
+    }
+
+    const UNAVAILABLE: &str =
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+    const EMPTY_STREAM: &str =
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n";
+    const COMPLETED_STREAM: &str = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n\
+         id: 1700000000000-9\ndata: {\"id\":\"1700000000000-9\",\"type\":\"completed\",\"at\":\"2024-01-19T04:00:00Z\"}\n\n";
+
+    // Time is paused: each pause passes at once, and the gaps between
+    // requests are exactly the pauses the follower took.
+    #[tokio::test(start_paused = true)]
+    async fn the_event_stream_is_reopened_with_backoff_however_long_it_fails_and_the_backoff_restarts_when_one_opens(
+    ) {
+        // Arrange: an outage longer than any count of tries (six refused
+        // opens), a stream that opens and closes at once (the API
+        // restarting), eight more refused opens, then the task's end.
+        let mut answers = vec![UNAVAILABLE; 6];
+        answers.push(EMPTY_STREAM);
+        answers.extend([UNAVAILABLE; 8]);
+        answers.push(COMPLETED_STREAM);
+        let (url, mut requests) = serve(answers).await;
+        let api = Api::new(&url, "token").unwrap();
+        let mut follower = EventFollower::new(&api, "d0bmcqqmclrc73a5e0fg");
+
+        // Act (a timeout in paused time fails at once instead of hanging)
+        let event = tokio::time::timeout(Duration::from_secs(600), follower.next())
+            .await
+            .expect("the follower to read the task's end");
+
+        // Assert: the follower got through to the end, and paused 1, 2, 4,
+        // then 5 s at most, from 1 s again after the stream that opened.
+        let event = event.expect("the follower kept reopening the stream");
+        assert_eq!(event.type_, EventType::Completed);
+        assert_eq!(follower.failures, 0, "a stream opened");
+        let mut arrivals = Vec::new();
+        while let Ok((_, at)) = requests.try_recv() {
+            arrivals.push(at);
+        }
+        assert_eq!(arrivals.len(), 16, "one request per answer");
+        let pauses: Vec<u64> = arrivals
+            .windows(2)
+            .map(|pair| (pair[1] - pair[0]).as_secs())
+            .collect();
+        assert_eq!(
+            pauses,
+            [1, 2, 4, 5, 5, 5, 1, 2, 4, 5, 5, 5, 5, 5, 5],
+            "seconds between requests"
+        );
+    }
+
+    #[test]
+    fn reconnect_pauses_double_from_one_second_up_to_five_and_never_stop() {
+        let pauses: Vec<u64> = (1..=6)
+            .map(|failures| reconnect_pause(failures).as_secs())
+            .collect();
+        assert_eq!(pauses, [1, 2, 4, 5, 5, 5]);
+        assert_eq!(reconnect_pause(u32::MAX), MAX_RECONNECT_PAUSE);
     }
 }
