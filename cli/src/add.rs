@@ -10,7 +10,8 @@
 //! `POST /api/v1/tasks`; several go in `POST /api/v1/tasks/batch` requests,
 //! each checked whole by the API before it creates any of its tasks. Each
 //! request carries an `Idempotency-Key` and is repeated with it while its
-//! fate is unknown (see `repeat.rs`).
+//! fate is unknown (see `repeat.rs`); `--idempotency-key` gives the key,
+//! to repeat an `add` that gave up without creating its tasks twice.
 
 use std::io::BufRead;
 use std::process::ExitCode;
@@ -42,6 +43,11 @@ pub struct AddArgs {
     /// The directory inside the storage, absolute; `/` when absent.
     #[arg(long)]
     pub dir: Option<String>,
+    /// The Idempotency-Key to send (a fresh one when absent): the key an
+    /// `add` that gave up printed, to repeat its command without creating a
+    /// task twice.
+    #[arg(long, value_name = "KEY", value_parser = repeat::check_key)]
+    pub idempotency_key: Option<String>,
 }
 
 /// Which field of the create request a link goes into.
@@ -138,10 +144,16 @@ fn link_texts<R: BufRead>(arguments: &[String], stdin: impl FnOnce() -> R) -> an
     Ok(texts)
 }
 
+/// The key of this `add`: the one given, or a fresh one.
+fn key_of(args: &AddArgs) -> String {
+    args.idempotency_key.clone().unwrap_or_else(repeat::new_key)
+}
+
 /// One task, with `POST /api/v1/tasks`.
 async fn add_one(api: &Api, args: &AddArgs, link: &Link) -> anyhow::Result<ExitCode> {
     let body = task_request(link, args)?;
-    let created = repeat::with_same_key(api, |key| {
+    let key = key_of(args);
+    let created = repeat::with_same_key(api, &key, |key| {
         api.client()
             .create_task()
             .idempotency_key(key)
@@ -154,7 +166,7 @@ async fn add_one(api: &Api, args: &AddArgs, link: &Link) -> anyhow::Result<ExitC
             out::line(created.into_inner().task_id)?;
             Ok(ExitCode::SUCCESS)
         }
-        Err(error) => Err(api.explain(error).await),
+        Err(gave_up) => Err(gave_up.explain(api, &key, "the task").await),
     }
 }
 
@@ -171,13 +183,15 @@ async fn add_many(api: &Api, args: &AddArgs, links: Vec<Link>) -> anyhow::Result
         .iter()
         .map(|task| serde_json::to_vec(task).map_or(0, |json| json.len()) + 1)
         .collect();
-    for range in batches(&sizes) {
+    let key = key_of(args);
+    for (index, range) in batches(&sizes).into_iter().enumerate() {
         let first = range.start;
+        let end = range.end;
         let batch = &links[range.clone()];
         let body = CreateTasksRequest {
             tasks: tasks[range].to_vec(),
         };
-        let answer = repeat::with_same_key(api, |key| {
+        let answer = repeat::with_same_key(api, &repeat::batch_key(&key, index), |key| {
             api.client()
                 .create_tasks()
                 .idempotency_key(key)
@@ -191,8 +205,10 @@ async fn add_many(api: &Api, args: &AddArgs, links: Vec<Link>) -> anyhow::Result
                     out::line(task.task_id)?;
                 }
             }
-            Err(error) => {
-                let message = name_the_link(&api.explain(error).await.to_string(), first, batch);
+            Err(gave_up) => {
+                let what = format!("the tasks of links {} to {end}", first + 1);
+                let message =
+                    name_the_link(&gave_up.explain(api, &key, &what).await.to_string(), first, batch);
                 if first == 0 {
                     bail!("{message}");
                 }
@@ -389,5 +405,62 @@ mod tests {
         assert!(Link::parse("example.com/a.zip").is_err());
         assert!(Link::parse("ftp://example.com/a.zip").is_err());
         assert!(Link::parse("https://").is_err());
+    }
+
+    /// `AddArgs` as clap reads `savestream add <arguments>`.
+    fn add_args(arguments: &[&str]) -> AddArgs {
+        #[derive(clap::Parser)]
+        struct Add {
+            #[command(flatten)]
+            args: AddArgs,
+        }
+        let arguments = std::iter::once("add").chain(arguments.iter().copied());
+        <Add as clap::Parser>::try_parse_from(arguments).unwrap().args
+    }
+
+    // Time is paused, so the 15 s of pauses between tries pass at once.
+    #[tokio::test(start_paused = true)]
+    async fn giving_up_after_a_lost_answer_says_the_task_may_have_been_created_and_gives_the_key() {
+        // Arrange: an API that reads the create and closes the connection
+        // without an answer (its fate unknown), then stops listening (every
+        // repeat is refused, as while an API restarts).
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let lost = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && socket.read(&mut byte).await.unwrap() == 1 {
+                head.push(byte[0]);
+            }
+            String::from_utf8_lossy(&head).to_lowercase()
+        });
+        let api = Api::new(&url, "").unwrap();
+        let args = add_args(&["https://example.com/a.bin", "--user", "1"]);
+
+        // Act
+        let error = add_one(&api, &args, &Link::Direct("https://example.com/a.bin".into()))
+            .await
+            .expect_err("no API answered")
+            .to_string();
+
+        // Assert: the last try was refused, and yet the message says the
+        // task may exist and gives the key the tries carried.
+        let head = lost.await.unwrap();
+        let key = head
+            .lines()
+            .find_map(|line| line.strip_prefix("idempotency-key: "))
+            .expect("the create carried a key")
+            .trim()
+            .to_owned();
+        assert!(error.starts_with("gave up after 5 tries"), "{error}");
+        assert!(error.contains("does not accept connections"), "{error}");
+        assert!(error.contains("the task may have been created"), "{error}");
+        assert!(
+            error.contains(&format!("run this command again with --idempotency-key {key},")),
+            "{error}"
+        );
+        assert!(!error.contains("is it running"), "{error}");
     }
 }

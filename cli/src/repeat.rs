@@ -1,11 +1,12 @@
 //! Repeating a create whose fate is unknown. A 503 from the API (Redis did
 //! not answer in time), a timeout or a connection lost mid-request all
 //! leave open whether the tasks were stored. `add` sends each request with
-//! an `Idempotency-Key` of its own and repeats it, with the same key, up to
-//! four more times, 1, 2, 4 and 8 s apart (15 s of pauses, long enough for
-//! Redis or the API to restart): a repeat of a create that was stored
-//! answers with the first task instead of making another, so nothing is
-//! created twice and nothing is lost.
+//! an `Idempotency-Key` of its own (or one derived from the user's
+//! `--idempotency-key`) and repeats it, with the same key, up to four more
+//! times, 1, 2, 4 and 8 s apart (15 s of pauses, long enough for Redis or
+//! the API to restart): a repeat of a create that was stored answers with
+//! the first task instead of making another, so nothing is created twice
+//! and nothing is lost.
 //!
 //! Each try may itself take up to the request timeout (`api.rs`) when the
 //! API does not answer, so `add` gives up between 15 s and about 2¾
@@ -14,7 +15,11 @@
 //! A request that never left (nothing listens) is not repeated when it is
 //! the first: its answer is certain, and the user should hear it at once.
 //! Once a try's fate is unknown, though, a refused connection is what an
-//! API restarting looks like, and it is repeated too.
+//! API restarting looks like, and it is repeated too. When `add` gives up
+//! after a try whose fate is unknown, its error says that the tasks may
+//! have been created, and gives the key: the same command with
+//! `--idempotency-key KEY` then answers with them rather than creating them
+//! twice.
 
 use std::future::Future;
 use std::time::Duration;
@@ -29,22 +34,91 @@ const PAUSES: [Duration; 4] = [
     Duration::from_secs(8),
 ];
 
-/// A fresh key for one request and its repeats.
+/// A fresh key for one `add` and its repeats.
 pub fn new_key() -> String {
     format!("savestream-add-{}", xid::new())
 }
 
+/// The longest `--idempotency-key`: the API takes 255 bytes, and the keys
+/// of a second and later batch add a suffix to it (`batch_key`).
+pub const MAX_KEY_LEN: usize = 200;
+
+/// The `--idempotency-key` given, checked as the API checks a key (1 to
+/// 255 printable ASCII characters, not blank), and shorter so that a
+/// batch's suffix fits.
+pub fn check_key(key: &str) -> Result<String, String> {
+    if key.trim_matches(' ').is_empty()
+        || key.len() > MAX_KEY_LEN
+        || !key.bytes().all(|byte| byte.is_ascii_graphic() || byte == b' ')
+    {
+        return Err(format!(
+            "an idempotency key is 1 to {MAX_KEY_LEN} printable ASCII characters: \
+             give the one a previous `savestream add` printed, or a UUID"
+        ));
+    }
+    Ok(key.to_owned())
+}
+
+/// The key of the `index`th batch request of an `add` whose key is `key`:
+/// the key itself for the first, so one link and one batch look alike, and
+/// `key/2`, `key/3`... after it. The same command with the same key splits
+/// the same links into the same batches, so each repeats its own.
+pub fn batch_key(key: &str, index: usize) -> String {
+    match index {
+        0 => key.to_owned(),
+        _ => format!("{key}/{}", index + 1),
+    }
+}
+
+/// A create that `add` gave up on: the error of its last try, how many
+/// tries there were, and whether any of them may have been stored.
+pub struct GaveUp {
+    pub error: ClientError,
+    pub tries: usize,
+    pub fate_unknown: bool,
+}
+
+impl GaveUp {
+    /// The error in one line. After a try whose fate is unknown it says
+    /// that `what` ("the task") may have been created all the same, and how
+    /// to find out without creating it twice: the same command with
+    /// `--idempotency-key key`.
+    pub async fn explain(self, api: &Api, key: &str, what: &str) -> anyhow::Error {
+        if !self.fate_unknown {
+            return api.explain(self.error).await;
+        }
+        let last = if is_connect(&self.error) {
+            // Not `explain`'s "is it running?": it was, a moment ago.
+            anyhow::anyhow!("the API at {} does not accept connections", api.base_url())
+        } else {
+            api.explain(self.error).await
+        };
+        unknown_fate(&last.to_string(), self.tries, key, what)
+    }
+}
+
+/// The error of an `add` that gave up after `tries` tries, the last failing
+/// with `last`, at least one of them with its fate unknown.
+fn unknown_fate(last: &str, tries: usize, key: &str, what: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "gave up after {tries} tries ({last}); an answer was lost on the way, so {what} may have been \
+         created all the same: once the API answers, run this command again with \
+         --idempotency-key {key}, which answers with what was created instead of creating it twice"
+    )
+}
+
 /// Sends `send(key)`, repeating it with the same key while its fate is
 /// unknown. Each repeat is announced on standard error.
-pub async fn with_same_key<T, F, Fut>(api: &Api, mut send: F) -> Result<T, ClientError>
+pub async fn with_same_key<T, F, Fut>(api: &Api, key: &str, mut send: F) -> Result<T, GaveUp>
 where
     F: FnMut(String) -> Fut,
     Fut: Future<Output = Result<T, ClientError>>,
 {
-    let key = new_key();
     let mut fate_unknown_before = false;
+    let mut tries = 0;
     for pause in PAUSES {
-        match send(key.clone()).await {
+        tries += 1;
+        match send(key.to_owned()).await {
             Err(error) if worth_repeating(&error, fate_unknown_before) => {
                 fate_unknown_before = true;
                 let why = if is_connect(&error) {
@@ -62,10 +136,23 @@ where
                 );
                 tokio::time::sleep(pause).await;
             }
-            answer => return answer,
+            Ok(answer) => return Ok(answer),
+            Err(error) => {
+                return Err(GaveUp {
+                    error,
+                    tries,
+                    fate_unknown: fate_unknown_before,
+                })
+            }
         }
     }
-    send(key).await
+    tries += 1;
+    send(key.to_owned()).await.map_err(|error| GaveUp {
+        // The last try's own fate counts too: a 503 or a lost answer.
+        fate_unknown: fate_unknown_before || fate_unknown(&error),
+        error,
+        tries,
+    })
 }
 
 /// Whether a failed create is sent again: when it may have been stored, or
@@ -107,6 +194,46 @@ mod tests {
         let error = reqwest::get(url).await.expect_err("nothing listens");
         assert!(error.is_connect(), "{error}");
         savestream_client::Error::CommunicationError(error)
+    }
+
+    #[test]
+    fn keys_are_checked_as_the_api_checks_them_and_batches_get_their_own() {
+        assert_eq!(
+            check_key("savestream-add-d4mq2nk0h9pc73b0qpag").unwrap(),
+            "savestream-add-d4mq2nk0h9pc73b0qpag"
+        );
+        for bad in [
+            "",
+            "   ",
+            "tab\there",
+            "new\nline",
+            "caf\u{e9}",
+            &"k".repeat(MAX_KEY_LEN + 1),
+        ] {
+            assert!(check_key(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(batch_key("k", 0), "k");
+        assert_eq!(batch_key("k", 1), "k/2");
+        assert!(batch_key(&"k".repeat(MAX_KEY_LEN), 999).len() <= 255);
+    }
+
+    #[test]
+    fn giving_up_after_an_unknown_fate_says_the_task_may_exist_and_gives_the_key() {
+        let message = unknown_fate(
+            "the API at http://127.0.0.1:9 does not accept connections",
+            5,
+            "savestream-add-d4mq2nk0h9pc73b0qpag",
+            "the task",
+        )
+        .to_string();
+        assert_eq!(
+            message,
+            "gave up after 5 tries (the API at http://127.0.0.1:9 does not accept connections); \
+             an answer was lost on the way, so the task may have been created all the same: \
+             once the API answers, run this command again with \
+             --idempotency-key savestream-add-d4mq2nk0h9pc73b0qpag, which answers with what was \
+             created instead of creating it twice"
+        );
     }
 
     #[tokio::test]

@@ -778,6 +778,53 @@ async fn add_rides_out_an_api_restart_after_a_lost_answer_and_creates_the_task_o
 }
 
 #[tokio::test]
+async fn add_with_the_same_idempotency_key_again_answers_with_the_first_tasks_instead_of_creating_more() {
+    // Arrange: what a user does after `add` gave up saying a task may have
+    // been created: the same command again, with the key it printed.
+    let app = spawn_app(0).await;
+    let user = TEST_USER.to_string();
+    let one = ["add", "https://example.com/once.bin", "--user", &user];
+    let many = [
+        "add",
+        "https://example.com/a.bin",
+        "https://example.com/b.bin",
+        "--user",
+        &user,
+    ];
+    let with_key = |args: &[&str], key: &str| {
+        let mut args: Vec<String> = args.iter().map(|arg| (*arg).to_owned()).collect();
+        args.extend(["--idempotency-key".to_owned(), key.to_owned()]);
+        args
+    };
+    let run = |args: Vec<String>| {
+        let app = &app;
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_with_flags(app, &args).await
+        }
+    };
+
+    // Act
+    let first = run(with_key(&one, "savestream-add-test-one")).await;
+    let again = run(with_key(&one, "savestream-add-test-one")).await;
+    let first_many = run(with_key(&many, "savestream-add-test-many")).await;
+    let again_many = run(with_key(&many, "savestream-add-test-many")).await;
+    let blank = run(with_key(&one, " ")).await;
+
+    // Assert: one task per link, whichever run created it.
+    let first = stdout(&first);
+    assert_eq!(first.trim().len(), 20, "{first}");
+    assert_eq!(stdout(&again), first);
+    let first_many = stdout(&first_many);
+    assert_eq!(first_many.lines().count(), 2, "{first_many}");
+    assert_eq!(stdout(&again_many), first_many);
+    assert_eq!(queued_total(&app).await, 3, "one task per link, not one per run");
+    assert_eq!(blank.status.code(), Some(2), "{}", explain(&blank));
+    let stderr = String::from_utf8_lossy(&blank.stderr);
+    assert!(stderr.contains("--idempotency-key"), "{stderr}");
+}
+
+#[tokio::test]
 async fn ls_says_when_the_limit_cut_the_list_short() {
     let app = spawn_app(0).await;
     let user = TEST_USER.to_string();
