@@ -129,7 +129,11 @@ impl Api {
                 self.base_url
             );
         }
-        anyhow!("lost the connection to the API at {} ({error})", self.base_url)
+        anyhow!(
+            "lost the connection to the API at {} ({})",
+            self.base_url,
+            causes(error)
+        )
     }
 
     /// A connection that could not be made. Only a refused one means
@@ -316,5 +320,35 @@ mod tests {
         }
         assert!(Api::new(DEFAULT_URL, " secret\r").unwrap().token_sent);
         assert!(!Api::new(DEFAULT_URL, "\r\n").unwrap().token_sent);
+    }
+
+    #[tokio::test]
+    async fn a_connection_lost_mid_request_names_its_cause() {
+        // An API that reads the request and closes without an answer.
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && socket.read(&mut byte).await.unwrap() == 1 {
+                head.push(byte[0]);
+            }
+        });
+        let api = Api::new(&url, "").unwrap();
+
+        let error = api.client().list_workers().send().await.expect_err("no answer");
+        let message = api.explain(error).await.to_string();
+
+        assert!(
+            message.starts_with(&format!("lost the connection to the API at {url} (")),
+            "{message}"
+        );
+        assert!(!message.contains("error sending request"), "{message}");
+        assert!(
+            message.contains("closed") || message.contains("reset"),
+            "{message}"
+        );
     }
 }
