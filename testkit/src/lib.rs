@@ -134,7 +134,9 @@ fn wait_until_ready(child: &mut Child, port: u16, timeout: Duration) -> bool {
     false
 }
 
-/// Sends an inline `PING` and reports whether `+PONG` came back.
+/// Sends an inline `PING` and reports whether Redis answered it: `+PONG`,
+/// or `-NOAUTH` from a server started with `--requirepass` (it answers, it
+/// only wants a password first).
 fn ping(port: u16) -> bool {
     use std::io::{Read, Write};
     let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
@@ -145,7 +147,7 @@ fn ping(port: u16) -> bool {
         return false;
     }
     let mut reply = [0u8; 7];
-    stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+    stream.read_exact(&mut reply).is_ok() && (&reply == b"+PONG\r\n" || &reply == b"-NOAUTH")
 }
 
 /// Polls `check` until it returns `Some`, or panics naming `what` after
@@ -188,4 +190,22 @@ pub fn target_bin_dir() -> PathBuf {
         .and_then(Path::parent)
         .expect("test binaries live in target/<profile>/deps")
         .to_path_buf()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_redis_that_wants_a_password_starts_and_refuses_commands_without_it() {
+        let redis = RedisServer::start_with(&["--requirepass", "a-test-password"]);
+
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", redis.port())).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        stream.write_all(b"GET x\r\n").unwrap();
+        let mut reply = [0u8; 7];
+        stream.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"-NOAUTH");
+    }
 }
