@@ -10,19 +10,27 @@
 //! after the lease, as after a crash.
 
 use std::future::Future;
+use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// How long beyond its block time a call is waited for after shutdown. A
+/// Redis that answers is far quicker; one that does not would hold the
+/// exit for the call's command timeout.
+pub const ANSWER_MARGIN: Duration = Duration::from_secs(1);
+
 /// Runs `call` to its end, unless `shutdown` has come and `call` has not
-/// ended by `answer_by` (the latest a Redis that answers would have: for a
-/// blocked read, its start plus the block time plus a margin): then `None`.
-/// Without shutdown, `call` runs as long as it takes.
+/// ended by the latest a Redis that answers would have answered it: `block`
+/// (the time a blocking read may wait for news; zero for any other call)
+/// and [`ANSWER_MARGIN`] after it began. Then `None`. Without shutdown,
+/// `call` runs as long as it takes.
 pub async fn unless_stuck<T>(
     call: impl Future<Output = T>,
     shutdown: &CancellationToken,
-    answer_by: Instant,
+    block: Duration,
 ) -> Option<T> {
+    let answer_by = Instant::now() + block + ANSWER_MARGIN;
     tokio::select! {
         biased;
         done = call => Some(done),
@@ -35,20 +43,18 @@ pub async fn unless_stuck<T>(
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[tokio::test(start_paused = true)]
     async fn a_call_that_ends_by_its_time_after_shutdown_is_kept() {
         let shutdown = CancellationToken::new();
         shutdown.cancel();
-        let answer_by = Instant::now() + Duration::from_secs(1);
+        // Its time: the margin (1 s) after it began.
         let call = async {
             tokio::time::sleep(Duration::from_millis(900)).await;
             7
         };
-        assert_eq!(unless_stuck(call, &shutdown, answer_by).await, Some(7));
+        assert_eq!(unless_stuck(call, &shutdown, Duration::ZERO).await, Some(7));
     }
 
     #[tokio::test(start_paused = true)]
@@ -61,11 +67,9 @@ mod tests {
         });
         let started = Instant::now();
         let call = std::future::pending::<()>();
-        // Its time passed before shutdown: it is left at shutdown.
-        assert_eq!(
-            unless_stuck(call, &shutdown, started + Duration::from_secs(1)).await,
-            None
-        );
+        // Its time (the margin, 1 s) passed before shutdown: it is left
+        // at shutdown.
+        assert_eq!(unless_stuck(call, &shutdown, Duration::ZERO).await, None);
         assert_eq!(started.elapsed(), Duration::from_secs(3));
     }
 
@@ -75,10 +79,8 @@ mod tests {
         shutdown.cancel();
         let started = Instant::now();
         let call = std::future::pending::<()>();
-        assert_eq!(
-            unless_stuck(call, &shutdown, started + Duration::from_secs(2)).await,
-            None
-        );
+        // Its time: a block of 1 s and the margin.
+        assert_eq!(unless_stuck(call, &shutdown, Duration::from_secs(1)).await, None);
         assert_eq!(started.elapsed(), Duration::from_secs(2));
     }
 
@@ -89,7 +91,6 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(3600)).await;
             "done"
         };
-        let answer_by = Instant::now() + Duration::from_secs(1);
-        assert_eq!(unless_stuck(call, &shutdown, answer_by).await, Some("done"));
+        assert_eq!(unless_stuck(call, &shutdown, Duration::ZERO).await, Some("done"));
     }
 }

@@ -368,8 +368,7 @@ impl Dispatcher {
                 self.ingest(reader, self.inner.options.idle_poll).await
             };
             // A blocked read returns within `idle_poll` when Redis answers.
-            let answer_by = tokio::time::Instant::now() + self.inner.options.idle_poll + ANSWER_MARGIN;
-            let Some(result) = unless_stuck(step, shutdown, answer_by).await else {
+            let Some(result) = unless_stuck(step, shutdown, self.inner.options.idle_poll).await else {
                 debug!("redis did not answer the event read during shutdown: leaving it to the lease");
                 break;
             };
@@ -410,8 +409,7 @@ impl Dispatcher {
                 .inner
                 .store
                 .claim_webhooks(&self.inner.consumer, permits.len(), options.lease);
-            let answer_by = tokio::time::Instant::now() + ANSWER_MARGIN;
-            let Some(claim) = unless_stuck(claim, shutdown, answer_by).await else {
+            let Some(claim) = unless_stuck(claim, shutdown, Duration::ZERO).await else {
                 debug!("redis did not answer the claim during shutdown: leaving it to the lease");
                 break;
             };
@@ -430,8 +428,8 @@ impl Dispatcher {
             };
             if claimed.is_empty() {
                 drop(permits);
-                let answer_by = tokio::time::Instant::now() + ANSWER_MARGIN;
-                let Some(sleep) = unless_stuck(self.time_to_next_due(), shutdown, answer_by).await else {
+                let Some(sleep) = unless_stuck(self.time_to_next_due(), shutdown, Duration::ZERO).await
+                else {
                     break;
                 };
                 tokio::select! {
@@ -581,11 +579,6 @@ fn is_terminal(kind: &EventKind) -> bool {
         EventKind::Completed { .. } | EventKind::Failed { .. } | EventKind::Canceled
     )
 }
-
-/// How long a Redis call of the dispatcher's own (beyond a read's block
-/// time) is waited for after shutdown before the dispatcher stops without
-/// its answer: see [`unless_stuck`].
-const ANSWER_MARGIN: Duration = Duration::from_secs(1);
 
 /// Waits `delay` or until shutdown, whichever comes first.
 async fn pause(delay: Duration, shutdown: &CancellationToken) {

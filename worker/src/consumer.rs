@@ -33,11 +33,6 @@ use crate::source::shown_link;
 /// reaper runs on an idle worker and how long shutdown waits for the read.
 pub const BLOCK: Duration = Duration::from_secs(2);
 
-/// How long beyond [`BLOCK`] a read is waited for after shutdown before
-/// the loop stops without its answer: only a Redis that does not answer
-/// takes longer (see `savestream_shared::shutdown`).
-const ANSWER_MARGIN: Duration = Duration::from_secs(1);
-
 /// Runs the intake loop until `intake` is canceled. Items already read
 /// when it is are still run (the shutdown grace period covers them).
 pub async fn run(
@@ -76,8 +71,7 @@ pub async fn run(
         }
 
         let read = reader.read_jobs(&context.consumer, permits.len(), BLOCK);
-        let answer_by = tokio::time::Instant::now() + BLOCK + ANSWER_MARGIN;
-        let Some(read) = unless_stuck(read, &intake, answer_by).await else {
+        let Some(read) = unless_stuck(read, &intake, BLOCK).await else {
             debug!("redis did not answer the read of work items during shutdown: leaving it to the lease");
             break;
         };

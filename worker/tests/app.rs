@@ -13,6 +13,7 @@ use std::time::Duration;
 use fred::prelude::*;
 use savestream_shared::config::{Config, QueueConfig, RedisConfig};
 use savestream_shared::event::EventKind;
+use savestream_shared::shutdown::ANSWER_MARGIN;
 use savestream_shared::store::queue::RetryKind;
 use savestream_shared::store::{NewTask, Store, TaskRecord};
 use savestream_shared::task::{SourceKind, TaskId, TaskStatus};
@@ -914,7 +915,7 @@ async fn a_worker_told_to_stop_while_redis_does_not_answer_exits_in_seconds_not_
     // margin), then for the background loops and for leaving the registry
     // (a second each). It took 16.7 s when every call waited for its
     // timeout in turn.
-    let bound = BLOCK + Duration::from_secs(1) + 2 * BACKGROUND_WAIT + Duration::from_secs(1);
+    let bound = BLOCK + ANSWER_MARGIN + 2 * BACKGROUND_WAIT + Duration::from_secs(1);
     assert!(
         took < bound,
         "the worker took {took:?} to stop while Redis did not answer (bound {bound:?})"
@@ -955,7 +956,7 @@ async fn attempts_that_cannot_release_their_tasks_are_abandoned_after_the_releas
         Err(RunError::Abandoned { attempts }) => assert_eq!(attempts, 1),
         other => panic!("expected the attempt to be abandoned, got {other:?}"),
     }
-    let bound = Duration::from_secs(1) + RELEASE_WAIT + BLOCK + Duration::from_secs(1) + 2 * BACKGROUND_WAIT;
+    let bound = Duration::from_secs(1) + RELEASE_WAIT + BLOCK + ANSWER_MARGIN + 2 * BACKGROUND_WAIT;
     assert!(took < bound, "the worker took {took:?} to stop (bound {bound:?})");
     // And nothing is lost: Redis runs the release it was sent once it
     // answers again, or, had the release not reached it, the work item is
