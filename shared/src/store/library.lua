@@ -290,19 +290,17 @@ local function resolve(keys, args)
     return refused
   end
   local at = now_text()
-  local validator = args[7]
-  local log
-  if validator and validator ~= '' then
-    log = logged(state[4], append_event(keys, task_id, 'resolved', at,
-      'attempt', attempt, 'file', args[3], 'size', args[4], 'path', args[5], 'title', args[6],
-      'validator', validator))
-    redis.call('HSET', keys[1], 'file', args[3], 'size', args[4], 'path', args[5], 'title', args[6], 'updated', at,
-      'validator', validator, 'log', log)
-  else
-    log = logged(state[4], append_event(keys, task_id, 'resolved', at,
-      'attempt', attempt, 'file', args[3], 'size', args[4], 'path', args[5], 'title', args[6]))
-    redis.call('HSET', keys[1], 'file', args[3], 'size', args[4], 'path', args[5], 'title', args[6], 'updated', at,
-      'log', log)
+  -- The validator's field-value pair, or nothing: unpacked last, an empty
+  -- table adds no argument.
+  local validator = {}
+  if args[7] and args[7] ~= '' then
+    validator = { 'validator', args[7] }
+  end
+  local event = append_event(keys, task_id, 'resolved', at,
+    'attempt', attempt, 'file', args[3], 'size', args[4], 'path', args[5], 'title', args[6], unpack(validator))
+  redis.call('HSET', keys[1], 'file', args[3], 'size', args[4], 'path', args[5], 'title', args[6], 'updated', at,
+    'log', logged(state[4], event), unpack(validator))
+  if #validator == 0 then
     redis.call('HDEL', keys[1], 'validator')
   end
   return 'OK'
