@@ -24,6 +24,8 @@
 use std::future::Future;
 use std::time::Duration;
 
+use savestream_shared::store::is_idempotency_key;
+
 use crate::api::{Api, ClientError};
 
 /// The pauses before each repeat.
@@ -47,10 +49,7 @@ pub const MAX_KEY_LEN: usize = 200;
 /// 255 printable ASCII characters, not blank), and shorter so that a
 /// batch's suffix fits.
 pub fn check_key(key: &str) -> Result<String, String> {
-    if key.trim_matches(' ').is_empty()
-        || key.len() > MAX_KEY_LEN
-        || !key.bytes().all(|byte| byte.is_ascii_graphic() || byte == b' ')
-    {
+    if !is_idempotency_key(key, MAX_KEY_LEN) {
         return Err(format!(
             "an idempotency key is 1 to {MAX_KEY_LEN} printable ASCII characters: \
              give the one a previous `savestream add` printed, or a UUID"

@@ -11,6 +11,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::registry::{MetaMediaType, MetaRequest, Registry};
 use poem_openapi::types::Type;
 use poem_openapi::{ApiExtractor, ApiExtractorType, ApiResponse, ExtractParamOptions, OpenApi};
+use savestream_shared::store::is_idempotency_key;
 
 use crate::auth::Authorized;
 use crate::error::{ApiError, ErrorSet, Failure};
@@ -317,13 +318,7 @@ fn idempotency_key_of(header: Header<Option<String>>, request: &Request) -> Resu
 fn check_idempotency_key(key: Option<String>) -> Result<Option<String>, ApiError> {
     match key {
         None => Ok(None),
-        Some(key)
-            if !key.trim_matches(' ').is_empty()
-                && key.len() <= MAX_IDEMPOTENCY_KEY_LEN
-                && key.bytes().all(|b| b.is_ascii_graphic() || b == b' ') =>
-        {
-            Ok(Some(key))
-        }
+        Some(key) if is_idempotency_key(&key, MAX_IDEMPOTENCY_KEY_LEN) => Ok(Some(key)),
         Some(_) => Err(invalid_idempotency_key()),
     }
 }

@@ -37,6 +37,17 @@ const LIBRARY_SOURCE: &str = include_str!("library.lua");
 /// How long an `Idempotency-Key` keeps returning the task it created.
 pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// Whether `key` can be an idempotency key that a repeat matches: 1 to
+/// `max_len` printable ASCII characters, spaces allowed inside but not only
+/// spaces (HTTP parsers trim those to nothing). The API (up to 255) and
+/// `savestream add --idempotency-key` (shorter, for batch suffixes) both
+/// check with it.
+pub fn is_idempotency_key(key: &str, max_len: usize) -> bool {
+    !key.trim_matches(' ').is_empty()
+        && key.len() <= max_len
+        && key.bytes().all(|byte| byte.is_ascii_graphic() || byte == b' ')
+}
+
 /// A task to create, validated by the caller.
 #[derive(Clone, Debug)]
 pub struct NewTask {
