@@ -1105,10 +1105,17 @@ mod tests {
         assert_eq!(on_disk(&storage), vec!["big.bin"]);
     }
 
-    #[tokio::test]
-    async fn a_taken_over_attempt_that_writes_late_writes_at_its_own_offsets_not_after_the_new_holders() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = storage(&dir);
+    /// Task `owner`'s `f.bin`: an attempt (`old`) wrote 1000 bytes of `a` to
+    /// its partial file, then a second attempt (`new`) opened the same one,
+    /// as a takeover does while the first is frozen.
+    struct TakenOver {
+        owner: TaskId,
+        path: StoragePath,
+        old: Box<dyn PartialFile>,
+        new: Box<dyn PartialFile>,
+    }
+
+    async fn taken_over(storage: &LocalStorage) -> TakenOver {
         let owner = task();
         let path = storage
             .reserve(&owner, &storage_dir("/"), &name("f.bin"), &[])
@@ -1117,8 +1124,21 @@ mod tests {
         let mut old = storage.open(&owner, &path).await.unwrap();
         old.write(Bytes::from(vec![b'a'; 1000])).await.unwrap();
         old.flush().await.unwrap();
+        let new = storage.open(&owner, &path).await.unwrap();
+        TakenOver {
+            owner,
+            path,
+            old,
+            new,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_taken_over_attempt_that_writes_late_writes_at_its_own_offsets_not_after_the_new_holders() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = storage(&dir);
         // The task is taken over while the old attempt is frozen ...
-        let mut new = storage.open(&owner, &path).await.unwrap();
+        let TakenOver { mut old, mut new, .. } = taken_over(&storage).await;
         assert_eq!(new.len(), 1000);
         // ... which then wakes up and writes what it had queued.
         old.write(Bytes::from(vec![b'b'; 500])).await.unwrap();
@@ -1138,15 +1158,12 @@ mod tests {
     async fn a_partial_file_that_ends_past_what_its_writer_wrote_is_discarded_not_finished() {
         let dir = tempfile::tempdir().unwrap();
         let storage = storage(&dir);
-        let owner = task();
-        let path = storage
-            .reserve(&owner, &storage_dir("/"), &name("f.bin"), &[])
-            .await
-            .unwrap();
-        let mut old = storage.open(&owner, &path).await.unwrap();
-        old.write(Bytes::from(vec![b'a'; 1000])).await.unwrap();
-        old.flush().await.unwrap();
-        let mut new = storage.open(&owner, &path).await.unwrap();
+        let TakenOver {
+            owner,
+            path,
+            mut old,
+            mut new,
+        } = taken_over(&storage).await;
         // The old attempt, taken over while frozen, gets further than the
         // new one ends.
         old.write(Bytes::from(vec![b'a'; 800])).await.unwrap();
