@@ -11,6 +11,7 @@ use fred::prelude::*;
 use savestream_shared::config::{QueueConfig, RedisConfig};
 use savestream_shared::event::EventKind;
 use savestream_shared::store::queue::RetryKind;
+use savestream_shared::store::webhooks::{ClaimedWebhook, TaskWebhook, WebhookResult, WebhookState};
 use savestream_shared::store::{Lease, NewTask, Progress, RetryOutcome, Store, StoreError};
 use savestream_shared::task::{SourceKind, TaskId, TaskStatus};
 use savestream_shared::title;
@@ -130,6 +131,41 @@ impl Harness {
         let events = self.store.events(task_id).await.unwrap();
         let event = events.iter().find(|logged| logged.event.kind.name() == name);
         event.expect("the task has such an event").id.clone()
+    }
+
+    /// Records the delivery of the task's `completed` event, as the
+    /// dispatcher does, and returns its webhook id.
+    async fn enqueue_webhook_of(&self, task_id: &TaskId) -> String {
+        let event_id = self.event_id(task_id, "completed").await;
+        let webhook_id = format!("msg_{event_id}");
+        let recorded = self
+            .store
+            .enqueue_webhook(&event_id, &webhook_id, task_id, "{}", Duration::from_secs(86_400))
+            .await
+            .unwrap();
+        assert!(recorded);
+        webhook_id
+    }
+
+    /// Claims the one delivery due, which must be `webhook_id`'s.
+    async fn claim_webhook(&self, webhook_id: &str) -> ClaimedWebhook {
+        let claimed = self
+            .store
+            .claim_webhooks("dispatcher", 1, Duration::from_secs(30))
+            .await
+            .unwrap();
+        let claimed = claimed.into_iter().next().expect("a delivery is due");
+        assert_eq!(claimed.webhook_id, webhook_id);
+        claimed
+    }
+
+    /// Claims `webhook_id`'s try and records `result` with `status`.
+    async fn try_webhook(&self, webhook_id: &str, result: WebhookResult, status: u16) {
+        let claimed = self.claim_webhook(webhook_id).await;
+        self.store
+            .record_webhook(&claimed, "dispatcher", result, Some(status), "")
+            .await
+            .unwrap();
     }
 
     /// Lets the log's nodes hold `entries` each: `XTRIM MINID ~` drops only
@@ -1245,6 +1281,129 @@ async fn a_rebuild_gives_a_task_waiting_out_a_retry_no_spent_work_item() {
         job, "",
         "its spent item was acknowledged: no worker will be handed it again"
     );
+}
+
+#[tokio::test]
+async fn a_rebuild_restores_each_task_s_webhook_summary_from_its_delivery_record() {
+    let harness = Harness::start().await;
+    harness.store.ensure_webhooks_group().await.unwrap();
+    let delivered = harness.run_to_completion().await;
+    let gone = harness.run_to_completion().await;
+    let retrying = harness.run_to_completion().await;
+    let untried = harness.run_to_completion().await;
+    let queued = harness.create().await;
+    let delivered_id = harness.enqueue_webhook_of(&delivered).await;
+    harness
+        .try_webhook(&delivered_id, WebhookResult::Delivered, 200)
+        .await;
+    let gone_id = harness.enqueue_webhook_of(&gone).await;
+    harness.try_webhook(&gone_id, WebhookResult::Gone, 410).await;
+    let retrying_id = harness.enqueue_webhook_of(&retrying).await;
+    let retry = WebhookResult::Retry {
+        delay: Duration::ZERO,
+    };
+    harness.try_webhook(&retrying_id, retry, 503).await;
+    // Its second try is claimed and not yet recorded: the task shows one.
+    let second_try = harness.claim_webhook(&retrying_id).await;
+    let untried_id = harness.enqueue_webhook_of(&untried).await;
+    let tasks = [&delivered, &gone, &retrying, &untried, &queued];
+    let summaries = || async {
+        let mut summaries = Vec::new();
+        for task_id in tasks {
+            summaries.push(harness.store.task_webhook(task_id).await.unwrap());
+        }
+        summaries
+    };
+    let summary = |webhook_id: &str, state, attempts, last_status| {
+        Some(TaskWebhook {
+            webhook_id: webhook_id.to_owned(),
+            state,
+            attempts,
+            last_status,
+        })
+    };
+    let before = summaries().await;
+    assert_eq!(
+        before,
+        vec![
+            summary(&delivered_id, WebhookState::Delivered, 1, Some(200)),
+            summary(&gone_id, WebhookState::GaveUp, 1, Some(410)),
+            summary(&retrying_id, WebhookState::Retrying, 1, Some(503)),
+            summary(&untried_id, WebhookState::Pending, 0, None),
+            None,
+        ]
+    );
+    let live = harness.store.projection().await.unwrap();
+
+    // Lose the projection: every task hash and the sorted sets.
+    let raw = harness.raw().await;
+    for task_id in live.keys() {
+        let _: i64 = raw.del(harness.store.keys().task(task_id)).await.unwrap();
+    }
+    let _: i64 = raw
+        .del(vec![
+            harness.store.keys().queued(),
+            harness.store.keys().running(),
+            harness.store.keys().delayed(),
+        ])
+        .await
+        .unwrap();
+    let report = harness.store.rebuild().await.unwrap();
+
+    assert_eq!(report.tasks, 5);
+    assert_eq!(harness.store.projection().await.unwrap(), live);
+    assert_eq!(summaries().await, before);
+    // The claimed try's result reaches a hash that names its delivery.
+    harness
+        .store
+        .record_webhook(&second_try, "dispatcher", WebhookResult::Delivered, Some(204), "")
+        .await
+        .unwrap();
+    assert_eq!(
+        harness.store.task_webhook(&retrying).await.unwrap(),
+        summary(&retrying_id, WebhookState::Delivered, 2, Some(204))
+    );
+}
+
+#[tokio::test]
+async fn a_rebuild_keeps_the_progress_of_the_hash_it_replaces() {
+    let harness = Harness::start().await;
+    let ended = harness.create().await;
+    let lease = harness.start_next().await;
+    let final_count = Progress {
+        downloaded_bytes: 10,
+        total_bytes: Some(10),
+        bytes_per_second: 0,
+    };
+    harness.store.progress(&lease, &final_count).await.unwrap();
+    harness.store.complete(&lease, Some(10), "/f").await.unwrap();
+    let running = harness.create().await;
+    let lease = harness.start_next().await;
+    let midway = Progress {
+        downloaded_bytes: 5,
+        total_bytes: None,
+        bytes_per_second: 100,
+    };
+    harness.store.progress(&lease, &midway).await.unwrap();
+    let progress = |task_id: &TaskId| {
+        let task_id = task_id.clone();
+        let store = &harness.store;
+        async move { store.get(&task_id).await.unwrap().unwrap().progress }
+    };
+
+    harness.store.rebuild().await.unwrap();
+
+    assert_eq!(progress(&ended).await, final_count);
+    assert_eq!(progress(&running).await, midway);
+    // Progress is on no event: a lost hash's is gone, until the worker's
+    // next write.
+    let raw = harness.raw().await;
+    let _: i64 = raw.del(harness.store.keys().task(&running)).await.unwrap();
+    harness.store.rebuild().await.unwrap();
+    assert_eq!(progress(&running).await, Progress::default());
+    assert_eq!(harness.status(&running).await, TaskStatus::Running);
+    harness.store.progress(&lease, &midway).await.unwrap();
+    assert_eq!(progress(&running).await, midway);
 }
 
 #[tokio::test]

@@ -5,6 +5,18 @@
 //! from scratch (after a projection was lost or damaged, with no process
 //! writing), and [`Store::fold_log`] / [`Store::projection`] let a test
 //! prove that the live projection equals the fold.
+//!
+//! Two groups of a task hash's fields come from no event, and a rebuild
+//! takes each from where it still lives:
+//! - the webhook summary (`webhook_id`, `webhook_state`, `webhook_attempts`,
+//!   `webhook_last_status`), a copy the dispatcher's calls keep of the
+//!   task's delivery record (`{p}:webhook:<id>`): it is recomputed from
+//!   that record, which outlives the task's hash (it expires a retention
+//!   period after its final result, which comes after the task's end);
+//! - progress (`done`, `total`, `bps`), which is not an event by design:
+//!   it is kept from the hash being replaced. A hash that was lost had the
+//!   only copy; its task shows no progress until its worker's next write
+//!   (a running task), or never again (an ended one).
 
 use std::collections::{HashMap, HashSet};
 
@@ -14,6 +26,7 @@ use fred::types::Value;
 use futures::TryStreamExt;
 
 use super::groups::StreamId;
+use super::webhooks::WebhookState;
 use super::{now_ms, request_field, stream_entries, task_from_hash, Store, StoreError};
 use crate::event::EventKind;
 use crate::keys::WORKERS_GROUP;
@@ -96,20 +109,8 @@ impl Store {
     /// Every task hash in the projection.
     pub async fn projection(&self) -> Result<HashMap<TaskId, Task>, StoreError> {
         let prefix = self.keys().task_prefix();
-        let pattern = format!("{}*", prefix.replace('{', "\\{").replace('}', "\\}"));
-        let mut keys = Vec::new();
-        let mut scan = self.client().scan(pattern, Some(1000), None);
-        while let Some(mut page) = scan.try_next().await? {
-            keys.extend(
-                page.take_results()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(|key| key.into_string()),
-            );
-            page.next();
-        }
         let mut tasks = HashMap::new();
-        for key in keys {
+        for key in self.keys_under(&prefix).await? {
             let Some(task_id) = key
                 .strip_prefix(&prefix)
                 .and_then(|rest| TaskId::parse(rest).ok())
@@ -125,13 +126,17 @@ impl Store {
     /// Rewrites the projection (task hashes, `queued`, `running`,
     /// `delayed`) from the log. Run it with no process writing. A task
     /// whose history was trimmed at its start keeps its hash as it is; if
-    /// that hash says it is queued or running, it is indexed again.
+    /// that hash says it is queued or running, it is indexed again. The
+    /// fields no event carries come from where they live (see the module's
+    /// docs): the webhook summary from the delivery records, progress from
+    /// the hash being replaced, when there is one.
     pub async fn rebuild(&self) -> Result<RebuildReport, StoreError> {
         let FoldedLog {
             tasks: folded,
             truncated,
         } = self.fold_log().await?;
         let jobs = self.live_jobs().await?;
+        let mut webhooks = self.task_webhook_fields().await?;
         let keys = self.keys().clone();
         let retention_ms = self.retention().as_millis() as i64;
         let now = now_ms();
@@ -156,6 +161,10 @@ impl Store {
         ) in folded
         {
             let hash_key = keys.task(&task_id);
+            // Progress is on no event: the hash being replaced holds the
+            // only copy, if it is still there.
+            let progress: Vec<Option<String>> =
+                self.client().hmget(&hash_key, PROGRESS_FIELDS.to_vec()).await?;
             let _: i64 = self.client().del(&hash_key).await?;
             if task.status.is_terminal() && task.ended_at.unwrap_or(0) + retention_ms <= now {
                 report.expired += 1;
@@ -164,6 +173,15 @@ impl Store {
             let mut fields = task_to_hash(&task);
             fields.push(("job", jobs.get(&task_id).cloned().unwrap_or_default()));
             fields.push(("log", event_ids.join(" ")));
+            fields.extend(
+                PROGRESS_FIELDS
+                    .into_iter()
+                    .zip(progress)
+                    .filter_map(|(name, value)| value.map(|value| (name, value))),
+            );
+            if let Some(webhook) = webhooks.remove(&task_id) {
+                fields.extend(webhook.fields);
+            }
             let _: () = self.client().hset(&hash_key, fields).await?;
             if task.status.is_terminal() {
                 let expire_at = task.ended_at.unwrap_or(now) + retention_ms;
@@ -188,6 +206,84 @@ impl Store {
             }
         }
         Ok(report)
+    }
+
+    /// The keys that begin with `prefix` (a literal, not a pattern).
+    async fn keys_under(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let pattern = format!("{}*", prefix.replace('{', "\\{").replace('}', "\\}"));
+        let mut keys = Vec::new();
+        let mut scan = self.client().scan(pattern, Some(1000), None);
+        while let Some(mut page) = scan.try_next().await? {
+            keys.extend(
+                page.take_results()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|key| key.into_string()),
+            );
+            page.next();
+        }
+        Ok(keys)
+    }
+
+    /// The `webhook_*` fields of each task with a delivery record, as the
+    /// webhook functions of the library would have left them in its hash.
+    ///
+    /// A delivery counts a try when it is claimed, the task's hash when its
+    /// result is recorded, so a try claimed and not yet recorded is left
+    /// out. The record cannot tell one case apart: a dispatcher that died
+    /// holding a claim. While a later claim of the same delivery is still
+    /// unrecorded, the dead claim counts here and not in the live hash;
+    /// once the later claim records its try (numbered past both), they agree.
+    async fn task_webhook_fields(&self) -> Result<HashMap<TaskId, TaskWebhookFields>, StoreError> {
+        let prefix = self.keys().webhook_prefix();
+        let mut found: HashMap<TaskId, TaskWebhookFields> = HashMap::new();
+        for key in self.keys_under(&prefix).await? {
+            let Some(webhook_id) = key.strip_prefix(&prefix) else {
+                continue;
+            };
+            let values: Vec<Option<String>> = self
+                .client()
+                .hmget(
+                    &key,
+                    vec![
+                        "task",
+                        "status",
+                        "attempts",
+                        "claimed_by",
+                        "last_status",
+                        "created",
+                    ],
+                )
+                .await?;
+            let field = |index: usize| values.get(index).cloned().flatten().unwrap_or_default();
+            let corrupt = |what: &str| StoreError::Corrupt(format!("webhook {webhook_id}: {what}"));
+            let task_id = TaskId::parse(&field(0)).map_err(|error| corrupt(&error.to_string()))?;
+            let state = WebhookState::parse(&field(1)).ok_or_else(|| corrupt("unknown status"))?;
+            let claimed: u32 = field(2)
+                .parse()
+                .map_err(|_| corrupt("field `attempts` is not a number"))?;
+            let in_flight = u32::from(!field(3).is_empty());
+            let created: i64 = field(5).parse().unwrap_or(0);
+            // A task has one terminal event and so one delivery; should it
+            // have more, the newest is the one its hash names (its enqueue
+            // wrote last).
+            if found.get(&task_id).is_some_and(|other| other.created > created) {
+                continue;
+            }
+            // The task's fields show a 410 as gave up (see `TaskWebhook`).
+            let state = match state {
+                WebhookState::Gone => WebhookState::GaveUp,
+                state => state,
+            };
+            let fields = vec![
+                ("webhook_id", webhook_id.to_owned()),
+                ("webhook_state", state.as_str().to_owned()),
+                ("webhook_attempts", claimed.saturating_sub(in_flight).to_string()),
+                ("webhook_last_status", field(4)),
+            ];
+            found.insert(task_id, TaskWebhookFields { created, fields });
+        }
+        Ok(found)
     }
 
     /// Puts a queued or running task into `queued` / `running`, and a
@@ -264,6 +360,15 @@ impl Store {
         }
         Ok(jobs)
     }
+}
+
+/// The fields of a task hash that the progress function writes.
+const PROGRESS_FIELDS: [&str; 3] = ["done", "total", "bps"];
+
+/// A task's `webhook_*` fields, from the delivery record made `created`.
+struct TaskWebhookFields {
+    created: i64,
+    fields: Vec<(&'static str, String)>,
 }
 
 /// The projection hash of a task, field for field as the library writes it.
