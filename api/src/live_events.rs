@@ -27,6 +27,7 @@ use fred::types::streams::XReadResponse;
 use futures::stream::{self, BoxStream, StreamExt};
 use savestream_shared::event::TaskEvent;
 use savestream_shared::store::LoggedEvent;
+use savestream_shared::stream_id::StreamId;
 use savestream_shared::task::TaskId;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
@@ -212,14 +213,10 @@ impl Drop for LogTail {
     }
 }
 
-/// Whether stream id `id` comes after `seen` (`<ms>-<seq>` ids, compared as
-/// numbers). An unreadable `seen` is ignored: everything comes after it.
+/// Whether stream id `id` comes after `seen`. An unreadable `seen` is
+/// ignored: everything comes after it.
 fn stream_id_after(id: &str, seen: &str) -> bool {
-    fn parts(id: &str) -> Option<(u64, u64)> {
-        let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-        Some((ms.trim().parse().ok()?, seq.trim().parse().ok()?))
-    }
-    match (parts(id), parts(seen)) {
+    match (StreamId::parse(id), StreamId::parse(seen.trim())) {
         (Some(id), Some(seen)) => id > seen,
         _ => true,
     }

@@ -11,6 +11,7 @@
 //! - [`event`]: `TaskEvent` and its wire form on the `events` stream.
 //! - [`keys`]: every Redis key name, under one hash tag.
 //! - [`store`]: `Store`, the door to Redis; `store/library.lua` holds every transition.
+//! - [`stream_id`]: stream entry ids, compared as Redis orders them.
 //! - [`title`]: task titles in SaveAny-Bot's `[tgfiles](file->storage:/path)` form.
 //! - [`telemetry`]: tracing set-up shared by both binaries (`--log-format human|json`).
 
@@ -21,6 +22,7 @@ pub mod keys;
 pub mod link;
 pub mod shutdown;
 pub mod store;
+pub mod stream_id;
 pub mod task;
 pub mod telemetry;
 pub mod title;

@@ -13,30 +13,7 @@ use fred::prelude::*;
 use fred::types::Value;
 
 use super::{pairs, Store, StoreError};
-
-/// A stream entry id, `<milliseconds>-<sequence>`, ordered as Redis orders
-/// ids (numerically, not as text).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(crate) struct StreamId {
-    pub millis: u64,
-    pub sequence: u64,
-}
-
-impl StreamId {
-    pub fn parse(text: &str) -> Option<StreamId> {
-        let (millis, sequence) = text.split_once('-')?;
-        Some(StreamId {
-            millis: millis.parse().ok()?,
-            sequence: sequence.parse().ok()?,
-        })
-    }
-}
-
-impl std::fmt::Display for StreamId {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(formatter, "{}-{}", self.millis, self.sequence)
-    }
-}
+pub(crate) use crate::stream_id::StreamId;
 
 /// One consumer group's position on its stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
