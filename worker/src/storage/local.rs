@@ -41,6 +41,22 @@
 //! and wakes up writes its bytes where it meant to, not after the new
 //! holder's, and a partial file that does not end where its writer's bytes
 //! end is not finished but discarded ([`StorageError::Interleaved`]).
+//!
+//! ## A failed write or sync
+//! When writing the partial file, the disk's writeback of it or its `fsync`
+//! fails (EIO, ENOSPC on some file systems, a network file system), Linux
+//! may already have dropped the pages it could not write and marked them
+//! clean: the file keeps its length but not its bytes, and the error is
+//! reported once, so a later sync succeeds over the same loss. A later
+//! attempt that resumed from such a file, or took it for complete, would
+//! record corrupted bytes as a finished download. So whichever call hears
+//! of the failure discards the partial file as `Interleaved` does, and the
+//! next attempt starts from byte 0 ([`StorageError::Discarded`]). Should
+//! the discard fail too and a name still lead to the file, the task fails
+//! ([`StorageError::Untrusted`], see [`LocalPartialFile::untrusted`]).
+//! Since another attempt of the task may discard the partial file while
+//! this one writes it, `finish` checks that the name it linked leads to
+//! the file it wrote ([`StorageError::Replaced`]).
 
 use std::fs::Metadata;
 use std::io::ErrorKind;
@@ -481,17 +497,18 @@ impl Storage for LocalStorage {
             .open(&files.own)
             .await
             .map_err(io("open the partial file of"))?;
-        let len = file
+        let metadata = file
             .metadata()
             .await
-            .map_err(io("read the size of the partial file of"))?
-            .len();
+            .map_err(io("read the size of the partial file of"))?;
+        let len = metadata.len();
         let file = WriteBehind::start(file.into_std().await, len, "partial-writer")
             .map_err(io("start the thread writing the partial file of"))?;
         Ok(Box::new(LocalPartialFile {
             storage: self.name.clone(),
             path: path.to_string(),
             files,
+            identity: Identity::of(&metadata),
             file,
             len,
         }))
@@ -625,6 +642,9 @@ struct LocalPartialFile {
     /// The storage path of the file, for messages.
     path: String,
     files: FileNames,
+    /// The own partial file's identity, of the file opened (its names may
+    /// lead elsewhere later, once it is discarded).
+    identity: Identity,
     /// The own partial file, written by its own thread at offsets of its
     /// own: from the length it had when opened, and from 0 after a truncate.
     file: WriteBehind,
@@ -642,6 +662,73 @@ impl LocalPartialFile {
             source,
         }
     }
+
+    /// Discards the partial file after its writing thread failed to
+    /// `action` it (every failure of the thread, a write's, the
+    /// writeback's or a sync's, is one of the disk's), and answers the
+    /// error that says so: its bytes cannot be trusted (see the module
+    /// docs), so the next attempt must start over.
+    ///
+    /// If the discard fails too, no later attempt may find the file
+    /// either. One whose names no longer lead to it (only holding the name
+    /// again failed) is out of reach: its next attempt creates a new one,
+    /// as after any discard. One still reachable (or that cannot be told)
+    /// fails the task for good ([`StorageError::Untrusted`]). Nothing else
+    /// would do: a storage that refused to remove the file will not take
+    /// a mark beside it either, the next attempt may run in another worker
+    /// (so this one cannot remember it), and a sync by that attempt would
+    /// succeed over the loss, since Linux reports a writeback error once.
+    async fn untrusted(&self, action: &'static str, source: std::io::Error) -> StorageError {
+        let Err(discard) = self.discard().await else {
+            return self.discarded(action, source);
+        };
+        if !leads_to(&self.files, self.identity).await {
+            warn!(
+                storage = %self.storage,
+                path = %self.path,
+                error = %discard,
+                "the partial file was discarded, but its name could not be held again"
+            );
+            return self.discarded(action, source);
+        }
+        StorageError::Untrusted {
+            storage: self.storage.clone(),
+            action,
+            path: self.path.clone(),
+            source,
+            discard,
+        }
+    }
+
+    /// Replaces the own partial file by a new, empty one ([`start_over`]).
+    async fn discard(&self) -> std::io::Result<()> {
+        fail::fail_point!("local::discard", |_| Err(std::io::Error::from_raw_os_error(
+            libc::EIO
+        )));
+        start_over(&self.files, self.identity).await
+    }
+
+    fn discarded(&self, action: &'static str, source: std::io::Error) -> StorageError {
+        StorageError::Discarded {
+            storage: self.storage.clone(),
+            action,
+            path: self.path.clone(),
+            source,
+        }
+    }
+}
+
+/// Whether a name a later attempt opens, the own partial file or the hold,
+/// still leads to the file `identity`; yes when that cannot be told.
+async fn leads_to(files: &FileNames, identity: Identity) -> bool {
+    for name in [&files.own, &files.hold] {
+        match entry(name).await {
+            Ok(None) => {}
+            Ok(Some(metadata)) if Identity::of(&metadata) != identity => {}
+            Ok(Some(_)) | Err(_) => return true,
+        }
+    }
+    false
 }
 
 #[async_trait]
@@ -652,40 +739,37 @@ impl PartialFile for LocalPartialFile {
 
     async fn truncate(&mut self) -> Result<(), StorageError> {
         self.flush().await?;
-        self.file
-            .truncate()
-            .await
-            .map_err(|source| self.io_error("truncate the partial file of", source))?;
+        if let Err(source) = self.file.truncate().await {
+            return Err(self.untrusted("truncate the partial file of", source).await);
+        }
         self.len = 0;
         Ok(())
     }
 
     async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError> {
         let chunk_len = chunk.len() as u64;
-        self.file
-            .write(chunk)
-            .await
-            .map_err(|source| self.io_error("write the partial file of", source))?;
+        if let Err(source) = self.file.write(chunk).await {
+            return Err(self.untrusted("write the partial file of", source).await);
+        }
         self.len += chunk_len;
         Ok(())
     }
 
     async fn flush(&mut self) -> Result<(), StorageError> {
-        self.file
-            .flush()
-            .await
-            .map_err(|source| self.io_error("write the partial file of", source))
+        match self.file.flush().await {
+            Ok(()) => Ok(()),
+            Err(source) => Err(self.untrusted("write the partial file of", source).await),
+        }
     }
 
     async fn finish(mut self: Box<Self>) -> Result<u64, StorageError> {
         // Flushed first, so that a failed write is not reported as a failed sync.
         self.flush().await?;
-        let synced = self
-            .file
-            .sync()
-            .await
-            .map_err(|source| self.io_error("sync the partial file of", source))?;
-        let own = Identity::of(&synced);
+        let synced = match self.file.sync().await {
+            Ok(synced) => synced,
+            Err(source) => return Err(self.untrusted("sync the partial file of", source).await),
+        };
+        let own = self.identity;
         let files = &self.files;
         // An attempt taken over while it was frozen may have written this
         // file after this one opened it. Its bytes went at its own offsets,
@@ -708,16 +792,30 @@ impl PartialFile for LocalPartialFile {
         let linked = link_if_free(&files.own, &files.target)
             .await
             .map_err(|source| self.io_error("link the partial file to", source))?;
-        if !linked {
-            let existing = entry(&files.target)
-                .await
-                .map_err(|source| self.io_error("check", source))?;
-            if existing.as_ref().map(Identity::of) != Some(own) {
+        let existing = entry(&files.target)
+            .await
+            .map_err(|source| self.io_error("check", source))?
+            .map(|existing| Identity::of(&existing));
+        if existing != Some(own) {
+            if !linked {
                 return Err(StorageError::Occupied {
                     storage: self.storage.clone(),
                     path: self.path.clone(),
                 });
             }
+            // The link was made by name, and the name led to another file:
+            // another attempt of the task discarded this one's partial
+            // file after it was opened, and a new, empty one is there now.
+            // That is not what this attempt wrote: the link goes again.
+            if let Some(linked) = existing {
+                remove_if_same(&files.target, linked)
+                    .await
+                    .map_err(|source| self.io_error("remove the wrong link of", source))?;
+            }
+            return Err(StorageError::Replaced {
+                storage: self.storage.clone(),
+                path: self.path.clone(),
+            });
         }
         // The hold first, the own partial file last (see the module docs).
         remove_if_same(&files.hold, own)
@@ -1192,6 +1290,39 @@ mod tests {
         again.write(Bytes::from(vec![b'a'; 1500])).await.unwrap();
         assert_eq!(again.finish().await.unwrap(), 1500);
         assert_eq!(std::fs::read(base.join("f.bin")).unwrap().len(), 1500);
+    }
+
+    #[tokio::test]
+    async fn a_partial_file_another_attempt_discarded_is_not_finished_through_the_name_of_its_replacement() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = storage(&dir);
+        let TakenOver {
+            owner,
+            path,
+            old,
+            mut new,
+        } = taken_over(&storage).await;
+        new.write(Bytes::from(vec![b'a'; 500])).await.unwrap();
+        new.flush().await.unwrap();
+        // The old attempt finishes first: the file ends past the 1000 bytes
+        // it wrote, so it discards it, and an empty one takes its names.
+        let interleaved = old.finish().await.unwrap_err();
+        assert!(
+            matches!(interleaved, StorageError::Interleaved { .. }),
+            "{interleaved}"
+        );
+
+        let error = new.finish().await.unwrap_err();
+
+        assert!(matches!(error, StorageError::Replaced { .. }), "{error}");
+        assert!(!error.is_permanent());
+        assert!(
+            !storage.base_path().join("f.bin").exists(),
+            "the empty file was finished for the 1500 bytes written"
+        );
+        let own = format!(".f.bin.{owner}.part");
+        assert_eq!(on_disk(&storage), vec![own, "f.bin.part".to_owned()]);
+        assert_eq!(storage.open(&owner, &path).await.unwrap().len(), 0);
     }
 
     #[tokio::test]

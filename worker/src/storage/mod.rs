@@ -60,6 +60,40 @@ pub enum StorageError {
         on_disk: u64,
         written: u64,
     },
+    /// Writing the partial file, or making it durable, failed. Its bytes
+    /// may then not be the ones written, whatever its length says: a
+    /// failed `fsync` (or writeback) may have dropped the pages it could
+    /// not write and marked them clean, and a later sync reports nothing.
+    /// So it was discarded, and the next attempt starts over from byte 0.
+    #[error(
+        "storage {storage}: cannot {action} {path}: {source}; the partial file was discarded, to start over"
+    )]
+    Discarded {
+        storage: String,
+        action: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// As [`StorageError::Discarded`], but discarding the partial file
+    /// failed too, and a name still leads to it: a later attempt would
+    /// resume from it (or take it for complete). The task fails instead,
+    /// so that no attempt ever does.
+    #[error("storage {storage}: cannot {action} {path}: {source}; nor discard the partial file ({discard}), which no later attempt may resume from: the task fails")]
+    Untrusted {
+        storage: String,
+        action: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+        discard: std::io::Error,
+    },
+    /// The partial file this attempt wrote was discarded by another attempt
+    /// of the task (one taken over, yet still running, whose write or sync
+    /// failed) and its name leads to a new, empty one: what this attempt
+    /// wrote is in a file no name leads to, and is not finished.
+    #[error("storage {storage}: the partial file of {path} was discarded by another attempt of the task while this one wrote it; to start over")]
+    Replaced { storage: String, path: String },
     /// The file is larger than the storage accepts.
     #[error("storage {storage}: the file is {size} bytes, more than the {max} bytes this storage accepts")]
     TooLarge { storage: String, size: u64, max: u64 },
@@ -75,17 +109,21 @@ pub enum StorageError {
 }
 
 impl StorageError {
-    /// Whether retrying cannot help: the name is refused, or the file is too
-    /// big for the storage. I/O errors (a full disk, a flaky mount) may pass.
+    /// Whether retrying cannot help: the name is refused, the file is too
+    /// big for the storage, or a partial file that cannot be trusted could
+    /// not be discarded. I/O errors (a full disk, a flaky mount) may pass.
     pub fn is_permanent(&self) -> bool {
         match self {
             StorageError::Path { .. }
             | StorageError::Escapes { .. }
             | StorageError::NoFreeName { .. }
             | StorageError::Occupied { .. }
-            | StorageError::TooLarge { .. } => true,
-            StorageError::Interleaved { .. } => false,
-            StorageError::Io { source, .. } => source.kind() == std::io::ErrorKind::FileTooLarge,
+            | StorageError::TooLarge { .. }
+            | StorageError::Untrusted { .. } => true,
+            StorageError::Interleaved { .. } | StorageError::Replaced { .. } => false,
+            StorageError::Io { source, .. } | StorageError::Discarded { source, .. } => {
+                source.kind() == std::io::ErrorKind::FileTooLarge
+            }
         }
     }
 }
@@ -141,6 +179,10 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
 
 /// A file being written. Bytes are appended in order; [`PartialFile::finish`]
 /// turns it into the finished file.
+///
+/// When writing it or making it durable fails, whichever call reports the
+/// failure discards it ([`StorageError::Discarded`]): what it holds can no
+/// longer be trusted, so the next attempt starts over rather than resume.
 #[async_trait]
 pub trait PartialFile: Send {
     /// How many bytes it holds.

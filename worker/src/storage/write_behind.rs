@@ -23,6 +23,15 @@
 //! stop; the failure is given back by the next call that waits (a write
 //! when the queue is closed, [`WriteBehind::flush`], [`WriteBehind::truncate`]
 //! or [`WriteBehind::sync`]), and every later call gives the same failure.
+//! A writeback the disk refuses and a failed sync stop it the same way.
+//! After any of them the file's bytes cannot be trusted, whatever its
+//! length says (see [`start_writeback`]); what becomes of the file is its
+//! owner's business.
+//!
+//! Tests make the disk fail at the fail points `write_behind::write`,
+//! `write_behind::writeback` and `write_behind::sync` (the `fail` crate:
+//! they exist only in builds with its `failpoints` feature, which only
+//! the worker's dev-dependencies turn on).
 //!
 //! The thread also starts the disk's writeback as it goes (every
 //! [`WRITEBACK_BYTES`], `sync_file_range` without waiting), so the pages
@@ -236,7 +245,7 @@ fn run(
         }
         let result = match command {
             Command::Write(batch) => {
-                write_at(&file, &batch, writeback.end).map(|written| writeback.wrote(&file, written))
+                write_at(&file, &batch, writeback.end).and_then(|written| writeback.wrote(&file, written))
             }
             Command::Flush(answer) => {
                 // Every earlier batch was written before this command was
@@ -251,13 +260,24 @@ fn run(
                 }
                 reply(answer, truncated)
             }
-            Command::Sync(answer) => reply(answer, file.sync_all().and_then(|()| file.metadata())),
+            Command::Sync(answer) => reply(answer, sync(&file)),
         };
         if let Err(error) = result {
             failure.set(&error);
             return;
         }
     }
+}
+
+/// `fsync`: makes everything written durable, and answers the file's
+/// metadata. A failure stops the thread like any other (the owner must not
+/// trust the file: Linux may have dropped the pages it could not write).
+fn sync(file: &File) -> io::Result<Metadata> {
+    fail::fail_point!("write_behind::sync", |_| Err(io::Error::from_raw_os_error(
+        libc::EIO
+    )));
+    file.sync_all()?;
+    file.metadata()
 }
 
 /// Answers `result` and passes its failure on, so that the thread stops.
@@ -287,38 +307,60 @@ impl Writeback {
 
     /// Counts `written` more bytes written at `end`, and starts the
     /// writeback of what was written since the last start once that is
-    /// [`WRITEBACK_BYTES`].
-    fn wrote(&mut self, file: &File, written: u64) {
+    /// [`WRITEBACK_BYTES`]; fails when the disk refuses it.
+    fn wrote(&mut self, file: &File, written: u64) -> io::Result<()> {
         self.end += written;
         if self.end - self.started_up_to >= WRITEBACK_BYTES {
-            start_writeback(file, self.started_up_to, self.end - self.started_up_to);
+            start_writeback(file, self.started_up_to, self.end - self.started_up_to).map_err(|error| {
+                io::Error::new(error.kind(), format!("the disk's writeback failed: {error}"))
+            })?;
             self.started_up_to = self.end;
         }
+        Ok(())
     }
 }
 
 /// Asks the kernel to start writing `len` bytes at `offset` to the disk,
-/// without waiting for them. Only a hint: a failure (a file that is not on
-/// a disk) is ignored, and a real I/O error is reported by the final sync.
+/// without waiting for them. A file the kernel does not write back this
+/// way (a pipe, a device) only goes without the hint. Any other failure
+/// (EIO, ENOSPC, a network file system's error) is the disk's, and fails
+/// the file: the kernel may already have dropped the pages it could not
+/// write, keeping the file's length, and the final sync is not sure to
+/// hear of it again (Linux reports a writeback error once, if at all).
 #[cfg(target_os = "linux")]
-fn start_writeback(file: &File, offset: u64, len: u64) {
+fn start_writeback(file: &File, offset: u64, len: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;
+    fail::fail_point!("write_behind::writeback", |_| Err(io::Error::from_raw_os_error(
+        libc::EIO
+    )));
     let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
-        return;
+        return Ok(());
     };
     // SAFETY: the descriptor is open for as long as `file` is borrowed, and
     // sync_file_range reads no memory of ours.
-    unsafe {
-        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+    let started =
+        unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE) };
+    if started == 0 {
+        return Ok(());
+    }
+    let error = io::Error::last_os_error();
+    match error.raw_os_error() {
+        Some(libc::EINVAL | libc::ESPIPE | libc::ENOSYS | libc::EOPNOTSUPP) => Ok(()),
+        _ => Err(error),
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
+fn start_writeback(_file: &File, _offset: u64, _len: u64) -> io::Result<()> {
+    Ok(())
+}
 
 /// Writes every byte of `batch` at `offset` on, in as few system calls as
 /// the kernel allows, and returns how many that was.
 fn write_at(file: &File, batch: &[Bytes], offset: u64) -> io::Result<u64> {
+    fail::fail_point!("write_behind::write", |_| Err(io::Error::from_raw_os_error(
+        libc::EIO
+    )));
     let mut slices: Vec<IoSlice<'_>> = batch.iter().map(|chunk| IoSlice::new(chunk)).collect();
     let mut remaining: &mut [IoSlice<'_>] = &mut slices;
     let mut at = offset;
