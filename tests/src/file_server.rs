@@ -8,7 +8,9 @@
 //! answer 500 to its first requests, always answer one status (404), or
 //! redirect. Opt-in, it sends an `ETag` and/or a `Last-Modified` and then
 //! honours `If-Range` (a validator that does not match answers 200 with the
-//! whole file, as RFC 9110 says). Every request is recorded with its `Range`
+//! whole file, as RFC 9110 says). It can be replaced by another after so
+//! many requests (a file that changes between two requests of one
+//! attempt). Every request is recorded with its `Range`
 //! and `If-Range` headers, how many body bytes were sent and whether the
 //! client hung up, so tests can assert that a resume used `Range` and that
 //! a canceled download stopped.
@@ -62,6 +64,9 @@ pub struct ServedFile {
     /// Answer `Range` even when `If-Range` does not match (a server that
     /// ignores `If-Range`, as some do).
     pub ignores_if_range: bool,
+    /// After this many requests for its path, the path serves the other
+    /// file instead (see [`ServedFile::replaced_after`]).
+    pub replaced: Option<(usize, Box<ServedFile>)>,
 }
 
 impl ServedFile {
@@ -80,6 +85,7 @@ impl ServedFile {
             etag: None,
             last_modified: None,
             ignores_if_range: false,
+            replaced: None,
         }
     }
 
@@ -146,6 +152,14 @@ impl ServedFile {
     /// Honours `Range` whatever `If-Range` says.
     pub fn ignoring_if_range(mut self) -> ServedFile {
         self.ignores_if_range = true;
+        self
+    }
+
+    /// Answers the first `requests` requests for its path (counting all of
+    /// them, failed ones too) as this file, and every later one as `by`: a
+    /// file replaced on the server between two requests.
+    pub fn replaced_after(mut self, requests: usize, by: ServedFile) -> ServedFile {
+        self.replaced = Some((requests, Box::new(by)));
         self
     }
 
@@ -311,7 +325,10 @@ fn respond(state: &Shared, request: Request<Incoming>) -> Response<Body> {
         *hits += 1;
         *hits
     };
-    let file = guard.files.get(&path).cloned();
+    let file = guard.files.get(&path).map(|file| match &file.replaced {
+        Some((requests, by)) if hit > *requests => (**by).clone(),
+        _ => file.clone(),
+    });
     let index = guard.requests.len();
     guard.requests.push(RecordedRequest {
         path,

@@ -45,7 +45,11 @@
 //! validator (the server's strong ETag or Last-Modified when it resolved):
 //! the source resumes with `If-Range`, so a file replaced on the server is
 //! sent whole and the partial file starts over instead of being completed
-//! with another file's bytes.
+//! with another file's bytes. A download that starts over from a file with
+//! another validator (replaced before the resume, or between `resolve` and
+//! the first byte) records the new one in a second `resolved` event, after
+//! the partial file is emptied and before its first byte is written, so a
+//! later attempt resumes the file now being saved.
 //!
 //! This module writes only the fenced transitions of the attempt it was
 //! given, and never decides a status itself: the function library does.
@@ -229,6 +233,18 @@ struct Placed {
     path: StoragePath,
 }
 
+/// What the single-file path's `resolved` event recorded, but the
+/// validator: recorded again, with the new validator, when the download
+/// starts over from a file the server replaced (see
+/// [`Attempt::record_validator`]).
+#[derive(Debug)]
+struct Resolution {
+    file_name: String,
+    size: Option<u64>,
+    path: String,
+    title: String,
+}
+
 /// A path an earlier attempt recorded in a `resolved` event.
 #[derive(Debug)]
 struct Recorded {
@@ -267,7 +283,7 @@ impl Attempt<'_> {
             return self.run_files(source.as_ref(), storage).await;
         }
 
-        let (file, path) = match &task.path {
+        let (file, path, resolution) = match &task.path {
             Some(recorded) => {
                 // A resumed attempt: the file and its path were decided by
                 // an earlier one, and its partial file is where it stopped.
@@ -285,7 +301,16 @@ impl Attempt<'_> {
                     validator: task.validator.clone(),
                 };
                 self.placements.push((storage.clone(), path.clone()));
-                (file, path)
+                // A hash with a path but no file name (edited by hand) is
+                // not recorded again: its validator stays, and a resume
+                // keeps starting over, which is safe.
+                let resolution = task.file_name.clone().map(|file_name| Resolution {
+                    file_name,
+                    size: task.size,
+                    path: recorded.clone(),
+                    title: task.title.clone(),
+                });
+                (file, path, resolution)
             }
             None => {
                 let files = self.interruptible(source.resolve(task)).await??;
@@ -322,7 +347,13 @@ impl Attempt<'_> {
                     .size
                     .map_or_else(|| "unknown".to_owned(), |size| size.to_string());
                 info!(file = %name, %size, storage = %storage.name(), path = %path, "resolved");
-                (file, path)
+                let resolution = Resolution {
+                    file_name: name.as_str().to_owned(),
+                    size: file.size,
+                    path: path_text,
+                    title: resolved_title,
+                };
+                (file, path, Some(resolution))
             }
         };
         self.check_size(storage.as_ref(), file.size)?;
@@ -336,7 +367,14 @@ impl Attempt<'_> {
 
         let mut partial = storage.open(&task.id, &path).await?;
         let bytes = self
-            .download(source.as_ref(), &file, partial.as_mut(), 0, None)
+            .download(
+                source.as_ref(),
+                &file,
+                partial.as_mut(),
+                0,
+                None,
+                resolution.as_ref(),
+            )
             .await?;
         if let Some(size) = file.size {
             if bytes != size {
@@ -441,7 +479,12 @@ impl Attempt<'_> {
                 continue;
             }
             let mut partial = storage.open(&task.id, path).await?;
-            let bytes = self.download(source, file, partial.as_mut(), done, total).await?;
+            // Nothing to record again: every attempt resolves afresh, and
+            // a file's validator is only ever that of the attempt's own
+            // `resolve` (none from Telegram).
+            let bytes = self
+                .download(source, file, partial.as_mut(), done, total, None)
+                .await?;
             if let Some(size) = file.size {
                 if bytes != size {
                     return Err(Stop::Failed(TaskError::retryable(format!(
@@ -538,6 +581,10 @@ impl Attempt<'_> {
     ///
     /// Progress counts `before` bytes of earlier files of the task and, when
     /// given, `task_total` as the whole (an album); else the file's size.
+    ///
+    /// `resolution` is what the task's `resolved` event recorded for the
+    /// file (the single-file path): a download that starts over from a
+    /// file with another validator than `file`'s records that one with it.
     async fn download(
         &self,
         source: &dyn Source,
@@ -545,6 +592,7 @@ impl Attempt<'_> {
         partial: &mut dyn PartialFile,
         before: u64,
         task_total: Option<u64>,
+        resolution: Option<&Resolution>,
     ) -> Result<u64, Stop> {
         let task = &self.lease.task;
         if let Some(size) = file.size {
@@ -569,6 +617,16 @@ impl Attempt<'_> {
         }
         if download.offset != offset {
             partial.truncate().await?;
+        }
+        // The partial file is empty now, and not one byte of the stream is
+        // written before the new validator is recorded (see there).
+        if let (0, Some(resolution)) = (download.offset, resolution) {
+            self.record_validator(
+                resolution,
+                file.validator.as_deref(),
+                download.validator.as_deref(),
+            )
+            .await?;
         }
         if download.offset > 0 {
             info!(offset = download.offset, "resuming the download");
@@ -643,6 +701,66 @@ impl Attempt<'_> {
                 },
             }
         }
+    }
+
+    /// Records `now`, the validator of the file a download starts over
+    /// from (at byte 0), when it is not `recorded`: the file was replaced on
+    /// the server since `recorded` was taken (between `resolve` and the
+    /// first byte, or before a resume whose `If-Range` it failed). Without
+    /// it every later attempt would resume with the old validator, be sent
+    /// the whole file again, and never resume. The `resolved` event is
+    /// written again, the same file name, size, path and title with the new
+    /// validator (the function library allows a second one in an attempt;
+    /// the fold and the projection take its fields as the latest).
+    ///
+    /// **Order.** It is called after the partial file was started over
+    /// (emptied, or empty already) and before the first byte of the new
+    /// file is written into it, so that at every instant the partial file
+    /// holds only bytes of the file the recorded validator names. A crash
+    /// (a killed worker, a lost network) before the record leaves an empty
+    /// partial file under the old validator: the next attempt starts over
+    /// as this one did. A crash after it leaves bytes of the new file
+    /// under the new validator, which a resume continues with `If-Range`.
+    /// Recorded before the truncate, a crash in between would leave the
+    /// old file's bytes under the new validator, and a resume would be
+    /// sent the new file's rest after them: two files spliced. Recorded
+    /// after new bytes were written, a crash in between would leave them
+    /// under the old validator, spliced the same way should the server
+    /// serve the old file again.
+    ///
+    /// A download without a validator (`now` is `None`: the server no
+    /// longer sends one) keeps the recorded one. The server, which matches
+    /// nothing now, answers a resume's `If-Range` with the whole file: the
+    /// download keeps starting over, slower but never spliced. Recording
+    /// none instead would resume with `Range` alone, which splices if the
+    /// file is replaced again. (Only a server that serves the old file,
+    /// with its old validator, once more would match it over the new
+    /// file's bytes.)
+    async fn record_validator(
+        &self,
+        resolution: &Resolution,
+        recorded: Option<&str>,
+        now: Option<&str>,
+    ) -> Result<(), Stop> {
+        let Some(now) = now.filter(|now| Some(*now) != recorded) else {
+            return Ok(());
+        };
+        self.persist(|| {
+            self.context.store.resolve(
+                self.lease,
+                &resolution.file_name,
+                resolution.size,
+                &resolution.path,
+                &resolution.title,
+                Some(now),
+            )
+        })
+        .await?;
+        info!(
+            was = recorded.unwrap_or("none"),
+            now, "the file changed on the server: recorded its new validator"
+        );
+        Ok(())
     }
 
     async fn write_progress(

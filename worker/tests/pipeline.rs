@@ -192,6 +192,61 @@ impl Harness {
         savestream_testkit::names_in(self.storage_dir.path())
     }
 
+    /// Runs `lease`'s attempt until the task's partial file of `name` holds
+    /// a beginning of `expected`, then ends it as the end of a shutdown's
+    /// grace period does, in a context of its own (the harness's release
+    /// stays unfired): the task goes back to the queue and the partial file
+    /// keeps what arrived. Returns how many bytes it kept and the next
+    /// attempt's lease.
+    async fn released_partway(&self, lease: Lease, name: &str, expected: &[u8]) -> (u64, Lease) {
+        let release = CancellationToken::new();
+        let context = Context {
+            store: self.store.clone(),
+            consumer: CONSUMER.into(),
+            sources: self.context.sources.clone(),
+            storages: self.context.storages.clone(),
+            running: RunningTasks::default(),
+            retry_limit: self.context.retry_limit,
+            release: release.clone(),
+        };
+        let own_partial = self.own_partial(&lease.task.id, name);
+        let attempt = async move { pipeline::process(&context, &lease, &AttemptSignals::default()).await };
+        let running = tokio::spawn(attempt);
+        let holds_a_beginning = |bytes: &[u8]| !bytes.is_empty() && expected.starts_with(bytes);
+        eventually(
+            "the partial file to hold a beginning of the file",
+            Duration::from_secs(10),
+            || {
+                let held = std::fs::read(&own_partial).unwrap_or_default();
+                std::future::ready(holds_a_beginning(&held).then_some(()))
+            },
+        )
+        .await;
+
+        release.cancel();
+
+        assert_eq!(running.await.unwrap(), Outcome::Released);
+        let kept = std::fs::read(&own_partial).expect("the released attempt keeps its partial file");
+        assert!(
+            holds_a_beginning(&kept) && kept.len() < expected.len(),
+            "the partial file holds {} bytes, not a beginning of the file",
+            kept.len()
+        );
+        (kept.len() as u64, self.lease().await)
+    }
+
+    /// The validators of the task's `resolved` events, oldest first.
+    async fn resolved_validators(&self, task_id: &TaskId) -> Vec<Option<String>> {
+        self.events(task_id)
+            .await
+            .into_iter()
+            .filter_map(|kind| match kind {
+                EventKind::Resolved { validator, .. } => Some(validator),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Starts an attempt and hands the task back to the queue before it
     /// records anything, as an attempt that died early leaves it; returns
     /// the next attempt's lease.
@@ -472,6 +527,146 @@ async fn a_resumed_attempt_whose_validator_still_matches_continues_with_a_range_
         assert_eq!(requests[0].status, 206, "{how}");
         assert_eq!(requests[0].sent, 70_000, "{how}");
     }
+}
+
+#[tokio::test]
+async fn a_file_replaced_on_the_server_is_resumed_under_its_new_validator_once_it_started_over() {
+    // File A (ETag "a") is resolved and partly saved; the server then
+    // serves B: as large, other bytes, ETag "b". The second attempt's
+    // If-Range "a" gets the whole of B, and it starts over; interrupted
+    // too, it leaves a beginning of B, which the third attempt must resume
+    // with If-Range "b" rather than start over once more.
+    const SIZE: usize = 1_000_000;
+    let harness = Harness::start().await;
+    harness.files.add(
+        "/f.bin",
+        ServedFile::new(body(SIZE)).with_etag("\"a\"").throttled(200_000),
+    );
+    let task_id = harness.create("/f.bin").await;
+    let first = harness.lease().await;
+    let (kept_of_a, second) = harness.released_partway(first, "f.bin", &body(SIZE)).await;
+    assert_eq!(second.task.validator.as_deref(), Some("\"a\""));
+    harness.files.add(
+        "/f.bin",
+        ServedFile::new(other_body(SIZE))
+            .with_etag("\"b\"")
+            .throttled(200_000),
+    );
+    let (kept_of_b, third) = harness.released_partway(second, "f.bin", &other_body(SIZE)).await;
+    harness.files.set_throttle("/f.bin", None);
+
+    let outcome = harness.process(&third).await;
+
+    assert_eq!(outcome, Outcome::Completed { bytes: SIZE as u64 });
+    let stored = std::fs::read(harness.stored("/f.bin")).unwrap();
+    assert!(
+        stored == other_body(SIZE),
+        "the stored file is not B ({} bytes)",
+        stored.len()
+    );
+    let requests = harness.files.requests_for("/f.bin");
+    let seen: Vec<_> = requests
+        .iter()
+        .map(|request| {
+            (
+                request.range.as_deref(),
+                request.if_range.as_deref(),
+                request.status,
+            )
+        })
+        .collect();
+    let (resume_of_a, resume_of_b) = (format!("bytes={kept_of_a}-"), format!("bytes={kept_of_b}-"));
+    assert_eq!(
+        seen,
+        vec![
+            // The first attempt: resolve, then the download of A.
+            (None, None, 200),
+            (None, None, 200),
+            // The second: A's resume, answered with the whole of B.
+            (Some(resume_of_a.as_str()), Some("\"a\""), 200),
+            // The third: B's resume, under the validator the second recorded.
+            (Some(resume_of_b.as_str()), Some("\"b\""), 206),
+        ],
+        "{requests:?}"
+    );
+    assert_eq!(requests[3].sent, SIZE as u64 - kept_of_b, "only the rest of B");
+    assert_eq!(third.task.validator.as_deref(), Some("\"b\""));
+    let record = harness.record(&task_id).await;
+    assert_eq!(record.task.status, TaskStatus::Completed);
+    assert_eq!(record.task.validator.as_deref(), Some("\"b\""));
+    assert_eq!(record.task.path.as_deref(), Some("/f.bin"));
+    assert_eq!(record.task.title, "[directlinks](f.bin->local1:/f.bin)");
+    assert_eq!(
+        harness.resolved_validators(&task_id).await,
+        vec![Some("\"a\"".to_owned()), Some("\"b\"".to_owned())]
+    );
+    // The second `resolved` folds as the projection recorded it.
+    let mut folded = harness.store.fold_log().await.unwrap().tasks;
+    let live = harness.store.projection().await.unwrap();
+    assert_eq!(folded.remove(&task_id).unwrap().task, live[&task_id]);
+    assert_eq!(harness.names_on_disk(), vec!["f.bin"]);
+}
+
+#[tokio::test]
+async fn a_file_replaced_between_resolve_and_the_download_records_the_new_files_validator() {
+    const SIZE: usize = 100_000;
+    let harness = Harness::start().await;
+    // Resolve sees A; the download that follows gets B.
+    harness.files.add(
+        "/f.bin",
+        ServedFile::new(body(SIZE))
+            .with_etag("\"a\"")
+            .replaced_after(1, ServedFile::new(other_body(SIZE)).with_etag("\"b\"")),
+    );
+    let task_id = harness.create("/f.bin").await;
+    let lease = harness.lease().await;
+
+    assert_eq!(
+        harness.process(&lease).await,
+        Outcome::Completed { bytes: SIZE as u64 }
+    );
+
+    assert!(std::fs::read(harness.stored("/f.bin")).unwrap() == other_body(SIZE));
+    let record = harness.record(&task_id).await;
+    assert_eq!(record.task.validator.as_deref(), Some("\"b\""));
+    assert_eq!(
+        harness.resolved_validators(&task_id).await,
+        vec![Some("\"a\"".to_owned()), Some("\"b\"".to_owned())]
+    );
+    assert_eq!(
+        harness.event_names(&task_id).await,
+        vec!["created", "started", "resolved", "resolved", "completed"]
+    );
+}
+
+#[tokio::test]
+async fn a_download_that_starts_over_from_a_file_without_a_validator_keeps_the_recorded_one() {
+    // The server stopped sending a validator: nothing names the bytes
+    // saved now, and the recorded one stays (a resume starts over again).
+    const SIZE: usize = 100_000;
+    let harness = Harness::start().await;
+    harness.files.add(
+        "/f.bin",
+        ServedFile::new(body(SIZE))
+            .with_etag("\"a\"")
+            .replaced_after(1, ServedFile::new(other_body(SIZE))),
+    );
+    let task_id = harness.create("/f.bin").await;
+    let lease = harness.lease().await;
+
+    assert_eq!(
+        harness.process(&lease).await,
+        Outcome::Completed { bytes: SIZE as u64 }
+    );
+
+    assert_eq!(
+        harness.record(&task_id).await.task.validator.as_deref(),
+        Some("\"a\"")
+    );
+    assert_eq!(
+        harness.resolved_validators(&task_id).await,
+        vec![Some("\"a\"".to_owned())]
+    );
 }
 
 #[tokio::test]

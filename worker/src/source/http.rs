@@ -234,6 +234,9 @@ impl Source for HttpSource {
 }
 
 fn download(url: &Url, offset: u64, total: Option<u64>, response: Response) -> Download {
+    // The version of the file this response carries: of a 200 after a
+    // failed If-Range, the new file's.
+    let version = validator(response.headers());
     let shown = display_url(url);
     let stream = response.bytes_stream().map_err(move |error| {
         if error.is_timeout() {
@@ -248,6 +251,7 @@ fn download(url: &Url, offset: u64, total: Option<u64>, response: Response) -> D
     Download {
         offset,
         total,
+        validator: version,
         stream: Box::pin(stream),
     }
 }

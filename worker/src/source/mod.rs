@@ -124,6 +124,13 @@ pub struct Download {
     pub offset: u64,
     /// The whole file's size, when the source told it.
     pub total: Option<u64>,
+    /// What identifies the version of the file these bytes come from, as
+    /// [`RemoteFile::validator`] does (the http source's [`http::validator`]
+    /// of this very response); `None` when the source has none (Telegram).
+    /// A download that starts over at 0 may be of a file replaced since the
+    /// validator was recorded: the pipeline then records this one, so that
+    /// a later attempt resumes the file now being saved.
+    pub validator: Option<String>,
     pub stream: BoxStream<'static, Result<Bytes, SourceError>>,
 }
 
@@ -132,6 +139,7 @@ impl std::fmt::Debug for Download {
         f.debug_struct("Download")
             .field("offset", &self.offset)
             .field("total", &self.total)
+            .field("validator", &self.validator)
             .finish_non_exhaustive()
     }
 }

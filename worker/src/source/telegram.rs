@@ -164,6 +164,8 @@ impl Source for TelegramSource {
             // from the first missing byte.
             offset,
             total: size,
+            // The file reference is the file's identity: nothing to record.
+            validator: None,
             stream,
         })
     }
