@@ -189,8 +189,9 @@ impl From<StoreError> for Stop {
 
 /// Hands what the partial file was given to the storage before an attempt
 /// that still holds its lease stops (a dropped partial file may lose what
-/// it had not written yet). A failure here changes nothing: the next
-/// attempt resumes from whatever length the file has.
+/// it had not written yet). A failure here changes nothing more: the
+/// storage discards a partial file it could not write, and the next attempt
+/// starts from whatever length the file has (0 after a discard).
 async fn keep_what_arrived(partial: &mut dyn PartialFile) {
     if let Err(error) = partial.flush().await {
         warn!(%error, "cannot write what was downloaded before the attempt stopped");

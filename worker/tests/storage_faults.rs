@@ -170,6 +170,29 @@ async fn a_partial_file_whose_writeback_fails_is_discarded_so_the_next_attempt_s
 }
 
 #[tokio::test]
+async fn emptying_a_partial_file_is_synced_and_one_whose_sync_fails_is_discarded() {
+    let scenario = FailScenario::setup();
+    let (reserved, mut partial) = opened().await;
+    partial.write(Bytes::from(vec![b'a'; 3000])).await.unwrap();
+    partial.flush().await.unwrap();
+    fail::cfg("write_behind::sync", "return").unwrap();
+
+    // A truncate that is not synced could come back after a power loss,
+    // old bytes and all, under the validator of the file that replaced them.
+    let error = partial.truncate().await.unwrap_err();
+
+    assert_names(
+        &error,
+        "truncate the partial file of /f.bin: Input/output error (os error 5)",
+    );
+    fail::remove("write_behind::sync");
+    drop(partial);
+    reserved.assert_the_next_attempt_starts_over().await;
+    assert_discarded(&error);
+    scenario.teardown();
+}
+
+#[tokio::test]
 async fn a_partial_file_whose_sync_fails_and_that_cannot_be_discarded_fails_the_task() {
     let scenario = FailScenario::setup();
     let (reserved, mut partial) = opened().await;

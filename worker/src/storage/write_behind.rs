@@ -163,7 +163,7 @@ impl WriteBehind {
         self.answer(answered).await
     }
 
-    /// Writes everything given so far, then empties the file.
+    /// Writes everything given so far, then empties the file, durably.
     pub async fn truncate(&mut self) -> io::Result<()> {
         self.hand_over().await?;
         let (answer, answered) = oneshot::channel();
@@ -254,7 +254,11 @@ fn run(
                 Ok(())
             }
             Command::Truncate(answer) => {
-                let truncated = file.set_len(0);
+                // Synced before it answers: the pipeline records a new
+                // file's validator once the partial file is empty, and a
+                // power loss must not bring the old file's bytes back
+                // under it.
+                let truncated = file.set_len(0).and_then(|()| sync(&file).map(drop));
                 if truncated.is_ok() {
                     writeback = Writeback::at(0);
                 }
