@@ -1407,6 +1407,116 @@ async fn a_rebuild_keeps_the_progress_of_the_hash_it_replaces() {
 }
 
 #[tokio::test]
+async fn a_rebuild_skips_a_delivery_record_it_cannot_read_and_restores_every_task() {
+    let harness = Harness::start().await;
+    harness.store.ensure_webhooks_group().await.unwrap();
+    let delivered = harness.run_to_completion().await;
+    let garbled = harness.run_to_completion().await;
+    let queued = harness.create().await;
+    let delivered_id = harness.enqueue_webhook_of(&delivered).await;
+    harness
+        .try_webhook(&delivered_id, WebhookResult::Delivered, 200)
+        .await;
+    let garbled_id = harness.enqueue_webhook_of(&garbled).await;
+    let raw = harness.raw().await;
+    let keys = harness.store.keys();
+    // A record whose task cannot be read; one with none of a record's
+    // fields, as one that expires between the scan and its reading looks
+    // to a read of its fields; and a key of another type.
+    let _: () = raw
+        .hset(keys.webhook(&garbled_id), ("task", "not a task id"))
+        .await
+        .unwrap();
+    let _: () = raw.hset(keys.webhook("msg_husk"), ("junk", "1")).await.unwrap();
+    let _: () = raw
+        .set(keys.webhook("msg_string"), "not a hash", None, None, false)
+        .await
+        .unwrap();
+    let live = harness.store.projection().await.unwrap();
+    for task_id in live.keys() {
+        let _: i64 = raw.del(keys.task(task_id)).await.unwrap();
+    }
+    let _: i64 = raw.del(keys.queued()).await.unwrap();
+
+    let report = harness.store.rebuild().await.unwrap();
+
+    assert_eq!((report.tasks, report.queued), (3, 1));
+    assert_eq!(harness.store.projection().await.unwrap(), live);
+    assert_eq!(
+        harness.store.task_webhook(&delivered).await.unwrap(),
+        Some(TaskWebhook {
+            webhook_id: delivered_id,
+            state: WebhookState::Delivered,
+            attempts: 1,
+            last_status: Some(200),
+        })
+    );
+    assert_eq!(
+        harness.store.task_webhook(&garbled).await.unwrap(),
+        None,
+        "an unreadable record gives its task no summary"
+    );
+    let list = harness.store.list(10).await.unwrap();
+    assert_eq!(
+        list.queued.iter().map(|task| &task.id).collect::<Vec<_>>(),
+        vec![&queued]
+    );
+}
+
+#[tokio::test]
+async fn a_rebuild_replaces_a_task_key_that_holds_no_hash_with_the_task_from_the_log() {
+    let harness = Harness::start().await;
+    let ended = harness.run_to_completion().await;
+    let running = harness.create().await;
+    let lease = harness.start_next().await;
+    let midway = Progress {
+        downloaded_bytes: 5,
+        total_bytes: Some(10),
+        bytes_per_second: 100,
+    };
+    harness.store.progress(&lease, &midway).await.unwrap();
+    let queued = harness.create().await;
+    let live = harness.store.projection().await.unwrap();
+    // The ended and the running task's keys damaged: strings where their
+    // hashes were.
+    let raw = harness.raw().await;
+    for task_id in [&ended, &running] {
+        let _: () = raw
+            .set(
+                harness.store.keys().task(task_id),
+                "not a hash",
+                None,
+                None,
+                false,
+            )
+            .await
+            .unwrap();
+    }
+
+    let report = harness.store.rebuild().await.unwrap();
+
+    assert_eq!((report.tasks, report.running, report.queued), (3, 1, 1));
+    assert_eq!(harness.store.projection().await.unwrap(), live);
+    let ttl: i64 = raw.pttl(harness.store.keys().task(&ended)).await.unwrap();
+    assert!(ttl > 0, "the ended task's hash expires again ({ttl})");
+    // The damaged key held the only copy of the progress: it is gone,
+    // until the worker's next write.
+    assert_eq!(
+        harness.store.get(&running).await.unwrap().unwrap().progress,
+        Progress::default()
+    );
+    let list = harness.store.list(10).await.unwrap();
+    assert_eq!(
+        list.running.iter().map(|task| &task.id).collect::<Vec<_>>(),
+        vec![&running]
+    );
+    assert_eq!(
+        list.queued.iter().map(|task| &task.id).collect::<Vec<_>>(),
+        vec![&queued]
+    );
+}
+
+#[tokio::test]
 async fn the_library_is_reloaded_when_redis_loses_it() {
     let harness = Harness::start().await;
     let raw = harness.raw().await;

@@ -17,9 +17,19 @@
 //!   it is kept from the hash being replaced. A hash that was lost had the
 //!   only copy; its task shows no progress until its worker's next write
 //!   (a running task), or never again (an ended one).
+//!
+//! Each task's hash is replaced in one transaction (`MULTI`: delete, write,
+//! expiry or index), so a rebuild that dies midway leaves every task either
+//! as it was, progress included, or rebuilt; never deleted and not yet
+//! written. What a rebuild cannot read it skips with a warning instead of
+//! failing as a whole: a key under a task's name that is not a hash (it is
+//! rewritten from the log, with no progress to keep), and a delivery record
+//! that is corrupt or expired since the scan (its task gets no webhook
+//! summary).
 
 use std::collections::{HashMap, HashSet};
 
+use fred::clients::Transaction;
 use fred::prelude::*;
 use fred::types::scan::Scanner;
 use fred::types::Value;
@@ -141,8 +151,8 @@ impl Store {
         let retention_ms = self.retention().as_millis() as i64;
         let now = now_ms();
         let mut report = RebuildReport::default();
-        let projection = self.projection().await?;
-        for task_id in projection.keys() {
+        let mut old_hashes = self.old_hashes().await?;
+        for task_id in old_hashes.keys() {
             if !folded.contains_key(task_id) && !truncated.contains(task_id) {
                 let _: i64 = self.client().del(keys.task(task_id)).await?;
             }
@@ -161,51 +171,124 @@ impl Store {
         ) in folded
         {
             let hash_key = keys.task(&task_id);
-            // Progress is on no event: the hash being replaced holds the
-            // only copy, if it is still there.
-            let progress: Vec<Option<String>> =
-                self.client().hmget(&hash_key, PROGRESS_FIELDS.to_vec()).await?;
-            let _: i64 = self.client().del(&hash_key).await?;
+            let old_hash = match old_hashes.remove(&task_id) {
+                Some(OldHash::Fields(fields)) => Some(fields),
+                Some(OldHash::NotAHash) => {
+                    tracing::warn!(
+                        key = hash_key,
+                        "a task's key holds no hash: the rebuild replaces it with the task's hash from the log, \
+                         without progress"
+                    );
+                    None
+                }
+                None => None,
+            };
             if task.status.is_terminal() && task.ended_at.unwrap_or(0) + retention_ms <= now {
+                let _: i64 = self.client().del(&hash_key).await?;
                 report.expired += 1;
                 continue;
             }
             let mut fields = task_to_hash(&task);
             fields.push(("job", jobs.get(&task_id).cloned().unwrap_or_default()));
             fields.push(("log", event_ids.join(" ")));
-            fields.extend(
-                PROGRESS_FIELDS
-                    .into_iter()
-                    .zip(progress)
-                    .filter_map(|(name, value)| value.map(|value| (name, value))),
-            );
+            // Progress is on no event: the hash being replaced holds the
+            // only copy, if it is still there.
+            if let Some(old_hash) = &old_hash {
+                fields.extend(
+                    PROGRESS_FIELDS
+                        .into_iter()
+                        .filter_map(|name| old_hash.get(name).map(|value| (name, value.clone()))),
+                );
+            }
             if let Some(webhook) = webhooks.remove(&task_id) {
                 fields.extend(webhook.fields);
             }
-            let _: () = self.client().hset(&hash_key, fields).await?;
+            // The old hash goes in the same step as the new one is written:
+            // progress lives in Redis until it is replaced, and a rebuild
+            // that dies leaves no task without a hash, or without its
+            // expiry or index.
+            let transaction = self.client().multi();
+            let _: () = transaction.del(&hash_key).await?;
+            let _: () = transaction.hset(&hash_key, fields).await?;
             if task.status.is_terminal() {
                 let expire_at = task.ended_at.unwrap_or(now) + retention_ms;
-                let _: bool = self.client().pexpire_at(&hash_key, expire_at, None).await?;
+                let _: () = transaction.pexpire_at(&hash_key, expire_at, None).await?;
             } else {
-                self.index_live(&task_id, &task, due.unwrap_or(now), &jobs, &mut report)
-                    .await?;
+                self.index_live(
+                    &transaction,
+                    &task_id,
+                    &task,
+                    due.unwrap_or(now),
+                    &jobs,
+                    &mut report,
+                )
+                .await?;
             }
+            let _: Value = transaction.exec(true).await?;
             report.tasks += 1;
         }
         for task_id in truncated {
-            let Some(task) = projection.get(&task_id) else {
-                continue; // ended, and expired since: nothing to keep
+            let key = keys.task(&task_id);
+            let task = match old_hashes.remove(&task_id) {
+                None => continue, // ended, and expired since: nothing to keep
+                Some(OldHash::NotAHash) => {
+                    tracing::warn!(
+                        key,
+                        "a task's key holds no hash, and the log no longer holds the start of its history: \
+                         the rebuild leaves it as it is"
+                    );
+                    continue;
+                }
+                Some(OldHash::Fields(fields)) => match task_from_hash(&task_id, &fields) {
+                    Ok(task) => task,
+                    Err(error) => {
+                        tracing::warn!(
+                            key,
+                            %error,
+                            "a task's hash cannot be read, and the log no longer holds the start of its \
+                             history: the rebuild leaves it as it is"
+                        );
+                        continue;
+                    }
+                },
             };
             report.kept += 1;
             if !task.status.is_terminal() {
                 let job = jobs.get(&task_id).cloned().unwrap_or_default();
-                let _: () = self.client().hset(keys.task(&task_id), ("job", job)).await?;
+                let transaction = self.client().multi();
+                let _: () = transaction.hset(&key, ("job", job)).await?;
                 // Its retry's due time went with the trimmed events, if it
                 // was waiting: it is due now.
-                self.index_live(&task_id, task, now, &jobs, &mut report).await?;
+                self.index_live(&transaction, &task_id, &task, now, &jobs, &mut report)
+                    .await?;
+                let _: Value = transaction.exec(true).await?;
             }
         }
         Ok(report)
+    }
+
+    /// What each key under a task's name holds, read before the rebuild
+    /// writes anything. A hash that expired since the scan is left out.
+    async fn old_hashes(&self) -> Result<HashMap<TaskId, OldHash>, StoreError> {
+        let prefix = self.keys().task_prefix();
+        let mut hashes = HashMap::new();
+        for key in self.keys_under(&prefix).await? {
+            let Some(task_id) = key
+                .strip_prefix(&prefix)
+                .and_then(|rest| TaskId::parse(rest).ok())
+            else {
+                continue; // the `:log` lists share the prefix
+            };
+            let read: Result<HashMap<String, String>, fred::error::Error> = self.client().hgetall(&key).await;
+            let old_hash = match read {
+                Ok(fields) if fields.is_empty() => continue,
+                Ok(fields) => OldHash::Fields(fields),
+                Err(error) if is_wrong_type(&error) => OldHash::NotAHash,
+                Err(error) => return Err(error.into()),
+            };
+            hashes.insert(task_id, old_hash);
+        }
+        Ok(hashes)
     }
 
     /// The keys that begin with `prefix` (a literal, not a pattern).
@@ -234,6 +317,10 @@ impl Store {
     /// holding a claim. While a later claim of the same delivery is still
     /// unrecorded, the dead claim counts here and not in the live hash;
     /// once the later claim records its try (numbered past both), they agree.
+    ///
+    /// A record that expired since the scan is left out, and one that
+    /// cannot be read (corrupt, or a key of another type) is left out with
+    /// a warning: its task's hash gets no webhook summary.
     async fn task_webhook_fields(&self) -> Result<HashMap<TaskId, TaskWebhookFields>, StoreError> {
         let prefix = self.keys().webhook_prefix();
         let mut found: HashMap<TaskId, TaskWebhookFields> = HashMap::new();
@@ -241,55 +328,68 @@ impl Store {
             let Some(webhook_id) = key.strip_prefix(&prefix) else {
                 continue;
             };
-            let values: Vec<Option<String>> = self
-                .client()
-                .hmget(
-                    &key,
-                    vec![
-                        "task",
-                        "status",
-                        "attempts",
-                        "claimed_by",
-                        "last_status",
-                        "created",
-                    ],
-                )
-                .await?;
-            let field = |index: usize| values.get(index).cloned().flatten().unwrap_or_default();
-            let corrupt = |what: &str| StoreError::Corrupt(format!("webhook {webhook_id}: {what}"));
-            let task_id = TaskId::parse(&field(0)).map_err(|error| corrupt(&error.to_string()))?;
-            let state = WebhookState::parse(&field(1)).ok_or_else(|| corrupt("unknown status"))?;
-            let claimed: u32 = field(2)
-                .parse()
-                .map_err(|_| corrupt("field `attempts` is not a number"))?;
-            let in_flight = u32::from(!field(3).is_empty());
-            let created: i64 = field(5).parse().unwrap_or(0);
+            let delivery = match self.webhook_delivery(webhook_id).await {
+                Ok(Some(delivery)) => delivery,
+                // A final delivery's record expires, a retention period
+                // after its result: this one did since the scan.
+                Ok(None) => continue,
+                Err(error) => {
+                    let reason = unreadable(error)?;
+                    tracing::warn!(
+                        key,
+                        %reason,
+                        "a webhook delivery record cannot be read: the rebuild gives its task no webhook summary"
+                    );
+                    continue;
+                }
+            };
             // A task has one terminal event and so one delivery; should it
             // have more, the newest is the one its hash names (its enqueue
             // wrote last).
-            if found.get(&task_id).is_some_and(|other| other.created > created) {
+            if found
+                .get(&delivery.task_id)
+                .is_some_and(|other| other.created > delivery.created_at)
+            {
                 continue;
             }
+            let in_flight = u32::from(delivery.claimed_by.is_some());
             // The task's fields show a 410 as gave up (see `TaskWebhook`).
-            let state = match state {
+            let state = match delivery.state {
                 WebhookState::Gone => WebhookState::GaveUp,
                 state => state,
             };
             let fields = vec![
-                ("webhook_id", webhook_id.to_owned()),
+                ("webhook_id", delivery.webhook_id),
                 ("webhook_state", state.as_str().to_owned()),
-                ("webhook_attempts", claimed.saturating_sub(in_flight).to_string()),
-                ("webhook_last_status", field(4)),
+                (
+                    "webhook_attempts",
+                    delivery.attempts.saturating_sub(in_flight).to_string(),
+                ),
+                (
+                    "webhook_last_status",
+                    delivery
+                        .last_status
+                        .map(|status| status.to_string())
+                        .unwrap_or_default(),
+                ),
             ];
-            found.insert(task_id, TaskWebhookFields { created, fields });
+            found.insert(
+                delivery.task_id,
+                TaskWebhookFields {
+                    created: delivery.created_at,
+                    fields,
+                },
+            );
         }
         Ok(found)
     }
 
     /// Puts a queued or running task into `queued` / `running`, and a
-    /// queued one without a live work item into `delayed` at `due`.
+    /// queued one without a live work item into `delayed` at `due`, as
+    /// commands of `transaction`.
     async fn index_live(
         &self,
+        transaction: &Transaction,
         task_id: &TaskId,
         task: &Task,
         due: i64,
@@ -302,8 +402,7 @@ impl Store {
             TaskStatus::Running => (keys.running(), task.started_at.unwrap_or(task.created_at)),
             _ => return Ok(()),
         };
-        let _: () = self
-            .client()
+        let _: () = transaction
             .zadd(set, None, None, false, false, (score as f64, task_id.as_str()))
             .await?;
         if task.status == TaskStatus::Running {
@@ -312,8 +411,7 @@ impl Store {
         }
         report.queued += 1;
         if !jobs.contains_key(task_id) {
-            let _: () = self
-                .client()
+            let _: () = transaction
                 .zadd(
                     keys.delayed(),
                     None,
@@ -364,6 +462,29 @@ impl Store {
 
 /// The fields of a task hash that the progress function writes.
 const PROGRESS_FIELDS: [&str; 3] = ["done", "total", "bps"];
+
+/// What a key under a task's name held before the rebuild.
+enum OldHash {
+    Fields(HashMap<String, String>),
+    /// A key of another type: a damaged projection, with nothing to keep.
+    NotAHash,
+}
+
+/// Whether Redis refused a command for the type of the key it names.
+fn is_wrong_type(error: &fred::error::Error) -> bool {
+    error.details().starts_with("WRONGTYPE")
+}
+
+/// Why a record cannot be read, when that is what `error` says (it is
+/// corrupt, or its key holds another type); otherwise `error` itself:
+/// Redis failed, and the rebuild with it.
+fn unreadable(error: StoreError) -> Result<String, StoreError> {
+    match error {
+        StoreError::Corrupt(reason) => Ok(reason),
+        StoreError::Unavailable(error) if is_wrong_type(&error) => Ok(error.details().to_owned()),
+        error => Err(error),
+    }
+}
 
 /// A task's `webhook_*` fields, from the delivery record made `created`.
 struct TaskWebhookFields {
