@@ -122,6 +122,10 @@ struct Screen {
     bar: ProgressBar,
     /// Whether the bar has a length (the file's size is known).
     sized: std::cell::Cell<bool>,
+    /// The paths each attempt resolved so far, to tell a file replaced on
+    /// the server (resolved again at the same path) from the next file of
+    /// an album.
+    resolved: std::cell::RefCell<Vec<(Option<String>, String)>>,
 }
 
 impl Screen {
@@ -134,6 +138,7 @@ impl Screen {
         Screen {
             bar,
             sized: std::cell::Cell::new(false),
+            resolved: std::cell::RefCell::new(Vec::new()),
         }
     }
 
@@ -157,12 +162,7 @@ impl Screen {
             }
             EventType::Resolved => {
                 let name = event.file_name.clone().unwrap_or_default();
-                let size = event
-                    .size
-                    .map(|size| format!(", {}", HumanBytes(size)))
-                    .unwrap_or_default();
-                let path = event.path.as_deref().unwrap_or_default();
-                self.say(format!("resolved {name}{size} -> {path}"));
+                self.say(resolved_line(event, &mut self.resolved.borrow_mut()));
                 if !name.is_empty() {
                     self.bar.set_prefix(name);
                 }
@@ -350,6 +350,25 @@ impl<'a> EventFollower<'a> {
     }
 }
 
+/// The line for a `resolved` event. A second one of the same attempt at
+/// the same path says the worker found another file at the link (replaced
+/// on the server) and is downloading it from the start; `seen` holds the
+/// (attempt, path) pairs of the events before.
+fn resolved_line(event: &TaskEvent, seen: &mut Vec<(Option<String>, String)>) -> String {
+    let name = event.file_name.as_deref().unwrap_or_default();
+    let path = event.path.as_deref().unwrap_or_default();
+    let key = (event.attempt.map(|attempt| attempt.to_string()), path.to_owned());
+    if seen.contains(&key) {
+        return format!("{name} changed on the server: downloading it again from the start -> {path}");
+    }
+    seen.push(key);
+    let size = event
+        .size
+        .map(|size| format!(", {}", HumanBytes(size)))
+        .unwrap_or_default();
+    format!("resolved {name}{size} -> {path}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -467,6 +486,40 @@ mod tests {
             pauses,
             [1, 2, 4, 5, 5, 5, 1, 2, 4, 5, 5, 5, 5, 5, 5],
             "seconds between requests"
+        );
+    }
+
+    fn resolved(attempt: u32, name: &str, path: &str) -> TaskEvent {
+        serde_json::from_value(serde_json::json!({
+            "id": "1700000000000-1", "type": "resolved", "at": "2024-01-19T04:00:00Z",
+            "attempt": attempt, "file_name": name, "size": 2048, "path": path,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_file_resolved_again_at_the_same_path_in_one_attempt_is_told_as_replaced_on_the_server() {
+        let mut seen = Vec::new();
+        let lines: Vec<String> = [
+            resolved(1, "a.bin", "/a.bin"),
+            // An album's next file: another path.
+            resolved(1, "b.bin", "/b.bin"),
+            // The first file again: the worker found another one at the link.
+            resolved(1, "a.bin", "/a.bin"),
+            // A later attempt that resolves again (Telegram does, every attempt).
+            resolved(2, "a.bin", "/a.bin"),
+        ]
+        .iter()
+        .map(|event| resolved_line(event, &mut seen))
+        .collect();
+        assert_eq!(
+            lines,
+            [
+                "resolved a.bin, 2.00 KiB -> /a.bin",
+                "resolved b.bin, 2.00 KiB -> /b.bin",
+                "a.bin changed on the server: downloading it again from the start -> /a.bin",
+                "resolved a.bin, 2.00 KiB -> /a.bin",
+            ]
         );
     }
 
