@@ -116,15 +116,6 @@ mod tests {
     }
 
     #[test]
-    fn ids_order_by_number_not_by_text() {
-        assert!(id("9-0") < id("10-0"));
-        assert!(id("10-2") < id("10-10"));
-        assert_eq!(StreamId::parse("12"), None);
-        assert_eq!(StreamId::parse("a-1"), None);
-        assert_eq!(id("5-7").to_string(), "5-7");
-    }
-
-    #[test]
     fn the_oldest_needed_entry_is_the_oldest_pending_or_the_first_undelivered() {
         let idle = GroupPosition {
             last_delivered: id("10-3"),
