@@ -2,13 +2,18 @@
 //! writeback or sync failed cannot be trusted (Linux may have dropped the
 //! pages it could not write and kept the file's length), so it is
 //! discarded, and the next attempt of the task starts from byte 0 instead
-//! of resuming from it or taking it for complete.
+//! of resuming from it or taking it for complete. And the `local` storage
+//! when a worker is killed, or another attempt of the task acts, at an
+//! instant no test could otherwise hit: while a partial file is finished.
 //!
-//! The disk is made to fail at the storage's fail points (the `fail`
-//! crate's, compiled in by the worker's dev-dependencies). A fail point is
+//! The disk is made to fail, and the worker to stop or wait, at the
+//! storage's fail points (the `fail` crate's, compiled in by the worker's
+//! dev-dependencies). A fail point is
 //! the whole process's, so these tests have a test binary of their own,
 //! and each holds a `FailScenario`, which runs them one at a time and
 //! clears every fail point when it ends (a failed test's too).
+
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use fail::FailScenario;
@@ -72,6 +77,51 @@ impl Reserved {
         let saved = std::fs::read(base.join("f.bin")).unwrap();
         assert!(saved.len() == 3000 && saved.iter().all(|&byte| byte == b'b'));
     }
+}
+
+/// A file reserved, whose partial file `stale` (an attempt that took the
+/// task over) wrote 1500 bytes of, and that another attempt of the task
+/// (the one taken over, yet still running) discarded since: it had written
+/// only the first 1000, so it found the file interleaved, and a new, empty
+/// partial file holds the name now.
+async fn discarded() -> (Reserved, Box<dyn PartialFile>) {
+    let (reserved, mut first) = opened().await;
+    first.write(Bytes::from(vec![b'a'; 1000])).await.unwrap();
+    first.flush().await.unwrap();
+    let mut stale = reserved
+        .storage
+        .open(&reserved.owner, &reserved.path)
+        .await
+        .unwrap();
+    stale.write(Bytes::from(vec![b'a'; 500])).await.unwrap();
+    stale.flush().await.unwrap();
+    let interleaved = first.finish().await.unwrap_err();
+    assert!(
+        matches!(interleaved, StorageError::Interleaved { .. }),
+        "{interleaved}"
+    );
+    (reserved, stale)
+}
+
+/// Finishes `partial` on a thread and a runtime of its own, and waits for
+/// it: what another worker does while a fail point holds this one still.
+fn finish_elsewhere(partial: Box<dyn PartialFile>) -> u64 {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(partial.finish())
+    })
+    .join()
+    .unwrap()
+    .unwrap()
+}
+
+/// Asserts that `error` says another attempt discarded the partial file.
+fn assert_replaced(error: &StorageError) {
+    assert!(matches!(error, StorageError::Replaced { .. }), "{error:?}");
+    assert!(!error.is_permanent(), "{error}");
 }
 
 /// Writes `chunks` and flushes them, up to the first failure.
@@ -219,5 +269,139 @@ async fn a_partial_file_whose_sync_fails_and_that_cannot_be_discarded_fails_the_
          may resume from: the task fails"
     );
     assert!(!base.join("f.bin").exists());
+    scenario.teardown();
+}
+
+#[tokio::test]
+async fn a_worker_killed_while_finishing_a_partial_file_another_attempt_discarded_leaves_no_finished_file() {
+    let scenario = FailScenario::setup();
+    let (reserved, stale) = discarded().await;
+    // The worker is killed right after it links the finished name, before
+    // any check could take a wrong link away again.
+    fail::cfg("local::finish::linked", "return").unwrap();
+
+    let error = stale.finish().await.unwrap_err();
+
+    fail::remove("local::finish::linked");
+    assert!(
+        !reserved.storage.base_path().join("f.bin").exists(),
+        "the finished name leads to the new, empty partial file"
+    );
+    assert_eq!(
+        reserved
+            .storage
+            .finished(&reserved.owner, &reserved.path)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_replaced(&error);
+    reserved.assert_the_next_attempt_starts_over().await;
+    scenario.teardown();
+}
+
+#[tokio::test]
+async fn a_partial_file_discarded_between_the_check_and_the_link_is_not_linked_not_even_for_an_instant() {
+    let scenario = FailScenario::setup();
+    let (reserved, mut partial) = opened().await;
+    partial.write(Bytes::from(vec![b'a'; 3000])).await.unwrap();
+    let base = reserved.storage.base_path().to_path_buf();
+    let own = base.join(LocalStorage::own_partial_name(
+        &reserved.path.name,
+        &reserved.owner,
+    ));
+    let hold = base.join("f.bin.part");
+    // Another attempt discards the partial file just after `finish` found
+    // it still the task's, as `start_over` does: a new, empty one takes
+    // both names. And the worker is killed right after its link.
+    fail::cfg_callback("local::finish::link", move || {
+        std::fs::remove_file(&hold).unwrap();
+        std::fs::remove_file(&own).unwrap();
+        std::fs::write(&own, b"").unwrap();
+        std::fs::hard_link(&own, &hold).unwrap();
+    })
+    .unwrap();
+    fail::cfg("local::finish::linked", "return").unwrap();
+
+    let error = partial.finish().await.unwrap_err();
+
+    fail::remove("local::finish::link");
+    fail::remove("local::finish::linked");
+    assert!(
+        !base.join("f.bin").exists(),
+        "the finished name leads to the new, empty partial file"
+    );
+    assert_replaced(&error);
+    reserved.assert_the_next_attempt_starts_over().await;
+    scenario.teardown();
+}
+
+#[tokio::test]
+async fn a_new_partial_file_finished_while_a_discarded_one_is_finished_too_is_kept() {
+    let scenario = FailScenario::setup();
+    let (reserved, stale) = discarded().await;
+    let mut new = reserved
+        .storage
+        .open(&reserved.owner, &reserved.path)
+        .await
+        .unwrap();
+    new.write(Bytes::from(vec![b'b'; 3000])).await.unwrap();
+    new.flush().await.unwrap();
+    // The attempt writing the new partial file finishes it just after the
+    // stale one linked the finished name.
+    let waiting = Arc::new(Mutex::new(Some(new)));
+    let finishing = waiting.clone();
+    fail::cfg_callback("local::finish::linked", move || {
+        // Taken out first: its finish comes by this fail point too.
+        let new = finishing.lock().unwrap().take();
+        if let Some(new) = new {
+            assert_eq!(finish_elsewhere(new), 3000);
+        }
+    })
+    .unwrap();
+
+    let error = stale.finish().await.unwrap_err();
+
+    fail::remove("local::finish::linked");
+    assert_replaced(&error);
+    let new = waiting.lock().unwrap().take();
+    if let Some(new) = new {
+        assert_eq!(new.finish().await.unwrap(), 3000);
+    }
+    let saved = std::fs::read(reserved.storage.base_path().join("f.bin"))
+        .expect("the file the new partial file was finished into is gone");
+    assert!(saved.len() == 3000 && saved.iter().all(|&byte| byte == b'b'));
+    assert_eq!(
+        reserved
+            .storage
+            .finished(&reserved.owner, &reserved.path)
+            .await
+            .unwrap(),
+        Some(3000)
+    );
+    scenario.teardown();
+}
+
+#[tokio::test]
+async fn without_proc_a_partial_file_is_linked_by_its_name_and_one_another_attempt_discarded_is_not() {
+    let scenario = FailScenario::setup();
+    // As where a file cannot be linked by its descriptor.
+    fail::cfg("local::link_descriptor", "return").unwrap();
+    let (reserved, mut partial) = opened().await;
+    partial.write(Bytes::from(vec![b'a'; 3000])).await.unwrap();
+    assert_eq!(partial.finish().await.unwrap(), 3000);
+    assert_eq!(
+        std::fs::read(reserved.storage.base_path().join("f.bin"))
+            .unwrap()
+            .len(),
+        3000
+    );
+
+    let (reserved, stale) = discarded().await;
+    let error = stale.finish().await.unwrap_err();
+
+    assert_replaced(&error);
+    reserved.assert_the_next_attempt_starts_over().await;
+    fail::remove("local::link_descriptor");
     scenario.teardown();
 }

@@ -55,13 +55,16 @@
 //! the discard fail too and a name still lead to the file, the task fails
 //! ([`StorageError::Untrusted`], see [`LocalPartialFile::untrusted`]).
 //! Since another attempt of the task may discard the partial file while
-//! this one writes it, `finish` checks that the name it linked leads to
-//! the file it wrote ([`StorageError::Replaced`]).
+//! this one writes it, `finish` links the file this attempt wrote, through
+//! its open descriptor, never whatever its names lead to by then: a file no
+//! name of the task leads to any more is not finished
+//! ([`StorageError::Replaced`], see [`LocalPartialFile::link_target`]).
 
 use std::fs::Metadata;
 use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -367,6 +370,93 @@ async fn start_over(files: &FileNames, identity: Identity) -> std::io::Result<()
     Ok(())
 }
 
+/// Makes the names in the directory of `path` durable. A file system that
+/// cannot sync a directory (`EINVAL`) loses nothing but that guarantee.
+async fn sync_directory(path: &Path) -> std::io::Result<()> {
+    let Some(directory) = path.parent() else {
+        return Ok(());
+    };
+    let synced = match File::open(directory).await {
+        Ok(directory) => directory.sync_all().await,
+        Err(error) => Err(error),
+    };
+    match synced {
+        Err(error) if matches!(error.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) => Ok(()),
+        synced => synced,
+    }
+}
+
+/// How linking a file by its descriptor went ([`link_descriptor`]).
+#[derive(Debug, PartialEq, Eq)]
+enum DescriptorLink {
+    /// The name leads to the file now.
+    Linked,
+    /// Something was at the name already; it is never replaced.
+    Taken,
+    /// No name leads to the file any more, and Linux gives none to such a
+    /// file again: it was discarded.
+    Unnamed,
+    /// A file cannot be linked by its descriptor here (no `/proc`, or not
+    /// Linux): only by one of its names.
+    Unavailable,
+}
+
+/// Links the file open as `file` to `link` (which it never replaces)
+/// through its descriptor, `/proc/self/fd/<fd>` followed (`linkat` with
+/// `AT_SYMLINK_FOLLOW`): that file itself, whatever its names lead to by
+/// now. A file with no name left gives `ENOENT`, as does a missing `/proc`;
+/// which it was, the file's own link count tells.
+#[cfg(target_os = "linux")]
+fn link_descriptor(file: &std::fs::File, link: &Path) -> std::io::Result<DescriptorLink> {
+    use std::ffi::CString;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    fail::fail_point!("local::link_descriptor", |_| Ok(DescriptorLink::Unavailable));
+    let descriptor = format!("/proc/self/fd/{}", file.as_raw_fd());
+    let invalid = |_| std::io::Error::from(ErrorKind::InvalidInput);
+    let from = CString::new(descriptor.as_str()).map_err(invalid)?;
+    let to = CString::new(link.as_os_str().as_bytes()).map_err(invalid)?;
+    // SAFETY: both paths are NUL-terminated strings alive for the call, and
+    // the descriptor is open for as long as `file` is borrowed.
+    let linked = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if linked == 0 {
+        return Ok(DescriptorLink::Linked);
+    }
+    let error = std::io::Error::last_os_error();
+    match error.kind() {
+        ErrorKind::AlreadyExists => Ok(DescriptorLink::Taken),
+        ErrorKind::NotFound if file.metadata()?.nlink() == 0 => Ok(DescriptorLink::Unnamed),
+        // The descriptor's own entry is missing: no `/proc` (else the
+        // directory of `link` is gone, which is an error).
+        ErrorKind::NotFound if std::fs::symlink_metadata(&descriptor).is_err() => {
+            Ok(DescriptorLink::Unavailable)
+        }
+        _ => Err(error),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn link_descriptor(_file: &std::fs::File, _link: &Path) -> std::io::Result<DescriptorLink> {
+    Ok(DescriptorLink::Unavailable)
+}
+
+/// The writer of the partial file `file` from `offset` on, and a descriptor
+/// of the same file kept beside it, to link that very file when it is
+/// finished ([`LocalPartialFile::link_target`]). Not the writer's own: its
+/// thread closes it when it stops, and the number may then name another file.
+fn writer(file: std::fs::File, offset: u64) -> std::io::Result<(Arc<std::fs::File>, WriteBehind)> {
+    let descriptor = Arc::new(file.try_clone()?);
+    Ok((descriptor, WriteBehind::start(file, offset, "partial-writer")?))
+}
+
 /// Creates an empty file at `path` unless something is there; a symlink
 /// there is not followed (`O_EXCL`).
 async fn create_if_missing(path: &Path) -> std::io::Result<()> {
@@ -502,13 +592,14 @@ impl Storage for LocalStorage {
             .await
             .map_err(io("read the size of the partial file of"))?;
         let len = metadata.len();
-        let file = WriteBehind::start(file.into_std().await, len, "partial-writer")
-            .map_err(io("start the thread writing the partial file of"))?;
+        let (descriptor, file) =
+            writer(file.into_std().await, len).map_err(io("start the thread writing the partial file of"))?;
         Ok(Box::new(LocalPartialFile {
             storage: self.name.clone(),
             path: path.to_string(),
             files,
             identity: Identity::of(&metadata),
+            descriptor,
             file,
             len,
         }))
@@ -645,6 +736,8 @@ struct LocalPartialFile {
     /// The own partial file's identity, of the file opened (its names may
     /// lead elsewhere later, once it is discarded).
     identity: Identity,
+    /// The same file, kept open to link it by when it is finished.
+    descriptor: Arc<std::fs::File>,
     /// The own partial file, written by its own thread at offsets of its
     /// own: from the length it had when opened, and from 0 after a truncate.
     file: WriteBehind,
@@ -708,6 +801,94 @@ impl LocalPartialFile {
         start_over(&self.files, self.identity).await
     }
 
+    /// The error of a partial file another attempt of the task discarded.
+    fn replaced(&self) -> StorageError {
+        StorageError::Replaced {
+            storage: self.storage.clone(),
+            path: self.path.clone(),
+        }
+    }
+
+    /// Links the file this writer opened to its finished name; `false` when something is there already, which is
+    /// never replaced. The file itself is linked, through the descriptor
+    /// kept open: the name it was opened by may lead to another file by
+    /// now (another attempt discarded this one and made a new, empty one),
+    /// and a link by that name would make the finished name lead to the
+    /// new file, if only until a check took it away again, and a worker
+    /// killed in between would leave it there, finished in the eyes of
+    /// [`Storage::finished`] (see [`DescriptorLink`]). A file no name leads
+    /// to any more is [`StorageError::Replaced`].
+    ///
+    /// The caller checked that a name of the task still leads to the file
+    /// ([`leads_to`]): a file discarded while a name elsewhere still led to
+    /// it (a hard link made by hand, or by a backup) has links left, and
+    /// would be linked again. What that check cannot exclude is another
+    /// attempt discarding the file between it and the link: the finished
+    /// name then leads to the file this attempt wrote, whole and synced,
+    /// though another attempt had found reason to discard it.
+    async fn link_target(&self) -> Result<bool, StorageError> {
+        let (descriptor, target) = (self.descriptor.clone(), self.files.target.clone());
+        let linked = tokio::task::spawn_blocking(move || link_descriptor(&descriptor, &target))
+            .await
+            .map_err(|error| std::io::Error::other(error.to_string()))
+            .and_then(|linked| linked)
+            .map_err(|source| self.io_error("link the partial file to", source))?;
+        match linked {
+            DescriptorLink::Linked => Ok(true),
+            DescriptorLink::Taken => Ok(false),
+            DescriptorLink::Unnamed => Err(self.replaced()),
+            DescriptorLink::Unavailable => self.link_by_name().await,
+        }
+    }
+
+    /// [`Self::link_target`] where a file cannot be linked by its
+    /// descriptor: by a name that leads to the file, checked just before.
+    ///
+    /// This leaves open what linking by descriptor closes: another attempt
+    /// that discards the file between the check and the link makes the
+    /// name lead to its new, empty file, which is then linked. That link
+    /// goes again at once, but a worker killed before that leaves the new
+    /// file at the finished name (which [`Storage::finished`] then takes
+    /// for finished: an empty file recorded as complete when the size is
+    /// unknown, else [`StorageError::Occupied`] for good), and should the
+    /// attempt writing the new file finish it in that instant, it finds
+    /// its own file at the name, completes, and loses it to this removal.
+    async fn link_by_name(&self) -> Result<bool, StorageError> {
+        let (own, files) = (self.identity, &self.files);
+        let mut named = None;
+        for name in [&files.own, &files.hold] {
+            let at = entry(name)
+                .await
+                .map_err(|source| self.io_error("check", source))?;
+            if at.as_ref().map(Identity::of) == Some(own) {
+                named = Some(name);
+                break;
+            }
+        }
+        let Some(name) = named else {
+            return Err(self.replaced());
+        };
+        let linked = link_if_free(name, &files.target)
+            .await
+            .map_err(|source| self.io_error("link the partial file to", source))?;
+        if linked {
+            let existing = entry(&files.target)
+                .await
+                .map_err(|source| self.io_error("check", source))?
+                .map(|existing| Identity::of(&existing));
+            if existing != Some(own) {
+                // The name led to another file by the time it was linked.
+                if let Some(linked) = existing {
+                    remove_if_same(&files.target, linked)
+                        .await
+                        .map_err(|source| self.io_error("remove the wrong link of", source))?;
+                }
+                return Err(self.replaced());
+            }
+        }
+        Ok(linked)
+    }
+
     fn discarded(&self, action: &'static str, source: std::io::Error) -> StorageError {
         StorageError::Discarded {
             storage: self.storage.clone(),
@@ -722,13 +903,20 @@ impl LocalPartialFile {
 /// still leads to the file `identity`; yes when that cannot be told.
 async fn leads_to(files: &FileNames, identity: Identity) -> bool {
     for name in [&files.own, &files.hold] {
-        match entry(name).await {
-            Ok(None) => {}
-            Ok(Some(metadata)) if Identity::of(&metadata) != identity => {}
-            Ok(Some(_)) | Err(_) => return true,
+        if names(name, identity).await {
+            return true;
         }
     }
     false
+}
+
+/// Whether `name` leads to the file `identity`; yes when that cannot be told.
+async fn names(name: &Path, identity: Identity) -> bool {
+    match entry(name).await {
+        Ok(None) => false,
+        Ok(Some(metadata)) => Identity::of(&metadata) == identity,
+        Err(_) => true,
+    }
 }
 
 #[async_trait]
@@ -787,35 +975,45 @@ impl PartialFile for LocalPartialFile {
                 written: self.len,
             });
         }
+        // Another attempt of the task may have discarded this file (for
+        // whatever reason: a failed write or sync, an interleaved file) and
+        // made a new one in its place. A file
+        // no name of the task leads to any more is not finished (unless
+        // it is the finished file already: another attempt that had it
+        // open finished it first). The hold counts as such a name even
+        // alone: no discard leaves it so (each gives up the hold before
+        // the own partial file, and only when both lead to the file it
+        // discards), and a later attempt would open it and resume from it
+        // (as a partial file from before own partial files), so the file
+        // is still the task's. Any other name does not count (see
+        // `link_target`).
+        if !leads_to(files, own).await && !names(&files.target, own).await {
+            return Err(self.replaced());
+        }
+        fail::fail_point!("local::finish::link");
         // No-clobber: a link fails where a rename would replace. The task
-        // holds the name, so a file already there was put there by hand.
-        let linked = link_if_free(&files.own, &files.target)
-            .await
-            .map_err(|source| self.io_error("link the partial file to", source))?;
-        let existing = entry(&files.target)
-            .await
-            .map_err(|source| self.io_error("check", source))?
-            .map(|existing| Identity::of(&existing));
-        if existing != Some(own) {
-            if !linked {
+        // holds the name, so a file already there is this same file,
+        // linked by another attempt that had it open too (and may have
+        // died before tidying up), or one put there by hand.
+        let linked = self.link_target().await?;
+        fail::fail_point!("local::finish::linked", |_| Err(
+            self.io_error("finish", std::io::Error::from_raw_os_error(libc::EIO))
+        ));
+        if !linked {
+            let existing = entry(&files.target)
+                .await
+                .map_err(|source| self.io_error("check", source))?;
+            if existing.as_ref().map(Identity::of) != Some(own) {
+                // Discarded after the check above, and the new file
+                // finished by its own attempt in the meantime?
+                if !leads_to(files, own).await {
+                    return Err(self.replaced());
+                }
                 return Err(StorageError::Occupied {
                     storage: self.storage.clone(),
                     path: self.path.clone(),
                 });
             }
-            // The link was made by name, and the name led to another file:
-            // another attempt of the task discarded this one's partial
-            // file after it was opened, and a new, empty one is there now.
-            // That is not what this attempt wrote: the link goes again.
-            if let Some(linked) = existing {
-                remove_if_same(&files.target, linked)
-                    .await
-                    .map_err(|source| self.io_error("remove the wrong link of", source))?;
-            }
-            return Err(StorageError::Replaced {
-                storage: self.storage.clone(),
-                path: self.path.clone(),
-            });
         }
         // The hold first, the own partial file last (see the module docs).
         remove_if_same(&files.hold, own)
@@ -824,13 +1022,9 @@ impl PartialFile for LocalPartialFile {
         remove_if_same(&files.own, own)
             .await
             .map_err(|source| self.io_error("remove the partial file of", source))?;
-        // Make the new names durable; a file system that cannot sync a
-        // directory loses nothing but that guarantee.
-        if let Some(directory) = files.target.parent() {
-            if let Ok(directory) = File::open(directory).await {
-                let _ = directory.sync_all().await;
-            }
-        }
+        // Make the new names durable; a directory that cannot be synced
+        // loses nothing but that guarantee.
+        let _ = sync_directory(&files.target).await;
         Ok(self.len)
     }
 }
@@ -1323,6 +1517,91 @@ mod tests {
         let own = format!(".f.bin.{owner}.part");
         assert_eq!(on_disk(&storage), vec![own, "f.bin.part".to_owned()]);
         assert_eq!(storage.open(&owner, &path).await.unwrap().len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_partial_file_discarded_while_a_name_elsewhere_still_leads_to_it_is_not_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = storage(&dir);
+        let TakenOver {
+            owner, old, mut new, ..
+        } = taken_over(&storage).await;
+        new.write(Bytes::from(vec![b'a'; 500])).await.unwrap();
+        new.flush().await.unwrap();
+        // A link made by hand (or by a backup) outside the task's names.
+        let base = storage.base_path();
+        let own = base.join(format!(".f.bin.{owner}.part"));
+        std::fs::hard_link(&own, base.join("backup")).unwrap();
+        let interleaved = old.finish().await.unwrap_err();
+        assert!(
+            matches!(interleaved, StorageError::Interleaved { .. }),
+            "{interleaved}"
+        );
+
+        // The file still has a name, but none of the task's: it was discarded.
+        let error = new.finish().await.unwrap_err();
+
+        assert!(matches!(error, StorageError::Replaced { .. }), "{error}");
+        assert!(!base.join("f.bin").exists(), "a discarded file was finished");
+        assert_eq!(std::fs::metadata(base.join("backup")).unwrap().len(), 1500);
+    }
+
+    #[tokio::test]
+    async fn a_partial_file_only_its_hold_leads_to_is_still_the_tasks_and_is_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = storage(&dir);
+        let owner = task();
+        let path = storage
+            .reserve(&owner, &storage_dir("/"), &name("f.bin"), &[])
+            .await
+            .unwrap();
+        let mut partial = storage.open(&owner, &path).await.unwrap();
+        partial.write(Bytes::from_static(b"held")).await.unwrap();
+        // No discard leaves this (each gives up the hold first), but the
+        // hold alone is what a later attempt would open and resume from.
+        std::fs::remove_file(
+            storage
+                .base_path()
+                .join(LocalStorage::own_partial_name(&path.name, &owner)),
+        )
+        .unwrap();
+
+        assert_eq!(partial.finish().await.unwrap(), 4);
+        assert_eq!(std::fs::read(storage.base_path().join("f.bin")).unwrap(), b"held");
+        assert_eq!(on_disk(&storage), vec!["f.bin"]);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_file_is_linked_by_its_descriptor_whatever_its_name_leads_to_and_not_once_it_has_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |name: &str| dir.path().join(name);
+        let mut file = std::fs::File::create(at("first")).unwrap();
+        std::io::Write::write_all(&mut file, b"mine").unwrap();
+        // Its name leads to another file now.
+        std::fs::rename(at("first"), at("moved")).unwrap();
+        std::fs::write(at("first"), b"another").unwrap();
+
+        assert_eq!(
+            link_descriptor(&file, &at("linked")).unwrap(),
+            DescriptorLink::Linked
+        );
+        assert_eq!(std::fs::read(at("linked")).unwrap(), b"mine");
+        assert_eq!(
+            link_descriptor(&file, &at("first")).unwrap(),
+            DescriptorLink::Taken
+        );
+        assert_eq!(std::fs::read(at("first")).unwrap(), b"another");
+        let missing = link_descriptor(&file, &at("missing/linked")).unwrap_err();
+        assert_eq!(missing.kind(), ErrorKind::NotFound);
+        for name in ["moved", "linked"] {
+            std::fs::remove_file(at(name)).unwrap();
+        }
+        assert_eq!(
+            link_descriptor(&file, &at("again")).unwrap(),
+            DescriptorLink::Unnamed
+        );
+        assert!(!at("again").exists());
     }
 
     #[tokio::test]

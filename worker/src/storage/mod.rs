@@ -89,9 +89,10 @@ pub enum StorageError {
         discard: std::io::Error,
     },
     /// The partial file this attempt wrote was discarded by another attempt
-    /// of the task (one taken over, yet still running, whose write or sync
-    /// failed) and its name leads to a new, empty one: what this attempt
-    /// wrote is in a file no name leads to, and is not finished.
+    /// of the task (one taken over, yet still running, or the one that took
+    /// it over), for whatever reason (a failed write or sync, an interleaved
+    /// file), and its name leads to a new one: what this attempt wrote is
+    /// in a file no name leads to, and is not finished.
     #[error("storage {storage}: the partial file of {path} was discarded by another attempt of the task while this one wrote it; to start over")]
     Replaced { storage: String, path: String },
     /// The file is larger than the storage accepts.
@@ -208,7 +209,8 @@ pub trait PartialFile: Send {
     /// ([`StorageError::Occupied`]); returns its size. A partial file that
     /// holds more or fewer bytes than were written to it through this one
     /// (another attempt wrote it too) is discarded instead
-    /// ([`StorageError::Interleaved`], worth a retry).
+    /// ([`StorageError::Interleaved`], worth a retry), and one another
+    /// attempt discarded is not finished ([`StorageError::Replaced`]).
     async fn finish(self: Box<Self>) -> Result<u64, StorageError>;
 }
 
