@@ -40,7 +40,19 @@
 //! the offset this writer is at: an attempt that was taken over while frozen
 //! and wakes up writes its bytes where it meant to, not after the new
 //! holder's, and a partial file that does not end where its writer's bytes
-//! end is not finished but discarded ([`StorageError::Interleaved`]).
+//! end is not finished but discarded ([`StorageError::Interleaved`]). A
+//! download that starts over ([`PartialFile::truncate`]) does so in a new
+//! file, not in the old one emptied: an attempt that still has the old one
+//! open writes, should it wake up, into a file no name leads to, never over
+//! the new download (which may be of another file, replaced on the server).
+//! One gap is left: a partial file still empty when an attempt opens it
+//! (nothing the attempt before had written reached it yet) is not
+//! truncated, even when the download starts over on another file (the
+//! pipeline truncates only when the source cannot resume from the
+//! partial file's length, and 0 it always can), so the new download is
+//! written into the same file, and what the old attempt had queued when it
+//! froze (a few MiB at most, see `write_behind`) may still land in it at
+//! offsets from 0, without changing its length.
 //!
 //! ## A failed write or sync
 //! When writing the partial file, the disk's writeback of it or its `fsync`
@@ -363,11 +375,29 @@ async fn link_if_free(original: &Path, link: &Path) -> std::io::Result<bool> {
 /// so that no other task takes it before the next attempt; if one did in
 /// that instant, the next attempt finds it taken.
 async fn start_over(files: &FileNames, identity: Identity) -> std::io::Result<()> {
+    start_afresh(files, identity).await.map(drop)
+}
+
+/// As [`start_over`], and answers the new partial file, open for writing,
+/// when this call created it; `None` when another one was there already:
+/// another attempt had started over first, and the file `identity` was no
+/// longer the task's.
+async fn start_afresh(files: &FileNames, identity: Identity) -> std::io::Result<Option<File>> {
     remove_if_same(&files.hold, identity).await?;
     remove_if_same(&files.own, identity).await?;
-    create_if_missing(&files.own).await?;
+    // `O_EXCL`: a symlink there is not followed, and a file there is not ours.
+    let created = match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&files.own)
+        .await
+    {
+        Ok(file) => Some(file),
+        Err(error) if error.kind() == ErrorKind::AlreadyExists => None,
+        Err(error) => return Err(error),
+    };
     link_if_free(&files.own, &files.hold).await?;
-    Ok(())
+    Ok(created)
 }
 
 /// Makes the names in the directory of `path` durable. A file system that
@@ -734,12 +764,14 @@ struct LocalPartialFile {
     path: String,
     files: FileNames,
     /// The own partial file's identity, of the file opened (its names may
-    /// lead elsewhere later, once it is discarded).
+    /// lead elsewhere later, once it is discarded), or of the new one a
+    /// truncate made.
     identity: Identity,
     /// The same file, kept open to link it by when it is finished.
     descriptor: Arc<std::fs::File>,
     /// The own partial file, written by its own thread at offsets of its
-    /// own: from the length it had when opened, and from 0 after a truncate.
+    /// own, from the length it had when opened (a truncate starts a new
+    /// file, and a new thread writing it from 0).
     file: WriteBehind,
     /// Where the file ends as this writer wrote it: the length it had when
     /// opened (or 0 after a truncate) and every byte written since.
@@ -809,7 +841,8 @@ impl LocalPartialFile {
         }
     }
 
-    /// Links the file this writer opened to its finished name; `false` when something is there already, which is
+    /// Links the file this writer opened (or made, by a truncate) to its
+    /// finished name; `false` when something is there already, which is
     /// never replaced. The file itself is linked, through the descriptor
     /// kept open: the name it was opened by may lead to another file by
     /// now (another attempt discarded this one and made a new, empty one),
@@ -925,13 +958,52 @@ impl PartialFile for LocalPartialFile {
         self.len
     }
 
+    /// Starts over in a new, empty partial file ([`start_afresh`]), not in
+    /// the old one emptied: an attempt taken over while frozen that still
+    /// has the old one open, and wakes up, writes what it had queued into a
+    /// file no name leads to, not at its old offsets over the bytes of a
+    /// download that started over (from a file replaced on the server, say).
+    /// So it only ever writes a file it opened or made itself: when another
+    /// attempt started over first, this one is [`StorageError::Replaced`].
     async fn truncate(&mut self) -> Result<(), StorageError> {
+        // Written first: a failed write is reported as one, and the file
+        // discarded as untrusted, should starting over fail and leave it.
         self.flush().await?;
-        if let Err(source) = self.file.truncate().await {
+        let Some(file) = start_afresh(&self.files, self.identity)
+            .await
+            .map_err(|source| self.io_error("start over the partial file of", source))?
+        else {
+            return Err(self.replaced());
+        };
+        let metadata = file
+            .metadata()
+            .await
+            .map_err(|source| self.io_error("check the partial file of", source))?;
+        let identity = Identity::of(&metadata);
+        // Held again at once; another task may have taken the name in that
+        // instant, and the file is then not to be finished under it.
+        let holder = entry(&self.files.hold)
+            .await
+            .map_err(|source| self.io_error("check", source))?;
+        if holder.as_ref().map(Identity::of) != Some(identity) {
+            return Err(StorageError::Occupied {
+                storage: self.storage.clone(),
+                path: format!("{}.part", self.path),
+            });
+        }
+        let (descriptor, file) = writer(file.into_std().await, 0)
+            .map_err(|source| self.io_error("start the thread writing the partial file of", source))?;
+        // The old writer is dropped, and with it whatever it still had queued.
+        (self.identity, self.descriptor, self.file, self.len) = (identity, descriptor, file, 0);
+        // Durable before it answers: the pipeline records a new file's
+        // validator once the partial file is empty, and a power loss must
+        // not bring the old file's bytes back under it.
+        if let Err(source) = self.file.sync().await {
             return Err(self.untrusted("truncate the partial file of", source).await);
         }
-        self.len = 0;
-        Ok(())
+        sync_directory(&self.files.own)
+            .await
+            .map_err(|source| self.io_error("sync the directory of", source))
     }
 
     async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError> {
@@ -960,10 +1032,14 @@ impl PartialFile for LocalPartialFile {
         let own = self.identity;
         let files = &self.files;
         // An attempt taken over while it was frozen may have written this
-        // file after this one opened it. Its bytes went at its own offsets,
-        // the same bytes where it wrote the same source; but a file that
-        // does not end where this writer's bytes end holds bytes it did not
-        // write, and is not finished. It goes: the next attempt starts over.
+        // file after this one opened it. Its bytes went at its own offsets:
+        // the same bytes where both wrote the same source from the same
+        // file on the server. (Not so after a download started over, from
+        // a file replaced there: but that happens in a new partial file,
+        // see `truncate`, except when the partial file was empty already,
+        // see the module docs.) A file that does not end where this
+        // writer's bytes end holds bytes it did not write, and is not
+        // finished. It goes: the next attempt starts over.
         if synced.len() != self.len {
             start_over(files, own)
                 .await
@@ -976,8 +1052,8 @@ impl PartialFile for LocalPartialFile {
             });
         }
         // Another attempt of the task may have discarded this file (for
-        // whatever reason: a failed write or sync, an interleaved file) and
-        // made a new one in its place. A file
+        // whatever reason: a failed write or sync, an interleaved file, a
+        // download started over) and made a new one in its place. A file
         // no name of the task leads to any more is not finished (unless
         // it is the finished file already: another attempt that had it
         // open finished it first). The hold counts as such a name even
@@ -1517,6 +1593,56 @@ mod tests {
         let own = format!(".f.bin.{owner}.part");
         assert_eq!(on_disk(&storage), vec![own, "f.bin.part".to_owned()]);
         assert_eq!(storage.open(&owner, &path).await.unwrap().len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_late_write_of_a_taken_over_attempt_never_reaches_the_download_another_attempt_started_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = storage(&dir);
+        let TakenOver { mut old, mut new, .. } = taken_over(&storage).await;
+        // The file was replaced on the server: the new attempt starts over,
+        // and downloads the new file whole.
+        new.truncate().await.unwrap();
+        new.write(Bytes::from(vec![b'n'; 1500])).await.unwrap();
+        new.flush().await.unwrap();
+        // The old attempt wakes up and writes what it had queued of the old
+        // file, where it meant to: inside the new one's length.
+        old.write(Bytes::from(vec![b'o'; 500])).await.unwrap();
+        old.flush().await.unwrap();
+
+        assert_eq!(new.finish().await.unwrap(), 1500);
+        let bytes = std::fs::read(storage.base_path().join("f.bin")).unwrap();
+        assert_eq!(bytes.len(), 1500);
+        assert!(
+            bytes.iter().all(|&byte| byte == b'n'),
+            "the old attempt's bytes are in the finished file"
+        );
+        let error = old.finish().await.unwrap_err();
+        assert!(matches!(error, StorageError::Replaced { .. }), "{error}");
+        assert_eq!(on_disk(&storage), vec!["f.bin"]);
+        assert_eq!(std::fs::read(storage.base_path().join("f.bin")).unwrap(), bytes);
+    }
+
+    #[tokio::test]
+    async fn an_attempt_whose_partial_file_another_attempt_started_over_does_not_start_over_in_the_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = storage(&dir);
+        let TakenOver { mut old, mut new, .. } = taken_over(&storage).await;
+        new.truncate().await.unwrap();
+        new.write(Bytes::from_static(b"new file")).await.unwrap();
+        new.flush().await.unwrap();
+
+        // The old attempt's source cannot resume either.
+        let error = old.truncate().await.unwrap_err();
+
+        assert!(matches!(error, StorageError::Replaced { .. }), "{error}");
+        assert!(!error.is_permanent());
+        assert_eq!(new.finish().await.unwrap(), 8);
+        assert_eq!(
+            std::fs::read(storage.base_path().join("f.bin")).unwrap(),
+            b"new file"
+        );
+        assert_eq!(on_disk(&storage), vec!["f.bin"]);
     }
 
     #[tokio::test]

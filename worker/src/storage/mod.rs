@@ -91,8 +91,9 @@ pub enum StorageError {
     /// The partial file this attempt wrote was discarded by another attempt
     /// of the task (one taken over, yet still running, or the one that took
     /// it over), for whatever reason (a failed write or sync, an interleaved
-    /// file), and its name leads to a new one: what this attempt wrote is
-    /// in a file no name leads to, and is not finished.
+    /// file, a download started over), and its name leads to a new one:
+    /// what this attempt wrote is in a file no name leads to, and is not
+    /// finished.
     #[error("storage {storage}: the partial file of {path} was discarded by another attempt of the task while this one wrote it; to start over")]
     Replaced { storage: String, path: String },
     /// The file is larger than the storage accepts.
@@ -193,7 +194,11 @@ pub trait PartialFile: Send {
         self.len() == 0
     }
 
-    /// Drops everything written, to start over (the source could not resume).
+    /// Drops everything written, to start over (the source could not
+    /// resume), durably. The storage may start a new partial file rather
+    /// than empty this one, so that no other attempt that still writes the
+    /// old one reaches the new download
+    /// ([`StorageError::Replaced`] when another attempt started over first).
     async fn truncate(&mut self) -> Result<(), StorageError>;
 
     /// Appends `chunk`. The storage may keep it rather than copy it, and

@@ -1,7 +1,7 @@
 //! [`WriteBehind`]: a file written in order by a thread of its own, so that
 //! a download never waits on the disk chunk by chunk.
 //!
-//! It owns the writes, truncation and sync of one open file, and nothing
+//! It owns the writes and sync of one open file, and nothing
 //! about names, links or which storage the file belongs to (that is
 //! `local`'s). The async side gathers the chunks it is given, without
 //! copying them, into batches of about [`BATCH_BYTES`] and hands each batch
@@ -21,8 +21,8 @@
 //!
 //! Writes are not answered one by one. A write that fails makes the thread
 //! stop; the failure is given back by the next call that waits (a write
-//! when the queue is closed, [`WriteBehind::flush`], [`WriteBehind::truncate`]
-//! or [`WriteBehind::sync`]), and every later call gives the same failure.
+//! when the queue is closed, [`WriteBehind::flush`] or [`WriteBehind::sync`]),
+//! and every later call gives the same failure.
 //! A writeback the disk refuses and a failed sync stop it the same way.
 //! After any of them the file's bytes cannot be trusted, whatever its
 //! length says (see [`start_writeback`]); what becomes of the file is its
@@ -77,8 +77,6 @@ enum Command {
     Write(Vec<Bytes>),
     /// Answers once everything before it is written.
     Flush(oneshot::Sender<io::Result<()>>),
-    /// Empties the file, after everything before it is written.
-    Truncate(oneshot::Sender<io::Result<()>>),
     /// Makes everything before it durable (`fsync`) and answers the file's metadata.
     Sync(oneshot::Sender<io::Result<Metadata>>),
 }
@@ -117,7 +115,7 @@ pub struct WriteBehind {
 
 impl WriteBehind {
     /// Starts the thread that writes `file` from `offset` on (each write
-    /// where the one before ended, and from 0 again after a truncate).
+    /// where the one before ended).
     /// `file` must not be opened for appending: Linux writes such a file
     /// at its end whatever the offset. `name` names the thread, for a
     /// reader of thread lists.
@@ -160,14 +158,6 @@ impl WriteBehind {
         self.hand_over().await?;
         let (answer, answered) = oneshot::channel();
         self.send(Command::Flush(answer)).await?;
-        self.answer(answered).await
-    }
-
-    /// Writes everything given so far, then empties the file, durably.
-    pub async fn truncate(&mut self) -> io::Result<()> {
-        self.hand_over().await?;
-        let (answer, answered) = oneshot::channel();
-        self.send(Command::Truncate(answer)).await?;
         self.answer(answered).await
     }
 
@@ -252,17 +242,6 @@ fn run(
                 // taken; a closed receiver just means nobody waits.
                 let _ = answer.send(Ok(()));
                 Ok(())
-            }
-            Command::Truncate(answer) => {
-                // Synced before it answers: the pipeline records a new
-                // file's validator once the partial file is empty, and a
-                // power loss must not bring the old file's bytes back
-                // under it.
-                let truncated = file.set_len(0).and_then(|()| sync(&file).map(drop));
-                if truncated.is_ok() {
-                    writeback = Writeback::at(0);
-                }
-                reply(answer, truncated)
             }
             Command::Sync(answer) => reply(answer, sync(&file)),
         };
@@ -505,22 +484,6 @@ mod tests {
         file.flush().await.unwrap();
 
         assert_eq!(std::fs::read(&path).unwrap(), b"abc");
-    }
-
-    #[tokio::test]
-    async fn truncate_empties_the_file_and_later_writes_start_at_zero() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        std::fs::write(&path, b"old bytes").unwrap();
-        let mut file = at_end(&path);
-        file.write(Bytes::from(vec![9u8; BATCH_BYTES + 1])).await.unwrap();
-
-        file.truncate().await.unwrap();
-        file.write(Bytes::from_static(b"new")).await.unwrap();
-        let metadata = file.sync().await.unwrap();
-
-        assert_eq!(metadata.len(), 3);
-        assert_eq!(std::fs::read(&path).unwrap(), b"new");
     }
 
     #[tokio::test]
