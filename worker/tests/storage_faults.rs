@@ -272,6 +272,26 @@ async fn a_partial_file_whose_sync_fails_and_that_cannot_be_discarded_fails_the_
     scenario.teardown();
 }
 
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_writeback_the_kernel_has_no_memory_to_start_is_no_failure_of_the_disk() {
+    let scenario = FailScenario::setup();
+    let (reserved, mut partial) = opened().await;
+    // ENOMEM: the request was refused, nothing was written or dropped.
+    fail::cfg("write_behind::writeback", "return(12)").unwrap();
+
+    // Past the 8 MiB after which the writing thread starts the writeback.
+    let chunks = (0..9).map(|_| Bytes::from(vec![b'a'; 1 << 20])).collect();
+    write_all(partial.as_mut(), chunks).await.unwrap();
+    let finished = partial.finish().await;
+
+    fail::remove("write_behind::writeback");
+    assert_eq!(finished.unwrap(), 9 << 20);
+    let saved = std::fs::read(reserved.storage.base_path().join("f.bin")).unwrap();
+    assert!(saved.len() == 9 << 20 && saved.iter().all(|&byte| byte == b'a'));
+    scenario.teardown();
+}
+
 #[tokio::test]
 async fn a_worker_killed_while_finishing_a_partial_file_another_attempt_discarded_leaves_no_finished_file() {
     let scenario = FailScenario::setup();

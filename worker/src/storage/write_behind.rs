@@ -305,17 +305,36 @@ impl Writeback {
 
 /// Asks the kernel to start writing `len` bytes at `offset` to the disk,
 /// without waiting for them. A file the kernel does not write back this
-/// way (a pipe, a device) only goes without the hint. Any other failure
-/// (EIO, ENOSPC, a network file system's error) is the disk's, and fails
-/// the file: the kernel may already have dropped the pages it could not
-/// write, keeping the file's length, and the final sync is not sure to
-/// hear of it again (Linux reports a writeback error once, if at all).
+/// way (a pipe, a device) only goes without the hint, and so does a kernel
+/// short of memory for the request (`ENOMEM`: nothing was written, nor
+/// dropped). Any other failure (EIO, ENOSPC, a network file system's
+/// error) is the disk's, and fails the file: the kernel may already have
+/// dropped the pages it could not write, keeping the file's length, and
+/// the final sync is not sure to hear of it again (Linux reports a
+/// writeback error once, if at all).
 #[cfg(target_os = "linux")]
 fn start_writeback(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    match sync_file_range(file, offset, len) {
+        Err(error)
+            if matches!(
+                error.raw_os_error(),
+                Some(libc::EINVAL | libc::ESPIPE | libc::ENOSYS | libc::EOPNOTSUPP | libc::ENOMEM)
+            ) =>
+        {
+            Ok(())
+        }
+        started => started,
+    }
+}
+
+/// `sync_file_range(SYNC_FILE_RANGE_WRITE)`. Its fail point answers the
+/// error number it is given (`return(12)`), EIO when given none.
+#[cfg(target_os = "linux")]
+fn sync_file_range(file: &File, offset: u64, len: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    fail::fail_point!("write_behind::writeback", |_| Err(io::Error::from_raw_os_error(
-        libc::EIO
-    )));
+    fail::fail_point!("write_behind::writeback", |errno: Option<String>| Err(
+        io::Error::from_raw_os_error(errno.and_then(|errno| errno.parse().ok()).unwrap_or(libc::EIO))
+    ));
     let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
         return Ok(());
     };
@@ -324,12 +343,9 @@ fn start_writeback(file: &File, offset: u64, len: u64) -> io::Result<()> {
     let started =
         unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE) };
     if started == 0 {
-        return Ok(());
-    }
-    let error = io::Error::last_os_error();
-    match error.raw_os_error() {
-        Some(libc::EINVAL | libc::ESPIPE | libc::ENOSYS | libc::EOPNOTSUPP) => Ok(()),
-        _ => Err(error),
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
