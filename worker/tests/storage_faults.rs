@@ -272,6 +272,43 @@ async fn a_partial_file_whose_sync_fails_and_that_cannot_be_discarded_fails_the_
     scenario.teardown();
 }
 
+#[tokio::test]
+async fn a_partial_file_whose_sync_fails_and_whose_discard_fails_once_no_name_leads_to_it_is_discarded() {
+    let scenario = FailScenario::setup();
+    let (reserved, mut partial) = opened().await;
+    partial.write(Bytes::from(vec![b'a'; 3000])).await.unwrap();
+    fail::cfg("write_behind::sync", "return").unwrap();
+    // The discard gets as far as removing both names, and no further.
+    fail::cfg("local::start_over", "return").unwrap();
+
+    let error = partial.finish().await.unwrap_err();
+
+    fail::remove("local::start_over");
+    fail::remove("write_behind::sync");
+    // Out of every later attempt's reach: no need to fail the task.
+    assert_names(
+        &error,
+        "sync the partial file of /f.bin: Input/output error (os error 5)",
+    );
+    assert_discarded(&error);
+    let base = reserved.storage.base_path();
+    let own = base.join(LocalStorage::own_partial_name(
+        &reserved.path.name,
+        &reserved.owner,
+    ));
+    assert!(!own.exists() && !base.join("f.bin.part").exists());
+    assert!(!base.join("f.bin").exists());
+    let mut again = reserved
+        .storage
+        .open(&reserved.owner, &reserved.path)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 0);
+    again.write(Bytes::from(vec![b'b'; 3000])).await.unwrap();
+    assert_eq!(again.finish().await.unwrap(), 3000);
+    scenario.teardown();
+}
+
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn a_writeback_the_kernel_has_no_memory_to_start_is_no_failure_of_the_disk() {

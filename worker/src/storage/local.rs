@@ -385,6 +385,9 @@ async fn start_over(files: &FileNames, identity: Identity) -> std::io::Result<()
 async fn start_afresh(files: &FileNames, identity: Identity) -> std::io::Result<Option<File>> {
     remove_if_same(&files.hold, identity).await?;
     remove_if_same(&files.own, identity).await?;
+    fail::fail_point!("local::start_over", |_| Err(std::io::Error::from_raw_os_error(
+        libc::EIO
+    )));
     // `O_EXCL`: a symlink there is not followed, and a file there is not ours.
     let created = match OpenOptions::new()
         .write(true)
