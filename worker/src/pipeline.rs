@@ -198,6 +198,13 @@ async fn keep_what_arrived(partial: &mut dyn PartialFile) {
     }
 }
 
+/// Whether a download's validator (`now`) names another file than the one
+/// `recorded`. A download without one names none: the recorded one is kept
+/// (see [`Attempt::record_validator`]).
+fn is_new_validator(recorded: Option<&str>, now: Option<&str>) -> bool {
+    now.is_some() && now != recorded
+}
+
 /// Runs one attempt of the task `lease` holds. `signals.cancel` fires when
 /// the task is canceled while it runs, `signals.lease_lost` when another
 /// attempt holds its work item now.
@@ -616,12 +623,22 @@ impl Attempt<'_> {
                 return Err(SourceError::changed_size(&task.link, size, Some(total)).into());
             }
         }
-        if download.offset != offset {
+        // A new validator: the server replaced the file since it was
+        // recorded, and this download starts over with the new one.
+        let replacing = match (download.offset, resolution) {
+            (0, Some(_)) => is_new_validator(file.validator.as_deref(), download.validator.as_deref()),
+            _ => false,
+        };
+        // Starting over takes a new partial file, even when this one is
+        // empty: an earlier attempt taken over while frozen may still hold
+        // bytes of the old file it has not written yet, and on waking it
+        // writes them into the file it opened, which no name leads to now.
+        if download.offset != offset || replacing {
             partial.truncate().await?;
         }
         // The partial file is empty now, and not one byte of the stream is
         // written before the new validator is recorded (see there).
-        if let (0, Some(resolution)) = (download.offset, resolution) {
+        if let (true, Some(resolution)) = (replacing, resolution) {
             self.record_validator(
                 resolution,
                 file.validator.as_deref(),
@@ -743,7 +760,7 @@ impl Attempt<'_> {
         recorded: Option<&str>,
         now: Option<&str>,
     ) -> Result<(), Stop> {
-        let Some(now) = now.filter(|now| Some(*now) != recorded) else {
+        let Some(now) = now.filter(|_| is_new_validator(recorded, now)) else {
             return Ok(());
         };
         self.persist(|| {

@@ -21,7 +21,7 @@ use savestream_worker::pipeline::{self, Outcome, RELEASED_MESSAGE};
 use savestream_worker::running::{AttemptSignals, RunningTasks};
 use savestream_worker::source::http::HttpSource;
 use savestream_worker::source::Sources;
-use savestream_worker::storage::{FileName, LocalStorage, Storage, StorageDir, Storages};
+use savestream_worker::storage::{FileName, LocalStorage, Storage, StorageDir, StoragePath, Storages};
 use tokio_util::sync::CancellationToken;
 
 const CONSUMER: &str = "test-worker";
@@ -636,6 +636,46 @@ async fn a_file_replaced_between_resolve_and_the_download_records_the_new_files_
     assert_eq!(
         harness.event_names(&task_id).await,
         vec!["created", "started", "resolved", "resolved", "completed"]
+    );
+}
+
+#[tokio::test]
+async fn a_late_write_of_an_earlier_attempt_never_reaches_a_replaced_file_downloaded_into_a_partial_file_it_left_empty(
+) {
+    const SIZE: usize = 100_000;
+    let harness = Harness::start().await;
+    let task_id = harness.create("/f.bin").await;
+    let lease = harness
+        .resolved_and_released_validated("f.bin", Some(SIZE as u64), "/f.bin", Some("\"a\""))
+        .await;
+    // The earlier attempt, taken over while frozen: its partial file is
+    // still empty (what it downloaded of A had not reached the disk).
+    let path = StoragePath::parse("/f.bin").unwrap();
+    let mut frozen = harness.storage().open(&task_id, &path).await.unwrap();
+    assert_eq!(frozen.len(), 0);
+    // The server now has B, of the same size.
+    harness
+        .files
+        .add("/f.bin", ServedFile::new(other_body(SIZE)).with_etag("\"b\""));
+
+    assert_eq!(
+        harness.process(&lease).await,
+        Outcome::Completed { bytes: SIZE as u64 }
+    );
+    // The frozen attempt wakes up and writes what it had of A.
+    frozen
+        .write(bytes::Bytes::from(body(SIZE)[..40_000].to_vec()))
+        .await
+        .unwrap();
+    frozen.flush().await.unwrap();
+
+    assert!(
+        std::fs::read(harness.stored("/f.bin")).unwrap() == other_body(SIZE),
+        "the saved file holds bytes of the file the server had before"
+    );
+    assert_eq!(
+        harness.record(&task_id).await.task.validator.as_deref(),
+        Some("\"b\"")
     );
 }
 

@@ -45,14 +45,14 @@
 //! file, not in the old one emptied: an attempt that still has the old one
 //! open writes, should it wake up, into a file no name leads to, never over
 //! the new download (which may be of another file, replaced on the server).
-//! One gap is left: a partial file still empty when an attempt opens it
-//! (nothing the attempt before had written reached it yet) is not
-//! truncated, even when the download starts over on another file (the
-//! pipeline truncates only when the source cannot resume from the
-//! partial file's length, and 0 it always can), so the new download is
-//! written into the same file, and what the old attempt had queued when it
-//! froze (a few MiB at most, see `write_behind`) may still land in it at
-//! offsets from 0, without changing its length.
+//! The pipeline starts over in a new file whenever the download is of a
+//! file with another validator, even when the partial file is still empty
+//! (nothing the frozen attempt had queued reached it yet). Only a server
+//! that gives no validator leaves a replaced file unseen: then the new
+//! download goes into the same file, and what the old attempt had queued
+//! (a few MiB at most, see `write_behind`) may land in it at offsets from
+//! 0 without changing its length, as a resume with `Range` alone may
+//! splice two files.
 //!
 //! ## A failed write or sync
 //! When writing the partial file, the disk's writeback of it or its `fsync`
