@@ -18,6 +18,8 @@
 //! - [`metrics`]: the Prometheus counters, histograms and queue gauges, and
 //!   the `/metrics` listener.
 //! - [`login`](mod@login): the terminal prompt of `savestream-worker login`.
+//! - [`rebuild`](mod@rebuild): `savestream-worker rebuild`, the projection
+//!   recomputed from the event log, refused while workers are registered.
 //! - [`cancel`]: the pub/sub subscriber that stops canceled tasks at once.
 //! - [`pipeline`]: `process(lease) -> Outcome`, one attempt of one task:
 //!   resolve, reserve, stream, finish, record; one file, or every file of an
@@ -49,6 +51,7 @@ pub mod lease;
 pub mod login;
 pub mod metrics;
 pub mod pipeline;
+pub mod rebuild;
 pub mod retry;
 pub mod running;
 pub mod source;

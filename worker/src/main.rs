@@ -1,15 +1,26 @@
 //! The `savestream-worker` binary: parses the command line, loads
 //! config.toml, installs logging, and runs an [`Application`] of the chosen
-//! `--role` until SIGTERM or Ctrl-C, or runs `login`. Everything else lives
-//! in the library.
+//! `--role` until SIGTERM or Ctrl-C, or runs `login` or `rebuild`.
+//! Everything else lives in the library.
 //!
-//! Exit codes: 0 after a graceful shutdown (or a login), 1 when the worker
-//! cannot start (Redis still unreachable after `[redis]
+//! `rebuild` recomputes the projection from the event log
+//! ([`savestream_worker::rebuild`]): it connects with `[redis]` as a worker
+//! does, refuses while any worker process is registered as live (naming
+//! them; `--force` runs anyway), and prints what it rebuilt on standard
+//! output, one count a line (`tasks rebuilt: N`, then `queued`, `running`,
+//! `delayed`, `expired`, `kept`). Stop the API too: it writes (creates
+//! tasks), and no registry shows it.
+//!
+//! Exit codes: 0 after a graceful shutdown (or a login, or a rebuild), 1
+//! when the worker cannot start (Redis still unreachable after `[redis]
 //! startup_wait_seconds`, a storage that cannot be created, a webhook
 //! dispatcher that cannot create its consumer group) or stops because its
 //! webhook dispatcher cannot run (after a graceful shutdown of the rest),
-//! or the login fails, 2 for a bad command line or config file (including Telegram
-//! settings that `login` cannot use), 3 when the shutdown was cut short: a
+//! or the login fails, or the rebuild is refused (workers registered as
+//! live: nothing was written) or fails (Redis unreachable or failing
+//! midway: run it again), 2 for a bad command line or config file
+//! (including Telegram settings that `login` cannot use), 3 when the
+//! shutdown was cut short: a
 //! second SIGTERM or Ctrl-C during the drain (the process exits at once), or
 //! attempts that did not finish releasing their tasks within `RELEASE_WAIT`
 //! (5 s) after the grace period (Redis not answering, or a write that
@@ -60,6 +71,26 @@ enum Command {
     /// Logs a Telegram user account in (phone, code, 2FA password) and
     /// writes the session file `[telegram.userbot] session` names.
     Login,
+    /// Rebuilds the projection (task hashes, queued/running/delayed sets)
+    /// from the event log, after it was lost or damaged.
+    ///
+    /// Run it with nothing writing to Redis: stop every worker and every
+    /// API process first. It refuses to run while a worker process is
+    /// registered as live, and names them; the API (which creates tasks)
+    /// is in no registry, so it cannot be checked: stop it yourself.
+    /// Prints one count a line: tasks rebuilt, queued, running, delayed
+    /// (queued, waiting out a retry's backoff), expired (ended past
+    /// `[queue] retention_hours`, left out) and kept (their log trimmed at
+    /// its start: their projection is kept as it was). Running it again is
+    /// harmless. Exits 0 when rebuilt, 1 when refused or when Redis fails.
+    Rebuild {
+        /// Rebuilds even while workers are registered as live: for a
+        /// registration left by a worker that crashed, which stays for
+        /// three `[queue] lease_seconds` after its last heartbeat. Make
+        /// sure the workers named are really gone.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// Keeps freed memory in the process instead of giving it back to the kernel
@@ -106,8 +137,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    if let Some(Command::Login) = cli.command {
-        return runtime.block_on(login(loaded.config));
+    match cli.command {
+        Some(Command::Login) => return runtime.block_on(login(loaded.config)),
+        Some(Command::Rebuild { force }) => return runtime.block_on(rebuild(loaded.config, force)),
+        None => {}
     }
     let exit_code = match runtime.block_on(run(loaded.config, cli.role)) {
         Ok(exit_code) => exit_code,
@@ -169,6 +202,24 @@ async fn login(config: Config) -> ExitCode {
         }
         Err(error) => {
             eprintln!("error: cannot log in: {error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `savestream-worker rebuild`: the report on standard output on success,
+/// one line on failure (the redis URL with its password redacted).
+async fn rebuild(config: Config, force: bool) -> ExitCode {
+    match savestream_worker::rebuild::run(&config, force).await {
+        Ok(report) => {
+            // The rebuild is done: a reader that went away does not undo
+            // it, so a failed write changes neither the outcome nor the code.
+            let report = savestream_worker::rebuild::report_lines(&report);
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), report.as_bytes());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
             ExitCode::from(1)
         }
     }

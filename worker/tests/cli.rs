@@ -1,9 +1,17 @@
 //! The `savestream-worker` binary from the outside: exit codes and the one
-//! line it prints when it cannot start, and a clean exit on SIGTERM.
+//! line it prints when it cannot start, a clean exit on SIGTERM, and
+//! `rebuild`.
 
+use std::collections::HashMap;
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use savestream_shared::config::Config;
+use savestream_shared::store::queue::RetryKind;
+use savestream_shared::store::{Lease, NewTask, Store};
+use savestream_shared::task::{SourceKind, Task, TaskId, TaskStatus};
+use savestream_shared::title;
 use savestream_testkit::{eventually, free_port, RedisServer};
 
 fn worker() -> Command {
@@ -301,4 +309,273 @@ fn a_bot_token_without_an_app_id_exits_1_saying_what_to_set() {
         "{lines:?}"
     );
     assert!(!last.contains("123:abc"), "the token is not printed: {last}");
+}
+
+/// A store on the Redis, prefix and lease the config file names, as the
+/// binary reads them (without the environment of whoever runs the tests).
+async fn store_of(config: &Path) -> Store {
+    let config = Config::load_with_env(config, []).unwrap().config;
+    let store = Store::connect(&config.redis, &config.queue).await.unwrap();
+    store.ensure_group().await.unwrap();
+    store
+}
+
+/// Creates a direct-link task.
+async fn create(store: &Store) -> TaskId {
+    let task_id = TaskId::generate();
+    let link = "https://example.com/file.bin";
+    let new_task = NewTask {
+        task_id: task_id.clone(),
+        source: SourceKind::Http,
+        link: link.into(),
+        user_id: 1,
+        storage: "local1".into(),
+        dir: "/inbox".into(),
+        title: title::pending(SourceKind::Http, link, "local1", "/inbox"),
+    };
+    assert!(store.create(&new_task, None).await.unwrap().is_new);
+    task_id
+}
+
+/// Creates a task and starts it as worker `test-worker` would.
+async fn create_and_start(store: &Store, reader: &Store) -> Lease {
+    let task_id = create(store).await;
+    let jobs = reader
+        .read_jobs("test-worker", 1, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let job = jobs.into_iter().next().expect("the task's work item");
+    assert_eq!(job.task_id.as_ref(), Ok(&task_id), "the queue was not empty");
+    store.start(&job.job_id, &task_id, "test-worker").await.unwrap()
+}
+
+/// Tasks that have ended: one completed, one failed, one canceled while queued.
+async fn ended_tasks(store: &Store, reader: &Store) {
+    let lease = create_and_start(store, reader).await;
+    store.complete(&lease, Some(3), "/inbox/file.bin").await.unwrap();
+    let lease = create_and_start(store, reader).await;
+    store.fail(&lease, "the server said 404").await.unwrap();
+    let canceled = create(store).await;
+    store.cancel(&canceled).await.unwrap();
+}
+
+/// The log folded, as the projection should hold it.
+async fn fold(store: &Store) -> HashMap<TaskId, Task> {
+    let folded = store.fold_log().await.unwrap();
+    assert!(folded.truncated.is_empty());
+    folded
+        .tasks
+        .into_iter()
+        .map(|(task_id, folded)| (task_id, folded.task))
+        .collect()
+}
+
+/// Deletes the projection: every task hash and the sorted sets.
+async fn lose_projection(redis: &RedisServer, store: &Store) {
+    let client = fred::prelude::Builder::from_config(fred::prelude::Config::from_url(&redis.url()).unwrap())
+        .build()
+        .unwrap();
+    fred::prelude::ClientLike::init(&client).await.unwrap();
+    let keys = store.keys();
+    let mut doomed: Vec<String> = store
+        .projection()
+        .await
+        .unwrap()
+        .keys()
+        .map(|task_id| keys.task(task_id))
+        .collect();
+    doomed.extend([keys.queued(), keys.running(), keys.delayed()]);
+    let _: i64 = fred::prelude::KeysInterface::del(&client, doomed).await.unwrap();
+    assert!(store.projection().await.unwrap().is_empty());
+}
+
+/// Runs the binary with `args` after `--config config`, off the runtime's thread.
+async fn run_worker(config: &Path, args: &[&str]) -> Output {
+    let mut command = worker();
+    command.arg("--config").arg(config).args(args);
+    tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn rebuild_restores_a_lost_projection_from_the_log_and_prints_what_it_rebuilt() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &redis.url());
+    let store = store_of(&config).await;
+    let reader = store.with_own_connection().await.unwrap();
+    ended_tasks(&store, &reader).await;
+    let backing_off = create_and_start(&store, &reader).await;
+    store
+        .retry(
+            &backing_off,
+            "the server said 503",
+            RetryKind::Failure { max_retries: 3 },
+            Duration::from_secs(600),
+        )
+        .await
+        .unwrap();
+    let running = create_and_start(&store, &reader).await;
+    let queued = create(&store).await;
+    let live = store.projection().await.unwrap();
+    assert_eq!(live, fold(&store).await);
+    let list_before = store.list(100).await.unwrap();
+    let due_before = store.next_due().await.unwrap();
+    assert!(due_before.is_some(), "the backing-off task is delayed");
+    lose_projection(&redis, &store).await;
+
+    let output = run_worker(&config, &["rebuild"]).await;
+
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "tasks rebuilt: 6\nqueued: 2\nrunning: 1\ndelayed: 1\nexpired: 0\nkept: 0\n",
+        "{output:?}"
+    );
+    let rebuilt = store.projection().await.unwrap();
+    assert_eq!(rebuilt, fold(&store).await);
+    assert_eq!(rebuilt, live);
+    assert_eq!(store.list(100).await.unwrap(), list_before);
+    assert_eq!(rebuilt[&running.task.id].status, TaskStatus::Running);
+    assert_eq!(rebuilt[&queued].status, TaskStatus::Queued);
+    assert_eq!(
+        store.next_due().await.unwrap(),
+        due_before,
+        "the backing-off task is delayed again"
+    );
+}
+
+#[tokio::test]
+async fn rebuild_refuses_while_a_worker_is_registered_naming_it_and_runs_with_force() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &redis.url());
+    let store = store_of(&config).await;
+    let reader = store.with_own_connection().await.unwrap();
+    // Only ended tasks: the live worker below has nothing to take or write.
+    ended_tasks(&store, &reader).await;
+    let live = store.projection().await.unwrap();
+    let log = dir.path().join("worker.log");
+    let mut running_worker = KilledOnDrop(
+        worker()
+            .arg("--config")
+            .arg(&config)
+            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .spawn()
+            .unwrap(),
+    );
+    let registered = eventually("the worker to register", Duration::from_secs(10), || async {
+        store.workers().await.unwrap().into_iter().next()
+    })
+    .await;
+    assert_eq!(registered.pid, running_worker.0.id());
+    lose_projection(&redis, &store).await;
+
+    let refused = run_worker(&config, &["rebuild"]).await;
+
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(refused.stdout.is_empty(), "{refused:?}");
+    let lines = stderr_lines(&refused);
+    let last = lines.last().cloned().unwrap_or_default();
+    assert!(
+        last.starts_with("error: refusing to rebuild: 1 worker process is registered as live")
+            && last.contains(&registered.name)
+            && last.contains("Stop the workers and the API first")
+            && last.contains("--force"),
+        "{lines:?}"
+    );
+    assert!(
+        store.projection().await.unwrap().is_empty(),
+        "the refused rebuild wrote"
+    );
+
+    // A worker that crashed stays registered until its registration
+    // expires: the rebuild still refuses, and --force runs it.
+    running_worker.0.kill().unwrap();
+    running_worker.0.wait().unwrap();
+    let names: Vec<String> = store
+        .workers()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| w.name)
+        .collect();
+    assert_eq!(names, vec![registered.name.clone()]);
+    let still_refused = run_worker(&config, &["rebuild"]).await;
+    assert_eq!(still_refused.status.code(), Some(1), "{still_refused:?}");
+    assert!(
+        store.projection().await.unwrap().is_empty(),
+        "the refused rebuild wrote"
+    );
+
+    let forced = run_worker(&config, &["rebuild", "--force"]).await;
+
+    assert_eq!(forced.status.code(), Some(0), "{forced:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&forced.stdout),
+        "tasks rebuilt: 3\nqueued: 0\nrunning: 0\ndelayed: 0\nexpired: 0\nkept: 0\n",
+        "{forced:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&forced.stderr).contains(&registered.name),
+        "--force names whom it overrides: {forced:?}"
+    );
+    let rebuilt = store.projection().await.unwrap();
+    assert_eq!(rebuilt, fold(&store).await);
+    assert_eq!(rebuilt, live);
+}
+
+#[test]
+fn rebuild_with_an_unreachable_redis_exits_1_naming_it_without_its_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(dir.path(), &format!("redis://:hunter2@127.0.0.1:{port}"));
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("[redis]\n", "[redis]\nstartup_wait_seconds = 1\n"),
+    )
+    .unwrap();
+
+    let output = worker()
+        .arg("--config")
+        .arg(&config)
+        .arg("rebuild")
+        .output()
+        .unwrap();
+
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(output.stdout.is_empty(), "{output:?}");
+    let lines = stderr_lines(&output);
+    assert!(
+        !lines.iter().any(|line| line.contains("hunter2")),
+        "the password leaked: {lines:?}"
+    );
+    let last = lines.last().cloned().unwrap_or_default();
+    assert!(
+        last.starts_with("error: cannot connect to redis at redis://")
+            && last.contains(&format!("@127.0.0.1:{port}")),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn rebuild_with_a_missing_config_or_an_unknown_flag_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = worker()
+        .args(["--config", "nowhere.toml", "rebuild"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2), "{missing:?}");
+
+    let config = write_config(dir.path(), "redis://127.0.0.1:1");
+    let unknown = worker()
+        .arg("--config")
+        .arg(&config)
+        .args(["rebuild", "--everything"])
+        .output()
+        .unwrap();
+    assert_eq!(unknown.status.code(), Some(2), "{unknown:?}");
 }

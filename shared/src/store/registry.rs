@@ -39,8 +39,10 @@ impl Store {
         format!("{}:seen", self.keys().workers())
     }
 
-    /// How long a worker stays listed without a heartbeat.
-    fn worker_horizon(&self) -> Duration {
+    /// How long a worker stays listed without a heartbeat: three lease
+    /// periods. A worker that crashed stays registered this long after its
+    /// last one.
+    pub fn worker_horizon(&self) -> Duration {
         self.lease_duration() * 3
     }
 
