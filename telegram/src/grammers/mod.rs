@@ -138,34 +138,21 @@ impl GrammersApi {
         Ok(connection)
     }
 
-    /// Drops the cached connection when grammers says its runner is gone, so the next call
-    /// makes a new one. Individual dropped sockets need nothing: the pool reconnects to a data
-    /// centre on the next request.
-    async fn forget_if_dropped(&self, connection: &Arc<Connection>, error: &InvocationError) {
-        if matches!(error, InvocationError::Dropped(_)) {
-            let mut slot = self.inner.connection.lock().await;
-            if slot
-                .as_ref()
-                .is_some_and(|current| Arc::ptr_eq(current, connection))
-            {
-                *slot = None;
-            }
-        }
-    }
-
     /// Runs one request with [`REQUEST_TIMEOUT`], mapping its failure about `subject`.
+    ///
+    /// A failed request never discards the connection: grammers answers `Dropped` also when
+    /// one data centre's socket died, and its pool reconnects that socket on the next request.
+    /// A new client would mean a new copy of the user session (its peer cache lost) or a new
+    /// bot sign-in, which Telegram answers with long flood waits when repeated. Only a pool
+    /// whose runner stopped is replaced, by [`GrammersApi::connection`].
     async fn call<T>(
         &self,
-        connection: &Arc<Connection>,
         subject: Subject<'_>,
         request: impl Future<Output = Result<T, InvocationError>>,
     ) -> Result<T, TelegramError> {
         match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => {
-                self.forget_if_dropped(connection, &error).await;
-                Err(rpc::from_invocation(&error, subject))
-            }
+            Ok(Err(error)) => Err(rpc::from_invocation(&error, subject)),
             Err(_) => Err(no_answer(REQUEST_TIMEOUT)),
         }
     }
@@ -196,11 +183,7 @@ impl GrammersApi {
             id: message_id,
         };
         let found = self
-            .call(
-                &connection,
-                subject,
-                connection.client.get_messages_by_id(peer, &ids),
-            )
+            .call(subject, connection.client.get_messages_by_id(peer, &ids))
             .await?;
         let mut target = None;
         let mut neighbours = Vec::new();
@@ -247,11 +230,7 @@ impl GrammersApi {
                 }
                 let subject = Subject::Username(username.as_str());
                 let peer = self
-                    .call(
-                        connection,
-                        subject,
-                        connection.client.resolve_username(username.as_str()),
-                    )
+                    .call(subject, connection.client.resolve_username(username.as_str()))
                     .await?
                     .ok_or_else(|| TelegramError::username_not_found(username.as_str()))?;
                 let peer = match tokio::time::timeout(REQUEST_TIMEOUT, peer.to_ref()).await {
@@ -375,11 +354,7 @@ impl GrammersApi {
             channel: tl::enums::InputChannel::from(peer),
         };
         let tl::enums::messages::ChatFull::Full(full) = self
-            .call(
-                connection,
-                Subject::Chat(label),
-                connection.client.invoke(&request),
-            )
+            .call(Subject::Chat(label), connection.client.invoke(&request))
             .await?;
         let linked = match &full.full_chat {
             tl::enums::ChatFull::ChannelFull(channel) => channel.linked_chat_id,
@@ -421,7 +396,6 @@ impl GrammersApi {
         };
         let found = self
             .call(
-                &connection,
                 subject,
                 connection.client.get_messages_by_id(peer, &[message.message_id]),
             )
@@ -501,10 +475,7 @@ impl GrammersApi {
                     self.copy_authorization(&connection, dc).await?;
                     copied_authorization = true;
                 }
-                Err(error) => {
-                    self.forget_if_dropped(&connection, &error).await;
-                    return Err(rpc::from_invocation(&error, Subject::File));
-                }
+                Err(error) => return Err(rpc::from_invocation(&error, Subject::File)),
             }
         }
     }
@@ -521,7 +492,6 @@ impl GrammersApi {
         }
         let exported = self
             .call(
-                connection,
                 Subject::Login,
                 connection
                     .client
@@ -533,12 +503,8 @@ impl GrammersApi {
             id: exported.id,
             bytes: exported.bytes,
         };
-        self.call(
-            connection,
-            Subject::Login,
-            connection.client.invoke_in_dc(dc, &import),
-        )
-        .await?;
+        self.call(Subject::Login, connection.client.invoke_in_dc(dc, &import))
+            .await?;
         authorized.insert(dc, Instant::now());
         Ok(())
     }
@@ -696,4 +662,44 @@ pub(crate) fn start_login_pool(
     drop(updates);
     let client = Client::new(handle.clone());
     (client, handle.thin.clone(), tokio::spawn(runner.run()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bot_settings() -> Settings {
+        Settings {
+            app_id: 12345,
+            app_hash: savestream_shared::config::Secret::new("hash"),
+            account: Account::Bot {
+                token: savestream_shared::config::Secret::new("123:abc"),
+            },
+            proxy_url: None,
+        }
+    }
+
+    // Building a pool and a client touches no network (the runner connects on the first
+    // request), so the cached connection can be checked without Telegram.
+    #[tokio::test]
+    async fn a_dropped_request_keeps_the_connection_and_its_sign_in() {
+        let api = GrammersApi::from_settings(bot_settings());
+        let settings = bot_settings();
+        let connection = Arc::new(start(Arc::new(MemorySession::default()), &settings, None, true));
+        *api.inner.connection.lock().await = Some(connection.clone());
+
+        let error = api
+            .call(Subject::File, async {
+                Err::<(), _>(InvocationError::Dropped("response was non-retryable bad msg"))
+            })
+            .await
+            .unwrap_err();
+
+        assert!(error.is_retryable());
+        let kept = api.inner.connection.lock().await.clone();
+        assert!(
+            kept.is_some_and(|kept| Arc::ptr_eq(&kept, &connection)),
+            "a dropped request threw the client (and its session and sign-in) away"
+        );
+    }
 }
