@@ -279,13 +279,7 @@ impl GrammersApi {
         )
         .await
         .map_err(|_| no_answer(REQUEST_TIMEOUT))?;
-        let peer = match answer {
-            Ok(peer) => peer,
-            // grammers reports "the answer did not contain the channel" as Dropped; a dead pool
-            // is noticed by `connection()` on the next call.
-            Err(InvocationError::Dropped(_)) => return Err(not_member()),
-            Err(error) => return Err(rpc::from_invocation(&error, Subject::Chat(label))),
-        };
+        let peer = answer.map_err(|error| bot_resolve_error(&error, label))?;
         match peer.to_ref().await {
             Ok(Some(peer)) => Ok(peer),
             Ok(None) => Err(not_member()),
@@ -542,6 +536,22 @@ impl TelegramApi for GrammersApi {
     }
 }
 
+/// What grammers' `resolve_peer` says, as `Dropped`, when Telegram's answer holds no peer
+/// with the id asked for (grammers-client 0.11, `client/chats.rs`).
+const NO_MATCHING_PEER: &str = "response did not contain peer matching the input id";
+
+/// A bot's failed `resolve_peer` of channel `label`: an answer without the channel means the
+/// bot is not in it; any other failure, a dropped connection included, is mapped as usual
+/// (a dropped connection is retryable, not a reason to tell the user to add the bot).
+fn bot_resolve_error(error: &InvocationError, label: &str) -> TelegramError {
+    match error {
+        InvocationError::Dropped(reason) if *reason == NO_MATCHING_PEER => TelegramError::NotMember {
+            chat: label.to_owned(),
+        },
+        error => rpc::from_invocation(error, Subject::Chat(label)),
+    }
+}
+
 /// The error for a request Telegram did not answer in time.
 fn no_answer(timeout: Duration) -> TelegramError {
     TelegramError::Disconnected(format!(
@@ -676,6 +686,26 @@ mod tests {
                 token: savestream_shared::config::Secret::new("123:abc"),
             },
             proxy_url: None,
+        }
+    }
+
+    #[test]
+    fn only_an_answer_without_the_channel_means_the_bot_is_not_in_it() {
+        assert_eq!(
+            bot_resolve_error(&InvocationError::Dropped(NO_MATCHING_PEER), "123"),
+            TelegramError::NotMember { chat: "123".into() }
+        );
+        for reason in [
+            "SenderPoolRunner was dropped during receive",
+            "SenderPoolRunner was dropped at send",
+            "response was non-retryable bad msg",
+        ] {
+            let error = bot_resolve_error(&InvocationError::Dropped(reason), "123");
+            assert!(
+                matches!(error, TelegramError::Disconnected(_)),
+                "{reason}: {error:?}"
+            );
+            assert!(error.is_retryable(), "{reason}");
         }
     }
 
