@@ -30,11 +30,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use savestream_shared::config::Config;
-use savestream_shared::event::EventKind;
 use savestream_shared::shutdown::unless_stuck;
 use savestream_shared::store::webhooks::{ClaimedWebhook, EventEntry, WebhookResult, WebhookState};
 use savestream_shared::store::{Store, StoreError};
-use savestream_shared::task::Millis;
+use savestream_shared::task::{Millis, TaskId};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -87,6 +86,8 @@ struct Inner {
     /// Woken when a delivery is recorded or a try ends, so the deliver loop
     /// claims without waiting out its poll.
     wake: Notify,
+    /// Where the next reclaim scan of the pending events goes on.
+    reclaim_cursor: std::sync::Mutex<String>,
 }
 
 impl Dispatcher {
@@ -125,6 +126,7 @@ impl Dispatcher {
                 consumer: consumer_name(),
                 sender,
                 wake: Notify::new(),
+                reclaim_cursor: std::sync::Mutex::new("0-0".to_owned()),
             }),
         })
     }
@@ -158,11 +160,23 @@ impl Dispatcher {
     /// Step: takes over events that a consumer read but did not record for
     /// longer than the lease, and handles them.
     pub async fn reclaim_events(&self) -> Result<Ingested, WebhookError> {
-        let entries = self
+        // Taken out for the call: only the ingest loop reclaims.
+        let mut cursor = std::mem::take(&mut *self.inner.reclaim_cursor.lock().expect("never poisoned"));
+        if cursor.is_empty() {
+            cursor = "0-0".to_owned();
+        }
+        let claimed = self
             .inner
             .store
-            .claim_stale_events(&self.inner.consumer, self.inner.options.lease, READ_BATCH)
-            .await?;
+            .claim_stale_events(
+                &self.inner.consumer,
+                self.inner.options.lease,
+                READ_BATCH,
+                &mut cursor,
+            )
+            .await;
+        *self.inner.reclaim_cursor.lock().expect("never poisoned") = cursor;
+        let entries = claimed?;
         if !entries.is_empty() {
             info!(
                 count = entries.len(),
@@ -172,12 +186,26 @@ impl Dispatcher {
         self.handle_events(entries).await
     }
 
-    /// Acknowledges the non-terminal and undecodable events, and records a
-    /// delivery (acknowledging its event in the same call) for each terminal one.
-    /// A terminal event whose task is gone or cannot be read is acknowledged
-    /// without a delivery and does not hold back the rest of the batch; only
-    /// a Redis failure fails the step (the batch is taken over again later,
-    /// and recording a delivery twice records it once).
+    /// Acknowledges the non-terminal events, and records a delivery
+    /// (acknowledging its event in the same call) for each terminal one.
+    ///
+    /// Terminality is read from the entry's raw `type` and `task` fields
+    /// alone, so a terminal event this build cannot decode as a whole (a
+    /// newer format version during a rolling upgrade) is still delivered.
+    /// An entry with no `type`, or a terminal one with no valid `task`,
+    /// cannot be read at all: it is left pending (not acknowledged), with a
+    /// warning and `outcome="unreadable"` counted, for a build that can read
+    /// it. New reads never return it again, and the reclaim passes over it
+    /// (see `Store::claim_stale_events`), so it blocks nothing; while
+    /// pending it holds the log's trim at it, so once it is older than the
+    /// retention period (the trim's horizon) it is acknowledged and given
+    /// up (`outcome="skipped"`, logged as an error): it never keeps the log
+    /// longer than retention would anyway.
+    ///
+    /// A terminal event whose task cannot be read is acknowledged without a
+    /// delivery and does not hold back the rest of the batch; only a Redis
+    /// failure fails the step (the batch is taken over again later, and
+    /// recording a delivery twice records it once).
     pub async fn handle_events(&self, entries: Vec<EventEntry>) -> Result<Ingested, WebhookError> {
         let mut ingested = Ingested {
             read: entries.len(),
@@ -185,17 +213,37 @@ impl Dispatcher {
         };
         let mut acks = Vec::new();
         for entry in entries {
-            match &entry.event {
-                Err(why) => {
-                    warn!(event_id = %entry.id, %why, "skipping an event that cannot be decoded");
-                    acks.push(entry.id);
-                }
-                Ok(task_event) if is_terminal(&task_event.kind) => {
-                    if self.enqueue(&entry.id, task_event).await? {
+            match classify(&entry) {
+                Classified::Terminal(task_id) => {
+                    if let Err(why) = &entry.event {
+                        debug!(
+                            event_id = %entry.id, %why,
+                            "a terminal event this build cannot decode whole: delivered from its type and task"
+                        );
+                    }
+                    if self.enqueue(&entry, &task_id).await? {
                         ingested.enqueued += 1;
                     }
                 }
-                Ok(_) => acks.push(entry.id),
+                Classified::Other => acks.push(entry.id),
+                Classified::Unreadable(why) => {
+                    if self.inner.store.is_past_retention(&entry.id) {
+                        error!(
+                            event_id = %entry.id, why,
+                            "giving up an events entry no dispatcher could read within the retention \
+                             period: it is acknowledged without a webhook"
+                        );
+                        metrics::counter!(DELIVERIES_METRIC, "outcome" => "skipped").increment(1);
+                        acks.push(entry.id);
+                    } else {
+                        warn!(
+                            event_id = %entry.id, why,
+                            "an events entry cannot be read (no type, or no task): left pending for a \
+                             dispatcher that can read it; given up once older than the retention period"
+                        );
+                        metrics::counter!(DELIVERIES_METRIC, "outcome" => "unreadable").increment(1);
+                    }
+                }
             }
         }
         self.inner.store.ack_events(&acks).await?;
@@ -207,18 +255,15 @@ impl Dispatcher {
 
     /// Records the delivery of one terminal event, with its body built from
     /// the projection now (a terminal task never changes again).
-    async fn enqueue(
-        &self,
-        event_id: &str,
-        task_event: &savestream_shared::event::TaskEvent,
-    ) -> Result<bool, WebhookError> {
+    async fn enqueue(&self, entry: &EventEntry, task_id: &TaskId) -> Result<bool, WebhookError> {
+        let event_id = entry.id.as_str();
         let store = &self.inner.store;
-        let record = match store.get(&task_event.task_id).await {
+        let record = match store.get(task_id).await {
             Ok(Some(record)) => record,
             Ok(None) => {
                 // Only an event older than the retention period has no task;
                 // the API no longer knows the task either.
-                warn!(task_id = %task_event.task_id, event_id, "no webhook for a task past retention");
+                warn!(%task_id, event_id, "no webhook for a task past retention");
                 return self.skip_event(event_id).await;
             }
             Err(StoreError::Corrupt(why)) => {
@@ -232,7 +277,7 @@ impl Dispatcher {
                 // event alone (it has no title nor creation time), so the
                 // event is acknowledged without a delivery.
                 error!(
-                    task_id = %task_event.task_id, event_id, %why,
+                    %task_id, event_id, %why,
                     "no webhook for this task: its stored fields in redis cannot be read, so the \
                      event is acknowledged without a delivery; inspect the task's hash (HGETALL) \
                      and create the task again if its outcome matters to the receiver"
@@ -246,12 +291,12 @@ impl Dispatcher {
             .enqueue_webhook(
                 event_id,
                 &webhook_id,
-                &task_event.task_id,
+                task_id,
                 &body_json(&record.task),
                 self.inner.options.span,
             )
             .await?;
-        debug!(%webhook_id, task_id = %task_event.task_id, recorded, "webhook delivery recorded");
+        debug!(%webhook_id, %task_id, recorded, "webhook delivery recorded");
         Ok(recorded)
     }
 
@@ -573,11 +618,27 @@ fn log_unrecorded(error: &WebhookError) {
     }
 }
 
-fn is_terminal(kind: &EventKind) -> bool {
-    matches!(
-        kind,
-        EventKind::Completed { .. } | EventKind::Failed { .. } | EventKind::Canceled
-    )
+/// What the dispatcher makes of an entry of the `events` stream, from its
+/// raw fields.
+#[derive(Debug, PartialEq, Eq)]
+enum Classified {
+    /// A `completed`, `failed` or `canceled` event of this task.
+    Terminal(TaskId),
+    /// Any other type, known to this build or not: no webhook.
+    Other,
+    /// No `type`, or a terminal type without a valid `task`: why.
+    Unreadable(&'static str),
+}
+
+fn classify(entry: &EventEntry) -> Classified {
+    match entry.kind() {
+        None => Classified::Unreadable("the entry has no `type` field"),
+        Some("completed" | "failed" | "canceled") => match entry.task_id() {
+            Some(task_id) => Classified::Terminal(task_id),
+            None => Classified::Unreadable("a terminal entry without a valid `task` field"),
+        },
+        Some(_) => Classified::Other,
+    }
 }
 
 /// Waits `delay` or until shutdown, whichever comes first.

@@ -6,7 +6,10 @@
 //! needs its whole history, from its `created` event on: the log is the
 //! truth a rebuild folds, and a history cut in two cannot be folded. And
 //! the webhook dispatcher needs every event it has not acknowledged, or an
-//! outcome it fell behind on would never be delivered. Terminal tasks need
+//! outcome it fell behind on would never be delivered (an entry no
+//! dispatcher can read is left pending only until it is older than the
+//! retention period, then given up, so it never holds the trim back past
+//! the horizon: see `savestream_webhook::dispatcher`). Terminal tasks need
 //! nothing: their projection expires on its own (`PEXPIRE` at the end), so
 //! a rebuild keeps a projection whose history was trimmed as it is (see
 //! `rebuild.rs`).

@@ -21,13 +21,36 @@ use crate::keys::WEBHOOKS_GROUP;
 use crate::task::{Millis, TaskId};
 
 /// An entry of the `events` stream read through the `webhooks` group.
+///
+/// The dispatcher needs only the raw `type` and `task` fields (the body
+/// comes from the projection), so an entry this build cannot decode as a
+/// whole (another format version `v`, written by a newer build during a
+/// rolling upgrade, or a field it does not know) still gets its webhook.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EventEntry {
     /// The entry's id on the stream.
     pub id: String,
-    /// The event, or why the entry cannot be decoded (such an entry is
-    /// acknowledged and skipped; it never stops a dispatcher).
+    /// The entry's fields as written, whatever their format version.
+    pub fields: HashMap<String, String>,
+    /// The event, or why this build cannot decode the entry as a whole.
     pub event: Result<TaskEvent, String>,
+}
+
+impl EventEntry {
+    /// The raw `type` field (`completed`, `failed`, ...), if any.
+    pub fn kind(&self) -> Option<&str> {
+        self.fields.get("type").map(String::as_str)
+    }
+
+    /// The raw `task` field, if it is a well-formed task id.
+    pub fn task_id(&self) -> Option<TaskId> {
+        self.fields.get("task").and_then(|task| TaskId::parse(task).ok())
+    }
+
+    /// A raw field, empty when absent.
+    pub fn field(&self, name: &str) -> &str {
+        self.fields.get(name).map_or("", String::as_str)
+    }
 }
 
 /// A delivery's try, claimed for one lease by one consumer.
@@ -210,20 +233,72 @@ impl Store {
 
     /// Claims up to `count` events that a consumer of the `webhooks` group
     /// read but has not acknowledged for longer than `min_idle`: it died
-    /// before recording their deliveries.
+    /// before recording their deliveries, or no dispatcher could read them
+    /// (see `savestream_webhook::dispatcher`).
+    ///
+    /// The scan starts at `cursor` and leaves it where the next one goes
+    /// on (`0-0` once it has gone round the pending list): entries that stay
+    /// pending on purpose are passed over by the next scan rather than
+    /// claimed again first, so however many there are, they never keep a
+    /// dead dispatcher's events from being taken over.
     pub async fn claim_stale_events(
         &self,
         consumer: &str,
         min_idle: Duration,
         count: usize,
+        cursor: &mut String,
     ) -> Result<Vec<EventEntry>, StoreError> {
-        let entries = self
-            .autoclaim(&self.keys().events(), WEBHOOKS_GROUP, consumer, min_idle, count)
-            .await?;
-        Ok(entries.into_iter().map(event_entry).collect())
+        let mut claimed = Vec::new();
+        let min_idle = min_idle.as_millis().to_string();
+        let events = self.keys().events();
+        while claimed.len() < count {
+            let wanted = (count - claimed.len()).to_string();
+            let args = vec![
+                events.as_str(),
+                WEBHOOKS_GROUP,
+                consumer,
+                min_idle.as_str(),
+                cursor.as_str(),
+                "COUNT",
+                wanted.as_str(),
+            ];
+            let reply: Value = self.client().custom(fred::cmd!("XAUTOCLAIM"), args).await?;
+            let mut parts = reply.into_array().into_iter();
+            *cursor = parts
+                .next()
+                .and_then(|value| value.as_string())
+                .unwrap_or_else(|| "0-0".into());
+            if let Some(entries) = parts.next() {
+                // Entries trimmed while pending come back as nil; Redis
+                // drops them from the pending list itself.
+                let entries: Vec<Value> = entries
+                    .into_array()
+                    .into_iter()
+                    .filter(|entry| !entry.is_null())
+                    .collect();
+                claimed.extend(
+                    stream_entries(Value::Array(entries))?
+                        .into_iter()
+                        .map(event_entry),
+                );
+            }
+            if cursor == "0-0" {
+                break;
+            }
+        }
+        Ok(claimed)
     }
 
-    /// Acknowledges events that need no delivery (not terminal, or not decodable).
+    /// Whether the entry `event_id` of the `events` stream is older than the
+    /// retention period (`[queue] retention_hours`), by the time in its id.
+    pub fn is_past_retention(&self, event_id: &str) -> bool {
+        let Some(id) = crate::stream_id::StreamId::parse(event_id) else {
+            return false;
+        };
+        (id.millis as Millis) < Store::now_ms() - self.retention().as_millis() as Millis
+    }
+
+    /// Acknowledges events that need no delivery (not terminal, or given up).
     pub async fn ack_events(&self, event_ids: &[String]) -> Result<(), StoreError> {
         if event_ids.is_empty() {
             return Ok(());
@@ -429,6 +504,7 @@ impl Store {
 fn event_entry((id, fields): (String, HashMap<String, String>)) -> EventEntry {
     EventEntry {
         event: TaskEvent::from_fields(&fields).map_err(|error| error.to_string()),
+        fields,
         id,
     }
 }

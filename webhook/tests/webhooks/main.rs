@@ -1053,3 +1053,110 @@ async fn the_step_functions_deliver_without_the_loop() {
         Default::default()
     );
 }
+
+#[tokio::test]
+async fn a_terminal_event_of_another_format_version_is_delivered_and_an_unreadable_entry_is_left_pending() {
+    // Arrange: a completed task whose own events were consumed elsewhere,
+    // then entries a newer build might write: its terminal event in format
+    // version 2 with a field this build does not know, an entry with no
+    // type, and a terminal entry with no valid task.
+    let harness = Harness::start().await;
+    let receiver = Receiver::start().await;
+    let config = harness.config(&receiver.url(), None);
+    let dispatcher = Dispatcher::with_options(harness.store.clone(), &config, fast(&config)).unwrap();
+    let reader = harness.store.with_own_connection().await.unwrap();
+    let task_id = harness.finish_task(End::Complete).await;
+    let history = harness
+        .reader
+        .read_events("elsewhere", 100, Duration::from_millis(100))
+        .await
+        .unwrap();
+    let history_ids: Vec<String> = history.iter().map(|entry| entry.id.clone()).collect();
+    harness.store.ack_events(&history_ids).await.unwrap();
+    let events = harness.store.keys().events();
+    let at = (unix_now() * 1000).to_string();
+    let newer = harness.redis_cli(&[
+        "XADD",
+        &events,
+        "*",
+        "v",
+        "2",
+        "type",
+        "completed",
+        "task",
+        task_id.as_str(),
+        "at",
+        &at,
+        "attempt",
+        "1",
+        "size",
+        "42",
+        "path",
+        "/downloads/file.pdf",
+        "checksum",
+        "sha256:00",
+    ]);
+    harness.redis_cli(&["XADD", &events, "*", "v", "2", "note", "no type"]);
+    harness.redis_cli(&[
+        "XADD",
+        &events,
+        "*",
+        "v",
+        "1",
+        "type",
+        "failed",
+        "task",
+        "not-a-task",
+        "at",
+        &at,
+    ]);
+
+    // Act
+    let ingested = dispatcher
+        .ingest(&reader, Duration::from_millis(100))
+        .await
+        .unwrap();
+    let tried = dispatcher.deliver_due().await.unwrap();
+
+    // Assert: the newer entry is delivered with the task's body; the two
+    // unreadable ones stay pending, and later reads pass over them.
+    assert_eq!((ingested.read, ingested.enqueued), (3, 1));
+    assert_eq!(tried, 1);
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].webhook_id(), webhook_id(&newer));
+    assert_eq!(requests[0].body, harness.expected_body(&task_id).await);
+    assert_eq!(harness.webhook_events_pending(), 2);
+    let again = dispatcher
+        .ingest(&reader, Duration::from_millis(10))
+        .await
+        .unwrap();
+    assert_eq!(again, Default::default());
+
+    // An unreadable entry older than the retention period (here: any, on a
+    // store whose retention is 0) is given up rather than kept pending.
+    let no_retention = Store::connect(
+        &RedisConfig {
+            url: harness.redis.url(),
+            prefix: "test".into(),
+            startup_wait_seconds: 0,
+        },
+        &QueueConfig {
+            lease_seconds: 30,
+            retention_hours: 0,
+        },
+    )
+    .await
+    .unwrap();
+    let late = Dispatcher::with_options(no_retention.clone(), &config, fast(&config)).unwrap();
+    harness.redis_cli(&["XADD", &events, "*", "v", "2", "note", "no type either"]);
+    let ingested = late
+        .ingest(
+            &no_retention.with_own_connection().await.unwrap(),
+            Duration::from_millis(100),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ingested.read, 1);
+    assert_eq!(harness.webhook_events_pending(), 2, "the old entry was given up");
+}
