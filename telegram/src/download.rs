@@ -14,8 +14,9 @@
 //! which aborts them: a cancelled download stops asking Telegram at once.
 //!
 //! ## Faults, per part
-//! - FLOOD_WAIT / FLOOD_PREMIUM_WAIT: every part holds its next request until the wait is
-//!   over (one flood wait means the account is throttled, not the part), then retries. A wait
+//! - FLOOD_WAIT / FLOOD_PREMIUM_WAIT: every part of every download of the [`Downloader`] holds
+//!   its next request until the wait is over (one flood wait means the account is throttled,
+//!   not the part nor the download), then retries. A wait
 //!   longer than [`DownloadOptions::max_flood_wait`] ends the stream with the
 //!   [`TelegramError::FloodWait`] so the worker can release the task instead of holding a slot;
 //!   the gate is held for it all the same, and a part that finds the gate closed for longer
@@ -89,15 +90,24 @@ impl Default for DownloadOptions {
 }
 
 /// Downloads files named by [`MediaMessage`]s through a [`TelegramApi`].
+///
+/// One per process (per account): every stream it makes, and every clone of it, shares the
+/// account's flood gate, since Telegram's flood wait holds back every request of the account,
+/// not one download's.
 #[derive(Clone)]
 pub struct Downloader {
     api: Arc<dyn TelegramApi>,
     options: DownloadOptions,
+    account: Arc<Account>,
 }
 
 impl Downloader {
     pub fn new(api: Arc<dyn TelegramApi>, options: DownloadOptions) -> Downloader {
-        Downloader { api, options }
+        Downloader {
+            api,
+            options,
+            account: Arc::new(Account::default()),
+        }
     }
 
     pub fn options(&self) -> &DownloadOptions {
@@ -138,7 +148,7 @@ impl Downloader {
                 dc: file.dc,
                 generation: 0,
             }),
-            flood_gate: StdMutex::new(None),
+            account: self.account.clone(),
             options: self.options.clone(),
         });
 
@@ -221,9 +231,18 @@ struct Shared {
     /// The location and data centre parts ask; a tokio mutex because a refresh holds it across
     /// the refetch, so parts that saw the same stale reference wait for one refetch.
     current: Mutex<Current>,
-    /// No request starts before this instant (a flood wait is the account's, not the part's).
-    flood_gate: StdMutex<Option<FloodGate>>,
+    /// What every download of the [`Downloader`] shares.
+    account: Arc<Account>,
     options: DownloadOptions,
+}
+
+/// State every download of one [`Downloader`] shares: the account's.
+#[derive(Default)]
+struct Account {
+    /// No request starts before this instant: a flood wait is the account's, not the part's
+    /// nor the download's, and Telegram refuses (and may lengthen the wait of) every request
+    /// any download sends before it is over.
+    flood_gate: StdMutex<Option<FloodGate>>,
 }
 
 /// A flood wait being waited out: no request before `until`.
@@ -253,7 +272,7 @@ async fn fetch_part(shared: &Shared, part: Part) -> Result<Bytes, TelegramError>
     let options = &shared.options;
     let mut attempts = Attempts::default();
     loop {
-        shared.wait_for_flood_gate().await?;
+        shared.account.wait_for_flood_gate(options.max_flood_wait).await?;
         let (location, dc, generation) = {
             let current = shared.current.lock().await;
             (current.location.clone(), current.dc, current.generation)
@@ -286,7 +305,7 @@ async fn fetch_part(shared: &Shared, part: Part) -> Result<Bytes, TelegramError>
                 // Held even when this part gives up: until the wait is over Telegram refuses
                 // every request of the account, and the other parts would only earn more
                 // (and longer) flood waits by asking.
-                shared.hold_requests_for(wait, premium);
+                shared.account.hold_requests_for(wait, premium);
                 if wait > options.max_flood_wait || attempts.flood_waits > options.max_flood_waits_per_part {
                     return Err(error);
                 }
@@ -337,7 +356,7 @@ async fn fetch_part(shared: &Shared, part: Part) -> Result<Bytes, TelegramError>
     }
 }
 
-impl Shared {
+impl Account {
     fn hold_requests_for(&self, wait: Duration, premium: bool) {
         let until = Instant::now() + wait;
         // A poisoned lock only means another part panicked mid-update of an Option of a Copy
@@ -354,7 +373,7 @@ impl Shared {
     /// Waits until no flood wait holds requests back. Fails with the flood wait, without
     /// waiting, when what is left of it is longer than [`DownloadOptions::max_flood_wait`]:
     /// the download gives up as the part that got the wait did.
-    async fn wait_for_flood_gate(&self) -> Result<(), TelegramError> {
+    async fn wait_for_flood_gate(&self, max_flood_wait: Duration) -> Result<(), TelegramError> {
         loop {
             let gate = *self
                 .flood_gate
@@ -364,7 +383,7 @@ impl Shared {
                 return Ok(());
             };
             let left = gate.until - Instant::now();
-            if left > self.options.max_flood_wait {
+            if left > max_flood_wait {
                 let seconds =
                     u32::try_from(left.as_secs() + u64::from(left.subsec_nanos() > 0)).unwrap_or(u32::MAX);
                 return Err(TelegramError::FloodWait {
@@ -375,7 +394,9 @@ impl Shared {
             tokio::time::sleep_until(gate.until).await;
         }
     }
+}
 
+impl Shared {
     /// Refetches the message for a fresh file reference, unless another part already did since
     /// this part read generation `seen`.
     async fn refresh(&self, seen: u64) -> Result<(), TelegramError> {

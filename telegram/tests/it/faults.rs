@@ -4,13 +4,16 @@
 
 use std::time::Duration;
 
-use savestream_telegram::fake::{Fault, FaultKind};
+use savestream_telegram::fake::{FakeMessage, Fault, FaultKind, When};
 use savestream_telegram::{DownloadOptions, Downloader, TelegramError};
 use tokio::time::Instant;
 
 use savestream_telegram::TelegramApi;
 
-use crate::support::{assert_requests_valid, collect, downloader, drain, one_file, HOME_DC, MIB};
+use crate::support::{
+    assert_requests_valid, collect, contents, downloader, drain, link, one_file, CHANNEL, CHANNEL_ID,
+    HOME_DC, MIB,
+};
 
 /// 10 MiB and a few bytes: 11 parts, the last one short.
 const SIZE: usize = 10 * MIB + 5;
@@ -266,4 +269,50 @@ async fn a_resume_inside_a_part_after_an_expired_reference_is_exact() {
     .await;
     assert!(received == world.bytes[start..]);
     assert_requests_valid(&world.fake);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flood_wait_holds_back_every_download_of_the_account() {
+    // Arrange: a second file beside the first, both downloaded at once by one Downloader (one
+    // per process), every part a little slow so both downloads are mid-way when the first
+    // gets a flood wait.
+    let world = one_file(SIZE).await;
+    let other_bytes = contents(SIZE, 99);
+    let other_file = world.fake.add_file(other_bytes.clone(), HOME_DC);
+    world.fake.add_message(
+        CHANNEL_ID,
+        FakeMessage::document(2, other_file, Some("other.bin"), None),
+    );
+    let other = world
+        .fake
+        .resolve(&link(&format!("https://t.me/{CHANNEL}/2")))
+        .await
+        .unwrap()
+        .remove(0);
+    // The flood wait first: it is answered at once (the fault list stops at it), so no
+    // request can be on its way before the client knows of the wait.
+    world.fake.inject(Fault::at_part(MIDDLE, FaultKind::FloodWait(7)));
+    world.fake.inject(Fault {
+        when: When::Always,
+        kind: FaultKind::Delay(Duration::from_millis(200)),
+        times: u32::MAX,
+    });
+    let downloader = downloader(&world.fake, 4);
+
+    // Act
+    let started = Instant::now();
+    let (first, second) = tokio::join!(
+        collect(downloader.stream(&world.message, 0).unwrap()),
+        collect(downloader.stream(&other, 0).unwrap()),
+    );
+
+    // Assert: both complete, the wait was slept through, and neither download asked Telegram
+    // during it (each such request is refused and may lengthen the wait).
+    assert!(first == world.bytes && second == other_bytes, "bytes differ");
+    assert!(started.elapsed() >= Duration::from_secs(7));
+    assert_eq!(
+        world.fake.flood_refusals(),
+        0,
+        "the other download kept asking during the flood wait"
+    );
 }
