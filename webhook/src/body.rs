@@ -2,7 +2,7 @@
 //! the same fields, in the same order and form, as `GET /api/v1/tasks/{id}`
 //! shows them (SaveAny-Bot's contract, "Webhook Callback").
 
-use savestream_shared::task::{rfc3339, Task};
+use savestream_shared::task::{rfc3339, Millis, Task};
 use serde::Serialize;
 
 /// The fields are declared in the contract's order; serde keeps it.
@@ -18,12 +18,24 @@ struct WebhookBody<'a> {
 
 /// The body for `task`, as compact JSON.
 pub fn body_json(task: &Task) -> String {
+    body_of(
+        task.id.as_str(),
+        task.status.as_str(),
+        &task.title,
+        task.created_at,
+        &task.error,
+    )
+}
+
+/// The body from its fields (`created_at` in ms since the epoch), for a
+/// task whose projection is gone and whose fields come from the log.
+pub fn body_of(task_id: &str, status: &str, title: &str, created_at: Millis, error: &str) -> String {
     let body = WebhookBody {
-        task_id: task.id.as_str(),
-        status: task.status.as_str(),
-        title: &task.title,
-        created_at: rfc3339(task.created_at),
-        error: &task.error,
+        task_id,
+        status,
+        title,
+        created_at: rfc3339(created_at),
+        error,
     };
     // Serializing a struct of strings into a String cannot fail.
     serde_json::to_string(&body).expect("a struct of strings serializes")

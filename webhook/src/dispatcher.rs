@@ -31,7 +31,9 @@ use std::time::{Duration, Instant};
 
 use savestream_shared::config::Config;
 use savestream_shared::shutdown::unless_stuck;
-use savestream_shared::store::webhooks::{ClaimedWebhook, EventEntry, WebhookResult, WebhookState};
+use savestream_shared::store::webhooks::{
+    task_created_ms, ClaimedWebhook, EventEntry, WebhookResult, WebhookState,
+};
 use savestream_shared::store::{Store, StoreError};
 use savestream_shared::task::{Millis, TaskId};
 use tokio::sync::{Notify, Semaphore};
@@ -39,7 +41,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::body::body_json;
+use crate::body::{body_json, body_of};
 use crate::error::WebhookError;
 use crate::options::{Backoff, DispatcherOptions};
 use crate::send::{check_url, Answer, Sender};
@@ -48,6 +50,10 @@ use crate::signature::Signer;
 /// The metric that counts tries by outcome (`delivered`, `retrying`,
 /// `gave_up`, `gone`) and skipped events (`skipped`).
 pub const DELIVERIES_METRIC: &str = "savestream_webhook_deliveries_total";
+
+/// How many entries of the log at most are scanned for the history of a
+/// task whose hash has expired (see `Store::task_events_on_log`).
+const LOG_SCAN_LIMIT: usize = 20_000;
 
 /// How many events one read takes at most.
 const READ_BATCH: usize = 100;
@@ -261,10 +267,12 @@ impl Dispatcher {
         let record = match store.get(task_id).await {
             Ok(Some(record)) => record,
             Ok(None) => {
-                // Only an event older than the retention period has no task;
-                // the API no longer knows the task either.
-                warn!(%task_id, event_id, "no webhook for a task past retention");
-                return self.skip_event(event_id).await;
+                // Only an event older than the retention period has no task
+                // hash (it expires that long after the end): this dispatcher
+                // fell behind. The outcome is still owed: the body is built
+                // from what the log holds.
+                let body = self.body_from_log(entry, task_id).await?;
+                return self.record(entry, task_id, &body).await;
             }
             Err(StoreError::Corrupt(why)) => {
                 // The task's hash cannot be decoded (a field another build
@@ -286,18 +294,57 @@ impl Dispatcher {
             }
             Err(error) => return Err(error.into()),
         };
-        let webhook_id = webhook_id(event_id);
-        let recorded = store
-            .enqueue_webhook(
-                event_id,
-                &webhook_id,
-                task_id,
-                &body_json(&record.task),
-                self.inner.options.span,
-            )
+        self.record(entry, task_id, &body_json(&record.task)).await
+    }
+
+    /// Records the delivery of `entry` with `body`, acknowledging the entry.
+    async fn record(&self, entry: &EventEntry, task_id: &TaskId, body: &str) -> Result<bool, WebhookError> {
+        let webhook_id = webhook_id(&entry.id);
+        let recorded = self
+            .inner
+            .store
+            .enqueue_webhook(&entry.id, &webhook_id, task_id, body, self.inner.options.span)
             .await?;
         debug!(%webhook_id, %task_id, recorded, "webhook delivery recorded");
         Ok(recorded)
+    }
+
+    /// The body of a terminal event whose task's hash has expired, from the
+    /// log: the status is the event's type, the error its `error` field;
+    /// the title is the task's last `resolved` title, else its `created`
+    /// one, and the creation time its `created` event's, when those are
+    /// still on the log (see `Store::task_events_on_log`). When they were
+    /// trimmed, the title is empty and the creation time is the one in the
+    /// task's id (whole seconds): the contract has every field present.
+    async fn body_from_log(&self, entry: &EventEntry, task_id: &TaskId) -> Result<String, WebhookError> {
+        let history = self
+            .inner
+            .store
+            .task_events_on_log(task_id, &entry.id, LOG_SCAN_LIMIT)
+            .await?;
+        let created = history.iter().find(|event| event.kind() == Some("created"));
+        let title = history
+            .iter()
+            .rev()
+            .find(|event| event.kind() == Some("resolved"))
+            .or(created)
+            .map_or("", |event| event.field("title"));
+        let created_at = created
+            .and_then(|event| event.field("at").parse::<Millis>().ok())
+            .or_else(|| task_created_ms(task_id).map(|ms| ms as Millis))
+            .unwrap_or_default();
+        warn!(
+            %task_id, event_id = %entry.id, created_on_log = created.is_some(),
+            "the task's projection had expired (the webhook dispatcher fell behind by more than \
+             [queue] retention_hours): its webhook body is built from the log"
+        );
+        Ok(body_of(
+            task_id.as_str(),
+            entry.kind().unwrap_or_default(),
+            title,
+            created_at,
+            entry.field("error"),
+        ))
     }
 
     /// Acknowledges a terminal event that gets no delivery (the caller has

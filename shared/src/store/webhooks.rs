@@ -289,6 +289,64 @@ impl Store {
         Ok(claimed)
     }
 
+    /// The events of `task_id` still on the log, oldest first, up to and
+    /// including `until` (its terminal event), for a delivery whose task's
+    /// hash has expired. The scan starts a minute before the creation time
+    /// in the task's id (an xid made by the API just before its `created`
+    /// event, on a clock that may differ from Redis' by that much), reads
+    /// pages of 1000 entries, and stops after `max_scanned` entries: a
+    /// dispatcher that fell behind by more than the retention period pays
+    /// for each such event with a bounded scan, and the hot paths write
+    /// nothing for it.
+    pub async fn task_events_on_log(
+        &self,
+        task_id: &TaskId,
+        until: &str,
+        max_scanned: usize,
+    ) -> Result<Vec<EventEntry>, StoreError> {
+        const PAGE: usize = 1000;
+        let created_ms = task_created_ms(task_id).unwrap_or(0);
+        let mut start = crate::stream_id::StreamId {
+            millis: created_ms.saturating_sub(60_000),
+            sequence: 0,
+        }
+        .to_string();
+        let mut found = Vec::new();
+        let mut scanned = 0;
+        while scanned < max_scanned {
+            let count = PAGE.min(max_scanned - scanned);
+            let reply: Value = self
+                .client()
+                .custom(
+                    fred::cmd!("XRANGE"),
+                    vec![
+                        self.keys().events(),
+                        start.clone(),
+                        until.to_owned(),
+                        "COUNT".into(),
+                        count.to_string(),
+                    ],
+                )
+                .await?;
+            let page = stream_entries(reply)?;
+            let page_len = page.len();
+            scanned += page_len;
+            let Some((last_id, _)) = page.last() else {
+                break;
+            };
+            start = format!("({last_id}");
+            found.extend(
+                page.into_iter()
+                    .map(event_entry)
+                    .filter(|entry| entry.fields.get("task").map(String::as_str) == Some(task_id.as_str())),
+            );
+            if page_len < count {
+                break;
+            }
+        }
+        Ok(found)
+    }
+
     /// Whether the entry `event_id` of the `events` stream is older than the
     /// retention period (`[queue] retention_hours`), by the time in its id.
     pub fn is_past_retention(&self, event_id: &str) -> bool {
@@ -499,6 +557,14 @@ impl Store {
         self.remove_idle_consumers_of(&self.keys().events(), WEBHOOKS_GROUP, min_idle)
             .await
     }
+}
+
+/// When the task was created, by the time in its id (an xid: whole
+/// seconds), in ms since the epoch.
+pub fn task_created_ms(task_id: &TaskId) -> Option<u64> {
+    let id: xid::Id = task_id.as_str().parse().ok()?;
+    let since_epoch = id.time().duration_since(std::time::UNIX_EPOCH).ok()?;
+    u64::try_from(since_epoch.as_millis()).ok()
 }
 
 fn event_entry((id, fields): (String, HashMap<String, String>)) -> EventEntry {

@@ -1160,3 +1160,62 @@ async fn a_terminal_event_of_another_format_version_is_delivered_and_an_unreadab
     assert_eq!(ingested.read, 1);
     assert_eq!(harness.webhook_events_pending(), 2, "the old entry was given up");
 }
+
+#[tokio::test]
+async fn a_terminal_event_whose_task_hash_expired_is_delivered_with_its_body_from_the_log() {
+    // Arrange: one task resolved (a title of its file) and completed, one
+    // failed; both hashes expire (deleted here) before any dispatcher runs,
+    // as they do when a dispatcher falls behind by more than the retention.
+    let harness = Harness::start().await;
+    let receiver = Receiver::start().await;
+    let resolved = harness.create().await;
+    let failed = harness.create().await;
+    let job = harness
+        .reader
+        .read_jobs(WORKER, 1, Duration::from_secs(1))
+        .await
+        .unwrap()
+        .remove(0);
+    let lease = harness.store.start(&job.job_id, &resolved, WORKER).await.unwrap();
+    let resolved_title = title::resolved(SourceKind::Telegram, "file.pdf", "local1", "/downloads/file.pdf");
+    harness
+        .store
+        .resolve(
+            &lease,
+            "file.pdf",
+            Some(42),
+            "/downloads/file.pdf",
+            &resolved_title,
+            None,
+        )
+        .await
+        .unwrap();
+    harness
+        .store
+        .complete(&lease, Some(42), "/downloads/file.pdf")
+        .await
+        .unwrap();
+    harness.end(&failed, End::Fail).await;
+    let mut expected = HashMap::new();
+    for task_id in [&resolved, &failed] {
+        expected.insert(
+            harness.webhook_id_of(task_id).await,
+            harness.expected_body(task_id).await,
+        );
+        harness.redis_cli(&["DEL", &harness.store.keys().task(task_id)]);
+    }
+    assert!(expected.values().any(|body| body.contains(&resolved_title)));
+    let config = harness.config(&receiver.url(), None);
+
+    // Act
+    let dispatcher = harness.spawn(&config, fast(&config));
+
+    // Assert
+    let requests = wait_for_requests(&receiver, 2).await;
+    let received: HashMap<String, String> = requests
+        .iter()
+        .map(|request| (request.webhook_id(), request.body.clone()))
+        .collect();
+    assert_eq!(received, expected);
+    dispatcher.stop().await.unwrap();
+}
