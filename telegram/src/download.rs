@@ -25,16 +25,27 @@
 //! - FILE_REFERENCE_EXPIRED: the message is refetched (once for all parts that saw the same
 //!   stale reference) and the part retried with the new reference, same offset.
 //! - FILE_MIGRATE_X: every later request goes to data centre X.
-//! - Dropped connections, timeouts and Telegram's 5xx: retried with doubling backoff, a few
-//!   times, then surfaced (they are retryable, so the worker tries the task again later).
+//! - Dropped connections, stalls and Telegram's 5xx: retried with doubling backoff, a few
+//!   times, then surfaced (they are retryable, so the worker tries the task again later). A
+//!   stall is [`DownloadOptions::part_timeout`] without any part of the download arriving while
+//!   a request waits: not a part's own age, since answers come back in order over the one
+//!   connection per data centre, and a part sent behind many others waits for all of them.
+//!
+//! ## Sharing the connection
+//! Every download of a [`Downloader`] goes over the process's one connection per data centre,
+//! so the [`Downloader`] keeps at most [`DownloadOptions::max_parts_in_flight_per_dc`] requests
+//! in flight to each, whatever the downloads' windows: bytes queued on the connection beyond
+//! what keeps it busy only delay every answer behind them.
 //! - An answer shorter than asked for is the end of the file.
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -56,8 +67,19 @@ pub struct DownloadOptions {
     pub max_flood_wait: Duration,
     /// Flood waits one part sleeps through before giving up.
     pub max_flood_waits_per_part: u32,
-    /// How long one part request may take before it counts as a dropped connection.
+    /// The stall timeout: how long a download may go without receiving any part while one of
+    /// its requests waits for an answer, before the waiting requests count as dropped. Like an
+    /// HTTP read timeout it restarts with every part that arrives, so a slow but steady
+    /// connection never trips it, however many parts wait behind one another on it.
     pub part_timeout: Duration,
+    /// The most part requests the whole [`Downloader`] keeps in flight to one data centre,
+    /// across all its downloads. grammers has one connection per data centre and answers come
+    /// back over it in order, so more requests in flight only queue more bytes behind one
+    /// another; and a request given up on is not cancelled (its bytes still arrive and are
+    /// thrown away), so a long queue makes every retry slower still. A request waits at most
+    /// this many parts' transfer for its answer, so connections slower than this many MiB per
+    /// [`DownloadOptions::part_timeout`] (8 MiB a minute by default) may still trip it.
+    pub max_parts_in_flight_per_dc: usize,
     /// Retries of one part after dropped connections, timeouts or Telegram's 5xx.
     pub disconnect_retries: u32,
     /// The first retry's delay; each further retry doubles it.
@@ -75,6 +97,7 @@ impl DownloadOptions {
             max_flood_wait: Duration::from_secs(60),
             max_flood_waits_per_part: 10,
             part_timeout: Duration::from_secs(60),
+            max_parts_in_flight_per_dc: 8,
             disconnect_retries: 4,
             backoff: Duration::from_millis(500),
             max_reference_refreshes: 3,
@@ -93,7 +116,8 @@ impl Default for DownloadOptions {
 ///
 /// One per process (per account): every stream it makes, and every clone of it, shares the
 /// account's flood gate, since Telegram's flood wait holds back every request of the account,
-/// not one download's.
+/// not one download's, and the cap on parts in flight per data centre, since every download
+/// shares the process's one connection to each.
 #[derive(Clone)]
 pub struct Downloader {
     api: Arc<dyn TelegramApi>,
@@ -149,6 +173,7 @@ impl Downloader {
                 generation: 0,
             }),
             account: self.account.clone(),
+            last_part: StdMutex::new(Instant::now()),
             options: self.options.clone(),
         });
 
@@ -233,6 +258,9 @@ struct Shared {
     current: Mutex<Current>,
     /// What every download of the [`Downloader`] shares.
     account: Arc<Account>,
+    /// When the download last received a part (its start before the first): the stall
+    /// timeout counts from here.
+    last_part: StdMutex<Instant>,
     options: DownloadOptions,
 }
 
@@ -243,6 +271,9 @@ struct Account {
     /// nor the download's, and Telegram refuses (and may lengthen the wait of) every request
     /// any download sends before it is over.
     flood_gate: StdMutex<Option<FloodGate>>,
+    /// Permits for part requests in flight, per data centre
+    /// ([`DownloadOptions::max_parts_in_flight_per_dc`]).
+    data_centres: StdMutex<HashMap<i32, Arc<Semaphore>>>,
 }
 
 /// A flood wait being waited out: no request before `until`.
@@ -277,15 +308,15 @@ async fn fetch_part(shared: &Shared, part: Part) -> Result<Bytes, TelegramError>
             let current = shared.current.lock().await;
             (current.location.clone(), current.dc, current.generation)
         };
+        let permit = shared
+            .account
+            .request_permit(dc, options.max_parts_in_flight_per_dc)
+            .await;
+        // A flood wait may have begun while this part waited for its permit.
+        shared.account.wait_for_flood_gate(options.max_flood_wait).await?;
         let request = shared.api.get_part(&location, dc, part.offset, part.limit);
-        let answer = match tokio::time::timeout(options.part_timeout, request).await {
-            Ok(answer) => answer,
-            Err(_) => Err(TelegramError::Disconnected(format!(
-                "no answer for the part at byte {} within {} s",
-                part.offset,
-                options.part_timeout.as_secs()
-            ))),
-        };
+        let answer = shared.answer_unless_stalled(request, part.offset).await;
+        drop(permit);
         let error = match answer {
             Ok(bytes) if bytes.len() as u64 > u64::from(part.limit) => {
                 return Err(TelegramError::Protocol(format!(
@@ -357,6 +388,21 @@ async fn fetch_part(shared: &Shared, part: Part) -> Result<Bytes, TelegramError>
 }
 
 impl Account {
+    /// A permit to send one part request to data centre `dc`, waiting (in order) while `limit`
+    /// requests of any download are in flight there.
+    async fn request_permit(&self, dc: i32, limit: usize) -> Option<OwnedSemaphorePermit> {
+        let semaphore = self
+            .data_centres
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(dc)
+            .or_insert_with(|| Arc::new(Semaphore::new(limit.max(1))))
+            .clone();
+        // The semaphore is never closed, so acquiring fails never; `None` would only mean
+        // sending without a permit.
+        semaphore.acquire_owned().await.ok()
+    }
+
     fn hold_requests_for(&self, wait: Duration, premium: bool) {
         let until = Instant::now() + wait;
         // A poisoned lock only means another part panicked mid-update of an Option of a Copy
@@ -397,6 +443,48 @@ impl Account {
 }
 
 impl Shared {
+    /// Awaits `request`'s answer, unless the download stalls first: no part of it arrives for
+    /// [`DownloadOptions::part_timeout`] since the later of the last part received and this
+    /// request's sending. An answer with bytes restarts the clock for every part.
+    async fn answer_unless_stalled(
+        &self,
+        request: impl Future<Output = Result<Bytes, TelegramError>>,
+        offset: u64,
+    ) -> Result<Bytes, TelegramError> {
+        let timeout = self.options.part_timeout;
+        let sent = Instant::now();
+        let stalled_since = || {
+            (*self
+                .last_part
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()))
+            .max(sent)
+        };
+        tokio::pin!(request);
+        loop {
+            let deadline = stalled_since() + timeout;
+            tokio::select! {
+                answer = &mut request => {
+                    if answer.is_ok() {
+                        *self.last_part.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
+                            Instant::now();
+                    }
+                    return answer;
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    // Another part may have arrived meanwhile, moving the deadline on.
+                    if stalled_since() + timeout <= Instant::now() {
+                        return Err(TelegramError::Disconnected(format!(
+                            "no part of the file arrived for {} s (the part at byte {offset} is \
+                             still unanswered)",
+                            timeout.as_secs()
+                        )));
+                    }
+                }
+            }
+        }
+    }
+
     /// Refetches the message for a fresh file reference, unless another part already did since
     /// this part read generation `seen`.
     async fn refresh(&self, seen: u64) -> Result<(), TelegramError> {

@@ -8,7 +8,9 @@
 //! with FILE_MIGRATE, and a stale file reference with FILE_REFERENCE_EXPIRED until the message
 //! is refetched. After it answers FLOOD_WAIT_n it refuses every `get_part` of the account with
 //! the rest of the wait until the n seconds are over (tokio time), as Telegram does, and counts
-//! those refusals ([`FakeTelegram::flood_refusals`]). Faults are injected on a schedule ([`Fault`]) and every call is recorded,
+//! those refusals ([`FakeTelegram::flood_refusals`]). It can model grammers' one connection per
+//! data centre with a bandwidth ([`FakeTelegram::limit_bandwidth`]): answers then arrive one
+//! after another at that rate. Faults are injected on a schedule ([`Fault`]) and every call is recorded,
 //! with the peak number of part requests in flight, for assertions.
 //!
 //! Errors are produced the way the real client produces them: as Telegram's RPC error text run
@@ -244,6 +246,11 @@ struct State {
     flood: Option<Flood>,
     /// `get_part` requests refused because they came during a flood wait.
     flood_refusals: usize,
+    /// Set by [`FakeTelegram::limit_bandwidth`]: bytes per second of each data centre's
+    /// connection.
+    bandwidth: Option<u64>,
+    /// When each data centre's connection has delivered every answer queued on it so far.
+    links_free_at: HashMap<i32, tokio::time::Instant>,
 }
 
 /// A flood wait the fake enforces on every request until `until`.
@@ -345,6 +352,37 @@ impl FakeTelegram {
     /// it was over: a client that respects flood waits sends none.
     pub fn flood_refusals(&self) -> usize {
         self.lock().flood_refusals
+    }
+
+    /// Models grammers' one connection per data centre, shared by every download: from now on
+    /// each data centre's answers come back one after another, in the order the requests were
+    /// made, each taking its length at `bytes_per_second` (tokio time, so a paused clock runs
+    /// it instantly). A request whose future is dropped still takes its turn, as its bytes
+    /// still arrive over the real connection; and a [`FaultKind::Delay`] holds the connection
+    /// for its length, stalling every answer behind it.
+    pub fn limit_bandwidth(&self, bytes_per_second: u64) {
+        self.lock().bandwidth = Some(bytes_per_second.max(1));
+    }
+
+    /// When the answer to a request to `dc` made now, ready after `delay`, has arrived: `None`
+    /// without a bandwidth limit (it arrives after `delay`).
+    fn arrival(
+        &self,
+        dc: i32,
+        delay: Duration,
+        answer: &Result<Bytes, TelegramError>,
+    ) -> Option<tokio::time::Instant> {
+        let mut state = self.lock();
+        let rate = state.bandwidth?;
+        let ready = tokio::time::Instant::now() + delay;
+        let start = state
+            .links_free_at
+            .get(&dc)
+            .map_or(ready, |free| (*free).max(ready));
+        let length = answer.as_ref().map_or(0, Bytes::len) as u64;
+        let at = start + Duration::from_nanos(length.saturating_mul(1_000_000_000) / rate);
+        state.links_free_at.insert(dc, at);
+        Some(at)
     }
 
     /// `get_part` requests being answered right now.
@@ -602,8 +640,10 @@ impl TelegramApi for FakeTelegram {
         Box::pin(async move {
             let _in_flight = InFlight::enter(self);
             let (delay, answer) = self.answer_part(location, dc, offset, limit);
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
+            match self.arrival(dc, delay, &answer) {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None if !delay.is_zero() => tokio::time::sleep(delay).await,
+                None => {}
             }
             answer
         })

@@ -42,10 +42,6 @@ use settings::{Account, SessionCopy, Settings};
 /// Telegram fails within this instead of hanging in the kernel's connect timeout.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long one `upload.getFile` may take here; [`crate::DownloadOptions::part_timeout`] is
-/// normally shorter and fires first. This only guards direct callers.
-pub const PART_TIMEOUT: Duration = Duration::from_secs(120);
-
 /// Albums hold at most 10 items, so the other members of a message's album are within 9 ids
 /// of it. One `getMessages` for the 19 ids around the target finds them all.
 const ALBUM_REACH: i32 = 9;
@@ -436,16 +432,11 @@ impl GrammersApi {
         };
         let mut copied_authorization = false;
         loop {
-            let answer = match tokio::time::timeout(
-                PART_TIMEOUT,
-                connection.client.invoke_in_dc(dc, &request),
-            )
-            .await
-            {
-                Ok(answer) => answer,
-                Err(_) => return Err(no_answer(PART_TIMEOUT)),
-            };
-            match answer {
+            // No timeout of its own: answers come back in order over the one connection to the
+            // data centre, so a request's age says how much was queued before it, not whether
+            // the connection stalled. The Downloader's stall timeout (no part of the download
+            // for `part_timeout`) is the one that says so.
+            match connection.client.invoke_in_dc(dc, &request).await {
                 Ok(tl::enums::upload::File::File(file)) => return Ok(Bytes::from(file.bytes)),
                 Ok(tl::enums::upload::File::CdnRedirect(_)) => {
                     return Err(TelegramError::Protocol(

@@ -6,10 +6,14 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use savestream_telegram::fake::FaultKind;
-use savestream_telegram::fake::{Fault, When};
-use savestream_telegram::{Media, TelegramApi, TelegramError};
+use savestream_telegram::fake::{FakeMessage, Fault, When};
+use savestream_telegram::{DownloadOptions, Downloader, Media, TelegramApi, TelegramError};
+use tokio::time::Instant;
 
-use crate::support::{assert_requests_valid, collect, downloader, one_file, MIB};
+use crate::support::{
+    assert_requests_valid, collect, contents, downloader, drain, link, one_file, CHANNEL, CHANNEL_ID,
+    HOME_DC, MIB,
+};
 
 #[tokio::test(start_paused = true)]
 async fn downloads_are_byte_identical_for_every_size_and_thread_count() {
@@ -164,4 +168,117 @@ async fn dropping_the_stream_cancels_parts_in_flight() {
     let requested = world.fake.part_calls().len();
     tokio::time::sleep(Duration::from_secs(120)).await;
     assert_eq!(world.fake.part_calls().len(), requested, "requests after cancel");
+}
+
+/// A downloader with a stall timeout of `timeout` seconds, over a fake whose connection
+/// carries 0.5 MiB/s: a part every 2 s.
+fn slow_link(world: &crate::support::OneFile, threads: usize, timeout: u64) -> Downloader {
+    world.fake.limit_bandwidth(MIB as u64 / 2);
+    let options = DownloadOptions {
+        part_timeout: Duration::from_secs(timeout),
+        ..DownloadOptions::new(threads)
+    };
+    Downloader::new(world.fake.clone(), options)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_steady_connection_never_trips_the_stall_timeout() {
+    // Arrange: 8 parts in flight take 16 s to come back over the 0.5 MiB/s connection, longer
+    // than the timeout, but a part arrives every 2 s.
+    let world = one_file(24 * MIB).await;
+    let downloader = slow_link(&world, 8, 10);
+
+    // Act
+    let started = Instant::now();
+    let received = collect(downloader.stream(&world.message, 0).unwrap()).await;
+
+    // Assert: no part timed out and was asked for again.
+    assert!(received == world.bytes);
+    assert_eq!(world.fake.part_calls().len(), 24, "parts were asked for again");
+    assert!(
+        started.elapsed() <= Duration::from_secs(49),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn downloads_sharing_a_slow_connection_never_trip_the_stall_timeout() {
+    // Arrange: three downloads with windows of 16 parts over one 0.5 MiB/s connection: 48 MiB,
+    // 96 s of answers, if every window were sent at once. The Downloader keeps 8 in flight (16 s
+    // of answers, within the 20 s timeout) and the rest wait to be sent.
+    let world = one_file(20 * MIB).await;
+    let downloader = slow_link(&world, 16, 20);
+    let mut messages = vec![world.message.clone()];
+    let mut expected = vec![world.bytes.clone()];
+    for id in 2..=3 {
+        let bytes = contents(20 * MIB, id as u64);
+        let file = world.fake.add_file(bytes.clone(), HOME_DC);
+        world
+            .fake
+            .add_message(CHANNEL_ID, FakeMessage::document(id, file, None, None));
+        let found = world
+            .fake
+            .resolve(&link(&format!("https://t.me/{CHANNEL}/{id}")))
+            .await
+            .unwrap();
+        messages.extend(found);
+        expected.push(bytes);
+    }
+
+    // Act
+    let received = futures::future::join_all(
+        messages
+            .iter()
+            .map(|message| collect(downloader.stream(message, 0).unwrap())),
+    )
+    .await;
+
+    // Assert
+    assert!(received == expected, "bytes differ");
+    assert_eq!(world.fake.part_calls().len(), 60, "parts were asked for again");
+    assert!(
+        world.fake.max_in_flight() <= DownloadOptions::new(16).max_parts_in_flight_per_dc,
+        "{} requests in flight at once",
+        world.fake.max_in_flight()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_connection_trips_the_stall_timeout() {
+    // Arrange: the connection stops for an hour after the first 3 parts, and again for every
+    // request of the fourth.
+    let world = one_file(10 * MIB).await;
+    world
+        .fake
+        .inject(Fault::at_part(3, FaultKind::Delay(Duration::from_secs(3600))).times(u32::MAX));
+    let downloader = slow_link(&world, 4, 10);
+    let retries = downloader.options().disconnect_retries as usize;
+
+    // Act
+    let started = Instant::now();
+    let (received, error) = drain(downloader.stream(&world.message, 0).unwrap()).await;
+
+    // Assert: the download ends with a retryable stall, well before the hour, after asking for
+    // the stalled part once and retrying it.
+    assert!(received == world.bytes[..3 * MIB], "{} bytes", received.len());
+    let error = error.expect("the download stalls");
+    assert!(matches!(error, TelegramError::Disconnected(_)), "{error}");
+    assert!(error.is_retryable());
+    assert!(
+        error.to_string().contains("no part of the file arrived for 10 s"),
+        "{error}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(120),
+        "{:?}",
+        started.elapsed()
+    );
+    let asked = world
+        .fake
+        .part_calls()
+        .iter()
+        .filter(|call| call.offset == 3 * MIB as u64)
+        .count();
+    assert_eq!(asked, retries + 1);
 }
