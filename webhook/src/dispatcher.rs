@@ -470,8 +470,12 @@ impl Dispatcher {
                     failures += 1;
                     warn!(%error, "reading events for webhooks failed; retrying");
                     if error.to_string().contains("NOGROUP") {
-                        // Redis lost the group (a restart without persistence).
-                        if let Err(error) = self.ensure_group().await {
+                        // Redis lost the group (a restart without persistence):
+                        // it is created again at the start of the stream, whose
+                        // every entry came after the loss (at `$`, the terminal
+                        // events written since the loss would be skipped).
+                        warn!("the webhooks group is gone (redis lost its data?): creating it again from the start of the events stream");
+                        if let Err(error) = self.inner.store.recreate_webhooks_group().await {
                             warn!(%error, "re-creating the webhooks group failed");
                         }
                     }

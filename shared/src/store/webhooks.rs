@@ -174,6 +174,23 @@ impl Store {
     /// tasks that ended before any dispatcher ran. Once the group exists, its
     /// position is kept in Redis, so a restart misses nothing.
     pub async fn ensure_webhooks_group(&self) -> Result<(), StoreError> {
+        self.create_webhooks_group("$").await
+    }
+
+    /// Creates the `webhooks` group again, at the start of the stream (`0`),
+    /// when it went missing under a running dispatcher: Redis lost its data
+    /// (a restart without persistence), so every entry of the stream came
+    /// after the loss, and a group at `$` would skip the terminal events
+    /// written between the loss and now. A group removed by hand (`XGROUP
+    /// DESTROY`) while its dispatchers run is replayed from the start of
+    /// what the log still holds: at least once, as every delivery is; an
+    /// event whose delivery is still recorded (until retention after its
+    /// end) is not recorded again, and receivers dedupe on `webhook-id`.
+    pub async fn recreate_webhooks_group(&self) -> Result<(), StoreError> {
+        self.create_webhooks_group("0").await
+    }
+
+    async fn create_webhooks_group(&self, start: &str) -> Result<(), StoreError> {
         let created: Result<String, fred::error::Error> = self
             .client()
             .custom(
@@ -182,7 +199,7 @@ impl Store {
                     "CREATE".to_owned(),
                     self.keys().events(),
                     WEBHOOKS_GROUP.to_owned(),
-                    "$".to_owned(),
+                    start.to_owned(),
                     "MKSTREAM".to_owned(),
                 ],
             )

@@ -1219,3 +1219,46 @@ async fn a_terminal_event_whose_task_hash_expired_is_delivered_with_its_body_fro
     assert_eq!(received, expected);
     dispatcher.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_terminal_event_written_after_the_group_was_lost_is_delivered() {
+    // Arrange: a running dispatcher has delivered one task's webhook.
+    let harness = Harness::start().await;
+    let receiver = Receiver::start().await;
+    let config = harness.config(&receiver.url(), None);
+    let dispatcher = harness.spawn(&config, fast(&config));
+    let task_id = harness.finish_task(End::Complete).await;
+    harness.wait_for_state(&task_id, WebhookState::Delivered).await;
+
+    // Act: in one step (so the dispatcher cannot re-create the group in
+    // between), Redis loses the group and a terminal event is written.
+    let events = harness.store.keys().events();
+    let at = (unix_now() * 1000).to_string();
+    let script = "redis.call('XGROUP', 'DESTROY', KEYS[1], 'webhooks') \
+                  return redis.call('XADD', KEYS[1], '*', 'v', '1', 'type', 'completed', 'task', ARGV[1], \
+                  'at', ARGV[2], 'attempt', '1', 'size', '42', 'path', '/downloads/file.pdf')";
+    let after_loss = harness.redis_cli(&["EVAL", script, "1", &events, task_id.as_str(), &at]);
+
+    // Assert: the dispatcher re-creates the group and delivers the event;
+    // the earlier delivery, still recorded, is not sent again.
+    let delivery = eventually(
+        "the event written after the loss to be delivered",
+        WAIT,
+        || async {
+            harness
+                .store
+                .webhook_delivery(&webhook_id(&after_loss))
+                .await
+                .unwrap()
+                .filter(|delivery| delivery.state == WebhookState::Delivered)
+        },
+    )
+    .await;
+    assert_eq!(delivery.task_id, task_id);
+    let webhook_ids: Vec<String> = receiver.requests().iter().map(Recorded::webhook_id).collect();
+    assert_eq!(
+        webhook_ids,
+        vec![harness.webhook_id_of(&task_id).await, webhook_id(&after_loss)]
+    );
+    dispatcher.stop().await.unwrap();
+}
