@@ -3,8 +3,9 @@
 //! It holds chats (public by username, private by id with or without membership), forum
 //! topics, linked discussion groups, albums, documents with and without names, photos and
 //! media that is not a file, and serves the real bytes of in-memory files. Like Telegram it
-//! enforces `upload.getFile`'s precise-mode rules (a misaligned or boundary-crossing request is
-//! a 400 `OFFSET_INVALID` / `LIMIT_INVALID`), answers a request sent to the wrong data centre
+//! enforces `upload.getFile`'s precise-mode rules, with a limit that divides 1 MiB (a
+//! misaligned, boundary-crossing or odd-sized request is a 400 `OFFSET_INVALID` /
+//! `LIMIT_INVALID`), answers a request sent to the wrong data centre
 //! with FILE_MIGRATE, and a stale file reference with FILE_REFERENCE_EXPIRED until the message
 //! is refetched. After it answers FLOOD_WAIT_n it refuses every `get_part` of the account with
 //! the rest of the wait until the n seconds are over (tokio time), as Telegram does, and counts

@@ -1,10 +1,12 @@
 //! Planning `upload.getFile` requests: which parts to ask for, and how many at once.
 //!
-//! Pure arithmetic, no I/O. Telegram's precise mode allows any `offset` and `limit` that are
-//! multiples of 1 KiB with `limit` ≤ 1 MiB, as long as the request does not cross a 1 MiB
-//! boundary. The plan therefore uses whole 1 MiB parts aligned on 1 MiB, except the first part
-//! of a resumed download, which starts at the resume offset rounded down to 1 KiB and runs to
-//! the next 1 MiB boundary (its first `skip` bytes are already on disk and are dropped).
+//! Pure arithmetic, no I/O. Telegram's documentation allows, in precise mode, any `offset` and
+//! `limit` that are multiples of 1 KiB with `limit` ≤ 1 MiB, as long as the request does not
+//! cross a 1 MiB boundary; but third parties report LIMIT_INVALID for a limit that does not
+//! divide 1 MiB (as non-precise mode requires). The plan therefore asks only for whole 1 MiB
+//! parts aligned on 1 MiB, a resumed download included: its first part starts at the resume
+//! offset rounded down to 1 MiB, and its first `skip` bytes, already on disk, are dropped
+//! (less than 1 MiB fetched twice, once per resume).
 
 /// Telegram's largest part, and the alignment no request may cross.
 pub const PART_SIZE: u64 = 1024 * 1024;
@@ -23,8 +25,9 @@ pub struct Part {
     pub index: usize,
     /// Byte offset of the request: a multiple of [`ALIGNMENT`].
     pub offset: u64,
-    /// Bytes asked for: a multiple of [`ALIGNMENT`], at most [`PART_SIZE`], and
-    /// `offset + limit` never passes the next 1 MiB boundary.
+    /// Bytes asked for: a divisor of [`PART_SIZE`] and a multiple of [`ALIGNMENT`] (the plan
+    /// always asks for [`PART_SIZE`]), and `offset + limit` never passes the next 1 MiB
+    /// boundary.
     pub limit: u32,
     /// Leading bytes of the answer the caller already has (a resume inside this part).
     pub skip: u64,
@@ -36,7 +39,7 @@ pub fn plan(start: u64, size: u64) -> Vec<Part> {
     if start >= size {
         return parts;
     }
-    let mut offset = start - start % ALIGNMENT;
+    let mut offset = start - start % PART_SIZE;
     let mut skip = start - offset;
     while offset < size {
         let boundary = (offset / PART_SIZE + 1) * PART_SIZE;
@@ -73,13 +76,15 @@ pub fn parts_in_flight(size: u64, threads: usize, parts: usize) -> usize {
     scaled.min(MAX_PARTS_IN_FLIGHT.max(threads)).min(parts).max(1)
 }
 
-/// Whether a request obeys precise mode's rules; the fake enforces exactly this.
+/// Whether a request obeys precise mode's rules, with a limit that divides 1 MiB besides (see
+/// the module's documentation); the fake enforces exactly this.
 pub fn is_valid_request(offset: u64, limit: u32) -> bool {
     let limit = u64::from(limit);
     offset.is_multiple_of(ALIGNMENT)
         && limit.is_multiple_of(ALIGNMENT)
         && limit > 0
         && limit <= PART_SIZE
+        && PART_SIZE.is_multiple_of(limit)
         && offset / PART_SIZE == (offset + limit - 1) / PART_SIZE
 }
 
@@ -105,6 +110,7 @@ mod tests {
                 );
                 for (index, part) in parts.iter().enumerate() {
                     assert_eq!(part.index, index);
+                    assert_eq!(u64::from(part.limit), MIB, "{part:?}");
                     assert!(is_valid_request(part.offset, part.limit), "{part:?}");
                     if index > 0 {
                         let previous = parts[index - 1];
@@ -119,15 +125,15 @@ mod tests {
     }
 
     #[test]
-    fn a_resume_inside_a_kibibyte_requests_from_the_kibibyte_below() {
+    fn a_resume_inside_a_part_requests_the_whole_part() {
         assert_eq!(
             plan(1500, 3 * MIB),
             vec![
                 Part {
                     index: 0,
-                    offset: 1024,
-                    limit: (MIB - 1024) as u32,
-                    skip: 476
+                    offset: 0,
+                    limit: MIB as u32,
+                    skip: 1500
                 },
                 Part {
                     index: 1,
@@ -156,7 +162,12 @@ mod tests {
     fn precise_mode_rules() {
         assert!(is_valid_request(0, MIB as u32));
         assert!(is_valid_request(MIB - 1024, 1024));
-        assert!(is_valid_request(3072, 5120));
+        assert!(is_valid_request(3072, 4096));
+        assert!(!is_valid_request(3072, 5120), "limit does not divide 1 MiB");
+        assert!(
+            !is_valid_request(1024, (MIB - 1024) as u32),
+            "limit does not divide 1 MiB"
+        );
         assert!(!is_valid_request(1, 1024), "misaligned offset");
         assert!(!is_valid_request(0, 1000), "misaligned limit");
         assert!(!is_valid_request(0, 0), "empty limit");

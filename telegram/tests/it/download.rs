@@ -83,10 +83,13 @@ async fn the_fake_refuses_requests_that_break_precise_mode() {
         name: name.to_owned(),
         value: None,
     };
-    let cases: [(u64, u32, &str); 5] = [
+    let cases: [(u64, u32, &str); 7] = [
         (1, 1024, "OFFSET_INVALID"),
         (1000, 1024, "OFFSET_INVALID"),
         (0, 1000, "LIMIT_INVALID"),
+        // Multiples of 1 KiB that do not divide 1 MiB, as a resume inside a part once asked.
+        (1024, (MIB - 1024) as u32, "LIMIT_INVALID"),
+        (0, 3072, "LIMIT_INVALID"),
         (0, (MIB + 1024) as u32, "LIMIT_INVALID"),
         ((MIB - 1024) as u64, 2048, "LIMIT_INVALID"),
     ];
