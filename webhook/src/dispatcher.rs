@@ -208,9 +208,10 @@ impl Dispatcher {
     /// up (`outcome="skipped"`, logged as an error): it never keeps the log
     /// longer than retention would anyway.
     ///
-    /// A terminal event whose task cannot be read is acknowledged without a
-    /// delivery and does not hold back the rest of the batch; only a Redis
-    /// failure fails the step (the batch is taken over again later, and
+    /// A terminal event whose task cannot be read (a corrupt hash, a key of
+    /// another type) or whose delivery Redis refuses to record is logged and
+    /// acknowledged without a delivery, and does not hold back the rest of
+    /// the batch; only a transient Redis failure fails the step (the batch is taken over again later, and
     /// recording a delivery twice records it once).
     pub async fn handle_events(&self, entries: Vec<EventEntry>) -> Result<Ingested, WebhookError> {
         let mut ingested = Ingested {
@@ -292,7 +293,18 @@ impl Dispatcher {
                 );
                 return self.skip_event(event_id).await;
             }
-            Err(error) => return Err(error.into()),
+            Err(error) if error.is_transient() => return Err(error.into()),
+            Err(error) => {
+                // A Redis error of this task's alone (its key holds another
+                // type: WRONGTYPE): like a corrupt hash, it costs this
+                // webhook only, never the rest of the batch.
+                error!(
+                    %task_id, event_id, %error,
+                    "no webhook for this task: redis refuses to read its hash, so the event is \
+                     acknowledged without a delivery; inspect the task's key (TYPE, HGETALL)"
+                );
+                return self.skip_event(event_id).await;
+            }
         };
         self.record(entry, task_id, &body_json(&record.task)).await
     }
@@ -300,11 +312,24 @@ impl Dispatcher {
     /// Records the delivery of `entry` with `body`, acknowledging the entry.
     async fn record(&self, entry: &EventEntry, task_id: &TaskId, body: &str) -> Result<bool, WebhookError> {
         let webhook_id = webhook_id(&entry.id);
-        let recorded = self
+        let recorded = match self
             .inner
             .store
             .enqueue_webhook(&entry.id, &webhook_id, task_id, body, self.inner.options.span)
-            .await?;
+            .await
+        {
+            Ok(recorded) => recorded,
+            Err(error) if error.is_transient() => return Err(error.into()),
+            Err(error) => {
+                // This event's keys alone are refused (a delivery key of
+                // another type): the rest of the batch goes on.
+                error!(
+                    %task_id, event_id = %entry.id, %webhook_id, %error,
+                    "recording this webhook's delivery failed: the event is acknowledged without a delivery"
+                );
+                return self.skip_event(&entry.id).await;
+            }
+        };
         debug!(%webhook_id, %task_id, recorded, "webhook delivery recorded");
         Ok(recorded)
     }

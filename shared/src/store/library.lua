@@ -610,15 +610,23 @@ local function webhook_enqueue(keys, args)
 end
 
 -- KEYS: 1 webhooks due. ARGV: 1 delivery hash prefix, 2 limit, 3 lease_ms, 4 consumer
--- Claims up to `limit` due deliveries. Returns {{webhook_id, attempt, task_id, body}, ...}.
+-- Claims up to `limit` due deliveries. Returns {{webhook_id, attempt, task_id, body}, ...};
+-- attempt 0 marks a member whose key is not a hash, dropped (the error in place of the body).
 local function webhook_claim(keys, args)
   local at = now_ms()
   local due = redis.call('ZRANGE', keys[1], '-inf', at, 'BYSCORE', 'LIMIT', 0, tonumber(args[2]))
   local claimed = {}
   for _, webhook_id in ipairs(due) do
     local key = args[1] .. webhook_id
-    local state = redis.call('HMGET', key, 'status', 'attempts', 'task', 'body')
-    if not state[1] or webhook_is_final(state[1]) then
+    -- A key of another type (WRONGTYPE) costs its own member only: removed
+    -- from the due set and answered with attempt 0 and the error, the key
+    -- left alone. Raised, the error would fail the whole claim after the
+    -- deliveries before it were claimed, on every claim until it is fixed.
+    local state = redis.pcall('HMGET', key, 'status', 'attempts', 'task', 'body')
+    if state.err then
+      redis.call('ZREM', keys[1], webhook_id)
+      table.insert(claimed, { webhook_id, 0, '', state.err })
+    elseif not state[1] or webhook_is_final(state[1]) then
       redis.call('ZREM', keys[1], webhook_id)
     else
       local attempt = tonumber(state[2]) + 1

@@ -439,27 +439,80 @@ impl Store {
         // The call names no task; an anchor id only labels errors.
         let anchor = TaskId::generate();
         let reply = self.call(&anchor, "savestream_webhook_claim", keys, args).await?;
-        reply
-            .into_array()
-            .into_iter()
-            .map(|claimed| {
-                let mut parts = claimed.into_array().into_iter();
-                let webhook_id = parts.next().and_then(|value| value.as_string());
-                let attempt = parts.next().and_then(|value| value.as_i64());
-                let task_id = parts.next().and_then(|value| value.as_string());
-                let body = parts.next().and_then(|value| value.as_string());
-                match (webhook_id, attempt, task_id, body) {
-                    (Some(webhook_id), Some(attempt), Some(task_id), Some(body)) => Ok(ClaimedWebhook {
-                        task_id: TaskId::parse(&task_id)
-                            .map_err(|error| StoreError::Corrupt(format!("webhook {webhook_id}: {error}")))?,
-                        webhook_id,
+        // Each record is read on its own: one that cannot be read is logged
+        // and given up (its claim already taken by the call), and never
+        // costs the other deliveries their claims.
+        let mut claimed_webhooks = Vec::new();
+        for claimed in reply.into_array() {
+            let mut parts = claimed.into_array().into_iter();
+            let webhook_id = parts.next().and_then(|value| value.as_string());
+            let attempt = parts.next().and_then(|value| value.as_i64());
+            let task_id = parts.next().and_then(|value| value.as_string());
+            let body = parts.next().and_then(|value| value.as_string());
+            let Some(webhook_id) = webhook_id else {
+                tracing::error!("a claimed webhook has no id; skipped");
+                continue;
+            };
+            if attempt == Some(0) {
+                // The library answers attempt 0 for a member of the due set
+                // whose key is not a delivery hash: it removed the member
+                // and left the key alone (it is not a delivery's to touch).
+                tracing::error!(
+                    %webhook_id, why = body.as_deref().unwrap_or_default(),
+                    "a due webhook's record cannot be read (its key holds another type): it is \
+                     dropped from the due set and never tried"
+                );
+                continue;
+            }
+            let parsed = match (attempt, task_id, body) {
+                (Some(attempt), Some(task_id), Some(body)) => TaskId::parse(&task_id)
+                    .map(|task_id| ClaimedWebhook {
+                        webhook_id: webhook_id.clone(),
                         attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
+                        task_id,
                         body,
-                    }),
-                    _ => Err(StoreError::Corrupt("a claimed webhook lacks a field".into())),
+                    })
+                    .map_err(|error| format!("its task is not a task id: {error}")),
+                _ => Err("it lacks its task or its body".to_owned()),
+            };
+            match parsed {
+                Ok(claimed_webhook) => claimed_webhooks.push(claimed_webhook),
+                Err(why) => {
+                    tracing::error!(
+                        %webhook_id, %why,
+                        "a claimed webhook's record cannot be read: it is given up (gave_up, expiring \
+                         after the retention period)"
+                    );
+                    if let Err(error) = self.give_up_webhook(&webhook_id, &why).await {
+                        tracing::warn!(
+                            %webhook_id, %error,
+                            "giving up an unreadable webhook failed: it is claimed again after the lease"
+                        );
+                    }
                 }
-            })
-            .collect()
+            }
+        }
+        Ok(claimed_webhooks)
+    }
+
+    /// Gives up a delivery whose record cannot be read: `gave_up` with
+    /// `why` as its last error, out of the due set, expiring after the
+    /// retention period like any final delivery.
+    async fn give_up_webhook(&self, webhook_id: &str, why: &str) -> Result<(), StoreError> {
+        let key = self.keys().webhook(webhook_id);
+        let transaction = self.client().multi();
+        let _: () = transaction
+            .hset(
+                &key,
+                [("status", "gave_up"), ("claimed_by", ""), ("last_error", why)],
+            )
+            .await?;
+        let _: () = transaction.zrem(self.keys().webhooks_due(), webhook_id).await?;
+        let _: () = transaction
+            .pexpire(&key, self.retention().as_millis() as i64, None)
+            .await?;
+        let _: Value = transaction.exec(true).await?;
+        Ok(())
     }
 
     /// Records the result of a claimed try and returns the state it left

@@ -1262,3 +1262,94 @@ async fn a_terminal_event_written_after_the_group_was_lost_is_delivered() {
     );
     dispatcher.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_task_key_of_the_wrong_type_costs_only_its_own_webhook() {
+    // Arrange: three tasks end; the first one's key then holds a string
+    // (WRONGTYPE for any hash command), ahead of the others in one batch.
+    let harness = Harness::start().await;
+    let receiver = Receiver::start().await;
+    let config = harness.config(&receiver.url(), None);
+    let dispatcher = Dispatcher::with_options(harness.store.clone(), &config, fast(&config)).unwrap();
+    let reader = harness.store.with_own_connection().await.unwrap();
+    let task_ids = harness.finish_tasks(3).await;
+    let broken_key = harness.store.keys().task(&task_ids[0]);
+    harness.redis_cli(&["DEL", &broken_key]);
+    harness.redis_cli(&["SET", &broken_key, "not a hash"]);
+
+    // Act
+    let ingested = dispatcher
+        .ingest(&reader, Duration::from_millis(100))
+        .await
+        .expect("one task's key costs the batch nothing");
+    let tried = dispatcher.deliver_due().await.unwrap();
+
+    // Assert
+    assert_eq!(ingested.enqueued, 2);
+    assert_eq!(tried, 2);
+    assert_eq!(harness.webhook_events_pending(), 0);
+    for task_id in &task_ids[1..] {
+        let webhook = harness.task_webhook(task_id).await.unwrap();
+        assert_eq!(webhook.state, WebhookState::Delivered);
+    }
+}
+
+#[tokio::test]
+async fn a_delivery_record_that_cannot_be_read_costs_only_its_own_try() {
+    // Arrange: two deliveries are due, beside a record whose task is not a
+    // task id and a due member whose key is not a hash.
+    let harness = Harness::start().await;
+    let receiver = Receiver::start().await;
+    let config = harness.config(&receiver.url(), None);
+    let dispatcher = Dispatcher::with_options(harness.store.clone(), &config, fast(&config)).unwrap();
+    let reader = harness.store.with_own_connection().await.unwrap();
+    let task_ids = harness.finish_tasks(2).await;
+    let ingested = dispatcher
+        .ingest(&reader, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(ingested.enqueued, 2);
+    let due = harness.store.keys().webhooks_due();
+    let bad_record = harness.store.keys().webhook("msg_bad-record");
+    harness.redis_cli(&[
+        "HSET",
+        &bad_record,
+        "task",
+        "not-a-task",
+        "body",
+        "{}",
+        "status",
+        "pending",
+        "attempts",
+        "0",
+        "deadline",
+        "99999999999999",
+    ]);
+    let not_a_hash = harness.store.keys().webhook("msg_not-a-hash");
+    harness.redis_cli(&["SET", &not_a_hash, "x"]);
+    harness.redis_cli(&["ZADD", &due, "0", "msg_bad-record", "0", "msg_not-a-hash"]);
+
+    // Act
+    let tried = dispatcher
+        .deliver_due()
+        .await
+        .expect("bad records cost the claim nothing");
+
+    // Assert
+    assert_eq!(tried, 2);
+    for task_id in &task_ids {
+        let webhook = harness.task_webhook(task_id).await.unwrap();
+        assert_eq!(webhook.state, WebhookState::Delivered);
+    }
+    assert_eq!(harness.redis_cli(&["HGET", &bad_record, "status"]), "gave_up");
+    assert_eq!(
+        harness.redis_cli(&["ZCARD", &due]),
+        "0",
+        "nothing bad is due again"
+    );
+    assert_eq!(
+        harness.redis_cli(&["GET", &not_a_hash]),
+        "x",
+        "a foreign key is left alone"
+    );
+}
