@@ -170,6 +170,7 @@ impl Downloader {
             current: Mutex::new(Current {
                 location: file.location.clone(),
                 dc: file.dc,
+                document_dc: file.dc,
                 generation: 0,
             }),
             account: self.account.clone(),
@@ -286,7 +287,10 @@ struct FloodGate {
 
 struct Current {
     location: FileLocation,
+    /// Where parts are asked for: the document's data centre, or where FILE_MIGRATE sent us.
     dc: i32,
+    /// The data centre the message's document named when last fetched.
+    document_dc: i32,
     /// Bumped on every refresh, so a part knows whether its stale reference was replaced.
     generation: u64,
 }
@@ -302,32 +306,26 @@ struct Attempts {
 async fn fetch_part(shared: &Shared, part: Part) -> Result<Bytes, TelegramError> {
     let options = &shared.options;
     let mut attempts = Attempts::default();
+    // The file reference generation the part last asked with, and whether the message must be
+    // refetched before asking again. A refetch's failure goes through the same handling as a
+    // part's: a flood wait closes the gate, a dropped connection is retried with backoff.
+    let mut generation = 0;
+    let mut stale = false;
     loop {
         shared.account.wait_for_flood_gate(options.max_flood_wait).await?;
-        let (location, dc, generation) = {
-            let current = shared.current.lock().await;
-            (current.location.clone(), current.dc, current.generation)
-        };
-        let permit = shared
-            .account
-            .request_permit(dc, options.max_parts_in_flight_per_dc)
-            .await;
-        // A flood wait may have begun while this part waited for its permit.
-        shared.account.wait_for_flood_gate(options.max_flood_wait).await?;
-        let request = shared.api.get_part(&location, dc, part.offset, part.limit);
-        let answer = shared.answer_unless_stalled(request, part.offset).await;
-        drop(permit);
-        let error = match answer {
-            Ok(bytes) if bytes.len() as u64 > u64::from(part.limit) => {
-                return Err(TelegramError::Protocol(format!(
-                    "asked for {} bytes at {}, got {}",
-                    part.limit,
-                    part.offset,
-                    bytes.len()
-                )));
+        let error = if stale {
+            match shared.refresh(generation).await {
+                Ok(()) => {
+                    stale = false;
+                    continue;
+                }
+                Err(error) => error,
             }
-            Ok(bytes) => return Ok(bytes),
-            Err(error) => error,
+        } else {
+            match ask(shared, part, &mut generation).await {
+                Ok(bytes) => return Ok(bytes),
+                Err(error) => error,
+            }
         };
         match error {
             TelegramError::FloodWait { seconds, premium } => {
@@ -356,15 +354,20 @@ async fn fetch_part(shared: &Shared, part: Part) -> Result<Bytes, TelegramError>
                     offset = part.offset,
                     "file reference expired, refetching the message"
                 );
-                shared.refresh(generation).await?;
+                stale = true;
             }
             TelegramError::FileMigrate(new_dc) => {
                 attempts.migrations += 1;
                 if attempts.migrations > options.max_migrations {
                     return Err(error);
                 }
-                tracing::debug!(from = dc, to = new_dc, "the file lives on another data centre");
-                shared.current.lock().await.dc = new_dc;
+                let mut current = shared.current.lock().await;
+                tracing::debug!(
+                    from = current.dc,
+                    to = new_dc,
+                    "the file lives on another data centre"
+                );
+                current.dc = new_dc;
             }
             error if error.is_retryable() => {
                 attempts.disconnects += 1;
@@ -384,6 +387,35 @@ async fn fetch_part(shared: &Shared, part: Part) -> Result<Bytes, TelegramError>
             }
             error => return Err(error),
         }
+    }
+}
+
+/// Sends one request for `part` with the current location, once a permit for its data centre
+/// is free; records the reference generation it asked with in `generation`.
+async fn ask(shared: &Shared, part: Part, generation: &mut u64) -> Result<Bytes, TelegramError> {
+    let options = &shared.options;
+    let (location, dc) = {
+        let current = shared.current.lock().await;
+        *generation = current.generation;
+        (current.location.clone(), current.dc)
+    };
+    let permit = shared
+        .account
+        .request_permit(dc, options.max_parts_in_flight_per_dc)
+        .await;
+    // A flood wait may have begun while this part waited for its permit.
+    shared.account.wait_for_flood_gate(options.max_flood_wait).await?;
+    let request = shared.api.get_part(&location, dc, part.offset, part.limit);
+    let answer = shared.answer_unless_stalled(request, part.offset).await;
+    drop(permit);
+    match answer {
+        Ok(bytes) if bytes.len() as u64 > u64::from(part.limit) => Err(TelegramError::Protocol(format!(
+            "asked for {} bytes at {}, got {}",
+            part.limit,
+            part.offset,
+            bytes.len()
+        ))),
+        answer => answer,
     }
 }
 
@@ -492,6 +524,11 @@ impl Shared {
         if current.generation != seen {
             return Ok(());
         }
+        // Parts that waited for the lock while another's refetch failed with a flood wait must
+        // not refetch during it.
+        self.account
+            .wait_for_flood_gate(self.options.max_flood_wait)
+            .await?;
         let fresh = self.api.refetch(&self.message).await?;
         let Some(file) = fresh.media.file().filter(|file| file.location.id == self.file_id) else {
             return Err(TelegramError::Protocol(format!(
@@ -501,7 +538,12 @@ impl Shared {
             )));
         };
         current.location = file.location.clone();
-        current.dc = file.dc;
+        // A FILE_MIGRATE followed since holds unless the document itself now names another
+        // data centre.
+        if file.dc != current.document_dc {
+            current.dc = file.dc;
+            current.document_dc = file.dc;
+        }
         current.generation += 1;
         Ok(())
     }

@@ -187,8 +187,10 @@ pub enum When {
     Part(u64),
     /// The nth `get_part` call, counting from 0.
     Call(usize),
-    /// Every request.
+    /// Every `get_part` request.
     Always,
+    /// `refetch` calls (only [`FaultKind::FloodWait`] applies to them).
+    Refetch,
 }
 
 /// What a [`Fault`] does to the request it hits.
@@ -201,7 +203,8 @@ pub enum FaultKind {
     /// The file reference expires now: this and later requests with the old reference get
     /// FILE_REFERENCE_EXPIRED until the message is refetched.
     ExpireReference,
-    /// The file moves to data centre `dc`: requests elsewhere get `FILE_MIGRATE_<dc>`.
+    /// The file moves to data centre `dc`: requests elsewhere get `FILE_MIGRATE_<dc>`. Its
+    /// messages still name the data centre it was added on.
     Migrate(i32),
     /// The connection drops (an I/O error, as grammers reports one).
     Disconnect,
@@ -269,7 +272,10 @@ struct ChatState {
 
 struct FileState {
     bytes: Bytes,
+    /// Where the file is served; [`FaultKind::Migrate`] moves it.
     dc: i32,
+    /// The data centre its messages name (a migration does not change it).
+    document_dc: i32,
     /// The current file reference is this number's bytes; expiring it bumps it.
     generation: u32,
 }
@@ -289,6 +295,7 @@ impl FakeTelegram {
             FileState {
                 bytes: bytes.into(),
                 dc,
+                document_dc: dc,
                 generation: 0,
             },
         );
@@ -476,6 +483,32 @@ impl FakeTelegram {
             chat_id: message.chat.id,
             message_id: message.message_id,
         });
+        let now = tokio::time::Instant::now();
+        if let Some(flood) = state.flood.filter(|flood| flood.until > now) {
+            state.flood_refusals += 1;
+            let left = flood.until - now;
+            let seconds =
+                u32::try_from(left.as_secs() + u64::from(left.subsec_nanos() > 0)).unwrap_or(u32::MAX);
+            return Err(TelegramError::FloodWait {
+                seconds,
+                premium: flood.premium,
+            });
+        }
+        let flood = state.faults.iter_mut().find_map(|fault| match fault.kind {
+            FaultKind::FloodWait(seconds) if fault.when == When::Refetch && fault.times > 0 => {
+                fault.times -= 1;
+                Some(seconds)
+            }
+            _ => None,
+        });
+        if let Some(seconds) = flood {
+            state.flood = Some(Flood {
+                until: now + Duration::from_secs(u64::from(seconds)),
+                premium: false,
+            });
+            let error = rpc::rpc_error(420, &format!("FLOOD_WAIT_{seconds}"));
+            return Err(rpc::from_rpc(&error, Subject::File));
+        }
         let label = message.chat.id.to_string();
         let chat = state
             .chats
@@ -532,6 +565,7 @@ impl FakeTelegram {
                 When::Part(index) => offset / PART_SIZE == index,
                 When::Call(n) => n == call,
                 When::Always => true,
+                When::Refetch => false,
             };
             if !hits || fault.times == 0 {
                 continue;
@@ -697,7 +731,7 @@ fn to_media_message(state: &State, chat: &FakeChat, message: &FakeMessage) -> Me
                 mime: mime.clone(),
                 size: stored.bytes.len() as u64,
                 location,
-                dc: stored.dc,
+                dc: stored.document_dc,
             },
             None => Media::Unsupported("a file that no longer exists".to_owned()),
         },
@@ -710,7 +744,7 @@ fn to_media_message(state: &State, chat: &FakeChat, message: &FakeMessage) -> Me
             Some((location, stored)) => Media::Photo {
                 size: stored.bytes.len() as u64,
                 location,
-                dc: stored.dc,
+                dc: stored.document_dc,
             },
             None => Media::Unsupported("a photo that no longer exists".to_owned()),
         },

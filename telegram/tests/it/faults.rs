@@ -316,3 +316,56 @@ async fn a_flood_wait_holds_back_every_download_of_the_account() {
         "the other download kept asking during the flood wait"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_flood_wait_on_the_refetch_is_waited_out_like_a_part_s() {
+    // Arrange: the reference expires at the middle part, and the refetch for a fresh one is
+    // answered with a flood wait.
+    let world = one_file(SIZE).await;
+    world
+        .fake
+        .inject(Fault::at_part(MIDDLE, FaultKind::ExpireReference));
+    world.fake.inject(Fault {
+        when: When::Refetch,
+        kind: FaultKind::FloodWait(5),
+        times: 1,
+    });
+
+    // Act
+    let started = Instant::now();
+    let received = collect(downloader(&world.fake, 4).stream(&world.message, 0).unwrap()).await;
+
+    // Assert: the download slept through the wait, refetched again after it, and nothing was
+    // asked during it.
+    assert!(received == world.bytes);
+    assert!(started.elapsed() >= Duration::from_secs(5));
+    assert_eq!(world.fake.refetch_count(), 2);
+    assert_eq!(
+        world.fake.flood_refusals(),
+        0,
+        "a request was sent during the wait"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refreshed_reference_keeps_the_data_centre_a_migration_found() {
+    // Arrange: the file moves at part 2 (its message still names the old data centre) and its
+    // reference expires at part 6.
+    let world = one_file(SIZE).await;
+    world.fake.inject(Fault::at_part(2, FaultKind::Migrate(4)));
+    world.fake.inject(Fault::at_part(6, FaultKind::ExpireReference));
+
+    // Act: one part at a time, so the order of requests is the plan's.
+    let received = collect(downloader(&world.fake, 1).stream(&world.message, 0).unwrap()).await;
+
+    // Assert: after the migration, every request went to the new data centre, the refresh
+    // included.
+    assert!(received == world.bytes);
+    assert_eq!(world.fake.refetch_count(), 1);
+    let calls = world.fake.part_calls();
+    let moved = calls.iter().position(|call| call.dc == 4).unwrap();
+    assert!(
+        calls[moved..].iter().all(|call| call.dc == 4),
+        "the refresh sent parts back to the old data centre: {calls:?}"
+    );
+}
