@@ -645,6 +645,11 @@ impl FakeTelegram {
             return refuse("FILE_REFERENCE_EXPIRED");
         }
         let length = stored.bytes.len() as u64;
+        // Telegram refuses an offset at or past the end of the file rather than answering with
+        // nothing; the end shows as a short answer before it.
+        if offset >= length {
+            return refuse("OFFSET_INVALID");
+        }
         let start = offset.min(length);
         let end = (offset + u64::from(limit)).min(length);
         // Both ends are at most the file's length, which is a usize.

@@ -83,7 +83,10 @@ async fn the_fake_refuses_requests_that_break_precise_mode() {
         name: name.to_owned(),
         value: None,
     };
-    let cases: [(u64, u32, &str); 7] = [
+    let cases: [(u64, u32, &str); 9] = [
+        // At or past the end of the file.
+        ((3 * MIB) as u64, MIB as u32, "OFFSET_INVALID"),
+        ((4 * MIB) as u64, MIB as u32, "OFFSET_INVALID"),
         (1, 1024, "OFFSET_INVALID"),
         (1000, 1024, "OFFSET_INVALID"),
         (0, 1000, "LIMIT_INVALID"),
