@@ -700,6 +700,7 @@ async fn a_try_cut_short_by_a_killed_dispatcher_is_taken_over_after_the_lease() 
         lease: Duration::from_secs(3),
         ..fast(&config)
     };
+    let options_lease = options.lease;
     let first = harness.spawn(&config, options.clone());
     let task_id = harness.finish_task(End::Complete).await;
     wait_for_requests(&receiver, 1).await;
@@ -718,6 +719,13 @@ async fn a_try_cut_short_by_a_killed_dispatcher_is_taken_over_after_the_lease() 
     assert!(
         requests[1].arrived >= killed_at,
         "the second try is the new dispatcher's"
+    );
+    // The takeover waits out the first claim's lease. The first request
+    // arrives a few ms after its claim, hence the small allowance.
+    let gap = requests[1].arrived - requests[0].arrived;
+    assert!(
+        gap >= options_lease - Duration::from_millis(100),
+        "the second try came {gap:?} after the first, before the lease ({options_lease:?}) ran out"
     );
     second.stop().await.unwrap();
 }
@@ -892,16 +900,31 @@ async fn no_more_tries_are_in_flight_than_the_concurrency() {
 
 #[tokio::test]
 async fn an_endless_response_body_does_not_stall_the_delivery() {
+    // Arrange: a request timeout far beyond the wait, so that only the cap
+    // on the response body (not the timeout) can end the read in time.
     let harness = Harness::start().await;
     let receiver = Receiver::start().await;
     receiver.set_default(Reply::EndlessBody);
     let config = harness.config(&receiver.url(), None);
-    let dispatcher = harness.spawn(&config, fast(&config));
+    let options = DispatcherOptions {
+        request_timeout: Duration::from_secs(60),
+        lease: Duration::from_secs(90),
+        ..fast(&config)
+    };
+    let dispatcher = harness.spawn(&config, options);
+    let started = Instant::now();
 
+    // Act
     let task_id = harness.finish_task(End::Complete).await;
 
+    // Assert
     let webhook = harness.wait_for_state(&task_id, WebhookState::Delivered).await;
     assert_eq!(webhook.attempts, 1);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "the delivery took {took:?}: the body was read until the timeout, not up to the cap"
+    );
     dispatcher.stop().await.unwrap();
 }
 
