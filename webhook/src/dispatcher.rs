@@ -47,9 +47,22 @@ use crate::options::{Backoff, DispatcherOptions};
 use crate::send::{check_url, Answer, Sender};
 use crate::signature::Signer;
 
-/// The metric that counts tries by outcome (`delivered`, `retrying`,
-/// `gave_up`, `gone`) and skipped events (`skipped`).
+/// The metric that counts tries and events by outcome: see
+/// [`DELIVERY_OUTCOMES`].
 pub const DELIVERIES_METRIC: &str = "savestream_webhook_deliveries_total";
+
+/// Every `outcome` label of [`DELIVERIES_METRIC`]: tries that ended
+/// `delivered`, `retrying`, `gave_up` or `gone`; terminal events
+/// acknowledged without a delivery (`skipped`); entries that cannot be read,
+/// left pending, each time one is seen (`unreadable`).
+pub const DELIVERY_OUTCOMES: [&str; 6] = [
+    "delivered",
+    "retrying",
+    "gave_up",
+    "gone",
+    "skipped",
+    "unreadable",
+];
 
 /// How many entries of the log at most are scanned for the history of a
 /// task whose hash has expired (see `Store::task_events_on_log`).

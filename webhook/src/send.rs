@@ -39,7 +39,9 @@ impl Answer {
     }
 }
 
-#[derive(Clone, Debug)]
+/// Debug shows the receiver's host only (see [`Sender::host`]): the URL
+/// may carry credentials in its user info, path or query.
+#[derive(Clone)]
 pub struct Sender {
     client: reqwest::Client,
     url: Url,
@@ -47,6 +49,21 @@ pub struct Sender {
     authorization: Option<HeaderValue>,
     signer: Option<Signer>,
     max_response_body: usize,
+}
+
+impl std::fmt::Debug for Sender {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Sender")
+            .field("host", &self.host())
+            .field(
+                "authorization",
+                &self.authorization.as_ref().map(|_| "[redacted]"),
+            )
+            .field("signed", &self.signer.is_some())
+            .field("max_response_body", &self.max_response_body)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Sender {
@@ -205,6 +222,30 @@ fn unix_seconds() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sender_s_debug_shows_the_host_and_no_credential() {
+        let url =
+            Url::parse("https://hook-user:hook-password@example.com:8443/hook/path-secret?key=query-secret")
+                .unwrap();
+        let options = DispatcherOptions::from_config(&savestream_shared::config::Config::default());
+        let signer = Signer::from_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let sender = Sender::new(url, "the-api-token", Some(signer), &options).unwrap();
+
+        let shown = format!("{sender:?}");
+
+        assert!(shown.contains("example.com:8443"), "{shown}");
+        for secret in [
+            "hook-user",
+            "hook-password",
+            "path-secret",
+            "query-secret",
+            "the-api-token",
+            "MfKQ9r8",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+    }
 
     #[test]
     fn retry_after_in_seconds_is_a_delay() {

@@ -37,6 +37,7 @@ use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use savestream_shared::store::{QueueDepth, Store, StoreError};
 use savestream_shared::task::SourceKind;
+use savestream_webhook::dispatcher::{DELIVERIES_METRIC, DELIVERY_OUTCOMES};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -112,9 +113,19 @@ fn initialize() {
         }
     }
     metrics::counter!(REDIS_ERRORS).increment(0);
+    // Every outcome from the start, so an alert on `outcome="gave_up"` has
+    // a series before the first delivery gives up.
+    for outcome in DELIVERY_OUTCOMES {
+        metrics::counter!(DELIVERIES_METRIC, "outcome" => outcome).increment(0);
+    }
 }
 
 fn describe() {
+    metrics::describe_counter!(
+        DELIVERIES_METRIC,
+        "Webhook tries by outcome (delivered, retrying, gave_up, gone), terminal events acknowledged \
+         without a delivery (skipped) and event entries that cannot be read (unreadable)"
+    );
     metrics::describe_counter!(
         TASKS_STARTED,
         "Attempts this worker started, by source (telegram, http)"
@@ -386,6 +397,19 @@ fn answer(request: &Request<hyper::body::Incoming>, handle: &PrometheusHandle) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_webhook_outcome_is_described_and_shown_at_zero_from_the_start() {
+        let text = install().render();
+
+        assert!(text.contains(&format!("# HELP {DELIVERIES_METRIC} ")), "{text}");
+        for outcome in DELIVERY_OUTCOMES {
+            assert!(
+                text.contains(&format!("{DELIVERIES_METRIC}{{outcome=\"{outcome}\"}} 0")),
+                "{outcome}:\n{text}"
+            );
+        }
+    }
 
     #[test]
     fn a_burst_of_accept_failures_warns_once_and_a_success_ends_the_burst() {
