@@ -121,8 +121,8 @@ impl Store {
     }
 
     /// Claims for `consumer` up to `count` entries of `group` on `stream`
-    /// pending longer than `min_idle` (their reader is gone), following
-    /// XAUTOCLAIM's cursor; shared by the `workers` and `webhooks` groups.
+    /// pending longer than `min_idle` (their reader is gone), scanning the
+    /// pending list from its start.
     pub(crate) async fn autoclaim(
         &self,
         stream: &str,
@@ -131,8 +131,25 @@ impl Store {
         min_idle: Duration,
         count: usize,
     ) -> Result<Vec<StreamEntry>, StoreError> {
-        let mut claimed = Vec::new();
         let mut cursor = "0-0".to_owned();
+        self.autoclaim_from(stream, group, consumer, min_idle, count, &mut cursor)
+            .await
+    }
+
+    /// [`Store::autoclaim`] from `cursor`, following XAUTOCLAIM's cursor and
+    /// leaving it where the next scan goes on (`0-0` once the scan went
+    /// round the pending list); shared by the `workers` and `webhooks`
+    /// groups.
+    pub(crate) async fn autoclaim_from(
+        &self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+        cursor: &mut String,
+    ) -> Result<Vec<StreamEntry>, StoreError> {
+        let mut claimed = Vec::new();
         let min_idle = min_idle.as_millis().to_string();
         while claimed.len() < count {
             let wanted = (count - claimed.len()).to_string();
@@ -147,7 +164,7 @@ impl Store {
             ];
             let reply: Value = self.client().custom(fred::cmd!("XAUTOCLAIM"), args).await?;
             let mut parts = reply.into_array().into_iter();
-            cursor = parts
+            *cursor = parts
                 .next()
                 .and_then(|value| value.as_string())
                 .unwrap_or_else(|| "0-0".into());

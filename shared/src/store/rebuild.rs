@@ -118,15 +118,8 @@ impl Store {
 
     /// Every task hash in the projection.
     pub async fn projection(&self) -> Result<HashMap<TaskId, Task>, StoreError> {
-        let prefix = self.keys().task_prefix();
         let mut tasks = HashMap::new();
-        for key in self.keys_under(&prefix).await? {
-            let Some(task_id) = key
-                .strip_prefix(&prefix)
-                .and_then(|rest| TaskId::parse(rest).ok())
-            else {
-                continue; // the `:log` lists share the prefix
-            };
+        for (task_id, key) in self.task_hash_keys().await? {
             let fields: HashMap<String, String> = self.client().hgetall(&key).await?;
             tasks.insert(task_id.clone(), task_from_hash(&task_id, &fields)?);
         }
@@ -270,15 +263,8 @@ impl Store {
     /// What each key under a task's name holds, read before the rebuild
     /// writes anything. A hash that expired since the scan is left out.
     async fn old_hashes(&self) -> Result<HashMap<TaskId, OldHash>, StoreError> {
-        let prefix = self.keys().task_prefix();
         let mut hashes = HashMap::new();
-        for key in self.keys_under(&prefix).await? {
-            let Some(task_id) = key
-                .strip_prefix(&prefix)
-                .and_then(|rest| TaskId::parse(rest).ok())
-            else {
-                continue; // the `:log` lists share the prefix
-            };
+        for (task_id, key) in self.task_hash_keys().await? {
             let read: Result<HashMap<String, String>, fred::error::Error> = self.client().hgetall(&key).await;
             let old_hash = match read {
                 Ok(fields) if fields.is_empty() => continue,
@@ -289,6 +275,21 @@ impl Store {
             hashes.insert(task_id, old_hash);
         }
         Ok(hashes)
+    }
+
+    /// Every key under a task's name, with the task's id.
+    async fn task_hash_keys(&self) -> Result<Vec<(TaskId, String)>, StoreError> {
+        let prefix = self.keys().task_prefix();
+        Ok(self
+            .keys_under(&prefix)
+            .await?
+            .into_iter()
+            .filter_map(|key| {
+                // The `:log` lists share the prefix, and are no task's id.
+                let task_id = TaskId::parse(key.strip_prefix(&prefix)?).ok()?;
+                Some((task_id, key))
+            })
+            .collect())
     }
 
     /// The keys that begin with `prefix` (a literal, not a pattern).

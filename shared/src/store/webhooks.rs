@@ -265,45 +265,11 @@ impl Store {
         count: usize,
         cursor: &mut String,
     ) -> Result<Vec<EventEntry>, StoreError> {
-        let mut claimed = Vec::new();
-        let min_idle = min_idle.as_millis().to_string();
         let events = self.keys().events();
-        while claimed.len() < count {
-            let wanted = (count - claimed.len()).to_string();
-            let args = vec![
-                events.as_str(),
-                WEBHOOKS_GROUP,
-                consumer,
-                min_idle.as_str(),
-                cursor.as_str(),
-                "COUNT",
-                wanted.as_str(),
-            ];
-            let reply: Value = self.client().custom(fred::cmd!("XAUTOCLAIM"), args).await?;
-            let mut parts = reply.into_array().into_iter();
-            *cursor = parts
-                .next()
-                .and_then(|value| value.as_string())
-                .unwrap_or_else(|| "0-0".into());
-            if let Some(entries) = parts.next() {
-                // Entries trimmed while pending come back as nil; Redis
-                // drops them from the pending list itself.
-                let entries: Vec<Value> = entries
-                    .into_array()
-                    .into_iter()
-                    .filter(|entry| !entry.is_null())
-                    .collect();
-                claimed.extend(
-                    stream_entries(Value::Array(entries))?
-                        .into_iter()
-                        .map(event_entry),
-                );
-            }
-            if cursor == "0-0" {
-                break;
-            }
-        }
-        Ok(claimed)
+        let claimed = self
+            .autoclaim_from(&events, WEBHOOKS_GROUP, consumer, min_idle, count, cursor)
+            .await?;
+        Ok(claimed.into_iter().map(event_entry).collect())
     }
 
     /// The events of `task_id` still on the log, oldest first, up to and
