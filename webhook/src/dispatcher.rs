@@ -222,10 +222,12 @@ impl Dispatcher {
     /// longer than retention would anyway.
     ///
     /// A terminal event whose task cannot be read (a corrupt hash, a key of
-    /// another type) or whose delivery Redis refuses to record is logged and
-    /// acknowledged without a delivery, and does not hold back the rest of
-    /// the batch; only a transient Redis failure fails the step (the batch is taken over again later, and
-    /// recording a delivery twice records it once).
+    /// another type) or whose delivery key is of another type (WRONGTYPE)
+    /// is logged and acknowledged without a delivery, and does not hold
+    /// back the rest of the batch; any other Redis error (unreachable,
+    /// `OOM` at maxmemory with noeviction) fails the step, leaving the
+    /// event pending (the batch is taken over again later, and recording a
+    /// delivery twice records it once).
     pub async fn handle_events(&self, entries: Vec<EventEntry>) -> Result<Ingested, WebhookError> {
         let mut ingested = Ingested {
             read: entries.len(),
@@ -306,11 +308,13 @@ impl Dispatcher {
                 );
                 return self.skip_event(event_id).await;
             }
-            Err(error) if error.is_transient() => return Err(error.into()),
-            Err(error) => {
+            Err(error) if is_wrong_type(&error) => {
                 // A Redis error of this task's alone (its key holds another
                 // type: WRONGTYPE): like a corrupt hash, it costs this
-                // webhook only, never the rest of the batch.
+                // webhook only, never the rest of the batch. Any other
+                // error (Redis at maxmemory, down, refusing the command)
+                // fails the batch, which is read again: acknowledging it
+                // would lose the webhook.
                 error!(
                     %task_id, event_id, %error,
                     "no webhook for this task: redis refuses to read its hash, so the event is \
@@ -318,6 +322,7 @@ impl Dispatcher {
                 );
                 return self.skip_event(event_id).await;
             }
+            Err(error) => return Err(error.into()),
         };
         self.record(entry, task_id, &body_json(&record.task)).await
     }
@@ -332,16 +337,19 @@ impl Dispatcher {
             .await
         {
             Ok(recorded) => recorded,
-            Err(error) if error.is_transient() => return Err(error.into()),
-            Err(error) => {
+            Err(error) if is_wrong_type(&error) => {
                 // This event's keys alone are refused (a delivery key of
-                // another type): the rest of the batch goes on.
+                // another type): the rest of the batch goes on. Any other
+                // error (`OOM` from Redis at maxmemory with noeviction, a
+                // refused script) is Redis's, not the event's: the batch
+                // fails and is read again, the event kept pending.
                 error!(
                     %task_id, event_id = %entry.id, %webhook_id, %error,
                     "recording this webhook's delivery failed: the event is acknowledged without a delivery"
                 );
                 return self.skip_event(&entry.id).await;
             }
+            Err(error) => return Err(error.into()),
         };
         debug!(%webhook_id, %task_id, recorded, "webhook delivery recorded");
         Ok(recorded)
@@ -739,6 +747,12 @@ async fn pause(delay: Duration, shutdown: &CancellationToken) {
 }
 
 /// 100 ms, doubling per consecutive Redis failure, at most 5 s.
+/// Whether Redis refused a command for the type of a key it names
+/// (WRONGTYPE): a fault of that one key, never of Redis as a whole.
+fn is_wrong_type(error: &StoreError) -> bool {
+    matches!(error, StoreError::Unavailable(error) if error.details().starts_with("WRONGTYPE"))
+}
+
 fn error_backoff(failures: u32) -> Duration {
     Duration::from_millis(100u64.saturating_mul(1 << failures.min(6))).min(Duration::from_secs(5))
 }

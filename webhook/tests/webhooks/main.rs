@@ -1376,3 +1376,72 @@ async fn a_delivery_record_that_cannot_be_read_costs_only_its_own_try() {
         "a foreign key is left alone"
     );
 }
+
+#[tokio::test]
+async fn a_delivery_redis_refuses_to_record_for_lack_of_memory_is_kept_pending_until_it_can_be() {
+    // Arrange: a task completes; then Redis reaches maxmemory with
+    // noeviction (here: a limit below what it uses), so it refuses every
+    // command that may grow its data (the enqueue function, with `OOM`)
+    // while reads and XACK still succeed.
+    let harness = Harness::start().await;
+    let receiver = Receiver::start().await;
+    let config = harness.config(&receiver.url(), None);
+    let options = DispatcherOptions {
+        request_timeout: Duration::from_millis(100),
+        lease: Duration::from_millis(200),
+        ..fast(&config)
+    };
+    let dispatcher = Dispatcher::with_options(harness.store.clone(), &config, options).unwrap();
+    let reader = harness.store.with_own_connection().await.unwrap();
+    let task_id = harness.finish_task(End::Complete).await;
+    let info = harness.redis_cli(&["INFO", "memory"]);
+    let used: u64 = info
+        .lines()
+        .find_map(|line| line.strip_prefix("used_memory:"))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("INFO memory has used_memory: {info}"));
+    harness.redis_cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    harness.redis_cli(&["CONFIG", "SET", "maxmemory", &(used / 2).to_string()]);
+
+    // Act
+    let ingested = dispatcher.ingest(&reader, Duration::from_millis(100)).await;
+
+    // Assert: the batch fails with Redis's refusal; the terminal event
+    // stays pending, with no delivery recorded nor sent.
+    assert!(
+        matches!(&ingested, Err(error) if error.to_string().contains("OOM")),
+        "the enqueue is refused for lack of memory and fails the batch: {ingested:?}"
+    );
+    assert_eq!(
+        harness.webhook_events_pending(),
+        3,
+        "created, started and completed stay pending"
+    );
+    assert_eq!(harness.task_webhook(&task_id).await, None);
+    // Taken over again after the lease, the events are refused again.
+    let retried = eventually("the reclaim to take the events over", WAIT, || async {
+        dispatcher.reclaim_events().await.err()
+    })
+    .await;
+    assert!(retried.to_string().contains("OOM"), "{retried}");
+    assert_eq!(harness.webhook_events_pending(), 3);
+    assert_eq!(harness.task_webhook(&task_id).await, None);
+    assert_eq!(receiver.count(), 0);
+
+    // Act: memory is freed.
+    harness.redis_cli(&["CONFIG", "SET", "maxmemory", "0"]);
+
+    // Assert: the events are taken over again, and the webhook delivered.
+    eventually("the pending terminal event to be recorded", WAIT, || async {
+        let ingested = dispatcher.reclaim_events().await.unwrap();
+        (ingested.enqueued == 1).then_some(())
+    })
+    .await;
+    assert_eq!(dispatcher.deliver_due().await.unwrap(), 1);
+    harness.wait_for_state(&task_id, WebhookState::Delivered).await;
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].webhook_id(), harness.webhook_id_of(&task_id).await);
+    assert_eq!(requests[0].body, harness.expected_body(&task_id).await);
+    assert_eq!(harness.webhook_events_pending(), 0);
+}
