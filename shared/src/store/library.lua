@@ -612,6 +612,7 @@ end
 -- KEYS: 1 webhooks due. ARGV: 1 delivery hash prefix, 2 limit, 3 lease_ms, 4 consumer
 -- Claims up to `limit` due deliveries. Returns {{webhook_id, attempt, task_id, body}, ...};
 -- attempt 0 marks a member whose key is not a hash, dropped (the error in place of the body).
+-- attempt -1 marks a record whose attempts are not a number, dropped (why in place of the body).
 local function webhook_claim(keys, args)
   local at = now_ms()
   local due = redis.call('ZRANGE', keys[1], '-inf', at, 'BYSCORE', 'LIMIT', 0, tonumber(args[2]))
@@ -628,6 +629,14 @@ local function webhook_claim(keys, args)
       table.insert(claimed, { webhook_id, 0, '', state.err })
     elseif not state[1] or webhook_is_final(state[1]) then
       redis.call('ZREM', keys[1], webhook_id)
+    elseif not tonumber(state[2]) then
+      -- A record with a status but no number of attempts cannot be tried
+      -- (nor its try recorded): removed from the due set and answered with
+      -- attempt -1 and why, for the caller to give it up. Raised, the error
+      -- would fail the claim on every call, this member being the earliest.
+      redis.call('ZREM', keys[1], webhook_id)
+      table.insert(claimed, { webhook_id, -1, state[3] or '', 'its attempts are not a number: '
+        .. tostring(state[2] or 'none') })
     else
       local attempt = tonumber(state[2]) + 1
       redis.call('HSET', key, 'attempts', attempt, 'claimed_by', args[4], 'updated', at)

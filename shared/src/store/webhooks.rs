@@ -431,6 +431,10 @@ impl Store {
                 continue;
             }
             let parsed = match (attempt, task_id, body) {
+                // The library answers attempt -1 for a record whose attempts
+                // are not a number: removed from the due set, why in place of
+                // the body; given up like any record that cannot be read.
+                (Some(-1), _, why) => Err(why.unwrap_or_default()),
                 (Some(attempt), Some(task_id), Some(body)) => TaskId::parse(&task_id)
                     .map(|task_id| ClaimedWebhook {
                         webhook_id: webhook_id.clone(),

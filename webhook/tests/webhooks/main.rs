@@ -1445,3 +1445,66 @@ async fn a_delivery_redis_refuses_to_record_for_lack_of_memory_is_kept_pending_u
     assert_eq!(requests[0].body, harness.expected_body(&task_id).await);
     assert_eq!(harness.webhook_events_pending(), 0);
 }
+
+#[tokio::test]
+async fn a_delivery_record_whose_attempts_are_not_a_number_is_given_up_alone() {
+    // Arrange: two deliveries are due, behind (earliest in the due set) a
+    // record with a status but attempts that are not a number, and one
+    // with no attempts at all.
+    let harness = Harness::start().await;
+    let receiver = Receiver::start().await;
+    let config = harness.config(&receiver.url(), None);
+    let dispatcher = Dispatcher::with_options(harness.store.clone(), &config, fast(&config)).unwrap();
+    let reader = harness.store.with_own_connection().await.unwrap();
+    let task_ids = harness.finish_tasks(2).await;
+    let ingested = dispatcher
+        .ingest(&reader, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(ingested.enqueued, 2);
+    let due = harness.store.keys().webhooks_due();
+    let mut bad_records = Vec::new();
+    for (webhook_id, attempts) in [("msg_bad-attempts", Some("many")), ("msg_no-attempts", None)] {
+        let key = harness.store.keys().webhook(webhook_id);
+        let mut hset = vec![
+            "HSET",
+            &key,
+            "task",
+            task_ids[0].as_str(),
+            "body",
+            "{}",
+            "status",
+            "pending",
+            "deadline",
+            "99999999999999",
+        ];
+        if let Some(attempts) = attempts {
+            hset.extend(["attempts", attempts]);
+        }
+        harness.redis_cli(&hset);
+        harness.redis_cli(&["ZADD", &due, "0", webhook_id]);
+        bad_records.push(key);
+    }
+
+    // Act
+    let tried = dispatcher
+        .deliver_due()
+        .await
+        .expect("bad records cost the claim nothing");
+
+    // Assert
+    assert_eq!(tried, 2);
+    for task_id in &task_ids {
+        let webhook = harness.task_webhook(task_id).await.unwrap();
+        assert_eq!(webhook.state, WebhookState::Delivered);
+    }
+    assert_eq!(receiver.count(), 2);
+    for key in &bad_records {
+        assert_eq!(harness.redis_cli(&["HGET", key, "status"]), "gave_up");
+    }
+    assert_eq!(
+        harness.redis_cli(&["ZCARD", &due]),
+        "0",
+        "nothing bad is due again"
+    );
+}
