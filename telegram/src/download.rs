@@ -11,7 +11,10 @@
 //! is the reorder window: a part that finishes early waits in memory for the ones before it,
 //! and no new part starts until the consumer takes the oldest, so memory stays near
 //! `window × 1 MiB` however large the file. Dropping the stream drops the part tasks' handles,
-//! which aborts them: a cancelled download stops asking Telegram at once.
+//! which aborts them: a cancelled download stops asking Telegram at once. The requests it has
+//! already sent cannot be called back (grammers sends no cancellation), so each runs in a
+//! detached task holding its data centre's permit until its answer arrives: the next
+//! downloads' requests wait for those bytes instead of queueing behind them.
 //!
 //! ## Faults, per part
 //! - FLOOD_WAIT / FLOOD_PREMIUM_WAIT: every part of every download of the [`Downloader`] holds
@@ -76,7 +79,8 @@ pub struct DownloadOptions {
     /// across all its downloads. grammers has one connection per data centre and answers come
     /// back over it in order, so more requests in flight only queue more bytes behind one
     /// another; and a request given up on is not cancelled (its bytes still arrive and are
-    /// thrown away), so a long queue makes every retry slower still. A request waits at most
+    /// thrown away), so it keeps its place in the count until its answer arrives (or for at
+    /// most four [`DownloadOptions::part_timeout`]s). A request waits at most
     /// this many parts' transfer for its answer, so connections slower than this many MiB per
     /// [`DownloadOptions::part_timeout`] (8 MiB a minute by default) may still trip it.
     pub max_parts_in_flight_per_dc: usize,
@@ -390,6 +394,11 @@ async fn fetch_part(shared: &Shared, part: Part) -> Result<Bytes, TelegramError>
     }
 }
 
+/// How many [`DownloadOptions::part_timeout`]s a request may go unanswered before its permit
+/// is released all the same: a backstop for a request whose answer never comes, long after its
+/// part gave up on it (the stall timeout).
+const ABANDONED_REQUEST_TIMEOUTS: u32 = 4;
+
 /// Sends one request for `part` with the current location, once a permit for its data centre
 /// is free; records the reference generation it asked with in `generation`.
 async fn ask(shared: &Shared, part: Part, generation: &mut u64) -> Result<Bytes, TelegramError> {
@@ -405,9 +414,45 @@ async fn ask(shared: &Shared, part: Part, generation: &mut u64) -> Result<Bytes,
         .await;
     // A flood wait may have begun while this part waited for its permit.
     shared.account.wait_for_flood_gate(options.max_flood_wait).await?;
-    let request = shared.api.get_part(&location, dc, part.offset, part.limit);
-    let answer = shared.answer_unless_stalled(request, part.offset).await;
-    drop(permit);
+    // grammers never cancels a request once sent: its answer comes down the connection even
+    // if nobody waits for it. So the request runs in a task of its own that keeps the permit
+    // until the answer (or an error) arrives, whether this part gave up on it (a stall) or was
+    // aborted (the download was cancelled); dropping its handle does not abort it.
+    let api = shared.api.clone();
+    let account = shared.account.clone();
+    let max_flood_wait = options.max_flood_wait;
+    let backstop = options.part_timeout.saturating_mul(ABANDONED_REQUEST_TIMEOUTS);
+    let Part { offset, limit, .. } = part;
+    let request = tokio::spawn(async move {
+        let send = async {
+            // The task starts a moment after the check above; another request may have met a
+            // flood wait in that moment.
+            account.wait_for_flood_gate(max_flood_wait).await?;
+            let answer = api.get_part(&location, dc, offset, limit).await;
+            // Closed here, as the answer arrives, rather than when its part gets to it, so no
+            // other request starts in between.
+            if let Err(TelegramError::FloodWait { seconds, premium }) = &answer {
+                account.hold_requests_for(Duration::from_secs(u64::from(*seconds)), *premium);
+            }
+            answer
+        };
+        let answer = tokio::time::timeout(backstop, send).await;
+        drop(permit);
+        answer.unwrap_or_else(|_| {
+            Err(TelegramError::Disconnected(format!(
+                "no answer to the request for byte {offset} in {} s",
+                backstop.as_secs()
+            )))
+        })
+    });
+    let answered = async move {
+        request.await.unwrap_or_else(|join_error| {
+            Err(TelegramError::Protocol(format!(
+                "the request for bytes from {offset} failed: {join_error}"
+            )))
+        })
+    };
+    let answer = shared.answer_unless_stalled(answered, part.offset).await;
     match answer {
         Ok(bytes) if bytes.len() as u64 > u64::from(part.limit) => Err(TelegramError::Protocol(format!(
             "asked for {} bytes at {}, got {}",

@@ -11,8 +11,9 @@
 //! the rest of the wait until the n seconds are over (tokio time), as Telegram does, and counts
 //! those refusals ([`FakeTelegram::flood_refusals`]). It can model grammers' one connection per
 //! data centre with a bandwidth ([`FakeTelegram::limit_bandwidth`]): answers then arrive one
-//! after another at that rate. Faults are injected on a schedule ([`Fault`]) and every call is recorded,
-//! with the peak number of part requests in flight, for assertions.
+//! after another at that rate, and it counts the requests on each connection, abandoned ones
+//! included ([`FakeTelegram::max_on_link`]). Faults are injected on a schedule ([`Fault`]) and
+//! every call is recorded, with the peak number of part requests in flight, for assertions.
 //!
 //! Errors are produced the way the real client produces them: as Telegram's RPC error text run
 //! through [`crate::rpc`], so tests see exactly the messages users will.
@@ -255,6 +256,11 @@ struct State {
     bandwidth: Option<u64>,
     /// When each data centre's connection has delivered every answer queued on it so far.
     links_free_at: HashMap<i32, tokio::time::Instant>,
+    /// Under a bandwidth limit, when each answer still on its way over each data centre's
+    /// connection arrives, whether or not the request's future is still awaited.
+    on_link: HashMap<i32, Vec<tokio::time::Instant>>,
+    /// The most requests ever on one data centre's connection at once.
+    max_on_link: usize,
 }
 
 /// A flood wait the fake enforces on every request until `until`.
@@ -390,7 +396,21 @@ impl FakeTelegram {
         let length = answer.as_ref().map_or(0, Bytes::len) as u64;
         let at = start + Duration::from_nanos(length.saturating_mul(1_000_000_000) / rate);
         state.links_free_at.insert(dc, at);
+        let now = tokio::time::Instant::now();
+        let on_link = state.on_link.entry(dc).or_default();
+        on_link.retain(|arrives| *arrives > now);
+        on_link.push(at);
+        let count = on_link.len();
+        state.max_on_link = state.max_on_link.max(count);
         Some(at)
+    }
+
+    /// Under [`FakeTelegram::limit_bandwidth`], the most `get_part` requests ever on one data
+    /// centre's connection at once: sent and not yet arrived, counting those whose future was
+    /// dropped (a cancelled or given-up request), since their bytes still come down the
+    /// connection ahead of every later answer.
+    pub fn max_on_link(&self) -> usize {
+        self.lock().max_on_link
     }
 
     /// `get_part` requests being answered right now.

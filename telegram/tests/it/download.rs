@@ -152,7 +152,7 @@ async fn a_stalled_consumer_stops_new_requests() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn dropping_the_stream_cancels_parts_in_flight() {
+async fn dropping_the_stream_stops_new_requests() {
     let world = one_file(10 * MIB).await;
     world.fake.inject(Fault {
         when: When::Always,
@@ -166,12 +166,17 @@ async fn dropping_the_stream_cancels_parts_in_flight() {
     assert_eq!(world.fake.in_flight(), 4);
 
     drop(stream);
-    // Aborted tasks are dropped the next time the runtime gets to them.
+    // The requests already sent cannot be called back (grammers sends no cancellation): they
+    // run until their answers arrive, 30 s after they were sent, and no new one starts.
+    let requested = world.fake.part_calls().len();
+    assert_eq!(requested, 4);
+    tokio::time::sleep(Duration::from_secs(28)).await;
+    assert_eq!(world.fake.in_flight(), 4, "the answers are still on their way");
+    tokio::time::sleep(Duration::from_secs(2)).await;
     for _ in 0..10 {
         tokio::task::yield_now().await;
     }
-    assert_eq!(world.fake.in_flight(), 0, "part requests outlived the stream");
-    let requested = world.fake.part_calls().len();
+    assert_eq!(world.fake.in_flight(), 0, "part requests outlived their answers");
     tokio::time::sleep(Duration::from_secs(120)).await;
     assert_eq!(world.fake.part_calls().len(), requested, "requests after cancel");
 }
@@ -287,4 +292,35 @@ async fn a_stalled_connection_trips_the_stall_timeout() {
         .filter(|call| call.offset == 3 * MIB as u64)
         .count();
     assert_eq!(asked, retries + 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_download_keeps_its_permits_until_its_answers_arrive() {
+    // Arrange: a download with 8 parts in flight over the 0.5 MiB/s connection (16 s of
+    // answers), cancelled after 1 s. Telegram still sends those 8 MiB.
+    let world = one_file(24 * MIB).await;
+    let downloader = slow_link(&world, 8, 20);
+    let cap = downloader.options().max_parts_in_flight_per_dc;
+    let mut cancelled = downloader.stream(&world.message, 0).unwrap();
+    let nothing_yet = tokio::time::timeout(Duration::from_secs(1), cancelled.next()).await;
+    assert!(nothing_yet.is_err(), "no part arrives within 1 s");
+    assert_eq!(world.fake.part_calls().len(), cap);
+    drop(cancelled);
+
+    // Act: the next download starts at once.
+    let received = collect(downloader.stream(&world.message, 0).unwrap()).await;
+
+    // Assert: its requests waited for the abandoned answers to arrive instead of queueing
+    // behind them, so the connection never carried more than the cap.
+    assert!(received == world.bytes);
+    assert!(
+        world.fake.max_on_link() <= cap,
+        "{} requests on the connection at once, the cap is {cap}",
+        world.fake.max_on_link()
+    );
+    assert_eq!(
+        world.fake.part_calls().len(),
+        cap + 24,
+        "parts were asked for again"
+    );
 }
