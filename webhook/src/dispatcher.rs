@@ -356,7 +356,8 @@ impl Dispatcher {
     }
 
     /// The body of a terminal event whose task's hash has expired, from the
-    /// log: the status is the event's type, the error its `error` field;
+    /// log: the status is the event's type, the error its `error` field
+    /// (for a cancel, the last `retrying` event's, which the cancel keeps);
     /// the title is the task's last `resolved` title, else its `created`
     /// one, and the creation time its `created` event's, when those are
     /// still on the log (see `Store::task_events_on_log`). When they were
@@ -375,6 +376,17 @@ impl Dispatcher {
             .find(|event| event.kind() == Some("resolved"))
             .or(created)
             .map_or("", |event| event.field("title"));
+        // A cancel keeps the error of the task's last retry (the projection
+        // does: see `Task::apply`); the failed event carries its own.
+        let error = if entry.kind() == Some("canceled") {
+            history
+                .iter()
+                .rev()
+                .find(|event| event.kind() == Some("retrying"))
+                .map_or("", |event| event.field("error"))
+        } else {
+            entry.field("error")
+        };
         let created_at = created
             .and_then(|event| event.field("at").parse::<Millis>().ok())
             .or_else(|| task_created_ms(task_id).map(|ms| ms as Millis))
@@ -389,7 +401,7 @@ impl Dispatcher {
             entry.kind().unwrap_or_default(),
             title,
             created_at,
-            entry.field("error"),
+            error,
         ))
     }
 

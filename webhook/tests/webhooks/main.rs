@@ -15,6 +15,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use savestream_shared::config::{Config, QueueConfig, RedisConfig, Secret};
+use savestream_shared::store::queue::RetryKind;
 use savestream_shared::store::webhooks::{TaskWebhook, WebhookState};
 use savestream_shared::store::{NewTask, Store, StoreError};
 use savestream_shared::task::{rfc3339, SourceKind, TaskId, TaskStatus};
@@ -1219,8 +1220,29 @@ async fn a_terminal_event_whose_task_hash_expired_is_delivered_with_its_body_fro
         .await
         .unwrap();
     harness.end(&failed, End::Fail).await;
+    // A third is retried after an error, then canceled while it waits: its
+    // body keeps the retry's error, as the projection does.
+    let canceled = harness.create().await;
+    let job = harness
+        .reader
+        .read_jobs(WORKER, 1, Duration::from_secs(1))
+        .await
+        .unwrap()
+        .remove(0);
+    let lease = harness.store.start(&job.job_id, &canceled, WORKER).await.unwrap();
+    harness
+        .store
+        .retry(
+            &lease,
+            "FLOOD_WAIT_30",
+            RetryKind::Failure { max_retries: 3 },
+            Duration::from_secs(3600),
+        )
+        .await
+        .unwrap();
+    harness.end(&canceled, End::Cancel).await;
     let mut expected = HashMap::new();
-    for task_id in [&resolved, &failed] {
+    for task_id in [&resolved, &failed, &canceled] {
         expected.insert(
             harness.webhook_id_of(task_id).await,
             harness.expected_body(task_id).await,
@@ -1228,13 +1250,16 @@ async fn a_terminal_event_whose_task_hash_expired_is_delivered_with_its_body_fro
         harness.redis_cli(&["DEL", &harness.store.keys().task(task_id)]);
     }
     assert!(expected.values().any(|body| body.contains(&resolved_title)));
+    assert!(expected
+        .values()
+        .any(|body| body.contains(r#""error":"FLOOD_WAIT_30""#)));
     let config = harness.config(&receiver.url(), None);
 
     // Act
     let dispatcher = harness.spawn(&config, fast(&config));
 
     // Assert
-    let requests = wait_for_requests(&receiver, 2).await;
+    let requests = wait_for_requests(&receiver, 3).await;
     let received: HashMap<String, String> = requests
         .iter()
         .map(|request| (request.webhook_id(), request.body.clone()))
