@@ -315,10 +315,16 @@ async fn fetch_part(shared: &Shared, part: Part) -> Result<Bytes, TelegramError>
     // part's: a flood wait closes the gate, a dropped connection is retried with backoff.
     let mut generation = 0;
     let mut stale = false;
+    // The permit of the last request, kept until what its answer taught is recorded (the data
+    // centre a FILE_MIGRATE named, or the fresh reference), so the parts waiting for it read
+    // the new values rather than send with the old ones.
+    let mut permit = None;
     loop {
         shared.account.wait_for_flood_gate(options.max_flood_wait).await?;
         let error = if stale {
-            match shared.refresh(generation).await {
+            let refreshed = shared.refresh(generation).await;
+            drop(permit.take());
+            match refreshed {
                 Ok(()) => {
                     stale = false;
                     continue;
@@ -326,7 +332,9 @@ async fn fetch_part(shared: &Shared, part: Part) -> Result<Bytes, TelegramError>
                 Err(error) => error,
             }
         } else {
-            match ask(shared, part, &mut generation).await {
+            let (answer, sent_with) = ask(shared, part, &mut generation).await;
+            permit = sent_with;
+            match answer {
                 Ok(bytes) => return Ok(bytes),
                 Err(error) => error,
             }
@@ -391,6 +399,9 @@ async fn fetch_part(shared: &Shared, part: Part) -> Result<Bytes, TelegramError>
             }
             error => return Err(error),
         }
+        if !stale {
+            drop(permit.take());
+        }
     }
 }
 
@@ -400,20 +411,35 @@ async fn fetch_part(shared: &Shared, part: Part) -> Result<Bytes, TelegramError>
 const ABANDONED_REQUEST_TIMEOUTS: u32 = 4;
 
 /// Sends one request for `part` with the current location, once a permit for its data centre
-/// is free; records the reference generation it asked with in `generation`.
-async fn ask(shared: &Shared, part: Part, generation: &mut u64) -> Result<Bytes, TelegramError> {
+/// is free; records the reference generation it asked with in `generation`. Hands back the
+/// permit with the answer (none after a stall: the abandoned request keeps it until its answer
+/// arrives).
+async fn ask(
+    shared: &Shared,
+    part: Part,
+    generation: &mut u64,
+) -> (Result<Bytes, TelegramError>, Option<OwnedSemaphorePermit>) {
     let options = &shared.options;
-    let (location, dc) = {
+    // The location, data centre and reference are read once the permit is held: a part that
+    // waited for it behind others may have waited through a FILE_MIGRATE or a refresh.
+    let mut dc = shared.current.lock().await.dc;
+    let (location, permit) = loop {
+        let permit = shared
+            .account
+            .request_permit(dc, options.max_parts_in_flight_per_dc)
+            .await;
         let current = shared.current.lock().await;
-        *generation = current.generation;
-        (current.location.clone(), current.dc)
+        if current.dc == dc {
+            *generation = current.generation;
+            break (current.location.clone(), permit);
+        }
+        // Migrated meanwhile: wait for a permit of the new data centre instead.
+        dc = current.dc;
     };
-    let permit = shared
-        .account
-        .request_permit(dc, options.max_parts_in_flight_per_dc)
-        .await;
     // A flood wait may have begun while this part waited for its permit.
-    shared.account.wait_for_flood_gate(options.max_flood_wait).await?;
+    if let Err(error) = shared.account.wait_for_flood_gate(options.max_flood_wait).await {
+        return (Err(error), None);
+    }
     // grammers never cancels a request once sent: its answer comes down the connection even
     // if nobody waits for it. So the request runs in a task of its own that keeps the permit
     // until the answer (or an error) arrives, whether this part gave up on it (a stall) or was
@@ -437,23 +463,30 @@ async fn ask(shared: &Shared, part: Part, generation: &mut u64) -> Result<Bytes,
             answer
         };
         let answer = tokio::time::timeout(backstop, send).await;
-        drop(permit);
-        answer.unwrap_or_else(|_| {
+        let answer = answer.unwrap_or_else(|_| {
             Err(TelegramError::Disconnected(format!(
                 "no answer to the request for byte {offset} in {} s",
                 backstop.as_secs()
             )))
-        })
+        });
+        // Handed back with the answer, so the part keeps it until it has recorded what the
+        // answer taught (a FILE_MIGRATE, a stale reference); dropped with the output when
+        // nobody waits any more.
+        (answer, permit)
     });
     let answered = async move {
-        request.await.unwrap_or_else(|join_error| {
-            Err(TelegramError::Protocol(format!(
-                "the request for bytes from {offset} failed: {join_error}"
-            )))
-        })
+        match request.await {
+            Ok((answer, permit)) => (answer, permit),
+            Err(join_error) => (
+                Err(TelegramError::Protocol(format!(
+                    "the request for bytes from {offset} failed: {join_error}"
+                ))),
+                None,
+            ),
+        }
     };
-    let answer = shared.answer_unless_stalled(answered, part.offset).await;
-    match answer {
+    let (answer, permit) = shared.answer_unless_stalled(answered, part.offset).await;
+    let answer = match answer {
         Ok(bytes) if bytes.len() as u64 > u64::from(part.limit) => Err(TelegramError::Protocol(format!(
             "asked for {} bytes at {}, got {}",
             part.limit,
@@ -461,7 +494,8 @@ async fn ask(shared: &Shared, part: Part, generation: &mut u64) -> Result<Bytes,
             bytes.len()
         ))),
         answer => answer,
-    }
+    };
+    (answer, permit)
 }
 
 impl Account {
@@ -525,9 +559,9 @@ impl Shared {
     /// request's sending. An answer with bytes restarts the clock for every part.
     async fn answer_unless_stalled(
         &self,
-        request: impl Future<Output = Result<Bytes, TelegramError>>,
+        request: impl Future<Output = (Result<Bytes, TelegramError>, Option<OwnedSemaphorePermit>)>,
         offset: u64,
-    ) -> Result<Bytes, TelegramError> {
+    ) -> (Result<Bytes, TelegramError>, Option<OwnedSemaphorePermit>) {
         let timeout = self.options.part_timeout;
         let sent = Instant::now();
         let stalled_since = || {
@@ -542,7 +576,7 @@ impl Shared {
             let deadline = stalled_since() + timeout;
             tokio::select! {
                 answer = &mut request => {
-                    if answer.is_ok() {
+                    if answer.0.is_ok() {
                         *self.last_part.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
                             Instant::now();
                     }
@@ -551,11 +585,12 @@ impl Shared {
                 () = tokio::time::sleep_until(deadline) => {
                     // Another part may have arrived meanwhile, moving the deadline on.
                     if stalled_since() + timeout <= Instant::now() {
-                        return Err(TelegramError::Disconnected(format!(
+                        let stalled = TelegramError::Disconnected(format!(
                             "no part of the file arrived for {} s (the part at byte {offset} is \
                              still unanswered)",
                             timeout.as_secs()
-                        )));
+                        ));
+                        return (Err(stalled), None);
                     }
                 }
             }

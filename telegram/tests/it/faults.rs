@@ -369,3 +369,33 @@ async fn a_refreshed_reference_keeps_the_data_centre_a_migration_found() {
         "the refresh sent parts back to the old data centre: {calls:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn parts_waiting_for_a_permit_ask_where_a_migration_sent_them() {
+    // Arrange: 8 parts in the window, 2 permits per data centre, every answer 1 s away; the
+    // file moves to data centre 4 as the first request arrives.
+    let world = one_file(8 * MIB).await;
+    world.fake.inject(Fault {
+        when: When::Always,
+        kind: FaultKind::Delay(Duration::from_secs(1)),
+        times: u32::MAX,
+    });
+    world.fake.inject(Fault::at_part(0, FaultKind::Migrate(4)));
+    let options = DownloadOptions {
+        max_parts_in_flight_per_dc: 2,
+        ..DownloadOptions::new(8)
+    };
+    let downloader = Downloader::new(world.fake.clone(), options);
+    assert_eq!(downloader.window(&world.message, 0), 8);
+
+    // Act
+    let received = collect(downloader.stream(&world.message, 0).unwrap()).await;
+
+    // Assert: only the two requests sent before the FILE_MIGRATE answers went to the old data
+    // centre; the parts that waited for their permits meanwhile asked the new one.
+    assert!(received == world.bytes);
+    let calls = world.fake.part_calls();
+    let to_old = calls.iter().filter(|call| call.dc == HOME_DC).count();
+    assert_eq!(to_old, 2, "requests went to the old data centre: {calls:?}");
+    assert_eq!(calls.len(), 8 + 2, "each part asked once more at most: {calls:?}");
+}
