@@ -274,13 +274,16 @@ impl Store {
 
     /// The events of `task_id` still on the log, oldest first, up to and
     /// including `until` (its terminal event), for a delivery whose task's
-    /// hash has expired. The scan starts a minute before the creation time
-    /// in the task's id (an xid made by the API just before its `created`
-    /// event, on a clock that may differ from Redis' by that much), reads
-    /// pages of 1000 entries, and stops after `max_scanned` entries: a
-    /// dispatcher that fell behind by more than the retention period pays
-    /// for each such event with a bounded scan, and the hot paths write
-    /// nothing for it.
+    /// hash has expired. The scan goes backwards from `until` down to a
+    /// minute before the creation time in the task's id (an xid made by the
+    /// API just before its `created` event, on a clock that may differ from
+    /// Redis' by that much), reads pages of 1000 entries, and stops after
+    /// `max_scanned` entries: the events nearest the end (the last
+    /// `resolved`, whose title the body carries) are found first, and only
+    /// the `created` event of a task with more than `max_scanned` entries
+    /// between its creation and its end is missed. A dispatcher that fell
+    /// behind by more than the retention period pays for each such event
+    /// with a bounded scan, and the hot paths write nothing for it.
     pub async fn task_events_on_log(
         &self,
         task_id: &TaskId,
@@ -289,11 +292,12 @@ impl Store {
     ) -> Result<Vec<EventEntry>, StoreError> {
         const PAGE: usize = 1000;
         let created_ms = task_created_ms(task_id).unwrap_or(0);
-        let mut start = crate::stream_id::StreamId {
+        let start = crate::stream_id::StreamId {
             millis: created_ms.saturating_sub(60_000),
             sequence: 0,
         }
         .to_string();
+        let mut end = until.to_owned();
         let mut found = Vec::new();
         let mut scanned = 0;
         while scanned < max_scanned {
@@ -301,11 +305,11 @@ impl Store {
             let reply: Value = self
                 .client()
                 .custom(
-                    fred::cmd!("XRANGE"),
+                    fred::cmd!("XREVRANGE"),
                     vec![
                         self.keys().events(),
+                        end.clone(),
                         start.clone(),
-                        until.to_owned(),
                         "COUNT".into(),
                         count.to_string(),
                     ],
@@ -317,7 +321,7 @@ impl Store {
             let Some((last_id, _)) = page.last() else {
                 break;
             };
-            start = format!("({last_id}");
+            end = format!("({last_id}");
             found.extend(
                 page.into_iter()
                     .map(event_entry)
@@ -327,6 +331,7 @@ impl Store {
                 break;
             }
         }
+        found.reverse();
         Ok(found)
     }
 

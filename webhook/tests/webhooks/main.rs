@@ -1533,3 +1533,58 @@ async fn a_delivery_record_whose_attempts_are_not_a_number_is_given_up_alone() {
         "nothing bad is due again"
     );
 }
+
+#[tokio::test]
+async fn a_body_from_the_log_has_the_last_resolved_title_even_past_the_scan_cap() {
+    // Arrange: a task resolves, then, after more entries of other tasks
+    // than the dispatcher's scan reads (20,000), resolves again and
+    // completes; its hash expires before any dispatcher runs.
+    let harness = Harness::start().await;
+    let receiver = Receiver::start().await;
+    let task_id = harness.create().await;
+    let job = harness
+        .reader
+        .read_jobs(WORKER, 1, Duration::from_secs(1))
+        .await
+        .unwrap()
+        .remove(0);
+    let lease = harness.store.start(&job.job_id, &task_id, WORKER).await.unwrap();
+    let first = title::resolved(SourceKind::Telegram, "a.pdf", "local1", "/downloads/a.pdf");
+    harness
+        .store
+        .resolve(&lease, "a.pdf", Some(1), "/downloads/a.pdf", &first, None)
+        .await
+        .unwrap();
+    let events = harness.store.keys().events();
+    let filler = "for i = 1, tonumber(ARGV[1]) do \
+                  redis.call('XADD', KEYS[1], '*', 'v', '1', 'type', 'progress', 'task', 'another-task') end";
+    harness.redis_cli(&["EVAL", filler, "1", &events, "20001"]);
+    let last = title::resolved(SourceKind::Telegram, "b.pdf", "local1", "/downloads/b.pdf");
+    harness
+        .store
+        .resolve(&lease, "b.pdf", Some(42), "/downloads/b.pdf", &last, None)
+        .await
+        .unwrap();
+    harness
+        .store
+        .complete(&lease, Some(42), "/downloads/b.pdf")
+        .await
+        .unwrap();
+    let expected = harness.expected_body(&task_id).await;
+    assert!(expected.contains(&serde_json::to_string(&last).unwrap()));
+    harness.redis_cli(&["DEL", &harness.store.keys().task(&task_id)]);
+    let config = harness.config(&receiver.url(), None);
+
+    // Act
+    let dispatcher = harness.spawn(&config, fast(&config));
+
+    // Assert: the title is the last resolve's. (The created event, past
+    // the cap, is not read: the creation time is the id's, whole seconds.)
+    let requests = wait_for_requests(&receiver, 1).await;
+    let body: serde_json::Value = serde_json::from_str(&requests[0].body).unwrap();
+    let expected: serde_json::Value = serde_json::from_str(&expected).unwrap();
+    assert_eq!(body["title"], expected["title"]);
+    assert_eq!(body["status"], "completed");
+    assert_eq!(body["error"], "");
+    dispatcher.stop().await.unwrap();
+}
