@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use savestream_shared::config::Config;
 use savestream_shared::shutdown::unless_stuck;
 use savestream_shared::store::webhooks::{
-    task_created_ms, ClaimedWebhook, EventEntry, WebhookResult, WebhookState,
+    task_created_ms, ClaimedWebhook, EventEntry, WebhookClaim, WebhookResult, WebhookState,
 };
 use savestream_shared::store::{Store, StoreError};
 use savestream_shared::task::{Millis, TaskId};
@@ -416,15 +416,16 @@ impl Dispatcher {
     /// Step: claims up to `concurrency` due deliveries, tries them all at
     /// once and records the results. Returns how many it tried.
     pub async fn deliver_due(&self) -> Result<usize, WebhookError> {
-        let claimed = self
+        let claim = self
             .inner
             .store
-            .claim_webhooks(
+            .claim_due_webhooks(
                 &self.inner.consumer,
                 self.inner.options.concurrency,
                 self.inner.options.lease,
             )
             .await?;
+        let claimed = counted_claim(claim);
         let count = claimed.len();
         let mut tries = JoinSet::new();
         for claimed_webhook in claimed {
@@ -559,18 +560,18 @@ impl Dispatcher {
             while let Ok(permit) = Arc::clone(&slots).try_acquire_owned() {
                 permits.push(permit);
             }
-            let claim = self
-                .inner
-                .store
-                .claim_webhooks(&self.inner.consumer, permits.len(), options.lease);
+            let claim =
+                self.inner
+                    .store
+                    .claim_due_webhooks(&self.inner.consumer, permits.len(), options.lease);
             let Some(claim) = unless_stuck(claim, shutdown, Duration::ZERO).await else {
                 debug!("redis did not answer the claim during shutdown: leaving it to the lease");
                 break;
             };
             let claimed = match claim {
-                Ok(claimed) => {
+                Ok(claim) => {
                     failures = 0;
-                    claimed
+                    counted_claim(claim)
                 }
                 Err(error) => {
                     failures += 1;
@@ -759,6 +760,15 @@ async fn pause(delay: Duration, shutdown: &CancellationToken) {
 }
 
 /// 100 ms, doubling per consecutive Redis failure, at most 5 s.
+/// The deliveries a claim got to try, counting the unreadable records it
+/// gave up as `outcome="gave_up"`.
+fn counted_claim(claim: WebhookClaim) -> Vec<ClaimedWebhook> {
+    if claim.given_up > 0 {
+        metrics::counter!(DELIVERIES_METRIC, "outcome" => "gave_up").increment(claim.given_up as u64);
+    }
+    claim.claimed
+}
+
 /// Whether Redis refused a command for the type of a key it names
 /// (WRONGTYPE): a fault of that one key, never of Redis as a whole.
 fn is_wrong_type(error: &StoreError) -> bool {

@@ -145,6 +145,37 @@ async fn deliveries_are_counted_by_outcome() {
         (counted == (1, 1, 1)).then_some(())
     })
     .await;
+
+    // Act: a due delivery whose record cannot be read (no attempts).
+    let record = store.keys().webhook("msg_unreadable");
+    let due = store.keys().webhooks_due();
+    let port = redis.port().to_string();
+    for args in [
+        vec![
+            "HSET",
+            &record,
+            "task",
+            "not-a-task",
+            "body",
+            "{}",
+            "status",
+            "pending",
+        ],
+        vec!["ZADD", &due, "0", "msg_unreadable"],
+    ] {
+        let output = std::process::Command::new("redis-cli")
+            .args(["-p", &port])
+            .args(args)
+            .output()
+            .expect("running redis-cli");
+        assert!(output.status.success(), "{output:?}");
+    }
+
+    // Assert: giving it up is counted.
+    eventually("the give-up counted", Duration::from_secs(20), || async {
+        (counters.get("gave_up") == 1).then_some(())
+    })
+    .await;
     shutdown.cancel();
     running.await.unwrap().unwrap();
 }

@@ -647,6 +647,25 @@ local function webhook_claim(keys, args)
   return claimed
 end
 
+-- KEYS: 1 delivery hash, 2 webhooks due, 3 task hash (the delivery hash again when the record names no task)
+-- ARGV: 1 webhook id, 2 why, 3 retention_ms
+-- Gives up a delivery whose record cannot be read: gave_up with why as its
+-- last error, out of the due set, expiring after retention like any final
+-- delivery; the task's webhook summary says gave_up when it is this
+-- delivery's (a record naming another task's hash leaves that one alone).
+local function webhook_give_up(keys, args)
+  redis.call('HSET', keys[1], 'status', 'gave_up', 'claimed_by', '', 'last_error', args[2])
+  redis.call('ZREM', keys[2], args[1])
+  redis.call('PEXPIRE', keys[1], args[3])
+  if keys[3] ~= keys[1] then
+    local owner = redis.pcall('HGET', keys[3], 'webhook_id')
+    if owner == args[1] then
+      redis.call('HSET', keys[3], 'webhook_state', 'gave_up')
+    end
+  end
+  return 1
+end
+
 -- KEYS: 1 delivery hash, 2 webhooks due, 3 task hash
 -- ARGV: 1 webhook id, 2 attempt, 3 consumer, 4 result (delivered | retry | gave_up | gone),
 --       5 http status ('' when none), 6 error ('' when none), 7 retry delay_ms, 8 retention_ms
@@ -700,3 +719,4 @@ end
 redis.register_function('savestream_webhook_enqueue', webhook_enqueue)
 redis.register_function('savestream_webhook_claim', webhook_claim)
 redis.register_function('savestream_webhook_record', webhook_record)
+redis.register_function('savestream_webhook_give_up', webhook_give_up)

@@ -135,6 +135,14 @@ impl WebhookState {
     }
 }
 
+/// What a claim of due deliveries got: the deliveries to try, and how many
+/// records that could not be read it gave up.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WebhookClaim {
+    pub claimed: Vec<ClaimedWebhook>,
+    pub given_up: usize,
+}
+
 /// One delivery as Redis holds it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WebhookDelivery {
@@ -390,15 +398,29 @@ impl Store {
 
     /// Claims up to `limit` deliveries that are due, each for `lease`: until
     /// then no other consumer tries them, and after it (the consumer died
-    /// mid-try) they are due again.
+    /// mid-try) they are due again. See [`Store::claim_due_webhooks`],
+    /// which also says how many unreadable records it gave up.
     pub async fn claim_webhooks(
         &self,
         consumer: &str,
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<ClaimedWebhook>, StoreError> {
+        Ok(self.claim_due_webhooks(consumer, limit, lease).await?.claimed)
+    }
+
+    /// Claims up to `limit` due deliveries as [`Store::claim_webhooks`]
+    /// does; a record that cannot be read is given up (see
+    /// `give_up_webhook`) and counted in `given_up`, for the caller's metric.
+    pub async fn claim_due_webhooks(
+        &self,
+        consumer: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<WebhookClaim, StoreError> {
+        let mut claim = WebhookClaim::default();
         if limit == 0 {
-            return Ok(Vec::new());
+            return Ok(claim);
         }
         let keys = vec![self.keys().webhooks_due()];
         let args = vec![
@@ -413,7 +435,6 @@ impl Store {
         // Each record is read on its own: one that cannot be read is logged
         // and given up (its claim already taken by the call), and never
         // costs the other deliveries their claims.
-        let mut claimed_webhooks = Vec::new();
         for claimed in reply.into_array() {
             let mut parts = claimed.into_array().into_iter();
             let webhook_id = parts.next().and_then(|value| value.as_string());
@@ -435,6 +456,9 @@ impl Store {
                 );
                 continue;
             }
+            // The task the record names, when it is one: its webhook
+            // summary says when the record is given up.
+            let named_task = task_id.as_deref().and_then(|task_id| TaskId::parse(task_id).ok());
             let parsed = match (attempt, task_id, body) {
                 // The library answers attempt -1 for a record whose attempts
                 // are not a number: removed from the due set, why in place of
@@ -451,42 +475,48 @@ impl Store {
                 _ => Err("it lacks its task or its body".to_owned()),
             };
             match parsed {
-                Ok(claimed_webhook) => claimed_webhooks.push(claimed_webhook),
+                Ok(claimed_webhook) => claim.claimed.push(claimed_webhook),
                 Err(why) => {
                     tracing::error!(
                         %webhook_id, %why,
                         "a claimed webhook's record cannot be read: it is given up (gave_up, expiring \
                          after the retention period)"
                     );
-                    if let Err(error) = self.give_up_webhook(&webhook_id, &why).await {
-                        tracing::warn!(
+                    match self.give_up_webhook(&webhook_id, named_task.as_ref(), &why).await {
+                        Ok(()) => claim.given_up += 1,
+                        Err(error) => tracing::warn!(
                             %webhook_id, %error,
                             "giving up an unreadable webhook failed: it is claimed again after the lease"
-                        );
+                        ),
                     }
                 }
             }
         }
-        Ok(claimed_webhooks)
+        Ok(claim)
     }
 
     /// Gives up a delivery whose record cannot be read: `gave_up` with
     /// `why` as its last error, out of the due set, expiring after the
-    /// retention period like any final delivery.
-    async fn give_up_webhook(&self, webhook_id: &str, why: &str) -> Result<(), StoreError> {
+    /// retention period like any final delivery; the webhook summary of
+    /// `task_id`'s hash says `gave_up` when it names this delivery.
+    async fn give_up_webhook(
+        &self,
+        webhook_id: &str,
+        task_id: Option<&TaskId>,
+        why: &str,
+    ) -> Result<(), StoreError> {
         let key = self.keys().webhook(webhook_id);
-        let transaction = self.client().multi();
-        let _: () = transaction
-            .hset(
-                &key,
-                [("status", "gave_up"), ("claimed_by", ""), ("last_error", why)],
-            )
+        let task_key = task_id.map_or_else(|| key.clone(), |task_id| self.keys().task(task_id));
+        let keys = vec![key, self.keys().webhooks_due(), task_key];
+        let args = vec![
+            webhook_id.to_owned(),
+            why.to_owned(),
+            self.retention().as_millis().to_string(),
+        ];
+        // The call may name no task; an anchor id then only labels errors.
+        let anchor = task_id.cloned().unwrap_or_else(TaskId::generate);
+        self.call(&anchor, "savestream_webhook_give_up", keys, args)
             .await?;
-        let _: () = transaction.zrem(self.keys().webhooks_due(), webhook_id).await?;
-        let _: () = transaction
-            .pexpire(&key, self.retention().as_millis() as i64, None)
-            .await?;
-        let _: Value = transaction.exec(true).await?;
         Ok(())
     }
 

@@ -1588,3 +1588,40 @@ async fn a_body_from_the_log_has_the_last_resolved_title_even_past_the_scan_cap(
     assert_eq!(body["error"], "");
     dispatcher.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_given_up_unreadable_delivery_shows_as_gave_up_on_its_task() {
+    // Arrange: a task's delivery is recorded; its record then loses its
+    // number of attempts (a hand edit), so it cannot be claimed.
+    let harness = Harness::start().await;
+    let receiver = Receiver::start().await;
+    let config = harness.config(&receiver.url(), None);
+    let dispatcher = Dispatcher::with_options(harness.store.clone(), &config, fast(&config)).unwrap();
+    let reader = harness.store.with_own_connection().await.unwrap();
+    let task_id = harness.finish_task(End::Complete).await;
+    let ingested = dispatcher
+        .ingest(&reader, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(ingested.enqueued, 1);
+    let webhook_id = harness.webhook_id_of(&task_id).await;
+    assert_eq!(
+        harness.task_webhook(&task_id).await.map(|webhook| webhook.state),
+        Some(WebhookState::Pending)
+    );
+    let record = harness.store.keys().webhook(&webhook_id);
+    harness.redis_cli(&["HDEL", &record, "attempts"]);
+
+    // Act
+    let tried = dispatcher.deliver_due().await.unwrap();
+
+    // Assert: nothing is tried; the record and the task both say gave_up.
+    assert_eq!(tried, 0);
+    assert_eq!(receiver.count(), 0);
+    assert_eq!(harness.redis_cli(&["HGET", &record, "status"]), "gave_up");
+    let webhook = harness.task_webhook(&task_id).await.unwrap();
+    assert_eq!(
+        (webhook.webhook_id, webhook.state),
+        (webhook_id, WebhookState::GaveUp)
+    );
+}
