@@ -1625,3 +1625,63 @@ async fn a_given_up_unreadable_delivery_shows_as_gave_up_on_its_task() {
         (webhook_id, WebhookState::GaveUp)
     );
 }
+
+#[tokio::test]
+async fn the_reclaim_reaches_a_dead_dispatcher_s_terminal_event_behind_more_than_a_batch_of_unreadable_entries(
+) {
+    // Arrange: 150 entries no build can read (no type), then a task's
+    // events, all read by a dispatcher that died; the unreadable entries
+    // are ahead of the terminal event in the pending list, more than one
+    // reclaim takes (100).
+    let harness = Harness::start().await;
+    let receiver = Receiver::start().await;
+    let config = harness.config(&receiver.url(), None);
+    let lease = Duration::from_millis(300);
+    let options = DispatcherOptions {
+        request_timeout: Duration::from_millis(100),
+        lease,
+        ..fast(&config)
+    };
+    let dispatcher = Dispatcher::with_options(harness.store.clone(), &config, options).unwrap();
+    let events = harness.store.keys().events();
+    let unreadable = "for i = 1, tonumber(ARGV[1]) do \
+                      redis.call('XADD', KEYS[1], '*', 'v', '2', 'note', 'no type') end";
+    harness.redis_cli(&["EVAL", unreadable, "1", &events, "150"]);
+    let task_id = harness.finish_task(End::Complete).await;
+    let dead_reader = harness.store.with_own_connection().await.unwrap();
+    let taken = dead_reader
+        .read_events("dead-dispatcher", 1000, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 153, "the dead dispatcher holds every entry");
+    let lease_ms = lease.as_millis().to_string();
+    let all_idle = || async {
+        // Four lines (id, consumer, idle, deliveries) per entry idle that long.
+        let idle = harness.redis_cli(&[
+            "XPENDING", &events, "webhooks", "IDLE", &lease_ms, "-", "+", "1000",
+        ]);
+        (idle.lines().count() == 4 * 153).then_some(())
+    };
+
+    // Act: two reclaim rounds, each once every pending entry has been idle
+    // for the lease (the entries the first round took and left pending
+    // included, as they would be after a while of a running dispatcher).
+    eventually("the dead dispatcher's entries to be idle", WAIT, all_idle).await;
+    let first = dispatcher.reclaim_events().await.unwrap();
+    eventually("the first round's entries to be idle again", WAIT, all_idle).await;
+    let second = dispatcher.reclaim_events().await.unwrap();
+
+    // Assert: the first round takes a batch of unreadable entries; the
+    // second goes on from there, past them, to the task's events.
+    assert_eq!((first.read, first.enqueued), (100, 0));
+    assert_eq!((second.read, second.enqueued), (53, 1));
+    assert_eq!(dispatcher.deliver_due().await.unwrap(), 1);
+    let webhook = harness.task_webhook(&task_id).await.unwrap();
+    assert_eq!(webhook.state, WebhookState::Delivered);
+    assert_eq!(receiver.count(), 1);
+    assert_eq!(
+        harness.webhook_events_pending(),
+        150,
+        "the unreadable entries stay pending"
+    );
+}
