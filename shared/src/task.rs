@@ -42,6 +42,14 @@ impl TaskId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// When the task was created, by the time in its id (an xid: whole
+    /// seconds), in ms since the epoch.
+    pub fn created_ms(&self) -> Option<Millis> {
+        let id: xid::Id = self.0.parse().ok()?;
+        let since_epoch = id.time().duration_since(std::time::UNIX_EPOCH).ok()?;
+        Millis::try_from(since_epoch.as_millis()).ok()
+    }
 }
 
 impl fmt::Display for TaskId {

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use savestream_shared::config::Config;
 use savestream_shared::shutdown::unless_stuck;
 use savestream_shared::store::webhooks::{
-    task_created_ms, ClaimedWebhook, EventEntry, WebhookClaim, WebhookResult, WebhookState,
+    ClaimedWebhook, EventEntry, WebhookClaim, WebhookResult, WebhookState,
 };
 use savestream_shared::store::{Store, StoreError};
 use savestream_shared::task::{Millis, TaskId};
@@ -308,7 +308,7 @@ impl Dispatcher {
                 );
                 return self.skip_event(event_id).await;
             }
-            Err(error) if is_wrong_type(&error) => {
+            Err(error) if error.is_wrong_type() => {
                 // A Redis error of this task's alone (its key holds another
                 // type: WRONGTYPE): like a corrupt hash, it costs this
                 // webhook only, never the rest of the batch. Any other
@@ -337,7 +337,7 @@ impl Dispatcher {
             .await
         {
             Ok(recorded) => recorded,
-            Err(error) if is_wrong_type(&error) => {
+            Err(error) if error.is_wrong_type() => {
                 // This event's keys alone are refused (a delivery key of
                 // another type): the rest of the batch goes on. Any other
                 // error (`OOM` from Redis at maxmemory with noeviction, a
@@ -389,7 +389,7 @@ impl Dispatcher {
         };
         let created_at = created
             .and_then(|event| event.field("at").parse::<Millis>().ok())
-            .or_else(|| task_created_ms(task_id).map(|ms| ms as Millis))
+            .or_else(|| task_id.created_ms())
             .unwrap_or_default();
         warn!(
             %task_id, event_id = %entry.id, created_on_log = created.is_some(),
@@ -759,7 +759,6 @@ async fn pause(delay: Duration, shutdown: &CancellationToken) {
     }
 }
 
-/// 100 ms, doubling per consecutive Redis failure, at most 5 s.
 /// The deliveries a claim got to try, counting the unreadable records it
 /// gave up as `outcome="gave_up"`.
 fn counted_claim(claim: WebhookClaim) -> Vec<ClaimedWebhook> {
@@ -769,12 +768,7 @@ fn counted_claim(claim: WebhookClaim) -> Vec<ClaimedWebhook> {
     claim.claimed
 }
 
-/// Whether Redis refused a command for the type of a key it names
-/// (WRONGTYPE): a fault of that one key, never of Redis as a whole.
-fn is_wrong_type(error: &StoreError) -> bool {
-    matches!(error, StoreError::Unavailable(error) if error.details().starts_with("WRONGTYPE"))
-}
-
+/// 100 ms, doubling per consecutive Redis failure, at most 5 s.
 fn error_backoff(failures: u32) -> Duration {
     Duration::from_millis(100u64.saturating_mul(1 << failures.min(6))).min(Duration::from_secs(5))
 }

@@ -28,6 +28,12 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether Redis refused a command for the type of a key it names
+    /// (WRONGTYPE): a fault of that one key, never of Redis as a whole.
+    pub fn is_wrong_type(&self) -> bool {
+        matches!(self, StoreError::Unavailable(error) if is_wrong_type(error))
+    }
+
     /// Whether Redis may answer later: it is unreachable, timed out, or
     /// still loading its data. A refused password, a bad database number or
     /// a corrupt key will not mend by waiting.
@@ -66,4 +72,9 @@ impl StoreError {
             _ => return None,
         })
     }
+}
+
+/// Whether Redis refused a command for the type of the key it names.
+pub(crate) fn is_wrong_type(error: &fred::error::Error) -> bool {
+    error.details().starts_with("WRONGTYPE")
 }

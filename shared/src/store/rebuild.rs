@@ -35,6 +35,7 @@ use fred::types::scan::Scanner;
 use fred::types::Value;
 use futures::TryStreamExt;
 
+use super::error::is_wrong_type;
 use super::groups::StreamId;
 use super::webhooks::WebhookState;
 use super::{now_ms, request_field, stream_entries, task_from_hash, Store, StoreError};
@@ -469,11 +470,6 @@ enum OldHash {
     Fields(HashMap<String, String>),
     /// A key of another type: a damaged projection, with nothing to keep.
     NotAHash,
-}
-
-/// Whether Redis refused a command for the type of the key it names.
-fn is_wrong_type(error: &fred::error::Error) -> bool {
-    error.details().starts_with("WRONGTYPE")
 }
 
 /// Why a record cannot be read, when that is what `error` says (it is

@@ -23,15 +23,21 @@ use crate::keys::WEBHOOKS_GROUP;
 use crate::task::{Millis, TaskId};
 
 impl Store {
+    /// The first id of the retention horizon: every entry of the event log
+    /// before it is older than the retention period, by the time in its id.
+    pub(crate) fn retention_horizon(&self) -> StreamId {
+        StreamId {
+            millis: (now_ms() - self.retention().as_millis() as Millis).max(0) as u64,
+            sequence: 0,
+        }
+    }
+
     /// Trims the event log to the retention horizon, by time (MINID), but
     /// never past the `created` event of the oldest queued or running task
     /// nor past an event the `webhooks` group has not acknowledged. Returns
     /// how many events went.
     pub async fn trim_log(&self) -> Result<u64, StoreError> {
-        let horizon = StreamId {
-            millis: (now_ms() - self.retention().as_millis() as Millis).max(0) as u64,
-            sequence: 0,
-        };
+        let horizon = self.retention_horizon();
         let mut floor = horizon;
         if let Some(first_event) = self.oldest_live_history().await? {
             // From the start of its millisecond: a task created in the same

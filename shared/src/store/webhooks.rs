@@ -299,9 +299,9 @@ impl Store {
         max_scanned: usize,
     ) -> Result<Vec<EventEntry>, StoreError> {
         const PAGE: usize = 1000;
-        let created_ms = task_created_ms(task_id).unwrap_or(0);
+        let created_ms = task_id.created_ms().unwrap_or(0);
         let start = crate::stream_id::StreamId {
-            millis: created_ms.saturating_sub(60_000),
+            millis: u64::try_from(created_ms.saturating_sub(60_000)).unwrap_or(0),
             sequence: 0,
         }
         .to_string();
@@ -330,10 +330,12 @@ impl Store {
                 break;
             };
             end = format!("({last_id}");
+            // Only the task's own entries are decoded: a scan may pass
+            // thousands of other tasks' events.
             found.extend(
                 page.into_iter()
-                    .map(event_entry)
-                    .filter(|entry| entry.fields.get("task").map(String::as_str) == Some(task_id.as_str())),
+                    .filter(|(_, fields)| fields.get("task").map(String::as_str) == Some(task_id.as_str()))
+                    .map(event_entry),
             );
             if page_len < count {
                 break;
@@ -346,10 +348,7 @@ impl Store {
     /// Whether the entry `event_id` of the `events` stream is older than the
     /// retention period (`[queue] retention_hours`), by the time in its id.
     pub fn is_past_retention(&self, event_id: &str) -> bool {
-        let Some(id) = crate::stream_id::StreamId::parse(event_id) else {
-            return false;
-        };
-        (id.millis as Millis) < Store::now_ms() - self.retention().as_millis() as Millis
+        crate::stream_id::StreamId::parse(event_id).is_some_and(|id| id < self.retention_horizon())
     }
 
     /// Acknowledges events that need no delivery (not terminal, or given up).
@@ -632,14 +631,6 @@ impl Store {
         self.remove_idle_consumers_of(&self.keys().events(), WEBHOOKS_GROUP, min_idle)
             .await
     }
-}
-
-/// When the task was created, by the time in its id (an xid: whole
-/// seconds), in ms since the epoch.
-pub fn task_created_ms(task_id: &TaskId) -> Option<u64> {
-    let id: xid::Id = task_id.as_str().parse().ok()?;
-    let since_epoch = id.time().duration_since(std::time::UNIX_EPOCH).ok()?;
-    u64::try_from(since_epoch.as_millis()).ok()
 }
 
 fn event_entry((id, fields): (String, HashMap<String, String>)) -> EventEntry {
