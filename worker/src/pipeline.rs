@@ -198,13 +198,6 @@ async fn keep_what_arrived(partial: &mut dyn PartialFile) {
     }
 }
 
-/// Whether a download's validator (`now`) names another file than the one
-/// `recorded`. A download without one names none: the recorded one is kept
-/// (see [`Attempt::record_validator`]).
-fn is_new_validator(recorded: Option<&str>, now: Option<&str>) -> bool {
-    now.is_some() && now != recorded
-}
-
 /// Runs one attempt of the task `lease` holds. `signals.cancel` fires when
 /// the task is canceled while it runs, `signals.lease_lost` when another
 /// attempt holds its work item now.
@@ -625,26 +618,26 @@ impl Attempt<'_> {
         }
         // A new validator: the server replaced the file since it was
         // recorded, and this download starts over with the new one.
-        let replacing = match (download.offset, resolution) {
-            (0, Some(_)) => is_new_validator(file.validator.as_deref(), download.validator.as_deref()),
-            _ => false,
+        // A download without one names no file: the recorded one is kept
+        // (see `record_validator`).
+        let replacing = match (download.offset, resolution, download.validator.as_deref()) {
+            (0, Some(resolution), Some(now)) if file.validator.as_deref() != Some(now) => {
+                Some((resolution, now))
+            }
+            _ => None,
         };
         // Starting over takes a new partial file, even when this one is
         // empty: an earlier attempt taken over while frozen may still hold
         // bytes of the old file it has not written yet, and on waking it
         // writes them into the file it opened, which no name leads to now.
-        if download.offset != offset || replacing {
+        if download.offset != offset || replacing.is_some() {
             partial.truncate().await?;
         }
         // The partial file is empty now, and not one byte of the stream is
         // written before the new validator is recorded (see there).
-        if let (true, Some(resolution)) = (replacing, resolution) {
-            self.record_validator(
-                resolution,
-                file.validator.as_deref(),
-                download.validator.as_deref(),
-            )
-            .await?;
+        if let Some((resolution, now)) = replacing {
+            self.record_validator(resolution, file.validator.as_deref(), now)
+                .await?;
         }
         if download.offset > 0 {
             info!(offset = download.offset, "resuming the download");
@@ -722,7 +715,7 @@ impl Attempt<'_> {
     }
 
     /// Records `now`, the validator of the file a download starts over
-    /// from (at byte 0), when it is not `recorded`: the file was replaced on
+    /// from (at byte 0), which is not `recorded`: the file was replaced on
     /// the server since `recorded` was taken (between `resolve` and the
     /// first byte, or before a resume whose `If-Range` it failed). Without
     /// it every later attempt would resume with the old validator, be sent
@@ -746,8 +739,8 @@ impl Attempt<'_> {
     /// under the old validator, spliced the same way should the server
     /// serve the old file again.
     ///
-    /// A download without a validator (`now` is `None`: the server no
-    /// longer sends one) keeps the recorded one. The server, which matches
+    /// A download without a validator (the server no longer sends one) is
+    /// not recorded: the recorded one stays. The server, which matches
     /// nothing now, answers a resume's `If-Range` with the whole file: the
     /// download keeps starting over, slower but never spliced. Recording
     /// none instead would resume with `Range` alone, which splices if the
@@ -758,11 +751,8 @@ impl Attempt<'_> {
         &self,
         resolution: &Resolution,
         recorded: Option<&str>,
-        now: Option<&str>,
+        now: &str,
     ) -> Result<(), Stop> {
-        let Some(now) = now.filter(|_| is_new_validator(recorded, now)) else {
-            return Ok(());
-        };
         self.persist(|| {
             self.context.store.resolve(
                 self.lease,
