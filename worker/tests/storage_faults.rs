@@ -462,3 +462,73 @@ async fn without_proc_a_partial_file_is_linked_by_its_name_and_one_another_attem
     fail::remove("local::link_descriptor");
     scenario.teardown();
 }
+
+/// A storage of its own, with no file yet.
+fn empty_storage() -> (tempfile::TempDir, LocalStorage) {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = LocalStorage::new("local1", &dir.path().join("base")).unwrap();
+    (dir, storage)
+}
+
+/// Reserves a file `file` of a new task under `dir`.
+async fn reserve_in(storage: &LocalStorage, dir: &str, file: &str) -> Result<StoragePath, StorageError> {
+    storage
+        .reserve(
+            &TaskId::generate(),
+            &StorageDir::parse(dir).unwrap(),
+            &FileName::parse(file).unwrap(),
+            &[],
+        )
+        .await
+}
+
+#[tokio::test]
+async fn a_new_directory_whose_entry_cannot_be_synced_is_an_error_and_is_not_left_behind_unsynced() {
+    let scenario = FailScenario::setup();
+    let (_dir, storage) = empty_storage();
+    let base = storage.base_path().to_path_buf();
+    std::fs::create_dir(base.join("old")).unwrap();
+    fail::cfg("local::sync_directory", "return").unwrap();
+
+    // Its entry in `old` could be lost to a power loss, and with it every
+    // file finished in it.
+    let error = reserve_in(&storage, "/old/new", "f.bin").await.unwrap_err();
+
+    fail::remove("local::sync_directory");
+    assert_names(
+        &error,
+        "create the directory /old/new: Input/output error (os error 5)",
+    );
+    // Else the next attempt would find it made, and never sync its entry.
+    assert!(base.join("old").is_dir() && !base.join("old/new").exists());
+    // A file system that cannot sync a directory loses only that guarantee.
+    fail::cfg("local::sync_directory", "return(22)").unwrap();
+    let tolerated = reserve_in(&storage, "/old/new", "f.bin").await;
+    fail::remove("local::sync_directory");
+    assert_eq!(tolerated.unwrap().to_string(), "/old/new/f.bin");
+    scenario.teardown();
+}
+
+#[tokio::test]
+async fn each_directory_made_for_a_file_has_its_entry_synced_once_and_an_existing_one_not_again() {
+    let scenario = FailScenario::setup();
+    let (_dir, storage) = empty_storage();
+    let syncs = Arc::new(Mutex::new(0));
+    let counted = syncs.clone();
+    fail::cfg_callback("local::sync_directory", move || *counted.lock().unwrap() += 1).unwrap();
+    let synced_since = || std::mem::take(&mut *syncs.lock().unwrap());
+
+    reserve_in(&storage, "/a/b/c", "f.bin").await.unwrap();
+    let deep = synced_since();
+    reserve_in(&storage, "/a/b/c", "g.bin").await.unwrap();
+    let existing = synced_since();
+    reserve_in(&storage, "/a/b/d", "f.bin").await.unwrap();
+    let beside = synced_since();
+
+    fail::remove("local::sync_directory");
+    // The base path's entry for `a`, `a`'s for `b`, `b`'s for `c`.
+    assert_eq!(deep, 3, "a new path of three directories");
+    assert_eq!(existing, 0, "a directory that exists");
+    assert_eq!(beside, 1, "one new directory beside existing ones");
+    scenario.teardown();
+}

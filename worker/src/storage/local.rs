@@ -35,7 +35,12 @@
 //! symlinks resolved, before anything is created in it (missing ones are
 //! made one component at a time), so nothing is created or written outside
 //! the base path even when someone plants a symlink inside it, and partial
-//! files are opened without following symlinks. Bytes are written through a
+//! files are opened without following symlinks. Each directory made is
+//! synced in its parent before anything goes in it (`finish` syncs only
+//! the file's own directory): else a power loss could take the directory,
+//! and the finished file with it, after the store recorded it completed.
+//! One whose sync fails is removed again, so that the next attempt does
+//! not find it made and leave it unsynced. Bytes are written through a
 //! small buffer, so memory stays flat whatever the size of the file, each at
 //! the offset this writer is at: an attempt that was taken over while frozen
 //! and wakes up writes its bytes where it meant to, not after the new
@@ -167,7 +172,11 @@ impl LocalStorage {
     /// that it really is under the base path. Missing directories are made
     /// one component at a time, each resolved and checked before the next
     /// is made in it: a symlink planted inside the base path that leads out
-    /// of it is refused before anything is created where it leads.
+    /// of it is refused before anything is created where it leads. Each
+    /// directory made here has its entry synced in its parent: `finish`
+    /// syncs only the file's own directory, and a power loss that took a
+    /// new directory's entry would take with it a file the store has
+    /// recorded as completed.
     async fn directory(&self, dir: &StorageDir) -> Result<PathBuf, StorageError> {
         if let Some(directory) = self.existing_directory(dir).await? {
             return Ok(directory);
@@ -177,10 +186,22 @@ impl LocalStorage {
         for component in dir.components() {
             let next = directory.join(component.as_str());
             match tokio::fs::create_dir(&next).await {
-                Err(error) if error.kind() != ErrorKind::AlreadyExists => {
-                    return Err(io("create the directory")(error));
+                // Made by this call: durable before anything goes in it.
+                // `directory` is its parent, resolved and checked already.
+                Ok(()) => {
+                    if let Err(error) = sync_directory(&next).await {
+                        // Not left behind unsynced: the next attempt would
+                        // find it made and never sync its entry. Should
+                        // another task have put something in it already,
+                        // it stays (the removal fails), as it must.
+                        let _ = tokio::fs::remove_dir(&next).await;
+                        return Err(io("create the directory")(error));
+                    }
                 }
-                _ => {}
+                // Whoever made it syncs its parent (made by hand, it is
+                // not ours to sync).
+                Err(error) if error.kind() == ErrorKind::AlreadyExists => {}
+                Err(error) => return Err(io("create the directory")(error)),
             }
             // What is there now: the directory just made, or whatever was
             // there already, a symlink resolved.
@@ -409,14 +430,25 @@ async fn sync_directory(path: &Path) -> std::io::Result<()> {
     let Some(directory) = path.parent() else {
         return Ok(());
     };
-    let synced = match File::open(directory).await {
-        Ok(directory) => directory.sync_all().await,
-        Err(error) => Err(error),
+    let synced = match (failed_directory_sync(), File::open(directory).await) {
+        (Some(error), _) => Err(error),
+        (None, Ok(directory)) => directory.sync_all().await,
+        (None, Err(error)) => Err(error),
     };
     match synced {
         Err(error) if matches!(error.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) => Ok(()),
         synced => synced,
     }
+}
+
+/// The failure a test makes a directory's sync answer, if any: its fail
+/// point answers the error number it is given (`return(22)`), EIO when
+/// given none, and [`sync_directory`] tolerates it as it would the sync's.
+fn failed_directory_sync() -> Option<std::io::Error> {
+    fail::fail_point!("local::sync_directory", |errno: Option<String>| Some(
+        std::io::Error::from_raw_os_error(errno.and_then(|errno| errno.parse().ok()).unwrap_or(libc::EIO))
+    ));
+    None
 }
 
 /// How linking a file by its descriptor went ([`link_descriptor`]).
