@@ -8,7 +8,13 @@
 //! last history entry alone, a watcher of a task queued behind a backlog
 //! read the whole backlog, every task's events, each time it connected.)
 //! The stream ends after the task's last event, when the server shuts down,
-//! or when Redis goes away (the client then reconnects with `Last-Event-ID`).
+//! when Redis goes away, or when it has been open for `[api]
+//! live_stream_max_seconds` (the client then reconnects with `Last-Event-ID`
+//! and the replay sends what came after it, so an early end loses nothing).
+//! The lifetime is what gives the stream slots back: a client that opens
+//! streams and never reads them is never stopped by a write timeout (a few
+//! events fit in the socket buffers), so without it each of its streams
+//! would hold a slot for as long as its task runs, hours behind a backlog.
 //! A reconnect that finds the task ended and nothing after its
 //! `Last-Event-ID` gets no stream at all ([`Follow::Ended`], a 204), because
 //! only that stops a browser's `EventSource` from reconnecting.
@@ -24,12 +30,14 @@ use std::time::Duration;
 
 use fred::prelude::{Builder, Client, ClientLike, Config as RedisClientConfig, StreamsInterface};
 use fred::types::streams::XReadResponse;
+use fred::types::Value;
 use futures::stream::{self, BoxStream, StreamExt};
 use savestream_shared::event::TaskEvent;
 use savestream_shared::store::LoggedEvent;
 use savestream_shared::stream_id::StreamId;
 use savestream_shared::task::TaskId;
 use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
@@ -97,6 +105,7 @@ pub async fn follow(
         pending: VecDeque::new(),
         ended: false,
         shutdown: state.shutdown.clone(),
+        deadline: Instant::now() + state.config.api.live_stream_max_lifetime(),
         _permit: permit,
     };
     let live = stream::unfold(follower, |mut follower| async move {
@@ -113,6 +122,8 @@ struct Follower {
     pending: VecDeque<TaskEventBody>,
     ended: bool,
     shutdown: CancellationToken,
+    /// When the stream ends whether or not the task has: `[api] live_stream_max_seconds` after it opened.
+    deadline: Instant,
     /// Held for the stream's life: the stream's place among the open ones.
     _permit: OwnedSemaphorePermit,
 }
@@ -127,8 +138,18 @@ impl Follower {
             if self.ended {
                 return None;
             }
+            // Checked only here, after `pending` is sent: the stream ends
+            // between events, never with one read from Redis and not sent
+            // (though a reconnect would replay it anyway).
             let read = tokio::select! {
                 () = self.shutdown.cancelled() => return None,
+                () = tokio::time::sleep_until(self.deadline) => {
+                    // Ends as on shutdown: a clean end of the body, which SSE
+                    // clients (`EventSource`, `savestream watch`) answer by
+                    // reconnecting with `Last-Event-ID`.
+                    tracing::debug!(task_id = %self.task_id, "live event stream ends: its lifetime is over");
+                    return None;
+                }
                 read = self.tail.read(&self.task_id) => read,
             };
             match read {
@@ -175,15 +196,22 @@ impl LogTail {
     /// The next entries after `last_id` that belong to `task_id`; empty when
     /// none came within [`BLOCK`].
     async fn read(&mut self, task_id: &TaskId) -> Result<Vec<TaskEventBody>, fred::error::Error> {
-        let reply: XReadResponse<String, String, String, String> = self
+        let reply: Value = self
             .client
-            .xread_map(
+            .xread(
                 Some(BATCH),
                 Some(BLOCK.as_millis() as u64),
                 self.key.as_str(),
                 self.last_id.as_str(),
             )
             .await?;
+        // A block that ran out answers nil, which does not convert to a map
+        // (`xread_map` fails on it): read as an error, it ended every stream
+        // after each quiet `BLOCK`, with a warning and a counted Redis error.
+        if reply.is_null() {
+            return Ok(Vec::new());
+        }
+        let reply: XReadResponse<String, String, String, String> = reply.into_xread_response()?;
         let mut events = Vec::new();
         for (_key, entries) in reply {
             for (id, fields) in entries {

@@ -13,7 +13,9 @@ use crate::auth::ExpectedToken;
 use crate::create_batcher::CreateBatcher;
 
 /// At most this many live event streams are open at once: each holds a Redis
-/// connection of its own, and Redis' connections are not free.
+/// connection of its own, and Redis' connections are not free. Each also
+/// ends after `[api] live_stream_max_seconds`, so a client that never reads
+/// its streams holds slots for that long, not for as long as its tasks run.
 pub const MAX_LIVE_STREAMS: usize = 256;
 
 /// The shared state behind one reference count. poem hands every request
@@ -32,6 +34,7 @@ pub struct Shared {
     /// Cancelled when the server begins to shut down, so that live event
     /// streams end and graceful shutdown does not wait on them forever.
     pub shutdown: CancellationToken,
+    /// The slots of the live event streams, [`MAX_LIVE_STREAMS`] of them.
     pub live_streams: Arc<Semaphore>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,

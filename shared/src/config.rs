@@ -126,6 +126,7 @@ const ENV_KEYS: &[(&str, EnvKind)] = &[
     ("api.token", EnvKind::Str),
     ("api.webhook_url", EnvKind::OptStr),
     ("api.webhook_secret", EnvKind::OptStr),
+    ("api.live_stream_max_seconds", EnvKind::Int),
     ("telegram.app_id", EnvKind::OptInt),
     ("telegram.app_hash", EnvKind::Str),
     ("telegram.token", EnvKind::Str),
@@ -235,6 +236,9 @@ pub struct ApiConfig {
     pub webhook_url: Option<Url>,
     /// Key that signs webhook bodies; `None` sends them unsigned.
     pub webhook_secret: Option<Secret>,
+    /// How long one live event stream stays open before the server ends it
+    /// and the client reconnects with `Last-Event-ID` (1..=86400, default 600).
+    pub live_stream_max_seconds: u64,
 }
 
 impl ApiConfig {
@@ -245,6 +249,10 @@ impl ApiConfig {
         } else {
             format!("{}:{}", self.host, self.port)
         }
+    }
+
+    pub fn live_stream_max_lifetime(&self) -> Duration {
+        Duration::from_secs(self.live_stream_max_seconds)
     }
 }
 
@@ -453,6 +461,7 @@ impl Default for ApiConfig {
             token: Secret::default(),
             webhook_url: None,
             webhook_secret: None,
+            live_stream_max_seconds: 600,
         }
     }
 }
@@ -1159,6 +1168,9 @@ fn read_api(mut s: Section<'_, '_>) -> Result<ApiConfig, ConfigError> {
         }
         other => other.filter(|text| !text.is_empty()).map(Secret::new),
     };
+    // At least a second: 0 would end every stream as it opens, and its client
+    // would reconnect in a loop. At most a day: longer is as good as no bound.
+    let live_stream_max_seconds = s.int("live_stream_max_seconds", d.live_stream_max_seconds, 1..=86_400)?;
     s.finish()?;
     Ok(ApiConfig {
         enable,
@@ -1167,6 +1179,7 @@ fn read_api(mut s: Section<'_, '_>) -> Result<ApiConfig, ConfigError> {
         token,
         webhook_url,
         webhook_secret,
+        live_stream_max_seconds,
     })
 }
 
@@ -1447,6 +1460,7 @@ mod tests {
         token = "t"
         webhook_url = "https://example.com/hook"
         webhook_secret = "s"
+        live_stream_max_seconds = 600
         [telegram]
         app_id = 1
         app_hash = "h"

@@ -1,6 +1,8 @@
 //! `GET /api/v1/tasks/{task_id}/events`: a task's history from the event log,
 //! as one JSON document, or with `Accept: text/event-stream` as a live
-//! Server-Sent Events stream that ends with the task. A stream request for a
+//! Server-Sent Events stream that ends with the task, or earlier, after
+//! `[api] live_stream_max_seconds`, when the client reconnects with
+//! `Last-Event-ID` and gets the rest (see `live_events`). A stream request for a
 //! task that has ended, with nothing after its `Last-Event-ID`, answers 204,
 //! which tells a browser's `EventSource` to stop reconnecting (an empty 200
 //! would not: it reconnects to a closed stream every few seconds, forever).
