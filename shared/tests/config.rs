@@ -256,7 +256,7 @@ level = "INFO"
             (
                 "unknown key far from any",
                 BASE.replace("[api]", "[api]\nfavourite_colour = 1"),
-                "config.toml: api.favourite_colour: unknown key: expected one of enable, host, port, token, webhook_url, webhook_secret",
+                "config.toml: api.favourite_colour: unknown key: expected one of enable, host, port, token, webhook_url, webhook_secret, live_stream_max_seconds",
             ),
             (
                 "typo in a nested table",

@@ -38,7 +38,8 @@ pub enum EventsContent {
     Json(Json<TaskEvents>),
     /// The history, then each new event as it happens, one JSON `TaskEventBody` per `data:` line
     /// with the event's id as the SSE `id`. The stream ends after the task's last event
-    /// (`completed`, `failed` or `canceled`).
+    /// (`completed`, `failed` or `canceled`), or earlier when it reaches the server's
+    /// `[api] live_stream_max_seconds`: reconnect with `Last-Event-ID` to go on where it ended.
     Stream(EventStream<BoxStream<'static, TaskEventBody>>),
 }
 
@@ -61,8 +62,9 @@ impl EventsApi {
     /// Everything that happened to the task, oldest first: created, started, resolved, retrying,
     /// and how it ended. With `Accept: text/event-stream` the answer is a Server-Sent Events stream
     /// that sends the history, then each new event as it happens, and ends after the task's last
-    /// event. A reconnecting client that sends `Last-Event-ID` gets only the events after it, or a
-    /// 204 with no body when the task has ended and nothing comes after it.
+    /// event, or earlier when it has been open for the server's `[api] live_stream_max_seconds`
+    /// (10 minutes by default). A reconnecting client that sends `Last-Event-ID` gets only the
+    /// events after it, or a 204 with no body when the task has ended and nothing comes after it.
     #[oai(
         path = "/tasks/:task_id/events",
         method = "get",
