@@ -30,9 +30,14 @@
 //! - FILE_MIGRATE_X: every later request goes to data centre X.
 //! - Dropped connections, stalls and Telegram's 5xx: retried with doubling backoff, a few
 //!   times, then surfaced (they are retryable, so the worker tries the task again later). A
-//!   stall is [`DownloadOptions::part_timeout`] without any part of the download arriving while
-//!   a request waits: not a part's own age, since answers come back in order over the one
-//!   connection per data centre, and a part sent behind many others waits for all of them.
+//!   request has stalled when, for [`DownloadOptions::part_timeout`] since it was sent, neither
+//!   a part of its download nor any answer over the connection to the data centre it was sent
+//!   to (for any download) arrived: not its own age, since answers come back in order over the
+//!   one connection per data centre, and a request sent behind others, of this download or
+//!   another, waits for all of them while the connection is busy delivering. The clock starts
+//!   when the request is handed to the [`TelegramApi`], not while it waits at the flood gate.
+//!   A request still unanswered after four part timeouts is given up on all the same, whatever
+//!   the connection delivers meanwhile.
 //!
 //! ## Sharing the connection
 //! Every download of a [`Downloader`] goes over the process's one connection per data centre,
@@ -48,7 +53,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
-use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -70,19 +75,22 @@ pub struct DownloadOptions {
     pub max_flood_wait: Duration,
     /// Flood waits one part sleeps through before giving up.
     pub max_flood_waits_per_part: u32,
-    /// The stall timeout: how long a download may go without receiving any part while one of
-    /// its requests waits for an answer, before the waiting requests count as dropped. Like an
-    /// HTTP read timeout it restarts with every part that arrives, so a slow but steady
-    /// connection never trips it, however many parts wait behind one another on it.
+    /// The stall timeout: how long a sent request may wait while neither its download nor its
+    /// data centre's connection delivers any part, before it counts as dropped. Like an HTTP
+    /// read timeout it restarts with every part that arrives, so a slow but steady connection
+    /// never trips it, however many parts of however many downloads wait behind one another
+    /// on it. Four of them bound a single request's wait, however busy its connection.
     pub part_timeout: Duration,
     /// The most part requests the whole [`Downloader`] keeps in flight to one data centre,
     /// across all its downloads. grammers has one connection per data centre and answers come
     /// back over it in order, so more requests in flight only queue more bytes behind one
     /// another; and a request given up on is not cancelled (its bytes still arrive and are
     /// thrown away), so it keeps its place in the count until its answer arrives (or for at
-    /// most four [`DownloadOptions::part_timeout`]s). A request waits at most
-    /// this many parts' transfer for its answer, so connections slower than this many MiB per
-    /// [`DownloadOptions::part_timeout`] (8 MiB a minute by default) may still trip it.
+    /// most four [`DownloadOptions::part_timeout`]s). A request waits at most this many parts'
+    /// transfer for its answer; the stall timeout counts the connection's progress, not the
+    /// request's age, but the four-part-timeout bound does not, so connections slower than
+    /// this many MiB per four [`DownloadOptions::part_timeout`]s (2 MiB a minute by default)
+    /// may still have parts asked again.
     pub max_parts_in_flight_per_dc: usize,
     /// Retries of one part after dropped connections, timeouts or Telegram's 5xx.
     pub disconnect_retries: u32,
@@ -263,8 +271,8 @@ struct Shared {
     current: Mutex<Current>,
     /// What every download of the [`Downloader`] shares.
     account: Arc<Account>,
-    /// When the download last received a part (its start before the first): the stall
-    /// timeout counts from here.
+    /// When the download last received a part (its start before the first): with its data
+    /// centre's last delivery and its own sending, what a request's stall timeout counts from.
     last_part: StdMutex<Instant>,
     options: DownloadOptions,
 }
@@ -276,9 +284,36 @@ struct Account {
     /// nor the download's, and Telegram refuses (and may lengthen the wait of) every request
     /// any download sends before it is over.
     flood_gate: StdMutex<Option<FloodGate>>,
-    /// Permits for part requests in flight, per data centre
-    /// ([`DownloadOptions::max_parts_in_flight_per_dc`]).
-    data_centres: StdMutex<HashMap<i32, Arc<Semaphore>>>,
+    /// Per data centre: the permits for part requests in flight
+    /// ([`DownloadOptions::max_parts_in_flight_per_dc`]) and the connection's progress.
+    data_centres: StdMutex<HashMap<i32, Arc<DataCentre>>>,
+}
+
+/// What every download shares of one data centre: grammers' one connection to it.
+struct DataCentre {
+    id: i32,
+    /// Permits for part requests in flight, [`DownloadOptions::max_parts_in_flight_per_dc`].
+    permits: Arc<Semaphore>,
+    /// When an answer carrying a part of any download last arrived from this data centre. A
+    /// part sent behind other downloads' parts waits for all of them; while their bytes keep
+    /// coming the connection is alive, and the part has not stalled however long it waits.
+    last_delivery: StdMutex<Option<Instant>>,
+}
+
+impl DataCentre {
+    fn delivered(&self) {
+        *self
+            .last_delivery
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Instant::now());
+    }
+
+    fn last_delivery(&self) -> Option<Instant> {
+        *self
+            .last_delivery
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 /// A flood wait being waited out: no request before `until`.
@@ -405,14 +440,16 @@ async fn fetch_part(shared: &Shared, part: Part) -> Result<Bytes, TelegramError>
     }
 }
 
-/// How many [`DownloadOptions::part_timeout`]s a request may go unanswered before its permit
-/// is released all the same: a backstop for a request whose answer never comes, long after its
-/// part gave up on it (the stall timeout).
+/// How many [`DownloadOptions::part_timeout`]s a sent request may go unanswered before it fails
+/// and its permit is released all the same: a backstop for a request whose answer never comes,
+/// whether its part gave up on it (the stall timeout) or still waits because the connection
+/// keeps delivering other requests' answers.
 const ABANDONED_REQUEST_TIMEOUTS: u32 = 4;
 
 /// Sends one request for `part` with the current location, once a permit for its data centre
-/// is free; records the reference generation it asked with in `generation`. Hands back the
-/// permit with the answer (none after a stall: the abandoned request keeps it until its answer
+/// is free and the flood gate open; records the reference generation it asked with in
+/// `generation`, and any answer with bytes as its data centre's delivery. Hands back the permit
+/// with the answer (none after a stall: the abandoned request keeps it until its answer
 /// arrives).
 async fn ask(
     shared: &Shared,
@@ -423,15 +460,15 @@ async fn ask(
     // The location, data centre and reference are read once the permit is held: a part that
     // waited for it behind others may have waited through a FILE_MIGRATE or a refresh.
     let mut dc = shared.current.lock().await.dc;
-    let (location, permit) = loop {
-        let permit = shared
-            .account
-            .request_permit(dc, options.max_parts_in_flight_per_dc)
-            .await;
+    let (location, data_centre, permit) = loop {
+        let data_centre = shared.account.data_centre(dc, options.max_parts_in_flight_per_dc);
+        // The semaphore is never closed, so acquiring fails never; `None` would only mean
+        // sending without a permit.
+        let permit = data_centre.permits.clone().acquire_owned().await.ok();
         let current = shared.current.lock().await;
         if current.dc == dc {
             *generation = current.generation;
-            break (current.location.clone(), permit);
+            break (current.location.clone(), data_centre, permit);
         }
         // Migrated meanwhile: wait for a permit of the new data centre instead.
         dc = current.dc;
@@ -446,29 +483,38 @@ async fn ask(
     // aborted (the download was cancelled); dropping its handle does not abort it.
     let api = shared.api.clone();
     let account = shared.account.clone();
+    let connection = data_centre.clone();
     let max_flood_wait = options.max_flood_wait;
     let backstop = options.part_timeout.saturating_mul(ABANDONED_REQUEST_TIMEOUTS);
     let Part { offset, limit, .. } = part;
+    // When the request is handed to the API: its stall timeout counts from then, not while it
+    // waits at the flood gate, which may be closed for up to `max_flood_wait`.
+    let (sent_tx, sent_rx) = oneshot::channel();
     let request = tokio::spawn(async move {
-        let send = async {
-            // The task starts a moment after the check above; another request may have met a
-            // flood wait in that moment.
-            account.wait_for_flood_gate(max_flood_wait).await?;
-            let answer = api.get_part(&location, dc, offset, limit).await;
-            // Closed here, as the answer arrives, rather than when its part gets to it, so no
-            // other request starts in between.
-            if let Err(TelegramError::FloodWait { seconds, premium }) = &answer {
-                account.hold_requests_for(Duration::from_secs(u64::from(*seconds)), *premium);
-            }
-            answer
-        };
-        let answer = tokio::time::timeout(backstop, send).await;
+        // The task starts a moment after the check above; another request may have met a
+        // flood wait in that moment.
+        if let Err(error) = account.wait_for_flood_gate(max_flood_wait).await {
+            return (Err(error), permit);
+        }
+        // The part may have given up already (its download was cancelled); nobody to tell.
+        let _ = sent_tx.send(Instant::now());
+        let answer = tokio::time::timeout(backstop, api.get_part(&location, dc, offset, limit)).await;
         let answer = answer.unwrap_or_else(|_| {
             Err(TelegramError::Disconnected(format!(
                 "no answer to the request for byte {offset} in {} s",
                 backstop.as_secs()
             )))
         });
+        // Both recorded here, as the answer arrives, rather than when its part gets to it: a
+        // delivery shows the connection alive to every part waiting on it even if this part
+        // gave up on it, and a flood wait closes the gate before any other request starts.
+        match &answer {
+            Ok(_) => connection.delivered(),
+            Err(TelegramError::FloodWait { seconds, premium }) => {
+                account.hold_requests_for(Duration::from_secs(u64::from(*seconds)), *premium);
+            }
+            Err(_) => {}
+        }
         // Handed back with the answer, so the part keeps it until it has recorded what the
         // answer taught (a FILE_MIGRATE, a stale reference); dropped with the output when
         // nobody waits any more.
@@ -485,7 +531,9 @@ async fn ask(
             ),
         }
     };
-    let (answer, permit) = shared.answer_unless_stalled(answered, part.offset).await;
+    let (answer, permit) = shared
+        .answer_unless_stalled(answered, sent_rx, &data_centre, part.offset)
+        .await;
     let answer = match answer {
         Ok(bytes) if bytes.len() as u64 > u64::from(part.limit) => Err(TelegramError::Protocol(format!(
             "asked for {} bytes at {}, got {}",
@@ -499,19 +547,21 @@ async fn ask(
 }
 
 impl Account {
-    /// A permit to send one part request to data centre `dc`, waiting (in order) while `limit`
-    /// requests of any download are in flight there.
-    async fn request_permit(&self, dc: i32, limit: usize) -> Option<OwnedSemaphorePermit> {
-        let semaphore = self
-            .data_centres
+    /// Data centre `dc`'s shared state; its permits let `limit` requests of any download be
+    /// in flight there at once, and are handed out in order.
+    fn data_centre(&self, dc: i32, limit: usize) -> Arc<DataCentre> {
+        self.data_centres
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .entry(dc)
-            .or_insert_with(|| Arc::new(Semaphore::new(limit.max(1))))
-            .clone();
-        // The semaphore is never closed, so acquiring fails never; `None` would only mean
-        // sending without a permit.
-        semaphore.acquire_owned().await.ok()
+            .or_insert_with(|| {
+                Arc::new(DataCentre {
+                    id: dc,
+                    permits: Arc::new(Semaphore::new(limit.max(1))),
+                    last_delivery: StdMutex::new(None),
+                })
+            })
+            .clone()
     }
 
     fn hold_requests_for(&self, wait: Duration, premium: bool) {
@@ -554,26 +604,40 @@ impl Account {
 }
 
 impl Shared {
-    /// Awaits `request`'s answer, unless the download stalls first: no part of it arrives for
-    /// [`DownloadOptions::part_timeout`] since the later of the last part received and this
-    /// request's sending. An answer with bytes restarts the clock for every part.
+    /// Awaits `request`'s answer, unless it stalls first: neither a part of this download nor
+    /// any answer from `data_centre` (where the request went) arrives for
+    /// [`DownloadOptions::part_timeout`] since the request was handed to the API (`sent`).
+    /// Until then the request is waiting at the flood gate, not on the connection, and cannot
+    /// stall. An answer with bytes restarts the clock for every part.
     async fn answer_unless_stalled(
         &self,
         request: impl Future<Output = (Result<Bytes, TelegramError>, Option<OwnedSemaphorePermit>)>,
+        sent: oneshot::Receiver<Instant>,
+        data_centre: &DataCentre,
         offset: u64,
     ) -> (Result<Bytes, TelegramError>, Option<OwnedSemaphorePermit>) {
         let timeout = self.options.part_timeout;
-        let sent = Instant::now();
-        let stalled_since = || {
-            (*self
+        let stalled_since = |sent: Instant| {
+            let last_part = *self
                 .last_part
                 .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()))
-            .max(sent)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            data_centre
+                .last_delivery()
+                .map_or(sent, |delivered| delivered.max(sent))
+                .max(last_part)
         };
         tokio::pin!(request);
+        tokio::pin!(sent);
+        // `None` until the request is sent. The signal is dropped unsent only when the request
+        // task ended without sending (it failed at the flood gate, or panicked), whose answer
+        // then comes at once.
+        let mut sent_at: Option<Instant> = None;
+        let mut signal_pending = true;
         loop {
-            let deadline = stalled_since() + timeout;
+            let deadline = sent_at.map(|sent| stalled_since(sent) + timeout);
+            // Built even while disabled (unsent), though then never polled.
+            let stall = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now));
             tokio::select! {
                 answer = &mut request => {
                     if answer.0.is_ok() {
@@ -582,13 +646,18 @@ impl Shared {
                     }
                     return answer;
                 }
-                () = tokio::time::sleep_until(deadline) => {
+                at = &mut sent, if signal_pending => {
+                    signal_pending = false;
+                    sent_at = at.ok();
+                }
+                () = stall, if deadline.is_some() => {
                     // Another part may have arrived meanwhile, moving the deadline on.
-                    if stalled_since() + timeout <= Instant::now() {
+                    if sent_at.is_some_and(|sent| stalled_since(sent) + timeout <= Instant::now()) {
                         let stalled = TelegramError::Disconnected(format!(
-                            "no part of the file arrived for {} s (the part at byte {offset} is \
-                             still unanswered)",
-                            timeout.as_secs()
+                            "no part of the file arrived for {} s, nor any other answer from data \
+                             centre {} (the part at byte {offset} is still unanswered)",
+                            timeout.as_secs(),
+                            data_centre.id
                         ));
                         return (Err(stalled), None);
                     }

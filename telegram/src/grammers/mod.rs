@@ -434,8 +434,8 @@ impl GrammersApi {
         loop {
             // No timeout of its own: answers come back in order over the one connection to the
             // data centre, so a request's age says how much was queued before it, not whether
-            // the connection stalled. The Downloader's stall timeout (no part of the download
-            // for `part_timeout`) is the one that says so.
+            // the connection stalled. The Downloader's stall timeout (nothing delivered to the
+            // download nor over the data centre's connection for `part_timeout`) says so.
             match connection.client.invoke_in_dc(dc, &request).await {
                 Ok(tl::enums::upload::File::File(file)) => return Ok(Bytes::from(file.bytes)),
                 Ok(tl::enums::upload::File::CdnRedirect(_)) => {

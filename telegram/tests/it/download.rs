@@ -324,3 +324,87 @@ async fn a_cancelled_download_keeps_its_permits_until_its_answers_arrive() {
         "parts were asked for again"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_part_queued_behind_other_downloads_does_not_stall_while_the_connection_delivers() {
+    // Arrange: three downloads with windows of 4 over one 0.5 MiB/s connection, 8 requests in
+    // flight on it: a part arrives every 2 s, well within the 10 s timeout, but a part sent
+    // behind 7 of the other downloads' waits 16 s, with none of its own download arriving.
+    let world = one_file(12 * MIB).await;
+    let downloader = slow_link(&world, 4, 10);
+    let mut messages = vec![world.message.clone()];
+    let mut expected = vec![world.bytes.clone()];
+    for id in 2..=3 {
+        let bytes = contents(12 * MIB, id as u64);
+        let file = world.fake.add_file(bytes.clone(), HOME_DC);
+        world
+            .fake
+            .add_message(CHANNEL_ID, FakeMessage::document(id, file, None, None));
+        let found = world
+            .fake
+            .resolve(&link(&format!("https://t.me/{CHANNEL}/{id}")))
+            .await
+            .unwrap();
+        messages.extend(found);
+        expected.push(bytes);
+    }
+
+    // Act
+    let received = futures::future::join_all(messages.iter().map(|message| {
+        let stream = downloader.stream(message, 0).unwrap();
+        async move {
+            let (bytes, error) = drain(stream).await;
+            assert!(error.is_none(), "the download failed: {error:?}");
+            bytes
+        }
+    }))
+    .await;
+
+    // Assert: every download completed, and no part timed out and was asked for again.
+    assert!(received == expected, "bytes differ");
+    assert_eq!(world.fake.part_calls().len(), 36, "parts were asked for again");
+}
+
+#[tokio::test(start_paused = true)]
+async fn answers_from_another_data_centre_do_not_hide_a_stall() {
+    // Arrange: a download resumed past part 3 streams steadily from data centre 2 for 120 s,
+    // while another file's connection to data centre 4 stops for an hour at its part 3.
+    let world = one_file(64 * MIB).await;
+    world
+        .fake
+        .inject(Fault::at_part(3, FaultKind::Delay(Duration::from_secs(3600))).times(u32::MAX));
+    let downloader = slow_link(&world, 4, 10);
+    let stalled_bytes = contents(10 * MIB, 4);
+    let stalled_file = world.fake.add_file(stalled_bytes.clone(), 4);
+    world
+        .fake
+        .add_message(CHANNEL_ID, FakeMessage::document(2, stalled_file, None, None));
+    let stalled = world
+        .fake
+        .resolve(&link(&format!("https://t.me/{CHANNEL}/2")))
+        .await
+        .unwrap()
+        .remove(0);
+    let resume = 4 * MIB;
+    let started = Instant::now();
+
+    // Act
+    let (steady, (received, error, stalled_after)) = tokio::join!(
+        collect(downloader.stream(&world.message, resume as u64).unwrap()),
+        async {
+            let (received, error) = drain(downloader.stream(&stalled, 0).unwrap()).await;
+            (received, error, started.elapsed())
+        },
+    );
+
+    // Assert: the steady download completed; the other stalled on its own data centre's
+    // silence, long before the steady one ended.
+    assert!(steady == world.bytes[resume..], "bytes differ");
+    assert!(received == stalled_bytes[..3 * MIB], "{} bytes", received.len());
+    let error = error.expect("the download on the silent data centre stalls");
+    assert!(
+        error.to_string().contains("no part of the file arrived for 10 s"),
+        "{error}"
+    );
+    assert!(stalled_after < Duration::from_secs(100), "{stalled_after:?}");
+}

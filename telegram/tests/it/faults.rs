@@ -399,3 +399,40 @@ async fn parts_waiting_for_a_permit_ask_where_a_migration_sent_them() {
     assert_eq!(to_old, 2, "requests went to the old data centre: {calls:?}");
     assert_eq!(calls.len(), 8 + 2, "each part asked once more at most: {calls:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn parts_held_at_the_flood_gate_do_not_stall() {
+    // Arrange: the first request gets a 7 s flood wait, longer than the 5 s stall timeout; the
+    // other three parts of the window have passed the gate check and their requests wait at
+    // the gate for those 7 s before they are sent. No retries after a dropped connection, so
+    // a stall would end the download.
+    let world = one_file(SIZE).await;
+    world.fake.inject(Fault::at_call(0, FaultKind::FloodWait(7)));
+    let options = DownloadOptions {
+        part_timeout: Duration::from_secs(5),
+        disconnect_retries: 0,
+        ..DownloadOptions::new(4)
+    };
+    let downloader = Downloader::new(world.fake.clone(), options);
+
+    // Act
+    let started = Instant::now();
+    let (received, error) = drain(downloader.stream(&world.message, 0).unwrap()).await;
+
+    // Assert: the download slept through the wait and completed; each part was asked for once,
+    // and the one that got the flood wait once more.
+    assert!(error.is_none(), "the download failed: {error:?}");
+    assert!(received == world.bytes, "bytes differ");
+    assert!(started.elapsed() >= Duration::from_secs(7));
+    assert_eq!(
+        world.fake.flood_refusals(),
+        0,
+        "a request was sent during the wait"
+    );
+    assert_eq!(
+        world.fake.part_calls().len(),
+        11 + 1,
+        "parts were asked for again: {:?}",
+        world.fake.part_calls()
+    );
+}
