@@ -138,11 +138,15 @@ impl Follower {
             if self.ended {
                 return None;
             }
-            // Checked only here, after `pending` is sent: the stream ends
-            // between events, never with one read from Redis and not sent
-            // (though a reconnect would replay it anyway).
+            // Checked only here, after `pending` is sent, and after a read
+            // that has its answer (`biased`: the branches are tried in
+            // order, not at random): the stream ends between events, never
+            // with one read from Redis and not sent (though a reconnect
+            // would replay it anyway).
             let read = tokio::select! {
+                biased;
                 () = self.shutdown.cancelled() => return None,
+                read = self.tail.read(&self.task_id) => read,
                 () = tokio::time::sleep_until(self.deadline) => {
                     // Ends as on shutdown: a clean end of the body, which SSE
                     // clients (`EventSource`, `savestream watch`) answer by
@@ -150,7 +154,6 @@ impl Follower {
                     tracing::debug!(task_id = %self.task_id, "live event stream ends: its lifetime is over");
                     return None;
                 }
-                read = self.tail.read(&self.task_id) => read,
             };
             match read {
                 Ok(events) => self.pending.extend(events),

@@ -7,9 +7,10 @@
 //! Two sources feed the screen. The task's live event stream
 //! (`GET /api/v1/tasks/{id}/events`, `Accept: text/event-stream`) says what
 //! happens (started, resolved, retrying, how it ended); it reconnects with
-//! `Last-Event-ID` when the connection drops or cannot be made (1, 2, 4 s
-//! apart, then every 5 s, for as long as the poll below goes on), and stops
-//! following when the API answers that with 204 (the task has ended and
+//! `Last-Event-ID` (1, 2, 4 s apart, then every 5 s, for as long as the poll
+//! below goes on) when the connection drops, cannot be made, or is ended by
+//! the server before the task's end (as it is after `[api]
+//! live_stream_max_seconds`; the replay loses nothing), and stops following when the API answers that with 204 (the task has ended and
 //! nothing came after the last event read). Progress is not an event, so
 //! `GET /api/v1/tasks/{id}` is polled a few times a second for the bytes and
 //! the speed; it also notices the end when the event stream cannot.
@@ -340,7 +341,8 @@ impl<'a> EventFollower<'a> {
                     }
                 }
                 // The server closed the stream before the task's last event
-                // (it is shutting down, or lost Redis): reconnect.
+                // (it is shutting down, lost Redis, or the stream reached the
+                // server's `[api] live_stream_max_seconds`): reconnect.
                 Ok(None) | Err(_) => {
                     self.response = None;
                     self.failures += 1;

@@ -86,7 +86,8 @@ pub struct DownloadOptions {
     /// back over it in order, so more requests in flight only queue more bytes behind one
     /// another; and a request given up on is not cancelled (its bytes still arrive and are
     /// thrown away), so it keeps its place in the count until its answer arrives (or for at
-    /// most four [`DownloadOptions::part_timeout`]s). A request waits at most this many parts'
+    /// most four [`DownloadOptions::part_timeout`]s after it was sent; one whose download was
+    /// cancelled while it waited at the flood gate is never sent). A request waits at most this many parts'
     /// transfer for its answer; the stall timeout counts the connection's progress, not the
     /// request's age, but the four-part-timeout bound does not, so connections slower than
     /// this many MiB per four [`DownloadOptions::part_timeout`]s (2 MiB a minute by default)
@@ -496,8 +497,17 @@ async fn ask(
         if let Err(error) = account.wait_for_flood_gate(max_flood_wait).await {
             return (Err(error), permit);
         }
-        // The part may have given up already (its download was cancelled); nobody to tell.
-        let _ = sent_tx.send(Instant::now());
+        // Nobody waits for the answer any more: the part was dropped (its download was
+        // cancelled) while this request waited at the gate. Not sent, it costs the connection
+        // nothing; sent, its MiB would hold up every other download's parts behind it.
+        if sent_tx.send(Instant::now()).is_err() {
+            return (
+                Err(TelegramError::Disconnected(format!(
+                    "the request for byte {offset} was not sent: its download was cancelled"
+                ))),
+                permit,
+            );
+        }
         let answer = tokio::time::timeout(backstop, api.get_part(&location, dc, offset, limit)).await;
         let answer = answer.unwrap_or_else(|_| {
             Err(TelegramError::Disconnected(format!(

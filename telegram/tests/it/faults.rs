@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use savestream_telegram::fake::{FakeMessage, Fault, FaultKind, When};
 use savestream_telegram::{DownloadOptions, Downloader, TelegramError};
 use tokio::time::Instant;
@@ -433,6 +435,32 @@ async fn parts_held_at_the_flood_gate_do_not_stall() {
         world.fake.part_calls().len(),
         11 + 1,
         "parts were asked for again: {:?}",
+        world.fake.part_calls()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_of_a_download_cancelled_at_the_flood_gate_are_never_sent() {
+    // Arrange: the first request gets a 7 s flood wait; the other three parts of the window
+    // have passed the gate check and their requests wait at the gate.
+    let world = one_file(SIZE).await;
+    world.fake.inject(Fault::at_call(0, FaultKind::FloodWait(7)));
+    let downloader = Downloader::new(world.fake.clone(), DownloadOptions::new(4));
+    let mut stream = downloader.stream(&world.message, 0).unwrap();
+    let waited = tokio::time::timeout(Duration::from_secs(3), stream.next()).await;
+    assert!(waited.is_err(), "a part arrived during the flood wait");
+
+    // Act: the download is cancelled during the wait, and the wait ends.
+    drop(stream);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+
+    // Assert: only the request that got the flood wait was ever sent; the ones that waited at
+    // the gate for a download nobody reads any more were not (their MiBs would have held up
+    // every other download on the connection).
+    assert_eq!(
+        world.fake.part_calls().len(),
+        1,
+        "requests sent after the cancel: {:?}",
         world.fake.part_calls()
     );
 }
