@@ -470,65 +470,158 @@ fn empty_storage() -> (tempfile::TempDir, LocalStorage) {
     (dir, storage)
 }
 
-/// Reserves a file `file` of a new task under `dir`.
-async fn reserve_in(storage: &LocalStorage, dir: &str, file: &str) -> Result<StoragePath, StorageError> {
-    storage
+/// A file `file` of a new task under `dir`, reserved, and its partial file
+/// opened and written whole (3000 bytes): all that is left is to finish it.
+async fn written_in(
+    storage: &LocalStorage,
+    dir: &str,
+    file: &str,
+) -> (TaskId, StoragePath, Box<dyn PartialFile>) {
+    let owner = TaskId::generate();
+    let path = storage
         .reserve(
-            &TaskId::generate(),
+            &owner,
             &StorageDir::parse(dir).unwrap(),
             &FileName::parse(file).unwrap(),
             &[],
         )
         .await
+        .unwrap();
+    let mut partial = storage.open(&owner, &path).await.unwrap();
+    partial.write(Bytes::from(vec![b'a'; 3000])).await.unwrap();
+    partial.flush().await.unwrap();
+    (owner, path, partial)
+}
+
+/// Counts the directory syncs `local::sync_directory` sees; `take` answers
+/// how many there were since it was last called.
+struct SyncCount(Arc<Mutex<usize>>);
+
+impl SyncCount {
+    fn start() -> SyncCount {
+        let syncs = Arc::new(Mutex::new(0));
+        let counted = syncs.clone();
+        fail::cfg_callback("local::sync_directory", move || *counted.lock().unwrap() += 1).unwrap();
+        SyncCount(syncs)
+    }
+
+    fn take(&self) -> usize {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
 }
 
 #[tokio::test]
-async fn a_new_directory_whose_entry_cannot_be_synced_is_an_error_and_is_not_left_behind_unsynced() {
+async fn a_finish_whose_directory_entry_cannot_be_synced_in_an_ancestor_is_an_error_and_the_file_not_complete(
+) {
     let scenario = FailScenario::setup();
     let (_dir, storage) = empty_storage();
     let base = storage.base_path().to_path_buf();
-    std::fs::create_dir(base.join("old")).unwrap();
-    fail::cfg("local::sync_directory", "return").unwrap();
+    let (owner, path, partial) = written_in(&storage, "/a/b/c", "f.bin").await;
+    // The file's own directory syncs; its entry in `b` does not.
+    fail::cfg("local::sync_directory", "1*off->return").unwrap();
 
-    // Its entry in `old` could be lost to a power loss, and with it every
-    // file finished in it.
-    let error = reserve_in(&storage, "/old/new", "f.bin").await.unwrap_err();
+    let error = partial.finish().await.unwrap_err();
 
-    fail::remove("local::sync_directory");
+    // A power loss could take `c`, and the file with it, after the store
+    // recorded it completed.
+    assert!(matches!(error, StorageError::Io { .. }), "{error:?}");
     assert_names(
         &error,
-        "create the directory /old/new: Input/output error (os error 5)",
+        "sync the directory entry of /a/b/c in its parent, for /a/b/c/f.bin: \
+         Input/output error (os error 5)",
     );
-    // Else the next attempt would find it made, and never sync its entry.
-    assert!(base.join("old").is_dir() && !base.join("old/new").exists());
-    // A file system that cannot sync a directory loses only that guarantee.
-    fail::cfg("local::sync_directory", "return(22)").unwrap();
-    let tolerated = reserve_in(&storage, "/old/new", "f.bin").await;
+    // Its bytes were synced: the file stays, at its name, for the next
+    // attempt to find finished ...
+    assert_eq!(std::fs::read(base.join("a/b/c/f.bin")).unwrap().len(), 3000);
+    // ... which syncs its directories again before it reports it complete.
+    fail::cfg("local::sync_directory", "return").unwrap();
+    let again = storage.finished(&owner, &path).await;
+    assert!(matches!(again, Err(StorageError::Io { .. })), "{again:?}");
     fail::remove("local::sync_directory");
-    assert_eq!(tolerated.unwrap().to_string(), "/old/new/f.bin");
+    assert_eq!(storage.finished(&owner, &path).await.unwrap(), Some(3000));
+
+    // A file system that cannot sync a directory loses only that guarantee.
+    for errno in [libc::EINVAL, libc::EOPNOTSUPP] {
+        let file = format!("g{errno}.bin");
+        let (_, _, partial) = written_in(&storage, "/a/b/c", &file).await;
+        fail::cfg("local::sync_directory", &format!("1*off->return({errno})")).unwrap();
+        let tolerated = partial.finish().await;
+        fail::remove("local::sync_directory");
+        assert_eq!(tolerated.unwrap(), 3000, "errno {errno}");
+    }
     scenario.teardown();
 }
 
 #[tokio::test]
-async fn each_directory_made_for_a_file_has_its_entry_synced_once_and_an_existing_one_not_again() {
+async fn finishing_a_file_syncs_its_directory_and_each_ancestor_up_to_the_base_and_nothing_before() {
     let scenario = FailScenario::setup();
     let (_dir, storage) = empty_storage();
-    let syncs = Arc::new(Mutex::new(0));
-    let counted = syncs.clone();
-    fail::cfg_callback("local::sync_directory", move || *counted.lock().unwrap() += 1).unwrap();
-    let synced_since = || std::mem::take(&mut *syncs.lock().unwrap());
+    let syncs = SyncCount::start();
 
-    reserve_in(&storage, "/a/b/c", "f.bin").await.unwrap();
-    let deep = synced_since();
-    reserve_in(&storage, "/a/b/c", "g.bin").await.unwrap();
-    let existing = synced_since();
-    reserve_in(&storage, "/a/b/d", "f.bin").await.unwrap();
-    let beside = synced_since();
+    let (_, _, deep) = written_in(&storage, "/a/b/c", "f.bin").await;
+    let (_, _, top) = written_in(&storage, "/", "f.bin").await;
+    let before = syncs.take();
+    deep.finish().await.unwrap();
+    let deep = syncs.take();
+    top.finish().await.unwrap();
+    let top = syncs.take();
 
     fail::remove("local::sync_directory");
-    // The base path's entry for `a`, `a`'s for `b`, `b`'s for `c`.
-    assert_eq!(deep, 3, "a new path of three directories");
-    assert_eq!(existing, 0, "a directory that exists");
-    assert_eq!(beside, 1, "one new directory beside existing ones");
+    // Making directories syncs nothing: durability is the finish's.
+    assert_eq!(before, 0, "reserving and opening");
+    // `c`'s entry for the file, `b`'s for `c`, `a`'s for `b`, the base's for `a`.
+    assert_eq!(deep, 4, "a file in /a/b/c");
+    assert_eq!(top, 1, "a file in the base path");
+    scenario.teardown();
+}
+
+#[tokio::test]
+async fn a_file_finished_in_directories_someone_else_made_still_has_each_ancestor_synced() {
+    let scenario = FailScenario::setup();
+    let (_dir, storage) = empty_storage();
+    let base = storage.base_path().to_path_buf();
+    // Made by hand, and by another task (which may have died before any
+    // sync of its own, or still be syncing).
+    std::fs::create_dir_all(base.join("x/y")).unwrap();
+    written_in(&storage, "/a/b/c", "other.bin").await;
+    let syncs = SyncCount::start();
+
+    let (_, _, by_hand) = written_in(&storage, "/x/y", "f.bin").await;
+    by_hand.finish().await.unwrap();
+    let by_hand = syncs.take();
+    let (_, _, by_another) = written_in(&storage, "/a/b/c", "f.bin").await;
+    by_another.finish().await.unwrap();
+    let by_another = syncs.take();
+
+    fail::remove("local::sync_directory");
+    assert_eq!(by_hand, 3, "a file in /x/y, made by hand");
+    assert_eq!(by_another, 4, "a file in /a/b/c, made by another task");
+    scenario.teardown();
+}
+
+#[tokio::test]
+async fn the_syncs_of_a_finish_go_from_the_files_directory_up_to_the_base() {
+    let scenario = FailScenario::setup();
+    let (_dir, storage) = empty_storage();
+    // The sync that fails tells which directory it was.
+    let expected = [
+        "sync the directory of /a/b/c/f0.bin",
+        "sync the directory entry of /a/b/c in its parent, for /a/b/c/f1.bin",
+        "sync the directory entry of /a/b in its parent, for /a/b/c/f2.bin",
+        "sync the directory entry of /a in its parent, for /a/b/c/f3.bin",
+    ];
+    for (skipped, failed) in expected.iter().enumerate() {
+        let (_, _, partial) = written_in(&storage, "/a/b/c", &format!("f{skipped}.bin")).await;
+        fail::cfg("local::sync_directory", &format!("{skipped}*off->return")).unwrap();
+        let error = partial.finish().await.unwrap_err();
+        fail::remove("local::sync_directory");
+        assert_names(&error, &format!("{failed}: Input/output error (os error 5)"));
+    }
+    // And no fifth.
+    let (_, _, partial) = written_in(&storage, "/a/b/c", "f4.bin").await;
+    fail::cfg("local::sync_directory", "4*off->return").unwrap();
+    let finished = partial.finish().await;
+    fail::remove("local::sync_directory");
+    assert_eq!(finished.unwrap(), 3000);
     scenario.teardown();
 }

@@ -35,12 +35,17 @@
 //! symlinks resolved, before anything is created in it (missing ones are
 //! made one component at a time), so nothing is created or written outside
 //! the base path even when someone plants a symlink inside it, and partial
-//! files are opened without following symlinks. Each directory made is
-//! synced in its parent before anything goes in it (`finish` syncs only
-//! the file's own directory): else a power loss could take the directory,
-//! and the finished file with it, after the store recorded it completed.
-//! One whose sync fails is removed again, so that the next attempt does
-//! not find it made and leave it unsynced. Bytes are written through a
+//! files are opened without following symlinks. Before a file is reported
+//! finished (by `finish`, or by [`Storage::finished`] for an earlier
+//! attempt's), its entry is synced in its directory, and each directory's
+//! entry in its parent, up to the base path's entry for the topmost one,
+//! whoever made the directories and whether or not anyone synced them
+//! before: else a power loss could take a directory, and the file with it,
+//! after the store recorded it completed. Making a directory syncs nothing.
+//! A sync that fails (other than with `EINVAL` or `EOPNOTSUPP`: a file
+//! system that cannot sync a directory loses only this guarantee) fails
+//! that call, retryably, and leaves the file finished at its name, for the
+//! next attempt to sync again. Bytes are written through a
 //! small buffer, so memory stays flat whatever the size of the file, each at
 //! the offset this writer is at: an attempt that was taken over while frozen
 //! and wakes up writes its bytes where it meant to, not after the new
@@ -172,11 +177,8 @@ impl LocalStorage {
     /// that it really is under the base path. Missing directories are made
     /// one component at a time, each resolved and checked before the next
     /// is made in it: a symlink planted inside the base path that leads out
-    /// of it is refused before anything is created where it leads. Each
-    /// directory made here has its entry synced in its parent: `finish`
-    /// syncs only the file's own directory, and a power loss that took a
-    /// new directory's entry would take with it a file the store has
-    /// recorded as completed.
+    /// of it is refused before anything is created where it leads. No
+    /// entry is synced here (see [`sync_names`]).
     async fn directory(&self, dir: &StorageDir) -> Result<PathBuf, StorageError> {
         if let Some(directory) = self.existing_directory(dir).await? {
             return Ok(directory);
@@ -185,23 +187,20 @@ impl LocalStorage {
         let mut directory = self.base.clone();
         for component in dir.components() {
             let next = directory.join(component.as_str());
+            // Not synced in its parent: a directory made here may be
+            // found made by a later attempt, or by another task, before
+            // its entry is durable (a worker killed after making it,
+            // another task's sync still in flight), so durability cannot
+            // rest on whoever made it. Every file is made durable when it
+            // is finished instead, its directories' entries with it, up
+            // to the base path ([`sync_names`]): until then a power loss
+            // that takes the directory takes only a partial file, which
+            // the next attempt makes again.
             match tokio::fs::create_dir(&next).await {
-                // Made by this call: durable before anything goes in it.
-                // `directory` is its parent, resolved and checked already.
-                Ok(()) => {
-                    if let Err(error) = sync_directory(&next).await {
-                        // Not left behind unsynced: the next attempt would
-                        // find it made and never sync its entry. Should
-                        // another task have put something in it already,
-                        // it stays (the removal fails), as it must.
-                        let _ = tokio::fs::remove_dir(&next).await;
-                        return Err(io("create the directory")(error));
-                    }
+                Err(error) if error.kind() != ErrorKind::AlreadyExists => {
+                    return Err(io("create the directory")(error));
                 }
-                // Whoever made it syncs its parent (made by hand, it is
-                // not ours to sync).
-                Err(error) if error.kind() == ErrorKind::AlreadyExists => {}
-                Err(error) => return Err(io("create the directory")(error)),
+                _ => {}
             }
             // What is there now: the directory just made, or whatever was
             // there already, a symlink resolved.
@@ -425,7 +424,8 @@ async fn start_afresh(files: &FileNames, identity: Identity) -> std::io::Result<
 }
 
 /// Makes the names in the directory of `path` durable. A file system that
-/// cannot sync a directory (`EINVAL`) loses nothing but that guarantee.
+/// cannot sync a directory (`EINVAL`, `EOPNOTSUPP`) loses nothing but
+/// that guarantee.
 async fn sync_directory(path: &Path) -> std::io::Result<()> {
     let Some(directory) = path.parent() else {
         return Ok(());
@@ -438,6 +438,62 @@ async fn sync_directory(path: &Path) -> std::io::Result<()> {
     match synced {
         Err(error) if matches!(error.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) => Ok(()),
         synced => synced,
+    }
+}
+
+/// Makes the finished file `target` durable by name, whoever made its
+/// directories: its entry in its directory, then that directory's entry in
+/// its parent, and so on up to the base path's entry for the topmost one
+/// (`base`, canonical, as `target` is). For a file in `base/a/b/c`, four
+/// syncs (of `c`, `b`, `a` and `base`); for one directly in `base`, one.
+/// Directories are usually clean, so each costs little, and only once per
+/// finished file. Said which failed, if one did.
+async fn sync_names(base: &Path, target: &Path) -> Result<(), UnsyncedName> {
+    sync_directory(target).await.map_err(|source| UnsyncedName {
+        directory: None,
+        source,
+    })?;
+    let mut below = target.parent();
+    while let Some(directory) = below.filter(|directory| *directory != base && directory.starts_with(base)) {
+        sync_directory(directory).await.map_err(|source| UnsyncedName {
+            directory: Some(format!(
+                "/{}",
+                directory.strip_prefix(base).unwrap_or(directory).display()
+            )),
+            source,
+        })?;
+        below = directory.parent();
+    }
+    Ok(())
+}
+
+/// The sync of [`sync_names`] that failed.
+struct UnsyncedName {
+    /// The directory (relative to the base path) whose entry in its parent
+    /// could not be synced; `None` for the file's own entry in its directory.
+    directory: Option<String>,
+    source: std::io::Error,
+}
+
+impl UnsyncedName {
+    /// The error of `storage` for the file `path`: an I/O error, so one
+    /// that may pass. The file stays finished: its bytes were synced, and
+    /// only a name's durability is in doubt, which the next attempt syncs
+    /// again ([`Storage::finished`]) before reporting the file complete.
+    fn into_error(self, storage: &str, path: &str) -> StorageError {
+        let (action, path) = match self.directory {
+            None => ("sync the directory of", path.to_owned()),
+            Some(directory) => (
+                "sync the directory entry of",
+                format!("{directory} in its parent, for {path}"),
+            ),
+        };
+        StorageError::Io {
+            storage: storage.to_owned(),
+            action,
+            path,
+            source: self.source,
+        }
     }
 }
 
@@ -610,6 +666,11 @@ impl Storage for LocalStorage {
         remove_if_same(&files.own, identity)
             .await
             .map_err(io("remove the partial file of"))?;
+        // The attempt that finished it may have died, or failed, before
+        // its names were durable.
+        sync_names(&self.base, &files.target)
+            .await
+            .map_err(|unsynced| unsynced.into_error(&self.name, &path.to_string()))?;
         Ok(Some(target.len()))
     }
 
@@ -661,6 +722,7 @@ impl Storage for LocalStorage {
             writer(file.into_std().await, len).map_err(io("start the thread writing the partial file of"))?;
         Ok(Box::new(LocalPartialFile {
             storage: self.name.clone(),
+            base: self.base.clone(),
             path: path.to_string(),
             files,
             identity: Identity::of(&metadata),
@@ -795,6 +857,8 @@ fn passed_over(relative: &str, error: &std::io::Error) {
 
 struct LocalPartialFile {
     storage: String,
+    /// The storage's canonical base path, up to which `finish` syncs.
+    base: PathBuf,
     /// The storage path of the file, for messages.
     path: String,
     files: FileNames,
@@ -1133,9 +1197,11 @@ impl PartialFile for LocalPartialFile {
         remove_if_same(&files.own, own)
             .await
             .map_err(|source| self.io_error("remove the partial file of", source))?;
-        // Make the new names durable; a directory that cannot be synced
-        // loses nothing but that guarantee.
-        let _ = sync_directory(&files.target).await;
+        // The new names durable, and every directory's up to the base
+        // path, before the file is reported finished (see `sync_names`).
+        sync_names(&self.base, &files.target)
+            .await
+            .map_err(|unsynced| unsynced.into_error(&self.storage, &self.path))?;
         Ok(self.len)
     }
 }
