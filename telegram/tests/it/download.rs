@@ -7,12 +7,12 @@ use std::time::Duration;
 use futures::StreamExt;
 use savestream_telegram::fake::FaultKind;
 use savestream_telegram::fake::{FakeMessage, Fault, When};
-use savestream_telegram::{DownloadOptions, Downloader, Media, TelegramApi, TelegramError};
+use savestream_telegram::{DownloadOptions, Downloader, Media, MediaMessage, TelegramApi, TelegramError};
 use tokio::time::Instant;
 
 use crate::support::{
-    assert_requests_valid, collect, contents, downloader, drain, link, one_file, CHANNEL, CHANNEL_ID,
-    HOME_DC, MIB,
+    assert_requests_valid, collect, contents, downloader, drain, link, one_file, OneFile, CHANNEL,
+    CHANNEL_ID, HOME_DC, MIB,
 };
 
 #[tokio::test(start_paused = true)]
@@ -220,22 +220,7 @@ async fn downloads_sharing_a_slow_connection_never_trip_the_stall_timeout() {
     // of answers, within the 20 s timeout) and the rest wait to be sent.
     let world = one_file(20 * MIB).await;
     let downloader = slow_link(&world, 16, 20);
-    let mut messages = vec![world.message.clone()];
-    let mut expected = vec![world.bytes.clone()];
-    for id in 2..=3 {
-        let bytes = contents(20 * MIB, id as u64);
-        let file = world.fake.add_file(bytes.clone(), HOME_DC);
-        world
-            .fake
-            .add_message(CHANNEL_ID, FakeMessage::document(id, file, None, None));
-        let found = world
-            .fake
-            .resolve(&link(&format!("https://t.me/{CHANNEL}/{id}")))
-            .await
-            .unwrap();
-        messages.extend(found);
-        expected.push(bytes);
-    }
+    let (messages, expected) = three_files(&world, 20 * MIB).await;
 
     // Act
     let received = futures::future::join_all(
@@ -332,22 +317,7 @@ async fn a_part_queued_behind_other_downloads_does_not_stall_while_the_connectio
     // behind 7 of the other downloads' waits 16 s, with none of its own download arriving.
     let world = one_file(12 * MIB).await;
     let downloader = slow_link(&world, 4, 10);
-    let mut messages = vec![world.message.clone()];
-    let mut expected = vec![world.bytes.clone()];
-    for id in 2..=3 {
-        let bytes = contents(12 * MIB, id as u64);
-        let file = world.fake.add_file(bytes.clone(), HOME_DC);
-        world
-            .fake
-            .add_message(CHANNEL_ID, FakeMessage::document(id, file, None, None));
-        let found = world
-            .fake
-            .resolve(&link(&format!("https://t.me/{CHANNEL}/{id}")))
-            .await
-            .unwrap();
-        messages.extend(found);
-        expected.push(bytes);
-    }
+    let (messages, expected) = three_files(&world, 12 * MIB).await;
 
     // Act
     let received = futures::future::join_all(messages.iter().map(|message| {
@@ -407,4 +377,26 @@ async fn answers_from_another_data_centre_do_not_hide_a_stall() {
         "{error}"
     );
     assert!(stalled_after < Duration::from_secs(100), "{stalled_after:?}");
+}
+
+/// `world`'s file and two more of `size` bytes in the same channel, on its data centre: the
+/// messages to download and the bytes each must yield, in the same order.
+async fn three_files(world: &OneFile, size: usize) -> (Vec<MediaMessage>, Vec<Vec<u8>>) {
+    let mut messages = vec![world.message.clone()];
+    let mut expected = vec![world.bytes.clone()];
+    for id in 2..=3 {
+        let bytes = contents(size, id as u64);
+        let file = world.fake.add_file(bytes.clone(), HOME_DC);
+        world
+            .fake
+            .add_message(CHANNEL_ID, FakeMessage::document(id, file, None, None));
+        let found = world
+            .fake
+            .resolve(&link(&format!("https://t.me/{CHANNEL}/{id}")))
+            .await
+            .unwrap();
+        messages.extend(found);
+        expected.push(bytes);
+    }
+    (messages, expected)
 }
