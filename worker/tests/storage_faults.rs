@@ -142,6 +142,16 @@ fn assert_names(error: &StorageError, failed: &str) {
     assert!(!error.is_permanent(), "{error}");
 }
 
+/// Asserts that `error` says the finished file is whole but `unsynced`
+/// (what failed), tells what to do, and may pass.
+fn assert_unsynced(error: &StorageError, unsynced: &str) {
+    assert!(matches!(error, StorageError::Unsynced { .. }), "{error:?}");
+    let text = error.to_string();
+    assert!(text.starts_with(&format!("storage local1: {unsynced}")), "{text}");
+    assert!(text.contains("check the file system"), "{text}");
+    assert!(!error.is_permanent(), "{error}");
+}
+
 /// Asserts that `error` says the partial file was discarded.
 fn assert_discarded(error: &StorageError) {
     assert!(matches!(error, StorageError::Discarded { .. }), "{error:?}");
@@ -524,10 +534,9 @@ async fn a_finish_whose_directory_entry_cannot_be_synced_in_an_ancestor_is_an_er
 
     // A power loss could take `c`, and the file with it, after the store
     // recorded it completed.
-    assert!(matches!(error, StorageError::Io { .. }), "{error:?}");
-    assert_names(
+    assert_unsynced(
         &error,
-        "sync the directory entry of /a/b/c in its parent, for /a/b/c/f.bin: \
+        "/a/b/c/f.bin is saved whole, but cannot sync the entry of /a/b/c in /a/b: \
          Input/output error (os error 5)",
     );
     // Its bytes were synced: the file stays, at its name, for the next
@@ -536,12 +545,13 @@ async fn a_finish_whose_directory_entry_cannot_be_synced_in_an_ancestor_is_an_er
     // ... which syncs its directories again before it reports it complete.
     fail::cfg("local::sync_directory", "return").unwrap();
     let again = storage.finished(&owner, &path).await;
-    assert!(matches!(again, Err(StorageError::Io { .. })), "{again:?}");
+    assert!(matches!(again, Err(StorageError::Unsynced { .. })), "{again:?}");
     fail::remove("local::sync_directory");
     assert_eq!(storage.finished(&owner, &path).await.unwrap(), Some(3000));
 
-    // A file system that cannot sync a directory loses only that guarantee.
-    for errno in [libc::EINVAL, libc::EOPNOTSUPP] {
+    // A file system that cannot sync a directory, or a directory the worker
+    // may write in but not open (mode 0733), loses only that guarantee.
+    for errno in [libc::EINVAL, libc::EOPNOTSUPP, libc::EACCES, libc::EPERM] {
         let file = format!("g{errno}.bin");
         let (_, _, partial) = written_in(&storage, "/a/b/c", &file).await;
         fail::cfg("local::sync_directory", &format!("1*off->return({errno})")).unwrap();
@@ -605,17 +615,17 @@ async fn the_syncs_of_a_finish_go_from_the_files_directory_up_to_the_base() {
     let (_dir, storage) = empty_storage();
     // The sync that fails tells which directory it was.
     let expected = [
-        "sync the directory of /a/b/c/f0.bin",
-        "sync the directory entry of /a/b/c in its parent, for /a/b/c/f1.bin",
-        "sync the directory entry of /a/b in its parent, for /a/b/c/f2.bin",
-        "sync the directory entry of /a in its parent, for /a/b/c/f3.bin",
+        "/a/b/c/f0.bin is saved whole, but cannot sync its entry in its directory",
+        "/a/b/c/f1.bin is saved whole, but cannot sync the entry of /a/b/c in /a/b",
+        "/a/b/c/f2.bin is saved whole, but cannot sync the entry of /a/b in /a",
+        "/a/b/c/f3.bin is saved whole, but cannot sync the entry of /a in the base path",
     ];
     for (skipped, failed) in expected.iter().enumerate() {
         let (_, _, partial) = written_in(&storage, "/a/b/c", &format!("f{skipped}.bin")).await;
         fail::cfg("local::sync_directory", &format!("{skipped}*off->return")).unwrap();
         let error = partial.finish().await.unwrap_err();
         fail::remove("local::sync_directory");
-        assert_names(&error, &format!("{failed}: Input/output error (os error 5)"));
+        assert_unsynced(&error, &format!("{failed}: Input/output error (os error 5)"));
     }
     // And no fifth.
     let (_, _, partial) = written_in(&storage, "/a/b/c", "f4.bin").await;

@@ -425,15 +425,39 @@ async fn start_afresh(files: &FileNames, identity: Identity) -> std::io::Result<
 
 /// Makes the names in the directory of `path` durable. A file system that
 /// cannot sync a directory (`EINVAL`, `EOPNOTSUPP`) loses nothing but
-/// that guarantee.
+/// that guarantee, and neither does a directory the worker may write in but
+/// not open (`EACCES`, `EPERM`: an operator's drop-box directory, mode
+/// 0733), which it cannot sync whatever it does: failing every file in it
+/// would only turn a saved file into a failed task. Opened as a directory,
+/// not following a symlink (the path was resolved before: one there now was
+/// planted since) and not blocking (a FIFO planted there would hang the
+/// open).
 async fn sync_directory(path: &Path) -> std::io::Result<()> {
     let Some(directory) = path.parent() else {
         return Ok(());
     };
-    let synced = match (failed_directory_sync(), File::open(directory).await) {
-        (Some(error), _) => Err(error),
-        (None, Ok(directory)) => directory.sync_all().await,
-        (None, Err(error)) => Err(error),
+    let opened = match failed_directory_sync() {
+        Some(error) => Err(error),
+        None => {
+            tokio::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                .open(directory)
+                .await
+        }
+    };
+    let synced = match opened {
+        Ok(directory) => directory.sync_all().await,
+        Err(error) if matches!(error.raw_os_error(), Some(libc::EACCES | libc::EPERM)) => {
+            tracing::warn!(
+                directory = %directory.display(),
+                %error,
+                "cannot open the directory to sync it: its names may not survive a power loss \
+                 (give the worker read permission on it)"
+            );
+            Ok(())
+        }
+        Err(error) => Err(error),
     };
     match synced {
         Err(error) if matches!(error.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) => Ok(()),
@@ -446,8 +470,10 @@ async fn sync_directory(path: &Path) -> std::io::Result<()> {
 /// its parent, and so on up to the base path's entry for the topmost one
 /// (`base`, canonical, as `target` is). For a file in `base/a/b/c`, four
 /// syncs (of `c`, `b`, `a` and `base`); for one directly in `base`, one.
-/// Directories are usually clean, so each costs little, and only once per
-/// finished file. Said which failed, if one did.
+/// Each file finished pays them (an album's retry again for each file an
+/// earlier attempt finished); a sync of a clean directory may still flush
+/// the disk's cache, so a deep `dir_path` costs a flush per level. Said
+/// which failed, if one did.
 async fn sync_names(base: &Path, target: &Path) -> Result<(), UnsyncedName> {
     sync_directory(target).await.map_err(|source| UnsyncedName {
         directory: None,
@@ -476,22 +502,26 @@ struct UnsyncedName {
 }
 
 impl UnsyncedName {
-    /// The error of `storage` for the file `path`: an I/O error, so one
-    /// that may pass. The file stays finished: its bytes were synced, and
+    /// The error of `storage` for the file `path`: [`StorageError::Unsynced`],
+    /// one that may pass. The file stays finished: its bytes were synced, and
     /// only a name's durability is in doubt, which the next attempt syncs
     /// again ([`Storage::finished`]) before reporting the file complete.
     fn into_error(self, storage: &str, path: &str) -> StorageError {
-        let (action, path) = match self.directory {
-            None => ("sync the directory of", path.to_owned()),
-            Some(directory) => (
-                "sync the directory entry of",
-                format!("{directory} in its parent, for {path}"),
-            ),
+        let what = match self.directory {
+            None => "its entry in its directory".to_owned(),
+            Some(directory) => {
+                let parent = Path::new(&directory)
+                    .parent()
+                    .map(|parent| parent.display().to_string())
+                    .filter(|parent| parent != "/")
+                    .unwrap_or_else(|| "the base path".to_owned());
+                format!("the entry of {directory} in {parent}")
+            }
         };
-        StorageError::Io {
+        StorageError::Unsynced {
             storage: storage.to_owned(),
-            action,
-            path,
+            path: path.to_owned(),
+            what,
             source: self.source,
         }
     }
@@ -499,7 +529,8 @@ impl UnsyncedName {
 
 /// The failure a test makes a directory's sync answer, if any: its fail
 /// point answers the error number it is given (`return(22)`), EIO when
-/// given none, and [`sync_directory`] tolerates it as it would the sync's.
+/// given none, in place of opening the directory; [`sync_directory`]
+/// tolerates it as it would the open's or the sync's.
 fn failed_directory_sync() -> Option<std::io::Error> {
     fail::fail_point!("local::sync_directory", |errno: Option<String>| Some(
         std::io::Error::from_raw_os_error(errno.and_then(|errno| errno.parse().ok()).unwrap_or(libc::EIO))

@@ -99,6 +99,21 @@ pub enum StorageError {
     /// The file is larger than the storage accepts.
     #[error("storage {storage}: the file is {size} bytes, more than the {max} bytes this storage accepts")]
     TooLarge { storage: String, size: u64, max: u64 },
+    /// A finished file is whole at its name, but the name could not be
+    /// made durable (a directory's sync failed): a power loss might take it.
+    #[error(
+        "storage {storage}: {path} is saved whole, but cannot sync {what}: {source}; its name may not \
+         survive a power loss: check the file system and the worker's permissions there (the next \
+         attempt syncs again)"
+    )]
+    Unsynced {
+        storage: String,
+        path: String,
+        /// The directory entry that failed, e.g. `its directory`, `the entry of /a/b in /a`.
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// A read or write failed: a full disk, a permission, an I/O error.
     #[error("storage {storage}: cannot {action} {path}: {source}")]
     Io {
@@ -122,7 +137,9 @@ impl StorageError {
             | StorageError::Occupied { .. }
             | StorageError::TooLarge { .. }
             | StorageError::Untrusted { .. } => true,
-            StorageError::Interleaved { .. } | StorageError::Replaced { .. } => false,
+            StorageError::Interleaved { .. }
+            | StorageError::Replaced { .. }
+            | StorageError::Unsynced { .. } => false,
             StorageError::Io { source, .. } | StorageError::Discarded { source, .. } => {
                 source.kind() == std::io::ErrorKind::FileTooLarge
             }
