@@ -176,6 +176,19 @@ impl Harness {
         task_ids
     }
 
+    /// Ends `count` tasks (as [`Harness::finish_tasks`]) and has
+    /// `dispatcher` record a delivery for each: all due, none tried yet.
+    async fn deliveries_due(&self, dispatcher: &Dispatcher, count: usize) -> Vec<TaskId> {
+        let reader = self.store.with_own_connection().await.unwrap();
+        let task_ids = self.finish_tasks(count).await;
+        let ingested = dispatcher
+            .ingest(&reader, Duration::from_millis(100))
+            .await
+            .unwrap();
+        assert_eq!(ingested.enqueued, count);
+        task_ids
+    }
+
     /// The webhook id of the task's terminal event.
     async fn webhook_id_of(&self, task_id: &TaskId) -> String {
         let events = self
@@ -1355,13 +1368,7 @@ async fn a_delivery_record_that_cannot_be_read_costs_only_its_own_try() {
     let receiver = Receiver::start().await;
     let config = harness.config(&receiver.url(), None);
     let dispatcher = Dispatcher::with_options(harness.store.clone(), &config, fast(&config)).unwrap();
-    let reader = harness.store.with_own_connection().await.unwrap();
-    let task_ids = harness.finish_tasks(2).await;
-    let ingested = dispatcher
-        .ingest(&reader, Duration::from_millis(100))
-        .await
-        .unwrap();
-    assert_eq!(ingested.enqueued, 2);
+    let task_ids = harness.deliveries_due(&dispatcher, 2).await;
     let due = harness.store.keys().webhooks_due();
     let bad_record = harness.store.keys().webhook("msg_bad-record");
     harness.redis_cli(&[
@@ -1485,13 +1492,7 @@ async fn a_delivery_record_whose_attempts_are_not_a_number_is_given_up_alone() {
     let receiver = Receiver::start().await;
     let config = harness.config(&receiver.url(), None);
     let dispatcher = Dispatcher::with_options(harness.store.clone(), &config, fast(&config)).unwrap();
-    let reader = harness.store.with_own_connection().await.unwrap();
-    let task_ids = harness.finish_tasks(2).await;
-    let ingested = dispatcher
-        .ingest(&reader, Duration::from_millis(100))
-        .await
-        .unwrap();
-    assert_eq!(ingested.enqueued, 2);
+    let task_ids = harness.deliveries_due(&dispatcher, 2).await;
     let due = harness.store.keys().webhooks_due();
     let mut bad_records = Vec::new();
     for (webhook_id, attempts) in [("msg_bad-attempts", Some("many")), ("msg_no-attempts", None)] {

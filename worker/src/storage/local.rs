@@ -42,10 +42,11 @@
 //! whoever made the directories and whether or not anyone synced them
 //! before: else a power loss could take a directory, and the file with it,
 //! after the store recorded it completed. Making a directory syncs nothing.
-//! A sync that fails (other than with `EINVAL` or `EOPNOTSUPP`: a file
-//! system that cannot sync a directory loses only this guarantee) fails
-//! that call, retryably, and leaves the file finished at its name, for the
-//! next attempt to sync again. Bytes are written through a
+//! A sync that fails (other than with `EINVAL` or `EOPNOTSUPP`, a file
+//! system that cannot sync a directory, or `EACCES`/`EPERM`, a directory
+//! the worker may not open: each loses only this guarantee) fails that
+//! call, retryably ([`StorageError::Unsynced`]), and leaves the file
+//! finished at its name, for the next attempt to sync again. Bytes are written through a
 //! small buffer, so memory stays flat whatever the size of the file, each at
 //! the offset this writer is at: an attempt that was taken over while frozen
 //! and wakes up writes its bytes where it meant to, not after the new
