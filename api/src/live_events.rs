@@ -15,6 +15,13 @@
 //! streams and never reads them is never stopped by a write timeout (a few
 //! events fit in the socket buffers), so without it each of its streams
 //! would hold a slot for as long as its task runs, hours behind a backlog.
+//! The live part therefore runs as a task of its own (`Follower::run`),
+//! which hands events to the response body through a small channel: the
+//! server polls a body only while the client's socket takes data, so a
+//! lifetime checked in the body would never be checked for a client whose
+//! socket buffers are full, and its slot and Redis connection would stay
+//! taken until the connection died. The task ends at its deadline whether
+//! or not anyone reads; the body then sends what the channel holds and ends.
 //! A reconnect that finds the task ended and nothing after its
 //! `Last-Event-ID` gets no stream at all ([`Follow::Ended`], a 204), because
 //! only that stops a browser's `EventSource` from reconnecting.
@@ -36,7 +43,7 @@ use savestream_shared::event::TaskEvent;
 use savestream_shared::store::LoggedEvent;
 use savestream_shared::stream_id::StreamId;
 use savestream_shared::task::TaskId;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -48,6 +55,8 @@ use crate::wire::TaskEventBody;
 const BLOCK: Duration = Duration::from_secs(5);
 /// Entries read per `XREAD`; other tasks' entries count too.
 const BATCH: u64 = 500;
+/// Events the live task may hand over ahead of the response body.
+const HANDED_OVER: usize = 16;
 
 /// What a request for the live stream gets.
 pub enum Follow {
@@ -108,14 +117,17 @@ pub async fn follow(
         deadline: Instant::now() + state.config.api.live_stream_max_lifetime(),
         _permit: permit,
     };
-    let live = stream::unfold(follower, |mut follower| async move {
-        let event = follower.next().await?;
-        Some((event, follower))
+    let (sender, receiver) = mpsc::channel(HANDED_OVER);
+    tokio::spawn(follower.run(sender));
+    let live = stream::unfold(receiver, |mut receiver| async move {
+        let event = receiver.recv().await?;
+        Some((event, receiver))
     });
     Ok(Follow::Events(stream::iter(replay).chain(live).boxed()))
 }
 
-/// The live part of one stream.
+/// The live part of one stream, run by a task of its own; dropping it
+/// gives back the stream's slot and closes its Redis connection.
 struct Follower {
     task_id: TaskId,
     tail: LogTail,
@@ -129,6 +141,32 @@ struct Follower {
 }
 
 impl Follower {
+    /// Reads the task's events and hands them to the response body until
+    /// the task ends, the lifetime is over, the server shuts down, Redis
+    /// fails, or the client goes away (the body, and with it `sender`'s
+    /// receiver, is dropped).
+    async fn run(mut self, sender: mpsc::Sender<TaskEventBody>) {
+        loop {
+            let event = tokio::select! {
+                biased;
+                event = self.next() => event,
+                () = sender.closed() => return,
+            };
+            let Some(event) = event else { return };
+            // A client that does not read fills its socket, then the
+            // channel: the wait for room ends with the lifetime too.
+            tokio::select! {
+                biased;
+                sent = sender.send(event) => if sent.is_err() { return },
+                () = self.shutdown.cancelled() => return,
+                () = tokio::time::sleep_until(self.deadline) => {
+                    tracing::debug!(task_id = %self.task_id, "live event stream ends: its lifetime is over and its client is not reading");
+                    return;
+                }
+            }
+        }
+    }
+
     async fn next(&mut self) -> Option<TaskEventBody> {
         loop {
             if let Some(event) = self.pending.pop_front() {

@@ -12,11 +12,14 @@
 
 use std::time::Duration;
 
+use fred::prelude::{Builder, Client, ClientLike, Config as RedisConfig};
 use savestream_api::Application;
 use savestream_shared::config::Config;
+use savestream_shared::store::Store;
+use savestream_shared::task::TaskId;
 use savestream_testkit::RedisServer;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 const TOKEN: &str = "live-events-token";
 const USER: i64 = 123_456_789;
@@ -29,10 +32,19 @@ const LIFETIME: Duration = Duration::from_secs(6);
 /// A safety net only: a stream ends well within this after its lifetime.
 const STREAM_END: Duration = Duration::from_secs(30);
 
+/// How soon after its lifetime a stream whose client stopped reading gives
+/// its Redis connection back: the stream's own timer ends it, so this is a
+/// timer's wake-up and a `QUIT`. (When the lifetime was checked only where
+/// the server polls the body, the connection stayed until the kernel's
+/// zero-window probes let the server write a little, 15 s after it opened
+/// in the run that found it, and later with each probe's doubling wait.)
+const CLOSED_WITHIN: Duration = Duration::from_secs(3);
+
 /// The API with `[api] live_stream_max_seconds =` [`LIFETIME`], served until the test ends.
 struct TestApi {
     address: String,
-    _redis: RedisServer,
+    config: Config,
+    redis: RedisServer,
     _storage: tempfile::TempDir,
 }
 
@@ -67,21 +79,45 @@ storages = ["local1"]
         let config = Config::from_toml_str(&text, "config.toml", std::iter::empty())
             .expect("the test config loads")
             .config;
-        let app = Application::build(config).await.expect("building the API");
+        let app = Application::build(config.clone())
+            .await
+            .expect("building the API");
         let address = format!("127.0.0.1:{}", app.port());
         tokio::spawn(app.run_until_stopped(std::future::pending()));
         TestApi {
             address,
-            _redis: redis,
+            config,
+            redis,
             _storage: storage,
         }
     }
 
+    /// The task store, as a worker uses it, on a connection of its own.
+    async fn store(&self) -> Store {
+        let store = Store::connect(&self.config.redis, &self.config.queue)
+            .await
+            .expect("connecting the store");
+        store.ensure_group().await.expect("the workers' group");
+        store
+    }
+
     /// Sends one request on a connection of its own and reads the answer's head.
     async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Response {
-        let mut socket = TcpStream::connect(&self.address)
+        let socket = TcpStream::connect(&self.address)
             .await
             .expect("connecting to the API");
+        self.send_on(socket, method, path, headers, body).await
+    }
+
+    /// Sends one request on `socket` and reads the answer's head.
+    async fn send_on(
+        &self,
+        mut socket: TcpStream,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Response {
         let mut request = format!(
             "{method} {path} HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {TOKEN}\r\n\
              connection: close\r\ncontent-length: {}\r\n",
@@ -153,6 +189,25 @@ storages = ["local1"]
         self.send("GET", &format!("/api/v1/tasks/{task_id}/events"), &headers, "")
             .await
     }
+}
+
+/// A client of the test's Redis, for what the test reads or writes there itself.
+async fn redis_client(url: &str) -> Client {
+    let client = Builder::from_config(RedisConfig::from_url(url).expect("a redis url"))
+        .build()
+        .expect("a redis client");
+    client.init().await.expect("connecting to the test's redis");
+    client
+}
+
+/// How many connections the test's Redis has: the API's shared ones, the
+/// test's own, and one for each open live stream.
+async fn connections(redis: &Client) -> usize {
+    let clients: String = redis
+        .custom(fred::cmd!("CLIENT"), vec!["LIST"])
+        .await
+        .expect("CLIENT LIST");
+    clients.lines().filter(|line| !line.trim().is_empty()).count()
 }
 
 fn id_and_type(event: &serde_json::Value) -> (String, String) {
@@ -365,6 +420,94 @@ async fn a_live_stream_ends_after_its_lifetime_and_the_reconnect_with_last_event
     let last_event_id = &received.last().expect("the end").0;
     let after_the_end = api.open_stream(&task_id, Some(last_event_id)).await;
     assert_eq!(after_the_end.status, 204, "nothing after the task's end");
+}
+
+#[tokio::test]
+async fn a_live_stream_whose_client_stops_reading_closes_its_redis_connection_once_its_lifetime_is_over() {
+    // Arrange: a queued task, and its live stream opened by a client that
+    // reads the answer's head and then nothing, with a small receive buffer.
+    let api = TestApi::start().await;
+    let redis = redis_client(&api.redis.url()).await;
+    let task_id = api.create_task().await;
+    let store = api.store().await;
+    let without_the_stream = connections(&redis).await;
+    let socket = TcpSocket::new_v4().expect("a socket");
+    socket.set_recv_buffer_size(4096).expect("a small receive buffer");
+    let socket = socket
+        .connect(api.address.parse().expect("the API's address"))
+        .await
+        .expect("connecting to the API");
+    let path = format!("/api/v1/tasks/{task_id}/events");
+    let opened = std::time::Instant::now();
+    let stream = api
+        .send_on(socket, "GET", &path, &[("accept", "text/event-stream")], "")
+        .await;
+    assert_eq!(stream.status, 200, "the live stream opens");
+    assert_eq!(
+        connections(&redis).await,
+        without_the_stream + 1,
+        "the stream reads the log on a connection of its own"
+    );
+
+    // Act: the task starts and resolves its file 40 times with a 512 KiB
+    // title: 20 MiB of events, far more than the client's socket and the
+    // server's send buffer hold, so the server stops writing the body.
+    let job = store
+        .read_jobs("test-worker", 1, Duration::from_secs(5))
+        .await
+        .expect("reading the work item")
+        .pop()
+        .expect("the task's work item");
+    let task = TaskId::parse(&task_id).expect("a task id");
+    let lease = store
+        .start(&job.job_id, &task, "test-worker")
+        .await
+        .expect("starting the task");
+    let title = "t".repeat(512 * 1024);
+    for _ in 0..40 {
+        store
+            .resolve(&lease, "big.bin", None, "/downloads/big.bin", &title, None)
+            .await
+            .expect("resolving the file");
+    }
+
+    // Assert: once the lifetime is over, the stream's Redis connection is
+    // closed (and its slot given back with it), though the client has read
+    // nothing since the head. Polled: nothing outside the API signals it.
+    let deadline = opened + LIFETIME + CLOSED_WITHIN;
+    while connections(&redis).await > without_the_stream {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the live stream of a client that stopped reading still holds its redis connection {:?} \
+             after it opened, {CLOSED_WITHIN:?} past its lifetime of {LIFETIME:?}",
+            opened.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        opened.elapsed() >= LIFETIME,
+        "the stream's connection closed after {:?}, before its lifetime of {LIFETIME:?}",
+        opened.elapsed()
+    );
+
+    // ...and the client that reads again gets a clean end, and with a
+    // reconnect every event once: ending the stream lost nothing.
+    let mut received = tokio::time::timeout(STREAM_END, stream.events_to_the_end())
+        .await
+        .expect("the stream ends once its client reads");
+    let last_event_id = received.last().expect("at least the history").0.clone();
+    let rest = api.open_stream(&task_id, Some(&last_event_id)).await;
+    api.cancel_task(&task_id).await;
+    received.extend(
+        tokio::time::timeout(LIFETIME + STREAM_END, rest.events_to_the_end())
+            .await
+            .expect("the reconnected stream ends with the task"),
+    );
+    assert_eq!(
+        received,
+        api.history(&task_id).await,
+        "the two streams together sent the task's history, each event once"
+    );
 }
 
 #[test]
