@@ -19,6 +19,7 @@
 //! - [`metrics`]: Prometheus counters and scrape-time gauges, and `GET /metrics` (outside the OpenAPI document).
 //! - [`live_events`]: tailing the event log for the Server-Sent Events stream.
 //! - [`state`]: `AppState`, shared by every handler.
+//! - [`registration`]: the process's heartbeat in the registry of live API processes, which `rebuild` checks.
 //!
 //! ## Invariants
 //! - Nothing is written to Redis for a refused request: every check runs before the create is handed to the store.
@@ -34,6 +35,7 @@ pub mod live_events;
 pub mod metrics;
 pub mod middleware;
 pub mod new_task;
+pub mod registration;
 pub mod routes;
 pub mod startup;
 pub mod state;

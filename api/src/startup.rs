@@ -12,6 +12,7 @@ use poem::listener::{Acceptor, TcpAcceptor};
 use poem::{EndpointExt, IntoEndpoint, Route, Server};
 use savestream_shared::config::Config;
 use savestream_shared::store::{Store, StoreError};
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics::metrics_endpoint;
 use crate::middleware::{json_panic, limit_body, observe};
@@ -76,7 +77,9 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes, then stops accepting, ends live
-    /// event streams and waits (at most [`SHUTDOWN_GRACE`]) for in-flight requests.
+    /// event streams and waits (at most [`SHUTDOWN_GRACE`]) for in-flight
+    /// requests. The process is in the registry of live API processes
+    /// while it serves ([`crate::registration`]).
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let streams = self.state.shutdown.clone();
         let signal = async move {
@@ -84,9 +87,27 @@ impl Application {
             tracing::info!("shutting down: finishing in-flight requests");
             streams.cancel();
         };
-        Server::new_with_acceptor(self.acceptor)
+        // Not a child of `shutdown`: the entry stays until the requests in
+        // flight when shutdown began have finished.
+        let registration = CancellationToken::new();
+        let address = self
+            .acceptor
+            .local_addr()
+            .first()
+            .and_then(|address| address.as_socket_addr().map(ToString::to_string))
+            .unwrap_or_default();
+        let heartbeat = tokio::spawn(crate::registration::heartbeat(
+            self.state.store.clone(),
+            crate::registration::this_process(address),
+            registration.clone(),
+        ));
+        let served = Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(app(self.state), signal, Some(SHUTDOWN_GRACE))
-            .await
+            .await;
+        // Left only now: requests in flight until here could still write.
+        registration.cancel();
+        let _ = heartbeat.await;
+        served
     }
 }
 

@@ -71,6 +71,11 @@ impl Keys {
         self.join(&[":workers"])
     }
 
+    /// Live API processes and where they listen.
+    pub fn apis(&self) -> String {
+        self.join(&[":apis"])
+    }
+
     /// The pub/sub channel that carries the ids of canceled tasks.
     pub fn cancel_channel(&self) -> String {
         self.join(&[":cancel"])
@@ -121,6 +126,7 @@ mod tests {
         assert_eq!(keys.task(&task_id), "{savestream}:task:d4mq2nk0h9pc73b0qpag");
         assert_eq!(keys.idempotency("ab12"), "{savestream}:idem:ab12");
         assert_eq!(keys.workers(), "{savestream}:workers");
+        assert_eq!(keys.apis(), "{savestream}:apis");
         assert_eq!(keys.cancel_channel(), "{savestream}:cancel");
         assert_eq!(keys.task_prefix(), "{savestream}:task:");
         assert_eq!(keys.webhooks_due(), "{savestream}:webhooks:due");

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use fred::clients::SubscriberClient;
 use savestream_shared::config::Config;
-use savestream_shared::store::{Store, StoreError, WorkerInfo};
+use savestream_shared::store::{host_name, process_name, Store, StoreError, WorkerInfo};
 use savestream_telegram::TelegramError;
 use savestream_webhook::{Dispatcher, WebhookError};
 use tokio::sync::Semaphore;
@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
-use crate::context::{consumer_name, host_name, Context};
+use crate::context::Context;
 use crate::metrics::{self, MetricsServer, QueueGauges};
 use crate::running::RunningTasks;
 use crate::source::http::HttpSource;
@@ -286,7 +286,7 @@ impl Application {
             None => None,
         };
 
-        let consumer = consumer_name();
+        let consumer = process_name();
         let slots = if role.runs_tasks() { config.workers } else { 0 };
         let registration = WorkerInfo {
             name: consumer.clone(),

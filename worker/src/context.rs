@@ -40,28 +40,3 @@ impl Context {
         }
     }
 }
-
-/// A consumer name no other process shares, even on the same host after a
-/// restart with the same pid: `<hostname>-<pid>-<xid>`.
-pub fn consumer_name() -> String {
-    let host: String = host_name()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '_' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    format!("{host}-{}-{}", std::process::id(), xid::new())
-}
-
-/// This machine's host name, as the registry shows it (`worker` when the
-/// system will not say).
-pub fn host_name() -> String {
-    hostname::get()
-        .ok()
-        .and_then(|name| name.into_string().ok())
-        .unwrap_or_else(|| "worker".to_owned())
-}

@@ -4,14 +4,12 @@
 //! projection was lost or damaged.
 //!
 //! A rebuild must run with no process writing: a transition made while it
-//! runs can be overwritten by what it read before. Worker processes are
-//! registered in `{p}:workers` (the heartbeat's [`Store::register_worker`]),
-//! so [`run`] refuses while any is registered as live, naming them, unless
-//! forced (a worker that crashed stays registered for
-//! [`Store::worker_horizon`] after its last heartbeat). API processes are in
-//! no registry: the operator is told to stop them too, and this cannot check
-//! it. The check is made once, before the rebuild: a worker started after it
-//! is not seen.
+//! runs can be overwritten by what it read before. Worker and API processes
+//! register themselves on every heartbeat (`{p}:workers`, `{p}:apis`), so
+//! [`run`] refuses while any is registered as live, naming them, unless
+//! forced (a process that crashed stays registered for
+//! [`Store::registration_horizon`] after its last heartbeat). The check is
+//! made once, before the rebuild: a process started after it is not seen.
 //!
 //! Nothing here prints `[redis] url` as written: it may hold a password,
 //! and only [`RedisConfig::shown_url`](savestream_shared::config::RedisConfig::shown_url)
@@ -20,7 +18,7 @@
 use std::time::Duration;
 
 use savestream_shared::config::Config;
-use savestream_shared::store::{RebuildReport, Store, StoreError, WorkerInfo};
+use savestream_shared::store::{ApiInfo, RebuildReport, Store, StoreError, WorkerInfo};
 
 /// Why a rebuild did not run, or did not finish. Each message is complete on
 /// its own line, saying what to do.
@@ -28,20 +26,20 @@ use savestream_shared::store::{RebuildReport, Store, StoreError, WorkerInfo};
 pub enum RebuildError {
     #[error("cannot connect to redis at {url}: {error}")]
     Connect { url: String, error: StoreError },
-    #[error("cannot read the registry of live workers on redis at {url}: {error}; nothing was rebuilt")]
+    #[error("cannot read the registries of live processes on redis at {url}: {error}; nothing was rebuilt")]
     Registry { url: String, error: StoreError },
     #[error(
         "refusing to rebuild: {} registered as live, and a process writing would race the rebuild: {}. \
          Stop the workers and the API first, or wait for their registrations to expire ({}s after their \
-         last heartbeat: in {}s at most); if they are gone already (a worker that crashed stays \
+         last heartbeat: in {}s at most); if they are gone already (a process that crashed stays \
          registered until then), `rebuild --force` runs anyway",
-        count_workers(.workers.len()),
-        describe_workers(.workers, *.now),
+        count_processes(.live),
+        describe_processes(.live, *.now),
         .horizon.as_secs(),
-        expires_in(.workers, *.horizon, *.now).as_secs(),
+        expires_in(.live, *.horizon, *.now).as_secs(),
     )]
-    LiveWorkers {
-        workers: Vec<WorkerInfo>,
+    LiveProcesses {
+        live: LiveProcesses,
         horizon: Duration,
         now: i64,
     },
@@ -71,23 +69,27 @@ pub async fn run(config: &Config, force: bool) -> Result<RebuildReport, RebuildE
             url: url.clone(),
             error,
         })?;
-    let workers = store.workers().await.map_err(|error| RebuildError::Registry {
+    let registry_error = |error| RebuildError::Registry {
         url: url.clone(),
         error,
-    })?;
-    if !workers.is_empty() {
+    };
+    let live = LiveProcesses {
+        workers: store.workers().await.map_err(registry_error)?,
+        apis: store.apis().await.map_err(registry_error)?,
+    };
+    if !live.is_empty() {
         let now = Store::now_ms();
         if !force {
-            return Err(RebuildError::LiveWorkers {
-                workers,
-                horizon: store.worker_horizon(),
+            return Err(RebuildError::LiveProcesses {
+                live,
+                horizon: store.registration_horizon(),
                 now,
             });
         }
         tracing::warn!(
-            workers = %describe_workers(&workers, now),
+            processes = %describe_processes(&live, now),
             "--force: rebuilding although {} registered as live",
-            count_workers(workers.len())
+            count_processes(&live)
         );
     }
     store.rebuild().await.map_err(|error| match error {
@@ -112,33 +114,119 @@ pub fn report_lines(report: &RebuildReport) -> String {
     )
 }
 
-fn count_workers(count: usize) -> String {
-    match count {
-        1 => "1 worker process is".to_owned(),
-        count => format!("{count} worker processes are"),
+/// The processes registered as live when a rebuild was asked for.
+#[derive(Debug)]
+pub struct LiveProcesses {
+    pub workers: Vec<WorkerInfo>,
+    pub apis: Vec<ApiInfo>,
+}
+
+impl LiveProcesses {
+    fn is_empty(&self) -> bool {
+        self.workers.is_empty() && self.apis.is_empty()
+    }
+
+    /// When each was last seen.
+    fn seen(&self) -> impl Iterator<Item = i64> + '_ {
+        let workers = self.workers.iter().map(|worker| worker.seen_at);
+        workers.chain(self.apis.iter().map(|api| api.seen_at))
     }
 }
 
-fn describe_workers(workers: &[WorkerInfo], now: i64) -> String {
-    workers
-        .iter()
-        .map(|worker| {
-            format!(
-                "{} (host {}, pid {}, last heartbeat {}s ago)",
-                worker.name,
-                worker.host,
-                worker.pid,
-                (now - worker.seen_at).max(0) / 1000
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+/// "1 worker process is", "2 API processes are", "1 worker process and 1 API process are".
+fn count_processes(live: &LiveProcesses) -> String {
+    let counted = |count: usize, kind: &str| match count {
+        0 => None,
+        1 => Some(format!("1 {kind} process")),
+        count => Some(format!("{count} {kind} processes")),
+    };
+    let parts: Vec<String> = [
+        counted(live.workers.len(), "worker"),
+        counted(live.apis.len(), "API"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let verb = if live.workers.len() + live.apis.len() == 1 {
+        "is"
+    } else {
+        "are"
+    };
+    format!("{} {verb}", parts.join(" and "))
 }
 
-/// How long until the last of `workers`' registrations expires.
-fn expires_in(workers: &[WorkerInfo], horizon: Duration, now: i64) -> Duration {
-    let last_seen = workers.iter().map(|worker| worker.seen_at).max().unwrap_or(now);
+fn describe_processes(live: &LiveProcesses, now: i64) -> String {
+    let ago = |seen_at: i64| (now - seen_at).max(0) / 1000;
+    let workers = live.workers.iter().map(|worker| {
+        format!(
+            "{} (host {}, pid {}, last heartbeat {}s ago)",
+            worker.name,
+            worker.host,
+            worker.pid,
+            ago(worker.seen_at)
+        )
+    });
+    let apis = live.apis.iter().map(|api| {
+        format!(
+            "{} (API on {}, host {}, pid {}, last heartbeat {}s ago)",
+            api.name,
+            api.address,
+            api.host,
+            api.pid,
+            ago(api.seen_at)
+        )
+    });
+    workers.chain(apis).collect::<Vec<_>>().join(", ")
+}
+
+/// How long until the last of the registrations expires.
+fn expires_in(live: &LiveProcesses, horizon: Duration, now: i64) -> Duration {
+    let last_seen = live.seen().max().unwrap_or(now);
     let expires_at = last_seen + horizon.as_millis() as i64;
     // Rounded up: a wait this long is always enough.
     Duration::from_secs(((expires_at - now).max(0) as u64).div_ceil(1000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(name: &str) -> WorkerInfo {
+        WorkerInfo {
+            name: name.to_owned(),
+            host: "h".to_owned(),
+            pid: 1,
+            role: "all".to_owned(),
+            slots: 1,
+            tasks: Vec::new(),
+            started_at: 0,
+            seen_at: 0,
+        }
+    }
+
+    fn api(name: &str) -> ApiInfo {
+        ApiInfo {
+            name: name.to_owned(),
+            host: "h".to_owned(),
+            pid: 2,
+            address: "127.0.0.1:8080".to_owned(),
+            started_at: 0,
+            seen_at: 0,
+        }
+    }
+
+    #[test]
+    fn the_refusal_counts_workers_and_api_processes_in_words() {
+        let count = |workers: usize, apis: usize| {
+            count_processes(&LiveProcesses {
+                workers: (0..workers).map(|index| worker(&format!("w{index}"))).collect(),
+                apis: (0..apis).map(|index| api(&format!("a{index}"))).collect(),
+            })
+        };
+        assert_eq!(count(1, 0), "1 worker process is");
+        assert_eq!(count(2, 0), "2 worker processes are");
+        assert_eq!(count(0, 1), "1 API process is");
+        assert_eq!(count(1, 1), "1 worker process and 1 API process are");
+        assert_eq!(count(3, 2), "3 worker processes and 2 API processes are");
+    }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use savestream_shared::config::Config;
 use savestream_shared::store::queue::RetryKind;
-use savestream_shared::store::{Lease, NewTask, Store};
+use savestream_shared::store::{ApiInfo, Lease, NewTask, Store};
 use savestream_shared::task::{SourceKind, Task, TaskId, TaskStatus};
 use savestream_shared::title;
 use savestream_testkit::{eventually, free_port, RedisServer};
@@ -524,6 +524,61 @@ async fn rebuild_refuses_while_a_worker_is_registered_naming_it_and_runs_with_fo
     let rebuilt = store.projection().await.unwrap();
     assert_eq!(rebuilt, fold(&store).await);
     assert_eq!(rebuilt, live);
+}
+
+#[tokio::test]
+async fn rebuild_refuses_while_an_api_process_is_registered_naming_it_and_runs_with_force() {
+    // Arrange: a lost projection, and an API process registered as live
+    // (as a running savestream-api keeps itself registered: its own test
+    // is in api/tests/registration.rs). No worker runs.
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &redis.url());
+    let store = store_of(&config).await;
+    let reader = store.with_own_connection().await.unwrap();
+    ended_tasks(&store, &reader).await;
+    let live = store.projection().await.unwrap();
+    let api = ApiInfo {
+        name: "api-host-4242-d4mq2nk0h9pc73b0qpag".to_owned(),
+        host: "api-host".to_owned(),
+        pid: 4242,
+        address: "10.0.0.7:8080".to_owned(),
+        started_at: Store::now_ms(),
+        seen_at: 0,
+    };
+    store.register_api(&api).await.unwrap();
+    lose_projection(&redis, &store).await;
+
+    // Act
+    let refused = run_worker(&config, &["rebuild"]).await;
+
+    // Assert: refused, naming the API process and where it listens, with
+    // nothing written; --force runs it.
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(refused.stdout.is_empty(), "{refused:?}");
+    let lines = stderr_lines(&refused);
+    let last = lines.last().cloned().unwrap_or_default();
+    assert!(
+        last.starts_with("error: refusing to rebuild: 1 API process is registered as live")
+            && last.contains(&api.name)
+            && last.contains("API on 10.0.0.7:8080")
+            && last.contains("Stop the workers and the API first")
+            && last.contains("--force"),
+        "{lines:?}"
+    );
+    assert!(
+        store.projection().await.unwrap().is_empty(),
+        "the refused rebuild wrote"
+    );
+
+    let forced = run_worker(&config, &["rebuild", "--force"]).await;
+
+    assert_eq!(forced.status.code(), Some(0), "{forced:?}");
+    assert!(
+        String::from_utf8_lossy(&forced.stderr).contains(&api.name),
+        "--force names whom it overrides: {forced:?}"
+    );
+    assert_eq!(store.projection().await.unwrap(), live);
 }
 
 #[test]

@@ -10,7 +10,7 @@ mod error;
 mod groups;
 pub mod queue;
 mod registry;
-pub use registry::WorkerInfo;
+pub use registry::{host_name, process_name, ApiInfo, WorkerInfo};
 mod rebuild;
 mod retention;
 pub mod webhooks;

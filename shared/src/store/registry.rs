@@ -1,15 +1,20 @@
-//! The registry of live worker processes: who runs, where, with how many
-//! slots, holding which tasks.
+//! The registries of live processes: the workers (who runs, where, with how
+//! many slots, holding which tasks) and the API processes (where they
+//! listen).
 //!
-//! Each worker writes its [`WorkerInfo`] into the `{p}:workers` hash on every
-//! heartbeat and scores itself in `{p}:workers:seen`; an entry whose
-//! heartbeat is older than three lease periods is a dead process and is left
-//! out of [`Store::workers`] (and pruned by the next live worker that
-//! registers). The registry is for operators; no transition depends on it.
+//! Each process writes its entry ([`WorkerInfo`], [`ApiInfo`]) into its
+//! registry's hash (`{p}:workers`, `{p}:apis`) on every heartbeat and
+//! scores itself in the matching `…:seen` sorted set; an entry whose
+//! heartbeat is older than [`Store::registration_horizon`] belongs to a
+//! dead process and is left out of [`Store::workers`] / [`Store::apis`]
+//! (and pruned by the next live process that registers). The registries are
+//! for operators and for `savestream-worker rebuild`, which refuses to run
+//! while any process that writes is live; no transition depends on them.
 
 use std::time::Duration;
 
 use fred::prelude::*;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{now_ms, Store, StoreError};
@@ -34,71 +39,163 @@ pub struct WorkerInfo {
     pub seen_at: Millis,
 }
 
-impl Store {
-    fn workers_seen_key(&self) -> String {
-        format!("{}:seen", self.keys().workers())
-    }
+/// What an API process says about itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiInfo {
+    /// `<host>-<pid>-<xid>`, made by [`process_name`].
+    pub name: String,
+    pub host: String,
+    pub pid: u32,
+    /// The address it listens on, as bound (`127.0.0.1:8080`).
+    pub address: String,
+    pub started_at: Millis,
+    /// Its last heartbeat, set by [`Store::register_api`].
+    #[serde(default)]
+    pub seen_at: Millis,
+}
 
-    /// How long a worker stays listed without a heartbeat: three lease
-    /// periods. A worker that crashed stays registered this long after its
-    /// last one.
-    pub fn worker_horizon(&self) -> Duration {
+/// An entry of a registry: named, and stamped with its last heartbeat.
+trait Registered: Serialize + DeserializeOwned {
+    fn name(&self) -> &str;
+    fn seen_at(&self) -> Millis;
+    fn set_seen_at(&mut self, at: Millis);
+}
+
+impl Registered for WorkerInfo {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn seen_at(&self) -> Millis {
+        self.seen_at
+    }
+    fn set_seen_at(&mut self, at: Millis) {
+        self.seen_at = at;
+    }
+}
+
+impl Registered for ApiInfo {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn seen_at(&self) -> Millis {
+        self.seen_at
+    }
+    fn set_seen_at(&mut self, at: Millis) {
+        self.seen_at = at;
+    }
+}
+
+/// A name no other process shares, even on the same host after a restart
+/// with the same pid: `<hostname>-<pid>-<xid>`, with anything but ASCII
+/// letters, digits, `.` and `_` in the host name made `-` (a worker's name
+/// is its consumer name in the `workers` group).
+pub fn process_name() -> String {
+    let host: String = host_name()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("{host}-{}-{}", std::process::id(), xid::new())
+}
+
+/// This machine's host name, as the registries show it (`unknown` when the
+/// system will not say).
+pub fn host_name() -> String {
+    hostname::get()
+        .ok()
+        .and_then(|name| name.into_string().ok())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+impl Store {
+    /// How long a process stays listed without a heartbeat: three lease
+    /// periods. A process that crashed stays registered this long after
+    /// its last one.
+    pub fn registration_horizon(&self) -> Duration {
         self.lease_duration() * 3
     }
 
     /// Records (or refreshes) a worker's entry and prunes dead ones.
     pub async fn register_worker(&self, info: &WorkerInfo) -> Result<(), StoreError> {
+        self.register(&self.keys().workers(), info).await
+    }
+
+    /// Removes a worker's entry, when it stops.
+    pub async fn unregister_worker(&self, name: &str) -> Result<(), StoreError> {
+        self.unregister(&self.keys().workers(), name).await
+    }
+
+    /// The live workers, by name.
+    pub async fn workers(&self) -> Result<Vec<WorkerInfo>, StoreError> {
+        self.live(&self.keys().workers()).await
+    }
+
+    /// Records (or refreshes) an API process's entry and prunes dead ones.
+    pub async fn register_api(&self, info: &ApiInfo) -> Result<(), StoreError> {
+        self.register(&self.keys().apis(), info).await
+    }
+
+    /// Removes an API process's entry, when it stops.
+    pub async fn unregister_api(&self, name: &str) -> Result<(), StoreError> {
+        self.unregister(&self.keys().apis(), name).await
+    }
+
+    /// The live API processes, by name.
+    pub async fn apis(&self) -> Result<Vec<ApiInfo>, StoreError> {
+        self.live(&self.keys().apis()).await
+    }
+
+    async fn register<T: Registered + Clone>(&self, registry: &str, info: &T) -> Result<(), StoreError> {
         let now = now_ms();
         let mut info = info.clone();
-        info.seen_at = now;
+        info.set_seen_at(now);
         let json = serde_json::to_string(&info).map_err(|error| StoreError::Corrupt(error.to_string()))?;
-        let horizon = now - self.worker_horizon().as_millis() as Millis;
+        let seen = seen_key(registry);
+        let horizon = now - self.registration_horizon().as_millis() as Millis;
         let dead: Vec<String> = self
             .client()
-            .zrangebyscore(self.workers_seen_key(), "-inf", horizon as f64, false, None)
+            .zrangebyscore(&seen, "-inf", horizon as f64, false, None)
             .await?;
         let pipeline = self.client().pipeline();
+        let _: () = pipeline.hset(registry, (info.name(), json)).await?;
         let _: () = pipeline
-            .hset(self.keys().workers(), (info.name.as_str(), json))
-            .await?;
-        let _: () = pipeline
-            .zadd(
-                self.workers_seen_key(),
-                None,
-                None,
-                false,
-                false,
-                (now as f64, info.name.as_str()),
-            )
+            .zadd(&seen, None, None, false, false, (now as f64, info.name()))
             .await?;
         if !dead.is_empty() {
-            let _: () = pipeline.hdel(self.keys().workers(), dead.clone()).await?;
-            let _: () = pipeline.zrem(self.workers_seen_key(), dead).await?;
+            let _: () = pipeline.hdel(registry, dead.clone()).await?;
+            let _: () = pipeline.zrem(&seen, dead).await?;
         }
         let _: Vec<fred::types::Value> = pipeline.all().await?;
         Ok(())
     }
 
-    /// Removes a worker's entry, when it stops.
-    pub async fn unregister_worker(&self, name: &str) -> Result<(), StoreError> {
+    async fn unregister(&self, registry: &str, name: &str) -> Result<(), StoreError> {
         let pipeline = self.client().pipeline();
-        let _: () = pipeline.hdel(self.keys().workers(), name).await?;
-        let _: () = pipeline.zrem(self.workers_seen_key(), name).await?;
+        let _: () = pipeline.hdel(registry, name).await?;
+        let _: () = pipeline.zrem(seen_key(registry), name).await?;
         let _: Vec<fred::types::Value> = pipeline.all().await?;
         Ok(())
     }
 
-    /// The live workers, by name.
-    pub async fn workers(&self) -> Result<Vec<WorkerInfo>, StoreError> {
-        let horizon = now_ms() - self.worker_horizon().as_millis() as Millis;
-        let entries: std::collections::HashMap<String, String> =
-            self.client().hgetall(self.keys().workers()).await?;
-        let mut workers: Vec<WorkerInfo> = entries
+    async fn live<T: Registered>(&self, registry: &str) -> Result<Vec<T>, StoreError> {
+        let horizon = now_ms() - self.registration_horizon().as_millis() as Millis;
+        let entries: std::collections::HashMap<String, String> = self.client().hgetall(registry).await?;
+        let mut live: Vec<T> = entries
             .into_values()
-            .filter_map(|json| serde_json::from_str::<WorkerInfo>(&json).ok())
-            .filter(|info| info.seen_at > horizon)
+            .filter_map(|json| serde_json::from_str::<T>(&json).ok())
+            .filter(|info| info.seen_at() > horizon)
             .collect();
-        workers.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(workers)
+        live.sort_by(|a, b| a.name().cmp(b.name()));
+        Ok(live)
     }
+}
+
+/// The sorted set of a registry's heartbeats.
+fn seen_key(registry: &str) -> String {
+    format!("{registry}:seen")
 }
