@@ -96,9 +96,11 @@ impl Application {
             .first()
             .and_then(|address| address.as_socket_addr().map(ToString::to_string))
             .unwrap_or_default();
+        let entry = crate::registration::this_process(address);
+        crate::registration::register(&self.state.store, &entry).await;
         let heartbeat = tokio::spawn(crate::registration::heartbeat(
             self.state.store.clone(),
-            crate::registration::this_process(address),
+            entry,
             registration.clone(),
         ));
         let served = Server::new_with_acceptor(self.acceptor)

@@ -1,6 +1,6 @@
 //! The API process in the registry of live API processes (`{p}:apis`):
-//! listed, with its pid and the address it listens on, from the moment it
-//! serves; gone from the registry once it has stopped, not merely aged out.
+//! listed, with its pid and the address it listens on, before it answers
+//! its first request; gone from the registry once it has stopped, not merely aged out.
 //! `savestream-worker rebuild` reads this registry to refuse while an API
 //! runs (its test is in worker/tests/cli.rs).
 //!
@@ -14,10 +14,13 @@ use savestream_api::Application;
 use savestream_shared::config::Config;
 use savestream_shared::keys::Keys;
 use savestream_shared::store::Store;
-use savestream_testkit::{eventually, RedisServer};
+use savestream_testkit::RedisServer;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 #[tokio::test]
-async fn a_serving_api_is_registered_with_its_pid_and_address_and_leaves_the_registry_when_it_stops() {
+async fn an_api_is_registered_with_its_pid_and_address_before_its_first_answer_and_leaves_the_registry_when_it_stops(
+) {
     // Arrange
     let redis = RedisServer::start();
     let storage = tempfile::tempdir().expect("a storage dir");
@@ -43,16 +46,25 @@ async fn a_serving_api_is_registered_with_its_pid_and_address_and_leaves_the_reg
         let _ = stopped.await;
     }));
 
-    // Assert: listed while it serves...
-    let registered = eventually("the API to register", Duration::from_secs(10), || async {
-        store
-            .apis()
-            .await
-            .expect("reading the registry")
-            .into_iter()
-            .next()
-    })
-    .await;
+    // Assert: listed by the time it answers its first request (so a
+    // request never sees the registry's keys appear)...
+    let mut socket = TcpStream::connect(&address).await.expect("connecting to the API");
+    socket
+        .write_all(b"GET /health HTTP/1.1\r\nhost: api\r\nconnection: close\r\n\r\n")
+        .await
+        .expect("sending a request");
+    let mut answer = String::new();
+    socket
+        .read_to_string(&mut answer)
+        .await
+        .expect("reading the answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let registered = store
+        .apis()
+        .await
+        .expect("reading the registry")
+        .pop()
+        .expect("the API registered before answering");
     assert_eq!(registered.pid, std::process::id());
     assert_eq!(registered.address, address);
     assert!(registered.seen_at > 0, "{registered:?}");

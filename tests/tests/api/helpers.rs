@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use fred::prelude::{Builder, Client, ClientLike, Config, ServerInterface, StreamsInterface};
+use fred::prelude::{Builder, Client, ClientLike, Config, KeysInterface, ServerInterface, StreamsInterface};
 use savestream_tests::{TestApp, TestOptions, TEST_USER};
 
 /// The bearer token every test app is configured with.
@@ -96,9 +96,17 @@ pub async fn logged_events(app: &TestApp) -> u64 {
         .expect("XLEN on the event log")
 }
 
-/// How many keys Redis holds.
+/// The API process's own entry in the registry of live API processes:
+/// written before it answers its first request, never by a request.
+const API_REGISTRY_KEYS: [&str; 2] = ["{savestream}:apis", "{savestream}:apis:seen"];
+
+/// How many keys Redis holds besides the API process's registry entry: the
+/// keys requests write.
 pub async fn redis_keys(app: &TestApp) -> u64 {
-    redis(app).await.dbsize().await.expect("DBSIZE")
+    let redis = redis(app).await;
+    let all: u64 = redis.dbsize().await.expect("DBSIZE");
+    let registry: u64 = redis.exists(API_REGISTRY_KEYS.to_vec()).await.expect("EXISTS");
+    all - registry
 }
 
 /// Creates a task with the contract's body and returns its id.
