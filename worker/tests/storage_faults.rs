@@ -5,6 +5,9 @@
 //! of resuming from it or taking it for complete. And the `local` storage
 //! when a worker is killed, or another attempt of the task acts, at an
 //! instant no test could otherwise hit: while a partial file is finished.
+//! And the `local` storage when someone who may write inside its base path
+//! swaps a directory a task works in for a symlink out of it, at such an
+//! instant: nothing is made or linked where the symlink leads.
 //!
 //! The disk is made to fail, and the worker to stop or wait, at the
 //! storage's fail points (the `fail` crate's, compiled in by the worker's
@@ -633,5 +636,116 @@ async fn the_syncs_of_a_finish_go_from_the_files_directory_up_to_the_base() {
     let finished = partial.finish().await;
     fail::remove("local::sync_directory");
     assert_eq!(finished.unwrap(), 3000);
+    scenario.teardown();
+}
+
+/// Every name under `directory`, relative and sorted, directories too
+/// (a symlink is listed, not followed).
+fn everything_under(directory: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut pending = vec![directory.to_path_buf()];
+    while let Some(listed) = pending.pop() {
+        for entry in std::fs::read_dir(&listed).unwrap().flatten() {
+            let path = entry.path();
+            if entry.file_type().unwrap().is_dir() {
+                pending.push(path.clone());
+            }
+            found.push(path.strip_prefix(directory).unwrap().display().to_string());
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Swaps the directory `base/a` for a symlink to `outside` (which has a
+/// `b` of its own, as `base/a` has), moving it to `base/moved`: what someone
+/// who may write in a shared base path does to make a worker running as
+/// root write where it may not. Only the first call swaps.
+fn swap_a_for_a_symlink_to(base: &std::path::Path, outside: &std::path::Path) -> impl Fn() + Send + Sync {
+    let (base, outside) = (base.to_path_buf(), outside.to_path_buf());
+    let swapped = std::sync::atomic::AtomicBool::new(false);
+    move || {
+        if !swapped.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::fs::rename(base.join("a"), base.join("moved")).unwrap();
+            std::os::unix::fs::symlink(&outside, base.join("a")).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_directory_swapped_for_a_symlink_after_it_was_walked_gets_no_partial_file_outside_the_base_path() {
+    let scenario = FailScenario::setup();
+    // Arrange: a file reserved in /a/b, and somewhere outside the base path
+    // that looks like it.
+    let (dir, storage) = empty_storage();
+    let base = storage.base_path().to_path_buf();
+    let outside = dir.path().join("outside");
+    std::fs::create_dir_all(outside.join("b")).unwrap();
+    let owner = TaskId::generate();
+    let path = storage
+        .reserve(
+            &owner,
+            &StorageDir::parse("/a/b").unwrap(),
+            &FileName::parse("f.bin").unwrap(),
+            &[],
+        )
+        .await
+        .unwrap();
+    // `a` becomes a symlink out of the base path just after the next
+    // attempt walked to /a/b, before it opens or makes anything there.
+    fail::cfg_callback("local::dir_resolved", swap_a_for_a_symlink_to(&base, &outside)).unwrap();
+
+    // Act: that attempt opens the partial file, writes it whole and finishes it.
+    let saved = async {
+        let mut partial = storage.open(&owner, &path).await?;
+        partial.write(Bytes::from(vec![b'a'; 3000])).await?;
+        partial.finish().await
+    }
+    .await;
+
+    // Assert: nothing was made where the symlink leads; the file is saved
+    // in the directory that was walked, which is `moved/b` now.
+    fail::remove("local::dir_resolved");
+    assert!(base.join("a").is_symlink(), "the directory was not swapped");
+    assert_eq!(
+        everything_under(&outside),
+        vec!["b"],
+        "made outside the base path"
+    );
+    assert_eq!(saved.unwrap(), 3000);
+    assert_eq!(everything_under(&base.join("moved")), vec!["b", "b/f.bin"]);
+    assert_eq!(std::fs::read(base.join("moved/b/f.bin")).unwrap().len(), 3000);
+    scenario.teardown();
+}
+
+#[tokio::test]
+async fn a_directory_swapped_for_a_symlink_before_its_file_is_finished_gets_no_file_linked_outside_the_base_path(
+) {
+    let scenario = FailScenario::setup();
+    // Arrange: a file written whole in /a/b, and somewhere outside the base
+    // path that looks like it.
+    let (dir, storage) = empty_storage();
+    let base = storage.base_path().to_path_buf();
+    let outside = dir.path().join("outside");
+    std::fs::create_dir_all(outside.join("b")).unwrap();
+    let (_, _, partial) = written_in(&storage, "/a/b", "f.bin").await;
+    // `a` becomes a symlink out of the base path just before the finished
+    // name is linked.
+    fail::cfg_callback("local::finish::link", swap_a_for_a_symlink_to(&base, &outside)).unwrap();
+
+    // Act
+    let finished = partial.finish().await;
+
+    // Assert: the finished name was linked, and its directories synced, in
+    // the directory the file was written in, which is `moved/b` now.
+    fail::remove("local::finish::link");
+    assert!(base.join("a").is_symlink(), "the directory was not swapped");
+    assert_eq!(
+        everything_under(&outside),
+        vec!["b"],
+        "made outside the base path"
+    );
+    assert_eq!(finished.unwrap(), 3000);
+    assert_eq!(everything_under(&base.join("moved")), vec!["b", "b/f.bin"]);
     scenario.teardown();
 }

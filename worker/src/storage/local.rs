@@ -31,11 +31,9 @@
 //! the task that recorded its path adopts.
 //!
 //! The base path must be on a file system with hard links (any Unix one,
-//! not FAT): [`LocalStorage::new`] checks. Every directory is checked, its
-//! symlinks resolved, before anything is created in it (missing ones are
-//! made one component at a time), so nothing is created or written outside
-//! the base path even when someone plants a symlink inside it, and partial
-//! files are opened without following symlinks. Before a file is reported
+//! not FAT): [`LocalStorage::new`] checks. A task's files are never
+//! reached by a path (see *Directories*), and partial files are opened
+//! without following symlinks. Before a file is reported
 //! finished (by `finish`, or by [`Storage::finished`] for an earlier
 //! attempt's), its entry is synced in its directory, and each directory's
 //! entry in its parent, up to the base path's entry for the topmost one,
@@ -82,17 +80,48 @@
 //! its open descriptor, never whatever its names lead to by then: a file no
 //! name of the task leads to any more is not finished
 //! ([`StorageError::Replaced`], see [`LocalPartialFile::link_target`]).
+//!
+//! ## Directories
+//! Nothing is created, looked at, linked or removed by a path: the
+//! directory of a `dir_path` is walked to from the base path one component
+//! at a time, each opened in the one before without following a symlink
+//! (`openat` with `O_DIRECTORY | O_NOFOLLOW`) and made there when missing
+//! (`mkdirat`; one made by someone else meanwhile is as good), and held open
+//! ([`Directory`]). Every name in it is then used relative to that
+//! descriptor, as a single component (`openat`, `fstatat`, `linkat`,
+//! `unlinkat`), and its syncs are `fsync`s of the directories walked. So
+//! whoever may write inside the base path (a media folder shared over Samba
+//! or NFS, while the worker runs as root) cannot swap a directory for a
+//! symlink, once it was walked, and have a file made, linked or removed
+//! where that leads (`/etc`): the task goes on in the directory it walked,
+//! wherever that was moved to. A symlink met on the walk is followed by the
+//! walk itself, and only to a directory inside the base path: its target is
+//! walked the same way, from the base path for an absolute one (which must
+//! be written under the canonical base path) or from the symlink's own
+//! directory for a relative one, a `..` going back to the directory walked
+//! before and never above the base path. One that leads anywhere else is
+//! refused ([`StorageError::Escapes`], naming the symlink, where it leads
+//! and what to do) before anything is made where it leads; so is one whose
+//! target reaches the base path through another path (say, one written with
+//! a symlinked form of the base path). The walk for partial files
+//! ([`Storage::partial_owners`]) never follows a symlink at all.
 
+use std::collections::VecDeque;
+use std::ffi::OsString;
 use std::fs::Metadata;
 use std::io::ErrorKind;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
 use savestream_shared::task::TaskId;
-use tokio::fs::{File, OpenOptions};
+use tokio::fs::File;
 use tracing::{debug, warn};
 
 use super::path::own_partial_parts;
@@ -102,10 +131,19 @@ use super::{FileName, PartialFile, Storage, StorageDir, StorageError, StoragePat
 /// How many alternative names (`name_1` … ) are tried before giving up.
 const MAX_ALTERNATIVES: u32 = 10_000;
 
+/// How many symlinks one walk to a directory follows before it gives up
+/// (`ELOOP`), as many as Linux follows in one path.
+const MAX_SYMLINKS: u32 = 40;
+
+/// How many times a walk looks at one component again that was removed
+/// while it looked (made, then gone before it could be opened): someone
+/// removing directories as fast as the worker makes them is not waited out.
+const MAX_LOOKS: u32 = 16;
+
 #[derive(Debug)]
 pub struct LocalStorage {
     name: String,
-    /// The canonical base path: every file must resolve below it.
+    /// The canonical base path, which every walk starts from.
     base: PathBuf,
 }
 
@@ -166,85 +204,63 @@ impl LocalStorage {
         }
     }
 
-    fn joined(&self, dir: &StorageDir) -> PathBuf {
-        let mut joined = self.base.clone();
-        for component in dir.components() {
-            joined.push(component.as_str());
+    /// The directory of `dir`, walked to from the base path and held open
+    /// ([`walk`]), its missing components made on the way. No entry is
+    /// synced here (see [`sync_names`]).
+    async fn directory(&self, dir: &StorageDir) -> Result<Directory, StorageError> {
+        match self.walk(dir, Missing::Make).await? {
+            Some(directory) => Ok(directory),
+            // A walk that makes what is missing finds everything.
+            None => Err(self.io_error(
+                "create the directory",
+                dir,
+                std::io::Error::from(ErrorKind::NotFound),
+            )),
         }
-        joined
     }
 
-    /// The directory of `dir` on disk, created when missing, after checking
-    /// that it really is under the base path. Missing directories are made
-    /// one component at a time, each resolved and checked before the next
-    /// is made in it: a symlink planted inside the base path that leads out
-    /// of it is refused before anything is created where it leads. No
-    /// entry is synced here (see [`sync_names`]).
-    async fn directory(&self, dir: &StorageDir) -> Result<PathBuf, StorageError> {
-        if let Some(directory) = self.existing_directory(dir).await? {
-            return Ok(directory);
-        }
-        let io = |action: &'static str| move |source: std::io::Error| self.io_error(action, dir, source);
-        let mut directory = self.base.clone();
-        for component in dir.components() {
-            let next = directory.join(component.as_str());
-            // Not synced in its parent: a directory made here may be
-            // found made by a later attempt, or by another task, before
-            // its entry is durable (a worker killed after making it,
-            // another task's sync still in flight), so durability cannot
-            // rest on whoever made it. Every file is made durable when it
-            // is finished instead, its directories' entries with it, up
-            // to the base path ([`sync_names`]): until then a power loss
-            // that takes the directory takes only a partial file, which
-            // the next attempt makes again.
-            match tokio::fs::create_dir(&next).await {
-                Err(error) if error.kind() != ErrorKind::AlreadyExists => {
-                    return Err(io("create the directory")(error));
-                }
-                _ => {}
-            }
-            // What is there now: the directory just made, or whatever was
-            // there already, a symlink resolved.
-            let resolved = tokio::fs::canonicalize(&next)
-                .await
-                .map_err(io("resolve the directory"))?;
-            if !resolved.starts_with(&self.base) {
-                return Err(self.escapes(dir));
-            }
-            if !tokio::fs::metadata(&resolved)
-                .await
-                .map_err(io("resolve the directory"))?
-                .is_dir()
-            {
-                return Err(io("create the directory")(std::io::Error::from(
-                    ErrorKind::NotADirectory,
-                )));
-            }
-            directory = resolved;
+    /// The directory of `dir` if it exists, walked to as [`Self::directory`] does.
+    async fn existing_directory(&self, dir: &StorageDir) -> Result<Option<Directory>, StorageError> {
+        self.walk(dir, Missing::Answer).await
+    }
+
+    /// Runs [`walk`] for `dir` on a blocking thread, and says what stopped it.
+    async fn walk(&self, dir: &StorageDir, missing: Missing) -> Result<Option<Directory>, StorageError> {
+        let (base, walked) = (self.base.clone(), dir.clone());
+        let directory = tokio::task::spawn_blocking(move || walk(&base, &walked, missing))
+            .await
+            .map_err(|error| WalkError::Io {
+                action: "resolve the directory",
+                source: std::io::Error::other(error.to_string()),
+            })
+            .and_then(|walked| walked)
+            .map_err(|error| match error {
+                WalkError::Io { action, source } => self.io_error(action, dir, source),
+                WalkError::Escapes { symlink, target } => self.escapes(format!(
+                    "{dir} (through the symlink {symlink}, to {target}: replace it with a directory, \
+                     or point it at one inside the base path)"
+                )),
+            })?;
+        // The seam between the walk and the first use of what it found,
+        // where tests swap a directory walked for a symlink.
+        if directory.is_some() {
+            fail::fail_point!("local::dir_resolved");
         }
         Ok(directory)
     }
 
-    /// The directory of `dir` on disk if it exists, checked like [`Self::directory`].
-    async fn existing_directory(&self, dir: &StorageDir) -> Result<Option<PathBuf>, StorageError> {
-        let canonical = match tokio::fs::canonicalize(self.joined(dir)).await {
-            Ok(canonical) => canonical,
-            Err(error) if error.kind() == ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(self.io_error("resolve the directory", dir, source)),
-        };
-        if !canonical.starts_with(&self.base) {
-            return Err(self.escapes(dir));
-        }
-        Ok(Some(canonical))
-    }
-
     /// The identity of the own partial file, which must be a plain file.
-    async fn own_identity(&self, files: &FileNames, path: &StoragePath) -> Result<Identity, StorageError> {
-        match entry(&files.own)
+    async fn own_identity(
+        &self,
+        directory: &Directory,
+        files: &FileNames,
+        path: &StoragePath,
+    ) -> Result<Identity, StorageError> {
+        match entry(directory, &files.own)
             .await
             .map_err(|source| self.io_error("check the partial file of", path, source))?
         {
-            Some(metadata) if metadata.file_type().is_file() => Ok(Identity::of(&metadata)),
+            Some(own) if own.is_file() => Ok(own.identity),
             Some(_) => Err(self.escapes(format!("the partial file of {path}"))),
             None => Err(self.io_error(
                 "find the partial file of",
@@ -254,12 +270,18 @@ impl LocalStorage {
         }
     }
 
-    /// Tries to hold `path` (whose names on disk are `files`) for their
-    /// owner; `true` when it is held, by this call or an earlier attempt's.
-    async fn hold(&self, files: &FileNames, path: &StoragePath) -> Result<bool, StorageError> {
+    /// Tries to hold `path` (whose names on disk are `files`, in
+    /// `directory`) for their owner; `true` when it is held, by this call
+    /// or an earlier attempt's.
+    async fn hold(
+        &self,
+        directory: &Directory,
+        files: &FileNames,
+        path: &StoragePath,
+    ) -> Result<bool, StorageError> {
         let io = |action: &'static str| move |source: std::io::Error| self.io_error(action, path, source);
-        match entry(&files.own).await.map_err(io("check"))? {
-            Some(metadata) if !metadata.file_type().is_file() => {
+        match entry(directory, &files.own).await.map_err(io("check"))? {
+            Some(own) if !own.is_file() => {
                 return Err(self.escapes(format!("the partial file of {path}")));
             }
             // An earlier attempt of the owner reserved this name and may
@@ -269,27 +291,27 @@ impl LocalStorage {
             None => {
                 // The cheap refusals first: a finished file, another's hold.
                 for name in [&files.target, &files.hold] {
-                    if entry(name).await.map_err(io("check"))?.is_some() {
+                    if entry(directory, name).await.map_err(io("check"))?.is_some() {
                         return Ok(false);
                     }
                 }
-                create_if_missing(&files.own)
+                create_if_missing(directory, &files.own)
                     .await
                     .map_err(io("create the partial file of"))?;
             }
         }
-        let own = self.own_identity(files, path).await?;
+        let own = self.own_identity(directory, files, path).await?;
         // The exclusion between tasks: one link to `C.part` succeeds.
-        if !link_if_free(&files.own, &files.hold)
+        if !link_if_free(directory, &files.own, &files.hold)
             .await
             .map_err(io("hold the name of"))?
         {
-            let holder = entry(&files.hold).await.map_err(io("check"))?;
-            if holder.as_ref().map(Identity::of) != Some(own) {
+            let holder = entry(directory, &files.hold).await.map_err(io("check"))?;
+            if holder.map(|holder| holder.identity) != Some(own) {
                 // Another task holds the name. The own partial file is a
                 // reservation nobody recorded (a recorded one is never
                 // reserved again): it holds nothing and goes.
-                remove_if_same(&files.own, own)
+                remove_if_same(directory, &files.own, own)
                     .await
                     .map_err(io("remove the partial file of"))?;
                 return Ok(false);
@@ -297,12 +319,12 @@ impl LocalStorage {
         }
         // Another task may have finished `C`, and given up its hold, after
         // the first look: with the hold taken, nobody else can any more.
-        match entry(&files.target).await.map_err(io("check"))? {
-            Some(target) if Identity::of(&target) != own => {
-                remove_if_same(&files.hold, own)
+        match entry(directory, &files.target).await.map_err(io("check"))? {
+            Some(target) if target.identity != own => {
+                remove_if_same(directory, &files.hold, own)
                     .await
                     .map_err(io("give up the name of"))?;
-                remove_if_same(&files.own, own)
+                remove_if_same(directory, &files.own, own)
                     .await
                     .map_err(io("remove the partial file of"))?;
                 Ok(false)
@@ -312,22 +334,276 @@ impl LocalStorage {
     }
 }
 
-/// The names on disk of one file of one task, in its directory.
+/// What a walk does about a directory that does not exist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Missing {
+    /// Makes it, and goes on.
+    Make,
+    /// Stops, and answers that there is none.
+    Answer,
+}
+
+/// A directory of the storage, walked to from the base path without
+/// following a symlink of its own accord ([`walk`]) and held open, with
+/// every directory walked through on the way: each name in it is used
+/// relative to its descriptor, never by a path, so that nothing done to
+/// the paths that led to it since (a directory renamed, a symlink put in
+/// its place) moves what is done in it anywhere else. Cheap to clone.
+#[derive(Clone, Debug)]
+struct Directory {
+    levels: Arc<Levels>,
+}
+
+#[derive(Debug)]
+struct Levels {
+    /// The canonical base path, for the warnings about a directory.
+    base: PathBuf,
+    /// The base path first, each directory after it opened in the one
+    /// before, and this directory last: never empty.
+    levels: Vec<Level>,
+}
+
+/// One directory of a [`Directory`]'s walk.
+#[derive(Debug)]
+struct Level {
+    /// Its path from the base path as walked, symlinks followed (`/a/b`,
+    /// empty for the base path itself), for messages.
+    relative: String,
+    /// Opened with [`WALK`]: a handle to the directory, for `*at` calls
+    /// and for opening it again (`.`) to list or sync it.
+    descriptor: OwnedFd,
+}
+
+impl Directory {
+    /// The descriptor of this directory itself (the walk's last level).
+    fn descriptor(&self) -> BorrowedFd<'_> {
+        self.levels
+            .levels
+            .last()
+            .expect("a walk holds at least the base path")
+            .descriptor
+            .as_fd()
+    }
+
+    /// Runs `operation` on this directory's descriptor on a blocking
+    /// thread, as `tokio::fs` runs its calls.
+    async fn run<T: Send + 'static>(
+        &self,
+        operation: impl FnOnce(BorrowedFd<'_>) -> std::io::Result<T> + Send + 'static,
+    ) -> std::io::Result<T> {
+        let directory = self.clone();
+        blocking(move || operation(directory.descriptor())).await
+    }
+}
+
+/// Runs `operation` on tokio's blocking threads.
+async fn blocking<T: Send + 'static>(
+    operation: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(operation)
+        .await
+        .map_err(|error| std::io::Error::other(error.to_string()))?
+}
+
+/// How a directory is opened to walk from it: never through a symlink
+/// (`O_NOFOLLOW`, with `O_DIRECTORY`: a symlink, or anything else that is
+/// no directory, answers `ELOOP` or `ENOTDIR`), and on Linux as a handle
+/// only (`O_PATH`), which needs no permission to read the directory: one the
+/// worker may write in but not read (a drop box, mode 0733) is walked into
+/// as its path was before.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const WALK: OFlags = OFlags::PATH
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const WALK: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
+/// What stopped a [`walk`].
+enum WalkError {
+    /// `symlink` (its path from the base path) leads to `target`, which is
+    /// not inside the base path.
+    Escapes { symlink: String, target: String },
+    Io {
+        action: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// One step of a [`walk`]: into a directory by its name, or back up to
+/// the directory walked before (a `..` of a symlink's target).
+enum Step {
+    Into(OsString),
+    Up,
+}
+
+/// What is at a name a [`walk`] looked at.
+enum Found {
+    Directory(OwnedFd),
+    Symlink(OsString),
+    Nothing,
+}
+
+/// Walks from the canonical `base` to the directory of `dir`, one
+/// component at a time, each opened in the directory before without
+/// following a symlink, and made when `missing` says so (see the module
+/// docs, *Directories*); `None` when a component does not exist and is
+/// not to be made. A symlink met on the way is followed by the walk, as
+/// one more walk: from the base path for an absolute target, which must be
+/// written under `base`, from the symlink's directory for a relative one.
+/// A `..` goes back to the directory walked before (not to whatever the
+/// file system calls its parent now), and never above the base path.
+fn walk(base: &Path, dir: &StorageDir, missing: Missing) -> Result<Option<Directory>, WalkError> {
+    let io = |action: &'static str| {
+        move |errno: Errno| WalkError::Io {
+            action,
+            source: errno.into(),
+        }
+    };
+    // The canonical base path: no component of it is a symlink, so its
+    // last one must not be one either, and a directory.
+    let base_descriptor = rustix::fs::openat(rustix::fs::CWD, base, WALK, Mode::empty())
+        .map_err(io("open the base path for"))?;
+    let mut levels = vec![Level {
+        relative: String::new(),
+        descriptor: base_descriptor,
+    }];
+    let mut steps: VecDeque<Step> = dir
+        .components()
+        .iter()
+        .map(|component| Step::Into(component.as_str().into()))
+        .collect();
+    let mut followed = 0;
+    // The symlink whose target is walked now, for the error should it lead
+    // above the base path.
+    let mut following: Option<(String, String)> = None;
+    while let Some(step) = steps.pop_front() {
+        let name = match step {
+            Step::Into(name) => name,
+            Step::Up if levels.len() > 1 => {
+                levels.pop();
+                continue;
+            }
+            Step::Up => {
+                let (symlink, target) = following.unwrap_or_default();
+                return Err(WalkError::Escapes { symlink, target });
+            }
+        };
+        let parent = levels.last().expect("a walk holds at least the base path");
+        let relative = format!("{}/{}", parent.relative, name.to_string_lossy());
+        match look(parent.descriptor.as_fd(), &name, missing)? {
+            Found::Directory(descriptor) => levels.push(Level { relative, descriptor }),
+            Found::Nothing => return Ok(None),
+            Found::Symlink(target) => {
+                followed += 1;
+                if followed > MAX_SYMLINKS {
+                    return Err(io("resolve the directory")(Errno::LOOP));
+                }
+                let target = PathBuf::from(target);
+                let escapes = || WalkError::Escapes {
+                    symlink: relative.clone(),
+                    target: target.display().to_string(),
+                };
+                let rest = if target.is_absolute() {
+                    let Ok(rest) = target.strip_prefix(base) else {
+                        return Err(escapes());
+                    };
+                    levels.truncate(1);
+                    rest
+                } else {
+                    &target
+                };
+                let mut target_steps = Vec::new();
+                for component in rest.components() {
+                    match component {
+                        Component::Normal(name) => target_steps.push(Step::Into(name.to_owned())),
+                        Component::ParentDir => target_steps.push(Step::Up),
+                        Component::CurDir => {}
+                        // Not in a relative path, nor in what follows the base path.
+                        Component::RootDir | Component::Prefix(_) => return Err(escapes()),
+                    }
+                }
+                for step in target_steps.into_iter().rev() {
+                    steps.push_front(step);
+                }
+                following = Some((relative, target.display().to_string()));
+            }
+        }
+    }
+    Ok(Some(Directory {
+        levels: Arc::new(Levels {
+            base: base.to_path_buf(),
+            levels,
+        }),
+    }))
+}
+
+/// Opens `name` in `parent` to walk into it, making it first when it is
+/// missing and `missing` says so; what is there otherwise.
+fn look(parent: BorrowedFd<'_>, name: &OsString, missing: Missing) -> Result<Found, WalkError> {
+    let io = |action: &'static str| {
+        move |errno: Errno| WalkError::Io {
+            action,
+            source: errno.into(),
+        }
+    };
+    let mut last = Errno::NOENT;
+    for _ in 0..MAX_LOOKS {
+        match rustix::fs::openat(parent, name.as_os_str(), WALK, Mode::empty()) {
+            Ok(descriptor) => return Ok(Found::Directory(descriptor)),
+            Err(Errno::NOENT) if missing == Missing::Make => {
+                // Not synced in its parent: a directory made here may be
+                // found made by a later attempt, or by another task, before
+                // its entry is durable (a worker killed after making it,
+                // another task's sync still in flight), so durability cannot
+                // rest on whoever made it. Every file is made durable when it
+                // is finished instead, its directories' entries with it, up
+                // to the base path ([`sync_names`]): until then a power loss
+                // that takes the directory takes only a partial file, which
+                // the next attempt makes again. One made by someone else in
+                // the meantime (`EEXIST`) is opened as it is, like any other.
+                match rustix::fs::mkdirat(parent, name.as_os_str(), Mode::from_raw_mode(0o777)) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(errno) => return Err(io("create the directory")(errno)),
+                }
+            }
+            Err(Errno::NOENT) => return Ok(Found::Nothing),
+            // A symlink, or something that is no directory.
+            Err(Errno::LOOP | Errno::NOTDIR) => {
+                match rustix::fs::readlinkat(parent, name.as_os_str(), Vec::new()) {
+                    Ok(target) => return Ok(Found::Symlink(OsString::from_vec(target.into_bytes()))),
+                    Err(Errno::INVAL) => return Err(io("resolve the directory")(Errno::NOTDIR)),
+                    // Gone since it was opened: looked at again.
+                    Err(errno @ Errno::NOENT) => last = errno,
+                    Err(errno) => return Err(io("resolve the directory")(errno)),
+                }
+            }
+            Err(errno) => return Err(io("resolve the directory")(errno)),
+        }
+    }
+    Err(io("resolve the directory")(last))
+}
+
+/// The names on disk of one file of one task, in its directory: single
+/// components, used relative to the directory's descriptor.
 struct FileNames {
     /// `C`: the finished file.
-    target: PathBuf,
+    target: String,
     /// `C.part`: the hold on the name, a link to the own partial file.
-    hold: PathBuf,
+    hold: String,
     /// `.C.T.part`: the task's own partial file.
-    own: PathBuf,
+    own: String,
 }
 
 impl FileNames {
-    fn new(directory: &Path, name: &FileName, owner: &TaskId) -> FileNames {
+    fn new(name: &FileName, owner: &TaskId) -> FileNames {
         FileNames {
-            target: directory.join(name.as_str()),
-            hold: directory.join(format!("{name}.part")),
-            own: directory.join(LocalStorage::own_partial_name(name, owner)),
+            target: name.as_str().to_owned(),
+            hold: format!("{name}.part"),
+            own: LocalStorage::own_partial_name(name, owner),
         }
     }
 }
@@ -355,39 +631,167 @@ impl Identity {
     }
 }
 
-/// What is at `path` (a symlink is not followed), if anything.
-async fn entry(path: &Path) -> std::io::Result<Option<Metadata>> {
-    match tokio::fs::symlink_metadata(path).await {
-        Ok(metadata) => Ok(Some(metadata)),
-        Err(error) if error.kind() == ErrorKind::NotFound => Ok(None),
-        Err(error) => Err(error),
+/// What is at a name in a directory ([`entry`]).
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    identity: Identity,
+    kind: FileType,
+    len: u64,
+    links: u64,
+}
+
+impl Entry {
+    // The fields' types are the architecture's (`st_nlink` is a `u32` on
+    // aarch64, a `u64` on x86_64): a conversion useless on one is needed on another.
+    #[allow(clippy::useless_conversion)]
+    fn of(stat: &rustix::fs::Stat) -> Entry {
+        Entry {
+            identity: Identity {
+                device: u64::from(stat.st_dev),
+                inode: u64::from(stat.st_ino),
+            },
+            kind: FileType::from_raw_mode(stat.st_mode),
+            // A file's size is never negative.
+            len: u64::try_from(stat.st_size).unwrap_or(0),
+            links: u64::from(stat.st_nlink),
+        }
+    }
+
+    fn is_file(&self) -> bool {
+        self.kind == FileType::RegularFile
     }
 }
 
-async fn remove_if_present(path: &Path) -> std::io::Result<()> {
-    match tokio::fs::remove_file(path).await {
-        Err(error) if error.kind() != ErrorKind::NotFound => Err(error),
-        _ => Ok(()),
-    }
+/// What is at `name` in `directory` (a symlink is not followed), if anything.
+async fn entry(directory: &Directory, name: &str) -> std::io::Result<Option<Entry>> {
+    let name = name.to_owned();
+    directory
+        .run(move |descriptor| {
+            match rustix::fs::statat(descriptor, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(stat) => Ok(Some(Entry::of(&stat))),
+                Err(Errno::NOENT) => Ok(None),
+                Err(errno) => Err(errno.into()),
+            }
+        })
+        .await
 }
 
-/// Removes `path` if it is a link to the file `identity`: holds and partial
+async fn remove_if_present(directory: &Directory, name: &str) -> std::io::Result<()> {
+    let name = name.to_owned();
+    directory
+        .run(
+            move |descriptor| match rustix::fs::unlinkat(descriptor, name.as_str(), AtFlags::empty()) {
+                Ok(()) | Err(Errno::NOENT) => Ok(()),
+                Err(errno) => Err(errno.into()),
+            },
+        )
+        .await
+}
+
+/// Removes `name` if it is a link to the file `identity`: holds and partial
 /// files are only ever removed by their owner.
-async fn remove_if_same(path: &Path, identity: Identity) -> std::io::Result<()> {
-    match entry(path).await? {
-        Some(metadata) if Identity::of(&metadata) == identity => remove_if_present(path).await,
+async fn remove_if_same(directory: &Directory, name: &str, identity: Identity) -> std::io::Result<()> {
+    match entry(directory, name).await? {
+        Some(found) if found.identity == identity => remove_if_present(directory, name).await,
         _ => Ok(()),
     }
 }
 
-/// Links `original` to `link`; `false` when something is at `link` already
-/// (which is never replaced).
-async fn link_if_free(original: &Path, link: &Path) -> std::io::Result<bool> {
-    match tokio::fs::hard_link(original, link).await {
-        Ok(()) => Ok(true),
-        Err(error) if error.kind() == ErrorKind::AlreadyExists => Ok(false),
-        Err(error) => Err(error),
-    }
+/// Links `original` to `link`, both in `directory`; `false` when something
+/// is at `link` already (which is never replaced).
+async fn link_if_free(directory: &Directory, original: &str, link: &str) -> std::io::Result<bool> {
+    let (original, link) = (original.to_owned(), link.to_owned());
+    directory
+        .run(move |descriptor| {
+            match rustix::fs::linkat(
+                descriptor,
+                original.as_str(),
+                descriptor,
+                link.as_str(),
+                AtFlags::empty(),
+            ) {
+                Ok(()) => Ok(true),
+                Err(Errno::EXIST) => Ok(false),
+                Err(errno) => Err(errno.into()),
+            }
+        })
+        .await
+}
+
+/// Creates `name` in `directory`, a new empty file, open for writing;
+/// `None` when something is there already. `O_EXCL`: a symlink there is
+/// not followed, and a file there is not ours.
+async fn create_new(directory: &Directory, name: &str) -> std::io::Result<Option<std::fs::File>> {
+    let name = name.to_owned();
+    directory
+        .run(move |descriptor| {
+            match rustix::fs::openat(
+                descriptor,
+                name.as_str(),
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o666),
+            ) {
+                Ok(file) => Ok(Some(std::fs::File::from(file))),
+                Err(Errno::EXIST) => Ok(None),
+                Err(errno) => Err(errno.into()),
+            }
+        })
+        .await
+}
+
+/// Creates an empty file at `name` in `directory` unless something is
+/// there; a symlink there is not followed (`O_EXCL`).
+async fn create_if_missing(directory: &Directory, name: &str) -> std::io::Result<()> {
+    create_new(directory, name).await.map(drop)
+}
+
+/// Opens the existing file `name` in `directory` for writing. `O_NOFOLLOW`:
+/// a symlink planted in its place since it was checked is refused, not
+/// written through. Not `O_APPEND`: the writes go at this file's own
+/// offsets (see `finish`).
+async fn open_for_writing(directory: &Directory, name: &str) -> std::io::Result<std::fs::File> {
+    let name = name.to_owned();
+    directory
+        .run(move |descriptor| {
+            let file = rustix::fs::openat(
+                descriptor,
+                name.as_str(),
+                OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            Ok(std::fs::File::from(file))
+        })
+        .await
+}
+
+/// The names of `owner`'s own partial files in `directory`.
+async fn own_partial_files(directory: &Directory, owner: &TaskId) -> std::io::Result<Vec<FileName>> {
+    let owner = owner.clone();
+    directory
+        .run(move |descriptor| {
+            // Opened again to be read: the walk's handle (`O_PATH`) cannot list.
+            let readable = rustix::fs::openat(
+                descriptor,
+                ".",
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            let mut listing = rustix::fs::Dir::new(readable)?;
+            let mut found = Vec::new();
+            while let Some(listed) = listing.read() {
+                let listed = listed?;
+                if let Some(name) = listed
+                    .file_name()
+                    .to_str()
+                    .ok()
+                    .and_then(|file_name| own_partial_of(file_name, &owner))
+                {
+                    found.push(name);
+                }
+            }
+            Ok(found)
+        })
+        .await
 }
 
 /// Replaces the own partial file `identity` and its hold by a new empty
@@ -395,63 +799,55 @@ async fn link_if_free(original: &Path, link: &Path) -> std::io::Result<bool> {
 /// writes into a file no name leads to. The name is held again at once,
 /// so that no other task takes it before the next attempt; if one did in
 /// that instant, the next attempt finds it taken.
-async fn start_over(files: &FileNames, identity: Identity) -> std::io::Result<()> {
-    start_afresh(files, identity).await.map(drop)
+async fn start_over(directory: &Directory, files: &FileNames, identity: Identity) -> std::io::Result<()> {
+    start_afresh(directory, files, identity).await.map(drop)
 }
 
 /// As [`start_over`], and answers the new partial file, open for writing,
 /// when this call created it; `None` when another one was there already:
 /// another attempt had started over first, and the file `identity` was no
 /// longer the task's.
-async fn start_afresh(files: &FileNames, identity: Identity) -> std::io::Result<Option<File>> {
-    remove_if_same(&files.hold, identity).await?;
-    remove_if_same(&files.own, identity).await?;
+async fn start_afresh(
+    directory: &Directory,
+    files: &FileNames,
+    identity: Identity,
+) -> std::io::Result<Option<File>> {
+    remove_if_same(directory, &files.hold, identity).await?;
+    remove_if_same(directory, &files.own, identity).await?;
     fail::fail_point!("local::start_over", |_| Err(std::io::Error::from_raw_os_error(
         libc::EIO
     )));
-    // `O_EXCL`: a symlink there is not followed, and a file there is not ours.
-    let created = match OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&files.own)
-        .await
-    {
-        Ok(file) => Some(file),
-        Err(error) if error.kind() == ErrorKind::AlreadyExists => None,
-        Err(error) => return Err(error),
-    };
-    link_if_free(&files.own, &files.hold).await?;
+    let created = create_new(directory, &files.own).await?.map(File::from_std);
+    link_if_free(directory, &files.own, &files.hold).await?;
     Ok(created)
 }
 
-/// Makes the names in the directory of `path` durable. A file system that
-/// cannot sync a directory (`EINVAL`, `EOPNOTSUPP`) loses nothing but
-/// that guarantee, and neither does a directory the worker may write in but
-/// not open (`EACCES`, `EPERM`: an operator's drop-box directory, mode
-/// 0733), which it cannot sync whatever it does: failing every file in it
-/// would only turn a saved file into a failed task. Opened as a directory,
-/// not following a symlink (the path was resolved before: one there now was
-/// planted since) and not blocking (a FIFO planted there would hang the
-/// open).
-async fn sync_directory(path: &Path) -> std::io::Result<()> {
-    let Some(directory) = path.parent() else {
-        return Ok(());
-    };
+/// Makes the names in the directory `level` durable, by an `fsync` of it
+/// (opened again, as `.` in itself: the walk's handle cannot be synced).
+/// A file system that cannot sync a directory (`EINVAL`, `EOPNOTSUPP`)
+/// loses nothing but that guarantee, and neither does a directory the
+/// worker may write in but not open (`EACCES`, `EPERM`: an operator's
+/// drop-box directory, mode 0733), which it cannot sync whatever it does:
+/// failing every file in it would only turn a saved file into a failed
+/// task. The directory synced is the one walked, whatever its path leads
+/// to by now: nothing planted since is synced through, nor opened (a FIFO
+/// would hang the open).
+fn sync_directory(base: &Path, level: &Level) -> std::io::Result<()> {
     let opened = match failed_directory_sync() {
         Some(error) => Err(error),
-        None => {
-            tokio::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_NONBLOCK)
-                .open(directory)
-                .await
-        }
+        None => rustix::fs::openat(
+            &level.descriptor,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(std::io::Error::from),
     };
     let synced = match opened {
-        Ok(directory) => directory.sync_all().await,
+        Ok(directory) => rustix::fs::fsync(&directory).map_err(std::io::Error::from),
         Err(error) if matches!(error.raw_os_error(), Some(libc::EACCES | libc::EPERM)) => {
             tracing::warn!(
-                directory = %directory.display(),
+                directory = %format!("{}{}", base.display(), level.relative),
                 %error,
                 "cannot open the directory to sync it: its names may not survive a power loss \
                  (give the worker read permission on it)"
@@ -466,32 +862,48 @@ async fn sync_directory(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Makes the finished file `target` durable by name, whoever made its
-/// directories: its entry in its directory, then that directory's entry in
-/// its parent, and so on up to the base path's entry for the topmost one
-/// (`base`, canonical, as `target` is). For a file in `base/a/b/c`, four
-/// syncs (of `c`, `b`, `a` and `base`); for one directly in `base`, one.
-/// Each file finished pays them (an album's retry again for each file an
+/// Makes a file finished in `directory` durable by name, whoever made its
+/// directories: its entry in `directory`, then that directory's entry in
+/// its parent, and so on up to the base path's entry for the topmost one:
+/// the directories the walk to `directory` went through, the ones the
+/// file is in (symlinks followed). For a file in `base/a/b/c`, four syncs
+/// (of `c`, `b`, `a` and `base`); for one directly in `base`, one. Each
+/// file finished pays them (an album's retry again for each file an
 /// earlier attempt finished); a sync of a clean directory may still flush
 /// the disk's cache, so a deep `dir_path` costs a flush per level. Said
 /// which failed, if one did.
-async fn sync_names(base: &Path, target: &Path) -> Result<(), UnsyncedName> {
-    sync_directory(target).await.map_err(|source| UnsyncedName {
-        directory: None,
-        source,
-    })?;
-    let mut below = target.parent();
-    while let Some(directory) = below.filter(|directory| *directory != base && directory.starts_with(base)) {
-        sync_directory(directory).await.map_err(|source| UnsyncedName {
-            directory: Some(format!(
-                "/{}",
-                directory.strip_prefix(base).unwrap_or(directory).display()
-            )),
-            source,
-        })?;
-        below = directory.parent();
-    }
-    Ok(())
+async fn sync_names(directory: &Directory) -> Result<(), UnsyncedName> {
+    let directory = directory.clone();
+    tokio::task::spawn_blocking(move || {
+        let Levels { base, levels } = &*directory.levels;
+        for (index, level) in levels.iter().enumerate().rev() {
+            sync_directory(base, level).map_err(|source| UnsyncedName {
+                // Whose entry in `level` this sync made durable: the file's,
+                // in the last level, else the next level's.
+                directory: levels.get(index + 1).map(|below| below.relative.clone()),
+                source,
+            })?;
+        }
+        Ok(())
+    })
+    .await
+    .unwrap_or_else(|error| {
+        Err(UnsyncedName {
+            directory: None,
+            source: std::io::Error::other(error.to_string()),
+        })
+    })
+}
+
+/// Syncs the names in `directory` itself ([`sync_directory`]).
+async fn sync_own_names(directory: &Directory) -> std::io::Result<()> {
+    let directory = directory.clone();
+    blocking(move || {
+        let Levels { base, levels } = &*directory.levels;
+        let level = levels.last().expect("a walk holds at least the base path");
+        sync_directory(base, level)
+    })
+    .await
 }
 
 /// The sync of [`sync_names`] that failed.
@@ -554,50 +966,45 @@ enum DescriptorLink {
     Unavailable,
 }
 
-/// Links the file open as `file` to `link` (which it never replaces)
-/// through its descriptor, `/proc/self/fd/<fd>` followed (`linkat` with
-/// `AT_SYMLINK_FOLLOW`): that file itself, whatever its names lead to by
-/// now. A file with no name left gives `ENOENT`, as does a missing `/proc`;
-/// which it was, the file's own link count tells.
+/// Links the file open as `file` to `link` in `directory` (which it never
+/// replaces) through its descriptor, `/proc/self/fd/<fd>` followed
+/// (`linkat` with `AT_SYMLINK_FOLLOW`): that file itself, whatever its
+/// names lead to by now. A file with no name left gives `ENOENT`, as does a
+/// missing `/proc`; which it was, the file's own link count tells.
 #[cfg(target_os = "linux")]
-fn link_descriptor(file: &std::fs::File, link: &Path) -> std::io::Result<DescriptorLink> {
-    use std::ffi::CString;
+fn link_descriptor(
+    file: &std::fs::File,
+    directory: BorrowedFd<'_>,
+    link: &str,
+) -> std::io::Result<DescriptorLink> {
     use std::os::fd::AsRawFd;
-    use std::os::unix::ffi::OsStrExt;
     fail::fail_point!("local::link_descriptor", |_| Ok(DescriptorLink::Unavailable));
     let descriptor = format!("/proc/self/fd/{}", file.as_raw_fd());
-    let invalid = |_| std::io::Error::from(ErrorKind::InvalidInput);
-    let from = CString::new(descriptor.as_str()).map_err(invalid)?;
-    let to = CString::new(link.as_os_str().as_bytes()).map_err(invalid)?;
-    // SAFETY: both paths are NUL-terminated strings alive for the call, and
-    // the descriptor is open for as long as `file` is borrowed.
-    let linked = unsafe {
-        libc::linkat(
-            libc::AT_FDCWD,
-            from.as_ptr(),
-            libc::AT_FDCWD,
-            to.as_ptr(),
-            libc::AT_SYMLINK_FOLLOW,
-        )
-    };
-    if linked == 0 {
-        return Ok(DescriptorLink::Linked);
-    }
-    let error = std::io::Error::last_os_error();
-    match error.kind() {
-        ErrorKind::AlreadyExists => Ok(DescriptorLink::Taken),
-        ErrorKind::NotFound if file.metadata()?.nlink() == 0 => Ok(DescriptorLink::Unnamed),
-        // The descriptor's own entry is missing: no `/proc` (else the
-        // directory of `link` is gone, which is an error).
-        ErrorKind::NotFound if std::fs::symlink_metadata(&descriptor).is_err() => {
+    match rustix::fs::linkat(
+        rustix::fs::CWD,
+        descriptor.as_str(),
+        directory,
+        link,
+        AtFlags::SYMLINK_FOLLOW,
+    ) {
+        Ok(()) => Ok(DescriptorLink::Linked),
+        Err(Errno::EXIST) => Ok(DescriptorLink::Taken),
+        Err(Errno::NOENT) if file.metadata()?.nlink() == 0 => Ok(DescriptorLink::Unnamed),
+        // The descriptor's own entry is missing: no `/proc` (else
+        // `directory` was removed, which is an error).
+        Err(Errno::NOENT) if std::fs::symlink_metadata(&descriptor).is_err() => {
             Ok(DescriptorLink::Unavailable)
         }
-        _ => Err(error),
+        Err(errno) => Err(errno.into()),
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn link_descriptor(_file: &std::fs::File, _link: &Path) -> std::io::Result<DescriptorLink> {
+fn link_descriptor(
+    _file: &std::fs::File,
+    _directory: BorrowedFd<'_>,
+    _link: &str,
+) -> std::io::Result<DescriptorLink> {
     Ok(DescriptorLink::Unavailable)
 }
 
@@ -608,15 +1015,6 @@ fn link_descriptor(_file: &std::fs::File, _link: &Path) -> std::io::Result<Descr
 fn writer(file: std::fs::File, offset: u64) -> std::io::Result<(Arc<std::fs::File>, WriteBehind)> {
     let descriptor = Arc::new(file.try_clone()?);
     Ok((descriptor, WriteBehind::start(file, offset, "partial-writer")?))
-}
-
-/// Creates an empty file at `path` unless something is there; a symlink
-/// there is not followed (`O_EXCL`).
-async fn create_if_missing(path: &Path) -> std::io::Result<()> {
-    match OpenOptions::new().write(true).create_new(true).open(path).await {
-        Err(error) if error.kind() != ErrorKind::AlreadyExists => Err(error),
-        _ => Ok(()),
-    }
 }
 
 /// Fails unless files under `base` can be hard linked, which holding names
@@ -661,7 +1059,7 @@ impl Storage for LocalStorage {
                 continue;
             }
             if self
-                .hold(&FileNames::new(&directory, &candidate, owner), &path)
+                .hold(&directory, &FileNames::new(&candidate, owner), &path)
                 .await?
             {
                 return Ok(path);
@@ -678,84 +1076,81 @@ impl Storage for LocalStorage {
         let Some(directory) = self.existing_directory(&path.dir).await? else {
             return Ok(None);
         };
-        let files = FileNames::new(&directory, &path.name, owner);
+        let files = FileNames::new(&path.name, owner);
         let io = |action: &'static str| move |source: std::io::Error| self.io_error(action, path, source);
-        let target = match entry(&files.target).await.map_err(io("check"))? {
-            Some(target) if target.file_type().is_file() => target,
+        let target = match entry(&directory, &files.target).await.map_err(io("check"))? {
+            Some(target) if target.is_file() => target,
             _ => return Ok(None),
         };
-        let identity = Identity::of(&target);
-        if let Some(own) = entry(&files.own).await.map_err(io("check"))? {
-            if Identity::of(&own) != identity {
+        let identity = target.identity;
+        if let Some(own) = entry(&directory, &files.own).await.map_err(io("check"))? {
+            if own.identity != identity {
                 // Still being written; `C` is somebody else's.
                 return Ok(None);
             }
         }
         // Finished, by an attempt that may have died before tidying up.
-        remove_if_same(&files.hold, identity)
+        remove_if_same(&directory, &files.hold, identity)
             .await
             .map_err(io("give up the name of"))?;
-        remove_if_same(&files.own, identity)
+        remove_if_same(&directory, &files.own, identity)
             .await
             .map_err(io("remove the partial file of"))?;
         // The attempt that finished it may have died, or failed, before
         // its names were durable.
-        sync_names(&self.base, &files.target)
+        sync_names(&directory)
             .await
             .map_err(|unsynced| unsynced.into_error(&self.name, &path.to_string()))?;
-        Ok(Some(target.len()))
+        Ok(Some(target.len))
     }
 
     async fn open(&self, owner: &TaskId, path: &StoragePath) -> Result<Box<dyn PartialFile>, StorageError> {
         let directory = self.directory(&path.dir).await?;
-        let files = FileNames::new(&directory, &path.name, owner);
+        let files = FileNames::new(&path.name, owner);
         let io = |action: &'static str| move |source: std::io::Error| self.io_error(action, path, source);
-        if entry(&files.own).await.map_err(io("check"))?.is_none() {
-            match entry(&files.hold).await.map_err(io("check"))? {
+        if entry(&directory, &files.own)
+            .await
+            .map_err(io("check"))?
+            .is_none()
+        {
+            match entry(&directory, &files.hold).await.map_err(io("check"))? {
                 // A partial file from before own partial files: the task
                 // recorded this path, so it is the task's.
-                Some(hold) if hold.file_type().is_file() && hold.nlink() == 1 => {
-                    link_if_free(&files.hold, &files.own)
+                Some(hold) if hold.is_file() && hold.links == 1 => {
+                    link_if_free(&directory, &files.hold, &files.own)
                         .await
                         .map_err(io("adopt the partial file of"))?;
                 }
-                _ => create_if_missing(&files.own)
+                _ => create_if_missing(&directory, &files.own)
                     .await
                     .map_err(io("create the partial file of"))?,
             }
         }
-        let own = self.own_identity(&files, path).await?;
+        let own = self.own_identity(&directory, &files, path).await?;
         // The path was held when it was recorded; hold it again if an
         // attempt got no further than creating the partial file.
-        if !link_if_free(&files.own, &files.hold)
+        if !link_if_free(&directory, &files.own, &files.hold)
             .await
             .map_err(io("hold the name of"))?
         {
-            let holder = entry(&files.hold).await.map_err(io("check"))?;
-            if holder.as_ref().map(Identity::of) != Some(own) {
+            let holder = entry(&directory, &files.hold).await.map_err(io("check"))?;
+            if holder.map(|holder| holder.identity) != Some(own) {
                 return Err(self.occupied(format!("{path}.part")));
             }
         }
-        // `O_NOFOLLOW`: a symlink planted in place of the partial file since
-        // it was checked is refused, not written through. Not `O_APPEND`:
-        // the writes go at this file's own offsets (see `finish`).
-        let file = OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&files.own)
+        let file = open_for_writing(&directory, &files.own)
             .await
             .map_err(io("open the partial file of"))?;
         let metadata = file
             .metadata()
-            .await
             .map_err(io("read the size of the partial file of"))?;
         let len = metadata.len();
         let (descriptor, file) =
-            writer(file.into_std().await, len).map_err(io("start the thread writing the partial file of"))?;
+            writer(file, len).map_err(io("start the thread writing the partial file of"))?;
         Ok(Box::new(LocalPartialFile {
             storage: self.name.clone(),
-            base: self.base.clone(),
             path: path.to_string(),
+            directory,
             files,
             identity: Identity::of(&metadata),
             descriptor,
@@ -769,23 +1164,18 @@ impl Storage for LocalStorage {
             return Ok(());
         };
         let io = |action: &'static str| move |source: std::io::Error| self.io_error(action, dir, source);
-        let mut entries = tokio::fs::read_dir(&directory).await.map_err(io("list"))?;
-        while let Some(listed) = entries.next_entry().await.map_err(io("list"))? {
-            let Some(name) = listed
-                .file_name()
-                .to_str()
-                .and_then(|file_name| own_partial_of(file_name, owner))
+        for name in own_partial_files(&directory, owner).await.map_err(io("list"))? {
+            let files = FileNames::new(&name, owner);
+            let Some(own) = entry(&directory, &files.own)
+                .await
+                .map_err(io("check a partial file in"))?
             else {
                 continue;
             };
-            let files = FileNames::new(&directory, &name, owner);
-            let Some(own) = entry(&files.own).await.map_err(io("check a partial file in"))? else {
-                continue;
-            };
-            remove_if_same(&files.hold, Identity::of(&own))
+            remove_if_same(&directory, &files.hold, own.identity)
                 .await
                 .map_err(io("give up a name in"))?;
-            remove_if_present(&files.own)
+            remove_if_present(&directory, &files.own)
                 .await
                 .map_err(io("remove a partial file in"))?;
         }
@@ -796,7 +1186,7 @@ impl Storage for LocalStorage {
         let Some(directory) = self.existing_directory(&path.dir).await? else {
             return Ok(());
         };
-        remove_if_present(&directory.join(path.name.as_str()))
+        remove_if_present(&directory, path.name.as_str())
             .await
             .map_err(|source| self.io_error("remove", path, source))
     }
@@ -889,10 +1279,11 @@ fn passed_over(relative: &str, error: &std::io::Error) {
 
 struct LocalPartialFile {
     storage: String,
-    /// The storage's canonical base path, up to which `finish` syncs.
-    base: PathBuf,
     /// The storage path of the file, for messages.
     path: String,
+    /// The directory the file is in, as walked when it was opened: every
+    /// name of the file is used in it, and `finish` syncs up its walk.
+    directory: Directory,
     files: FileNames,
     /// The own partial file's identity, of the file opened (its names may
     /// lead elsewhere later, once it is discarded), or of the new one a
@@ -938,7 +1329,7 @@ impl LocalPartialFile {
         let Err(discard) = self.discard().await else {
             return self.discarded(action, source);
         };
-        if !leads_to(&self.files, self.identity).await {
+        if !leads_to(&self.directory, &self.files, self.identity).await {
             warn!(
                 storage = %self.storage,
                 path = %self.path,
@@ -961,7 +1352,7 @@ impl LocalPartialFile {
         fail::fail_point!("local::discard", |_| Err(std::io::Error::from_raw_os_error(
             libc::EIO
         )));
-        start_over(&self.files, self.identity).await
+        start_over(&self.directory, &self.files, self.identity).await
     }
 
     /// The error of a partial file another attempt of the task discarded.
@@ -992,10 +1383,10 @@ impl LocalPartialFile {
     /// though another attempt had found reason to discard it.
     async fn link_target(&self) -> Result<bool, StorageError> {
         let (descriptor, target) = (self.descriptor.clone(), self.files.target.clone());
-        let linked = tokio::task::spawn_blocking(move || link_descriptor(&descriptor, &target))
+        let linked = self
+            .directory
+            .run(move |directory| link_descriptor(&descriptor, directory, &target))
             .await
-            .map_err(|error| std::io::Error::other(error.to_string()))
-            .and_then(|linked| linked)
             .map_err(|source| self.io_error("link the partial file to", source))?;
         match linked {
             DescriptorLink::Linked => Ok(true),
@@ -1018,13 +1409,13 @@ impl LocalPartialFile {
     /// attempt writing the new file finish it in that instant, it finds
     /// its own file at the name, completes, and loses it to this removal.
     async fn link_by_name(&self) -> Result<bool, StorageError> {
-        let (own, files) = (self.identity, &self.files);
+        let (own, files, directory) = (self.identity, &self.files, &self.directory);
         let mut named = None;
         for name in [&files.own, &files.hold] {
-            let at = entry(name)
+            let at = entry(directory, name)
                 .await
                 .map_err(|source| self.io_error("check", source))?;
-            if at.as_ref().map(Identity::of) == Some(own) {
+            if at.map(|at| at.identity) == Some(own) {
                 named = Some(name);
                 break;
             }
@@ -1032,18 +1423,18 @@ impl LocalPartialFile {
         let Some(name) = named else {
             return Err(self.replaced());
         };
-        let linked = link_if_free(name, &files.target)
+        let linked = link_if_free(directory, name, &files.target)
             .await
             .map_err(|source| self.io_error("link the partial file to", source))?;
         if linked {
-            let existing = entry(&files.target)
+            let existing = entry(directory, &files.target)
                 .await
                 .map_err(|source| self.io_error("check", source))?
-                .map(|existing| Identity::of(&existing));
+                .map(|existing| existing.identity);
             if existing != Some(own) {
                 // The name led to another file by the time it was linked.
                 if let Some(linked) = existing {
-                    remove_if_same(&files.target, linked)
+                    remove_if_same(directory, &files.target, linked)
                         .await
                         .map_err(|source| self.io_error("remove the wrong link of", source))?;
                 }
@@ -1065,9 +1456,9 @@ impl LocalPartialFile {
 
 /// Whether a name a later attempt opens, the own partial file or the hold,
 /// still leads to the file `identity`; yes when that cannot be told.
-async fn leads_to(files: &FileNames, identity: Identity) -> bool {
+async fn leads_to(directory: &Directory, files: &FileNames, identity: Identity) -> bool {
     for name in [&files.own, &files.hold] {
-        if names(name, identity).await {
+        if names(directory, name, identity).await {
             return true;
         }
     }
@@ -1075,10 +1466,10 @@ async fn leads_to(files: &FileNames, identity: Identity) -> bool {
 }
 
 /// Whether `name` leads to the file `identity`; yes when that cannot be told.
-async fn names(name: &Path, identity: Identity) -> bool {
-    match entry(name).await {
+async fn names(directory: &Directory, name: &str, identity: Identity) -> bool {
+    match entry(directory, name).await {
         Ok(None) => false,
-        Ok(Some(metadata)) => Identity::of(&metadata) == identity,
+        Ok(Some(found)) => found.identity == identity,
         Err(_) => true,
     }
 }
@@ -1100,7 +1491,7 @@ impl PartialFile for LocalPartialFile {
         // Written first: a failed write is reported as one, and the file
         // discarded as untrusted, should starting over fail and leave it.
         self.flush().await?;
-        let Some(file) = start_afresh(&self.files, self.identity)
+        let Some(file) = start_afresh(&self.directory, &self.files, self.identity)
             .await
             .map_err(|source| self.io_error("start over the partial file of", source))?
         else {
@@ -1113,10 +1504,10 @@ impl PartialFile for LocalPartialFile {
         let identity = Identity::of(&metadata);
         // Held again at once; another task may have taken the name in that
         // instant, and the file is then not to be finished under it.
-        let holder = entry(&self.files.hold)
+        let holder = entry(&self.directory, &self.files.hold)
             .await
             .map_err(|source| self.io_error("check", source))?;
-        if holder.as_ref().map(Identity::of) != Some(identity) {
+        if holder.map(|holder| holder.identity) != Some(identity) {
             return Err(StorageError::Occupied {
                 storage: self.storage.clone(),
                 path: format!("{}.part", self.path),
@@ -1132,7 +1523,7 @@ impl PartialFile for LocalPartialFile {
         if let Err(source) = self.file.sync().await {
             return Err(self.untrusted("truncate the partial file of", source).await);
         }
-        sync_directory(&self.files.own)
+        sync_own_names(&self.directory)
             .await
             .map_err(|source| self.io_error("sync the directory of", source))
     }
@@ -1161,7 +1552,7 @@ impl PartialFile for LocalPartialFile {
             Err(source) => return Err(self.untrusted("sync the partial file of", source).await),
         };
         let own = self.identity;
-        let files = &self.files;
+        let (files, directory) = (&self.files, &self.directory);
         // An attempt taken over while it was frozen may have written this
         // file after this one opened it. Its bytes went at its own offsets:
         // the same bytes where both wrote the same source from the same
@@ -1172,7 +1563,7 @@ impl PartialFile for LocalPartialFile {
         // writer's bytes end holds bytes it did not write, and is not
         // finished. It goes: the next attempt starts over.
         if synced.len() != self.len {
-            start_over(files, own)
+            start_over(directory, files, own)
                 .await
                 .map_err(|source| self.io_error("discard the partial file of", source))?;
             return Err(StorageError::Interleaved {
@@ -1194,7 +1585,7 @@ impl PartialFile for LocalPartialFile {
         // (as a partial file from before own partial files), so the file
         // is still the task's. Any other name does not count (see
         // `link_target`).
-        if !leads_to(files, own).await && !names(&files.target, own).await {
+        if !leads_to(directory, files, own).await && !names(directory, &files.target, own).await {
             return Err(self.replaced());
         }
         fail::fail_point!("local::finish::link");
@@ -1207,13 +1598,13 @@ impl PartialFile for LocalPartialFile {
             self.io_error("finish", std::io::Error::from_raw_os_error(libc::EIO))
         ));
         if !linked {
-            let existing = entry(&files.target)
+            let existing = entry(directory, &files.target)
                 .await
                 .map_err(|source| self.io_error("check", source))?;
-            if existing.as_ref().map(Identity::of) != Some(own) {
+            if existing.map(|existing| existing.identity) != Some(own) {
                 // Discarded after the check above, and the new file
                 // finished by its own attempt in the meantime?
-                if !leads_to(files, own).await {
+                if !leads_to(directory, files, own).await {
                     return Err(self.replaced());
                 }
                 return Err(StorageError::Occupied {
@@ -1223,15 +1614,15 @@ impl PartialFile for LocalPartialFile {
             }
         }
         // The hold first, the own partial file last (see the module docs).
-        remove_if_same(&files.hold, own)
+        remove_if_same(directory, &files.hold, own)
             .await
             .map_err(|source| self.io_error("give up the name of", source))?;
-        remove_if_same(&files.own, own)
+        remove_if_same(directory, &files.own, own)
             .await
             .map_err(|source| self.io_error("remove the partial file of", source))?;
         // The new names durable, and every directory's up to the base
         // path, before the file is reported finished (see `sync_names`).
-        sync_names(&self.base, &files.target)
+        sync_names(directory)
             .await
             .map_err(|unsynced| unsynced.into_error(&self.storage, &self.path))?;
         Ok(self.len)
@@ -1835,6 +2226,7 @@ mod tests {
     fn a_file_is_linked_by_its_descriptor_whatever_its_name_leads_to_and_not_once_it_has_none() {
         let dir = tempfile::tempdir().unwrap();
         let at = |name: &str| dir.path().join(name);
+        let directory = std::fs::File::open(dir.path()).unwrap();
         let mut file = std::fs::File::create(at("first")).unwrap();
         std::io::Write::write_all(&mut file, b"mine").unwrap();
         // Its name leads to another file now.
@@ -1842,22 +2234,26 @@ mod tests {
         std::fs::write(at("first"), b"another").unwrap();
 
         assert_eq!(
-            link_descriptor(&file, &at("linked")).unwrap(),
+            link_descriptor(&file, directory.as_fd(), "linked").unwrap(),
             DescriptorLink::Linked
         );
         assert_eq!(std::fs::read(at("linked")).unwrap(), b"mine");
         assert_eq!(
-            link_descriptor(&file, &at("first")).unwrap(),
+            link_descriptor(&file, directory.as_fd(), "first").unwrap(),
             DescriptorLink::Taken
         );
         assert_eq!(std::fs::read(at("first")).unwrap(), b"another");
-        let missing = link_descriptor(&file, &at("missing/linked")).unwrap_err();
+        // Into a directory removed since it was opened.
+        std::fs::create_dir(at("removed")).unwrap();
+        let removed = std::fs::File::open(at("removed")).unwrap();
+        std::fs::remove_dir(at("removed")).unwrap();
+        let missing = link_descriptor(&file, removed.as_fd(), "linked").unwrap_err();
         assert_eq!(missing.kind(), ErrorKind::NotFound);
         for name in ["moved", "linked"] {
             std::fs::remove_file(at(name)).unwrap();
         }
         assert_eq!(
-            link_descriptor(&file, &at("again")).unwrap(),
+            link_descriptor(&file, directory.as_fd(), "again").unwrap(),
             DescriptorLink::Unnamed
         );
         assert!(!at("again").exists());
@@ -2181,6 +2577,66 @@ mod tests {
             matches!(under_a_file, Err(StorageError::Io { .. })),
             "{under_a_file:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_symlink_in_a_dir_path_that_leads_out_of_the_base_path_is_refused_saying_which_where_to_and_what_to_do(
+    ) {
+        // Arrange: symlinks planted in the base path before anything runs,
+        // two that lead out of it (one absolute, one relative that climbs
+        // above it) and one that leads back inside.
+        let dir = tempfile::tempdir().unwrap();
+        let storage = storage(&dir);
+        let base = storage.base_path().to_path_buf();
+        let owner = task();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(outside.join("sub")).unwrap();
+        std::os::unix::fs::symlink(&outside, base.join("escape")).unwrap();
+        std::fs::create_dir_all(base.join("a")).unwrap();
+        std::os::unix::fs::symlink("../..", base.join("a/up")).unwrap();
+        std::fs::create_dir(base.join("real")).unwrap();
+        std::os::unix::fs::symlink("../real", base.join("a/back")).unwrap();
+
+        // Act
+        let escaped = storage
+            .reserve(&owner, &storage_dir("/escape/sub"), &name("f"), &[])
+            .await;
+        let climbed = storage
+            .reserve(&owner, &storage_dir("/a/up/base/x"), &name("f"), &[])
+            .await;
+        let inside = storage
+            .reserve(&owner, &storage_dir("/a/back/sub"), &name("f"), &[])
+            .await;
+
+        // Assert: refused, permanently, each saying which symlink leads
+        // where, and what to do about it; nothing made where they lead.
+        let refusal = |dir_path: &str, symlink: &str, target: &str| {
+            format!(
+                "storage local1: {dir_path} (through the symlink {symlink}, to {target}: replace it \
+                 with a directory, or point it at one inside the base path) resolves outside the \
+                 storage's base path"
+            )
+        };
+        for (refused, expected) in [
+            (
+                escaped,
+                refusal("/escape/sub", "/escape", &outside.display().to_string()),
+            ),
+            (climbed, refusal("/a/up/base/x", "/a/up", "../..")),
+        ] {
+            let error = refused.unwrap_err();
+            assert!(matches!(error, StorageError::Escapes { .. }), "{error:?}");
+            assert!(error.is_permanent());
+            assert_eq!(error.to_string(), expected);
+        }
+        assert_eq!(
+            std::fs::read_dir(outside.join("sub")).unwrap().count(),
+            0,
+            "something was made outside"
+        );
+        assert!(!base.join("x").exists() && !dir.path().join("x").exists());
+        assert_eq!(inside.unwrap().to_string(), "/a/back/sub/f");
+        assert!(base.join("real/sub/f.part").exists());
     }
 
     #[tokio::test]
