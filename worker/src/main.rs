@@ -5,19 +5,18 @@
 //!
 //! `rebuild` recomputes the projection from the event log
 //! ([`savestream_worker::rebuild`]): it connects with `[redis]` as a worker
-//! does, refuses while any worker process is registered as live (naming
-//! them; `--force` runs anyway), and prints what it rebuilt on standard
-//! output, one count a line (`tasks rebuilt: N`, then `queued`, `running`,
-//! `delayed`, `expired`, `kept`). Stop the API too: it writes (creates
-//! tasks), and no registry shows it.
+//! does, refuses while any worker or API process is registered as live
+//! (naming them; `--force` runs anyway), and prints what it rebuilt on
+//! standard output, one count a line (`tasks rebuilt: N`, then `queued`,
+//! `running`, `delayed`, `expired`, `kept`).
 //!
 //! Exit codes: 0 after a graceful shutdown (or a login, or a rebuild), 1
 //! when the worker cannot start (Redis still unreachable after `[redis]
 //! startup_wait_seconds`, a storage that cannot be created, a webhook
 //! dispatcher that cannot create its consumer group) or stops because its
 //! webhook dispatcher cannot run (after a graceful shutdown of the rest),
-//! or the login fails, or the rebuild is refused (workers registered as
-//! live: nothing was written) or fails (Redis unreachable or failing
+//! or the login fails, or the rebuild is refused (workers or API processes
+//! registered as live: nothing was written) or fails (Redis unreachable or failing
 //! midway: run it again), 2 for a bad command line or config file
 //! (including Telegram settings that `login` cannot use), 3 when the
 //! shutdown was cut short: a
@@ -75,22 +74,45 @@ enum Command {
     /// from the event log, after it was lost or damaged.
     ///
     /// Run it with nothing writing to Redis: stop every worker and every
-    /// API process first. It refuses to run while a worker process is
-    /// registered as live, and names them; the API (which creates tasks)
-    /// is in no registry, so it cannot be checked: stop it yourself.
+    /// API process first. It refuses to run while a worker or API process
+    /// is registered as live, and names them.
     /// Prints one count a line: tasks rebuilt, queued, running, delayed
     /// (queued, waiting out a retry's backoff), expired (ended past
     /// `[queue] retention_hours`, left out) and kept (their log trimmed at
     /// its start: their projection is kept as it was). Running it again is
     /// harmless. Exits 0 when rebuilt, 1 when refused or when Redis fails.
     Rebuild {
-        /// Rebuilds even while workers are registered as live: for a
-        /// registration left by a worker that crashed, which stays for
+        /// Rebuilds even while processes are registered as live: for a
+        /// registration left by a process that crashed, which stays for
         /// three `[queue] lease_seconds` after its last heartbeat. Make
-        /// sure the workers named are really gone.
+        /// sure the processes named are really gone.
         #[arg(long)]
         force: bool,
     },
+}
+
+/// Raises the soft limit on open files to the hard limit, as Go's runtime
+/// does for every program: the limit a service manager or shell leaves
+/// (1,024 under systemd) is small for a worker whose every download holds a
+/// descriptor for each directory from the storage's base path down to its
+/// file (see `storage::local`), besides its sockets and its file. The hard
+/// limit is the operator's word and is left as it is.
+fn raise_open_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    // `None` is unlimited: a soft limit already unlimited needs nothing, and
+    // an unlimited hard one is not a number the kernel takes for files.
+    let (Some(soft), Some(hard)) = (limit.current, limit.maximum) else {
+        return;
+    };
+    if soft >= hard {
+        return;
+    }
+    limit.current = Some(hard);
+    match setrlimit(Resource::Nofile, limit) {
+        Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open file limit"),
+        Err(error) => tracing::debug!(%error, "cannot raise the open file limit: keeping {soft}"),
+    }
 }
 
 /// Keeps freed memory in the process instead of giving it back to the kernel
@@ -142,6 +164,7 @@ fn main() -> ExitCode {
         Some(Command::Rebuild { force }) => return runtime.block_on(rebuild(loaded.config, force)),
         None => {}
     }
+    raise_open_file_limit();
     let exit_code = match runtime.block_on(run(loaded.config, cli.role)) {
         Ok(exit_code) => exit_code,
         Err(error) => {

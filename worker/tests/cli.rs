@@ -3,6 +3,7 @@
 //! `rebuild`.
 
 use std::collections::HashMap;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -524,6 +525,57 @@ async fn rebuild_refuses_while_a_worker_is_registered_naming_it_and_runs_with_fo
     let rebuilt = store.projection().await.unwrap();
     assert_eq!(rebuilt, fold(&store).await);
     assert_eq!(rebuilt, live);
+}
+
+#[tokio::test]
+async fn the_worker_raises_its_open_file_limit_to_the_hard_limit() {
+    // Arrange: a worker started with 256 open files allowed and 4,096 at
+    // most, as a service manager may leave it (systemd's soft limit is
+    // 1,024): too few for many downloads, each of which holds a descriptor
+    // per directory level of its path.
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &redis.url());
+    let store = store_of(&config).await;
+    let mut command = worker();
+    command.arg("--config").arg(&config).stderr(Stdio::null());
+    // SAFETY: the closure runs in the child between fork and exec, and
+    // makes one system call, which is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            use rustix::process::{setrlimit, Resource, Rlimit};
+            let limit = Rlimit {
+                current: Some(256),
+                maximum: Some(4096),
+            };
+            setrlimit(Resource::Nofile, limit).map_err(std::io::Error::from)
+        });
+    }
+
+    // Act
+    let running = KilledOnDrop(command.spawn().unwrap());
+
+    // Assert: once it runs (registered), its soft limit is the hard one.
+    let pid = running.0.id();
+    eventually("the worker to register", Duration::from_secs(10), || async {
+        store
+            .workers()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|worker| worker.pid == pid)
+    })
+    .await;
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .expect("a line for open files")
+        .split_whitespace()
+        .skip(3)
+        .take(2)
+        .collect();
+    assert_eq!(open_files, ["4096", "4096"], "soft and hard limits: {limits}");
 }
 
 #[tokio::test]
