@@ -11,8 +11,7 @@
 //! The request body is the one type parsed by hand ([`CreateTaskRequest::from_json`])
 //! rather than by poem-openapi, whose errors do not say which field is wrong.
 
-use poem_openapi::registry::{MetaSchema, MetaSchemaRef, Registry};
-use poem_openapi::types::{Example, Type};
+use poem_openapi::types::Example;
 use poem_openapi::{Enum, Object};
 use savestream_shared::config::StorageConfig;
 use savestream_shared::event::EventKind;
@@ -79,8 +78,14 @@ impl Example for Ready {
     }
 }
 
-/// A task to create: exactly one of `telegram_url` or `url`, and the user it is for.
-/// Fields not listed here are ignored.
+/// A task to create: exactly one of `telegram_url` or `url` (not empty), and the user it is for.
+/// A body with neither or both is refused with 400 naming them. Fields not listed here are
+/// ignored.
+///
+/// The one-source rule is stated here, not as a `oneOf` in the schema: client generators
+/// (openapi-python-client, openapi-generator, progenitor) build a `oneOf` object from its
+/// alternatives alone and drop the shared properties, `user_id` among them, so their typed
+/// clients could not send a valid body.
 #[derive(Object, Debug, Clone, PartialEq)]
 #[oai(example, skip_serializing_if_is_none)]
 pub struct CreateTaskRequest {
@@ -118,40 +123,6 @@ impl Example for CreateTaskRequest {
 }
 
 impl CreateTaskRequest {
-    /// The fields that name a task's source: a body gives exactly one of them.
-    pub const SOURCE_FIELDS: [&'static str; 2] = ["telegram_url", "url"];
-
-    /// Registers the schema with the one rule the derive cannot state:
-    /// exactly one of [`SOURCE_FIELDS`](Self::SOURCE_FIELDS) is given, as a
-    /// `oneOf` with one alternative per field: the field is present and not
-    /// empty (an empty string counts as absent, as in SaveAny-Bot). Without
-    /// it a body with neither (or both) is valid by the document yet refused
-    /// by the API.
-    pub fn register_with_source_rule(registry: &mut Registry) {
-        <CreateTaskRequest as Type>::register(registry);
-        let name = <CreateTaskRequest as Type>::name();
-        // `register` has just created the schema under its name; only a
-        // changed derive could break this, which the spec tests would show.
-        let schema = registry
-            .schemas
-            .get_mut(name.as_ref())
-            .expect("CreateTaskRequest::register registers the schema under its name");
-        schema.one_of = Self::SOURCE_FIELDS
-            .iter()
-            .map(|&field| {
-                let not_empty = MetaSchema {
-                    min_length: Some(1),
-                    ..MetaSchema::ANY
-                };
-                MetaSchemaRef::Inline(Box::new(MetaSchema {
-                    required: vec![field],
-                    properties: vec![(field, MetaSchemaRef::Inline(Box::new(not_empty)))],
-                    ..MetaSchema::ANY
-                }))
-            })
-            .collect();
-    }
-
     /// Reads a request body, naming the field in every error. Empty strings
     /// count as absent, as they did in SaveAny-Bot; `null` does not: the
     /// contract types every field as a string or a number, so a `null` is
@@ -433,12 +404,12 @@ impl From<SourceKind> for SourceWire {
 #[oai(rename = "Progress", example)]
 pub struct ProgressBody {
     /// Bytes downloaded so far in the current attempt. Example: `1048576`.
-    pub downloaded_bytes: u64,
+    pub downloaded_bytes: i64,
     /// The file's size in bytes; absent while it is unknown. Example: `4194304`.
     #[oai(skip_serializing_if_is_none)]
-    pub total_bytes: Option<u64>,
+    pub total_bytes: Option<i64>,
     /// Recent download speed in bytes per second. Example: `524288`.
-    pub bytes_per_second: u64,
+    pub bytes_per_second: i64,
 }
 
 impl Example for ProgressBody {
@@ -454,9 +425,9 @@ impl Example for ProgressBody {
 impl From<Progress> for ProgressBody {
     fn from(progress: Progress) -> Self {
         ProgressBody {
-            downloaded_bytes: progress.downloaded_bytes,
-            total_bytes: progress.total_bytes,
-            bytes_per_second: progress.bytes_per_second,
+            downloaded_bytes: int64(progress.downloaded_bytes),
+            total_bytes: progress.total_bytes.map(int64),
+            bytes_per_second: int64(progress.bytes_per_second),
         }
     }
 }
@@ -584,10 +555,10 @@ pub struct TaskListBody {
     pub running: Vec<TaskLine>,
     /// How many tasks are queued in all. More than `queued` holds when the list was cut at
     /// `limit`: ask with a larger `limit` to see more.
-    pub queued_total: u64,
+    pub queued_total: i64,
     /// How many tasks are running in all. More than `running` holds when the list was cut at
     /// `limit`.
-    pub running_total: u64,
+    pub running_total: i64,
 }
 
 impl Example for TaskListBody {
@@ -609,8 +580,8 @@ impl From<TaskList> for TaskListBody {
         TaskListBody {
             queued: list.queued.into_iter().map(TaskLine::from).collect(),
             running: list.running.into_iter().map(TaskLine::from).collect(),
-            queued_total: list.queued_total,
-            running_total: list.running_total,
+            queued_total: int64(list.queued_total),
+            running_total: int64(list.running_total),
         }
     }
 }
@@ -697,7 +668,7 @@ pub struct TaskEventBody {
     /// `resolved`: the file's name.
     pub file_name: Option<String>,
     /// `resolved`, `completed`: the file's size in bytes, when known.
-    pub size: Option<u64>,
+    pub size: Option<i64>,
     /// `resolved`, `completed`: the file's path inside the storage.
     pub path: Option<String>,
     /// `retrying`, `failed`: what went wrong.
@@ -795,7 +766,7 @@ impl From<LoggedEvent> for TaskEventBody {
             } => TaskEventBody {
                 attempt: Some(attempt),
                 file_name: Some(file_name),
-                size,
+                size: size.map(int64),
                 path: Some(path),
                 title: Some(title),
                 ..TaskEventBody::bare(id, EventTypeWire::Resolved, at)
@@ -814,7 +785,7 @@ impl From<LoggedEvent> for TaskEventBody {
             },
             EventKind::Completed { attempt, size, path } => TaskEventBody {
                 attempt: Some(attempt),
-                size,
+                size: size.map(int64),
                 path: Some(path),
                 ..TaskEventBody::bare(id, EventTypeWire::Completed, at)
             },
@@ -909,7 +880,7 @@ pub struct WorkerBody {
     /// What it runs: `tasks`, `webhooks` or `all`. Example: `all`.
     pub role: String,
     /// How many tasks it runs at once. Example: `3`.
-    pub slots: u64,
+    pub slots: i64,
     /// The ids of the tasks it holds now, at most `slots`.
     pub tasks: Vec<String>,
     /// When it started, RFC 3339 in UTC. Example: `2024-01-19T04:00:00Z`.
@@ -941,7 +912,7 @@ impl From<WorkerInfo> for WorkerBody {
             host: info.host,
             pid: info.pid,
             role: info.role,
-            slots: info.slots as u64,
+            slots: int64(info.slots as u64),
             tasks: info.tasks,
             started_at: rfc3339(info.started_at),
             seen_at: rfc3339(info.seen_at),
@@ -963,6 +934,14 @@ impl Example for WorkerListBody {
             workers: vec![WorkerBody::example()],
         }
     }
+}
+
+/// A count or size as the document's `int64`: client generators map only
+/// `int64` to a 64-bit integer (openapi-generator gives `uint64` a 32-bit
+/// one, which a file over 2 GiB overflows). No count comes near `i64::MAX`;
+/// one that did would read as `i64::MAX`, not wrap.
+fn int64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

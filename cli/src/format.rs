@@ -41,9 +41,9 @@ pub fn task(task: &Task) -> String {
         lines.push((
             "progress",
             progress(
-                task.progress.downloaded_bytes,
-                task.progress.total_bytes,
-                task.progress.bytes_per_second,
+                count(task.progress.downloaded_bytes),
+                task.progress.total_bytes.map(count),
+                count(task.progress.bytes_per_second),
             ),
         ));
     }
@@ -103,6 +103,12 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         )
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// A count or size as the API sends it (`int64`, never negative) as the
+/// unsigned number it is; a negative one, which no server sends, reads as 0.
+pub fn count(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -31,8 +31,8 @@ pub async fn run(api: &Api, limit: u32) -> anyhow::Result<ExitCode> {
         out::line(format::table(&["ID", "STATUS", "TITLE"], &rows))?;
     }
     let cut = [
-        ("running", list.running.len(), list.running_total),
-        ("queued", list.queued.len(), list.queued_total),
+        ("running", list.running.len(), format::count(list.running_total)),
+        ("queued", list.queued.len(), format::count(list.queued_total)),
     ];
     for (status, shown, total) in cut {
         if (shown as u64) < total {

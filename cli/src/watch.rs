@@ -181,22 +181,22 @@ impl Screen {
 
     fn progress(&self, task: &Task) {
         let progress = &task.progress;
-        if let Some(total) = progress.total_bytes.filter(|total| *total > 0) {
+        if let Some(total) = progress.total_bytes.map(format::count).filter(|total| *total > 0) {
             if !self.sized.get() {
                 self.bar.set_style(bar_style());
                 self.sized.set(true);
             }
             self.bar.set_length(total);
         }
-        self.bar.set_position(progress.downloaded_bytes);
+        self.bar.set_position(format::count(progress.downloaded_bytes));
         if task.status != TaskStatus::Running {
             self.bar.set_message(task.status.to_string());
             return;
         }
-        let speed = progress.bytes_per_second;
+        let speed = format::count(progress.bytes_per_second);
         let mut message = format!("{}/s", HumanBytes(speed));
-        if let Some(total) = progress.total_bytes.filter(|_| speed > 0) {
-            let left = total.saturating_sub(progress.downloaded_bytes);
+        if let Some(total) = progress.total_bytes.map(format::count).filter(|_| speed > 0) {
+            let left = total.saturating_sub(format::count(progress.downloaded_bytes));
             let eta = Duration::from_secs(left.div_ceil(speed));
             message.push_str(&format!(", ETA {}", HumanDuration(eta)));
         }
@@ -208,10 +208,11 @@ impl Screen {
         let place = format!("{}:{}", task.storage_name, format::saved_path(task));
         match task.status {
             TaskStatus::Completed => {
-                let size = task
-                    .progress
-                    .total_bytes
-                    .unwrap_or(task.progress.downloaded_bytes);
+                let size = format::count(
+                    task.progress
+                        .total_bytes
+                        .unwrap_or(task.progress.downloaded_bytes),
+                );
                 if self.sized.get() {
                     self.bar.set_position(size);
                 }
@@ -366,7 +367,7 @@ fn resolved_line(event: &TaskEvent, seen: &mut Vec<(Option<String>, String)>) ->
     seen.push(key);
     let size = event
         .size
-        .map(|size| format!(", {}", HumanBytes(size)))
+        .map(|size| format!(", {}", HumanBytes(format::count(size))))
         .unwrap_or_default();
     format!("resolved {name}{size} -> {path}")
 }

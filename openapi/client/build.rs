@@ -2,10 +2,9 @@
 //! `$OUT_DIR/client.rs`, which `src/lib.rs` includes.
 //!
 //! The spec is the committed one, which the api package's drift test keeps
-//! equal to what `savestream-api --print-openapi` prints. Two things are
-//! taken out before generation: presence rules (see [`drop_presence_rules`])
-//! and bodiless successes beside a success with a body (see
-//! [`drop_bodiless_successes_beside_a_body`]).
+//! equal to what `savestream-api --print-openapi` prints. One thing is
+//! taken out before generation: bodiless successes beside a success with a
+//! body (see [`drop_bodiless_successes_beside_a_body`]).
 
 use std::path::Path;
 
@@ -18,7 +17,6 @@ fn main() {
         .unwrap_or_else(|error| panic!("cannot read {}: {error}", spec_path.display()));
     let mut document: Value = serde_json::from_str(&text)
         .unwrap_or_else(|error| panic!("{} is not JSON: {error}", spec_path.display()));
-    drop_presence_rules(&mut document);
     drop_bodiless_successes_beside_a_body(&mut document);
     let spec: openapiv3::OpenAPI = serde_json::from_value(document)
         .unwrap_or_else(|error| panic!("{} is not an OpenAPI document: {error}", spec_path.display()));
@@ -35,54 +33,6 @@ fn main() {
         prettyplease::unparse(&file),
     )
     .expect("writing the generated client into OUT_DIR");
-}
-
-/// Removes from each object schema a `oneOf` or `anyOf` whose alternatives
-/// only say which of the object's own properties are given: each
-/// alternative holds nothing but `required` and `properties` that narrow
-/// properties the object already declares. `CreateTaskRequest`'s "exactly
-/// one of `telegram_url` and `url`, not empty" is such a rule.
-///
-/// Such a rule validates a body; it does not change its shape. progenitor
-/// (typify) would still turn the object into an untagged enum of one
-/// near-identical struct per alternative, and lose the one builder callers
-/// use. The client keeps the plain struct, and the server refuses a body
-/// that breaks the rule with a 400 that says which.
-fn drop_presence_rules(document: &mut Value) {
-    let Some(schemas) = document
-        .pointer_mut("/components/schemas")
-        .and_then(Value::as_object_mut)
-    else {
-        return;
-    };
-    for schema in schemas.values_mut() {
-        let Some(schema) = schema.as_object_mut() else {
-            continue;
-        };
-        let Some(declared) = schema.get("properties").and_then(Value::as_object).cloned() else {
-            continue;
-        };
-        let narrows_declared = |alternative: &Value| {
-            alternative.as_object().is_some_and(|fields| {
-                fields.iter().all(|(key, value)| match key.as_str() {
-                    "required" => true,
-                    "properties" => value
-                        .as_object()
-                        .is_some_and(|narrowed| narrowed.keys().all(|name| declared.contains_key(name))),
-                    _ => false,
-                })
-            })
-        };
-        for keyword in ["oneOf", "anyOf"] {
-            let presence_only = schema
-                .get(keyword)
-                .and_then(Value::as_array)
-                .is_some_and(|alternatives| alternatives.iter().all(narrows_declared));
-            if presence_only {
-                schema.remove(keyword);
-            }
-        }
-    }
 }
 
 /// Removes from each operation the 2xx responses without content when

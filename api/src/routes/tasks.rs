@@ -345,7 +345,7 @@ impl ReadBody for CreateTaskRequest {
     const DESCRIPTION: &'static str = "The task to create.";
 
     fn register_schema(registry: &mut Registry) {
-        CreateTaskRequest::register_with_source_rule(registry);
+        <CreateTaskRequest as Type>::register(registry);
     }
 
     fn read(bytes: &[u8]) -> Result<Self, String> {
@@ -357,9 +357,8 @@ impl ReadBody for CreateTasksRequest {
     const DESCRIPTION: &'static str = "The tasks to create.";
 
     fn register_schema(registry: &mut Registry) {
+        // Registers the single create's schema too: the tasks are its.
         <CreateTasksRequest as Type>::register(registry);
-        // The tasks' schema is the single create's, rule included.
-        CreateTaskRequest::register_with_source_rule(registry);
     }
 
     fn read(bytes: &[u8]) -> Result<Self, String> {
