@@ -60,6 +60,10 @@ pub enum ApiError {
     },
     #[error("{0}")]
     Conflict(String),
+    /// An `Idempotency-Key` repeated with a different request (422, as the
+    /// IETF draft on the header answers it).
+    #[error("{0}")]
+    KeyReused(String),
     #[error("the request body is larger than {} KiB: send a smaller body", MAX_BODY_BYTES / 1024)]
     PayloadTooLarge,
     #[error("{0}")]
@@ -109,6 +113,7 @@ impl ApiError {
             ApiError::Forbidden(message) => ApiError::Forbidden(named(message)),
             ApiError::NotFound(message) => ApiError::NotFound(named(message)),
             ApiError::Conflict(message) => ApiError::Conflict(named(message)),
+            ApiError::KeyReused(message) => ApiError::KeyReused(named(message)),
             other => other,
         }
     }
@@ -121,6 +126,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::KeyReused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Other { status, .. } => *status,
@@ -162,6 +168,11 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(task_id) => ApiError::task_not_found(&task_id),
             StoreError::Ended { task_id, status } => ApiError::Conflict(format!(
                 "task {task_id} has already ended ({status}): only queued or running tasks can be canceled"
+            )),
+            StoreError::IdempotencyKeyReused { first } => ApiError::KeyReused(format!(
+                "this `Idempotency-Key` was used within the last 24 hours for another request, which \
+                 created task {first}: a key stands for one request, so send this one with a new key \
+                 (nothing was created)"
             )),
             StoreError::Unavailable(error) => {
                 crate::metrics::redis_error();
@@ -259,6 +270,11 @@ fn describe_status(status: u16) -> &'static str {
                 or no storage of that name."
         }
         409 => "The task has already ended (completed, failed or canceled), so it cannot be canceled.",
+        422 => {
+            "The `Idempotency-Key` was used within the last 24 hours for a different request (another \
+                link, user, storage or directory); `error` names the task it created. Nothing was \
+                created: send a new request with a new key."
+        }
         413 => "The request body is larger than 64 KiB.",
         503 => {
             "Redis, which holds the tasks, is not answering (or too many live event streams are \

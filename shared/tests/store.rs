@@ -253,12 +253,25 @@ async fn the_same_idempotency_key_returns_the_first_task() {
         .create(&new_task(TaskId::generate()), Some("key-2"))
         .await
         .unwrap();
+    let another_link = NewTask {
+        link: "https://example.com/b.bin".into(),
+        ..new_task(TaskId::generate())
+    };
+    let reused = harness.store.create(&another_link, Some("key-1")).await;
 
     assert!(first.is_new);
     assert_eq!(second.task_id, first.task_id);
     assert!(!second.is_new);
     assert!(other.is_new && other.task_id != first.task_id);
-    assert_eq!(harness.store.list(10).await.unwrap().queued.len(), 2);
+    assert!(
+        matches!(&reused, Err(StoreError::IdempotencyKeyReused { first: id }) if *id == first.task_id),
+        "the key repeated with another link names the first task: {reused:?}"
+    );
+    assert_eq!(
+        harness.store.list(10).await.unwrap().queued.len(),
+        2,
+        "the refused create made nothing"
+    );
 }
 
 #[tokio::test]
@@ -1548,9 +1561,10 @@ async fn a_batch_honours_idempotency_keys_within_it_and_from_before() {
         .create(&numbered_task(0), Some("used-before"))
         .await
         .unwrap();
-    let tasks: Vec<NewTask> = (1..=5).map(numbered_task).collect();
     // Keyed and unkeyed creates interleaved, so each key must be read at
-    // its own task's place in KEYS.
+    // its own task's place in KEYS; a key's repeats are the same request
+    // (the same link), each with an id of its own.
+    let tasks: Vec<NewTask> = [1, 2, 1, 0, 5].into_iter().map(numbered_task).collect();
     let keys = [Some("k"), None, Some("k"), Some("used-before"), None];
 
     let created = harness.store.create_batch(tasks.iter().zip(keys)).await.unwrap();
@@ -1567,8 +1581,13 @@ async fn a_batch_honours_idempotency_keys_within_it_and_from_before() {
         4,
         "the earlier task and three of the five: {queued:?}"
     );
-    let later = harness.store.create(&numbered_task(6), Some("k")).await.unwrap();
+    let later = harness.store.create(&numbered_task(1), Some("k")).await.unwrap();
     assert_eq!(later.task_id, tasks[0].task_id, "the batch recorded the key");
+    let other = harness.store.create(&numbered_task(6), Some("k")).await;
+    assert!(
+        matches!(&other, Err(StoreError::IdempotencyKeyReused { first }) if *first == tasks[0].task_id),
+        "the key with another request: {other:?}"
+    );
 }
 
 /// Concurrent creates of different clients share batches, so a Redis error

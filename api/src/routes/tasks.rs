@@ -33,7 +33,7 @@ pub struct TasksApi;
 
 pub struct CreateErrors;
 impl ErrorSet for CreateErrors {
-    const STATUSES: &'static [u16] = &[400, 401, 403, 404, 413, 503];
+    const STATUSES: &'static [u16] = &[400, 401, 403, 404, 413, 422, 503];
 }
 
 pub struct GetErrors;
@@ -196,7 +196,8 @@ impl TasksApi {
                 .await
                 .map_err(ApiError::from_create_many)?;
             for (new_task, result) in tasks.iter().zip(results) {
-                let task = result.map_err(ApiError::from_create_many)?;
+                let index = created.len();
+                let task = result.map_err(|error| ApiError::from_create_many(error).for_task(index))?;
                 if task.is_new {
                     any_new = true;
                     crate::metrics::task_created(new_task.source);

@@ -11,6 +11,11 @@ pub enum StoreError {
     /// A task with this id exists already.
     #[error("task {0} already exists")]
     AlreadyExists(TaskId),
+    /// An idempotency key was repeated with a different request: `first` is
+    /// the task the key's first request created (for another link, user,
+    /// storage or directory). Nothing was created.
+    #[error("the idempotency key was first used for another request, which created task {first}")]
+    IdempotencyKeyReused { first: TaskId },
     /// The task ended (completed, failed or canceled) and cannot change.
     #[error("task {task_id} has already ended: it is {status}")]
     Ended { task_id: TaskId, status: TaskStatus },
@@ -69,6 +74,10 @@ impl StoreError {
                 None => StoreError::Corrupt(details),
             },
             "STALE" => StoreError::LeaseLost(rest.to_owned()),
+            "REUSED" => match TaskId::parse(rest.trim()) {
+                Ok(first) => StoreError::IdempotencyKeyReused { first },
+                Err(_) => StoreError::Corrupt(details),
+            },
             _ => return None,
         })
     }

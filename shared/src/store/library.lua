@@ -14,7 +14,8 @@ written with the hash fields every transition touches anyway, so the
 history costs no extra command.
 
 Errors are replies whose first word is a code the Rust store maps to a
-typed `StoreError`: NOTFOUND, EXISTS, ENDED <status>, STALE <why>.
+typed `StoreError`: NOTFOUND, EXISTS, ENDED <status>, STALE <why>,
+REUSED <first task id> (an idempotency key repeated with another request).
 
 KEYS, in this order, for every per-task function (built by `Store::task_keys`):
   1 task hash   2 events   3 jobs   4 queued   5 running   6 delayed
@@ -214,7 +215,8 @@ end
 -- never change and are always read together; five fields cost a search and
 -- a reallocation each in every write of the hash. The `created` event keeps
 -- them as fields of their own.
--- Returns {task_id, 1} when created, {existing_task_id, 0} for a repeated idempotency key.
+-- Returns {task_id, 1} when created, {existing_task_id, 0} for a repeated idempotency key
+-- with the same `request`, and REUSED <existing_task_id> for one with another.
 local function create(keys, args)
   local task_id = args[1]
   if keys[7] then
@@ -223,8 +225,18 @@ local function create(keys, args)
     -- (the key keeps 24 hours, retention may be 1): a repeat then creates
     -- the task again rather than answer with an id that is gone. The
     -- first task's hash shares this one's prefix (and hash tag).
-    if existing and redis.call('EXISTS', string.sub(keys[1], 1, #keys[1] - #task_id) .. existing) == 1 then
-      return { existing, 0 }
+    if existing then
+      local first = string.sub(keys[1], 1, #keys[1] - #task_id) .. existing
+      local first_request = redis.call('HGET', first, 'request')
+      if first_request or redis.call('EXISTS', first) == 1 then
+        -- A repeat must be the same request: a key reused for another
+        -- link (a client's bug, or a script's reused key) would otherwise
+        -- be answered with a task that is not the one asked for.
+        if first_request and first_request ~= args[9] then
+          return fail_with('REUSED', existing)
+        end
+        return { existing, 0 }
+      end
     end
   end
   if redis.call('EXISTS', keys[1]) == 1 then

@@ -213,6 +213,30 @@ async fn repeating_a_batch_with_its_idempotency_key_answers_the_first_ids_and_cr
 }
 
 #[tokio::test]
+async fn a_batch_repeated_with_its_key_but_a_changed_task_answers_422_naming_the_task() {
+    let app = spawn_app().await;
+    let first = created_ids(
+        post_batch(
+            &app,
+            &batch_of((0..3).map(numbered_task).collect()),
+            Some("import-9"),
+        )
+        .await,
+        201,
+    )
+    .await;
+    let changed = batch_of(vec![numbered_task(0), numbered_task(7), numbered_task(2)]);
+
+    let error = expect_json_error(post_batch(&app, &changed, Some("import-9")).await, 422).await;
+
+    assert!(
+        error.starts_with("`tasks[1]`: ") && error.contains(&first[1]),
+        "names the changed task and the task its key created: {error}"
+    );
+    assert_eq!(logged_events(&app).await, 3, "nothing new was created");
+}
+
+#[tokio::test]
 async fn a_batch_needs_the_token() {
     let app = spawn_app().await;
 

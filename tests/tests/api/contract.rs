@@ -3,7 +3,9 @@
 
 use savestream_tests::TEST_USER;
 
-use super::helpers::{anonymous, contract_body, create_contract_task, spawn_app, TOKEN};
+use super::helpers::{
+    anonymous, contract_body, create_contract_task, expect_json_error, logged_events, spawn_app, TOKEN,
+};
 
 #[tokio::test]
 async fn health_answers_ok_without_a_token() {
@@ -99,6 +101,44 @@ async fn get_task_adds_savestreams_documented_fields() {
     );
 }
 
+/// A key stands for one request: repeated with another link it is refused
+/// with 422 naming the first task, and creates nothing; repeated with the
+/// same request it still answers the first task.
+#[tokio::test]
+async fn an_idempotency_key_repeated_with_another_request_answers_422_naming_the_first_task() {
+    let app = spawn_app().await;
+    let post = |message: u32| {
+        let mut body = contract_body();
+        body["telegram_url"] = format!("https://t.me/channel/{message}").into();
+        app.client
+            .post(app.url("/api/v1/tasks"))
+            .header("Idempotency-Key", "nightly-import")
+            .json(&body)
+            .send()
+    };
+    let first = post(1).await.expect("the first POST");
+    assert_eq!(first.status().as_u16(), 201);
+    let first: serde_json::Value = first.json().await.unwrap();
+    let first_id = first["task_id"].as_str().unwrap().to_owned();
+    let events_after_first = logged_events(&app).await;
+
+    let other = expect_json_error(post(2).await.expect("the second POST"), 422).await;
+    let same = post(1).await.expect("the repeat");
+
+    assert!(
+        other.contains("`Idempotency-Key`") && other.contains(&first_id) && other.contains("new key"),
+        "{other}"
+    );
+    assert_eq!(
+        logged_events(&app).await,
+        events_after_first,
+        "the refused request created nothing"
+    );
+    assert_eq!(same.status().as_u16(), 200);
+    let same: serde_json::Value = same.json().await.unwrap();
+    assert_eq!(same["task_id"], first_id.as_str());
+}
+
 /// Creates that arrive together share store calls (`create_batcher`); each
 /// must still get its own task, and repeats of one `Idempotency-Key` among
 /// them exactly one.
@@ -107,6 +147,8 @@ async fn concurrent_creates_each_get_their_own_task_and_a_repeated_key_gets_one(
     let app = spawn_app().await;
     let create = |message: u32, key: Option<&'static str>| {
         let mut body = contract_body();
+        // The keyed creates repeat one request, as a key's repeats must.
+        let message = if key.is_some() { 1000 } else { message };
         body["telegram_url"] = format!("https://t.me/channel/{message}").into();
         let mut request = app.client.post(app.url("/api/v1/tasks")).json(&body);
         if let Some(key) = key {
