@@ -230,8 +230,10 @@ impl<S: ErrorSet> IntoResponse for Failure<S> {
 impl<S: ErrorSet> ApiResponse for Failure<S> {
     fn meta() -> MetaResponses {
         MetaResponses {
+            // Every operation may answer 500: a record it cannot read, a bug.
             responses: S::STATUSES
                 .iter()
+                .chain(&[500])
                 .map(|&status| MetaResponse {
                     description: describe_status(status),
                     status: Some(status),
@@ -282,6 +284,11 @@ fn describe_status(status: u16) -> &'static str {
                 Redis may or may not have taken effect: repeat a create with the same \
                 `Idempotency-Key` to be safe (the first task is answered if it was stored), and \
                 read a task to see whether a cancel went through."
+        }
+        500 => {
+            "An unexpected error in the API: data in Redis it cannot read, or a bug. `error` says \
+                only that; the API's log has the details. Repeating the request gives the same \
+                answer until the cause is fixed."
         }
         _ => "An error; `error` says what went wrong.",
     }

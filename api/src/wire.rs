@@ -99,7 +99,7 @@ pub struct CreateTaskRequest {
     /// At most 2048 bytes. Example: `https://example.com/file.zip`.
     pub url: Option<String>,
     /// The Telegram user id the task is for. It must have a `[[users]]` entry in the server's config.
-    /// Example: `123456789`.
+    /// A positive whole number. Example: `123456789`.
     pub user_id: i64,
     /// The storage to save into. Absent or empty: the user's first allowed storage.
     /// Example: `local1`.

@@ -145,3 +145,33 @@ fn unreachable_redis_is_waited_for_then_exits_1_naming_the_host_and_what_to_do()
         explain(&output)
     );
 }
+
+#[test]
+fn log_lines_to_a_pipe_carry_no_colour_codes() {
+    // Arrange: a start-up that logs (it waits for a Redis that is not
+    // there), with stderr a pipe and NO_COLOR unset.
+    let dir = tempfile::tempdir().unwrap();
+    let redis_port = savestream_testkit::free_port();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        format!(
+            "[api]\nhost = \"127.0.0.1\"\nport = 0\n\n[redis]\nurl = \"redis://127.0.0.1:{redis_port}\"\n\
+             startup_wait_seconds = 1\n"
+        ),
+    )
+    .unwrap();
+
+    // Act
+    let output = Command::new(BINARY)
+        .current_dir(dir.path())
+        .env_remove("SAVESTREAM_CONFIG")
+        .env_remove("SAVESTREAM_REDIS_URL")
+        .env_remove("NO_COLOR")
+        .output()
+        .expect("running savestream-api");
+
+    // Assert: log lines, and not one escape code among them.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("WARN"), "{}", explain(&output));
+    assert!(!stderr.contains('\x1b'), "colour codes in a pipe: {stderr:?}");
+}

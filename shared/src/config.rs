@@ -205,7 +205,8 @@ pub struct Config {
     pub workers: usize,
     /// Parallel parts per file (1..=64, default 4).
     pub threads: usize,
-    /// Attempts for retryable failures (1..=100, default 3).
+    /// Retries after the first attempt, for retryable failures (1..=100,
+    /// default 3): a task that keeps failing so makes `retry + 1` attempts.
     pub retry: u32,
     pub api: ApiConfig,
     pub telegram: TelegramConfig,

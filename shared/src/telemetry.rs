@@ -1,5 +1,6 @@
-//! Logging for both binaries: tracing to stderr, human-readable by default,
-//! JSON lines with `--log-format json`. `RUST_LOG` filters as usual.
+//! Logging for both binaries: tracing to stderr, human-readable by default
+//! (in colour on a terminal unless `NO_COLOR` is set), JSON lines with
+//! `--log-format json`. `RUST_LOG` filters as usual.
 //!
 //! Secrets never reach a log line because they are `config::Secret`s, whose
 //! `Debug` and `Display` print `[redacted]`.
@@ -32,7 +33,14 @@ pub fn init(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Human => builder.with_ansi(std::env::var_os("NO_COLOR").is_none()).init(),
+        LogFormat::Human => builder.with_ansi(colours_wanted()).init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+}
+
+/// Colours only on a terminal, and never with `NO_COLOR` set: escape codes
+/// in a log file, a journal or `savestream up > up.log` are noise.
+fn colours_wanted() -> bool {
+    use std::io::IsTerminal;
+    std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal()
 }

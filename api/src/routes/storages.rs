@@ -7,7 +7,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 
 use crate::auth::Authorized;
-use crate::error::{ErrorSet, Failure};
+use crate::error::{ApiError, ErrorSet, Failure};
 use crate::new_task::unknown_user;
 use crate::routes::ApiTags;
 use crate::state::AppState;
@@ -38,10 +38,18 @@ impl StoragesApi {
         &self,
         _authorized: Authorized,
         state: Data<&AppState>,
-        /// The Telegram user id, as in `POST /api/v1/tasks`.
+        /// The Telegram user id, as in `POST /api/v1/tasks`: a positive whole number.
         user_id: Query<i64>,
     ) -> Result<StoragesResponse, Failure<StoragesErrors>> {
         let user_id = user_id.0;
+        // As `POST /api/v1/tasks` answers it: no Telegram user id is 0 or
+        // negative, so such a value is malformed, not an unknown user.
+        if user_id < 1 {
+            return Err(ApiError::BadRequest(format!(
+                "`user_id` must be a positive whole number (a Telegram user id), not {user_id}"
+            ))
+            .into());
+        }
         if state.config.user(user_id).is_none() {
             return Err(unknown_user(user_id).into());
         }

@@ -146,6 +146,14 @@ async fn bad_query_parameters_answer_400_naming_the_parameter() {
             "/api/v1/storages?user_id=abc",
             "parameter `user_id` is not a valid",
         ),
+        (
+            "/api/v1/storages?user_id=-1",
+            "`user_id` must be a positive whole number",
+        ),
+        (
+            "/api/v1/storages?user_id=0",
+            "`user_id` must be a positive whole number",
+        ),
     ];
 
     for (path, expected) in cases {
