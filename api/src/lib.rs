@@ -23,7 +23,9 @@
 //!
 //! ## Invariants
 //! - Nothing is written to Redis for a refused request: every check runs before the create is handed to the store.
-//! - Every response that is not a success has a JSON body `{"error": "..."}`.
+//! - Every response that is not a success has a JSON body `{"error": "..."}`, but for the few
+//!   that hyper sends itself, with no body, before a request reaches poem: a request line it
+//!   cannot parse (a URI with bytes no URI has: 400) and a URI over 64 KiB (414).
 //! - Only this crate derives poem-openapi types; `shared` knows nothing of HTTP.
 //! - The bearer token is never logged, and headers are never logged.
 
