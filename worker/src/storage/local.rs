@@ -541,6 +541,21 @@ fn walk(base: &Path, dir: &StorageDir, missing: Missing) -> Result<Option<Direct
     }))
 }
 
+/// Whether `openat` with `O_DIRECTORY | O_NOFOLLOW` answered `errno` for
+/// a symlink (or something else that is no directory): `ELOOP` or
+/// `ENOTDIR` on Linux and macOS, `EMLINK` on FreeBSD, `EFTYPE` on NetBSD.
+fn no_directory(errno: Errno) -> bool {
+    #[cfg(any(target_os = "freebsd", target_os = "dragonfly"))]
+    if errno == Errno::MLINK {
+        return true;
+    }
+    #[cfg(target_os = "netbsd")]
+    if errno == Errno::FTYPE {
+        return true;
+    }
+    errno == Errno::LOOP || errno == Errno::NOTDIR
+}
+
 /// Opens `name` in `parent` to walk into it, making it first when it is
 /// missing and `missing` says so; what is there otherwise.
 fn look(parent: BorrowedFd<'_>, name: &OsString, missing: Missing) -> Result<Found, WalkError> {
@@ -572,7 +587,7 @@ fn look(parent: BorrowedFd<'_>, name: &OsString, missing: Missing) -> Result<Fou
             }
             Err(Errno::NOENT) => return Ok(Found::Nothing),
             // A symlink, or something that is no directory.
-            Err(Errno::LOOP | Errno::NOTDIR) => {
+            Err(errno) if no_directory(errno) => {
                 match rustix::fs::readlinkat(parent, name.as_os_str(), Vec::new()) {
                     Ok(target) => return Ok(Found::Symlink(OsString::from_vec(target.into_bytes()))),
                     Err(Errno::INVAL) => return Err(io("resolve the directory")(Errno::NOTDIR)),
@@ -641,13 +656,15 @@ struct Entry {
 }
 
 impl Entry {
-    // The fields' types are the architecture's (`st_nlink` is a `u32` on
-    // aarch64, a `u64` on x86_64): a conversion useless on one is needed on another.
-    #[allow(clippy::useless_conversion)]
+    // The fields' types are the platform's (`st_nlink` is a `u32` on
+    // aarch64, a `u64` on x86_64): a conversion useless on one is needed
+    // on another. `st_dev` is an `i32` on macOS, which `u64::from` does not
+    // take: a device number is an identifier, its bits kept as they are.
+    #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
     fn of(stat: &rustix::fs::Stat) -> Entry {
         Entry {
             identity: Identity {
-                device: u64::from(stat.st_dev),
+                device: stat.st_dev as u64,
                 inode: u64::from(stat.st_ino),
             },
             kind: FileType::from_raw_mode(stat.st_mode),
@@ -745,21 +762,24 @@ async fn create_if_missing(directory: &Directory, name: &str) -> std::io::Result
     create_new(directory, name).await.map(drop)
 }
 
-/// Opens the existing file `name` in `directory` for writing. `O_NOFOLLOW`:
-/// a symlink planted in its place since it was checked is refused, not
+/// Opens the existing file `name` in `directory` for writing, and answers
+/// it with what it is (its `fstat`, on the same blocking thread: no call
+/// that may block on a slow disk runs on the runtime's). `O_NOFOLLOW`: a
+/// symlink planted in its place since it was checked is refused, not
 /// written through. Not `O_APPEND`: the writes go at this file's own
 /// offsets (see `finish`).
-async fn open_for_writing(directory: &Directory, name: &str) -> std::io::Result<std::fs::File> {
+async fn open_for_writing(directory: &Directory, name: &str) -> std::io::Result<(std::fs::File, Metadata)> {
     let name = name.to_owned();
     directory
         .run(move |descriptor| {
-            let file = rustix::fs::openat(
+            let file = std::fs::File::from(rustix::fs::openat(
                 descriptor,
                 name.as_str(),
                 OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::empty(),
-            )?;
-            Ok(std::fs::File::from(file))
+            )?);
+            let metadata = file.metadata()?;
+            Ok((file, metadata))
         })
         .await
 }
@@ -1138,12 +1158,9 @@ impl Storage for LocalStorage {
                 return Err(self.occupied(format!("{path}.part")));
             }
         }
-        let file = open_for_writing(&directory, &files.own)
+        let (file, metadata) = open_for_writing(&directory, &files.own)
             .await
             .map_err(io("open the partial file of"))?;
-        let metadata = file
-            .metadata()
-            .map_err(io("read the size of the partial file of"))?;
         let len = metadata.len();
         let (descriptor, file) =
             writer(file, len).map_err(io("start the thread writing the partial file of"))?;
