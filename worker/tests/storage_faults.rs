@@ -749,3 +749,47 @@ async fn a_directory_swapped_for_a_symlink_before_its_file_is_finished_gets_no_f
     assert_eq!(everything_under(&base.join("moved")), vec!["b", "b/f.bin"]);
     scenario.teardown();
 }
+
+#[tokio::test]
+async fn a_directory_swapped_for_a_symlink_while_partial_files_are_looked_for_is_passed_over() {
+    let scenario = FailScenario::setup();
+    // Arrange: a task's partial file in /d, and another's outside the base
+    // path, where a symlink put in place of `d` would lead.
+    let (dir, storage) = empty_storage();
+    let base = storage.base_path().to_path_buf();
+    let outside = dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    written_in(&storage, "/d", "in.bin").await;
+    let (stranger, _, _) = written_in(&storage, "/x", "out.bin").await;
+    std::fs::rename(base.join("x"), outside.join("x")).unwrap();
+    // `d` becomes a symlink to outside just after the base was listed,
+    // before `d` is opened to be listed in turn.
+    let (swapped, target) = (base.join("d"), outside.join("x"));
+    let once = std::sync::Once::new();
+    fail::cfg_callback("local::partial_owners::listed", move || {
+        once.call_once(|| {
+            std::fs::rename(&swapped, swapped.with_file_name("moved")).unwrap();
+            std::os::unix::fs::symlink(&target, &swapped).unwrap();
+        })
+    })
+    .unwrap();
+
+    // Act
+    let owners = storage.partial_owners().await;
+
+    // Assert: the symlink was not followed: nothing outside the base path
+    // is reported (`d` is passed over, and `moved` came after the listing).
+    fail::remove("local::partial_owners::listed");
+    assert!(base.join("d").is_symlink(), "the directory was not swapped");
+    let owners: Vec<String> = owners
+        .unwrap()
+        .into_iter()
+        .map(|(found, dir)| format!("{found} {dir}"))
+        .collect();
+    assert!(
+        !owners.contains(&format!("{stranger} /d")),
+        "a partial file outside the base path was reported: {owners:?}"
+    );
+    assert!(owners.is_empty(), "{owners:?}");
+    scenario.teardown();
+}

@@ -103,8 +103,12 @@
 //! refused ([`StorageError::Escapes`], naming the symlink, where it leads
 //! and what to do) before anything is made where it leads; so is one whose
 //! target reaches the base path through another path (say, one written with
-//! a symlinked form of the base path). The walk for partial files
-//! ([`Storage::partial_owners`]) never follows a symlink at all.
+//! a symlinked form of the base path).
+//!
+//! The walk for partial files ([`Storage::partial_owners`]) never follows a
+//! symlink at all: each directory is opened in its parent's descriptor
+//! without following one, and listed through its own, so a directory
+//! swapped for a symlink after its parent was listed is passed over.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -120,6 +124,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
+use savestream_shared::dir_path::MAX_DIR_PATH_LEN;
 use savestream_shared::task::TaskId;
 use tokio::fs::File;
 use tracing::{debug, warn};
@@ -1218,48 +1223,97 @@ impl Storage for LocalStorage {
     }
 }
 
-/// Walks the tree under `base` (never following a symlink) for own partial
-/// files, `.C.T.part`, and answers each owner `T` once per directory.
-/// Directories whose names no `dir_path` could have made hold no task's
-/// files and are passed over. So are directories below the base that cannot
-/// be read (a root-only `lost+found`) and entries that vanish during the
-/// walk: one of them must not keep every other task's leftovers in place.
-/// Only a base that cannot be read fails the walk.
+/// Walks the tree under `base` for own partial files, `.C.T.part`, and
+/// answers each owner `T` once per directory. Never by a path, so never
+/// through a symlink: each directory is opened in its parent's descriptor
+/// (`O_DIRECTORY | O_NOFOLLOW`), and what it lists is read from its own.
+/// A directory swapped for a symlink after its parent was listed (to `/`,
+/// say, which a worker running as root would walk whole) answers
+/// `ELOOP`/`ENOTDIR` and is passed over. So are directories whose names no
+/// `dir_path` could have made, which hold no task's files, and those
+/// below them (a path from the base longer than [`MAX_DIR_PATH_LEN`]):
+/// so the walk holds at most one descriptor per level of that depth. And
+/// so are directories below the base that cannot be read (a root-only
+/// `lost+found`) and entries that vanish during the walk: one of them must
+/// not keep every other task's leftovers in place. Only a base that cannot
+/// be read fails the walk.
 fn partial_owners_under(base: &Path) -> std::io::Result<Vec<(TaskId, StorageDir)>> {
+    const LIST: OFlags = OFlags::RDONLY
+        .union(OFlags::DIRECTORY)
+        .union(OFlags::NOFOLLOW)
+        .union(OFlags::CLOEXEC);
     let mut owners = Vec::new();
-    let mut directories = vec![(base.to_path_buf(), String::new())];
-    while let Some((directory, relative)) = directories.pop() {
-        let listing = match std::fs::read_dir(&directory) {
+    // The base first; then each directory still to be listed: its
+    // parent's descriptor (held while a child of it waits), its name, and
+    // its path from the base.
+    let mut next = Some((
+        Arc::new(rustix::fs::openat(rustix::fs::CWD, base, LIST, Mode::empty())?),
+        String::new(),
+    ));
+    let mut pending: Vec<(Arc<OwnedFd>, OsString, String)> = Vec::new();
+    loop {
+        let (directory, relative) = match next.take() {
+            Some(base) => base,
+            None => {
+                let Some((parent, name, relative)) = pending.pop() else {
+                    break;
+                };
+                // The seam between listing a directory and opening one it
+                // listed, where tests swap that one for a symlink.
+                fail::fail_point!("local::partial_owners::listed");
+                match rustix::fs::openat(&*parent, name.as_os_str(), LIST, Mode::empty()) {
+                    Ok(opened) => (Arc::new(opened), relative),
+                    Err(errno) => {
+                        passed_over(&relative, &errno.into());
+                        continue;
+                    }
+                }
+            }
+        };
+        let mut listing = match rustix::fs::Dir::read_from(&*directory) {
             Ok(listing) => listing,
-            Err(error) if relative.is_empty() => return Err(error),
-            Err(error) => {
-                passed_over(&relative, &error);
+            Err(errno) if relative.is_empty() => return Err(errno.into()),
+            Err(errno) => {
+                passed_over(&relative, &errno.into());
                 continue;
             }
         };
         let mut found: Vec<TaskId> = Vec::new();
-        for listed in listing {
+        while let Some(listed) = listing.read() {
             let listed = match listed {
                 Ok(listed) => listed,
-                Err(error) => {
+                Err(errno) => {
                     // What was listed before still counts.
-                    passed_over(&relative, &error);
+                    passed_over(&relative, &errno.into());
                     break;
                 }
             };
-            let Some(name) = listed.file_name().to_str().map(str::to_owned) else {
+            let Some(name) = listed.file_name().to_str().ok().map(str::to_owned) else {
                 continue;
             };
+            if name == "." || name == ".." {
+                continue;
+            }
             let kind = match listed.file_type() {
-                Ok(kind) => kind,
-                Err(error) => {
-                    passed_over(&format!("{relative}/{name}"), &error);
-                    continue;
+                // A file system that does not say in its listing (some
+                // NFS servers): asked, without following a symlink.
+                FileType::Unknown => {
+                    match rustix::fs::statat(&*directory, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                        Ok(stat) => FileType::from_raw_mode(stat.st_mode),
+                        Err(errno) => {
+                            passed_over(&format!("{relative}/{name}"), &errno.into());
+                            continue;
+                        }
+                    }
                 }
+                kind => kind,
             };
-            if kind.is_dir() {
-                directories.push((listed.path(), format!("{relative}/{name}")));
-            } else if kind.is_file() {
+            if kind == FileType::Directory {
+                let below = format!("{relative}/{name}");
+                if below.len() <= MAX_DIR_PATH_LEN {
+                    pending.push((directory.clone(), name.into(), below));
+                }
+            } else if kind == FileType::RegularFile {
                 if let Some((_, owner)) = own_partial_parts(&name) {
                     if !found.contains(&owner) {
                         found.push(owner);
@@ -1280,10 +1334,15 @@ fn partial_owners_under(base: &Path) -> std::io::Result<Vec<(TaskId, StorageDir)
 /// as the walk comes to each only once): at debug when it vanished while
 /// the walk went on, else as a warning, since partial files there stay.
 fn passed_over(relative: &str, error: &std::io::Error) {
-    if error.kind() == ErrorKind::NotFound {
+    let no_longer_a_directory = error
+        .raw_os_error()
+        .is_some_and(|errno| no_directory(Errno::from_raw_os_error(errno)));
+    if error.kind() == ErrorKind::NotFound || no_longer_a_directory {
         debug!(
             path = relative,
-            "gone while looking for partial files: passed over"
+            %error,
+            "gone, or no longer a directory (a symlink put in its place?), while looking for \
+             partial files: passed over"
         );
     } else {
         warn!(
