@@ -1,7 +1,11 @@
 //! `savestream add <link>... --user N [--storage S] [--dir D]`: creates a
 //! task per link and prints their ids on stdout, one per line in the links'
 //! order, so `id=$(savestream add ...)` works for one. `-` reads the links
-//! from standard input, one per line, for an import.
+//! from standard input, one per line, for an import: blank lines and lines
+//! whose first non-blank character is `#` (comments) are skipped, and a
+//! line that is not UTF-8 text or holds whitespace inside a link (several
+//! links on one line) is a usage error naming the line, found before
+//! anything is sent.
 //!
 //! A `t.me` (or `telegram.me`) link becomes `telegram_url`, any other http(s)
 //! link `url`: the host decides, whatever the port or user info. Only the
@@ -12,6 +16,12 @@
 //! request carries an `Idempotency-Key` and is repeated with it while its
 //! fate is unknown (see `repeat.rs`); `--idempotency-key` gives the key,
 //! to repeat an `add` that gave up without creating its tasks twice.
+//!
+//! When a later batch fails after earlier ones were created, the error
+//! says which links were created, which were refused (or may have been
+//! created) and which were never sent, and gives the key: the same command
+//! with `--idempotency-key KEY` and the list fixed answers the created
+//! batches with their tasks and creates the rest.
 
 use std::io::BufRead;
 use std::process::ExitCode;
@@ -31,7 +41,8 @@ const MAX_BATCH_BYTES: usize = 48 * 1024;
 #[derive(clap::Args)]
 pub struct AddArgs {
     /// Telegram message links (https://t.me/channel/123) or direct http(s) links to files;
-    /// `-` reads them from standard input, one per line.
+    /// `-` reads them from standard input, one per line (blank lines and lines starting with
+    /// `#` are skipped; a line with spaces inside a link is refused).
     #[arg(required = true, value_name = "LINK")]
     pub links: Vec<String>,
     /// The Telegram user id the task is for (a [[users]] entry of the server's config).
@@ -69,6 +80,15 @@ impl Link {
 
     pub fn parse(text: &str) -> anyhow::Result<Link> {
         let text = text.trim();
+        // A URL has no whitespace in it: this is several links on one line
+        // (or in one quoted argument), which the API would take for one
+        // link with `%20` inside.
+        if let Some(space) = text.chars().find(|char| char.is_whitespace()) {
+            return Err(usage(format_args!(
+                "`{text}` has whitespace ({space:?}) inside: give one link per line (or per argument); \
+                 a space that belongs in a link is written %20"
+            )));
+        }
         let lower = text.to_ascii_lowercase();
         let without_scheme = lower
             .strip_prefix("https://")
@@ -98,28 +118,55 @@ impl Link {
 }
 
 pub async fn run(api: &Api, args: AddArgs) -> anyhow::Result<ExitCode> {
-    let texts = link_texts(&args.links, || std::io::stdin().lock())?;
+    let given = link_texts(&args.links, || std::io::stdin().lock())?;
     // Every link is read before anything is sent, so a typo in the last
     // one creates nothing.
-    let links = texts
+    let total = given.len();
+    let links = given
         .iter()
         .enumerate()
-        .map(|(index, text)| {
-            Link::parse(text).with_context(|| format!("link {} of {}", index + 1, texts.len()))
-        })
+        .map(|(index, link)| Link::parse(&link.text).with_context(|| link.place(index, total)))
         .collect::<anyhow::Result<Vec<_>>>()?;
     if let [link] = links.as_slice() {
         return add_one(api, &args, link).await;
     }
-    add_many(api, &args, links).await
+    let lines: Vec<Option<usize>> = given.iter().map(|given| given.line).collect();
+    add_many(api, &args, links, &lines).await
 }
 
-/// The links the arguments give: themselves, or standard input's non-empty
-/// lines for a lone `-`, without the byte-order mark that a file saved by
-/// some Windows editors starts with (`trim` keeps it: it is no whitespace).
-fn link_texts<R: BufRead>(arguments: &[String], stdin: impl FnOnce() -> R) -> anyhow::Result<Vec<String>> {
+/// A link as given: its text, and the line of standard input it is on.
+#[derive(Debug, PartialEq, Eq)]
+struct Given {
+    text: String,
+    /// 1-based; `None` for a link given as an argument.
+    line: Option<usize>,
+}
+
+impl Given {
+    /// Where the user finds this link, the `index`th of `total`: its line
+    /// of standard input, else its place among the arguments.
+    fn place(&self, index: usize, total: usize) -> String {
+        match self.line {
+            Some(line) => format!("line {line} of standard input"),
+            None => format!("link {} of {total}", index + 1),
+        }
+    }
+}
+
+/// The links the arguments give: themselves, or for a lone `-` standard
+/// input's lines that are neither blank nor comments (`#` first), without
+/// the byte-order mark that a file saved by some Windows editors starts
+/// with (`trim` keeps it: it is no whitespace). Lines are read as bytes and
+/// decoded one by one, so a byte that is not UTF-8 is named by its line.
+fn link_texts<R: BufRead>(arguments: &[String], stdin: impl FnOnce() -> R) -> anyhow::Result<Vec<Given>> {
     if !arguments.iter().any(|argument| argument == "-") {
-        return Ok(arguments.to_vec());
+        return Ok(arguments
+            .iter()
+            .map(|text| Given {
+                text: text.clone(),
+                line: None,
+            })
+            .collect());
     }
     if arguments.len() > 1 {
         return Err(usage(
@@ -127,15 +174,25 @@ fn link_texts<R: BufRead>(arguments: &[String], stdin: impl FnOnce() -> R) -> an
         ));
     }
     let mut texts = Vec::new();
-    for (index, line) in stdin().lines().enumerate() {
+    for (index, line) in stdin().split(b'\n').enumerate() {
+        let number = index + 1;
         let line = line.context("reading links from standard input")?;
+        let line = std::str::from_utf8(&line).map_err(|error| {
+            usage(format_args!(
+                "line {number} of standard input is not UTF-8 text (byte {} is not): save the list as UTF-8",
+                error.valid_up_to() + 1
+            ))
+        })?;
         let line = match index {
-            0 => line.strip_prefix('\u{feff}').unwrap_or(&line),
-            _ => &line,
+            0 => line.strip_prefix('\u{feff}').unwrap_or(line),
+            _ => line,
         };
         let line = line.trim();
-        if !line.is_empty() {
-            texts.push(line.to_owned());
+        if !line.is_empty() && !line.starts_with('#') {
+            texts.push(Given {
+                text: line.to_owned(),
+                line: Some(number),
+            });
         }
     }
     if texts.is_empty() {
@@ -172,8 +229,14 @@ async fn add_one(api: &Api, args: &AddArgs, link: &Link) -> anyhow::Result<ExitC
 
 /// Many tasks, with as few `POST /api/v1/tasks/batch` requests as the API's
 /// limits allow. Each batch's ids are printed as soon as it is created, so
-/// a failure in a later batch leaves the earlier ids on stdout.
-async fn add_many(api: &Api, args: &AddArgs, links: Vec<Link>) -> anyhow::Result<ExitCode> {
+/// a failure in a later batch leaves the earlier ids on stdout. `lines` are
+/// the links' lines of standard input, when they came from it.
+async fn add_many(
+    api: &Api,
+    args: &AddArgs,
+    links: Vec<Link>,
+    lines: &[Option<usize>],
+) -> anyhow::Result<ExitCode> {
     let total = links.len();
     let tasks = links
         .iter()
@@ -183,11 +246,15 @@ async fn add_many(api: &Api, args: &AddArgs, links: Vec<Link>) -> anyhow::Result
         .iter()
         .map(|task| serde_json::to_vec(task).map_or(0, |json| json.len()) + 1)
         .collect();
+    // The `index`th batch goes with `batch_key(key, index)`, and the API
+    // keys each of its tasks by that and the task's place in it. Batches
+    // are cut from the first link on, so a batch's links depend only on
+    // the links up to it: a re-run with the same key and a list fixed
+    // after the created batches sends them again under the same keys (the
+    // API answers them with their tasks) and creates the rest.
     let key = key_of(args);
     for (index, range) in batches(&sizes).into_iter().enumerate() {
-        let first = range.start;
-        let end = range.end;
-        let batch = &links[range.clone()];
+        let failed = range.clone();
         let body = CreateTasksRequest {
             tasks: tasks[range].to_vec(),
         };
@@ -206,21 +273,90 @@ async fn add_many(api: &Api, args: &AddArgs, links: Vec<Link>) -> anyhow::Result
                 }
             }
             Err(gave_up) => {
-                let what = format!("the tasks of links {} to {end}", first + 1);
-                let message =
-                    name_the_link(&gave_up.explain(api, &key, &what).await.to_string(), first, batch);
-                if first == 0 {
-                    bail!("{message}");
-                }
+                let fate_unknown = gave_up.fate_unknown;
+                let what = format!("the tasks of links {} to {}", failed.start + 1, failed.end);
+                let said = gave_up.explain(api, &key, &what).await.to_string();
+                let named = name_the_link(
+                    &said,
+                    failed.start,
+                    &links[failed.clone()],
+                    &lines[failed.clone()],
+                );
                 bail!(
-                    "{message} (links 1 to {first} of {total} were created, their ids are printed above; \
-                     links {} to {total} may not have been: `savestream ls` shows what is queued)",
-                    first + 1
+                    "{}",
+                    stopped_partway(named.as_deref(), &said, failed, total, fate_unknown, &key)
                 );
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `link 5` or `links 5 to 9` (1-based, `range` 0-based), and whether
+/// that is more than one.
+fn span(range: std::ops::Range<usize>) -> (String, bool) {
+    match range.len() {
+        1 => (format!("link {}", range.end), false),
+        _ => (format!("links {} to {}", range.start + 1, range.end), true),
+    }
+}
+
+/// The error of an `add` of `total` links that stopped at the batch of
+/// links `failed` (0-based), whose request ended in `said` (`named` when
+/// it names the refused link). When batches before it were created, it
+/// says which links were created, which were refused (or, when the
+/// request's fate is unknown, may have been: `said` then says so and gives
+/// the key) and which were never sent, and how to finish: the same command
+/// with `--idempotency-key key`, which answers the created batches with
+/// their tasks rather than creating them twice.
+fn stopped_partway(
+    named: Option<&str>,
+    said: &str,
+    failed: std::ops::Range<usize>,
+    total: usize,
+    fate_unknown: bool,
+    key: &str,
+) -> String {
+    let message = named.unwrap_or(said);
+    if failed.start == 0 && !fate_unknown {
+        // Nothing was created: the same command, fixed, starts afresh.
+        return message.to_owned();
+    }
+    let mut parts = Vec::new();
+    if failed.start > 0 {
+        parts.push(match failed.start {
+            1 => format!("link 1 of {total} was created, its id is printed above"),
+            created => format!("links 1 to {created} of {total} were created, their ids are printed above"),
+        });
+    }
+    if !fate_unknown {
+        let (links, many) = span(failed.clone());
+        parts.push(format!(
+            "{links} {} refused, nothing of that request was created",
+            if many { "were" } else { "was" }
+        ));
+    }
+    if failed.end < total {
+        let (links, many) = span(failed.end..total);
+        parts.push(format!("{links} {} not sent", if many { "were" } else { "was" }));
+    }
+    if parts.is_empty() {
+        return message.to_owned();
+    }
+    let summary = parts.join("; ");
+    if fate_unknown {
+        // `said` already gives the key, and how to use it.
+        return format!("{message} ({summary})");
+    }
+    let fix = match named {
+        Some(_) => "fix or remove the refused link, then run",
+        None => "once that is fixed, run",
+    };
+    format!(
+        "{message} ({summary}): {fix} this command again with --idempotency-key {key}, \
+         which answers the links already created with their tasks instead of creating them twice \
+         and creates the rest"
+    )
 }
 
 /// Splits tasks, given the size of each one's JSON, into consecutive
@@ -257,22 +393,23 @@ fn task_request(link: &Link, args: &AddArgs) -> anyhow::Result<CreateTaskRequest
 }
 
 /// The API names a refused task by its place in the batch (`` `tasks[3]` ``);
-/// the user knows it by its place among the links and by the link itself.
-fn name_the_link(message: &str, first: usize, batch: &[Link]) -> String {
-    let Some(rest) = message.strip_prefix("`tasks[") else {
-        return message.to_owned();
+/// the user knows it by its place among the links, by the link itself and,
+/// for a list read from standard input, by its line (`lines`, the batch's).
+/// `None` when the message names no task of the batch.
+fn name_the_link(message: &str, first: usize, batch: &[Link], lines: &[Option<usize>]) -> Option<String> {
+    let rest = message.strip_prefix("`tasks[")?;
+    let (index, rest) = rest.split_once("]`")?;
+    let index = index.parse::<usize>().ok()?;
+    let link = batch.get(index)?;
+    let line = match lines.get(index) {
+        Some(Some(line)) => format!(", line {line} of standard input"),
+        _ => String::new(),
     };
-    let Some((index, rest)) = rest.split_once("]`") else {
-        return message.to_owned();
-    };
-    match index
-        .parse::<usize>()
-        .ok()
-        .and_then(|index| Some((index, batch.get(index)?)))
-    {
-        Some((index, link)) => format!("link {} (`{}`){rest}", first + index + 1, link.text()),
-        None => message.to_owned(),
-    }
+    Some(format!(
+        "link {} (`{}`{line}){rest}",
+        first + index + 1,
+        link.text()
+    ))
 }
 
 #[cfg(test)]
@@ -303,20 +440,72 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_task_is_named_by_its_place_among_all_links() {
+    fn a_refused_task_is_named_by_its_place_among_all_links_and_its_line() {
         let batch = direct(3, 30);
         assert_eq!(
-            name_the_link("`tasks[2]`: `url`: the host is private", 500, &batch),
+            name_the_link("`tasks[2]`: `url`: the host is private", 500, &batch, &[None; 3]).unwrap(),
             format!("link 503 (`{}`): `url`: the host is private", batch[2].text())
         );
         assert_eq!(
-            name_the_link("user 1 is not configured", 0, &batch),
-            "user 1 is not configured"
+            name_the_link("`tasks[1]`: `url`: bad", 0, &batch, &[Some(1), Some(4), Some(5)]).unwrap(),
+            format!(
+                "link 2 (`{}`, line 4 of standard input): `url`: bad",
+                batch[1].text()
+            )
         );
         assert_eq!(
-            name_the_link("`tasks[9]`: out of range", 0, &batch),
-            "`tasks[9]`: out of range"
+            name_the_link("user 1 is not configured", 0, &batch, &[None; 3]),
+            None
         );
+        assert_eq!(
+            name_the_link("`tasks[9]`: out of range", 0, &batch, &[None; 3]),
+            None
+        );
+    }
+
+    #[test]
+    fn a_list_that_stops_partway_says_what_was_created_refused_and_not_sent_and_gives_the_key() {
+        let refused = "link 800 (`https://t.me/chan/5`): `telegram_url`: bad";
+        assert_eq!(
+            stopped_partway(Some(refused), "`tasks[299]`: ...", 500..1000, 1200, false, "K"),
+            format!(
+                "{refused} (links 1 to 500 of 1200 were created, their ids are printed above; \
+                 links 501 to 1000 were refused, nothing of that request was created; \
+                 links 1001 to 1200 were not sent): fix or remove the refused link, then run this \
+                 command again with --idempotency-key K, which answers the links already created \
+                 with their tasks instead of creating them twice and creates the rest"
+            )
+        );
+        assert_eq!(
+            stopped_partway(None, "too many requests", 1..2, 2, false, "K"),
+            "too many requests (link 1 of 2 was created, its id is printed above; \
+             link 2 was refused, nothing of that request was created): once that is fixed, run \
+             this command again with --idempotency-key K, which answers the links already created \
+             with their tasks instead of creating them twice and creates the rest"
+        );
+        assert_eq!(
+            stopped_partway(Some(refused), "x", 0..500, 1200, false, "K"),
+            refused,
+            "nothing was created: no key needed"
+        );
+        assert_eq!(
+            stopped_partway(
+                None,
+                "gave up ... --idempotency-key K ...",
+                500..1000,
+                1200,
+                true,
+                "K"
+            ),
+            "gave up ... --idempotency-key K ... (links 1 to 500 of 1200 were created, their ids \
+             are printed above; links 1001 to 1200 were not sent)"
+        );
+        assert_eq!(stopped_partway(None, "gave up", 0..2, 2, true, "K"), "gave up");
+    }
+
+    /// The texts of `link_texts`' answer.
+    fn texts(given: anyhow::Result<Vec<Given>>) -> Vec<String> {
+        given.unwrap().into_iter().map(|given| given.text).collect()
     }
 
     #[test]
@@ -325,11 +514,56 @@ mod tests {
         let stdin = || std::io::Cursor::new("https://t.me/a_chan/1\n\n  https://example.com/b  \n");
         assert_eq!(
             link_texts(&arguments(&["-"]), stdin).unwrap(),
-            ["https://t.me/a_chan/1", "https://example.com/b"]
+            [
+                Given {
+                    text: "https://t.me/a_chan/1".into(),
+                    line: Some(1)
+                },
+                Given {
+                    text: "https://example.com/b".into(),
+                    line: Some(3)
+                }
+            ]
         );
-        assert_eq!(link_texts(&arguments(&["x", "y"]), stdin).unwrap(), ["x", "y"]);
+        assert_eq!(texts(link_texts(&arguments(&["x", "y"]), stdin)), ["x", "y"]);
         assert!(link_texts(&arguments(&["-", "x"]), stdin).is_err());
         assert!(link_texts(&arguments(&["-"]), || std::io::Cursor::new("\n \n")).is_err());
+    }
+
+    #[test]
+    fn comment_lines_are_skipped_and_a_line_that_is_not_utf8_is_named() {
+        let dash = ["-".to_owned()];
+        let stdin = || std::io::Cursor::new("# my links\n  # indented\nhttps://example.com/a#frag\n");
+        assert_eq!(texts(link_texts(&dash, stdin)), ["https://example.com/a#frag"]);
+        assert!(link_texts(&dash, || std::io::Cursor::new("# only a comment\n")).is_err());
+
+        let bad: &[u8] = b"https://example.com/a\nhttps://example.com/caf\xe9\n";
+        let error = link_texts(&dash, || std::io::Cursor::new(bad)).unwrap_err();
+        assert!(error.is::<crate::exit::Usage>(), "{error}");
+        assert!(
+            error
+                .to_string()
+                .starts_with("line 2 of standard input is not UTF-8"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_link_with_whitespace_inside_is_refused() {
+        for text in [
+            "https://example.com/a.txt https://example.com/b.txt",
+            "https://example.com/a\tb",
+        ] {
+            let error = Link::parse(text).unwrap_err();
+            assert!(error.is::<crate::exit::Usage>(), "{error}");
+            assert!(error.to_string().contains("one link per line"), "{error}");
+        }
+        let given = Given {
+            text: "x".into(),
+            line: Some(7),
+        };
+        assert_eq!(given.place(2, 9), "line 7 of standard input");
+        assert_eq!(Given { line: None, ..given }.place(2, 9), "link 3 of 9");
     }
 
     #[test]
@@ -337,11 +571,11 @@ mod tests {
         let dash = ["-".to_owned()];
         let stdin = || std::io::Cursor::new("\u{feff}https://t.me/a_chan/1\r\nhttps://example.com/b\r\n");
         assert_eq!(
-            link_texts(&dash, stdin).unwrap(),
+            texts(link_texts(&dash, stdin)),
             ["https://t.me/a_chan/1", "https://example.com/b"]
         );
         let stdin = || std::io::Cursor::new("\u{feff}\r\n https://example.com/b");
-        assert_eq!(link_texts(&dash, stdin).unwrap(), ["https://example.com/b"]);
+        assert_eq!(texts(link_texts(&dash, stdin)), ["https://example.com/b"]);
         assert!(
             link_texts(&dash, || std::io::Cursor::new("\u{feff}\n")).is_err(),
             "a byte-order mark alone is no link"

@@ -1,6 +1,8 @@
 //! [`Api`]: the generated `savestream-client` for one API, and the one place
 //! where whatever goes wrong talking to it becomes a one-line error: the
 //! API's own `error` text when it answered, and what to do when it did not.
+//! Every message names the API by its URL with any password in it replaced
+//! by `***` ([`redact`]): an error line ends up in logs and bug reports.
 
 use std::time::Duration;
 
@@ -41,6 +43,28 @@ fn clean_token(token: &str) -> anyhow::Result<&str> {
     Ok(token)
 }
 
+/// `url` with `***` in place of the password of its user info
+/// (`http://admin:***@host`), as given otherwise. Done on the text, not on
+/// a parsed URL, so that it also hides the password of a `--url` that does
+/// not parse (`admin:hunter2@host:8080`, without a scheme) and shows a
+/// valid one exactly as the user wrote it.
+pub fn redact(url: &str) -> String {
+    let after_scheme = url.find("://").map_or(0, |at| at + 3);
+    let authority_end = url[after_scheme..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |at| after_scheme + at);
+    let authority = &url[after_scheme..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_owned();
+    };
+    let Some(colon) = authority[..at].find(':') else {
+        return url.to_owned();
+    };
+    let password_start = after_scheme + colon + 1;
+    let password_end = after_scheme + at;
+    format!("{}***{}", &url[..password_start], &url[password_end..])
+}
+
 /// The generated client's error type for every operation.
 pub type ClientError = savestream_client::Error<ErrorResponse>;
 
@@ -50,6 +74,11 @@ pub struct Api {
     /// last as long as a download.
     streaming: reqwest::Client,
     base_url: String,
+    /// `base_url` as messages show it: without its password.
+    shown_url: String,
+    /// `:PASSWORD@` as the URL's password appears in reqwest's own error
+    /// texts, when it has one, for [`Api::scrub`].
+    password_marker: Option<String>,
     /// Whether a token is sent: a 401 without one says how to give it.
     token_sent: bool,
 }
@@ -57,14 +86,15 @@ pub struct Api {
 impl Api {
     pub fn new(url: &str, token: &str) -> anyhow::Result<Api> {
         let base_url = url.trim().trim_end_matches('/').to_owned();
+        let shown_url = redact(&base_url);
         let parsed = reqwest::Url::parse(&base_url).map_err(|error| {
             usage(format_args!(
-                "--url (SAVESTREAM_URL) `{url}` is not a URL ({error}): give one such as {DEFAULT_URL}"
+                "--url (SAVESTREAM_URL) `{shown_url}` is not a URL ({error}): give one such as {DEFAULT_URL}"
             ))
         })?;
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(usage(format_args!(
-                "--url (SAVESTREAM_URL) `{url}` is not an http or https URL: give one such as {DEFAULT_URL}"
+                "--url (SAVESTREAM_URL) `{shown_url}` is not an http or https URL: give one such as {DEFAULT_URL}"
             )));
         }
         let token = clean_token(token)?;
@@ -82,14 +112,26 @@ impl Api {
         Ok(Api {
             client: Client::new_with_client(&base_url, http),
             streaming,
+            password_marker: parsed.password().map(|password| format!(":{password}@")),
             base_url,
+            shown_url,
             token_sent: !token.is_empty(),
         })
     }
 
-    /// The API's URL, without a trailing slash.
-    pub fn base_url(&self) -> &str {
-        &self.base_url
+    /// The API's URL as messages show it: without a trailing slash, and
+    /// with `***` for any password in it.
+    pub fn shown_url(&self) -> &str {
+        &self.shown_url
+    }
+
+    /// `text` (an error's causes, which may quote the request's URL) with
+    /// the URL's password replaced by `***`.
+    fn scrub(&self, text: String) -> String {
+        match &self.password_marker {
+            Some(marker) => text.replace(marker, ":***@"),
+            None => text,
+        }
     }
 
     pub fn client(&self) -> &Client {
@@ -109,7 +151,7 @@ impl Api {
             savestream_client::Error::UnexpectedResponse(response) => self.explain_unexpected(response).await,
             savestream_client::Error::InvalidResponsePayload(_, error) => anyhow!(
                 "the API at {} sent an answer this client cannot read ({error}): is it a savestream API of the same version?",
-                self.base_url
+                self.shown_url
             ),
             savestream_client::Error::InvalidRequest(message) | savestream_client::Error::Custom(message) => {
                 anyhow!("{message}")
@@ -125,14 +167,14 @@ impl Api {
         if error.is_timeout() {
             return anyhow!(
                 "the API at {} did not answer in time: is it overloaded, or is Redis down? check `curl {}/ready`",
-                self.base_url,
-                self.base_url
+                self.shown_url,
+                self.shown_url
             );
         }
         anyhow!(
             "lost the connection to the API at {} ({})",
-            self.base_url,
-            causes(error)
+            self.shown_url,
+            self.scrub(causes(error))
         )
     }
 
@@ -147,33 +189,33 @@ impl Api {
         if error.is_timeout() {
             return anyhow!(
                 "cannot reach the API at {}: no connection within {} s: is the address right, and does no firewall drop it?",
-                self.base_url,
+                self.shown_url,
                 CONNECT_TIMEOUT.as_secs()
             );
         }
-        let causes = causes(error);
-        if self.base_url.starts_with("https:") && is_tls(error) {
+        let causes = self.scrub(causes(error));
+        if self.shown_url.starts_with("https:") && is_tls(error) {
             // rustls's words for a server that answered in plain HTTP.
             let hint = if causes.contains("InvalidContentType") {
                 format!(
                     ": does it serve plain http? then use --url {}",
-                    self.base_url.replacen("https:", "http:", 1)
+                    self.shown_url.replacen("https:", "http:", 1)
                 )
             } else {
                 String::new()
             };
             return anyhow!(
                 "cannot reach the API at {}: the TLS handshake failed ({causes}){hint}",
-                self.base_url
+                self.shown_url
             );
         }
-        anyhow!("cannot reach the API at {}: {causes}", self.base_url)
+        anyhow!("cannot reach the API at {}: {causes}", self.shown_url)
     }
 
     pub fn unreachable(&self) -> anyhow::Error {
         anyhow!(
             "cannot reach the API at {}: is it running? start it with `savestream up`",
-            self.base_url
+            self.shown_url
         )
     }
 
@@ -189,7 +231,7 @@ impl Api {
             Some(error) => self.with_hint(status, error),
             None => anyhow!(
                 "the API at {} answered {status}, which this client does not expect: is it a savestream API?",
-                self.base_url
+                self.shown_url
             ),
         }
     }
@@ -301,6 +343,40 @@ mod tests {
         assert!(error.contains("is not"), "{error}");
         let error = Api::new("ftp://example.com", "").err().unwrap().to_string();
         assert!(error.contains("not an http or https URL"), "{error}");
+    }
+
+    #[test]
+    fn a_password_in_the_url_is_never_shown() {
+        assert_eq!(
+            redact("http://admin:hunter2@host:8080/x"),
+            "http://admin:***@host:8080/x"
+        );
+        assert_eq!(
+            redact("admin:hunter2@host:8080"),
+            "admin:***@host:8080",
+            "no scheme"
+        );
+        assert_eq!(redact("http://a:b:c@d@host"), "http://a:***@host");
+        for unchanged in [
+            "http://admin@host",
+            "http://host:8080/a@b:c",
+            "http://host?x=a:b@c",
+        ] {
+            assert_eq!(redact(unchanged), unchanged);
+        }
+        for url in ["admin:hunter2@host:8080", "ftp://admin:hunter2@host"] {
+            let error = Api::new(url, "").err().unwrap().to_string();
+            assert!(
+                !error.contains("hunter2") && error.contains("admin:***@"),
+                "{error}"
+            );
+        }
+        let api = Api::new("http://admin:hunter2@127.0.0.1:9/", "").unwrap();
+        assert_eq!(api.shown_url(), "http://admin:***@127.0.0.1:9");
+        assert_eq!(
+            api.scrub("error sending request for url (http://admin:hunter2@127.0.0.1:9/x)".into()),
+            "error sending request for url (http://admin:***@127.0.0.1:9/x)"
+        );
     }
 
     #[test]

@@ -11,8 +11,9 @@
 //! - 1 when the API refused or could not be reached (`watch`: the task
 //!   failed or was canceled);
 //! - 2 for a bad command line or input: clap's own usage errors, and ours
-//!   (a `--url` that is not one, a link that is neither kind, `-` among
-//!   links, no links on standard input);
+//!   (a `--url` that is not one, a link that is neither kind or has
+//!   whitespace inside, `-` among links, no links on standard input or a
+//!   line of it that is not UTF-8);
 //! - 3 when `watch` could not follow the task to its end (the API
 //!   unreachable or refusing, the task unknown): how it ends is unknown, so
 //!   a script must not take it for a failure and add the link again;
@@ -48,18 +49,17 @@ use clap::{Parser, Subcommand};
     about = "Save Telegram media and direct links into storages"
 )]
 struct Cli {
-    /// The API to talk to.
-    #[arg(long, global = true, env = "SAVESTREAM_URL", default_value = api::DEFAULT_URL)]
-    url: String,
-    /// The API's [api] token; empty sends none. Surrounding whitespace is ignored.
-    #[arg(
-        long,
-        global = true,
-        env = "SAVESTREAM_TOKEN",
-        default_value = "",
-        hide_env_values = true
-    )]
-    token: String,
+    // `--url` and `--token` are optional, and their variables are read in
+    // `connection`, not by clap: clap counts a value from the environment
+    // as given, and its usage line in an error then listed
+    // `--url <URL> --token <TOKEN>` among what `add` requires.
+    /// The API to talk to [env: SAVESTREAM_URL] [default: http://127.0.0.1:8080]
+    #[arg(long, global = true)]
+    url: Option<String>,
+    /// The API's [api] token; none is sent when absent or empty. Surrounding whitespace is
+    /// ignored [env: SAVESTREAM_TOKEN]
+    #[arg(long, global = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -108,6 +108,28 @@ enum ClientCommand {
     },
 }
 
+/// The API's URL and token: the flag, else its variable when set and not
+/// empty, else the default (no token).
+fn connection(url: Option<String>, token: Option<String>) -> anyhow::Result<(String, String)> {
+    let from_env = |name: &str| match std::env::var(name) {
+        Ok(value) if value.is_empty() => Ok(None),
+        Ok(value) => Ok(Some(value)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(exit::usage(format_args!(
+            "{name} is not UTF-8 text: set it to the API's URL or token alone, or unset it"
+        ))),
+    };
+    let url = match url {
+        Some(url) => url,
+        None => from_env("SAVESTREAM_URL")?.unwrap_or_else(|| api::DEFAULT_URL.to_owned()),
+    };
+    let token = match token {
+        Some(token) => token,
+        None => from_env("SAVESTREAM_TOKEN")?.unwrap_or_default(),
+    };
+    Ok((url, token))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let watching = matches!(cli.command, Command::Client(ClientCommand::Watch { .. }));
@@ -122,7 +144,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Up { config } => up::run(&config).await,
             Command::Client(command) => {
-                let api = api::Api::new(&cli.url, &cli.token)?;
+                let (url, token) = connection(cli.url, cli.token)?;
+                let api = api::Api::new(&url, &token)?;
                 match command {
                     ClientCommand::Add(args) => add::run(&api, args).await,
                     ClientCommand::Status { task_id } => status::run(&api, &task_id).await,
@@ -143,5 +166,23 @@ fn main() -> ExitCode {
             }
             ExitCode::from(code)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_help_names_the_default_url_and_the_variables() {
+        Cli::command().debug_assert();
+        let help = Cli::command().render_long_help().to_string();
+        assert!(
+            help.contains(&format!("[default: {}]", api::DEFAULT_URL)),
+            "{help}"
+        );
+        assert!(help.contains("[env: SAVESTREAM_URL]"), "{help}");
+        assert!(help.contains("[env: SAVESTREAM_TOKEN]"), "{help}");
     }
 }

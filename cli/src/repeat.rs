@@ -16,8 +16,11 @@
 //! the first: its answer is certain, and the user should hear it at once.
 //! Once a try's fate is unknown, though, a refused connection is what an
 //! API restarting looks like, and it is repeated too. When `add` gives up
-//! after a try whose fate is unknown, its error says that the tasks may
-//! have been created, and gives the key: the same command with
+//! after a try whose fate is unknown, its error says why from what the tries
+//! met (the API answered 503 on every try, the task store unavailable; a
+//! connection lost or timed out after the request was sent; a proxy's
+//! 502-504; the API refusing connections afterwards), that the tasks may
+//! have been created all the same, and gives the key: the same command with
 //! `--idempotency-key KEY` then answers with them rather than creating them
 //! twice.
 
@@ -70,11 +73,81 @@ pub fn batch_key(key: &str, index: usize) -> String {
 }
 
 /// A create that `add` gave up on: the error of its last try, how many
-/// tries there were, and whether any of them may have been stored.
+/// tries there were, whether any of them may have been stored, and what
+/// the tries met.
 pub struct GaveUp {
     pub error: ClientError,
     pub tries: usize,
     pub fate_unknown: bool,
+    pub seen: Seen,
+}
+
+/// How many tries met each failure that leaves a create's fate unknown,
+/// and how many were refused a connection after one did: what the error
+/// of an `add` that gave up says happened.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    /// The API answered 503: its task store (Redis) did not answer in time,
+    /// and a create it gave up on may still be applied.
+    pub unavailable: usize,
+    /// A proxy before the API answered 502, 503 or 504.
+    pub gateway: usize,
+    /// The connection broke or timed out after the request was sent.
+    pub lost: usize,
+    /// The connection was refused (the API restarting).
+    pub refused: usize,
+}
+
+impl Seen {
+    fn count(&mut self, error: &ClientError) {
+        use savestream_client::Error;
+        match error {
+            Error::ErrorResponse(response) if response.status() == 503 => self.unavailable += 1,
+            Error::UnexpectedResponse(response) if matches!(response.status().as_u16(), 502..=504) => {
+                self.gateway += 1
+            }
+            _ if is_connect(error) => self.refused += 1,
+            Error::CommunicationError(_) | Error::ResponseBodyError(_) => self.lost += 1,
+            _ => {}
+        }
+    }
+
+    /// What happened, in words, for `tries` tries in all.
+    fn words(&self, tries: usize) -> String {
+        if self.unavailable == tries {
+            return "the API answered 503 on every try: its task store (Redis) did not answer in time, \
+                    and a create it gave up on may still be applied"
+                .to_owned();
+        }
+        let of = |count: usize| match count {
+            _ if count == tries => "every try".to_owned(),
+            1 => "1 try".to_owned(),
+            count => format!("{count} tries"),
+        };
+        let mut said = Vec::new();
+        if self.unavailable > 0 {
+            said.push(format!(
+                "the API answered 503 to {} (its task store did not answer in time; a create it gave up on may still be applied)",
+                of(self.unavailable)
+            ));
+        }
+        if self.gateway > 0 {
+            said.push(format!(
+                "a proxy before the API answered 502-504 to {} (the API's own answer unknown)",
+                of(self.gateway)
+            ));
+        }
+        if self.lost > 0 {
+            said.push(format!(
+                "the connection was lost or timed out after the request was sent on {}",
+                of(self.lost)
+            ));
+        }
+        if self.refused > 0 {
+            said.push(format!("the API refused the connection on {}", of(self.refused)));
+        }
+        said.join(", ")
+    }
 }
 
 impl GaveUp {
@@ -88,21 +161,23 @@ impl GaveUp {
         }
         let last = if is_connect(&self.error) {
             // Not `explain`'s "is it running?": it was, a moment ago.
-            anyhow::anyhow!("the API at {} does not accept connections", api.base_url())
+            anyhow::anyhow!("the API at {} does not accept connections", api.shown_url())
         } else {
             api.explain(self.error).await
         };
-        unknown_fate(&last.to_string(), self.tries, key, what)
+        unknown_fate(&last.to_string(), self.tries, &self.seen, key, what)
     }
 }
 
 /// The error of an `add` that gave up after `tries` tries, the last failing
-/// with `last`, at least one of them with its fate unknown.
-fn unknown_fate(last: &str, tries: usize, key: &str, what: &str) -> anyhow::Error {
+/// with `last`, at least one of them with its fate unknown; `seen` says
+/// what they met.
+fn unknown_fate(last: &str, tries: usize, seen: &Seen, key: &str, what: &str) -> anyhow::Error {
     anyhow::anyhow!(
-        "gave up after {tries} tries ({last}); an answer was lost on the way, so {what} may have been \
+        "gave up after {tries} tries ({last}); {}, so {what} may have been \
          created all the same: once the API answers, run this command again with \
-         --idempotency-key {key}, which answers with what was created instead of creating it twice"
+         --idempotency-key {key}, which answers with what was created instead of creating it twice",
+        seen.words(tries)
     )
 }
 
@@ -115,16 +190,18 @@ where
 {
     let mut fate_unknown_before = false;
     let mut tries = 0;
+    let mut seen = Seen::default();
     for pause in PAUSES {
         tries += 1;
         match send(key.to_owned()).await {
             Err(error) if worth_repeating(&error, fate_unknown_before) => {
                 fate_unknown_before = true;
+                seen.count(&error);
                 let why = if is_connect(&error) {
                     // Not `explain`'s "is it running?": it was a moment ago.
                     anyhow::anyhow!(
                         "the API at {} does not accept connections (restarting?)",
-                        api.base_url()
+                        api.shown_url()
                     )
                 } else {
                     api.explain(error).await
@@ -137,20 +214,26 @@ where
             }
             Ok(answer) => return Ok(answer),
             Err(error) => {
+                seen.count(&error);
                 return Err(GaveUp {
                     error,
                     tries,
                     fate_unknown: fate_unknown_before,
-                })
+                    seen,
+                });
             }
         }
     }
     tries += 1;
-    send(key.to_owned()).await.map_err(|error| GaveUp {
-        // The last try's own fate counts too: a 503 or a lost answer.
-        fate_unknown: fate_unknown_before || fate_unknown(&error),
-        error,
-        tries,
+    send(key.to_owned()).await.map_err(|error| {
+        seen.count(&error);
+        GaveUp {
+            // The last try's own fate counts too: a 503 or a lost answer.
+            fate_unknown: fate_unknown_before || fate_unknown(&error),
+            error,
+            tries,
+            seen,
+        }
     })
 }
 
@@ -218,9 +301,15 @@ mod tests {
 
     #[test]
     fn giving_up_after_an_unknown_fate_says_the_task_may_exist_and_gives_the_key() {
+        let seen = Seen {
+            lost: 1,
+            refused: 4,
+            ..Seen::default()
+        };
         let message = unknown_fate(
             "the API at http://127.0.0.1:9 does not accept connections",
             5,
+            &seen,
             "savestream-add-d4mq2nk0h9pc73b0qpag",
             "the task",
         )
@@ -228,10 +317,46 @@ mod tests {
         assert_eq!(
             message,
             "gave up after 5 tries (the API at http://127.0.0.1:9 does not accept connections); \
-             an answer was lost on the way, so the task may have been created all the same: \
+             the connection was lost or timed out after the request was sent on 1 try, \
+             the API refused the connection on 4 tries, so the task may have been created all the same: \
              once the API answers, run this command again with \
              --idempotency-key savestream-add-d4mq2nk0h9pc73b0qpag, which answers with what was \
              created instead of creating it twice"
+        );
+    }
+
+    #[test]
+    fn what_the_tries_met_is_said_as_it_happened() {
+        let every_503 = Seen {
+            unavailable: 5,
+            ..Seen::default()
+        };
+        assert!(
+            every_503
+                .words(5)
+                .starts_with("the API answered 503 on every try: its task store (Redis)"),
+            "{}",
+            every_503.words(5)
+        );
+        let then_refused = Seen {
+            unavailable: 2,
+            refused: 3,
+            ..Seen::default()
+        };
+        let words = then_refused.words(5);
+        assert!(words.starts_with("the API answered 503 to 2 tries ("), "{words}");
+        assert!(
+            words.ends_with("the API refused the connection on 3 tries"),
+            "{words}"
+        );
+        assert!(!words.contains("lost"), "{words}");
+        let lost = Seen {
+            lost: 5,
+            ..Seen::default()
+        };
+        assert_eq!(
+            lost.words(5),
+            "the connection was lost or timed out after the request was sent on every try"
         );
     }
 

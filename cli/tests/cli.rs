@@ -218,3 +218,135 @@ fn a_url_that_is_not_http_is_refused_with_an_example() {
         }
     }
 }
+
+/// Runs the binary in `dir` with `input` on its standard input and `env`
+/// set, none of the ambient savestream settings.
+fn run_with(args: &[&str], dir: &Path, input: &[u8], env: &[(&str, &str)]) -> Output {
+    use std::io::Write as _;
+    let mut command = Command::new(BINARY);
+    command
+        .args(args)
+        .current_dir(dir)
+        .env_remove("SAVESTREAM_URL")
+        .env_remove("SAVESTREAM_TOKEN")
+        .env_remove("SAVESTREAM_CONFIG")
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().expect("running savestream");
+    let mut stdin = child.stdin.take().expect("a stdin pipe");
+    // The binary may exit before reading it all: a broken pipe is no failure here.
+    let _ = stdin.write_all(input);
+    drop(stdin);
+    child.wait_with_output().expect("waiting on savestream")
+}
+
+#[test]
+fn several_links_on_one_line_or_a_line_that_is_not_utf8_is_a_usage_error_naming_the_line() {
+    // Nothing listens at the URL: each error must come before any request.
+    let dir = tempfile::tempdir().unwrap();
+    let url = nothing_listens();
+    let add = ["--url", url.as_str(), "add", "-", "--user", "1"];
+
+    let two_on_a_line = run_with(
+        &add,
+        dir.path(),
+        b"# my links\nhttps://example.com/a.txt\n\nhttps://example.com/a.txt http://example.com/b.txt\n",
+        &[],
+    );
+    let not_utf8 = run_with(
+        &add,
+        dir.path(),
+        b"https://example.com/a.txt\nhttps://example.com/caf\xe9.txt\n",
+        &[],
+    );
+    let comments_only = run_with(&add, dir.path(), b"# my links\n   # none yet\n", &[]);
+
+    let line = one_line_error_with(&two_on_a_line, USAGE);
+    assert!(
+        line.starts_with("savestream: line 4 of standard input: `https://example.com/a.txt http://example.com/b.txt` has whitespace"),
+        "{line}"
+    );
+    assert!(line.contains("one link per line"), "{line}");
+    let line = one_line_error_with(&not_utf8, USAGE);
+    assert!(
+        line.starts_with("savestream: line 2 of standard input is not UTF-8 text"),
+        "{line}"
+    );
+    let line = one_line_error_with(&comments_only, USAGE);
+    assert!(line.contains("standard input held no links"), "{line}");
+}
+
+#[test]
+fn a_comment_line_is_skipped_not_taken_for_a_link() {
+    // The comment is skipped and the link after it is sent: to a port
+    // where nothing listens, so `add` fails reaching the API (1), not on
+    // the comment (2).
+    let dir = tempfile::tempdir().unwrap();
+    let url = nothing_listens();
+    let output = run_with(
+        &["--url", &url, "add", "-", "--user", "1"],
+        dir.path(),
+        b"# my links\nhttps://example.com/a.txt\n",
+        &[],
+    );
+    let line = one_line_error(&output);
+    assert!(line.contains("cannot reach the API"), "{line}");
+}
+
+#[test]
+fn usage_errors_do_not_show_url_and_token_as_required_even_when_set_in_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("SAVESTREAM_URL", "http://admin:hunter2@127.0.0.1:9"),
+        ("SAVESTREAM_TOKEN", "secret-token-7c1"),
+    ];
+
+    let output = run_with(&["add"], dir.path(), b"", &env);
+
+    assert_eq!(output.status.code(), Some(USAGE), "{}", explain(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let usage = stderr
+        .lines()
+        .find(|line| line.starts_with("Usage: "))
+        .unwrap_or_else(|| panic!("no usage line: {stderr}"));
+    assert!(!usage.contains("--url") && !usage.contains("--token"), "{usage}");
+    assert!(usage.contains("--user <USER>"), "{usage}");
+}
+
+#[test]
+fn a_password_in_the_url_is_shown_neither_in_errors_nor_in_the_help() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = nothing_listens().replacen("http://", "http://admin:hunter2@", 1);
+    let env = [("SAVESTREAM_URL", url.as_str())];
+
+    let from_flag = run(&["--url", &url, "ls"], dir.path());
+    let from_env = run_with(&["ls"], dir.path(), b"", &env);
+    let not_a_url = run(&["--url", "admin:hunter2@127.0.0.1:9", "ls"], dir.path());
+    let help = run_with(&["--help"], dir.path(), b"", &env);
+
+    let shown = url.replacen("hunter2", "***", 1);
+    for output in [&from_flag, &from_env] {
+        let line = one_line_error(output);
+        assert_eq!(
+            line,
+            format!(
+                "savestream: cannot reach the API at {shown}: is it running? start it with `savestream up`"
+            )
+        );
+    }
+    let line = one_line_error_with(&not_a_url, USAGE);
+    assert!(
+        line.contains("`admin:***@127.0.0.1:9`") && !line.contains("hunter2"),
+        "{line}"
+    );
+    assert!(help.status.success(), "{}", explain(&help));
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(!help.contains("hunter2"), "{help}");
+    assert!(help.contains("[env: SAVESTREAM_URL]"), "{help}");
+    assert!(help.contains("[default: http://127.0.0.1:8080]"), "{help}");
+}

@@ -825,6 +825,115 @@ async fn add_with_the_same_idempotency_key_again_answers_with_the_first_tasks_in
 }
 
 #[tokio::test]
+async fn add_of_a_list_refused_partway_gives_the_key_whose_rerun_answers_the_created_links_and_creates_the_rest(
+) {
+    // Arrange: 1200 links (three batches), link 800 one the API refuses
+    // (a Telegram channel name too short).
+    let app = spawn_app(0).await;
+    let user = TEST_USER.to_string();
+    let mut links: Vec<String> = (1..=1200)
+        .map(|number| format!("https://example.com/files/{number}.bin"))
+        .collect();
+    links[799] = "https://t.me/chan/5".to_owned();
+    let list = |links: &[String]| format!("{}\n", links.join("\n"));
+
+    // Act
+    let first = spawn_piped(&app, &["add", "-", "--user", &user], &list(&links)).await;
+    let first = first.wait_with_output().await.expect("savestream add -");
+
+    // Assert: the ids of the batches before link 800, and a line that
+    // says what became of each link and gives the key.
+    assert_eq!(first.status.code(), Some(1), "{}", explain(&first));
+    let created: Vec<String> = String::from_utf8_lossy(&first.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let done = created.len();
+    assert!(done > 0 && done < 800, "{}", explain(&first));
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", explain(&first));
+    let line = lines[0];
+    assert!(
+        line.starts_with("savestream: link 800 (`https://t.me/chan/5`, line 800 of standard input): "),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!(
+            "(links 1 to {done} of 1200 were created, their ids are printed above; links {} to ",
+            done + 1
+        )),
+        "{line}"
+    );
+    assert!(
+        line.contains(" were refused, nothing of that request was created; links "),
+        "{line}"
+    );
+    assert!(line.contains(" to 1200 were not sent): "), "{line}");
+    let key = line
+        .split("--idempotency-key ")
+        .nth(1)
+        .and_then(|rest| rest.split([' ', ',']).next())
+        .unwrap_or_else(|| panic!("no key in: {line}"))
+        .to_owned();
+    assert!(key.starts_with("savestream-add-"), "{line}");
+
+    // Act: the list fixed, and the same command with the key.
+    links[799] = "https://example.com/files/800.bin".to_owned();
+    let again = spawn_piped(
+        &app,
+        &["add", "-", "--user", &user, "--idempotency-key", &key],
+        &list(&links),
+    )
+    .await;
+    let again = again.wait_with_output().await.expect("savestream add - again");
+
+    // Assert: the created links answered with their tasks, the rest created.
+    let ids: Vec<String> = stdout(&again).lines().map(str::to_owned).collect();
+    assert_eq!(ids.len(), 1200, "{}", explain(&again));
+    assert_eq!(
+        ids[..done],
+        created[..],
+        "the created links' ids come back the same"
+    );
+    assert_eq!(
+        queued_total(&app).await,
+        1200,
+        "one task per link, not one per run"
+    );
+    let (_, task) = app.get_task(&ids[799]).await;
+    assert_eq!(task["link"], links[799], "{task}");
+}
+
+#[tokio::test]
+async fn add_that_gave_up_on_503s_says_the_api_answered_503_not_that_an_answer_was_lost() {
+    // Arrange: Redis stopped for the whole run: every try is answered 503.
+    let app = spawn_app(0).await;
+    signal(app.redis.pid(), "STOP");
+
+    // Act
+    let (add, mut stderr) = spawn_add(&app, "https://example.com/unavailable.bin");
+    let mut said = Vec::new();
+    tokio::time::timeout(Duration::from_secs(150), async {
+        while let Some(line) = stderr.next_line().await.unwrap() {
+            said.push(line);
+        }
+    })
+    .await
+    .expect("savestream add to give up");
+    let output = add.wait_with_output().await.unwrap();
+    signal(app.redis.pid(), "CONT");
+
+    // Assert
+    assert_eq!(output.status.code(), Some(1), "{}\n{said:#?}", explain(&output));
+    let line = said.last().map(String::as_str).unwrap_or_default();
+    assert!(line.starts_with("savestream: gave up after 5 tries"), "{line}");
+    assert!(line.contains("the API answered 503 on every try"), "{line}");
+    assert!(!line.contains("lost"), "{line}");
+    assert!(line.contains("--idempotency-key savestream-add-"), "{line}");
+}
+
+#[tokio::test]
 async fn ls_says_when_the_limit_cut_the_list_short() {
     let app = spawn_app(0).await;
     let user = TEST_USER.to_string();
