@@ -733,12 +733,18 @@ async fn a_directory_swapped_for_a_symlink_before_its_file_is_finished_gets_no_f
     // name is linked.
     fail::cfg_callback("local::finish::link", swap_a_for_a_symlink_to(&base, &outside)).unwrap();
 
+    let syncs = SyncCount::start();
+
     // Act
     let finished = partial.finish().await;
 
     // Assert: the finished name was linked, and its directories synced, in
-    // the directory the file was written in, which is `moved/b` now.
+    // the directory the file was written in, which is `moved/b` now: `b`,
+    // then `moved` and the base, each reached as the `..` of the one below
+    // and checked to be the directory walked there (`a`, renamed in
+    // place, is), never `outside/b` nor `outside`, which are not.
     fail::remove("local::finish::link");
+    fail::remove("local::sync_directory");
     assert!(base.join("a").is_symlink(), "the directory was not swapped");
     assert_eq!(
         everything_under(&outside),
@@ -747,6 +753,49 @@ async fn a_directory_swapped_for_a_symlink_before_its_file_is_finished_gets_no_f
     );
     assert_eq!(finished.unwrap(), 3000);
     assert_eq!(everything_under(&base.join("moved")), vec!["b", "b/f.bin"]);
+    assert_eq!(syncs.take(), 3, "b, moved and the base");
+    scenario.teardown();
+}
+
+#[tokio::test]
+async fn a_directory_moved_to_another_directory_before_its_file_is_finished_is_synced_but_nothing_above_it() {
+    let scenario = FailScenario::setup();
+    // Arrange: a file written whole in /a/b, whose directory `b` is moved
+    // out of `a`, to `elsewhere/b`, just before the finished name is linked.
+    let (dir, storage) = empty_storage();
+    let base = storage.base_path().to_path_buf();
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let (owner, path, partial) = written_in(&storage, "/a/b", "f.bin").await;
+    let (from, to) = (base.join("a/b"), elsewhere.join("b"));
+    fail::cfg_callback("local::finish::link", move || {
+        let _ = std::fs::rename(&from, &to);
+    })
+    .unwrap();
+    let syncs = SyncCount::start();
+
+    // Act
+    let finished = partial.finish().await;
+
+    // Assert: linked in `b`, wherever it is; `b` synced, and then the climb
+    // stops, since `elsewhere` is not the `a` walked through: not synced,
+    // nor anything above it. The file is no longer where its path leads,
+    // which the error says, and the next attempt finds it not finished.
+    fail::remove("local::finish::link");
+    fail::remove("local::sync_directory");
+    assert!(
+        elsewhere.join("b/f.bin").exists(),
+        "not linked in the directory walked"
+    );
+    assert_eq!(syncs.take(), 1, "b alone");
+    let error = finished.unwrap_err();
+    assert_unsynced(
+        &error,
+        "/a/b/f.bin is saved whole, but cannot sync the entry of /a/b in /a: it was moved to another \
+         directory since it was walked, so the file is no longer where its path leads (the next \
+         attempt walks that path again)",
+    );
+    assert_eq!(storage.finished(&owner, &path).await.unwrap(), None);
     scenario.teardown();
 }
 

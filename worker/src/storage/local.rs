@@ -85,25 +85,41 @@
 //! Nothing is created, looked at, linked or removed by a path: the
 //! directory of a `dir_path` is walked to from the base path one component
 //! at a time, each opened in the one before without following a symlink
-//! (`openat` with `O_DIRECTORY | O_NOFOLLOW`) and made there when missing
-//! (`mkdirat`; one made by someone else meanwhile is as good), and held open
-//! ([`Directory`]). Every name in it is then used relative to that
-//! descriptor, as a single component (`openat`, `fstatat`, `linkat`,
-//! `unlinkat`), and its syncs are `fsync`s of the directories walked. So
-//! whoever may write inside the base path (a media folder shared over Samba
-//! or NFS, while the worker runs as root) cannot swap a directory for a
-//! symlink, once it was walked, and have a file made, linked or removed
-//! where that leads (`/etc`): the task goes on in the directory it walked,
-//! wherever that was moved to. A symlink met on the walk is followed by the
-//! walk itself, and only to a directory inside the base path: its target is
-//! walked the same way, from the base path for an absolute one (which must
-//! be written under the canonical base path) or from the symlink's own
-//! directory for a relative one, a `..` going back to the directory walked
-//! before and never above the base path. One that leads anywhere else is
-//! refused ([`StorageError::Escapes`], naming the symlink, where it leads
-//! and what to do) before anything is made where it leads; so is one whose
-//! target reaches the base path through another path (say, one written with
-//! a symlinked form of the base path).
+//! (`openat` with `O_DIRECTORY | O_NOFOLLOW`, and `O_PATH` on Linux, which
+//! needs no permission to read it: a drop box, mode 0733, is walked into)
+//! and made there when missing (`mkdirat`; one made by someone else
+//! meanwhile is as good), and held open ([`Directory`]). Every name in it
+//! is then used relative to that descriptor, as a single component
+//! (`openat`, `fstatat`, `linkat`, `unlinkat`). So whoever may write inside
+//! the base path (a media folder shared over Samba or NFS, while the
+//! worker runs as root) cannot swap a directory for a symlink, once it was
+//! walked, and have a file made, linked or removed where that leads
+//! (`/etc`): the task goes on in the directory it walked, wherever that was
+//! renamed to.
+//!
+//! A download holds that one descriptor, whatever its depth (a
+//! `dir_path` may have 512 components), not one per directory walked
+//! through: those are remembered by device and inode, and the syncs of a
+//! finish climb back up to the base path through each one's `..`, checked
+//! to be the directory walked through there (see [`sync_names`]: one moved
+//! to another directory since stops the climb, retryably). The base path is
+//! opened again by each walk, not held: a file system mounted on it after
+//! the worker started is walked into, as its path would be.
+//!
+//! A symlink met on the walk is followed by the walk itself, and only to a
+//! directory inside the base path: its target is walked the same way, from
+//! the base path for an absolute one (which must be written under the
+//! canonical base path) or from the symlink's own directory for a relative
+//! one, a `..` going back to the directory walked before and never above
+//! the base path. One that leads anywhere else is refused
+//! ([`StorageError::Escapes`], naming the symlink, where it leads and what
+//! to do) before anything is made where it leads; so is one whose target
+//! reaches the base path through another path (say, one written with a
+//! symlinked form of the base path). A walk follows at most
+//! [`MAX_SYMLINKS`] symlinks, and takes at most [`MAX_STEPS`] steps, its
+//! own components and its symlinks' together (a symlink planted to lead
+//! thousands of directories down is refused before anything is made on
+//! its way), holding at most three descriptors at a time.
 //!
 //! The walk for partial files ([`Storage::partial_owners`]) never follows a
 //! symlink at all: each directory is opened in its parent's descriptor
@@ -118,6 +134,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -139,6 +156,14 @@ const MAX_ALTERNATIVES: u32 = 10_000;
 /// How many symlinks one walk to a directory follows before it gives up
 /// (`ELOOP`), as many as Linux follows in one path.
 const MAX_SYMLINKS: u32 = 40;
+
+/// How many steps one walk to a directory takes at most, into a
+/// directory or back up (`..`), the `dir_path`'s own components and those
+/// of the symlinks it follows together: twice the most a `dir_path` has
+/// (512, in its [`MAX_DIR_PATH_LEN`] bytes), so that symlinks may lead as
+/// far again. A symlink planted to lead further (`x/x/x/...`, thousands of
+/// components) is refused before anything is made on its way.
+const MAX_STEPS: usize = 2 * (MAX_DIR_PATH_LEN / 2);
 
 /// How many times a walk looks at one component again that was removed
 /// while it looked (made, then gone before it could be opened): someone
@@ -349,45 +374,44 @@ enum Missing {
 }
 
 /// A directory of the storage, walked to from the base path without
-/// following a symlink of its own accord ([`walk`]) and held open, with
-/// every directory walked through on the way: each name in it is used
-/// relative to its descriptor, never by a path, so that nothing done to
-/// the paths that led to it since (a directory renamed, a symlink put in
-/// its place) moves what is done in it anywhere else. Cheap to clone.
+/// following a symlink of its own accord ([`walk`]) and held open: each
+/// name in it is used relative to its descriptor, never by a path, so that
+/// nothing done to the paths that led to it since (a directory renamed, a
+/// symlink put in its place) moves what is done in it anywhere else. Only
+/// its own descriptor is held, whatever its depth: the directories walked
+/// through are remembered by identity, for the syncs of a finish to climb
+/// back up through ([`sync_names`]). Cheap to clone.
 #[derive(Clone, Debug)]
 struct Directory {
-    levels: Arc<Levels>,
+    walked: Arc<Walked>,
 }
 
 #[derive(Debug)]
-struct Levels {
+struct Walked {
     /// The canonical base path, for the warnings about a directory.
     base: PathBuf,
-    /// The base path first, each directory after it opened in the one
-    /// before, and this directory last: never empty.
+    /// Opened with [`WALK`]: a handle to the directory, for `*at` calls
+    /// and for opening it again (`.`) to list or sync it.
+    descriptor: OwnedFd,
+    /// The base path first, each directory after it the one walked into
+    /// from the one before, and this directory last: never empty.
     levels: Vec<Level>,
 }
 
-/// One directory of a [`Directory`]'s walk.
+/// One directory of a [`Directory`]'s walk, as it was when walked.
 #[derive(Debug)]
 struct Level {
     /// Its path from the base path as walked, symlinks followed (`/a/b`,
     /// empty for the base path itself), for messages.
     relative: String,
-    /// Opened with [`WALK`]: a handle to the directory, for `*at` calls
-    /// and for opening it again (`.`) to list or sync it.
-    descriptor: OwnedFd,
+    /// Which directory it was, to tell it again when a finish climbs to it.
+    identity: Identity,
 }
 
 impl Directory {
-    /// The descriptor of this directory itself (the walk's last level).
+    /// The descriptor of this directory itself.
     fn descriptor(&self) -> BorrowedFd<'_> {
-        self.levels
-            .levels
-            .last()
-            .expect("a walk holds at least the base path")
-            .descriptor
-            .as_fd()
+        self.walked.descriptor.as_fd()
     }
 
     /// Runs `operation` on this directory's descriptor on a blocking
@@ -438,9 +462,46 @@ enum WalkError {
     },
 }
 
+impl WalkError {
+    /// A walk that cannot go on through `symlink` (to `target`), for the
+    /// reason `why`, which says what to do: [`StorageError::Io`], since
+    /// whoever made the symlink may yet fix it.
+    fn symlink(kind: ErrorKind, symlink: &str, target: &str, why: String) -> WalkError {
+        WalkError::Io {
+            action: "resolve the directory",
+            source: std::io::Error::new(
+                kind,
+                format!("the symlink {symlink} (to {}) {why}", shortened(target)),
+            ),
+        }
+    }
+}
+
+/// `text`, cut after 100 characters: a symlink's target in a message.
+fn shortened(text: &str) -> String {
+    match text.char_indices().nth(100) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+/// A symlink a [`walk`] follows: its path from the base path as walked,
+/// and its target as written.
+struct Symlink {
+    path: String,
+    target: String,
+}
+
 /// One step of a [`walk`]: into a directory by its name, or back up to
-/// the directory walked before (a `..` of a symlink's target).
-enum Step {
+/// the directory walked before (a `..` of a symlink's target); `through`
+/// the symlink whose target it is a component of, if any (else it is one
+/// of the `dir_path`'s own).
+struct Step {
+    kind: StepKind,
+    through: Option<Rc<Symlink>>,
+}
+
+enum StepKind {
     Into(OsString),
     Up,
 }
@@ -452,15 +513,22 @@ enum Found {
     Nothing,
 }
 
+/// The identity of the file or directory open as `descriptor`.
+fn identity_of(descriptor: BorrowedFd<'_>) -> Result<Identity, Errno> {
+    rustix::fs::fstat(descriptor).map(|stat| Entry::of(&stat).identity)
+}
+
 /// Walks from the canonical `base` to the directory of `dir`, one
 /// component at a time, each opened in the directory before without
 /// following a symlink, and made when `missing` says so (see the module
-/// docs, *Directories*); `None` when a component does not exist and is
-/// not to be made. A symlink met on the way is followed by the walk, as
-/// one more walk: from the base path for an absolute target, which must be
-/// written under `base`, from the symlink's directory for a relative one.
-/// A `..` goes back to the directory walked before (not to whatever the
-/// file system calls its parent now), and never above the base path.
+/// docs, *Directories*); `None`
+/// when a component does not exist and is not to be made. A symlink met
+/// on the way is followed by the walk, as one more walk: from the base
+/// path for an absolute target, which must be written under `base`, from
+/// the symlink's directory for a relative one. A `..` goes back to
+/// the directory walked before (checked to be the parent it was), and
+/// never above the base path. At most [`MAX_STEPS`] steps, and
+/// [`MAX_SYMLINKS`] symlinks; at most three descriptors open at once.
 fn walk(base: &Path, dir: &StorageDir, missing: Missing) -> Result<Option<Directory>, WalkError> {
     let io = |action: &'static str| {
         move |errno: Errno| WalkError::Io {
@@ -469,81 +537,155 @@ fn walk(base: &Path, dir: &StorageDir, missing: Missing) -> Result<Option<Direct
         }
     };
     // The canonical base path: no component of it is a symlink, so its
-    // last one must not be one either, and a directory.
+    // last one must not be one either, and a directory. Opened again by
+    // each walk, not held by the storage: a file system mounted on it
+    // after the worker started is walked into, as its path would be.
     let base_descriptor = rustix::fs::openat(rustix::fs::CWD, base, WALK, Mode::empty())
         .map_err(io("open the base path for"))?;
     let mut levels = vec![Level {
         relative: String::new(),
-        descriptor: base_descriptor,
+        identity: identity_of(base_descriptor.as_fd()).map_err(io("open the base path for"))?,
     }];
+    // The directory walked into last, `None` while that is the base path.
+    let mut current: Option<OwnedFd> = None;
     let mut steps: VecDeque<Step> = dir
         .components()
         .iter()
-        .map(|component| Step::Into(component.as_str().into()))
+        .map(|component| Step {
+            kind: StepKind::Into(component.as_str().into()),
+            through: None,
+        })
         .collect();
+    // Every step the walk has been given, its own and those of the
+    // symlinks' targets: what it would take if nothing refused it.
+    let mut planned = steps.len();
     let mut followed = 0;
-    // The symlink whose target is walked now, for the error should it lead
-    // above the base path.
-    let mut following: Option<(String, String)> = None;
-    while let Some(step) = steps.pop_front() {
-        let name = match step {
-            Step::Into(name) => name,
-            Step::Up if levels.len() > 1 => {
+    while let Some(Step { kind, through }) = steps.pop_front() {
+        let at = current.as_ref().unwrap_or(&base_descriptor).as_fd();
+        let name = match kind {
+            StepKind::Into(name) => name,
+            StepKind::Up if levels.len() > 2 => {
+                let parent = levels[levels.len() - 2].identity;
+                current = Some(climb(at, parent).map_err(|source| WalkError::Io {
+                    action: "resolve the directory",
+                    source,
+                })?);
                 levels.pop();
                 continue;
             }
-            Step::Up => {
-                let (symlink, target) = following.unwrap_or_default();
+            StepKind::Up if levels.len() == 2 => {
+                current = None;
+                levels.pop();
+                continue;
+            }
+            StepKind::Up => {
+                let (symlink, target) = through
+                    .map(|through| (through.path.clone(), through.target.clone()))
+                    .unwrap_or_default();
                 return Err(WalkError::Escapes { symlink, target });
             }
         };
-        let parent = levels.last().expect("a walk holds at least the base path");
-        let relative = format!("{}/{}", parent.relative, name.to_string_lossy());
-        match look(parent.descriptor.as_fd(), &name, missing)? {
-            Found::Directory(descriptor) => levels.push(Level { relative, descriptor }),
+        let relative = format!(
+            "{}/{}",
+            levels
+                .last()
+                .expect("a walk holds at least the base path")
+                .relative,
+            name.to_string_lossy()
+        );
+        match look(at, &name, missing)? {
+            Found::Directory(descriptor) => {
+                let identity = identity_of(descriptor.as_fd()).map_err(io("resolve the directory"))?;
+                levels.push(Level { relative, identity });
+                current = Some(descriptor);
+            }
             Found::Nothing => return Ok(None),
             Found::Symlink(target) => {
                 followed += 1;
-                if followed > MAX_SYMLINKS {
-                    return Err(io("resolve the directory")(Errno::LOOP));
-                }
                 let target = PathBuf::from(target);
+                let written = target.display().to_string();
+                if followed > MAX_SYMLINKS {
+                    return Err(WalkError::symlink(
+                        ErrorKind::Other,
+                        &relative,
+                        &written,
+                        format!(
+                            "is one more than the {MAX_SYMLINKS} a walk follows: do symlinks lead to \
+                             each other? point it at a directory"
+                        ),
+                    ));
+                }
                 let escapes = || WalkError::Escapes {
                     symlink: relative.clone(),
-                    target: target.display().to_string(),
+                    target: written.clone(),
                 };
                 let rest = if target.is_absolute() {
                     let Ok(rest) = target.strip_prefix(base) else {
                         return Err(escapes());
                     };
                     levels.truncate(1);
+                    current = None;
                     rest
                 } else {
                     &target
                 };
+                let through = Rc::new(Symlink {
+                    path: relative.clone(),
+                    target: written.clone(),
+                });
                 let mut target_steps = Vec::new();
                 for component in rest.components() {
-                    match component {
-                        Component::Normal(name) => target_steps.push(Step::Into(name.to_owned())),
-                        Component::ParentDir => target_steps.push(Step::Up),
-                        Component::CurDir => {}
+                    let kind = match component {
+                        Component::Normal(name) => StepKind::Into(name.to_owned()),
+                        Component::ParentDir => StepKind::Up,
+                        Component::CurDir => continue,
                         // Not in a relative path, nor in what follows the base path.
                         Component::RootDir | Component::Prefix(_) => return Err(escapes()),
-                    }
+                    };
+                    target_steps.push(Step {
+                        kind,
+                        through: Some(through.clone()),
+                    });
+                }
+                planned += target_steps.len();
+                if planned > MAX_STEPS {
+                    return Err(WalkError::symlink(
+                        ErrorKind::Other,
+                        &relative,
+                        &written,
+                        format!(
+                            "makes the walk to the directory longer than {MAX_STEPS} steps: point it \
+                             at a directory fewer levels down"
+                        ),
+                    ));
                 }
                 for step in target_steps.into_iter().rev() {
                     steps.push_front(step);
                 }
-                following = Some((relative, target.display().to_string()));
             }
         }
     }
     Ok(Some(Directory {
-        levels: Arc::new(Levels {
+        walked: Arc::new(Walked {
             base: base.to_path_buf(),
+            descriptor: current.unwrap_or(base_descriptor),
             levels,
         }),
     }))
+}
+
+/// Opens the parent of the directory open as `child`, which must be the
+/// directory `expected` (a walk went from it to `child`), as a walk opens
+/// a directory ([`WALK`]: `..` is never a symlink).
+fn climb(child: BorrowedFd<'_>, expected: Identity) -> std::io::Result<OwnedFd> {
+    let parent = rustix::fs::openat(child, "..", WALK, Mode::empty())?;
+    if identity_of(parent.as_fd())? != expected {
+        return Err(std::io::Error::other(
+            "it was moved to another directory since it was walked, so the file is no longer \
+             where its path leads (the next attempt walks that path again)",
+        ));
+    }
+    Ok(parent)
 }
 
 /// Whether `openat` with `O_DIRECTORY | O_NOFOLLOW` answered `errno` for
@@ -847,21 +989,21 @@ async fn start_afresh(
     Ok(created)
 }
 
-/// Makes the names in the directory `level` durable, by an `fsync` of it
-/// (opened again, as `.` in itself: the walk's handle cannot be synced).
-/// A file system that cannot sync a directory (`EINVAL`, `EOPNOTSUPP`)
-/// loses nothing but that guarantee, and neither does a directory the
-/// worker may write in but not open (`EACCES`, `EPERM`: an operator's
-/// drop-box directory, mode 0733), which it cannot sync whatever it does:
-/// failing every file in it would only turn a saved file into a failed
-/// task. The directory synced is the one walked, whatever its path leads
-/// to by now: nothing planted since is synced through, nor opened (a FIFO
-/// would hang the open).
-fn sync_directory(base: &Path, level: &Level) -> std::io::Result<()> {
+/// Makes the names in the directory open as `descriptor` (`relative` from
+/// `base`, for the warning) durable, by an `fsync` of it (opened again,
+/// as `.` in itself: the walk's handle cannot be synced). A file system
+/// that cannot sync a directory (`EINVAL`, `EOPNOTSUPP`) loses nothing but
+/// that guarantee, and neither does a directory the worker may write in
+/// but not open (`EACCES`, `EPERM`: an operator's drop-box directory, mode
+/// 0733), which it cannot sync whatever it does: failing every file in it
+/// would only turn a saved file into a failed task. The directory synced
+/// is the one walked, whatever its path leads to by now: nothing planted
+/// since is synced through, nor opened (a FIFO would hang the open).
+fn sync_directory(base: &Path, relative: &str, descriptor: BorrowedFd<'_>) -> std::io::Result<()> {
     let opened = match failed_directory_sync() {
         Some(error) => Err(error),
         None => rustix::fs::openat(
-            &level.descriptor,
+            descriptor,
             ".",
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
@@ -872,7 +1014,7 @@ fn sync_directory(base: &Path, level: &Level) -> std::io::Result<()> {
         Ok(directory) => rustix::fs::fsync(&directory).map_err(std::io::Error::from),
         Err(error) if matches!(error.raw_os_error(), Some(libc::EACCES | libc::EPERM)) => {
             tracing::warn!(
-                directory = %format!("{}{}", base.display(), level.relative),
+                directory = %format!("{}{relative}", base.display()),
                 %error,
                 "cannot open the directory to sync it: its names may not survive a power loss \
                  (give the worker read permission on it)"
@@ -897,17 +1039,43 @@ fn sync_directory(base: &Path, level: &Level) -> std::io::Result<()> {
 /// earlier attempt finished); a sync of a clean directory may still flush
 /// the disk's cache, so a deep `dir_path` costs a flush per level. Said
 /// which failed, if one did.
+///
+/// The directories above `directory` are not held open ([`Directory`]):
+/// each is reached again from the one below it, as its `..`, and must be
+/// the directory the walk went through there (device and inode), which a
+/// rename in place keeps. One that is not was moved to another directory
+/// since the walk, with the file in it: the file is then no longer where
+/// its path leads, the climb stops there, and the finish fails retryably
+/// ([`StorageError::Unsynced`], saying so): the next attempt walks the
+/// path again, and finds the file there, or not. Syncing wherever the
+/// directory is now instead would climb to directories outside the base
+/// path, and make durable a name no task records. So a finish holds two
+/// descriptors at a time, at any depth.
 async fn sync_names(directory: &Directory) -> Result<(), UnsyncedName> {
     let directory = directory.clone();
     tokio::task::spawn_blocking(move || {
-        let Levels { base, levels } = &*directory.levels;
-        for (index, level) in levels.iter().enumerate().rev() {
-            sync_directory(base, level).map_err(|source| UnsyncedName {
-                // Whose entry in `level` this sync made durable: the file's,
-                // in the last level, else the next level's.
-                directory: levels.get(index + 1).map(|below| below.relative.clone()),
+        let Walked {
+            base,
+            descriptor,
+            levels,
+        } = &*directory.walked;
+        let last = levels.len() - 1;
+        sync_directory(base, &levels[last].relative, descriptor.as_fd()).map_err(|source| UnsyncedName {
+            directory: None,
+            source,
+        })?;
+        // The directory synced last, `None` while it is `directory` itself.
+        let mut below: Option<OwnedFd> = None;
+        for index in (0..last).rev() {
+            // Whose entry in this level is made durable: the next level's.
+            let unsynced = |source| UnsyncedName {
+                directory: Some(levels[index + 1].relative.clone()),
                 source,
-            })?;
+            };
+            let child = below.as_ref().unwrap_or(descriptor).as_fd();
+            let parent = climb(child, levels[index].identity).map_err(unsynced)?;
+            sync_directory(base, &levels[index].relative, parent.as_fd()).map_err(unsynced)?;
+            below = Some(parent);
         }
         Ok(())
     })
@@ -924,9 +1092,13 @@ async fn sync_names(directory: &Directory) -> Result<(), UnsyncedName> {
 async fn sync_own_names(directory: &Directory) -> std::io::Result<()> {
     let directory = directory.clone();
     blocking(move || {
-        let Levels { base, levels } = &*directory.levels;
-        let level = levels.last().expect("a walk holds at least the base path");
-        sync_directory(base, level)
+        let walked = &*directory.walked;
+        let relative = &walked
+            .levels
+            .last()
+            .expect("a walk holds at least the base path")
+            .relative;
+        sync_directory(&walked.base, relative, walked.descriptor.as_fd())
     })
     .await
 }
@@ -2713,6 +2885,122 @@ mod tests {
         assert!(!base.join("x").exists() && !dir.path().join("x").exists());
         assert_eq!(inside.unwrap().to_string(), "/a/back/sub/f");
         assert!(base.join("real/sub/f.part").exists());
+    }
+
+    /// How many of this process's descriptors are open on something under
+    /// `dir` (tests run in parallel threads: only this test's count).
+    fn descriptors_under(dir: &Path) -> usize {
+        let dir = std::fs::canonicalize(dir).unwrap();
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .flatten()
+            .filter(|listed| std::fs::read_link(listed.path()).is_ok_and(|target| target.starts_with(&dir)))
+            .count()
+    }
+
+    #[tokio::test]
+    async fn an_open_download_holds_as_many_descriptors_whatever_the_depth_of_its_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = storage(&dir);
+        let owner = task();
+        // 500 levels: a `dir_path` of 1,000 bytes, which the API accepts.
+        let deep = "/a".repeat(500);
+        let mut held = Vec::new();
+        for dir_path in ["/s", deep.as_str()] {
+            let path = storage
+                .reserve(&owner, &storage_dir(dir_path), &name("f.bin"), &[])
+                .await
+                .unwrap();
+            let before = descriptors_under(dir.path());
+            let mut partial = storage.open(&owner, &path).await.unwrap();
+            partial.write(Bytes::from_static(b"x")).await.unwrap();
+            held.push(descriptors_under(dir.path()) - before);
+            // And it finishes, syncing each of the 501 directories.
+            assert_eq!(partial.finish().await.unwrap(), 1, "{dir_path}");
+        }
+        // The directory's own, the partial file's to link it by, and its writer's.
+        assert_eq!(held, vec![3, 3], "held in /s, and 500 levels down");
+    }
+
+    #[tokio::test]
+    async fn a_symlink_that_makes_a_walk_too_long_is_refused_before_anything_is_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = storage(&dir);
+        let base = storage.base_path().to_path_buf();
+        // 2,000 components, 4,000 bytes: within what a symlink may hold.
+        let long = vec!["x"; 2000].join("/");
+        std::os::unix::fs::symlink(&long, base.join("s")).unwrap();
+        // One that stays within the bound is followed, and what the
+        // `dir_path` names below it made.
+        std::fs::create_dir_all(base.join(vec!["y"; 400].join("/"))).unwrap();
+        std::os::unix::fs::symlink(vec!["y"; 400].join("/"), base.join("t")).unwrap();
+
+        let refused = storage
+            .reserve(&task(), &storage_dir("/s/sub"), &name("f"), &[])
+            .await
+            .unwrap_err();
+        let followed = storage
+            .reserve(&task(), &storage_dir("/t/sub"), &name("f"), &[])
+            .await;
+
+        assert!(matches!(refused, StorageError::Io { .. }), "{refused:?}");
+        let message = refused.to_string();
+        assert!(
+            message
+                .starts_with("storage local1: cannot resolve the directory /s/sub: the symlink /s (to x/x/")
+                && message.ends_with(
+                    "makes the walk to the directory longer than 1024 steps: point it at a directory \
+                     fewer levels down"
+                ),
+            "{message}"
+        );
+        assert!(!base.join("x").exists(), "made on the way");
+        assert_eq!(followed.unwrap().to_string(), "/t/sub/f");
+        assert!(base.join(vec!["y"; 400].join("/")).join("sub/f.part").exists());
+    }
+
+    #[tokio::test]
+    async fn symlinks_that_lead_to_each_other_are_refused_after_40_not_followed_for_ever() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = storage(&dir);
+        let base = storage.base_path().to_path_buf();
+        std::os::unix::fs::symlink("b", base.join("a")).unwrap();
+        std::os::unix::fs::symlink("a", base.join("b")).unwrap();
+        std::os::unix::fs::symlink("self", base.join("self")).unwrap();
+        // Each turn one level deeper: only the count of symlinks stops it.
+        std::os::unix::fs::symlink(base.join("deeper/x"), base.join("deeper")).unwrap();
+        // 40 in a row are followed.
+        for index in 0..39 {
+            std::os::unix::fs::symlink(format!("c{}", index + 1), base.join(format!("c{index}"))).unwrap();
+        }
+        std::fs::create_dir(base.join("c39")).unwrap();
+
+        for (dir_path, symlink) in [("/a/sub", "/a"), ("/self", "/self"), ("/deeper", "/deeper")] {
+            let refused = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                storage.reserve(&task(), &storage_dir(dir_path), &name("f"), &[]),
+            )
+            .await
+            .expect("the walk did not end")
+            .unwrap_err();
+            assert!(matches!(refused, StorageError::Io { .. }), "{refused:?}");
+            let message = refused.to_string();
+            assert!(
+                message.starts_with(&format!(
+                    "storage local1: cannot resolve the directory {dir_path}: the symlink {symlink} (to "
+                )) && message.ends_with(
+                    "is one more than the 40 a walk follows: do symlinks lead to each other? point \
+                     it at a directory"
+                ),
+                "{message}"
+            );
+        }
+        let forty = storage
+            .reserve(&task(), &storage_dir("/c0"), &name("f"), &[])
+            .await
+            .unwrap();
+        assert_eq!(forty.to_string(), "/c0/f");
+        assert!(base.join("c39/f.part").exists());
     }
 
     #[tokio::test]
