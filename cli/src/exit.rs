@@ -14,6 +14,10 @@ pub const USAGE: u8 = 2;
 /// task unknown): how the task ends is unknown, unlike with 1, which says it
 /// failed or was canceled.
 pub const NOT_FOLLOWED: u8 = 3;
+/// `up`'s stop was not clean: the worker cut its drain short (its own exit
+/// code 3: running tasks left to their leases), or a child exited with an
+/// error or had to be killed.
+pub const SHUTDOWN_NOT_CLEAN: u8 = 3;
 /// Standard output's reader went away: 128 + SIGPIPE (13), what a shell
 /// reports for a program that SIGPIPE killed. Not 0, since the command
 /// stopped before it was done (`add` creates no more tasks once nobody

@@ -13,10 +13,12 @@
 //! - 2 for a bad command line or input: clap's own usage errors, and ours
 //!   (a `--url` that is not one, a link that is neither kind or has
 //!   whitespace inside, `-` among links, no links on standard input or a
-//!   line of it that is not UTF-8);
+//!   line of it that is not UTF-8, `up`'s config missing or invalid);
 //! - 3 when `watch` could not follow the task to its end (the API
 //!   unreachable or refusing, the task unknown): how it ends is unknown, so
-//!   a script must not take it for a failure and add the link again;
+//!   a script must not take it for a failure and add the link again; and
+//!   when `up`'s stop was not clean (the worker cut its drain short, or a
+//!   child exited with an error or was killed: see `up.rs`);
 //! - 141 when standard output's reader went away (`savestream ls | head`):
 //!   quietly, as a shell reports a program that SIGPIPE killed (128 + 13),
 //!   rather than 0, since the command stopped before it was done.
@@ -67,7 +69,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a local instance: Redis (the one at [redis] url, or a private
-    /// redis-server started for the run when nothing listens there), the API and one worker.
+    /// redis-server started for the run when nothing listens there), the API and one worker;
+    /// exits 2 for a bad config, 3 if the stop was not clean (the worker's drain cut short).
     Up {
         /// The config file both services read.
         #[arg(long, default_value = "config.toml", env = "SAVESTREAM_CONFIG")]

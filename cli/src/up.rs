@@ -20,8 +20,24 @@
 //! Outside the terminal's group only `up` hears the terminal, so `up` must
 //! pass on every signal that ends it (SIGHUP included, unless `up` was
 //! started with SIGHUP ignored, as `nohup` starts it) and stop its
-//! children, and it does: no child outlives it.
+//! children, and it does: no child outlives it. A signal `up` cannot catch
+//! (SIGKILL from the OOM killer or `kill -9`) is covered on Linux by each
+//! child asking the kernel for a SIGTERM when `up` dies
+//! (`PR_SET_PDEATHSIG`), so they stop as they would for a Ctrl-C.
+//!
+//! The private Redis's data directory is locked (`flock` on
+//! `.savestream/redis/up.lock`) for as long as `up` or that redis-server
+//! runs: a second `up` in the same directory stops saying so, instead of
+//! starting a second Redis appending to the same AOF.
+//!
+//! Exit codes: 0 after a clean stop; 1 when the instance could not start
+//! (Redis, a missing binary, the data directory locked) or a child exited
+//! on its own; 2 for a missing or invalid config, found before anything
+//! starts; 3 when the stop was not clean: the worker cut its drain short
+//! (exit 3, running tasks left to their leases), or a child exited with an
+//! error or had to be killed.
 
+use std::os::fd::{AsRawFd as _, RawFd};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
@@ -38,6 +54,8 @@ macro_rules! say {
 }
 
 use anyhow::{bail, Context};
+
+use crate::exit::{usage, SHUTDOWN_NOT_CLEAN};
 use fred::prelude::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -54,8 +72,30 @@ struct Supervised {
 
 impl Supervised {
     /// Starts `command` in a process group of its own (see the module doc),
-    /// with no standard input: only `up` reads the terminal.
-    fn spawn(name: &'static str, command: &mut Command) -> std::io::Result<Supervised> {
+    /// with no standard input (only `up` reads the terminal), to be sent
+    /// SIGTERM by the kernel if `up` dies first, and with `keep` (the data
+    /// directory's lock) open in it, when given, so the lock lasts as long
+    /// as the child.
+    ///
+    /// Called from `up`'s main thread: the kernel sends the death signal
+    /// when the thread that forked the child ends, and the main thread
+    /// ends only with the process.
+    fn spawn(name: &'static str, command: &mut Command, keep: Option<RawFd>) -> std::io::Result<Supervised> {
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: between fork and exec the closure makes only
+        // async-signal-safe system calls (prctl, getppid, fcntl) and
+        // allocates nothing.
+        unsafe {
+            command.pre_exec(move || {
+                die_with_parent(parent)?;
+                if let Some(fd) = keep {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
         let child = command.process_group(0).stdin(Stdio::null()).spawn()?;
         Ok(Supervised { name, child })
     }
@@ -66,10 +106,14 @@ impl Supervised {
 
     /// Sends one SIGTERM and waits up to `grace` for the child to exit,
     /// then kills it. A further stop signal to `up` meanwhile is passed on
-    /// as a second SIGTERM, which tells the worker to exit at once.
-    async fn stop(&mut self, grace: Duration, signals: &mut StopSignals) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
+    /// as a second SIGTERM, which tells the worker to exit at once. Whether
+    /// the child stopped cleanly: it exited 0 (the worker exits 3 when its
+    /// drain was cut short), without being killed.
+    async fn stop(&mut self, grace: Duration, signals: &mut StopSignals) -> bool {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            // Exited before it was asked to: reported by
+            // `wait_for_stop_or_exit`, which makes `up` exit 1.
+            return status.success();
         }
         self.terminate();
         let deadline = tokio::time::Instant::now() + grace;
@@ -81,7 +125,7 @@ impl Supervised {
                 _ = poll.tick() => {
                     if let Ok(Some(status)) = self.child.try_wait() {
                         self.report(status);
-                        return;
+                        return status.success();
                     }
                 }
                 name = signals.next() => {
@@ -99,6 +143,7 @@ impl Supervised {
         if let Ok(status) = self.child.wait() {
             self.report(status);
         }
+        false
     }
 
     /// One line per stopped child, so a shutdown cut short (the worker's
@@ -106,6 +151,29 @@ impl Supervised {
     fn report(&self, status: ExitStatus) {
         say!("savestream: {} stopped ({status})", self.name);
     }
+}
+
+/// Asks the kernel to send this (forked) process SIGTERM when its parent,
+/// `up`, dies, even by SIGKILL; and exits at once when `up` is already
+/// gone (died between the fork and here), since no signal would then come.
+#[cfg(target_os = "linux")]
+fn die_with_parent(parent: libc::pid_t) -> std::io::Result<()> {
+    // SAFETY: prctl and getppid are async-signal-safe system calls.
+    unsafe {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::getppid() != parent {
+            return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+        }
+    }
+    Ok(())
+}
+
+/// Elsewhere there is no such request: a child of a killed `up` goes on.
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_parent: libc::pid_t) -> std::io::Result<()> {
+    Ok(())
 }
 
 impl Drop for Supervised {
@@ -173,7 +241,9 @@ impl StopSignals {
 }
 
 pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
-    let loaded = Config::load(config_path).map_err(|error| anyhow::anyhow!("{error}"))?;
+    // A config that cannot be read is bad input, found before anything
+    // starts: exit 2, as savestream-worker exits for it.
+    let loaded = Config::load(config_path).map_err(usage)?;
     let config = loaded.config;
     let config_arg = config_path.display().to_string();
     // Listened to before any child starts: from here on a stop signal no
@@ -181,13 +251,18 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     let mut signals = StopSignals::listen()?;
 
     let mut children: Vec<Supervised> = Vec::new();
+    // Held until `up` returns (and by the private redis-server while it runs).
+    let mut _data_dir_lock = None;
     let redis_url = match probe_redis(&config.redis.url).await {
         RedisProbe::Answers => {
             say!("savestream: using the Redis at [redis] url");
             None
         }
         RedisProbe::NothingListens => {
-            let (redis, url) = start_private_redis(Path::new(".savestream/redis"), &mut signals).await?;
+            let data_dir = Path::new(PRIVATE_REDIS_DIR);
+            let lock = lock_data_dir(data_dir)?;
+            let (redis, url) = start_private_redis(data_dir, lock.as_raw_fd(), &mut signals).await?;
+            _data_dir_lock = Some(lock);
             say!(
                 "savestream: nothing listens at [redis] url ({}); started a private redis-server at {url}",
                 config.redis.shown_url()
@@ -207,7 +282,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         if let Some(url) = &redis_url {
             command.env("SAVESTREAM_REDIS_URL", url);
         }
-        Supervised::spawn(binary, &mut command).with_context(|| format!("starting {binary}"))
+        Supervised::spawn(binary, &mut command, None).with_context(|| format!("starting {binary}"))
     };
     children.push(spawn("savestream-api")?);
     children.push(spawn("savestream-worker")?);
@@ -221,22 +296,42 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         config.api.port
     );
 
-    let exit = wait_for_stop_or_exit(&mut children, &mut signals).await;
+    let private_redis = redis_url.is_some();
+    let exit = wait_for_stop_or_exit(&mut children, &mut signals, private_redis).await;
     let grace = config.worker.shutdown_grace() + Duration::from_secs(5);
+    let mut clean = true;
     for child in children.iter_mut().rev() {
-        child.stop(grace, &mut signals).await;
+        clean &= child.stop(grace, &mut signals).await;
+    }
+    if exit == ExitCode::SUCCESS && !clean {
+        say!(
+            "savestream: the stop was not clean (see above); a worker cut short leaves its running tasks \
+             to their leases, and they run again once the lease runs out"
+        );
+        return Ok(ExitCode::from(SHUTDOWN_NOT_CLEAN));
     }
     Ok(exit)
 }
 
 /// Waits for a stop signal, or for a child to exit on its own (which stops
-/// the whole instance: half an instance helps nobody).
-async fn wait_for_stop_or_exit(children: &mut [Supervised], signals: &mut StopSignals) -> ExitCode {
+/// the whole instance: half an instance helps nobody). `private_redis`:
+/// whether `up` started the Redis, and so stops it.
+async fn wait_for_stop_or_exit(
+    children: &mut [Supervised],
+    signals: &mut StopSignals,
+    private_redis: bool,
+) -> ExitCode {
     let mut poll = tokio::time::interval(Duration::from_millis(200));
+    // The user's own Redis is theirs to stop.
+    let what = if private_redis {
+        "the worker, the API and Redis"
+    } else {
+        "the worker and the API"
+    };
     loop {
         tokio::select! {
             name = signals.next() => {
-                say!("savestream: {name} received: stopping the worker, the API and Redis in turn, each with one SIGTERM");
+                say!("savestream: {name} received: stopping {what} in turn, each with one SIGTERM");
                 return ExitCode::SUCCESS;
             }
             _ = poll.tick() => {
@@ -372,13 +467,69 @@ fn redis_error(error: &fred::error::Error) -> String {
     }
 }
 
+/// Where the private Redis keeps its data, relative to where `up` runs.
+const PRIVATE_REDIS_DIR: &str = ".savestream/redis";
+/// The lock file in it.
+const LOCK_FILE: &str = "up.lock";
+
+/// Creates `data_dir` and takes an exclusive `flock` on its lock file,
+/// writing this process' pid in it, or fails saying who holds it: two
+/// redis-servers on one data directory would both append to its AOF.
+fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let path = data_dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on a descriptor this function owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == -1 {
+        let error = std::io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(error).with_context(|| format!("locking {}", path.display()));
+        }
+        let mut text = String::new();
+        let _ = file.read_to_string(&mut text);
+        let holder = match text.trim().parse::<i32>() {
+            Ok(pid) if kill(Pid::from_raw(pid), None).is_ok() => {
+                format!("another `savestream up` (pid {pid})")
+            }
+            _ => "the redis-server that an earlier `savestream up` started and left running".to_owned(),
+        };
+        bail!(
+            "{} is in use by {holder}: one private Redis per directory, or both would write its AOF; \
+             stop that `savestream up` (Ctrl-C in its terminal, or `kill <pid>`) and try again, \
+             or run this one in another directory (`fuser -v {}` shows what holds it)",
+            data_dir.display(),
+            path.display()
+        );
+    }
+    // The pid is only a hint for the message above; the lock is the flock.
+    let written = file
+        .set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| writeln!(file, "{}", std::process::id()));
+    if let Err(error) = written {
+        say!(
+            "savestream: cannot write this pid into {}: {error}",
+            path.display()
+        );
+    }
+    Ok(file)
+}
+
 /// Starts `redis-server` on a free loopback port with its data (AOF on) in
-/// `data_dir`, and waits until it answers.
+/// `data_dir`, locked by `lock` (see `lock_data_dir`), which the server
+/// holds open too, and waits until it answers.
 async fn start_private_redis(
     data_dir: &Path,
+    lock: RawFd,
     signals: &mut StopSignals,
 ) -> anyhow::Result<(Supervised, String)> {
-    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .context("finding a free port for redis-server")?
@@ -396,7 +547,7 @@ async fn start_private_redis(
         .arg("--dir")
         .arg(data_dir)
         .stdout(Stdio::null());
-    let mut redis = Supervised::spawn("redis-server", &mut command).map_err(|error| {
+    let mut redis = Supervised::spawn("redis-server", &mut command, Some(lock)).map_err(|error| {
         anyhow::anyhow!(
             "nothing listens at [redis] url and redis-server cannot be started ({error}): \
                  install it (Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew install redis) \

@@ -350,3 +350,21 @@ fn a_password_in_the_url_is_shown_neither_in_errors_nor_in_the_help() {
     assert!(help.contains("[env: SAVESTREAM_URL]"), "{help}");
     assert!(help.contains("[default: http://127.0.0.1:8080]"), "{help}");
 }
+
+#[test]
+fn up_with_a_missing_or_invalid_config_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad.toml"), "[api]\nport = \"not a number\"\n").unwrap();
+
+    let missing = run(&["up", "--config", "missing.toml"], dir.path());
+    let invalid = run(&["up", "--config", "bad.toml"], dir.path());
+
+    for output in [&missing, &invalid] {
+        assert_eq!(output.status.code(), Some(USAGE), "{}", explain(output));
+        assert!(
+            !dir.path().join(".savestream").exists(),
+            "nothing is started for a bad config: {}",
+            explain(output)
+        );
+    }
+}

@@ -393,6 +393,12 @@ async fn savestream_up_starts_its_own_redis_completes_a_direct_link_task_and_sto
 
     // Assert: a clean exit, and not one of its children is left.
     assert!(status.success(), "savestream up exited with {status}");
+    assert!(
+        up.log()
+            .contains("SIGTERM received: stopping the worker, the API and Redis in turn"),
+        "the Redis it started is named among what it stops:\n{}",
+        up.log()
+    );
     let left: Vec<&(u32, String)> = children
         .iter()
         .filter(|(pid, command)| is_alive(*pid) && command_line(*pid) == *command)
@@ -488,6 +494,11 @@ async fn ctrl_c_to_savestream_ups_process_group_stops_the_worker_gracefully_and_
         "the worker did not exit 0:\n{log}"
     );
     assert!(
+        log.contains("Ctrl-C received: stopping the worker and the API in turn")
+            && !log.contains("and Redis"),
+        "the user's own Redis is not said to be stopped:\n{log}"
+    );
+    assert!(
         !log.contains("received again"),
         "a second signal reached the worker:\n{log}"
     );
@@ -565,6 +576,156 @@ async fn savestream_up_under_nohup_keeps_running_when_the_terminal_hangs_up() {
     })
     .await;
     assert!(status.success(), "{status}\n{}", up.log());
+}
+
+/// Waits (bounded) until none of `pids` is alive, killing what is left
+/// and failing the test if that takes longer than `STEP`.
+async fn all_exit(pids: &[(u32, String)], what: &str) {
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let left: Vec<&(u32, String)> = pids
+            .iter()
+            .filter(|(pid, command)| is_alive(*pid) && command_line(*pid) == *command)
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            for (pid, _) in &left {
+                signal(*pid, "KILL");
+            }
+            panic!("{what}: still running after {STEP:?}: {left:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn savestream_up_killed_with_sigkill_leaves_nothing_running_and_a_second_up_may_not_share_its_redis_directory(
+) {
+    // Arrange: `up` with its private Redis.
+    let UpSite {
+        dir,
+        config_path,
+        api_port,
+        ..
+    } = UpSite::new("savestream-up-kill-");
+    let no_redis = format!("redis://127.0.0.1:{}", free_port());
+    let env = [("SAVESTREAM_REDIS_URL", no_redis.as_str())];
+    let mut up = start_up(dir.path(), &config_path, &env);
+    let base_url = format!("http://127.0.0.1:{api_port}");
+    let http = reqwest::Client::new();
+    wait_until_ready(&http, &base_url).await;
+    let children = children_of(up.child.id());
+    assert_eq!(
+        children.len(),
+        3,
+        "redis-server, the API and the worker: {children:?}"
+    );
+
+    // Act: a second `up` in the same directory while the first runs.
+    let second = std::process::Command::new(binary_path("savestream"))
+        .args(["up", "--config"])
+        .arg(&config_path)
+        .current_dir(dir.path())
+        .env_remove("SAVESTREAM_CONFIG")
+        .env("SAVESTREAM_REDIS_URL", &no_redis)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running a second savestream up");
+
+    // Assert: refused, naming the directory, the first `up` and how to stop it.
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{}", explain(&second));
+    let line = stderr.lines().last().unwrap_or_default();
+    assert!(
+        line.starts_with(&format!(
+            "savestream: .savestream/redis is in use by another `savestream up` (pid {})",
+            up.child.id()
+        )),
+        "{}",
+        explain(&second)
+    );
+    assert!(
+        line.contains("Ctrl-C") && line.contains("fuser -v .savestream/redis/up.lock"),
+        "{line}"
+    );
+    assert_eq!(children_of(up.child.id()).len(), 3, "the first `up` runs on");
+
+    // Act: the OOM killer, or `kill -9`, ends the first `up`.
+    signal(up.child.id(), "KILL");
+    let status = up.child.wait().expect("waiting on savestream up");
+
+    // Assert: its children stop, and the directory is free again.
+    assert_eq!(status.code(), None, "killed: {status}");
+    all_exit(&children, "the children of a `savestream up` killed with SIGKILL").await;
+    let mut again = start_up(dir.path(), &config_path, &env);
+    wait_until_ready(&http, &base_url).await;
+    signal(again.child.id(), "TERM");
+    let status = eventually("the next `savestream up` to exit after SIGTERM", STEP, || {
+        let exited = again.child.try_wait().expect("waiting on savestream up");
+        async move { exited }
+    })
+    .await;
+    assert!(status.success(), "{status}\n{}", again.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn savestream_up_exits_3_when_a_second_signal_cuts_the_workers_drain_short() {
+    // Arrange: `up` on the test's Redis, with a download under way that
+    // lasts 10 s and a grace period longer than that.
+    let redis = RedisServer::start();
+    let UpSite {
+        dir,
+        config_path,
+        api_port,
+        ..
+    } = UpSite::new("savestream-up-cut-short-");
+    let redis_url = redis.url();
+    let mut up = start_up(
+        dir.path(),
+        &config_path,
+        &[
+            ("SAVESTREAM_REDIS_URL", &redis_url),
+            ("SAVESTREAM_WORKER_SHUTDOWN_GRACE_SECONDS", "60"),
+        ],
+    );
+    let base_url = format!("http://127.0.0.1:{api_port}");
+    let http = reqwest::Client::new();
+    wait_until_ready(&http, &base_url).await;
+    let files = FileServer::start().await;
+    files.add("/slow.bin", ServedFile::new(body(1_000_000)).throttled(100_000));
+    let task_id = post_direct_link(&http, &base_url, &files.url("/slow.bin")).await;
+    eventually("the download to be under way", STEP, || {
+        let request = http.get(format!("{base_url}/api/v1/tasks/{task_id}")).send();
+        async move {
+            let task: serde_json::Value = request.await.ok()?.json().await.ok()?;
+            (task["status"] == "running").then_some(())
+        }
+    })
+    .await;
+
+    // Act: SIGTERM, and once the drain has begun, SIGTERM again.
+    signal(up.child.id(), "TERM");
+    eventually("`up` to begin stopping", STEP, || {
+        let begun = up.log().contains("SIGTERM received: stopping");
+        async move { begun.then_some(()) }
+    })
+    .await;
+    signal(up.child.id(), "TERM");
+    let status = eventually("`savestream up` to exit", STEP, || {
+        let exited = up.child.try_wait().expect("waiting on savestream up");
+        async move { exited }
+    })
+    .await;
+
+    // Assert: not 0: the worker left its task to its lease.
+    let log = up.log();
+    assert!(
+        log.contains("savestream: savestream-worker stopped (exit status: 3)"),
+        "the drain was not cut short:\n{log}"
+    );
+    assert_eq!(status.code(), Some(3), "{status}\n{log}");
 }
 
 /// Makes `redis` ask for `password` from now on (`CONFIG SET requirepass`):
