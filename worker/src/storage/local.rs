@@ -115,11 +115,15 @@
 //! ([`StorageError::Escapes`], naming the symlink, where it leads and what
 //! to do) before anything is made where it leads; so is one whose target
 //! reaches the base path through another path (say, one written with a
-//! symlinked form of the base path). A walk follows at most
-//! [`MAX_SYMLINKS`] symlinks, and takes at most [`MAX_STEPS`] steps, its
-//! own components and its symlinks' together (a symlink planted to lead
-//! thousands of directories down is refused before anything is made on
-//! its way), holding at most three descriptors at a time.
+//! symlinked form of the base path). Only the components the `dir_path`
+//! names are made: a directory a symlink's target names must exist (an
+//! operator's link to a disk not mounted yet would otherwise send downloads
+//! onto the disk below), else the walk fails retryably, naming the symlink
+//! and what is missing. A walk follows at most [`MAX_SYMLINKS`] symlinks, and takes at
+//! most [`MAX_STEPS`] steps, its own components and its symlinks' together
+//! (a symlink planted to lead thousands of directories down is refused
+//! before anything is made on its way), holding at most three descriptors
+//! at a time.
 //!
 //! The walk for partial files ([`Storage::partial_owners`]) never follows a
 //! symlink at all: each directory is opened in its parent's descriptor
@@ -520,8 +524,8 @@ fn identity_of(descriptor: BorrowedFd<'_>) -> Result<Identity, Errno> {
 
 /// Walks from the canonical `base` to the directory of `dir`, one
 /// component at a time, each opened in the directory before without
-/// following a symlink, and made when `missing` says so (see the module
-/// docs, *Directories*); `None`
+/// following a symlink, and made when `missing` says so and it is one of
+/// `dir`'s own components (see the module docs, *Directories*); `None`
 /// when a component does not exist and is not to be made. A symlink met
 /// on the way is followed by the walk, as one more walk: from the base
 /// path for an absolute target, which must be written under `base`, from
@@ -593,13 +597,34 @@ fn walk(base: &Path, dir: &StorageDir, missing: Missing) -> Result<Option<Direct
                 .relative,
             name.to_string_lossy()
         );
-        match look(at, &name, missing)? {
+        // Only what the `dir_path` names is made: a directory a symlink
+        // leads to is its maker's (a disk not mounted yet, say), and one
+        // made in its place would take the files the link was meant for.
+        let make = if through.is_none() {
+            missing
+        } else {
+            Missing::Answer
+        };
+        match look(at, &name, make)? {
             Found::Directory(descriptor) => {
                 let identity = identity_of(descriptor.as_fd()).map_err(io("resolve the directory"))?;
                 levels.push(Level { relative, identity });
                 current = Some(descriptor);
             }
-            Found::Nothing => return Ok(None),
+            Found::Nothing => {
+                return match (through, missing) {
+                    (Some(through), Missing::Make) => Err(WalkError::symlink(
+                        ErrorKind::NotFound,
+                        &through.path,
+                        &through.target,
+                        format!(
+                            "leads where {relative} does not exist (a disk not mounted yet?): create \
+                             it, or point the symlink at an existing directory"
+                        ),
+                    )),
+                    _ => Ok(None),
+                };
+            }
             Found::Symlink(target) => {
                 followed += 1;
                 let target = PathBuf::from(target);
@@ -3001,6 +3026,47 @@ mod tests {
             .unwrap();
         assert_eq!(forty.to_string(), "/c0/f");
         assert!(base.join("c39/f.part").exists());
+    }
+
+    #[tokio::test]
+    async fn a_symlink_to_a_directory_that_does_not_exist_is_not_made_a_directory_but_retried() {
+        // Arrange: an operator's symlink to a disk not mounted yet, and one
+        // to a directory that exists, below which the `dir_path` goes on.
+        let dir = tempfile::tempdir().unwrap();
+        let storage = storage(&dir);
+        let base = storage.base_path().to_path_buf();
+        std::os::unix::fs::symlink("gone/deeper", base.join("link")).unwrap();
+        std::fs::create_dir(base.join("disk")).unwrap();
+        std::os::unix::fs::symlink("disk", base.join("mounted")).unwrap();
+        let owner = task();
+
+        // Act
+        let dangling = storage
+            .reserve(&owner, &storage_dir("/link"), &name("f"), &[])
+            .await
+            .unwrap_err();
+        let looked_up = storage
+            .finished(&owner, &StoragePath::parse("/link/f").unwrap())
+            .await;
+        let below = storage
+            .reserve(&owner, &storage_dir("/mounted/new/dir"), &name("f"), &[])
+            .await
+            .unwrap();
+
+        // Assert: nothing made where the symlink leads; an error that may
+        // pass, saying which symlink, to what, and what to do.
+        assert!(!base.join("gone").exists(), "the symlink's target was made");
+        assert!(!dangling.is_permanent(), "{dangling}");
+        assert_eq!(
+            dangling.to_string(),
+            "storage local1: cannot resolve the directory /link: the symlink /link (to gone/deeper) \
+             leads where /gone does not exist (a disk not mounted yet?): create it, or point the \
+             symlink at an existing directory"
+        );
+        assert_eq!(looked_up.unwrap(), None);
+        // What the `dir_path` itself names is made, below a symlink too.
+        assert_eq!(below.to_string(), "/mounted/new/dir/f");
+        assert!(base.join("disk/new/dir/f.part").exists());
     }
 
     #[tokio::test]
