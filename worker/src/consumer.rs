@@ -165,7 +165,11 @@ pub async fn run_job(context: &Context, job: Job) {
                 discard(context, &job.job_id).await;
                 return;
             }
-            Err(error @ (StoreError::Corrupt(_) | StoreError::AlreadyExists(_))) => {
+            Err(
+                error @ (StoreError::Corrupt(_)
+                | StoreError::AlreadyExists(_)
+                | StoreError::IdempotencyKeyReused { .. }),
+            ) => {
                 error!(%error, "cannot read the task: discarding its work item");
                 running.signals.ending();
                 discard(context, &job.job_id).await;

@@ -180,9 +180,12 @@ impl From<StoreError> for Stop {
             StoreError::Ended { status, .. } => Interrupt::Ended(status),
             StoreError::LeaseLost(_) => Interrupt::LeaseLost,
             StoreError::NotFound(_) => Interrupt::Vanished,
-            StoreError::AlreadyExists(_) | StoreError::Unavailable(_) | StoreError::Corrupt(_) => {
-                Interrupt::StoreUnavailable
-            }
+            // Answers to a create, which no attempt makes: read as a store
+            // fault, as corrupt data is.
+            StoreError::AlreadyExists(_)
+            | StoreError::IdempotencyKeyReused { .. }
+            | StoreError::Unavailable(_)
+            | StoreError::Corrupt(_) => Interrupt::StoreUnavailable,
         })
     }
 }
