@@ -109,17 +109,18 @@
 //! A symlink met on the walk is followed by the walk itself, and only to a
 //! directory inside the base path: its target is walked the same way, from
 //! the base path for an absolute one (which must be written under the
-//! canonical base path) or from the symlink's own directory for a relative
-//! one, a `..` going back to the directory walked before and never above
-//! the base path. One that leads anywhere else is refused
-//! ([`StorageError::Escapes`], naming the symlink, where it leads and what
-//! to do) before anything is made where it leads; so is one whose target
-//! reaches the base path through another path (say, one written with a
-//! symlinked form of the base path). Only the components the `dir_path`
-//! names are made: a directory a symlink's target names must exist (an
-//! operator's link to a disk not mounted yet would otherwise send downloads
-//! onto the disk below), else the walk fails retryably, naming the symlink
-//! and what is missing. A walk follows at most [`MAX_SYMLINKS`] symlinks, and takes at
+//! canonical base path, or under the base path as configured, which NAS
+//! setups reach through a symlink: `/media` to `/mnt/...`) or from the
+//! symlink's own directory for a relative one, a `..` going back to the
+//! directory walked before and never above the base path. One that leads
+//! anywhere else is refused ([`StorageError::Escapes`], naming the
+//! symlink, where it leads and what to do) before anything is made where it
+//! leads; so is one whose target reaches the base path through any other
+//! spelling. Only the components the `dir_path` names are made: a
+//! directory a symlink's target names must exist (an operator's link to a
+//! disk not mounted yet would otherwise send downloads onto the disk
+//! below), else the walk fails retryably, naming the symlink and what is
+//! missing. A walk follows at most [`MAX_SYMLINKS`] symlinks, and takes at
 //! most [`MAX_STEPS`] steps, its own components and its symlinks' together
 //! (a symlink planted to lead thousands of directories down is refused
 //! before anything is made on its way), holding at most three descriptors
@@ -179,6 +180,9 @@ pub struct LocalStorage {
     name: String,
     /// The canonical base path, which every walk starts from.
     base: PathBuf,
+    /// The base path as configured, made absolute but not resolved: an
+    /// absolute symlink may be written under it too.
+    configured: PathBuf,
 }
 
 impl LocalStorage {
@@ -194,9 +198,12 @@ impl LocalStorage {
         std::fs::create_dir_all(base_path).map_err(|source| io("create the base path", source))?;
         let base = std::fs::canonicalize(base_path).map_err(|source| io("resolve the base path", source))?;
         check_hard_links(&base).map_err(|source| io("make hard links in the base path", source))?;
+        let configured =
+            std::path::absolute(base_path).map_err(|source| io("resolve the base path", source))?;
         Ok(LocalStorage {
             name: name.to_owned(),
             base,
+            configured,
         })
     }
 
@@ -260,8 +267,8 @@ impl LocalStorage {
 
     /// Runs [`walk`] for `dir` on a blocking thread, and says what stopped it.
     async fn walk(&self, dir: &StorageDir, missing: Missing) -> Result<Option<Directory>, StorageError> {
-        let (base, walked) = (self.base.clone(), dir.clone());
-        let directory = tokio::task::spawn_blocking(move || walk(&base, &walked, missing))
+        let (base, configured, walked) = (self.base.clone(), self.configured.clone(), dir.clone());
+        let directory = tokio::task::spawn_blocking(move || walk(&base, &configured, &walked, missing))
             .await
             .map_err(|error| WalkError::Io {
                 action: "resolve the directory",
@@ -528,12 +535,18 @@ fn identity_of(descriptor: BorrowedFd<'_>) -> Result<Identity, Errno> {
 /// `dir`'s own components (see the module docs, *Directories*); `None`
 /// when a component does not exist and is not to be made. A symlink met
 /// on the way is followed by the walk, as one more walk: from the base
-/// path for an absolute target, which must be written under `base`, from
-/// the symlink's directory for a relative one. A `..` goes back to
+/// path for an absolute target, which must be written under `base` or
+/// under `configured` (the base path as the configuration spells it),
+/// from the symlink's directory for a relative one. A `..` goes back to
 /// the directory walked before (checked to be the parent it was), and
 /// never above the base path. At most [`MAX_STEPS`] steps, and
 /// [`MAX_SYMLINKS`] symlinks; at most three descriptors open at once.
-fn walk(base: &Path, dir: &StorageDir, missing: Missing) -> Result<Option<Directory>, WalkError> {
+fn walk(
+    base: &Path,
+    configured: &Path,
+    dir: &StorageDir,
+    missing: Missing,
+) -> Result<Option<Directory>, WalkError> {
     let io = |action: &'static str| {
         move |errno: Errno| WalkError::Io {
             action,
@@ -645,7 +658,13 @@ fn walk(base: &Path, dir: &StorageDir, missing: Missing) -> Result<Option<Direct
                     target: written.clone(),
                 };
                 let rest = if target.is_absolute() {
-                    let Ok(rest) = target.strip_prefix(base) else {
+                    // Under the base path as the configuration spells it
+                    // is as good: NAS setups reach it through symlinks
+                    // (`/media` to `/mnt/...`), and their links say so.
+                    let Some(rest) = [base, configured]
+                        .into_iter()
+                        .find_map(|prefix| target.strip_prefix(prefix).ok())
+                    else {
                         return Err(escapes());
                     };
                     levels.truncate(1);
@@ -3067,6 +3086,37 @@ mod tests {
         // What the `dir_path` itself names is made, below a symlink too.
         assert_eq!(below.to_string(), "/mounted/new/dir/f");
         assert!(base.join("disk/new/dir/f.part").exists());
+    }
+
+    #[tokio::test]
+    async fn an_absolute_symlink_written_with_the_configured_spelling_of_the_base_path_is_followed() {
+        // Arrange: the base path configured through a symlink (`/media`
+        // to `/mnt/...` on a NAS), and a symlink in it written that way.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("real/base/Films")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("alias")).unwrap();
+        let configured = dir.path().join("alias/base");
+        let storage = LocalStorage::new("local1", &configured).unwrap();
+        std::os::unix::fs::symlink(configured.join("Films"), configured.join("Movies")).unwrap();
+        // Another spelling of a directory outside the base path is not.
+        std::fs::create_dir_all(dir.path().join("real/other")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("alias/other"), configured.join("Other")).unwrap();
+
+        // Act
+        let followed = storage
+            .reserve(&task(), &storage_dir("/Movies/2024"), &name("f.mkv"), &[])
+            .await;
+        let escaped = storage
+            .reserve(&task(), &storage_dir("/Other"), &name("f.mkv"), &[])
+            .await;
+
+        // Assert
+        assert_eq!(followed.unwrap().to_string(), "/Movies/2024/f.mkv");
+        assert!(dir.path().join("real/base/Films/2024/f.mkv.part").exists());
+        assert!(
+            matches!(escaped, Err(StorageError::Escapes { .. })),
+            "{escaped:?}"
+        );
     }
 
     #[tokio::test]
