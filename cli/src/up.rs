@@ -38,7 +38,7 @@
 //! error or had to be killed.
 
 use std::os::fd::{AsRawFd as _, RawFd};
-use std::os::unix::process::CommandExt as _;
+use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -108,7 +108,9 @@ impl Supervised {
     /// then kills it. A further stop signal to `up` meanwhile is passed on
     /// as a second SIGTERM, which tells the worker to exit at once. Whether
     /// the child stopped cleanly: it exited 0 (the worker exits 3 when its
-    /// drain was cut short), without being killed.
+    /// drain was cut short), or the SIGTERM ended it before it had set up
+    /// its handler (a child still starting, with nothing to drain), without
+    /// being killed.
     async fn stop(&mut self, grace: Duration, signals: &mut StopSignals) -> bool {
         if let Ok(Some(status)) = self.child.try_wait() {
             // Exited before it was asked to: reported by
@@ -125,7 +127,7 @@ impl Supervised {
                 _ = poll.tick() => {
                     if let Ok(Some(status)) = self.child.try_wait() {
                         self.report(status);
-                        return status.success();
+                        return status.success() || status.signal() == Some(libc::SIGTERM);
                     }
                 }
                 name = signals.next() => {
