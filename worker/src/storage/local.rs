@@ -583,7 +583,9 @@ fn walk(
             StepKind::Into(name) => name,
             StepKind::Up if levels.len() > 2 => {
                 let parent = levels[levels.len() - 2].identity;
-                current = Some(climb(at, parent).map_err(|source| WalkError::Io {
+                let moved = "a directory on the way was moved to another directory while it was \
+                             walked (the next attempt walks again)";
+                current = Some(climb(at, parent, moved).map_err(|source| WalkError::Io {
                     action: "resolve the directory",
                     source,
                 })?);
@@ -720,14 +722,12 @@ fn walk(
 
 /// Opens the parent of the directory open as `child`, which must be the
 /// directory `expected` (a walk went from it to `child`), as a walk opens
-/// a directory ([`WALK`]: `..` is never a symlink).
-fn climb(child: BorrowedFd<'_>, expected: Identity) -> std::io::Result<OwnedFd> {
+/// a directory ([`WALK`]: `..` is never a symlink); else the error says
+/// `moved`.
+fn climb(child: BorrowedFd<'_>, expected: Identity, moved: &'static str) -> std::io::Result<OwnedFd> {
     let parent = rustix::fs::openat(child, "..", WALK, Mode::empty())?;
     if identity_of(parent.as_fd())? != expected {
-        return Err(std::io::Error::other(
-            "it was moved to another directory since it was walked, so the file is no longer \
-             where its path leads (the next attempt walks that path again)",
-        ));
+        return Err(std::io::Error::other(moved));
     }
     Ok(parent)
 }
@@ -1117,7 +1117,9 @@ async fn sync_names(directory: &Directory) -> Result<(), UnsyncedName> {
                 source,
             };
             let child = below.as_ref().unwrap_or(descriptor).as_fd();
-            let parent = climb(child, levels[index].identity).map_err(unsynced)?;
+            let moved = "it was moved to another directory since it was walked, so the file is no \
+                         longer where its path leads (the next attempt walks that path again)";
+            let parent = climb(child, levels[index].identity, moved).map_err(unsynced)?;
             sync_directory(base, &levels[index].relative, parent.as_fd()).map_err(unsynced)?;
             below = Some(parent);
         }
