@@ -77,30 +77,46 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Completes on SIGTERM (`docker stop`) or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
-    let interrupt = async {
+/// Completes on SIGTERM (`docker stop`) or SIGINT (Ctrl-C). The handlers
+/// are installed here, before the future is first polled: the server
+/// registers the process in Redis (up to 2 s) before it polls this, and a
+/// signal meanwhile must stop it cleanly, not kill it.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let listen = |kind: SignalKind, name: &'static str| match signal(kind) {
+            Ok(stream) => Some(stream),
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for {name}");
+                None
+            }
+        };
+        let mut interrupt = listen(SignalKind::interrupt(), "Ctrl-C");
+        let mut terminate = listen(SignalKind::terminate(), "SIGTERM");
+        async move {
+            tokio::select! {
+                () = received(interrupt.as_mut()) => {}
+                () = received(terminate.as_mut()) => {}
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
         if let Err(error) = tokio::signal::ctrl_c().await {
             tracing::error!(%error, "cannot listen for Ctrl-C");
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
+    }
+}
+
+/// Completes when `stream` delivers its signal; never without a stream.
+#[cfg(unix)]
+async fn received(stream: Option<&mut tokio::signal::unix::Signal>) {
+    match stream {
+        Some(stream) => {
+            stream.recv().await;
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => {}
-        () = terminate => {}
+        None => std::future::pending::<()>().await,
     }
 }

@@ -274,6 +274,7 @@ async fn add_many(
             }
             Err(gave_up) => {
                 let fate_unknown = gave_up.fate_unknown;
+                let key_reused = gave_up.key_reused();
                 let what = format!("the tasks of links {} to {}", failed.start + 1, failed.end);
                 let said = gave_up.explain(api, &key, &what).await.to_string();
                 let named = name_the_link(
@@ -282,6 +283,16 @@ async fn add_many(
                     &links[failed.clone()],
                     &lines[failed.clone()],
                 );
+                if key_reused {
+                    // The list changed since the first run with this key:
+                    // the same key cannot finish it, whatever is fixed.
+                    bail!(
+                        "{} (this list differs from the one first sent with --idempotency-key {key}: \
+                         keep the links of that run in their places to finish it with that key, or \
+                         leave the key out to send all the links as new tasks)",
+                        named.as_deref().unwrap_or(&said)
+                    );
+                }
                 bail!(
                     "{}",
                     stopped_partway(named.as_deref(), &said, failed, total, fate_unknown, &key)

@@ -82,6 +82,14 @@ pub struct GaveUp {
     pub seen: Seen,
 }
 
+impl GaveUp {
+    /// Whether the API refused the request because its key was first used
+    /// for another request (422): repeating it with that key cannot help.
+    pub fn key_reused(&self) -> bool {
+        matches!(&self.error, savestream_client::Error::ErrorResponse(response) if response.status() == 422)
+    }
+}
+
 /// How many tries met each failure that leaves a create's fate unknown,
 /// and how many were refused a connection after one did: what the error
 /// of an `add` that gave up says happened.

@@ -42,5 +42,6 @@ pub fn init(format: LogFormat) {
 /// in a log file, a journal or `savestream up > up.log` are noise.
 fn colours_wanted() -> bool {
     use std::io::IsTerminal;
-    std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal()
+    // no-color.org: only a NO_COLOR that is set and not empty turns colour off.
+    std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty()) && std::io::stderr().is_terminal()
 }

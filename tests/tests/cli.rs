@@ -1067,6 +1067,40 @@ async fn add_of_a_list_refused_partway_gives_the_key_whose_rerun_answers_the_cre
 }
 
 #[tokio::test]
+async fn add_of_a_changed_list_under_its_first_key_is_refused_saying_the_list_differs() {
+    // Arrange: three links sent with a key, then the list changed at link 2.
+    let app = spawn_app(0).await;
+    let user = TEST_USER.to_string();
+    let key = "nightly-list";
+    let list = |second: &str| {
+        format!("https://example.com/files/1.bin\n{second}\nhttps://example.com/files/3.bin\n")
+    };
+    let args = ["add", "-", "--user", &user, "--idempotency-key", key];
+    let first = spawn_piped(&app, &args, &list("https://example.com/files/2.bin")).await;
+    let first = first.wait_with_output().await.expect("savestream add -");
+    assert_eq!(first.status.code(), Some(0), "{}", explain(&first));
+
+    // Act
+    let changed = spawn_piped(&app, &args, &list("https://example.com/files/two.bin")).await;
+    let changed = changed.wait_with_output().await.expect("savestream add - again");
+
+    // Assert: refused, saying why and what to do, and nothing created.
+    assert_eq!(changed.status.code(), Some(1), "{}", explain(&changed));
+    let stderr = String::from_utf8_lossy(&changed.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "this list differs from the one first sent with --idempotency-key {key}"
+        )) && stderr.contains("leave the key out"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("run this command again with --idempotency-key"),
+        "advice that cannot work: {stderr}"
+    );
+    assert_eq!(queued_total(&app).await, 3, "nothing was created");
+}
+
+#[tokio::test]
 async fn add_that_gave_up_on_503s_says_the_api_answered_503_not_that_an_answer_was_lost() {
     // Arrange: Redis stopped for the whole run: every try is answered 503.
     let app = spawn_app(0).await;

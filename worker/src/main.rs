@@ -100,11 +100,14 @@ enum Command {
 fn raise_open_file_limit() {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let mut limit = getrlimit(Resource::Nofile);
-    // `None` is unlimited: a soft limit already unlimited needs nothing, and
-    // an unlimited hard one is not a number the kernel takes for files.
-    let (Some(soft), Some(hard)) = (limit.current, limit.maximum) else {
+    // `None` is unlimited. A soft limit already unlimited needs nothing. An
+    // unlimited hard one (macOS, where the soft one is 256) is not a number
+    // the kernel takes for files: as Go's runtime does there, ask for
+    // OPEN_MAX, 10,240, which macOS always allows.
+    let Some(soft) = limit.current else {
         return;
     };
+    let hard = limit.maximum.unwrap_or(10_240);
     if soft >= hard {
         return;
     }

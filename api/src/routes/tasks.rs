@@ -11,7 +11,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::registry::{MetaMediaType, MetaRequest, Registry};
 use poem_openapi::types::Type;
 use poem_openapi::{ApiExtractor, ApiExtractorType, ApiResponse, ExtractParamOptions, OpenApi};
-use savestream_shared::store::is_idempotency_key;
+use savestream_shared::store::{is_idempotency_key, StoreError};
 
 use crate::auth::Authorized;
 use crate::error::{ApiError, ErrorSet, Failure};
@@ -180,6 +180,21 @@ impl TasksApi {
         let keys: Vec<Option<String>> = (0..new_tasks.len())
             .map(|index| idempotency_key.as_ref().map(|key| format!("{key}\n{index}")))
             .collect();
+        // A key reused for a changed task refuses the whole request before
+        // any task is written, as every other refusal does.
+        if idempotency_key.is_some() {
+            let requests = new_tasks.iter().zip(keys.iter().map(Option::as_deref));
+            if let Some((index, first)) = state
+                .store
+                .first_reused_key(requests)
+                .await
+                .map_err(ApiError::from_create_many)?
+            {
+                return Err(ApiError::from(StoreError::IdempotencyKeyReused { first })
+                    .for_task(index)
+                    .into());
+            }
+        }
         let mut created = Vec::with_capacity(new_tasks.len());
         let mut any_new = false;
         // Calls of the create batcher's size keep each one short in Redis.

@@ -6,6 +6,7 @@
 //! task in a batch succeeds or fails on its own, with the same rules as the
 //! single calls: the batch functions apply the very same per-task functions.
 
+use fred::prelude::{HashesInterface, KeysInterface};
 use fred::types::Value;
 
 use super::queue::Lease;
@@ -74,6 +75,61 @@ impl Store {
                 }
             })
             .collect())
+    }
+
+    /// The first of `requests` whose idempotency key was used within
+    /// [`IDEMPOTENCY_WINDOW`](super::IDEMPOTENCY_WINDOW) for a different
+    /// request, by its place in `requests`, with the task that use created.
+    /// Read before a batch is created, so that a batch refused for one
+    /// reused key is refused before any of its tasks is written: the
+    /// library's `create` refuses a reused key too, but each task of a call
+    /// on its own, after the tasks before it. (A key taken between this
+    /// read and the create is still refused there, for its task alone.)
+    pub async fn first_reused_key<'a>(
+        &self,
+        requests: impl IntoIterator<Item = (&'a NewTask, Option<&'a str>)>,
+    ) -> Result<Option<(usize, TaskId)>, StoreError> {
+        let keyed: Vec<(usize, &NewTask, String)> = requests
+            .into_iter()
+            .enumerate()
+            .filter_map(|(index, (new_task, key))| {
+                key.map(|key| (index, new_task, self.keys().idempotency(&idempotency_digest(key))))
+            })
+            .collect();
+        if keyed.is_empty() {
+            return Ok(None);
+        }
+        let pipeline = self.client().pipeline();
+        for (_, _, key) in &keyed {
+            let _: () = pipeline.get(key.as_str()).await?;
+        }
+        let firsts: Vec<Value> = pipeline.all().await?;
+        let used: Vec<(usize, &NewTask, TaskId)> = keyed
+            .iter()
+            .zip(firsts)
+            .filter_map(|((index, new_task, _), first)| {
+                let first = TaskId::parse(&first.as_string()?).ok()?;
+                Some((*index, *new_task, first))
+            })
+            .collect();
+        if used.is_empty() {
+            return Ok(None);
+        }
+        let pipeline = self.client().pipeline();
+        for (_, _, first) in &used {
+            let _: () = pipeline.hget(self.keys().task(first), "request").await?;
+        }
+        let requests: Vec<Value> = pipeline.all().await?;
+        Ok(used
+            .into_iter()
+            .zip(requests)
+            .find(|((_, new_task, _), request)| {
+                // No hash: the first task is gone, and the key creates anew.
+                request
+                    .as_string()
+                    .is_some_and(|request| request != new_task.request_field())
+            })
+            .map(|((index, _, first), _)| (index, first)))
     }
 
     /// Creates many tasks in one call, each as [`Store::create`] creates
