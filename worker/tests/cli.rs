@@ -447,6 +447,27 @@ async fn rebuild_restores_a_lost_projection_from_the_log_and_prints_what_it_rebu
     );
 }
 
+/// Asserts that a `rebuild` was refused: exit 1, nothing on stdout, a last
+/// line that starts with `starts`, names each of `names`, says to stop the
+/// processes or use `--force`; and that it wrote nothing.
+async fn assert_rebuild_refused(refused: &Output, store: &Store, starts: &str, names: &[&str]) {
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(refused.stdout.is_empty(), "{refused:?}");
+    let lines = stderr_lines(refused);
+    let last = lines.last().cloned().unwrap_or_default();
+    assert!(
+        last.starts_with(starts)
+            && names.iter().all(|name| last.contains(name))
+            && last.contains("Stop the workers and the API first")
+            && last.contains("--force"),
+        "{lines:?}"
+    );
+    assert!(
+        store.projection().await.unwrap().is_empty(),
+        "the refused rebuild wrote"
+    );
+}
+
 #[tokio::test]
 async fn rebuild_refuses_while_a_worker_is_registered_naming_it_and_runs_with_force() {
     let redis = RedisServer::start();
@@ -475,21 +496,13 @@ async fn rebuild_refuses_while_a_worker_is_registered_naming_it_and_runs_with_fo
 
     let refused = run_worker(&config, &["rebuild"]).await;
 
-    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
-    assert!(refused.stdout.is_empty(), "{refused:?}");
-    let lines = stderr_lines(&refused);
-    let last = lines.last().cloned().unwrap_or_default();
-    assert!(
-        last.starts_with("error: refusing to rebuild: 1 worker process is registered as live")
-            && last.contains(&registered.name)
-            && last.contains("Stop the workers and the API first")
-            && last.contains("--force"),
-        "{lines:?}"
-    );
-    assert!(
-        store.projection().await.unwrap().is_empty(),
-        "the refused rebuild wrote"
-    );
+    assert_rebuild_refused(
+        &refused,
+        &store,
+        "error: refusing to rebuild: 1 worker process is registered as live",
+        &[&registered.name],
+    )
+    .await;
 
     // A worker that crashed stays registered until its registration
     // expires: the rebuild still refuses, and --force runs it.
@@ -606,22 +619,13 @@ async fn rebuild_refuses_while_an_api_process_is_registered_naming_it_and_runs_w
 
     // Assert: refused, naming the API process and where it listens, with
     // nothing written; --force runs it.
-    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
-    assert!(refused.stdout.is_empty(), "{refused:?}");
-    let lines = stderr_lines(&refused);
-    let last = lines.last().cloned().unwrap_or_default();
-    assert!(
-        last.starts_with("error: refusing to rebuild: 1 API process is registered as live")
-            && last.contains(&api.name)
-            && last.contains("API on 10.0.0.7:8080")
-            && last.contains("Stop the workers and the API first")
-            && last.contains("--force"),
-        "{lines:?}"
-    );
-    assert!(
-        store.projection().await.unwrap().is_empty(),
-        "the refused rebuild wrote"
-    );
+    assert_rebuild_refused(
+        &refused,
+        &store,
+        "error: refusing to rebuild: 1 API process is registered as live",
+        &[&api.name, "API on 10.0.0.7:8080"],
+    )
+    .await;
 
     let forced = run_worker(&config, &["rebuild", "--force"]).await;
 
