@@ -14,16 +14,40 @@ fn committed_spec_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../openapi/openapi.json")
 }
 
-/// Runs the binary in an empty temp dir, so no config.toml is found by accident.
-fn run(args: &[&str], dir: &Path) -> Output {
-    Command::new(BINARY)
+/// The binary in `dir` (an empty temp dir, so no config.toml is found by
+/// accident), without the ambient settings that would pick another config.
+fn command(args: &[&str], dir: &Path) -> Command {
+    let mut command = Command::new(BINARY);
+    command
         .args(args)
         .current_dir(dir)
         .env_remove("SAVESTREAM_CONFIG")
-        .env_remove("SAVESTREAM_REDIS_URL")
+        .env_remove("SAVESTREAM_REDIS_URL");
+    command
+}
+
+/// Runs the binary in `dir`, without colours.
+fn run(args: &[&str], dir: &Path) -> Output {
+    command(args, dir)
         .env("NO_COLOR", "1")
         .output()
         .expect("running savestream-api")
+}
+
+/// Writes a config.toml into `dir` whose Redis (`redis://<userinfo>127.0.0.1:<port>`)
+/// nothing listens at, waited for 1 s; returns the port.
+fn config_with_unreachable_redis(dir: &Path, userinfo: &str) -> u16 {
+    // Nothing listens on a port that was free a moment ago.
+    let redis_port = savestream_testkit::free_port();
+    std::fs::write(
+        dir.join("config.toml"),
+        format!(
+            "[api]\nhost = \"127.0.0.1\"\nport = 0\n\n[redis]\nurl = \"redis://{userinfo}127.0.0.1:{redis_port}\"\n\
+             startup_wait_seconds = 1\n"
+        ),
+    )
+    .unwrap();
+    redis_port
 }
 
 fn explain(output: &Output) -> String {
@@ -115,16 +139,7 @@ fn a_disabled_api_exits_0_saying_how_to_enable_it() {
 #[test]
 fn unreachable_redis_is_waited_for_then_exits_1_naming_the_host_and_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
-    // Nothing listens on a port that was free a moment ago.
-    let redis_port = savestream_testkit::free_port();
-    std::fs::write(
-        dir.path().join("config.toml"),
-        format!(
-            "[api]\nhost = \"127.0.0.1\"\nport = 0\n\n[redis]\nurl = \"redis://:hunter2@127.0.0.1:{redis_port}\"\n\
-             startup_wait_seconds = 1\n"
-        ),
-    )
-    .unwrap();
+    let redis_port = config_with_unreachable_redis(dir.path(), ":hunter2@");
     let output = run(&[], dir.path());
     assert_eq!(output.status.code(), Some(1), "{}", explain(&output));
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -151,21 +166,10 @@ fn log_lines_to_a_pipe_carry_no_colour_codes() {
     // Arrange: a start-up that logs (it waits for a Redis that is not
     // there), with stderr a pipe and NO_COLOR unset.
     let dir = tempfile::tempdir().unwrap();
-    let redis_port = savestream_testkit::free_port();
-    std::fs::write(
-        dir.path().join("config.toml"),
-        format!(
-            "[api]\nhost = \"127.0.0.1\"\nport = 0\n\n[redis]\nurl = \"redis://127.0.0.1:{redis_port}\"\n\
-             startup_wait_seconds = 1\n"
-        ),
-    )
-    .unwrap();
+    config_with_unreachable_redis(dir.path(), "");
 
     // Act
-    let output = Command::new(BINARY)
-        .current_dir(dir.path())
-        .env_remove("SAVESTREAM_CONFIG")
-        .env_remove("SAVESTREAM_REDIS_URL")
+    let output = command(&[], dir.path())
         .env_remove("NO_COLOR")
         .output()
         .expect("running savestream-api");

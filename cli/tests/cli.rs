@@ -12,17 +12,10 @@ use std::process::{Command, Output};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_savestream");
 
-/// Runs the binary in `dir` with no ambient savestream settings.
+/// Runs the binary in `dir` with no ambient savestream settings and an
+/// empty standard input.
 fn run(args: &[&str], dir: &Path) -> Output {
-    Command::new(BINARY)
-        .args(args)
-        .current_dir(dir)
-        .env_remove("SAVESTREAM_URL")
-        .env_remove("SAVESTREAM_TOKEN")
-        .env_remove("SAVESTREAM_CONFIG")
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("running savestream")
+    run_with(args, dir, b"", &[])
 }
 
 fn explain(output: &Output) -> String {

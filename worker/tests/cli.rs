@@ -351,6 +351,33 @@ async fn create_and_start(store: &Store, reader: &Store) -> Lease {
 }
 
 /// Tasks that have ended: one completed, one failed, one canceled while queued.
+/// A Redis of the test's own holding three ended tasks ([`ended_tasks`]),
+/// the worker's config for it, a store on it and a second connection for
+/// reading work items.
+struct EndedTasks {
+    redis: RedisServer,
+    dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+    store: Store,
+    reader: Store,
+}
+
+async fn with_ended_tasks() -> EndedTasks {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &redis.url());
+    let store = store_of(&config).await;
+    let reader = store.with_own_connection().await.unwrap();
+    ended_tasks(&store, &reader).await;
+    EndedTasks {
+        redis,
+        dir,
+        config,
+        store,
+        reader,
+    }
+}
+
 async fn ended_tasks(store: &Store, reader: &Store) {
     let lease = create_and_start(store, reader).await;
     store.complete(&lease, Some(3), "/inbox/file.bin").await.unwrap();
@@ -401,12 +428,13 @@ async fn run_worker(config: &Path, args: &[&str]) -> Output {
 
 #[tokio::test]
 async fn rebuild_restores_a_lost_projection_from_the_log_and_prints_what_it_rebuilt() {
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &redis.url());
-    let store = store_of(&config).await;
-    let reader = store.with_own_connection().await.unwrap();
-    ended_tasks(&store, &reader).await;
+    let EndedTasks {
+        redis,
+        dir: _dir,
+        config,
+        store,
+        reader,
+    } = with_ended_tasks().await;
     let backing_off = create_and_start(&store, &reader).await;
     store
         .retry(
@@ -470,13 +498,14 @@ async fn assert_rebuild_refused(refused: &Output, store: &Store, starts: &str, n
 
 #[tokio::test]
 async fn rebuild_refuses_while_a_worker_is_registered_naming_it_and_runs_with_force() {
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &redis.url());
-    let store = store_of(&config).await;
-    let reader = store.with_own_connection().await.unwrap();
     // Only ended tasks: the live worker below has nothing to take or write.
-    ended_tasks(&store, &reader).await;
+    let EndedTasks {
+        redis,
+        dir,
+        config,
+        store,
+        ..
+    } = with_ended_tasks().await;
     let live = store.projection().await.unwrap();
     let log = dir.path().join("worker.log");
     let mut running_worker = KilledOnDrop(
@@ -596,12 +625,13 @@ async fn rebuild_refuses_while_an_api_process_is_registered_naming_it_and_runs_w
     // Arrange: a lost projection, and an API process registered as live
     // (as a running savestream-api keeps itself registered: its own test
     // is in api/tests/registration.rs). No worker runs.
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &redis.url());
-    let store = store_of(&config).await;
-    let reader = store.with_own_connection().await.unwrap();
-    ended_tasks(&store, &reader).await;
+    let EndedTasks {
+        redis,
+        dir: _dir,
+        config,
+        store,
+        ..
+    } = with_ended_tasks().await;
     let live = store.projection().await.unwrap();
     let api = ApiInfo {
         name: "api-host-4242-d4mq2nk0h9pc73b0qpag".to_owned(),
