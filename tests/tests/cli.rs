@@ -299,6 +299,52 @@ impl UpSite {
 }
 
 /// Creates a task for a direct link, as the README's curl example does, and returns its id.
+/// `savestream up` on a Redis of the test's own, its worker's grace period
+/// `grace_seconds`, with a download posted that lasts 10 s (1 MB served at
+/// 100 kB/s). The fields keep alive what the download needs.
+struct UpWithADownload {
+    redis: RedisServer,
+    _site: tempfile::TempDir,
+    up: Up,
+    http: reqwest::Client,
+    base_url: String,
+    _files: FileServer,
+    task_id: String,
+}
+
+async fn up_with_a_slow_download(prefix: &str, grace_seconds: &str) -> UpWithADownload {
+    let redis = RedisServer::start();
+    let UpSite {
+        dir,
+        config_path,
+        api_port,
+        ..
+    } = UpSite::new(prefix);
+    let up = start_up(
+        dir.path(),
+        &config_path,
+        &[
+            ("SAVESTREAM_REDIS_URL", &redis.url()),
+            ("SAVESTREAM_WORKER_SHUTDOWN_GRACE_SECONDS", grace_seconds),
+        ],
+    );
+    let base_url = format!("http://127.0.0.1:{api_port}");
+    let http = reqwest::Client::new();
+    wait_until_ready(&http, &base_url).await;
+    let files = FileServer::start().await;
+    files.add("/slow.bin", ServedFile::new(body(1_000_000)).throttled(100_000));
+    let task_id = post_direct_link(&http, &base_url, &files.url("/slow.bin")).await;
+    UpWithADownload {
+        redis,
+        _site: dir,
+        up,
+        http,
+        base_url,
+        _files: files,
+        task_id,
+    }
+}
+
 async fn post_direct_link(http: &reqwest::Client, base_url: &str, url: &str) -> String {
     let created: serde_json::Value = http
         .post(format!("{base_url}/api/v1/tasks"))
@@ -418,28 +464,17 @@ async fn ctrl_c_to_savestream_ups_process_group_stops_the_worker_gracefully_and_
     // Arrange: `up` on a Redis of the test's own, so the task can be read
     // after `up` has ended, with a grace period of 1 s and a download
     // throttled to last 10 s: the drain must end in a release.
-    let redis = RedisServer::start();
-    let UpSite {
-        dir,
-        config_path,
-        api_port,
-        ..
-    } = UpSite::new("savestream-up-ctrl-c-");
+    // Every part bound: the site and the file server must outlive the test.
+    let UpWithADownload {
+        redis,
+        _site,
+        mut up,
+        http: _http,
+        base_url: _base_url,
+        _files,
+        task_id,
+    } = up_with_a_slow_download("savestream-up-ctrl-c-", "1").await;
     let redis_url = redis.url();
-    let mut up = start_up(
-        dir.path(),
-        &config_path,
-        &[
-            ("SAVESTREAM_REDIS_URL", &redis_url),
-            ("SAVESTREAM_WORKER_SHUTDOWN_GRACE_SECONDS", "1"),
-        ],
-    );
-    let base_url = format!("http://127.0.0.1:{api_port}");
-    let http = reqwest::Client::new();
-    wait_until_ready(&http, &base_url).await;
-    let files = FileServer::start().await;
-    files.add("/slow.bin", ServedFile::new(body(1_000_000)).throttled(100_000));
-    let task_id = post_direct_link(&http, &base_url, &files.url("/slow.bin")).await;
     let task_id = TaskId::parse(&task_id).expect("a valid task id");
     let store = Store::connect(
         &RedisConfig {
@@ -674,28 +709,16 @@ async fn savestream_up_killed_with_sigkill_leaves_nothing_running_and_a_second_u
 async fn savestream_up_exits_3_when_a_second_signal_cuts_the_workers_drain_short() {
     // Arrange: `up` on the test's Redis, with a download under way that
     // lasts 10 s and a grace period longer than that.
-    let redis = RedisServer::start();
-    let UpSite {
-        dir,
-        config_path,
-        api_port,
-        ..
-    } = UpSite::new("savestream-up-cut-short-");
-    let redis_url = redis.url();
-    let mut up = start_up(
-        dir.path(),
-        &config_path,
-        &[
-            ("SAVESTREAM_REDIS_URL", &redis_url),
-            ("SAVESTREAM_WORKER_SHUTDOWN_GRACE_SECONDS", "60"),
-        ],
-    );
-    let base_url = format!("http://127.0.0.1:{api_port}");
-    let http = reqwest::Client::new();
-    wait_until_ready(&http, &base_url).await;
-    let files = FileServer::start().await;
-    files.add("/slow.bin", ServedFile::new(body(1_000_000)).throttled(100_000));
-    let task_id = post_direct_link(&http, &base_url, &files.url("/slow.bin")).await;
+    // Every part bound: Redis, the site and the file server must outlive the test.
+    let UpWithADownload {
+        redis: _redis,
+        _site,
+        mut up,
+        http,
+        base_url,
+        _files,
+        task_id,
+    } = up_with_a_slow_download("savestream-up-cut-short-", "60").await;
     eventually("the download to be under way", STEP, || {
         let request = http.get(format!("{base_url}/api/v1/tasks/{task_id}")).send();
         async move {
