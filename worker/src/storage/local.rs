@@ -2515,6 +2515,25 @@ mod tests {
         assert_eq!(on_disk(&storage), vec!["f.bin"]);
     }
 
+    #[test]
+    fn climbing_out_of_a_directory_moved_elsewhere_since_it_was_walked_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        std::fs::create_dir(dir.path().join("elsewhere")).unwrap();
+        let open = |path: &str| {
+            rustix::fs::openat(rustix::fs::CWD, dir.path().join(path), WALK, Mode::empty()).unwrap()
+        };
+        let parent = identity_of(open("a").as_fd()).unwrap();
+        let child = open("a/b");
+        // Where it was walked, `..` is still the directory it was reached from.
+        let climbed = climb(child.as_fd(), parent, "moved").unwrap();
+        assert_eq!(identity_of(climbed.as_fd()).unwrap(), parent);
+
+        std::fs::rename(dir.path().join("a/b"), dir.path().join("elsewhere/b")).unwrap();
+        let refused = climb(child.as_fd(), parent, "moved").unwrap_err();
+        assert_eq!(refused.to_string(), "moved");
+    }
+
     #[cfg(target_os = "linux")]
     #[test]
     fn a_file_is_linked_by_its_descriptor_whatever_its_name_leads_to_and_not_once_it_has_none() {
