@@ -11,6 +11,7 @@
 //! - [`event`]: `TaskEvent` and its wire form on the `events` stream.
 //! - [`keys`]: every Redis key name, under one hash tag.
 //! - [`store`]: `Store`, the door to Redis; `store/library.lua` holds every transition.
+//! - [`retry_after`]: `Retry-After` headers read as a delay.
 //! - [`stream_id`]: stream entry ids, compared as Redis orders them.
 //! - [`title`]: task titles in SaveAny-Bot's `[tgfiles](file->storage:/path)` form.
 //! - [`telemetry`]: tracing set-up shared by both binaries (`--log-format human|json`).
@@ -20,6 +21,7 @@ pub mod dir_path;
 pub mod event;
 pub mod keys;
 pub mod link;
+pub mod retry_after;
 pub mod shutdown;
 pub mod store;
 pub mod stream_id;

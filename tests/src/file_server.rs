@@ -29,7 +29,7 @@ use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{
     HeaderValue, ACCEPT_RANGES, CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_RANGE, ETAG, IF_RANGE,
-    LAST_MODIFIED, LOCATION, RANGE,
+    LAST_MODIFIED, LOCATION, RANGE, RETRY_AFTER,
 };
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -53,6 +53,8 @@ pub struct ServedFile {
     pub fail_first: usize,
     /// Always answer this status with an empty body instead of the file.
     pub status: Option<u16>,
+    /// Send this `Retry-After` with `status`.
+    pub retry_after: Option<String>,
     /// Send Content-Length (else the body is chunked, of unknown size).
     pub content_length: bool,
     /// Answer 302 to this location instead of the file.
@@ -80,6 +82,7 @@ impl ServedFile {
             bytes_per_second: None,
             fail_first: 0,
             status: None,
+            retry_after: None,
             content_length: true,
             redirect_to: None,
             etag: None,
@@ -95,6 +98,13 @@ impl ServedFile {
             status: Some(status),
             ..ServedFile::new(Bytes::new())
         }
+    }
+
+    /// With [`ServedFile::status`]: the answer carries this `Retry-After`
+    /// (delta-seconds or an HTTP date).
+    pub fn with_retry_after(mut self, value: impl Into<String>) -> ServedFile {
+        self.retry_after = Some(value.into());
+        self
     }
 
     /// A path that answers 302 to `location`.
@@ -345,7 +355,15 @@ fn respond(state: &Shared, request: Request<Incoming>) -> Response<Body> {
         None => (empty(StatusCode::NOT_FOUND), None),
         Some(file) if file.status.is_some() => {
             let status = file.status.and_then(|code| StatusCode::from_u16(code).ok());
-            (empty(status.unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)), None)
+            let mut response = empty(status.unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
+            if let Some(value) = file
+                .retry_after
+                .as_deref()
+                .and_then(|value| HeaderValue::from_str(value).ok())
+            {
+                response.headers_mut().insert(RETRY_AFTER, value);
+            }
+            (response, None)
         }
         Some(file) if hit <= file.fail_first => (empty(StatusCode::INTERNAL_SERVER_ERROR), None),
         Some(file) if file.redirect_to.is_some() => {

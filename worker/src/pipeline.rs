@@ -70,7 +70,7 @@ use crate::context::Context;
 use crate::metrics;
 use crate::retry::backoff_with_jitter;
 use crate::running::AttemptSignals;
-use crate::source::{shown_link, RemoteFile, Source, SourceError};
+use crate::source::{shown_link, RemoteFile, Source, SourceError, SourceErrorKind};
 use crate::storage::path::FALLBACK_NAME;
 use crate::storage::{FileName, PartialFile, Storage, StorageDir, StorageError, StoragePath};
 
@@ -128,8 +128,11 @@ enum Interrupt {
 struct TaskError {
     permanent: bool,
     message: String,
-    /// The least the retry waits (a source's FLOOD_WAIT).
+    /// The least the retry waits (a source's FLOOD_WAIT or `Retry-After`).
     retry_after: Option<Duration>,
+    /// Whether the retry uses up one of the task's retries: not when the
+    /// source only asked to wait ([`SourceErrorKind::RateLimited`]).
+    counted: bool,
 }
 
 impl TaskError {
@@ -138,6 +141,7 @@ impl TaskError {
             permanent: true,
             message: message.into(),
             retry_after: None,
+            counted: true,
         }
     }
 
@@ -146,6 +150,7 @@ impl TaskError {
             permanent: false,
             message: message.into(),
             retry_after: None,
+            counted: true,
         }
     }
 }
@@ -155,6 +160,7 @@ impl From<SourceError> for Stop {
         Stop::Failed(TaskError {
             permanent: error.is_permanent(),
             retry_after: error.retry_after,
+            counted: error.kind != SourceErrorKind::RateLimited,
             message: error.message,
         })
     }
@@ -166,6 +172,7 @@ impl From<StorageError> for Stop {
             permanent: error.is_permanent(),
             message: error.to_string(),
             retry_after: None,
+            counted: true,
         })
     }
 }
@@ -906,17 +913,31 @@ impl Attempt<'_> {
                 Err(Stop::Failed(_)) => Outcome::StoreUnavailable,
             };
         }
-        let retry_number = self.lease.task.retries + 1;
+        // A wait the source asked for is its pacing, not the task's fault:
+        // it uses up no retry, and its backoff is the first retry's, so
+        // the retry number (and the next failure's backoff) stays.
+        let retry_number = self.lease.task.retries + u32::from(error.counted);
         // Never sooner than the source asked (Telegram's FLOOD_WAIT): an
         // earlier attempt would only be refused again.
         let delay = backoff_with_jitter(retry_number).max(error.retry_after.unwrap_or_default());
-        let kind = RetryKind::Failure {
-            max_retries: self.context.retry_limit,
+        let kind = if error.counted {
+            RetryKind::Failure {
+                max_retries: self.context.retry_limit,
+            }
+        } else {
+            RetryKind::Release
         };
         let result = self
             .persist(|| self.context.store.retry(self.lease, &error.message, kind, delay))
             .await;
         match result {
+            Ok(RetryOutcome::Retrying) if !error.counted => {
+                warn!(error = %error.message, "the source asked to wait: retrying in {delay:?}, no retry used");
+                Outcome::Retrying {
+                    delay,
+                    error: error.message,
+                }
+            }
             Ok(RetryOutcome::Retrying) => {
                 warn!(error = %error.message, retry = retry_number, "failed: retrying in {delay:?}");
                 Outcome::Retrying {

@@ -2,11 +2,13 @@
 //! names and sizes, redirects, resuming with `Range`, status and network
 //! errors, and the guard against private addresses.
 
+use std::time::Duration;
+
 use futures::TryStreamExt;
 use savestream_shared::config::HttpConfig;
 use savestream_shared::task::{SourceKind, Task, TaskId, TaskStatus};
 use savestream_tests::file_server::{FileServer, ServedFile};
-use savestream_worker::source::http::HttpSource;
+use savestream_worker::source::http::{HttpSource, MAX_RETRY_AFTER};
 use savestream_worker::source::{Download, RemoteFile, Source, SourceErrorKind};
 
 fn source(allow_private_networks: bool) -> HttpSource {
@@ -169,6 +171,27 @@ async fn server_errors_and_refused_connections_are_retryable() {
         .unwrap_err();
     assert_eq!(error.kind, SourceErrorKind::Retryable);
     assert!(error.message.starts_with("cannot connect to"), "{error}");
+}
+
+#[tokio::test]
+async fn a_429_or_503_that_asks_to_wait_is_retried_no_sooner_and_at_most_an_hour_later() {
+    let server = FileServer::start().await;
+    server.add("/limited", ServedFile::status(429).with_retry_after("120"));
+    server.add("/down", ServedFile::status(503).with_retry_after("86400"));
+    server.add("/failing", ServedFile::status(500).with_retry_after("120"));
+    let source = source(true);
+
+    let limited = source.resolve(&task(&server.url("/limited"))).await.unwrap_err();
+    assert_eq!(limited.kind, SourceErrorKind::Retryable, "the retry counts");
+    assert_eq!(limited.retry_after, Some(Duration::from_secs(120)));
+    assert!(limited.message.ends_with("(it asks to wait 120 s)"), "{limited}");
+
+    let down = source.resolve(&task(&server.url("/down"))).await.unwrap_err();
+    assert_eq!(down.retry_after, Some(MAX_RETRY_AFTER));
+
+    // Retry-After means nothing on other statuses (RFC 9110 §10.2.3).
+    let failing = source.resolve(&task(&server.url("/failing"))).await.unwrap_err();
+    assert_eq!(failing.retry_after, None);
 }
 
 #[tokio::test]

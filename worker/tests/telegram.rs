@@ -504,6 +504,10 @@ async fn a_flood_wait_longer_than_the_lease_allows_releases_the_task_and_a_later
     assert!(error.contains("wait 3 s"), "{error}");
     let record = harness.record(&task_id).await;
     assert_eq!(record.task.status, TaskStatus::Queued);
+    assert_eq!(
+        record.task.retries, 0,
+        "waiting as Telegram asks uses up none of the task's retries"
+    );
     let calls_before = harness.fake.part_calls().len();
 
     let next = harness.next_attempt(Duration::from_secs(10)).await;

@@ -51,7 +51,9 @@ pub enum RetryOutcome {
 pub enum RetryKind {
     /// A retryable failure of the attempt.
     Failure { max_retries: u32 },
-    /// A hand-back that is not the task's fault (the worker is shutting down).
+    /// A hand-back that is not the task's fault: the worker is shutting
+    /// down, or the source asked to wait (Telegram's FLOOD_WAIT). It uses
+    /// up none of the task's retries.
     Release,
 }
 

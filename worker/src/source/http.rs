@@ -17,22 +17,28 @@
 
 use std::error::Error as StdError;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use percent_encoding::percent_decode_str;
 use reqwest::header::{
     HeaderMap, HeaderName, HeaderValue, CONTENT_DISPOSITION, CONTENT_RANGE, CONTENT_TYPE, ETAG, IF_RANGE,
-    LAST_MODIFIED, RANGE,
+    LAST_MODIFIED, RANGE, RETRY_AFTER,
 };
 use reqwest::{redirect, Response, StatusCode};
 use savestream_shared::config::HttpConfig;
+use savestream_shared::retry_after::parse_retry_after;
 use savestream_shared::task::Task;
 use url::Url;
 
 use super::ssrf::{check_url, GuardedResolver, Refused};
 use super::{Download, RemoteFile, Source, SourceError};
+
+/// The longest `Retry-After` a download honours. A server asking for more
+/// is most likely misconfigured, and a task should not sit out of sight
+/// for days on its word: it is tried again after this, as a counted retry.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60 * 60);
 
 /// How many redirects one request follows.
 pub const MAX_REDIRECTS: usize = 10;
@@ -142,8 +148,30 @@ impl HttpSource {
         if status.is_success() || (offset > 0 && status == StatusCode::RANGE_NOT_SATISFIABLE) {
             return Ok(response);
         }
-        Err(status_error(url, status))
+        let mut error = status_error(url, status);
+        if let Some(wait) = asked_wait(&response) {
+            error
+                .message
+                .push_str(&format!(" (it asks to wait {} s)", wait.as_secs()));
+            error.retry_after = Some(wait);
+        }
+        Err(error)
     }
+}
+
+/// The wait a 429 or 503 asked for with `Retry-After`, at most
+/// [`MAX_RETRY_AFTER`]. The retry waits at least that long (an earlier one
+/// would only be refused again) and still counts: a server that always
+/// answers 429 must not keep a task forever.
+fn asked_wait(response: &Response) -> Option<Duration> {
+    if !matches!(
+        response.status(),
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+    ) {
+        return None;
+    }
+    let value = response.headers().get(RETRY_AFTER)?.to_str().ok()?;
+    parse_retry_after(value, SystemTime::now()).map(|wait| wait.min(MAX_RETRY_AFTER))
 }
 
 #[async_trait]

@@ -67,6 +67,11 @@ pub enum SourceErrorKind {
     /// The link is wrong, the file is gone, the address is refused: no
     /// attempt will succeed.
     Permanent,
+    /// The source asked to be left alone for a while (Telegram's
+    /// FLOOD_WAIT: "wait X seconds and repeat the request"). That is its
+    /// pacing, not a fault of the task or the link: the next attempt waits
+    /// [`SourceError::retry_after`] and uses up none of the task's retries.
+    RateLimited,
 }
 
 /// A failure of a source, in words a user can act on.
@@ -75,8 +80,8 @@ pub enum SourceErrorKind {
 pub struct SourceError {
     pub kind: SourceErrorKind,
     pub message: String,
-    /// How long the source asked to be left alone (Telegram's FLOOD_WAIT):
-    /// the retry waits at least this long.
+    /// How long the source asked to be left alone (Telegram's FLOOD_WAIT,
+    /// an HTTP server's `Retry-After`): the retry waits at least this long.
     pub retry_after: Option<Duration>,
 }
 
@@ -94,6 +99,16 @@ impl SourceError {
             kind: SourceErrorKind::Permanent,
             message: message.into(),
             retry_after: None,
+        }
+    }
+
+    /// A wait the source asked for, which the retry honours without
+    /// counting it ([`SourceErrorKind::RateLimited`]).
+    pub fn rate_limited(message: impl Into<String>, wait: Duration) -> SourceError {
+        SourceError {
+            kind: SourceErrorKind::RateLimited,
+            message: message.into(),
+            retry_after: Some(wait),
         }
     }
 

@@ -259,7 +259,9 @@ fn source_error(task: &Task, error: TelegramError) -> SourceError {
 /// Telegram could not be reached, and what to check) is prefixed with the
 /// link, so the task's error says which download it was.
 fn source_error_for(link: &str, error: TelegramError) -> SourceError {
-    let kind = if error.is_retryable() {
+    let kind = if error.retry_after().is_some() {
+        SourceErrorKind::RateLimited
+    } else if error.is_retryable() {
         SourceErrorKind::Retryable
     } else {
         SourceErrorKind::Permanent
@@ -305,7 +307,7 @@ mod tests {
                 premium: false,
             },
         );
-        assert_eq!(flood.kind, SourceErrorKind::Retryable);
+        assert_eq!(flood.kind, SourceErrorKind::RateLimited);
         assert_eq!(flood.retry_after, Some(Duration::from_secs(90)));
         let missing = source_error_for(
             "https://t.me/a/1",
