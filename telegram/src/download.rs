@@ -431,6 +431,10 @@ async fn fetch_part(shared: &Shared, part: Part) -> Result<Bytes, TelegramError>
                     %error,
                     "part failed, retrying after {delay:?}"
                 );
+                // The backoff is this part's, not its data centre's: other parts (of this
+                // download or another) use the slot meanwhile, and this one queues for a slot
+                // again when it asks.
+                drop(permit.take());
                 tokio::time::sleep(delay).await;
             }
             error => return Err(error),

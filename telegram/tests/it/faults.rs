@@ -464,3 +464,46 @@ async fn requests_of_a_download_cancelled_at_the_flood_gate_are_never_sent() {
         world.fake.part_calls()
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_part_backing_off_after_a_dropped_connection_lets_other_downloads_use_its_slot() {
+    // Arrange: two one-part downloads sharing the data centre's only slot; the first one's
+    // connection drops and its part backs off for 10 s.
+    let world = one_file(MIB).await;
+    let other_bytes = contents(MIB, 7);
+    let other_file = world.fake.add_file(other_bytes.clone(), HOME_DC);
+    world
+        .fake
+        .add_message(CHANNEL_ID, FakeMessage::document(2, other_file, None, None));
+    let other = world
+        .fake
+        .resolve(&link(&format!("https://t.me/{CHANNEL}/2")))
+        .await
+        .unwrap()
+        .remove(0);
+    world.fake.inject(Fault::at_call(0, FaultKind::Disconnect));
+    let options = DownloadOptions {
+        max_parts_in_flight_per_dc: 1,
+        backoff: Duration::from_secs(10),
+        ..DownloadOptions::new(1)
+    };
+    let downloader = Downloader::new(world.fake.clone(), options);
+    let first = tokio::spawn(collect(downloader.stream(&world.message, 0).unwrap()));
+    // The busy loop keeps the paused clock from moving on while the first request is made.
+    while world.fake.part_calls().is_empty() {
+        tokio::task::yield_now().await;
+    }
+
+    // Act
+    let started = Instant::now();
+    let second = collect(downloader.stream(&other, 0).unwrap()).await;
+
+    // Assert: the second download got the slot while the first part backed off.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the backing-off part kept the data centre's only slot for {:?}",
+        started.elapsed()
+    );
+    assert!(second == other_bytes, "bytes differ");
+    assert!(first.await.unwrap() == world.bytes, "bytes differ");
+}
