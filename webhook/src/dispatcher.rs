@@ -76,10 +76,15 @@ const READ_BATCH: usize = 100;
 const CONSUMER_CLEANUP_EVERY: Duration = Duration::from_secs(600);
 const CONSUMER_IDLE_LIMIT: Duration = Duration::from_secs(3600);
 
-/// The webhook id of the delivery of the event `event_id`: stable across
-/// retries and dispatchers, so receivers can dedupe on it.
-pub fn webhook_id(event_id: &str) -> String {
-    format!("msg_{event_id}")
+/// The webhook id of the delivery of `task_id`'s event `event_id`: stable
+/// across retries and dispatchers, so receivers can dedupe on it. The
+/// event id alone (`<ms>-<seq>`) is unique only within one `events` stream,
+/// and two deployments (two Redis servers, or two prefixes on one) posting
+/// to one receiver would send different events under one id in the same
+/// millisecond; the task id is an xid, unique across machines and
+/// processes, so the pair is unique to the event wherever it was written.
+pub fn webhook_id(task_id: &TaskId, event_id: &str) -> String {
+    format!("msg_{task_id}_{event_id}")
 }
 
 /// What one [`Dispatcher::ingest`] step did.
@@ -329,7 +334,7 @@ impl Dispatcher {
 
     /// Records the delivery of `entry` with `body`, acknowledging the entry.
     async fn record(&self, entry: &EventEntry, task_id: &TaskId, body: &str) -> Result<bool, WebhookError> {
-        let webhook_id = webhook_id(&entry.id);
+        let webhook_id = webhook_id(task_id, &entry.id);
         let recorded = match self
             .inner
             .store
@@ -907,5 +912,20 @@ mod tests {
         let (first, second) = (consumer_name(), consumer_name());
         assert_ne!(first, second);
         assert!(first.contains(&format!("-{}-", std::process::id())));
+    }
+
+    #[test]
+    fn webhook_ids_of_events_with_one_stream_id_in_two_deployments_differ() {
+        let (one, other) = (TaskId::generate(), TaskId::generate());
+
+        assert_ne!(
+            webhook_id(&one, "1795856003643-0"),
+            webhook_id(&other, "1795856003643-0")
+        );
+        assert_eq!(
+            webhook_id(&one, "1795856003643-0"),
+            format!("msg_{one}_1795856003643-0"),
+            "stable: the same event always gets the same id"
+        );
     }
 }

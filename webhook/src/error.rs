@@ -17,6 +17,11 @@ pub enum WebhookError {
     /// it nor the message shows the secret.
     #[error("[api] webhook_secret (or SAVESTREAM_API_WEBHOOK_SECRET) is not a Standard Webhooks secret: {problem}; it must be `whsec_` followed by the base64 of the key bytes: make one with `echo whsec_$(openssl rand -base64 32)`, give the receiver the same value, and start the worker again")]
     InvalidSecret { problem: &'static str },
+    /// A webhook URL that no try could be sent to as configured: `problem`
+    /// says why and what to change, and never shows the URL itself, whose
+    /// user info and query may hold credentials.
+    #[error("[api] webhook_url cannot be used: {problem}")]
+    UnusableUrl { problem: String },
     /// Options that cannot work together, named in the message.
     #[error("invalid webhook dispatcher options: {0}")]
     InvalidOptions(String),

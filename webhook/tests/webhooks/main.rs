@@ -197,7 +197,7 @@ impl Harness {
             .await
             .expect("reading the task's events");
         let terminal = events.last().expect("an ended task has events");
-        webhook_id(&terminal.id)
+        webhook_id(task_id, &terminal.id)
     }
 
     /// The exact body `GET /api/v1/tasks/{id}` fields give.
@@ -1161,7 +1161,7 @@ async fn a_terminal_event_of_another_format_version_is_delivered_and_an_unreadab
     assert_eq!(tried, 1);
     let requests = receiver.requests();
     assert_eq!(requests.len(), 1);
-    assert_eq!(requests[0].webhook_id(), webhook_id(&newer));
+    assert_eq!(requests[0].webhook_id(), webhook_id(&task_id, &newer));
     assert_eq!(requests[0].body, harness.expected_body(&task_id).await);
     assert_eq!(harness.webhook_events_pending(), 2);
     let again = dispatcher
@@ -1313,7 +1313,7 @@ async fn a_terminal_event_written_after_the_group_was_lost_is_delivered() {
         || async {
             harness
                 .store
-                .webhook_delivery(&webhook_id(&after_loss))
+                .webhook_delivery(&webhook_id(&task_id, &after_loss))
                 .await
                 .unwrap()
                 .filter(|delivery| delivery.state == WebhookState::Delivered)
@@ -1324,7 +1324,10 @@ async fn a_terminal_event_written_after_the_group_was_lost_is_delivered() {
     let webhook_ids: Vec<String> = receiver.requests().iter().map(Recorded::webhook_id).collect();
     assert_eq!(
         webhook_ids,
-        vec![harness.webhook_id_of(&task_id).await, webhook_id(&after_loss)]
+        vec![
+            harness.webhook_id_of(&task_id).await,
+            webhook_id(&task_id, &after_loss)
+        ]
     );
     dispatcher.stop().await.unwrap();
 }
