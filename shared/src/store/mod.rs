@@ -30,6 +30,50 @@ use crate::event::TaskEvent;
 use crate::keys::{Keys, WORKERS_GROUP};
 use crate::task::{Millis, SourceKind, Task, TaskId, TaskStatus};
 
+/// Runs `attempt` until it succeeds, answers an error no wait can cure,
+/// or `startup_wait` has passed since the first try: the pause between
+/// tries doubles from 100 ms to 2 s, and the last one is cut to end at the
+/// deadline, where one more try is made, so a Redis that answers within
+/// the wait is always found. `shown_url` names Redis in the logs.
+async fn wait_for_redis<F, Attempt>(
+    startup_wait: Duration,
+    shown_url: &str,
+    mut attempt: F,
+) -> Result<(), StoreError>
+where
+    F: FnMut() -> Attempt,
+    Attempt: std::future::Future<Output = Result<(), StoreError>>,
+{
+    let deadline = tokio::time::Instant::now() + startup_wait;
+    let mut pause = Duration::from_millis(100);
+    let mut waiting = false;
+    loop {
+        let error = match attempt().await {
+            Ok(()) => break,
+            Err(error) => error,
+        };
+        let now = tokio::time::Instant::now();
+        if !error.is_transient() || now >= deadline {
+            return Err(error);
+        }
+        if !waiting {
+            tracing::warn!(
+                redis = %shown_url,
+                %error,
+                wait_seconds = (deadline - now).as_secs_f64().ceil() as u64,
+                "redis is not answering: waiting for it ([redis] startup_wait_seconds)"
+            );
+            waiting = true;
+        }
+        tokio::time::sleep(pause.min(deadline - now)).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
+    if waiting {
+        tracing::info!(redis = %shown_url, "redis answers: starting");
+    }
+    Ok(())
+}
+
 /// The function library's source. Its version is a hash of the text, so a
 /// process loads it only when the one in Redis differs.
 const LIBRARY_SOURCE: &str = include_str!("library.lua");
@@ -191,33 +235,8 @@ impl Store {
             retention: queue.retention(),
             lease: queue.lease(),
         };
-        let deadline = tokio::time::Instant::now() + redis.startup_wait();
-        let mut pause = Duration::from_millis(100);
-        let mut waiting = false;
-        loop {
-            let error = match store.connect_once().await {
-                Ok(()) => break,
-                Err(error) => error,
-            };
-            let now = tokio::time::Instant::now();
-            if !error.is_transient() || now + pause > deadline {
-                return Err(error);
-            }
-            if !waiting {
-                tracing::warn!(
-                    redis = %redis.shown_url(),
-                    %error,
-                    wait_seconds = (deadline - now).as_secs(),
-                    "redis is not answering: waiting for it ([redis] startup_wait_seconds)"
-                );
-                waiting = true;
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(2));
-        }
-        if waiting {
-            tracing::info!(redis = %redis.shown_url(), "redis answers: starting");
-        }
+        let shown_url = redis.shown_url();
+        wait_for_redis(redis.startup_wait(), &shown_url, || store.connect_once()).await?;
         Ok(store)
     }
 
@@ -845,6 +864,70 @@ mod tests {
 
     fn task_id() -> TaskId {
         TaskId::parse("d4g5h6j7k8l9m0n1p2q3").unwrap()
+    }
+
+    /// The instants, from the start, at which [`wait_for_redis`] tried a
+    /// Redis that never answers, waiting `startup_wait`, on tokio's paused
+    /// clock (its sleeps end when the clock is advanced to them, at once).
+    async fn tries_of_a_redis_that_never_answers(startup_wait: Duration) -> Vec<Duration> {
+        let start = tokio::time::Instant::now();
+        let tries = std::cell::RefCell::new(Vec::new());
+        let answer = wait_for_redis(startup_wait, "redis://test", || {
+            tries.borrow_mut().push(start.elapsed());
+            async {
+                Err(StoreError::Unavailable(fred::error::Error::new(
+                    fred::error::ErrorKind::IO,
+                    "connection refused",
+                )))
+            }
+        })
+        .await;
+        assert!(answer.is_err(), "a redis that never answers was found");
+        tries.into_inner()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_wait_for_redis_tries_once_more_at_its_deadline_not_before_it() {
+        for seconds in [3, 10] {
+            let startup_wait = Duration::from_secs(seconds);
+
+            let tries = tries_of_a_redis_that_never_answers(startup_wait).await;
+
+            assert_eq!(tries.last(), Some(&startup_wait), "{seconds} s: {tries:?}");
+            // 0, 0.1, 0.3, 0.7, 1.5, 3.1 (3 s: cut to 3), then every 2 s.
+            let pauses: Vec<Duration> = tries.windows(2).map(|pair| pair[1] - pair[0]).collect();
+            assert!(
+                pauses
+                    .iter()
+                    .all(|pause| *pause <= Duration::from_secs(2) && !pause.is_zero()),
+                "{pauses:?}"
+            );
+        }
+        let tries = tries_of_a_redis_that_never_answers(Duration::from_secs(3)).await;
+        assert_eq!(tries.len(), 6, "{tries:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_wait_for_redis_gives_up_at_once_on_an_error_no_wait_can_cure() {
+        let mut tries = 0;
+        let answer = wait_for_redis(Duration::from_secs(10), "redis://test", || {
+            tries += 1;
+            async {
+                Err(StoreError::Unavailable(fred::error::Error::new(
+                    fred::error::ErrorKind::Auth,
+                    "WRONGPASS invalid username-password pair",
+                )))
+            }
+        })
+        .await;
+        assert!(answer.is_err());
+        assert_eq!(tries, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_startup_wait_tries_once() {
+        let tries = tries_of_a_redis_that_never_answers(Duration::ZERO).await;
+        assert_eq!(tries, vec![Duration::ZERO]);
     }
 
     #[test]
