@@ -539,6 +539,7 @@ async fn a_lease_taken_over_fences_out_the_old_holder() {
     )
     .await;
     assert_eq!(claimed[0].job_id, old_lease.job_id);
+    assert_eq!(claimed[0].takeovers, 1);
     let new_lease = harness
         .store
         .start(&claimed[0].job_id, &task_id, "other-worker")
@@ -574,6 +575,71 @@ async fn a_lease_taken_over_fences_out_the_old_holder() {
             .as_deref(),
         Some("other-worker")
     );
+}
+
+#[tokio::test]
+async fn takeovers_in_a_row_are_counted_and_a_retry_starts_the_count_again() {
+    let harness = Harness::with_lease(1).await;
+    let task_id = harness.create().await;
+    let first = harness.start_next().await;
+    let claim = |worker: &'static str| {
+        let harness = &harness;
+        async move {
+            eventually(
+                "the expired work item to be claimable",
+                Duration::from_secs(5),
+                || async {
+                    let jobs = harness.store.claim_expired(worker, 1).await.unwrap();
+                    jobs.into_iter().next()
+                },
+            )
+            .await
+        }
+    };
+
+    // Two workers in turn stop renewing the item (heartbeats of a live
+    // holder do not count).
+    harness
+        .store
+        .heartbeat(WORKER, std::slice::from_ref(&first.job_id))
+        .await
+        .unwrap();
+    let once = claim("second-worker").await;
+    assert_eq!(once.takeovers, 1);
+    let second = harness
+        .store
+        .start(&once.job_id, &task_id, "second-worker")
+        .await
+        .unwrap();
+    let twice = claim("third-worker").await;
+    assert_eq!(twice.takeovers, 2);
+    let third = harness
+        .store
+        .start(&twice.job_id, &task_id, "third-worker")
+        .await
+        .unwrap();
+    assert_eq!(third.attempt, 3);
+    assert!(second.attempt < third.attempt);
+
+    // A retry queues a new item, read new: no takeover so far.
+    harness
+        .store
+        .retry(
+            &third,
+            "failed",
+            RetryKind::Failure { max_retries: 3 },
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    let jobs = harness
+        .reader
+        .read_jobs(WORKER, 1, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].takeovers, 0);
+    assert_ne!(jobs[0].job_id, twice.job_id);
 }
 
 #[tokio::test]

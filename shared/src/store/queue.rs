@@ -25,6 +25,11 @@ pub struct Job {
     /// The task it names, or the raw content when the entry cannot be
     /// decoded (such an entry fails alone and never stops the worker).
     pub task_id: Result<TaskId, String>,
+    /// How many times the item was claimed from a worker that stopped
+    /// renewing its lease since it was queued: 0 when read new. A retry
+    /// or a release queues a new item, so this counts takeovers in a row,
+    /// with no failure recorded in between.
+    pub takeovers: u32,
 }
 
 /// The right to run one attempt of a task. Every transition a worker makes
@@ -116,10 +121,38 @@ impl Store {
     /// lease for longer than the lease duration: their worker is gone.
     pub async fn claim_expired(&self, consumer: &str, count: usize) -> Result<Vec<Job>, StoreError> {
         let min_idle = self.lease_duration();
+        let jobs_key = self.keys().jobs();
         let entries = self
-            .autoclaim(&self.keys().jobs(), WORKERS_GROUP, consumer, min_idle, count)
+            .autoclaim(&jobs_key, WORKERS_GROUP, consumer, min_idle, count)
             .await?;
-        Ok(entries.into_iter().map(job_from_entry).collect())
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        // XAUTOCLAIM's answer has no delivery counts; the pending list has
+        // them (XREADGROUP's delivery was the first, each claim added one).
+        let pipeline = self.client().pipeline();
+        for (job_id, _) in &entries {
+            let args = vec![jobs_key.as_str(), WORKERS_GROUP, job_id, job_id, "1"];
+            let _: () = pipeline.custom(fred::cmd!("XPENDING"), args).await?;
+        }
+        let pending: Vec<Value> = pipeline.all().await?;
+        Ok(entries
+            .into_iter()
+            .zip(pending)
+            .map(|(entry, pending)| {
+                let deliveries = pending
+                    .into_array()
+                    .into_iter()
+                    .next()
+                    .and_then(|item| item.into_array().into_iter().nth(3))
+                    .and_then(|count| count.as_u64())
+                    .unwrap_or(1);
+                Job {
+                    takeovers: u32::try_from(deliveries.saturating_sub(1)).unwrap_or(u32::MAX),
+                    ..job_from_entry(entry)
+                }
+            })
+            .collect())
     }
 
     /// Claims for `consumer` up to `count` entries of `group` on `stream`
@@ -458,7 +491,11 @@ fn job_from_entry((job_id, fields): (String, std::collections::HashMap<String, S
         Some(text) => TaskId::parse(text).map_err(|_| text.clone()),
         None => Err(format!("{fields:?}")),
     };
-    Job { job_id, task_id }
+    Job {
+        job_id,
+        task_id,
+        takeovers: 0,
+    }
 }
 
 /// The attempt a start answered (`{attempt, at}`).
