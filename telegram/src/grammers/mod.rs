@@ -11,6 +11,8 @@
 
 pub mod convert;
 pub mod settings;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -22,7 +24,7 @@ use futures::future::BoxFuture;
 use grammers_client::Client;
 use grammers_mtsender::{ConnectionParams, InvocationError, NoRetries, SenderPool, SenderPoolHandle};
 use grammers_session::storages::{ErasedSession, MemorySession, SqliteSession};
-use grammers_session::types::{PeerAuth, PeerId, PeerKind, PeerRef};
+use grammers_session::types::{DcOption, PeerAuth, PeerId, PeerKind, PeerRef};
 use grammers_session::Session;
 use grammers_tl_types as tl;
 use savestream_shared::config::TelegramConfig;
@@ -30,6 +32,7 @@ use savestream_shared::link::{ChatRef, TelegramLink};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::api::{
     chat_label, require_files, select_album, FileLocation, MediaMessage, MessageRef, TelegramApi,
@@ -49,6 +52,22 @@ const ALBUM_REACH: i32 = 9;
 /// A login copied to a data centre this recently is not copied again for another part.
 const RECENT_AUTHORIZATION: Duration = Duration::from_secs(30);
 
+/// How long the client waits for things; [`Limits::DEFAULT`] in production, shorter in tests.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// A metadata request (resolve, refetch, sign-in).
+    request: Duration,
+    /// The whole dialog scan: large accounts have thousands of dialogs at 100 per request.
+    dialog_scan: Duration,
+}
+
+impl Limits {
+    const DEFAULT: Limits = Limits {
+        request: REQUEST_TIMEOUT,
+        dialog_scan: Duration::from_secs(REQUEST_TIMEOUT.as_secs() * 4),
+    };
+}
+
 /// The Telegram source's real client. Cheap to clone; clones share one connection.
 #[derive(Clone)]
 pub struct GrammersApi {
@@ -57,6 +76,10 @@ pub struct GrammersApi {
 
 struct Inner {
     settings: Settings,
+    limits: Limits,
+    /// Where each data centre is, when not where grammers knows Telegram's to be: empty in
+    /// production; tests point grammers at local listeners that misbehave.
+    dc_options: Vec<DcOption>,
     /// The process's connection, made on first use. A tokio mutex because connecting awaits;
     /// callers that arrive meanwhile wait for the same connection instead of making their own.
     connection: Mutex<Option<Arc<Connection>>>,
@@ -64,8 +87,9 @@ struct Inner {
     /// process. Keys are lowercase.
     usernames: StdMutex<HashMap<String, PeerRef>>,
     /// One dialog scan at a time: concurrent tasks for the same uncached private chat wait for
-    /// the first scan and then find the chat in the cache it filled.
-    dialog_scan: Mutex<()>,
+    /// the first scan and then find the chat in the cache it filled. The scan's task holds it,
+    /// so it is free only once no scan runs, whoever gave up waiting for one.
+    dialog_scan: Arc<Mutex<()>>,
 }
 
 struct Connection {
@@ -105,12 +129,18 @@ impl GrammersApi {
     }
 
     pub fn from_settings(settings: Settings) -> GrammersApi {
+        GrammersApi::with_limits(settings, Limits::DEFAULT, Vec::new())
+    }
+
+    fn with_limits(settings: Settings, limits: Limits, dc_options: Vec<DcOption>) -> GrammersApi {
         GrammersApi {
             inner: Arc::new(Inner {
                 settings,
+                limits,
+                dc_options,
                 connection: Mutex::new(None),
                 usernames: StdMutex::new(HashMap::new()),
-                dialog_scan: Mutex::new(()),
+                dialog_scan: Arc::new(Mutex::new(())),
             }),
         }
     }
@@ -129,12 +159,12 @@ impl GrammersApi {
             }
             tracing::warn!("the Telegram connection pool stopped; reconnecting");
         }
-        let connection = Arc::new(connect(&self.inner.settings).await?);
+        let connection = Arc::new(connect(&self.inner).await?);
         *slot = Some(connection.clone());
         Ok(connection)
     }
 
-    /// Runs one request with [`REQUEST_TIMEOUT`], mapping its failure about `subject`.
+    /// Runs one request with [`Limits::request`], mapping its failure about `subject`.
     ///
     /// A failed request never discards the connection: grammers answers `Dropped` also when
     /// one data centre's socket died, and its pool reconnects that socket on the next request.
@@ -146,10 +176,10 @@ impl GrammersApi {
         subject: Subject<'_>,
         request: impl Future<Output = Result<T, InvocationError>>,
     ) -> Result<T, TelegramError> {
-        match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
+        match tokio::time::timeout(self.inner.limits.request, request).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(rpc::from_invocation(&error, subject)),
-            Err(_) => Err(no_answer(REQUEST_TIMEOUT)),
+            Err(_) => Err(no_answer(self.inner.limits.request)),
         }
     }
 
@@ -229,7 +259,7 @@ impl GrammersApi {
                     .call(subject, connection.client.resolve_username(username.as_str()))
                     .await?
                     .ok_or_else(|| TelegramError::username_not_found(username.as_str()))?;
-                let peer = match tokio::time::timeout(REQUEST_TIMEOUT, peer.to_ref()).await {
+                let peer = match tokio::time::timeout(self.inner.limits.request, peer.to_ref()).await {
                     Ok(Ok(Some(peer))) => peer,
                     Ok(Ok(None)) => {
                         return Err(TelegramError::NotMember {
@@ -237,7 +267,7 @@ impl GrammersApi {
                         })
                     }
                     Ok(Err(error)) => return Err(TelegramError::Session(error.to_string())),
-                    Err(_) => return Err(no_answer(REQUEST_TIMEOUT)),
+                    Err(_) => return Err(no_answer(self.inner.limits.request)),
                 };
                 self.usernames().insert(key, peer);
                 Ok(peer)
@@ -270,11 +300,11 @@ impl GrammersApi {
             chat: label.to_owned(),
         };
         let answer = tokio::time::timeout(
-            REQUEST_TIMEOUT,
+            self.inner.limits.request,
             connection.client.resolve_peer(peer_id.to_ambient_ref()),
         )
         .await
-        .map_err(|_| no_answer(REQUEST_TIMEOUT))?;
+        .map_err(|_| no_answer(self.inner.limits.request))?;
         let peer = answer.map_err(|error| bot_resolve_error(&error, label))?;
         match peer.to_ref().await {
             Ok(Some(peer)) => Ok(peer),
@@ -292,7 +322,7 @@ impl GrammersApi {
         peer_id: PeerId,
         label: &str,
     ) -> Result<PeerRef, TelegramError> {
-        let _one_scan_at_a_time = self.inner.dialog_scan.lock().await;
+        let one_scan_at_a_time = self.inner.dialog_scan.clone().lock_owned().await;
         if let Some(peer) = cached_peer(connection, peer_id).await? {
             return Ok(peer);
         }
@@ -303,7 +333,11 @@ impl GrammersApi {
         let client = connection.client.clone();
         // grammers' dialog iterator `expect`s some invariants of Telegram's answer; running it
         // in its own task turns a panic there into an error for this task instead of a crash.
-        let scan = tokio::spawn(async move {
+        // The task is aborted when this call stops waiting for it (its timeout, or its own
+        // task's cancellation): a scan nobody waits for would go on paging the dialogs beside
+        // the next caller's scan. It holds the one-scan lock until it ends.
+        let scan = AbortOnDropHandle::new(tokio::spawn(async move {
+            let _one_scan_at_a_time = one_scan_at_a_time;
             let mut dialogs = client.iter_dialogs();
             loop {
                 match dialogs.next().await {
@@ -313,9 +347,8 @@ impl GrammersApi {
                     Err(error) => return Err(error),
                 }
             }
-        });
-        // Large accounts have thousands of dialogs at 100 per request: allow several requests.
-        let found = match tokio::time::timeout(REQUEST_TIMEOUT * 4, scan).await {
+        }));
+        let found = match tokio::time::timeout(self.inner.limits.dialog_scan, scan).await {
             Ok(Ok(Ok(found))) => found,
             Ok(Ok(Err(error))) => return Err(rpc::from_invocation(&error, Subject::Chat(label))),
             Ok(Err(join_error)) => {
@@ -323,7 +356,7 @@ impl GrammersApi {
                     "listing the account's chats failed: {join_error}"
                 )))
             }
-            Err(_) => return Err(no_answer(REQUEST_TIMEOUT * 4)),
+            Err(_) => return Err(no_answer(self.inner.limits.dialog_scan)),
         };
         found.ok_or_else(|| TelegramError::NotMember {
             chat: label.to_owned(),
@@ -571,32 +604,38 @@ async fn cached_peer(connection: &Connection, peer_id: PeerId) -> Result<Option<
         .map_err(|error| TelegramError::Session(error.to_string()))
 }
 
-/// Connects and signs in as `settings` say.
-async fn connect(settings: &Settings) -> Result<Connection, TelegramError> {
+/// Connects and signs in as `inner`'s settings say.
+async fn connect(inner: &Inner) -> Result<Connection, TelegramError> {
+    let settings = &inner.settings;
     let connection = match &settings.account {
-        Account::Bot { .. } => start(Arc::new(MemorySession::default()), settings, None, true),
+        Account::Bot { .. } => {
+            let session = Arc::new(MemorySession::default());
+            seed(&*session, &inner.dc_options).await?;
+            start(session, settings, None, true)
+        }
         Account::User { session } => {
             let copy = SessionCopy::create(session).await?;
             let sqlite = SqliteSession::open(copy.path()).await.map_err(|error| {
                 TelegramError::Session(format!("cannot open {}: {error}", session.display()))
             })?;
+            seed(&sqlite, &inner.dc_options).await?;
             start(Arc::new(sqlite), settings, Some(copy), false)
         }
     };
-    let authorized = tokio::time::timeout(REQUEST_TIMEOUT, connection.client.is_authorized())
+    let authorized = tokio::time::timeout(inner.limits.request, connection.client.is_authorized())
         .await
-        .map_err(|_| no_answer(REQUEST_TIMEOUT))?
+        .map_err(|_| no_answer(inner.limits.request))?
         .map_err(|error| unreachable(rpc::from_invocation(&error, Subject::Login)))?;
     match &settings.account {
         Account::Bot { token } if !authorized => {
             tokio::time::timeout(
-                REQUEST_TIMEOUT,
+                inner.limits.request,
                 connection
                     .client
                     .bot_sign_in(token.expose(), settings.app_hash.expose()),
             )
             .await
-            .map_err(|_| no_answer(REQUEST_TIMEOUT))?
+            .map_err(|_| no_answer(inner.limits.request))?
             .map_err(|error| unreachable(rpc::from_invocation(&error, Subject::Login)))?;
             tracing::info!("signed in to Telegram as a bot");
         }
@@ -609,6 +648,21 @@ async fn connect(settings: &Settings) -> Result<Connection, TelegramError> {
         _ => tracing::info!("connected to Telegram"),
     }
     Ok(connection)
+}
+
+/// Writes `dc_options` (none in production) into `session`, where the pool looks for them.
+async fn seed<S>(session: &S, dc_options: &[DcOption]) -> Result<(), TelegramError>
+where
+    S: Session,
+    S::Error: std::error::Error,
+{
+    for option in dc_options {
+        session
+            .set_dc_option(option)
+            .await
+            .map_err(|error| TelegramError::Session(error.to_string()))?;
+    }
+    Ok(())
 }
 
 /// Starts grammers' sender pool on `session` with our connection parameters, and a client on it.
@@ -663,64 +717,4 @@ pub(crate) fn start_login_pool(
     drop(updates);
     let client = Client::new(handle.clone());
     (client, handle.thin.clone(), tokio::spawn(runner.run()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn bot_settings() -> Settings {
-        Settings {
-            app_id: 12345,
-            app_hash: savestream_shared::config::Secret::new("hash"),
-            account: Account::Bot {
-                token: savestream_shared::config::Secret::new("123:abc"),
-            },
-            proxy_url: None,
-        }
-    }
-
-    #[test]
-    fn only_an_answer_without_the_channel_means_the_bot_is_not_in_it() {
-        assert_eq!(
-            bot_resolve_error(&InvocationError::Dropped(NO_MATCHING_PEER), "123"),
-            TelegramError::NotMember { chat: "123".into() }
-        );
-        for reason in [
-            "SenderPoolRunner was dropped during receive",
-            "SenderPoolRunner was dropped at send",
-            "response was non-retryable bad msg",
-        ] {
-            let error = bot_resolve_error(&InvocationError::Dropped(reason), "123");
-            assert!(
-                matches!(error, TelegramError::Disconnected(_)),
-                "{reason}: {error:?}"
-            );
-            assert!(error.is_retryable(), "{reason}");
-        }
-    }
-
-    // Building a pool and a client touches no network (the runner connects on the first
-    // request), so the cached connection can be checked without Telegram.
-    #[tokio::test]
-    async fn a_dropped_request_keeps_the_connection_and_its_sign_in() {
-        let api = GrammersApi::from_settings(bot_settings());
-        let settings = bot_settings();
-        let connection = Arc::new(start(Arc::new(MemorySession::default()), &settings, None, true));
-        *api.inner.connection.lock().await = Some(connection.clone());
-
-        let error = api
-            .call(Subject::File, async {
-                Err::<(), _>(InvocationError::Dropped("response was non-retryable bad msg"))
-            })
-            .await
-            .unwrap_err();
-
-        assert!(error.is_retryable());
-        let kept = api.inner.connection.lock().await.clone();
-        assert!(
-            kept.is_some_and(|kept| Arc::ptr_eq(&kept, &connection)),
-            "a dropped request threw the client (and its session and sign-in) away"
-        );
-    }
 }
