@@ -1,5 +1,9 @@
 # One image, two entry points: `savestream-api` and `savestream-worker`
 # (compose.yaml picks one per service with `command`).
+# /var/lib/savestream/session is made here, owned by the savestream user,
+# because a named volume mounted there starts as a copy of it: made by
+# Docker instead, it would be root's, and `savestream-worker login` could
+# not write the user session into it.
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
@@ -16,8 +20,8 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home /var/lib/savestream savestream \
- && mkdir -p /downloads /var/lib/savestream \
- && chown savestream /downloads /var/lib/savestream
+ && mkdir -p /downloads /var/lib/savestream/session \
+ && chown savestream /downloads /var/lib/savestream /var/lib/savestream/session
 COPY --from=build /out/ /usr/local/bin/
 USER savestream
 WORKDIR /var/lib/savestream
