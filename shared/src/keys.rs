@@ -71,9 +71,19 @@ impl Keys {
         self.join(&[":workers"])
     }
 
+    /// The workers' names, scored by their last heartbeat.
+    pub fn workers_seen(&self) -> String {
+        self.join(&[":workers:seen"])
+    }
+
     /// Live API processes and where they listen.
     pub fn apis(&self) -> String {
         self.join(&[":apis"])
+    }
+
+    /// The API processes' names, scored by their last heartbeat.
+    pub fn apis_seen(&self) -> String {
+        self.join(&[":apis:seen"])
     }
 
     /// The pub/sub channel that carries the ids of canceled tasks.
@@ -126,7 +136,9 @@ mod tests {
         assert_eq!(keys.task(&task_id), "{savestream}:task:d4mq2nk0h9pc73b0qpag");
         assert_eq!(keys.idempotency("ab12"), "{savestream}:idem:ab12");
         assert_eq!(keys.workers(), "{savestream}:workers");
+        assert_eq!(keys.workers_seen(), "{savestream}:workers:seen");
         assert_eq!(keys.apis(), "{savestream}:apis");
+        assert_eq!(keys.apis_seen(), "{savestream}:apis:seen");
         assert_eq!(keys.cancel_channel(), "{savestream}:cancel");
         assert_eq!(keys.task_prefix(), "{savestream}:task:");
         assert_eq!(keys.webhooks_due(), "{savestream}:webhooks:due");

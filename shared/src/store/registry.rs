@@ -122,12 +122,12 @@ impl Store {
 
     /// Records (or refreshes) a worker's entry and prunes dead ones.
     pub async fn register_worker(&self, info: &WorkerInfo) -> Result<(), StoreError> {
-        self.register(&self.keys().workers(), info).await
+        self.register(&self.worker_registry(), info).await
     }
 
     /// Removes a worker's entry, when it stops.
     pub async fn unregister_worker(&self, name: &str) -> Result<(), StoreError> {
-        self.unregister(&self.keys().workers(), name).await
+        self.unregister(&self.worker_registry(), name).await
     }
 
     /// The live workers, by name.
@@ -137,12 +137,12 @@ impl Store {
 
     /// Records (or refreshes) an API process's entry and prunes dead ones.
     pub async fn register_api(&self, info: &ApiInfo) -> Result<(), StoreError> {
-        self.register(&self.keys().apis(), info).await
+        self.register(&self.api_registry(), info).await
     }
 
     /// Removes an API process's entry, when it stops.
     pub async fn unregister_api(&self, name: &str) -> Result<(), StoreError> {
-        self.unregister(&self.keys().apis(), name).await
+        self.unregister(&self.api_registry(), name).await
     }
 
     /// The live API processes, by name.
@@ -150,34 +150,58 @@ impl Store {
         self.live(&self.keys().apis()).await
     }
 
-    async fn register<T: Registered + Clone>(&self, registry: &str, info: &T) -> Result<(), StoreError> {
+    fn worker_registry(&self) -> RegistryKeys {
+        RegistryKeys {
+            entries: self.keys().workers(),
+            seen: self.keys().workers_seen(),
+        }
+    }
+
+    fn api_registry(&self) -> RegistryKeys {
+        RegistryKeys {
+            entries: self.keys().apis(),
+            seen: self.keys().apis_seen(),
+        }
+    }
+
+    async fn register<T: Registered + Clone>(
+        &self,
+        registry: &RegistryKeys,
+        info: &T,
+    ) -> Result<(), StoreError> {
         let now = now_ms();
         let mut info = info.clone();
         info.set_seen_at(now);
         let json = serde_json::to_string(&info).map_err(|error| StoreError::Corrupt(error.to_string()))?;
-        let seen = seen_key(registry);
         let horizon = now - self.registration_horizon().as_millis() as Millis;
         let dead: Vec<String> = self
             .client()
-            .zrangebyscore(&seen, "-inf", horizon as f64, false, None)
+            .zrangebyscore(&registry.seen, "-inf", horizon as f64, false, None)
             .await?;
         let pipeline = self.client().pipeline();
-        let _: () = pipeline.hset(registry, (info.name(), json)).await?;
+        let _: () = pipeline.hset(&registry.entries, (info.name(), json)).await?;
         let _: () = pipeline
-            .zadd(&seen, None, None, false, false, (now as f64, info.name()))
+            .zadd(
+                &registry.seen,
+                None,
+                None,
+                false,
+                false,
+                (now as f64, info.name()),
+            )
             .await?;
         if !dead.is_empty() {
-            let _: () = pipeline.hdel(registry, dead.clone()).await?;
-            let _: () = pipeline.zrem(&seen, dead).await?;
+            let _: () = pipeline.hdel(&registry.entries, dead.clone()).await?;
+            let _: () = pipeline.zrem(&registry.seen, dead).await?;
         }
         let _: Vec<fred::types::Value> = pipeline.all().await?;
         Ok(())
     }
 
-    async fn unregister(&self, registry: &str, name: &str) -> Result<(), StoreError> {
+    async fn unregister(&self, registry: &RegistryKeys, name: &str) -> Result<(), StoreError> {
         let pipeline = self.client().pipeline();
-        let _: () = pipeline.hdel(registry, name).await?;
-        let _: () = pipeline.zrem(seen_key(registry), name).await?;
+        let _: () = pipeline.hdel(&registry.entries, name).await?;
+        let _: () = pipeline.zrem(&registry.seen, name).await?;
         let _: Vec<fred::types::Value> = pipeline.all().await?;
         Ok(())
     }
@@ -195,7 +219,9 @@ impl Store {
     }
 }
 
-/// The sorted set of a registry's heartbeats.
-fn seen_key(registry: &str) -> String {
-    format!("{registry}:seen")
+/// A registry's two keys: the hash of its entries and the sorted set of
+/// their heartbeats.
+struct RegistryKeys {
+    entries: String,
+    seen: String,
 }
