@@ -203,7 +203,9 @@ impl fmt::Display for Secret {
 pub struct Config {
     /// Tasks one worker process runs at once (1..=256, default 3).
     pub workers: usize,
-    /// Parallel parts per file (1..=64, default 4).
+    /// Parts of one Telegram file downloaded at once (1..=64, default 4);
+    /// big files get more (`savestream_telegram::parts::parts_in_flight`).
+    /// Direct links do not use it: each downloads over one connection.
     pub threads: usize,
     /// Retries after the first attempt, for retryable failures (1..=100,
     /// default 3): a task that keeps failing so makes `retry + 1` attempts.
@@ -233,7 +235,8 @@ pub struct ApiConfig {
     pub port: u16,
     /// Bearer token; empty means no authentication.
     pub token: Secret,
-    /// Callback for tasks created without their own `webhook`; always http or https.
+    /// Callback for every task that ends (completed, failed or canceled);
+    /// always http or https.
     pub webhook_url: Option<Url>,
     /// Key that signs webhook bodies; `None` sends them unsigned.
     pub webhook_secret: Option<Secret>,
@@ -282,6 +285,9 @@ pub struct UserbotConfig {
 pub struct ProxyConfig {
     pub enable: bool,
     /// socks5, socks5h, http or https; always set when `enable` is true.
+    /// The Telegram client takes socks5 and socks5h only: with `enable`,
+    /// an http or https URL is refused by `savestream-worker login` and by
+    /// a worker that runs tasks with Telegram credentials, when it starts.
     pub url: Option<Url>,
 }
 
