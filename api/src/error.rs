@@ -5,7 +5,7 @@
 //! Also here:
 //! - [`Failure`] and [`ErrorSet`]: an `ApiError` as an operation's documented
 //!   error responses, so each operation's OpenAPI entry lists the statuses it
-//!   can really answer with;
+//!   can really answer with, each with only the causes that apply to it;
 //! - [`into_json_response`]: errors that poem and poem-openapi raise on their
 //!   own (unknown path, wrong method, unparsable parameter) become `ApiError`s
 //!   too, so no error leaves the server as plain text.
@@ -187,10 +187,41 @@ impl From<StoreError> for ApiError {
     }
 }
 
-/// The error statuses one operation documents.
+/// The error statuses one operation documents, each with the causes that
+/// apply to that operation.
 pub trait ErrorSet: Send + Sync + 'static {
-    const STATUSES: &'static [u16];
+    /// Every status the operation may answer with besides 500 (which every
+    /// operation may answer: see [`INTERNAL`]), with its description.
+    const RESPONSES: &'static [(u16, &'static str)];
 }
+
+/// The 401 of every operation that takes [`crate::auth::Authorized`].
+pub const UNAUTHORIZED: &str =
+    "The `Authorization: Bearer <token>` header is missing or holds the wrong token.";
+
+/// The 404 of the operations on `/api/v1/tasks/{task_id}`.
+pub const TASK_NOT_FOUND: &str =
+    "No such task: it was never created, the id is malformed, or it ended longer ago than the \
+     retention period.";
+
+/// The 413 of the operations that take a body.
+pub const BODY_TOO_LARGE: &str = "The request body is larger than 64 KiB.";
+
+/// The 422 of the creates.
+pub const KEY_REUSED: &str =
+    "The `Idempotency-Key` was used within the last 24 hours for a different request (another \
+     link, user, storage or directory); `error` names the task it created. Nothing was created: \
+     send a new request with a new key.";
+
+/// The 503 of the operations that only read.
+pub const STORE_UNAVAILABLE: &str =
+    "Redis, which holds the tasks, is not answering; retry after a few seconds.";
+
+/// The 500 every operation may answer with.
+const INTERNAL: &str =
+    "An unexpected error in the API: data in Redis it cannot read, or a bug. `error` says only \
+     that; the API's log has the details. Repeating the request gives the same answer until the \
+     cause is fixed.";
 
 /// An [`ApiError`] returned by an operation whose possible errors are `S`.
 /// It answers exactly as the `ApiError` would; `S` only shapes the docs.
@@ -231,11 +262,11 @@ impl<S: ErrorSet> ApiResponse for Failure<S> {
     fn meta() -> MetaResponses {
         MetaResponses {
             // Every operation may answer 500: a record it cannot read, a bug.
-            responses: S::STATUSES
+            responses: S::RESPONSES
                 .iter()
-                .chain(&[500])
-                .map(|&status| MetaResponse {
-                    description: describe_status(status),
+                .chain(&[(500, INTERNAL)])
+                .map(|&(status, description)| MetaResponse {
+                    description,
                     status: Some(status),
                     status_range: None,
                     content: vec![MetaMediaType {
@@ -250,47 +281,6 @@ impl<S: ErrorSet> ApiResponse for Failure<S> {
 
     fn register(registry: &mut Registry) {
         ErrorBody::register(registry);
-    }
-}
-
-/// What each error status means, as the OpenAPI document says it.
-fn describe_status(status: u16) -> &'static str {
-    match status {
-        400 => {
-            "The request is malformed: the body is not JSON, a field is missing, has the wrong type, \
-                is too long or holds a control character, `telegram_url` is not a message link, `url` \
-                is not a usable http(s) link, `dir_path` is not absolute or contains `..`, or a query \
-                parameter is out of range. `error` names the field and what to change."
-        }
-        401 => "The `Authorization: Bearer <token>` header is missing or holds the wrong token.",
-        403 => {
-            "`user_id` has no `[[users]]` entry in the server's config, or that user may not use \
-                `storage_name`."
-        }
-        404 => {
-            "No such task (never created, malformed id, or expired after the retention period) \
-                or no storage of that name."
-        }
-        409 => "The task has already ended (completed, failed or canceled), so it cannot be canceled.",
-        422 => {
-            "The `Idempotency-Key` was used within the last 24 hours for a different request (another \
-                link, user, storage or directory); `error` names the task it created. Nothing was \
-                created: send a new request with a new key."
-        }
-        413 => "The request body is larger than 64 KiB.",
-        503 => {
-            "Redis, which holds the tasks, is not answering (or too many live event streams are \
-                open); retry after a few seconds. A create or cancel that timed out waiting for \
-                Redis may or may not have taken effect: repeat a create with the same \
-                `Idempotency-Key` to be safe (the first task is answered if it was stored), and \
-                read a task to see whether a cancel went through."
-        }
-        500 => {
-            "An unexpected error in the API: data in Redis it cannot read, or a bug. `error` says \
-                only that; the API's log has the details. Repeating the request gives the same \
-                answer until the cause is fixed."
-        }
-        _ => "An error; `error` says what went wrong.",
     }
 }
 

@@ -50,8 +50,8 @@ pub use startup::{Application, StartupError};
 const DESCRIPTION: &str = "\
 Saves Telegram media and direct links into storages: SaveAny-Bot's HTTP task API, served by savestream.
 
-Every endpoint except `/health` and `/ready` needs `Authorization: Bearer <token>` when the server has an \
-`[api] token`. Every error answers with a JSON body `{\"error\": \"...\"}` that says what to change. \
+`/health`, `/ready`, `/metrics`, `/docs` and `/openapi.json` need no token; every other endpoint needs \
+`Authorization: Bearer <token>` when the server has an `[api] token`. Every error answers with a JSON body `{\"error\": \"...\"}` that says what to change. \
 Times are RFC 3339 in UTC.";
 
 /// The API's OpenAPI service, which is both its router and its document.

@@ -15,7 +15,7 @@ use poem_openapi::payload::{EventStream, Json};
 use poem_openapi::{ApiResponse, OpenApi, ResponseContent};
 
 use crate::auth::Authorized;
-use crate::error::{ApiError, ErrorSet, Failure};
+use crate::error::{ApiError, ErrorSet, Failure, TASK_NOT_FOUND, UNAUTHORIZED};
 use crate::live_events;
 use crate::routes::{parse_task_id, record_task_id, ApiTags};
 use crate::state::AppState;
@@ -29,7 +29,15 @@ pub struct EventsApi;
 
 pub struct EventsErrors;
 impl ErrorSet for EventsErrors {
-    const STATUSES: &'static [u16] = &[401, 404, 503];
+    const RESPONSES: &'static [(u16, &'static str)] = &[
+        (401, UNAUTHORIZED),
+        (404, TASK_NOT_FOUND),
+        (
+            503,
+            "Redis, which holds the tasks, is not answering, or, with `Accept: text/event-stream`, \
+             too many live event streams are open (256); retry after a few seconds.",
+        ),
+    ];
 }
 
 #[derive(ResponseContent)]

@@ -7,7 +7,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 
 use crate::auth::Authorized;
-use crate::error::{ApiError, ErrorSet, Failure};
+use crate::error::{ApiError, ErrorSet, Failure, UNAUTHORIZED};
 use crate::new_task::unknown_user;
 use crate::routes::ApiTags;
 use crate::state::AppState;
@@ -17,7 +17,14 @@ pub struct StoragesApi;
 
 pub struct StoragesErrors;
 impl ErrorSet for StoragesErrors {
-    const STATUSES: &'static [u16] = &[400, 401, 403];
+    const RESPONSES: &'static [(u16, &'static str)] = &[
+        (
+            400,
+            "`user_id` is missing, is not a whole number, or is not positive.",
+        ),
+        (401, UNAUTHORIZED),
+        (403, "`user_id` has no `[[users]]` entry in the server's config."),
+    ];
 }
 
 #[derive(ApiResponse)]

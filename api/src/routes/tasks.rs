@@ -14,7 +14,9 @@ use poem_openapi::{ApiExtractor, ApiExtractorType, ApiResponse, ExtractParamOpti
 use savestream_shared::store::{is_idempotency_key, StoreError};
 
 use crate::auth::Authorized;
-use crate::error::{ApiError, ErrorSet, Failure};
+use crate::error::{
+    ApiError, ErrorSet, Failure, BODY_TOO_LARGE, KEY_REUSED, STORE_UNAVAILABLE, TASK_NOT_FOUND, UNAUTHORIZED,
+};
 use crate::new_task;
 use crate::routes::{parse_task_id, record_task_id, ApiTags};
 use crate::state::AppState;
@@ -31,24 +33,101 @@ pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
 pub struct TasksApi;
 
+/// The 403 of both creates.
+const USER_MAY_NOT: &str =
+    "`user_id` has no `[[users]]` entry in the server's config, or that user may not use \
+     `storage_name`, or may use no enabled storage at all.";
+
 pub struct CreateErrors;
 impl ErrorSet for CreateErrors {
-    const STATUSES: &'static [u16] = &[400, 401, 403, 404, 413, 422, 503];
+    const RESPONSES: &'static [(u16, &'static str)] = &[
+        (
+            400,
+            "The request is malformed: the body is not JSON, a field is missing, has the wrong type, \
+             is too long or holds a control character, neither or both of `telegram_url` and `url` \
+             are given, `telegram_url` is not a message link, `url` is not a usable http(s) link, \
+             `dir_path` is not absolute or contains `..`, or the `Idempotency-Key` header is not 1 \
+             to 255 printable ASCII characters. `error` names the field or header and what to change.",
+        ),
+        (401, UNAUTHORIZED),
+        (403, USER_MAY_NOT),
+        (404, "No storage is named `storage_name`."),
+        (413, BODY_TOO_LARGE),
+        (422, KEY_REUSED),
+        (
+            503,
+            "Redis, which holds the tasks, is not answering; retry after a few seconds. A create \
+             that timed out waiting for Redis may or may not have taken effect: repeat it with the \
+             same `Idempotency-Key` to be safe (the first task is answered if it was stored).",
+        ),
+    ];
+}
+
+pub struct CreateManyErrors;
+impl ErrorSet for CreateManyErrors {
+    const RESPONSES: &'static [(u16, &'static str)] = &[
+        (
+            400,
+            "The request is malformed: the body is not JSON, `tasks` is missing, empty or longer \
+             than 500, or in one of the tasks a field is missing, has the wrong type, is too long \
+             or holds a control character, neither or both of `telegram_url` and `url` are given, \
+             `telegram_url` is not a message link, `url` is not a usable http(s) link, or \
+             `dir_path` is not absolute or contains `..`; or the `Idempotency-Key` header is not 1 \
+             to 255 printable ASCII characters. `error` names the task (`tasks[3]`), the field or \
+             header, and what to change.",
+        ),
+        (401, UNAUTHORIZED),
+        (403, USER_MAY_NOT),
+        (
+            404,
+            "No storage is named the `storage_name` of one of the tasks; `error` names the task.",
+        ),
+        (413, BODY_TOO_LARGE),
+        (422, KEY_REUSED),
+        (
+            503,
+            "Redis, which holds the tasks, is not answering; retry after a few seconds. A create \
+             that timed out waiting for Redis may or may not have taken effect, for some or all of \
+             its tasks: repeat it with the same `Idempotency-Key` and only the missing ones are \
+             created.",
+        ),
+    ];
 }
 
 pub struct GetErrors;
 impl ErrorSet for GetErrors {
-    const STATUSES: &'static [u16] = &[401, 404, 503];
+    const RESPONSES: &'static [(u16, &'static str)] = &[
+        (401, UNAUTHORIZED),
+        (404, TASK_NOT_FOUND),
+        (503, STORE_UNAVAILABLE),
+    ];
 }
 
 pub struct ListErrors;
 impl ErrorSet for ListErrors {
-    const STATUSES: &'static [u16] = &[400, 401, 503];
+    const RESPONSES: &'static [(u16, &'static str)] = &[
+        (400, "`limit` is not a whole number from 1 to 1000."),
+        (401, UNAUTHORIZED),
+        (503, STORE_UNAVAILABLE),
+    ];
 }
 
 pub struct CancelErrors;
 impl ErrorSet for CancelErrors {
-    const STATUSES: &'static [u16] = &[401, 404, 409, 503];
+    const RESPONSES: &'static [(u16, &'static str)] = &[
+        (401, UNAUTHORIZED),
+        (404, TASK_NOT_FOUND),
+        (
+            409,
+            "The task has already ended (completed, failed or canceled), so it cannot be canceled.",
+        ),
+        (
+            503,
+            "Redis, which holds the tasks, is not answering; retry after a few seconds. A cancel \
+             that timed out waiting for Redis may or may not have taken effect: read the task to \
+             see whether it went through.",
+        ),
+    ];
 }
 
 #[derive(ApiResponse)]
@@ -163,7 +242,7 @@ impl TasksApi {
         idempotency_key: Header<Option<String>>,
         body: Body<CreateTasksRequest>,
         request: &poem::Request,
-    ) -> Result<CreateManyResponse, Failure<CreateErrors>> {
+    ) -> Result<CreateManyResponse, Failure<CreateManyErrors>> {
         let idempotency_key = idempotency_key_of(idempotency_key, request)?;
         let new_tasks = body
             .0

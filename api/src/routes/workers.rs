@@ -7,7 +7,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 
 use crate::auth::Authorized;
-use crate::error::{ErrorSet, Failure};
+use crate::error::{ErrorSet, Failure, STORE_UNAVAILABLE, UNAUTHORIZED};
 use crate::routes::ApiTags;
 use crate::state::AppState;
 use crate::wire::{WorkerBody, WorkerListBody};
@@ -16,7 +16,7 @@ pub struct WorkersApi;
 
 pub struct WorkersErrors;
 impl ErrorSet for WorkersErrors {
-    const STATUSES: &'static [u16] = &[401, 503];
+    const RESPONSES: &'static [(u16, &'static str)] = &[(401, UNAUTHORIZED), (503, STORE_UNAVAILABLE)];
 }
 
 #[derive(ApiResponse)]
