@@ -42,7 +42,7 @@ mod workers;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -51,19 +51,44 @@ use clap::{Parser, Subcommand};
     about = "Save Telegram media and direct links into storages"
 )]
 struct Cli {
-    // `--url` and `--token` are optional, and their variables are read in
-    // `connection`, not by clap: clap counts a value from the environment
-    // as given, and its usage line in an error then listed
-    // `--url <URL> --token <TOKEN>` among what `add` requires.
-    /// The API to talk to [env: SAVESTREAM_URL] [default: http://127.0.0.1:8080]
-    #[arg(long, global = true)]
-    url: Option<String>,
-    /// The API's [api] token; none is sent when absent or empty. Surrounding whitespace is
-    /// ignored [env: SAVESTREAM_TOKEN]
-    #[arg(long, global = true)]
-    token: Option<String>,
+    // Given before the subcommand (`savestream --url URL ls`).
+    #[command(flatten)]
+    connection: Connection,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--url` and `--token`, for the subcommands that talk to a running API.
+///
+/// They are not `global`: clap would then offer them to `up` as well, which
+/// serves its own API and reads neither. Instead the top level and each
+/// client subcommand take them (`savestream --url URL ls` and
+/// `savestream ls --url URL` both work), and `up` refuses the top level's.
+#[derive(Args, Default)]
+struct Connection {
+    // Both are optional, and their variables are read in `connection`, not
+    // by clap: clap counts a value from the environment as given, and its
+    // usage line in an error then listed `--url <URL> --token <TOKEN>`
+    // among what `add` requires.
+    /// The API to talk to (every subcommand but `up`) [env: SAVESTREAM_URL] [default:
+    /// http://127.0.0.1:8080]
+    #[arg(long)]
+    url: Option<String>,
+    /// The API's [api] token (every subcommand but `up`); none is sent when absent or empty.
+    /// Surrounding whitespace is ignored [env: SAVESTREAM_TOKEN]
+    #[arg(long)]
+    token: Option<String>,
+}
+
+impl Connection {
+    /// `self` with the settings it lacks taken from `outer`: a flag after the
+    /// subcommand wins over the same flag before it.
+    fn or(self, outer: Connection) -> Connection {
+        Connection {
+            url: self.url.or(outer.url),
+            token: self.token.or(outer.token),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -84,36 +109,67 @@ enum Command {
 #[derive(Subcommand)]
 enum ClientCommand {
     /// Create a task per link (a Telegram message's file or a direct link); prints their ids, one per line.
-    Add(add::AddArgs),
+    Add {
+        #[command(flatten)]
+        args: add::AddArgs,
+        #[command(flatten)]
+        connection: Connection,
+    },
     /// Show a task: status, title, where it is saved, progress, error.
     Status {
         /// The id `savestream add` printed.
         task_id: String,
+        #[command(flatten)]
+        connection: Connection,
     },
     /// List queued and running tasks, oldest first.
     Ls {
         /// How many of each to list at most: 1 to 1000.
         #[arg(long, default_value_t = ls::DEFAULT_LIMIT, value_parser = clap::value_parser!(u32).range(1..=ls::MAX_LIMIT as i64))]
         limit: u32,
+        #[command(flatten)]
+        connection: Connection,
     },
     /// Cancel a queued or running task.
     Cancel {
         /// The id `savestream add` printed.
         task_id: String,
+        #[command(flatten)]
+        connection: Connection,
     },
     /// List the live worker processes and the tasks they hold.
-    Workers,
+    Workers {
+        #[command(flatten)]
+        connection: Connection,
+    },
     /// Follow a task with a progress bar until it ends; exits 0 if it completed, 1 if it
     /// failed or was canceled, 3 if it could not be followed to its end.
     Watch {
         /// The id `savestream add` printed.
         task_id: String,
+        #[command(flatten)]
+        connection: Connection,
     },
+}
+
+impl ClientCommand {
+    /// The `--url` and `--token` given after the subcommand.
+    fn take_connection(&mut self) -> Connection {
+        let connection = match self {
+            ClientCommand::Add { connection, .. }
+            | ClientCommand::Status { connection, .. }
+            | ClientCommand::Ls { connection, .. }
+            | ClientCommand::Cancel { connection, .. }
+            | ClientCommand::Workers { connection }
+            | ClientCommand::Watch { connection, .. } => connection,
+        };
+        std::mem::take(connection)
+    }
 }
 
 /// The API's URL and token: the flag, else its variable when set and not
 /// empty, else the default (no token).
-fn connection(url: Option<String>, token: Option<String>) -> anyhow::Result<(String, String)> {
+fn connection(Connection { url, token }: Connection) -> anyhow::Result<(String, String)> {
     let from_env = |name: &str| match std::env::var(name) {
         Ok(value) if value.is_empty() => Ok(None),
         Ok(value) => Ok(Some(value)),
@@ -145,17 +201,23 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Up { .. } if cli.connection.url.is_some() || cli.connection.token.is_some() => {
+                Err(exit::usage(
+                    "`up` takes neither --url nor --token: it serves the API its config describes; \
+                     give them to the other subcommands",
+                ))
+            }
             Command::Up { config } => up::run(&config).await,
-            Command::Client(command) => {
-                let (url, token) = connection(cli.url, cli.token)?;
+            Command::Client(mut command) => {
+                let (url, token) = connection(command.take_connection().or(cli.connection))?;
                 let api = api::Api::new(&url, &token)?;
                 match command {
-                    ClientCommand::Add(args) => add::run(&api, args).await,
-                    ClientCommand::Status { task_id } => status::run(&api, &task_id).await,
-                    ClientCommand::Ls { limit } => ls::run(&api, limit).await,
-                    ClientCommand::Cancel { task_id } => cancel::run(&api, &task_id).await,
-                    ClientCommand::Workers => workers::run(&api).await,
-                    ClientCommand::Watch { task_id } => watch::run(&api, &task_id).await,
+                    ClientCommand::Add { args, .. } => add::run(&api, args).await,
+                    ClientCommand::Status { task_id, .. } => status::run(&api, &task_id).await,
+                    ClientCommand::Ls { limit, .. } => ls::run(&api, limit).await,
+                    ClientCommand::Cancel { task_id, .. } => cancel::run(&api, &task_id).await,
+                    ClientCommand::Workers { .. } => workers::run(&api).await,
+                    ClientCommand::Watch { task_id, .. } => watch::run(&api, &task_id).await,
                 }
             }
         }

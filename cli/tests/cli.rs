@@ -361,3 +361,34 @@ fn up_with_a_missing_or_invalid_config_is_a_usage_error() {
         );
     }
 }
+
+#[test]
+fn up_neither_offers_nor_takes_url_and_token_which_the_other_subcommands_take_after_their_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = nothing_listens();
+
+    let up_help = run(&["up", "--help"], dir.path());
+    let up_with_url = run(&["--url", &url, "up", "--config", "missing.toml"], dir.path());
+    let up_with_token = run(&["--token", "t", "up", "--config", "missing.toml"], dir.path());
+    let ls_help = run(&["ls", "--help"], dir.path());
+    let ls_with_url_after = run(&["ls", "--url", &url], dir.path());
+
+    assert!(up_help.status.success(), "{}", explain(&up_help));
+    let up_help = String::from_utf8_lossy(&up_help.stdout);
+    assert!(
+        !up_help.contains("--url") && !up_help.contains("--token"),
+        "{up_help}"
+    );
+    for output in [&up_with_url, &up_with_token] {
+        let line = one_line_error_with(output, USAGE);
+        assert!(line.contains("`up` takes neither --url nor --token"), "{line}");
+    }
+    assert!(ls_help.status.success(), "{}", explain(&ls_help));
+    let ls_help = String::from_utf8_lossy(&ls_help.stdout);
+    assert!(
+        ls_help.contains("--url") && ls_help.contains("--token"),
+        "{ls_help}"
+    );
+    let line = one_line_error(&ls_with_url_after);
+    assert!(line.contains(&format!("cannot reach the API at {url}")), "{line}");
+}
