@@ -3,7 +3,8 @@
 //!
 //! Each [`ServedFile`] can send or omit Content-Length and
 //! Content-Disposition, honour or ignore `Range` (or honour it with at most
-//! so many bytes per 206, as some servers cap a range), be throttled to a number
+//! so many bytes per 206, as some servers cap a range, and even answer a GET
+//! without `Range` with such a 206), be throttled to a number
 //! of bytes per second (so a test can act in the middle of a download),
 //! answer 500 to its first requests, always answer one status (404), or
 //! redirect. Opt-in, it sends an `ETag` and/or a `Last-Modified` and then
@@ -47,6 +48,10 @@ pub struct ServedFile {
     /// with `M` short of the end), as servers that cap a range do; `None`
     /// sends the rest of the file.
     pub range_cap: Option<u64>,
+    /// Answer a GET without `Range` as one for `bytes=0-`: a 206 with
+    /// `Content-Range` (of at most `range_cap` bytes), as servers that cap
+    /// every answer do.
+    pub partial_without_range: bool,
     /// Send at most this many bytes per second; `None` sends at full speed.
     pub bytes_per_second: Option<u64>,
     /// Answer 500 to this many requests before serving the file.
@@ -79,6 +84,7 @@ impl ServedFile {
             content_disposition: None,
             ranges: true,
             range_cap: None,
+            partial_without_range: false,
             bytes_per_second: None,
             fail_first: 0,
             status: None,
@@ -128,6 +134,15 @@ impl ServedFile {
     /// Answers a range with at most `bytes` bytes of it.
     pub fn capping_ranges(mut self, bytes: u64) -> ServedFile {
         self.range_cap = Some(bytes);
+        self
+    }
+
+    /// Answers every GET, with or without `Range`, with a 206 of at most
+    /// `bytes` bytes: a GET without `Range` gets `Content-Range: bytes
+    /// 0-M/LEN` (the whole file when `bytes` covers it).
+    pub fn partial_even_without_range(mut self, bytes: u64) -> ServedFile {
+        self.range_cap = Some(bytes);
+        self.partial_without_range = true;
         self
     }
 
@@ -412,7 +427,9 @@ fn respond(state: &Shared, request: Request<Incoming>) -> Response<Body> {
 fn serve(file: &ServedFile, range: Option<&str>) -> (Response<Body>, Option<(Bytes, Option<u64>)>) {
     let length = file.body.len() as u64;
     let start = if file.ranges {
-        range.and_then(range_start)
+        range
+            .and_then(range_start)
+            .or(file.partial_without_range.then_some(0))
     } else {
         None
     };

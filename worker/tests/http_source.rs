@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use savestream_shared::config::HttpConfig;
 use savestream_shared::task::{SourceKind, Task, TaskId, TaskStatus};
 use savestream_tests::file_server::{FileServer, ServedFile};
@@ -448,4 +448,132 @@ async fn links_that_are_not_http_fail_permanently() {
         let error = source(true).resolve(&task(link)).await.unwrap_err();
         assert_eq!(error.kind, SourceErrorKind::Permanent, "{link}");
     }
+}
+
+#[tokio::test]
+async fn a_206_to_a_plain_get_is_sized_by_its_content_range_and_the_rest_is_fetched_in_ranges() {
+    // A GET without Range is answered `206 Content-Range: bytes 0-99999/300000`,
+    // and every Range request with at most 100 000 bytes more.
+    let server = FileServer::start().await;
+    server.add(
+        "/capped.bin",
+        ServedFile::new(body(300_000))
+            .with_etag("\"v1\"")
+            .partial_even_without_range(100_000),
+    );
+    let source = source(true);
+    let link = task(&server.url("/capped.bin"));
+
+    let files = source.resolve(&link).await.unwrap();
+    assert_eq!(files[0].size, Some(300_000), "the size is Content-Range's total");
+    let download = source.open(&link, &files[0], 0).await.unwrap();
+
+    assert_eq!((download.offset, download.total), (0, Some(300_000)));
+    assert!(read_all(download).await == body(300_000), "the whole file");
+    let requests: Vec<(Option<String>, Option<String>, u16)> = server
+        .requests_for("/capped.bin")
+        .into_iter()
+        .map(|request| (request.range, request.if_range, request.status))
+        .collect();
+    let rest = |range: &str| (Some(range.to_owned()), Some("\"v1\"".to_owned()), 206);
+    assert_eq!(
+        requests[requests.len() - 3..],
+        [(None, None, 206), rest("bytes=100000-"), rest("bytes=200000-")],
+        "the open's requests: {requests:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_206_to_a_plain_get_that_holds_the_whole_file_is_the_file() {
+    let server = FileServer::start().await;
+    server.add(
+        "/whole.bin",
+        ServedFile::new(body(5_000)).partial_even_without_range(5_000),
+    );
+    let source = source(true);
+    let link = task(&server.url("/whole.bin"));
+
+    let files = source.resolve(&link).await.unwrap();
+    let download = source.open(&link, &files[0], 0).await.unwrap();
+
+    assert_eq!(files[0].size, Some(5_000));
+    assert_eq!(read_all(download).await, body(5_000));
+    let statuses: Vec<u16> = server.requests().iter().map(|request| request.status).collect();
+    assert_eq!(statuses, vec![206, 206], "one request for resolve, one for open");
+}
+
+#[tokio::test]
+async fn a_file_replaced_between_two_of_its_parts_is_not_spliced() {
+    let server = FileServer::start().await;
+    // The first part is of v1; the file is v2 for every later request, and
+    // the server answers the If-Range it no longer matches with a part from 0.
+    server.add(
+        "/capped.bin",
+        ServedFile::new(body(300_000))
+            .with_etag("\"v1\"")
+            .partial_even_without_range(100_000)
+            .replaced_after(
+                1,
+                ServedFile::new(body(300_000))
+                    .with_etag("\"v2\"")
+                    .partial_even_without_range(100_000),
+            ),
+    );
+    let file = RemoteFile {
+        size: Some(300_000),
+        validator: Some("\"v1\"".into()),
+        ..RemoteFile::default()
+    };
+
+    let download = source(true)
+        .open(&task(&server.url("/capped.bin")), &file, 0)
+        .await
+        .unwrap();
+    let chunks: Vec<Result<bytes::Bytes, _>> = download.stream.collect().await;
+
+    let received: usize = chunks.iter().flatten().map(bytes::Bytes::len).sum();
+    assert_eq!(received, 100_000, "only the first part's bytes");
+    let error = chunks.last().unwrap().as_ref().unwrap_err();
+    assert_eq!(error.kind, SourceErrorKind::Retryable, "{error}");
+    assert!(error.message.contains("from byte 100000"), "{error}");
+}
+
+#[tokio::test]
+async fn a_204_or_another_unexpected_success_status_is_an_error_not_an_empty_file() {
+    let server = FileServer::start().await;
+    for status in [201, 202, 203, 204, 205, 207] {
+        server.add(&format!("/{status}"), ServedFile::status(status));
+    }
+    let source = source(true);
+
+    for status in [201, 202, 203, 204, 205, 207] {
+        let link = task(&server.url(&format!("/{status}")));
+        let resolved = source.resolve(&link).await.unwrap_err();
+        let opened = source.open(&link, &RemoteFile::default(), 0).await.unwrap_err();
+        let resumed = source
+            .open(&link, &RemoteFile::default(), 1_000)
+            .await
+            .unwrap_err();
+
+        for error in [&resolved, &opened, &resumed] {
+            assert!(
+                error.message.contains(&format!("answered {status} ")),
+                "{status}: {error}"
+            );
+        }
+        let expected = if status == 202 {
+            SourceErrorKind::Retryable
+        } else {
+            SourceErrorKind::Permanent
+        };
+        assert_eq!(resolved.kind, expected, "{status}: {resolved}");
+    }
+    let no_content = source.resolve(&task(&server.url("/204"))).await.unwrap_err();
+    assert_eq!(
+        no_content.message,
+        format!(
+            "http://{}/204 answered 204 No Content: it sent no file; check the link",
+            server.address()
+        )
+    );
 }

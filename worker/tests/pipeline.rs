@@ -1070,6 +1070,52 @@ async fn a_missing_file_fails_at_once() {
 }
 
 #[tokio::test]
+async fn a_server_that_answers_a_plain_get_with_part_of_the_file_gets_the_whole_file_saved() {
+    // `206 Content-Range: bytes 0-99999/300000` to a GET without Range: the
+    // file is 300 000 bytes, not the 100 000 of the answer's Content-Length.
+    let harness = Harness::start().await;
+    harness.files.add(
+        "/f.bin",
+        ServedFile::new(body(300_000))
+            .with_etag("\"a\"")
+            .partial_even_without_range(100_000),
+    );
+    let task_id = harness.create("/f.bin").await;
+    let lease = harness.lease().await;
+
+    let outcome = harness.process(&lease).await;
+
+    assert_eq!(outcome, Outcome::Completed { bytes: 300_000 });
+    assert!(std::fs::read(harness.stored("/f.bin")).unwrap() == body(300_000));
+    assert_eq!(harness.record(&task_id).await.task.size, Some(300_000));
+}
+
+#[tokio::test]
+async fn a_204_no_content_fails_the_task_rather_than_saving_an_empty_file() {
+    let harness = Harness::start().await;
+    harness.files.add("/f.bin", ServedFile::status(204));
+    let task_id = harness.create("/f.bin").await;
+    let lease = harness.lease().await;
+
+    let outcome = harness.process(&lease).await;
+
+    let expected = format!(
+        "http://{}/f.bin answered 204 No Content: it sent no file; check the link",
+        harness.files.address()
+    );
+    assert_eq!(outcome, Outcome::Failed { error: expected });
+    assert_eq!(
+        harness.event_names(&task_id).await,
+        vec!["created", "started", "failed"]
+    );
+    assert!(
+        harness.names_on_disk().is_empty(),
+        "{:?}",
+        harness.names_on_disk()
+    );
+}
+
+#[tokio::test]
 async fn a_telegram_task_fails_at_once_with_a_clear_error() {
     let harness = Harness::start().await;
     let task_id = harness

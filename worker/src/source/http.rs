@@ -3,14 +3,16 @@
 //! It owns everything about talking to a web server: timeouts, redirects
 //! (followed up to [`MAX_REDIRECTS`], each hop checked by the SSRF guard in
 //! [`super::ssrf`]), the file name (Content-Disposition, else the URL's last
-//! path segment), the size (Content-Length or Content-Range), the
+//! path segment), the size (Content-Length, or a 206's Content-Range total), the
 //! [`validator`] (strong ETag, else Last-Modified), resuming with
 //! `Range: bytes=N-` and `If-Range: <validator>` (only from an answer that
 //! is the whole rest of the file, never of a file whose size changed, and
 //! never of one the server says was replaced: it answers 200 with the whole
-//! new file, and the download starts over), and turning HTTP statuses
-//! and transport failures into [`SourceError`]s that say whether to retry
-//! and what to do.
+//! new file, and the download starts over), a server that answers even a
+//! GET without `Range` with part of the file (fetched in parts, see
+//! [`HttpSource::whole_file`]), and turning HTTP statuses (including
+//! successes that carry no file, such as 204) and transport failures into
+//! [`SourceError`]s that say whether to retry and what to do.
 //!
 //! Messages show links without their query string or user info, which often
 //! carry credentials (signed URLs).
@@ -20,6 +22,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
 use futures::TryStreamExt;
 use percent_encoding::percent_decode_str;
 use reqwest::header::{
@@ -126,7 +130,9 @@ impl HttpSource {
 
     /// Sends a GET, from `offset` when it is not 0 (with `If-Range` when
     /// given: a server whose file no longer matches it answers 200 with the
-    /// whole file instead of the range), and checks the status.
+    /// whole file instead of the range), and checks the status: 200 and 206
+    /// carry bytes of the file (and a 416 answers a range, when one was
+    /// asked for); any other answer, even a success such as 204, is an error.
     async fn get(
         &self,
         url: &Url,
@@ -145,7 +151,10 @@ impl HttpSource {
             .await
             .map_err(|error| transport_error(url, &error))?;
         let status = response.status();
-        if status.is_success() || (offset > 0 && status == StatusCode::RANGE_NOT_SATISFIABLE) {
+        if status == StatusCode::OK
+            || status == StatusCode::PARTIAL_CONTENT
+            || (offset > 0 && status == StatusCode::RANGE_NOT_SATISFIABLE)
+        {
             return Ok(response);
         }
         let mut error = status_error(url, status);
@@ -156,6 +165,173 @@ impl HttpSource {
             error.retry_after = Some(wait);
         }
         Err(error)
+    }
+}
+
+impl HttpSource {
+    /// The download of the whole file from `response`, the answer to a GET
+    /// without `Range` (see [`HttpSource::get`]). `known_size` is the size
+    /// recorded for the task, the total when the answer does not tell one.
+    ///
+    /// A 200 is the file. A 206 is only part of it (RFC 9110, 15.3.7),
+    /// even to a request that asked for no range: some servers and CDNs cap
+    /// every answer (`Content-Range: bytes 0-1048575/3000000`), and taking
+    /// its Content-Length for the file's size saved the first MiB of a
+    /// 3 MB file as the whole of it. Such an answer is used as download
+    /// managers such as aria2 use it: the file's size is Content-Range's
+    /// total, the part is streamed, and the rest is asked for with
+    /// `Range: bytes=N-` (with `If-Range: <validator>`), part after part,
+    /// until the total is reached ([`in_parts`]). A 206 that is the whole
+    /// file is the last part at once. Failing it instead (as a retryable
+    /// error) would never end for such a server: every attempt would get
+    /// the same first part. A 206 that does not start at byte 0, or does
+    /// not say the file's size, cannot be put together into the file: a
+    /// retryable error, as for a server that answers nonsense.
+    fn whole_file(
+        &self,
+        url: &Url,
+        response: Response,
+        known_size: Option<u64>,
+    ) -> Result<Download, SourceError> {
+        if response.status() != StatusCode::PARTIAL_CONTENT {
+            let total = response.content_length().or(known_size);
+            return Ok(download(url, 0, total, response));
+        }
+        let header = content_range_header(&response);
+        match parse_content_range(&header) {
+            Some(ContentRange {
+                first_last: Some((0, _)),
+                total: Some(total),
+            }) => {
+                let first_validator = validator(response.headers());
+                let first_part = body_stream(url, response);
+                Ok(in_parts(
+                    self.clone(),
+                    url.clone(),
+                    first_validator,
+                    first_part,
+                    total,
+                ))
+            }
+            _ => Err(SourceError::retryable(format!(
+                "{} answered a request for the whole file with part of it ({}), not saying which \
+                 part of how large a file",
+                display_url(url),
+                shown_content_range(&header)
+            ))),
+        }
+    }
+
+    /// The answer to `Range: bytes=offset-`, the next part of a file sent in
+    /// parts, as a stream of its bytes: a 206 from `offset`, of a file of
+    /// `total` bytes, with the very validator of the first part (sent as
+    /// `If-Range`, so that a file replaced since is not answered with a
+    /// range of it). Anything else is a retryable error: the parts would
+    /// not make one file, and the next attempt resumes (or starts over)
+    /// from what was saved.
+    async fn next_part(
+        &self,
+        url: &Url,
+        offset: u64,
+        total: u64,
+        first_validator: Option<&str>,
+    ) -> Result<BoxStream<'static, Result<Bytes, SourceError>>, SourceError> {
+        let if_range = first_validator.and_then(|value| HeaderValue::from_str(value).ok());
+        let response = self.get(url, offset, if_range).await?;
+        let header = content_range_header(&response);
+        let continues = response.status() == StatusCode::PARTIAL_CONTENT
+            && validator(response.headers()).as_deref() == first_validator
+            && matches!(
+                parse_content_range(&header),
+                Some(ContentRange {
+                    first_last: Some((first, _)),
+                    total: Some(part_total),
+                }) if first == offset && part_total == total
+            );
+        if !continues {
+            return Err(SourceError::retryable(format!(
+                "{} sends the file in parts, and answered the request for the part from byte \
+                 {offset} of {total} with {} ({}), which is not that part of the same file",
+                display_url(url),
+                response.status(),
+                shown_content_range(&header)
+            )));
+        }
+        Ok(body_stream(url, response))
+    }
+}
+
+/// A response's `Content-Range`, empty when it has none (or not in ASCII).
+fn content_range_header(response: &Response) -> String {
+    response
+        .headers()
+        .get(CONTENT_RANGE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn shown_content_range(header: &str) -> String {
+    if header.is_empty() {
+        "no Content-Range".to_owned()
+    } else {
+        format!("Content-Range: {header}")
+    }
+}
+
+/// A file sent in parts (see [`HttpSource::whole_file`]): `first_part`'s
+/// bytes, then each next part, asked for from the first byte not received
+/// yet, until `total` bytes came. Counting the bytes received rather than
+/// trusting each part's Content-Range continues a part that ends short
+/// from where it ended.
+fn in_parts(
+    source: HttpSource,
+    url: Url,
+    first_validator: Option<String>,
+    first_part: BoxStream<'static, Result<Bytes, SourceError>>,
+    total: u64,
+) -> Download {
+    struct Parts {
+        source: HttpSource,
+        url: Url,
+        first_validator: Option<String>,
+        part: BoxStream<'static, Result<Bytes, SourceError>>,
+        received: u64,
+        total: u64,
+    }
+    let parts = Parts {
+        source,
+        url,
+        first_validator: first_validator.clone(),
+        part: first_part,
+        received: 0,
+        total,
+    };
+    let stream = futures::stream::try_unfold(parts, |mut parts| async move {
+        loop {
+            if let Some(chunk) = parts.part.try_next().await? {
+                parts.received += chunk.len() as u64;
+                return Ok(Some((chunk, parts)));
+            }
+            if parts.received >= parts.total {
+                return Ok(None);
+            }
+            parts.part = parts
+                .source
+                .next_part(
+                    &parts.url,
+                    parts.received,
+                    parts.total,
+                    parts.first_validator.as_deref(),
+                )
+                .await?;
+        }
+    });
+    Download {
+        offset: 0,
+        total: Some(total),
+        validator: first_validator,
+        stream: Box::pin(stream),
     }
 }
 
@@ -193,12 +369,15 @@ impl Source for HttpSource {
             .get(CONTENT_TYPE)
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned);
+        let file_validator = validator(response.headers());
+        // The size is the whole file's, which a 206 tells in Content-Range.
+        let download = self.whole_file(&url, response, None)?;
         Ok(vec![RemoteFile {
             name,
-            size: response.content_length(),
+            size: download.total,
             mime,
             key: None,
-            validator: validator(response.headers()),
+            validator: file_validator,
         }])
     }
 
@@ -253,11 +432,7 @@ impl Source for HttpSource {
             // 416, or a 206 that is not the rest of the file: fetch the file whole.
         }
         let response = self.get(&url, 0, None).await?;
-        if response.status() == StatusCode::RANGE_NOT_SATISFIABLE {
-            return Err(status_error(&url, response.status()));
-        }
-        let total = response.content_length().or(file.size);
-        Ok(download(&url, 0, total, response))
+        self.whole_file(&url, response, file.size)
     }
 }
 
@@ -265,6 +440,16 @@ fn download(url: &Url, offset: u64, total: Option<u64>, response: Response) -> D
     // The version of the file this response carries: of a 200 after a
     // failed If-Range, the new file's.
     let version = validator(response.headers());
+    Download {
+        offset,
+        total,
+        validator: version,
+        stream: body_stream(url, response),
+    }
+}
+
+/// The bytes of `response`'s body, its failures as retryable errors.
+fn body_stream(url: &Url, response: Response) -> BoxStream<'static, Result<Bytes, SourceError>> {
     let shown = display_url(url);
     let stream = response.bytes_stream().map_err(move |error| {
         if error.is_timeout() {
@@ -276,12 +461,7 @@ fn download(url: &Url, offset: u64, total: Option<u64>, response: Response) -> D
             SourceError::retryable(format!("the download from {shown} broke off: {}", causes(&error)))
         }
     });
-    Download {
-        offset,
-        total,
-        validator: version,
-        stream: Box::pin(stream),
-    }
+    Box::pin(stream)
 }
 
 /// The error for a status that is not a success: 5xx, 408 and 429 are
@@ -298,6 +478,14 @@ fn status_error(url: &Url, status: StatusCode) -> SourceError {
         )),
         404 | 410 => SourceError::permanent(format!("{answered}: check the link")),
         416 => SourceError::permanent(format!("{answered}: the server cannot send this file")),
+        // Successes that carry no file (only 200 and 206 do, see `get`):
+        // saving their body would complete the task with an empty or a
+        // wrong file. A 202 says the file is not ready yet.
+        202 => SourceError::retryable(format!("{answered}: the file is not ready yet")),
+        204 | 205 => SourceError::permanent(format!("{answered}: it sent no file; check the link")),
+        200..=299 => SourceError::permanent(format!(
+            "{answered}, which does not send a file (only 200 and 206 do): check the link"
+        )),
         300..=399 => SourceError::permanent(format!("{answered} without a usable Location: check the link")),
         _ => SourceError::permanent(format!("{answered}: check the link")),
     }
@@ -732,9 +920,10 @@ mod tests {
             let status = StatusCode::from_u16(status).unwrap();
             assert!(!status_error(&url, status).is_permanent(), "{status}");
         }
-        for status in [400, 401, 403, 404, 410, 451] {
+        for status in [400, 401, 403, 404, 410, 451, 201, 203, 204, 205, 207] {
             let status = StatusCode::from_u16(status).unwrap();
             assert!(status_error(&url, status).is_permanent(), "{status}");
         }
+        assert!(!status_error(&url, StatusCode::ACCEPTED).is_permanent());
     }
 }
