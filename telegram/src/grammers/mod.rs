@@ -16,6 +16,7 @@ mod tests;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
@@ -27,6 +28,7 @@ use grammers_session::storages::{ErasedSession, MemorySession, SqliteSession};
 use grammers_session::types::{DcOption, PeerAuth, PeerId, PeerKind, PeerRef};
 use grammers_session::Session;
 use grammers_tl_types as tl;
+use grammers_tl_types::Serializable;
 use savestream_shared::config::TelegramConfig;
 use savestream_shared::link::{ChatRef, TelegramLink};
 use tokio::sync::Mutex;
@@ -49,6 +51,11 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// of it. One `getMessages` for the 19 ids around the target finds them all.
 const ALBUM_REACH: i32 = 9;
 
+/// The data centre the watchdog's probe asks: no session has options for it, so grammers'
+/// runner answers `InvalidDc` at once, without the network, whenever it is free to read
+/// requests at all.
+const PROBE_DC: i32 = 0;
+
 /// A login copied to a data centre this recently is not copied again for another part.
 const RECENT_AUTHORIZATION: Duration = Duration::from_secs(30);
 
@@ -59,12 +66,18 @@ struct Limits {
     request: Duration,
     /// The whole dialog scan: large accounts have thousands of dialogs at 100 per request.
     dialog_scan: Duration,
+    /// The runner's answer to the watchdog's probe. A free runner answers in microseconds; a
+    /// healthy one may be busy opening a connection for a few seconds (TCP, the key exchange,
+    /// `initConnection`: five round trips, through a proxy maybe); one stuck longer than this
+    /// is stuck for good.
+    probe: Duration,
 }
 
 impl Limits {
     const DEFAULT: Limits = Limits {
         request: REQUEST_TIMEOUT,
         dialog_scan: Duration::from_secs(REQUEST_TIMEOUT.as_secs() * 4),
+        probe: Duration::from_secs(10),
     };
 }
 
@@ -97,11 +110,31 @@ struct Connection {
     session: Arc<ErasedSession>,
     handle: SenderPoolHandle,
     runner: JoinHandle<()>,
+    /// Set when the watchdog discarded this pool: it is replaced on the next request.
+    stopped: AtomicBool,
     is_bot: bool,
     /// When this connection's login was last copied to each data centre other than home.
     authorized_dcs: Mutex<HashMap<i32, Instant>>,
     // Held for its Drop: the private copy of the user session is deleted with the connection.
     _session_copy: Option<SessionCopy>,
+}
+
+impl Connection {
+    /// Whether requests may still use this pool.
+    fn is_alive(&self) -> bool {
+        !self.stopped.load(Ordering::SeqCst) && !self.runner.is_finished()
+    }
+
+    /// Stops the pool now, whoever still holds it: every request waiting on it fails at once
+    /// (grammers answers them `Dropped`, which is retryable). True the first time.
+    fn stop(&self) -> bool {
+        if self.stopped.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        self.handle.quit();
+        self.runner.abort();
+        true
+    }
 }
 
 impl Drop for Connection {
@@ -154,33 +187,65 @@ impl GrammersApi {
     async fn connection(&self) -> Result<Arc<Connection>, TelegramError> {
         let mut slot = self.inner.connection.lock().await;
         if let Some(connection) = slot.as_ref() {
-            if !connection.runner.is_finished() {
+            if connection.is_alive() {
                 return Ok(connection.clone());
             }
-            tracing::warn!("the Telegram connection pool stopped; reconnecting");
+            if !connection.stopped.load(Ordering::SeqCst) {
+                tracing::warn!("the Telegram connection pool stopped; reconnecting");
+            }
         }
         let connection = Arc::new(connect(&self.inner).await?);
         *slot = Some(connection.clone());
         Ok(connection)
     }
 
-    /// Runs one request with [`Limits::request`], mapping its failure about `subject`.
+    /// Runs one request with [`Limits::request`], mapping its failure about `subject`; a
+    /// request with no answer in time goes to the watchdog ([`GrammersApi::no_answer`]).
     ///
     /// A failed request never discards the connection: grammers answers `Dropped` also when
     /// one data centre's socket died, and its pool reconnects that socket on the next request.
     /// A new client would mean a new copy of the user session (its peer cache lost) or a new
     /// bot sign-in, which Telegram answers with long flood waits when repeated. Only a pool
-    /// whose runner stopped is replaced, by [`GrammersApi::connection`].
+    /// whose runner stopped, or that the watchdog found stuck, is replaced, by
+    /// [`GrammersApi::connection`].
     async fn call<T>(
         &self,
+        connection: &Connection,
         subject: Subject<'_>,
         request: impl Future<Output = Result<T, InvocationError>>,
     ) -> Result<T, TelegramError> {
         match tokio::time::timeout(self.inner.limits.request, request).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(rpc::from_invocation(&error, subject)),
-            Err(_) => Err(no_answer(self.inner.limits.request)),
+            Err(_) => Err(self.no_answer(connection, self.inner.limits.request).await),
         }
+    }
+
+    /// The watchdog: a request through `connection` went unanswered for `waited`. Returns the
+    /// error for it.
+    ///
+    /// grammers' runner opens a new connection to a data centre inline, with no timeout (no
+    /// connect timeout beyond the kernel's, no read deadline in the key exchange): while one
+    /// data centre's connect hangs, no request to any data centre is sent, and none fails.
+    /// A request left unanswered may be one of them. So the watchdog asks the runner something
+    /// it answers without the network ([`PROBE_DC`]); no answer within [`Limits::probe`] means
+    /// the runner is stuck, and only a new pool recovers: this one is stopped (every request
+    /// waiting on it fails at once, retryably) and the next request builds another.
+    async fn no_answer(&self, connection: &Connection, waited: Duration) -> TelegramError {
+        let probe = connection
+            .handle
+            .raw_invoke_in_dc(PROBE_DC, tl::functions::help::GetConfig {}.to_bytes());
+        let runner_answered = tokio::time::timeout(self.inner.limits.probe, probe).await.is_ok();
+        if !runner_answered && connection.stop() {
+            tracing::warn!(
+                "a Telegram request got no answer in {} ms and the connection pool did not answer a \
+                 probe in {} ms: it is stuck opening a connection to a data centre that does not \
+                 answer; dropped the pool and its connections, the next request opens new ones",
+                waited.as_millis(),
+                self.inner.limits.probe.as_millis()
+            );
+        }
+        no_answer(waited)
     }
 
     async fn resolve_link(&self, link: &TelegramLink) -> Result<Vec<MediaMessage>, TelegramError> {
@@ -209,7 +274,11 @@ impl GrammersApi {
             id: message_id,
         };
         let found = self
-            .call(subject, connection.client.get_messages_by_id(peer, &ids))
+            .call(
+                &connection,
+                subject,
+                connection.client.get_messages_by_id(peer, &ids),
+            )
             .await?;
         let mut target = None;
         let mut neighbours = Vec::new();
@@ -256,7 +325,11 @@ impl GrammersApi {
                 }
                 let subject = Subject::Username(username.as_str());
                 let peer = self
-                    .call(subject, connection.client.resolve_username(username.as_str()))
+                    .call(
+                        connection,
+                        subject,
+                        connection.client.resolve_username(username.as_str()),
+                    )
                     .await?
                     .ok_or_else(|| TelegramError::username_not_found(username.as_str()))?;
                 let peer = match tokio::time::timeout(self.inner.limits.request, peer.to_ref()).await {
@@ -299,12 +372,15 @@ impl GrammersApi {
         let not_member = || TelegramError::NotMember {
             chat: label.to_owned(),
         };
-        let answer = tokio::time::timeout(
+        let answer = match tokio::time::timeout(
             self.inner.limits.request,
             connection.client.resolve_peer(peer_id.to_ambient_ref()),
         )
         .await
-        .map_err(|_| no_answer(self.inner.limits.request))?;
+        {
+            Ok(answer) => answer,
+            Err(_) => return Err(self.no_answer(connection, self.inner.limits.request).await),
+        };
         let peer = answer.map_err(|error| bot_resolve_error(&error, label))?;
         match peer.to_ref().await {
             Ok(Some(peer)) => Ok(peer),
@@ -356,7 +432,7 @@ impl GrammersApi {
                     "listing the account's chats failed: {join_error}"
                 )))
             }
-            Err(_) => return Err(no_answer(self.inner.limits.dialog_scan)),
+            Err(_) => return Err(self.no_answer(connection, self.inner.limits.dialog_scan).await),
         };
         found.ok_or_else(|| TelegramError::NotMember {
             chat: label.to_owned(),
@@ -377,7 +453,11 @@ impl GrammersApi {
             channel: tl::enums::InputChannel::from(peer),
         };
         let tl::enums::messages::ChatFull::Full(full) = self
-            .call(Subject::Chat(label), connection.client.invoke(&request))
+            .call(
+                connection,
+                Subject::Chat(label),
+                connection.client.invoke(&request),
+            )
             .await?;
         let linked = match &full.full_chat {
             tl::enums::ChatFull::ChannelFull(channel) => channel.linked_chat_id,
@@ -419,6 +499,7 @@ impl GrammersApi {
         };
         let found = self
             .call(
+                &connection,
                 subject,
                 connection.client.get_messages_by_id(peer, &[message.message_id]),
             )
@@ -510,6 +591,7 @@ impl GrammersApi {
         }
         let exported = self
             .call(
+                connection,
                 Subject::Login,
                 connection
                     .client
@@ -521,8 +603,12 @@ impl GrammersApi {
             id: exported.id,
             bytes: exported.bytes,
         };
-        self.call(Subject::Login, connection.client.invoke_in_dc(dc, &import))
-            .await?;
+        self.call(
+            connection,
+            Subject::Login,
+            connection.client.invoke_in_dc(dc, &import),
+        )
+        .await?;
         authorized.insert(dc, Instant::now());
         Ok(())
     }
@@ -691,6 +777,7 @@ where
         session: handle.session.clone(),
         handle: handle.thin.clone(),
         runner: tokio::spawn(runner.run()),
+        stopped: AtomicBool::new(false),
         is_bot,
         authorized_dcs: Mutex::new(HashMap::new()),
         _session_copy: copy,

@@ -45,7 +45,7 @@ async fn a_dropped_request_keeps_the_connection_and_its_sign_in() {
     *api.inner.connection.lock().await = Some(connection.clone());
 
     let error = api
-        .call(Subject::File, async {
+        .call(&connection, Subject::File, async {
             Err::<(), _>(InvocationError::Dropped("response was non-retryable bad msg"))
         })
         .await
@@ -63,6 +63,7 @@ async fn a_dropped_request_keeps_the_connection_and_its_sign_in() {
 const SHORT: Limits = Limits {
     request: Duration::from_millis(300),
     dialog_scan: Duration::from_millis(300),
+    probe: Duration::from_millis(300),
 };
 
 fn user_settings() -> Settings {
@@ -82,6 +83,16 @@ fn local_dc(id: i32, port: u16) -> DcOption {
         ipv6: std::net::SocketAddrV6::new(std::net::Ipv6Addr::LOCALHOST, port, 0, 0),
         auth_key: None,
     }
+}
+
+/// A port nothing listens on: a connection there is refused at once.
+fn closed_port() -> u16 {
+    // Bind and drop: the port was free a moment ago and nothing listens on it now.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a local port");
+    listener
+        .local_addr()
+        .expect("a bound listener has an address")
+        .port()
 }
 
 /// A data centre black-holed after the TCP handshake: accepts connections, keeps them open and
@@ -157,4 +168,65 @@ async fn a_dialog_scan_given_up_on_is_aborted() {
         api.inner.dialog_scan.try_lock().is_ok(),
         "the one-scan lock is free once no scan runs"
     );
+}
+
+/// Part 0 of a document on data centre `dc`; the bytes do not matter, nothing answers.
+fn some_location() -> FileLocation {
+    FileLocation {
+        kind: crate::api::FileKind::Document,
+        id: 1,
+        access_hash: 2,
+        file_reference: vec![3],
+    }
+}
+
+fn some_message() -> MessageRef {
+    MessageRef {
+        chat: crate::api::ChatKey {
+            kind: crate::api::ChatKind::Channel,
+            id: 777,
+            access_hash: 4,
+        },
+        message_id: 5,
+    }
+}
+
+#[tokio::test]
+async fn a_data_centre_that_never_answers_a_connect_does_not_block_requests_to_the_others() {
+    // Arrange: a file on data centre 4, which accepts connections and never answers; home (2)
+    // refuses connections, so a request there fails at once whenever it is sent. A part is
+    // asked for on 4: the pool's runner hangs in the key exchange with it.
+    let (silent, mut accepted) = silent_listener().await;
+    let api = local_api(
+        bot_settings(),
+        vec![local_dc(2, closed_port()), local_dc(4, silent)],
+    );
+    install(&api, true).await;
+    let part = tokio::spawn({
+        let api = api.clone();
+        async move { api.get_part(&some_location(), 4, 0, 1 << 20).await }
+    });
+    accepted.recv().await.expect("the pool connects to data centre 4");
+
+    // Act: a request to home waits for the stuck runner, in vain; then another.
+    let first = api.refetch(&some_message()).await.unwrap_err();
+    let started = std::time::Instant::now();
+    let second = api.refetch(&some_message()).await.unwrap_err();
+
+    // Assert: the first timed out and the stuck pool was dropped, failing the part at once
+    // (retryably); the second went out on a new pool and failed as home's closed port makes
+    // it, at once, instead of waiting for the runner again.
+    assert!(first.to_string().contains("did not answer"), "{first}");
+    let part = tokio::time::timeout(Duration::from_secs(5), part)
+        .await
+        .expect("the part waiting on the stuck pool fails once the pool is dropped")
+        .expect("the part's task does not panic")
+        .unwrap_err();
+    assert!(part.is_retryable(), "{part:?}");
+    assert!(
+        !second.to_string().contains("did not answer"),
+        "the second request waited for the stuck runner too: {second}"
+    );
+    assert!(matches!(second, TelegramError::Disconnected(_)), "{second:?}");
+    assert!(started.elapsed() < SHORT.request, "took {:?}", started.elapsed());
 }
