@@ -11,7 +11,7 @@ use std::time::Duration;
 use poem::listener::{Acceptor, TcpAcceptor};
 use poem::{EndpointExt, IntoEndpoint, Route, Server};
 use savestream_shared::config::Config;
-use savestream_shared::store::{Store, StoreError};
+use savestream_shared::store::{redis_host, RedisConnectError, Store};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::metrics_endpoint;
@@ -24,8 +24,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Why the API could not start; each says what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("cannot connect to redis at {host} ({source}): start redis there, or point [redis] url (SAVESTREAM_REDIS_URL) at a running one")]
-    Redis { host: String, source: StoreError },
+    #[error("{0}")]
+    Redis(RedisConnectError),
     #[error("cannot listen on {address} ({source}): free the port, or change [api] host and port")]
     Bind { address: String, source: std::io::Error },
 }
@@ -39,9 +39,11 @@ impl Application {
     pub async fn build(config: Config) -> Result<Application, StartupError> {
         let store = Store::connect(&config.redis, &config.queue)
             .await
-            .map_err(|source| StartupError::Redis {
-                host: redis_host(&config.redis.url),
-                source,
+            .map_err(|error| {
+                StartupError::Redis(RedisConnectError {
+                    at: redis_host(&config.redis.url),
+                    error,
+                })
             })?;
         let metrics = crate::metrics::install();
         let address = config.api.listen_addr();
@@ -132,30 +134,4 @@ pub fn app(state: AppState) -> impl poem::Endpoint + 'static {
         .data(state)
         .with(json_panic())
         .around(observe)
-}
-
-/// `host:port` of a Redis URL, for messages: never the password.
-fn redis_host(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(parsed) => {
-            let host = parsed.host_str().unwrap_or("localhost");
-            let port = parsed.port().unwrap_or(6379);
-            format!("{host}:{port}")
-        }
-        Err(_) => "the configured [redis] url".to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redis_host_never_shows_the_password() {
-        assert_eq!(
-            redis_host("redis://:hunter2@cache.internal:6380/0"),
-            "cache.internal:6380"
-        );
-        assert_eq!(redis_host("redis://127.0.0.1"), "127.0.0.1:6379");
-    }
 }

@@ -24,7 +24,9 @@ use std::time::Duration;
 
 use fred::clients::SubscriberClient;
 use savestream_shared::config::Config;
-use savestream_shared::store::{host_name, process_name, Store, StoreError, WorkerInfo};
+use savestream_shared::store::{
+    host_name, process_name, shown_redis_url, RedisConnectError, Store, StoreError, WorkerInfo,
+};
 use savestream_telegram::TelegramError;
 use savestream_webhook::{Dispatcher, WebhookError};
 use tokio::sync::Semaphore;
@@ -96,8 +98,8 @@ impl std::str::FromStr for Role {
 /// line that says what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("cannot connect to redis at {url}: {error}")]
-    Redis { url: String, error: StoreError },
+    #[error("{0}")]
+    Redis(RedisConnectError),
     #[error("cannot subscribe to cancellations at {url}: {error}")]
     Subscribe { url: String, error: fred::error::Error },
     #[error("{0}")]
@@ -197,9 +199,12 @@ impl Application {
         } else {
             None
         };
-        let redis_error = |error| StartupError::Redis {
-            url: config.redis.shown_url(),
-            error,
+        let shown_url = shown_redis_url(&config.redis.url);
+        let redis_error = |error: StoreError| {
+            StartupError::Redis(RedisConnectError {
+                at: shown_url.clone(),
+                error,
+            })
         };
         let store = Store::connect(&config.redis, &config.queue)
             .await
@@ -214,7 +219,7 @@ impl Application {
                         .ensure_group()
                         .await
                         .map_err(|error| StartupError::WebhookGroup {
-                            url: config.redis.shown_url(),
+                            url: shown_url.clone(),
                             error,
                         })?;
                     Some(dispatcher)
@@ -235,7 +240,7 @@ impl Application {
             let subscriber = cancel::subscribe(&config.redis, &store.keys().cancel_channel())
                 .await
                 .map_err(|error| StartupError::Subscribe {
-                    url: config.redis.shown_url(),
+                    url: shown_url.clone(),
                     error,
                 })?;
             let storages = Storages::from_config(&config)?;
@@ -276,12 +281,7 @@ impl Application {
             // The gauges are only worth a connection when someone scrapes them.
             Some(_) => match QueueGauges::connect(&store).await {
                 Ok(gauges) => Some(gauges),
-                Err(error) => {
-                    return Err(StartupError::Redis {
-                        url: config.redis.shown_url(),
-                        error,
-                    })
-                }
+                Err(error) => return Err(redis_error(error)),
             },
             None => None,
         };

@@ -22,7 +22,7 @@ use std::time::Duration;
 use fred::prelude::*;
 use fred::types::Value;
 
-pub use error::StoreError;
+pub use error::{redis_host, shown_redis_url, RedisConnectError, StoreError};
 pub use queue::{Job, Lease, RetryOutcome};
 
 use crate::config::{QueueConfig, RedisConfig};
@@ -235,7 +235,7 @@ impl Store {
             retention: queue.retention(),
             lease: queue.lease(),
         };
-        let shown_url = redis.shown_url();
+        let shown_url = shown_redis_url(&redis.url);
         wait_for_redis(redis.startup_wait(), &shown_url, || store.connect_once()).await?;
         Ok(store)
     }
