@@ -16,11 +16,20 @@
 //!   the same directory, so two spellings should not make two titles.
 //! - The length limit counts the text as given, before normalising, so a
 //!   hostile value costs nothing.
+//! - Each segment is held to what a storage accepts as one directory name
+//!   (the worker's `FileName`): at most [`MAX_SEGMENT_LEN`] bytes, not only
+//!   white space. A segment no storage takes would be accepted here and
+//!   fail in every worker.
 
 use std::fmt;
 
 /// The longest `dir_path` accepted, in bytes.
 pub const MAX_DIR_PATH_LEN: usize = 1024;
+
+/// The longest segment (one directory's name) accepted, in bytes: what
+/// the worker's storages take as one name (`MAX_NAME_BYTES` there), safely
+/// below the 255 bytes of common file systems.
+pub const MAX_SEGMENT_LEN: usize = 200;
 
 /// An absolute directory inside a storage: starts with `/`, has no `..`, no
 /// empty or `.` segments, no trailing `/` (except the root itself), and no
@@ -39,6 +48,18 @@ pub enum DirPathError {
     NotAbsolute(String),
     #[error("`{0}` contains a `..` segment: name the directory from the storage's root without `..`")]
     ParentSegment(String),
+    #[error("the directory name `{}` is {} bytes long, more than the {max} a storage accepts: use a shorter name", shortened(.0), .0.len(), max = MAX_SEGMENT_LEN)]
+    SegmentTooLong(String),
+    #[error("a directory name in `{0}` is only white space: name each directory with at least one visible character")]
+    BlankSegment(String),
+}
+
+/// `text`, cut after 40 characters: a long segment in a message.
+fn shortened(text: &str) -> String {
+    match text.char_indices().nth(40) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.to_owned(),
+    }
 }
 
 impl DirPath {
@@ -67,6 +88,10 @@ impl DirPath {
             }
             match segment {
                 "" | "." => {}
+                name if name.len() > MAX_SEGMENT_LEN => {
+                    return Err(DirPathError::SegmentTooLong(name.to_owned()));
+                }
+                name if name.trim().is_empty() => return Err(DirPathError::BlankSegment(text.to_owned())),
                 name => segments.push(name),
             }
         }
@@ -120,17 +145,33 @@ mod tests {
         check("/..\\x", Err(DirPathError::ParentSegment("/..\\x".into())));
         check("/a/\u{0}", Err(DirPathError::ControlCharacter('\0')));
         check("/a\nb", Err(DirPathError::ControlCharacter('\n')));
-        let long = format!("/{}", "a".repeat(MAX_DIR_PATH_LEN));
+        let long = format!("/{}", "a/".repeat(MAX_DIR_PATH_LEN / 2));
         check(&long, Err(DirPathError::TooLong(long.len())));
         check(
-            &format!("/{}", "a".repeat(MAX_DIR_PATH_LEN - 1)),
-            Ok(&long[..MAX_DIR_PATH_LEN]),
+            &format!("/{}", "a/".repeat(MAX_DIR_PATH_LEN / 2 - 1)),
+            Ok(&long[..MAX_DIR_PATH_LEN - 2]),
         );
     }
 
     #[test]
+    fn dir_path_refuses_a_directory_name_no_storage_accepts() {
+        let longest = "a".repeat(MAX_SEGMENT_LEN);
+        check(&format!("/x/{longest}"), Ok(&format!("/x/{longest}")));
+        let too_long = "b".repeat(MAX_SEGMENT_LEN + 100);
+        check(
+            &format!("/x/{too_long}/y"),
+            Err(DirPathError::SegmentTooLong(too_long.clone())),
+        );
+        let text = DirPath::parse(&format!("/{too_long}")).unwrap_err().to_string();
+        assert!(text.contains("300 bytes") && text.contains("200"), "{text}");
+        assert!(text.len() < 200, "the message repeats the whole name: {text}");
+        check("/a/ /b", Err(DirPathError::BlankSegment("/a/ /b".into())));
+    }
+
+    #[test]
     fn dir_path_errors_are_lowercase_without_trailing_period() {
-        for input in ["x", "/..", "/\u{1}"] {
+        let too_long = format!("/{}", "c".repeat(MAX_SEGMENT_LEN + 1));
+        for input in ["x", "/..", "/\u{1}", too_long.as_str(), "/ "] {
             let text = DirPath::parse(input).unwrap_err().to_string();
             assert!(!text.ends_with('.'), "{text}");
             assert!(!text.starts_with(|c: char| c.is_uppercase()), "{text}");

@@ -13,8 +13,10 @@ use savestream_shared::task::TaskId;
 /// How long a file name may be, in bytes. File systems allow 255; the rest
 /// is room for what a download adds: the name of a task's own partial file
 /// is `.<name>.<task id>.part`, 27 bytes more (the `_123` of a conflict
-/// shortens the name itself).
-pub const MAX_NAME_BYTES: usize = 200;
+/// shortens the name itself). The API holds each directory of a
+/// `dir_path` to the same ([`savestream_shared::dir_path::MAX_SEGMENT_LEN`]),
+/// so that it never accepts a directory every worker refuses.
+pub const MAX_NAME_BYTES: usize = savestream_shared::dir_path::MAX_SEGMENT_LEN;
 
 /// The name used when a source gives nothing usable.
 pub const FALLBACK_NAME: &str = "download";
