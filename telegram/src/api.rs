@@ -46,6 +46,12 @@ pub trait TelegramApi: Send + Sync {
         offset: u64,
         limit: u32,
     ) -> BoxFuture<'a, Result<Bytes, TelegramError>>;
+
+    /// Nothing arrived over data centre `dc`'s connection for the [`crate::Downloader`]'s
+    /// stall timeout: the connection may have died without closing, which nothing else
+    /// notices. Drops it, failing every request in flight on it at once (as grammers does when
+    /// a connection is dropped), so that the next request to `dc` opens a new one.
+    fn drop_connection(&self, dc: i32) -> BoxFuture<'_, ()>;
 }
 
 /// The kind of chat a message lives in; with the id, it is how Telegram addresses a chat.

@@ -29,7 +29,8 @@
 //!   stale reference) and the part retried with the new reference, same offset.
 //! - FILE_MIGRATE_X: every later request goes to data centre X.
 //! - Dropped connections, stalls and Telegram's 5xx: retried with doubling backoff, a few
-//!   times, then surfaced (they are retryable, so the worker tries the task again later). A
+//!   times, then surfaced (a stall first drops the data centre's connection, through
+//!   [`TelegramApi::drop_connection`], since the retry would stall again on a dead one) (they are retryable, so the worker tries the task again later). A
 //!   request has stalled when, for [`DownloadOptions::part_timeout`] since it was sent, neither
 //!   a part of its download nor any answer over the connection to the data centre it was sent
 //!   to (for any download) arrived: not its own age, since answers come back in order over the
@@ -673,6 +674,11 @@ impl Shared {
                             timeout.as_secs(),
                             data_centre.id
                         ));
+                        // Asking again on a connection that died without closing would stall
+                        // again: grammers never notices such a death itself. Dropping it fails
+                        // every request on it, this one included (which frees its permit), and
+                        // the retry opens a new one.
+                        self.api.drop_connection(data_centre.id).await;
                         return (Err(stalled), None);
                     }
                 }

@@ -207,7 +207,8 @@ pub enum FaultKind {
     /// The file moves to data centre `dc`: requests elsewhere get `FILE_MIGRATE_<dc>`. Its
     /// messages still name the data centre it was added on.
     Migrate(i32),
-    /// The connection drops (an I/O error, as grammers reports one).
+    /// The connection to the request's data centre drops (an I/O error, as grammers reports
+    /// one): like grammers, every other request in flight on it fails at once too.
     Disconnect,
     /// The answer comes after this delay (tokio time, so a paused clock skips it).
     Delay(Duration),
@@ -235,6 +236,8 @@ pub enum Call {
 #[derive(Default)]
 pub struct FakeTelegram {
     state: Mutex<State>,
+    /// Woken whenever a data centre's connection drops, so the requests waiting on it fail.
+    link_dropped: tokio::sync::Notify,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
 }
@@ -261,6 +264,11 @@ struct State {
     on_link: HashMap<i32, Vec<tokio::time::Instant>>,
     /// The most requests ever on one data centre's connection at once.
     max_on_link: usize,
+    /// Per data centre, how many times its connection dropped: a request fails when this
+    /// changes while it waits for its answer.
+    link_epochs: HashMap<i32, u64>,
+    /// Per data centre, the client's [`TelegramApi::drop_connection`] calls.
+    dropped_connections: HashMap<i32, usize>,
 }
 
 /// A flood wait the fake enforces on every request until `until`.
@@ -411,6 +419,28 @@ impl FakeTelegram {
     /// connection ahead of every later answer.
     pub fn max_on_link(&self) -> usize {
         self.lock().max_on_link
+    }
+
+    /// How many times the client dropped data centre `dc`'s connection
+    /// ([`TelegramApi::drop_connection`]).
+    pub fn dropped_connections(&self, dc: i32) -> usize {
+        self.lock().dropped_connections.get(&dc).copied().unwrap_or(0)
+    }
+
+    fn link_epoch(&self, dc: i32) -> u64 {
+        self.lock().link_epochs.get(&dc).copied().unwrap_or(0)
+    }
+
+    /// Data centre `dc`'s connection drops: every request waiting on it fails, and the bytes
+    /// queued on it never arrive.
+    fn drop_link(&self, dc: i32) {
+        {
+            let mut state = self.lock();
+            *state.link_epochs.entry(dc).or_default() += 1;
+            state.links_free_at.remove(&dc);
+            state.on_link.remove(&dc);
+        }
+        self.link_dropped.notify_waiters();
     }
 
     /// `get_part` requests being answered right now.
@@ -604,10 +634,8 @@ impl FakeTelegram {
                     break;
                 }
                 FaultKind::Disconnect => {
-                    let io_error = std::io::Error::new(
-                        std::io::ErrorKind::ConnectionReset,
-                        "connection reset by peer (injected)",
-                    );
+                    let io_error =
+                        std::io::Error::new(std::io::ErrorKind::ConnectionReset, INJECTED_DISCONNECT);
                     return (
                         delay,
                         Err(rpc::from_invocation(
@@ -699,16 +727,46 @@ impl TelegramApi for FakeTelegram {
     ) -> BoxFuture<'a, Result<Bytes, TelegramError>> {
         Box::pin(async move {
             let _in_flight = InFlight::enter(self);
+            let epoch = self.link_epoch(dc);
             let (delay, answer) = self.answer_part(location, dc, offset, limit);
-            match self.arrival(dc, delay, &answer) {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None if !delay.is_zero() => tokio::time::sleep(delay).await,
-                None => {}
+            let at = self
+                .arrival(dc, delay, &answer)
+                .unwrap_or_else(|| tokio::time::Instant::now() + delay);
+            loop {
+                // Made before the check, so a drop between the two still wakes it.
+                let dropped = self.link_dropped.notified();
+                if self.link_epoch(dc) != epoch {
+                    // What grammers answers every request on a connection it aborted.
+                    let error = InvocationError::Dropped("SenderPoolRunner was dropped during receive");
+                    return Err(rpc::from_invocation(&error, Subject::File));
+                }
+                tokio::select! {
+                    () = tokio::time::sleep_until(at) => break,
+                    () = dropped => {}
+                }
+            }
+            let injected_disconnect = matches!(
+                &answer,
+                Err(TelegramError::Disconnected(reason)) if reason.contains(INJECTED_DISCONNECT)
+            );
+            if injected_disconnect {
+                self.drop_link(dc);
             }
             answer
         })
     }
+
+    fn drop_connection(&self, dc: i32) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            *self.lock().dropped_connections.entry(dc).or_default() += 1;
+            self.drop_link(dc);
+        })
+    }
 }
+
+/// The reason of an injected [`FaultKind::Disconnect`], by which the answer is told from
+/// others that fail.
+const INJECTED_DISCONNECT: &str = "connection reset by peer (injected)";
 
 /// Counts a `get_part` as in flight until it is answered or dropped (a cancelled request
 /// stops counting the moment its future is dropped, as a real one stops being awaited).

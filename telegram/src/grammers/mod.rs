@@ -113,6 +113,9 @@ struct Connection {
     /// Set when the watchdog discarded this pool: it is replaced on the next request.
     stopped: AtomicBool,
     is_bot: bool,
+    /// When an answer last arrived from each data centre: a request that waited long for its
+    /// answer behind others on a busy connection is no sign of a dead one.
+    answered: StdMutex<HashMap<i32, Instant>>,
     /// When this connection's login was last copied to each data centre other than home.
     authorized_dcs: Mutex<HashMap<i32, Instant>>,
     // Held for its Drop: the private copy of the user session is deleted with the connection.
@@ -123,6 +126,23 @@ impl Connection {
     /// Whether requests may still use this pool.
     fn is_alive(&self) -> bool {
         !self.stopped.load(Ordering::SeqCst) && !self.runner.is_finished()
+    }
+
+    fn answered(&self, dc: i32) {
+        // Whole entries only are inserted; a poisoned lock still holds a usable map.
+        self.answered
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(dc, Instant::now());
+    }
+
+    /// Whether anything arrived from data centre `dc` within `period`.
+    fn answered_within(&self, dc: i32, period: Duration) -> bool {
+        self.answered
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&dc)
+            .is_some_and(|at| at.elapsed() < period)
     }
 
     /// Stops the pool now, whoever still holds it: every request waiting on it fails at once
@@ -215,7 +235,12 @@ impl GrammersApi {
         request: impl Future<Output = Result<T, InvocationError>>,
     ) -> Result<T, TelegramError> {
         match tokio::time::timeout(self.inner.limits.request, request).await {
-            Ok(Ok(value)) => Ok(value),
+            Ok(Ok(value)) => {
+                if let Ok(home) = connection.session.home_dc_id() {
+                    connection.answered(home);
+                }
+                Ok(value)
+            }
             Ok(Err(error)) => Err(rpc::from_invocation(&error, subject)),
             Err(_) => Err(self.no_answer(connection, self.inner.limits.request).await),
         }
@@ -231,21 +256,49 @@ impl GrammersApi {
     /// it answers without the network ([`PROBE_DC`]); no answer within [`Limits::probe`] means
     /// the runner is stuck, and only a new pool recovers: this one is stopped (every request
     /// waiting on it fails at once, retryably) and the next request builds another.
+    ///
+    /// The home data centre's connection (where metadata requests go) may also have died
+    /// without closing, which grammers never notices (no read deadline; the keep-alive ping's
+    /// answer is not awaited): when nothing at all arrived from home while the request waited,
+    /// that connection is dropped too, so the next request opens a new one.
     async fn no_answer(&self, connection: &Connection, waited: Duration) -> TelegramError {
+        let why = format!("a Telegram request got no answer in {} ms", waited.as_millis());
+        if let Ok(home) = connection.session.home_dc_id() {
+            if !connection.answered_within(home, waited) {
+                self.drop_dc_connection(connection, home, &format!("{why}, nor did anything else"));
+            }
+        }
+        self.unless_stuck(connection, &why).await;
+        no_answer(waited)
+    }
+
+    /// Drops `connection`'s connection to data centre `dc`: grammers aborts it, every request
+    /// in flight on it fails at once (`Dropped`, retryable), and the next request to `dc`
+    /// opens a new one.
+    fn drop_dc_connection(&self, connection: &Connection, dc: i32, why: &str) {
+        tracing::warn!(
+            dc,
+            "{why}: dropping the connection to Telegram's data centre {dc} (the requests on it \
+             are asked again on a new one)"
+        );
+        connection.handle.disconnect_from_dc(dc);
+    }
+
+    /// Stops `connection`'s pool if its runner does not answer a probe (see
+    /// [`GrammersApi::no_answer`]).
+    async fn unless_stuck(&self, connection: &Connection, why: &str) {
         let probe = connection
             .handle
             .raw_invoke_in_dc(PROBE_DC, tl::functions::help::GetConfig {}.to_bytes());
         let runner_answered = tokio::time::timeout(self.inner.limits.probe, probe).await.is_ok();
         if !runner_answered && connection.stop() {
             tracing::warn!(
-                "a Telegram request got no answer in {} ms and the connection pool did not answer a \
-                 probe in {} ms: it is stuck opening a connection to a data centre that does not \
-                 answer; dropped the pool and its connections, the next request opens new ones",
-                waited.as_millis(),
+                "{why}, and the Telegram connection pool did not answer a probe in {} ms: it is \
+                 stuck opening a connection to a data centre that does not answer; dropped the \
+                 pool and its connections, the next request opens new ones",
                 self.inner.limits.probe.as_millis()
             );
         }
-        no_answer(waited)
     }
 
     async fn resolve_link(&self, link: &TelegramLink) -> Result<Vec<MediaMessage>, TelegramError> {
@@ -551,7 +604,10 @@ impl GrammersApi {
             // the connection stalled. The Downloader's stall timeout (nothing delivered to the
             // download nor over the data centre's connection for `part_timeout`) says so.
             match connection.client.invoke_in_dc(dc, &request).await {
-                Ok(tl::enums::upload::File::File(file)) => return Ok(Bytes::from(file.bytes)),
+                Ok(tl::enums::upload::File::File(file)) => {
+                    connection.answered(dc);
+                    return Ok(Bytes::from(file.bytes));
+                }
                 Ok(tl::enums::upload::File::CdnRedirect(_)) => {
                     return Err(TelegramError::Protocol(
                         "Telegram redirected the download to a CDN although we did not offer to use one"
@@ -643,6 +699,20 @@ impl TelegramApi for GrammersApi {
         limit: u32,
     ) -> BoxFuture<'a, Result<Bytes, TelegramError>> {
         Box::pin(self.fetch_part(location, dc, offset, limit))
+    }
+
+    fn drop_connection(&self, dc: i32) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let connection = self.inner.connection.lock().await.clone();
+            let Some(connection) = connection.filter(|connection| connection.is_alive()) else {
+                return;
+            };
+            let why = "a download's part stalled: nothing arrived over the connection for its stall timeout";
+            self.drop_dc_connection(&connection, dc, why);
+            // The drop is a request to the runner like any other: one stuck opening another
+            // data centre's connection never reads it, nor sends the retry.
+            self.unless_stuck(&connection, why).await;
+        })
     }
 }
 
@@ -779,6 +849,7 @@ where
         runner: tokio::spawn(runner.run()),
         stopped: AtomicBool::new(false),
         is_bot,
+        answered: StdMutex::new(HashMap::new()),
         authorized_dcs: Mutex::new(HashMap::new()),
         _session_copy: copy,
     }

@@ -507,3 +507,72 @@ async fn a_part_backing_off_after_a_dropped_connection_lets_other_downloads_use_
     assert!(second == other_bytes, "bytes differ");
     assert!(first.await.unwrap() == world.bytes, "bytes differ");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_connection_is_dropped_and_the_part_asked_again_on_a_new_one() {
+    // Arrange: the middle part's answer never comes (a connection that died without closing),
+    // and the data centre has a single slot, which the unanswered request holds.
+    let world = one_file(SIZE).await;
+    world.fake.inject(Fault::at_part(
+        MIDDLE,
+        FaultKind::Delay(Duration::from_secs(3600)),
+    ));
+    let options = DownloadOptions {
+        max_parts_in_flight_per_dc: 1,
+        part_timeout: Duration::from_secs(10),
+        ..DownloadOptions::new(4)
+    };
+    let downloader = Downloader::new(world.fake.clone(), options);
+
+    // Act
+    let started = Instant::now();
+    let received = collect(downloader.stream(&world.message, 0).unwrap()).await;
+
+    // Assert: the stall dropped the connection once, which failed the unanswered request and
+    // freed its slot at once, instead of after the four part timeouts an abandoned request
+    // may hold it.
+    assert!(received == world.bytes, "bytes differ");
+    assert_eq!(world.fake.dropped_connections(HOME_DC), 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the dead connection's request kept the slot: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_connection_fails_every_request_in_flight_on_it_at_once() {
+    // Arrange: three requests on the home data centre's connection, each answered in an hour.
+    let world = one_file(SIZE).await;
+    world.fake.inject(Fault {
+        when: When::Always,
+        kind: FaultKind::Delay(Duration::from_secs(3600)),
+        times: 3,
+    });
+    let file = world.message.media.file().unwrap().location.clone();
+    let requests: Vec<_> = (0..3u64)
+        .map(|part| {
+            let fake = world.fake.clone();
+            let file = file.clone();
+            tokio::spawn(async move { fake.get_part(&file, HOME_DC, part * MIB as u64, 1024).await })
+        })
+        .collect();
+    while world.fake.in_flight() < 3 {
+        tokio::task::yield_now().await;
+    }
+
+    // Act: the connection drops under them, as grammers drops one it was told to.
+    let started = Instant::now();
+    world.fake.drop_connection(HOME_DC).await;
+
+    // Assert: all three fail at once, retryably; the next request is answered.
+    for request in requests {
+        let error = request.await.unwrap().unwrap_err();
+        assert!(matches!(error, TelegramError::Disconnected(_)), "{error:?}");
+    }
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    assert_eq!(
+        world.fake.get_part(&file, HOME_DC, 0, 1024).await.unwrap().len(),
+        1024
+    );
+}
