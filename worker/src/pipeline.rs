@@ -40,14 +40,19 @@
 //! arrives between the last file being finished and `completed` being
 //! recorded wins, and takes the task's files with it.
 //!
-//! Direct links keep the single-file path: a resumed attempt reuses the
+//! Direct links keep the single-file path. A first attempt resolves with
+//! [`Source::resolve_and_open`] and streams the download that resolving
+//! opened (the http source's one GET), so a single-use link is asked for
+//! once; it is held, unread, only while the path is reserved and recorded,
+//! and dropped, closing its connection, if the attempt stops before its
+//! download or needs another offset. A resumed attempt reuses the
 //! recorded file and path without resolving again, and the recorded
 //! validator (the server's strong ETag or Last-Modified when it resolved):
 //! the source resumes with `If-Range`, so a file replaced on the server is
 //! sent whole and the partial file starts over instead of being completed
 //! with another file's bytes. A download that starts over from a file with
-//! another validator (replaced before the resume, or between `resolve` and
-//! the first byte) records the new one in a second `resolved` event, after
+//! another validator (replaced before the resume; a first attempt streams
+//! the very response it resolved, unless it has to ask again) records the new one in a second `resolved` event, after
 //! the partial file is emptied and before its first byte is written, so a
 //! later attempt resumes the file now being saved.
 //!
@@ -70,7 +75,7 @@ use crate::context::Context;
 use crate::metrics;
 use crate::retry::backoff_with_jitter;
 use crate::running::AttemptSignals;
-use crate::source::{shown_link, RemoteFile, Source, SourceError, SourceErrorKind};
+use crate::source::{shown_link, Download, RemoteFile, Resolved, Source, SourceError, SourceErrorKind};
 use crate::storage::path::FALLBACK_NAME;
 use crate::storage::{FileName, PartialFile, Storage, StorageDir, StorageError, StoragePath};
 
@@ -294,7 +299,7 @@ impl Attempt<'_> {
             return self.run_files(source.as_ref(), storage).await;
         }
 
-        let (file, path, resolution) = match &task.path {
+        let (file, path, resolution, opened) = match &task.path {
             Some(recorded) => {
                 // A resumed attempt: the file and its path were decided by
                 // an earlier one, and its partial file is where it stopped.
@@ -321,10 +326,12 @@ impl Attempt<'_> {
                     path: recorded.clone(),
                     title: task.title.clone(),
                 });
-                (file, path, resolution)
+                (file, path, resolution, None)
             }
             None => {
-                let files = self.interruptible(source.resolve(task)).await??;
+                // The download resolving opened is this attempt's, held
+                // here: any early return below drops it, and its connection.
+                let Resolved { files, opened } = self.interruptible(source.resolve_and_open(task)).await??;
                 let file = files.into_iter().next().ok_or_else(|| {
                     Stop::Failed(TaskError::permanent(format!(
                         "{} holds no file to save",
@@ -364,7 +371,7 @@ impl Attempt<'_> {
                     path: path_text,
                     title: resolved_title,
                 };
-                (file, path, Some(resolution))
+                (file, path, Some(resolution), opened)
             }
         };
         self.check_size(storage.as_ref(), file.size)?;
@@ -385,6 +392,7 @@ impl Attempt<'_> {
                 0,
                 None,
                 resolution.as_ref(),
+                opened,
             )
             .await?;
         if let Some(size) = file.size {
@@ -494,7 +502,7 @@ impl Attempt<'_> {
             // a file's validator is only ever that of the attempt's own
             // `resolve` (none from Telegram).
             let bytes = self
-                .download(source, file, partial.as_mut(), done, total, None)
+                .download(source, file, partial.as_mut(), done, total, None, None)
                 .await?;
             if let Some(size) = file.size {
                 if bytes != size {
@@ -596,6 +604,14 @@ impl Attempt<'_> {
     /// `resolution` is what the task's `resolved` event recorded for the
     /// file (the single-file path): a download that starts over from a
     /// file with another validator than `file`'s records that one with it.
+    ///
+    /// `opened` is the download of `file` from byte 0 that resolving
+    /// opened ([`Resolved::opened`]): streamed instead of opening the file
+    /// again when the partial file is empty, else dropped.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "each is one thing the two callers differ in; a struct would only rename them"
+    )]
     async fn download(
         &self,
         source: &dyn Source,
@@ -604,6 +620,7 @@ impl Attempt<'_> {
         before: u64,
         task_total: Option<u64>,
         resolution: Option<&Resolution>,
+        opened: Option<Download>,
     ) -> Result<u64, Stop> {
         let task = &self.lease.task;
         if let Some(size) = file.size {
@@ -616,7 +633,12 @@ impl Attempt<'_> {
             }
         }
         let offset = partial.len();
-        let download = self.interruptible(source.open(task, file, offset)).await??;
+        let download = match opened.filter(|_| offset == 0) {
+            Some(opened) => opened,
+            // Dropped first (by `filter`), so its connection closes before
+            // another is opened.
+            None => self.interruptible(source.open(task, file, offset)).await??,
+        };
         // A source that says the file has another size than the one
         // recorded for the task serves another file: every attempt would
         // download it whole and then fail at the wrong size. It fails now,
@@ -726,8 +748,9 @@ impl Attempt<'_> {
 
     /// Records `now`, the validator of the file a download starts over
     /// from (at byte 0), which is not `recorded`: the file was replaced on
-    /// the server since `recorded` was taken (between `resolve` and the
-    /// first byte, or before a resume whose `If-Range` it failed). Without
+    /// the server since `recorded` was taken (before a resume whose
+    /// `If-Range` it failed, or before a first attempt that could not use
+    /// the download its resolving opened asked again). Without
     /// it every later attempt would resume with the old validator, be sent
     /// the whole file again, and never resume. The `resolved` event is
     /// written again, the same file name, size, path and title with the new

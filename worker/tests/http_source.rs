@@ -1,6 +1,7 @@
 //! The `http` source against a real local HTTP server (`FileServer`): file
 //! names and sizes, redirects, resuming with `Range`, status and network
-//! errors, and the guard against private addresses.
+//! errors, the guard against private addresses, and the download that
+//! `resolve_and_open` hands over from its one GET.
 
 use std::time::Duration;
 
@@ -576,4 +577,31 @@ async fn a_204_or_another_unexpected_success_status_is_an_error_not_an_empty_fil
             server.address()
         )
     );
+}
+
+#[tokio::test]
+async fn resolve_and_open_hands_over_the_response_of_its_one_get() {
+    let server = FileServer::start().await;
+    // A single-use link: a second request would be refused.
+    server.add(
+        "/once.bin",
+        ServedFile::new(body(10_000))
+            .with_etag("\"v1\"")
+            .replaced_after(1, ServedFile::status(403)),
+    );
+
+    let resolved = source(true)
+        .resolve_and_open(&task(&server.url("/once.bin")))
+        .await
+        .unwrap();
+
+    assert_eq!(resolved.files.len(), 1);
+    assert_eq!(resolved.files[0].size, Some(10_000));
+    let download = resolved.opened.expect("resolving opened the file");
+    assert_eq!(
+        (download.offset, download.total, download.validator.as_deref()),
+        (0, Some(10_000), Some("\"v1\""))
+    );
+    assert_eq!(read_all(download).await, body(10_000));
+    assert_eq!(server.requests().len(), 1);
 }

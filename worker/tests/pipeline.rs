@@ -579,8 +579,7 @@ async fn a_file_replaced_on_the_server_is_resumed_under_its_new_validator_once_i
     assert_eq!(
         seen,
         vec![
-            // The first attempt: resolve, then the download of A.
-            (None, None, 200),
+            // The first attempt: one GET, which resolved and downloaded A.
             (None, None, 200),
             // The second: A's resume, answered with the whole of B.
             (Some(resume_of_a.as_str()), Some("\"a\""), 200),
@@ -589,7 +588,7 @@ async fn a_file_replaced_on_the_server_is_resumed_under_its_new_validator_once_i
         ],
         "{requests:?}"
     );
-    assert_eq!(requests[3].sent, SIZE as u64 - kept_of_b, "only the rest of B");
+    assert_eq!(requests[2].sent, SIZE as u64 - kept_of_b, "only the rest of B");
     assert_eq!(third.task.validator.as_deref(), Some("\"b\""));
     let record = harness.record(&task_id).await;
     assert_eq!(record.task.status, TaskStatus::Completed);
@@ -608,15 +607,15 @@ async fn a_file_replaced_on_the_server_is_resumed_under_its_new_validator_once_i
 }
 
 #[tokio::test]
-async fn a_file_replaced_between_resolve_and_the_download_records_the_new_files_validator() {
+async fn a_first_attempt_saves_the_response_it_resolved_so_a_file_replaced_since_is_not_mixed_in() {
     const SIZE: usize = 100_000;
     let harness = Harness::start().await;
-    // Resolve sees A; the download that follows gets B.
+    // Resolve sees A; any later request would get B, of another size.
     harness.files.add(
         "/f.bin",
         ServedFile::new(body(SIZE))
             .with_etag("\"a\"")
-            .replaced_after(1, ServedFile::new(other_body(SIZE)).with_etag("\"b\"")),
+            .replaced_after(1, ServedFile::new(other_body(SIZE + 1_000)).with_etag("\"b\"")),
     );
     let task_id = harness.create("/f.bin").await;
     let lease = harness.lease().await;
@@ -626,17 +625,70 @@ async fn a_file_replaced_between_resolve_and_the_download_records_the_new_files_
         Outcome::Completed { bytes: SIZE as u64 }
     );
 
-    assert!(std::fs::read(harness.stored("/f.bin")).unwrap() == other_body(SIZE));
-    let record = harness.record(&task_id).await;
-    assert_eq!(record.task.validator.as_deref(), Some("\"b\""));
+    assert!(std::fs::read(harness.stored("/f.bin")).unwrap() == body(SIZE));
     assert_eq!(
         harness.resolved_validators(&task_id).await,
-        vec![Some("\"a\"".to_owned()), Some("\"b\"".to_owned())]
+        vec![Some("\"a\"".to_owned())]
     );
-    assert_eq!(
-        harness.event_names(&task_id).await,
-        vec!["created", "started", "resolved", "resolved", "completed"]
+    assert_eq!(harness.files.requests_for("/f.bin").len(), 1, "one GET");
+}
+
+#[tokio::test]
+async fn a_single_use_link_is_saved_from_the_one_request_that_resolved_it() {
+    let harness = Harness::start().await;
+    // A signed one-time link: every request after the first is refused.
+    harness.files.add(
+        "/once.bin",
+        ServedFile::new(body(200_000)).replaced_after(1, ServedFile::status(403)),
     );
+    let task_id = harness.create("/once.bin").await;
+    let lease = harness.lease().await;
+
+    let outcome = harness.process(&lease).await;
+
+    assert_eq!(outcome, Outcome::Completed { bytes: 200_000 });
+    assert!(std::fs::read(harness.stored("/once.bin")).unwrap() == body(200_000));
+    assert_eq!(harness.record(&task_id).await.task.status, TaskStatus::Completed);
+    let requests = harness.files.requests_for("/once.bin");
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(requests[0].sent, 200_000, "the whole file, once");
+}
+
+#[tokio::test]
+async fn an_attempt_that_stops_before_its_download_closes_the_response_its_resolve_opened() {
+    let harness = Harness::start().await;
+    harness
+        .files
+        .add("/slow.bin", ServedFile::new(body(2_000_000)).throttled(100_000));
+    // The task's directory cannot be made: a file holds its name, and the
+    // attempt fails after resolving, before it downloads.
+    std::fs::write(harness.stored("/docs"), b"not a directory").unwrap();
+    let task_id = harness
+        .create_task(
+            SourceKind::Http,
+            &harness.files.url("/slow.bin"),
+            "local1",
+            "/docs",
+        )
+        .await;
+    let lease = harness.lease().await;
+
+    let outcome = harness.process(&lease).await;
+
+    assert!(
+        matches!(outcome, Outcome::Failed { .. } | Outcome::Retrying { .. }),
+        "{outcome:?}"
+    );
+    assert_ne!(harness.record(&task_id).await.task.status, TaskStatus::Completed);
+    eventually("the response to be closed", Duration::from_secs(1), || async {
+        harness
+            .files
+            .requests_for("/slow.bin")
+            .iter()
+            .all(|request| request.finished && !request.complete)
+            .then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -685,20 +737,19 @@ async fn a_download_that_starts_over_from_a_file_without_a_validator_keeps_the_r
     // saved now, and the recorded one stays (a resume starts over again).
     const SIZE: usize = 100_000;
     let harness = Harness::start().await;
-    harness.files.add(
-        "/f.bin",
-        ServedFile::new(body(SIZE))
-            .with_etag("\"a\"")
-            .replaced_after(1, ServedFile::new(other_body(SIZE))),
-    );
     let task_id = harness.create("/f.bin").await;
-    let lease = harness.lease().await;
+    // An earlier attempt resolved A and died before its first byte.
+    let lease = harness
+        .resolved_and_released_validated("f.bin", Some(SIZE as u64), "/f.bin", Some("\"a\""))
+        .await;
+    harness.files.add("/f.bin", ServedFile::new(other_body(SIZE)));
 
     assert_eq!(
         harness.process(&lease).await,
         Outcome::Completed { bytes: SIZE as u64 }
     );
 
+    assert!(std::fs::read(harness.stored("/f.bin")).unwrap() == other_body(SIZE));
     assert_eq!(
         harness.record(&task_id).await.task.validator.as_deref(),
         Some("\"a\"")

@@ -14,6 +14,13 @@
 //! successes that carry no file, such as 204) and transport failures into
 //! [`SourceError`]s that say whether to retry and what to do.
 //!
+//! A task's first attempt makes one GET: [`Source::resolve_and_open`] reads
+//! the file's name, size and validator from its answer and hands the answer
+//! over as the download, so single-use (signed, one-time) links and
+//! resources that differ per request are saved from the response that
+//! described them. Only a resumed attempt, or one that starts over, asks
+//! again ([`Source::open`]).
+//!
 //! Messages show links without their query string or user info, which often
 //! carry credentials (signed URLs).
 
@@ -37,7 +44,7 @@ use savestream_shared::task::Task;
 use url::Url;
 
 use super::ssrf::{check_url, GuardedResolver, Refused};
-use super::{Download, RemoteFile, Source, SourceError};
+use super::{Download, RemoteFile, Resolved, Source, SourceError};
 
 /// The longest `Retry-After` a download honours. A server asking for more
 /// is most likely misconfigured, and a task should not sit out of sight
@@ -352,11 +359,18 @@ fn asked_wait(response: &Response) -> Option<Duration> {
 
 #[async_trait]
 impl Source for HttpSource {
+    /// The file, from the answer to a GET whose body is dropped unread (and
+    /// its connection with it). An attempt uses [`Source::resolve_and_open`]
+    /// and streams that body instead.
     async fn resolve(&self, task: &Task) -> Result<Vec<RemoteFile>, SourceError> {
+        Ok(self.resolve_and_open(task).await?.files)
+    }
+
+    async fn resolve_and_open(&self, task: &Task) -> Result<Resolved, SourceError> {
         let url = self.link(task)?;
         // A GET rather than a HEAD: many servers and signed links answer
-        // HEAD differently or not at all. Only the headers are read; the
-        // body is dropped with the connection.
+        // HEAD differently or not at all, and a one-time link would be used
+        // up by it. Its answer describes the file and then is the download.
         let response = self.get(&url, 0, None).await?;
         let name = response
             .headers()
@@ -372,13 +386,16 @@ impl Source for HttpSource {
         let file_validator = validator(response.headers());
         // The size is the whole file's, which a 206 tells in Content-Range.
         let download = self.whole_file(&url, response, None)?;
-        Ok(vec![RemoteFile {
-            name,
-            size: download.total,
-            mime,
-            key: None,
-            validator: file_validator,
-        }])
+        Ok(Resolved {
+            files: vec![RemoteFile {
+                name,
+                size: download.total,
+                mime,
+                key: None,
+                validator: file_validator,
+            }],
+            opened: Some(download),
+        })
     }
 
     async fn open(&self, task: &Task, file: &RemoteFile, offset: u64) -> Result<Download, SourceError> {

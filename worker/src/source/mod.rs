@@ -8,6 +8,15 @@
 //! retrying can help ([`SourceErrorKind`]) and carry a message a user can
 //! act on.
 //!
+//! A source that can only find out what a file is by starting to send it
+//! (the http source's GET) hands that download over instead of dropping it:
+//! [`Source::resolve_and_open`] returns it with the files ([`Resolved`]),
+//! and the attempt streams it rather than opening the file again, so a
+//! single-use link is asked for once and a resource that differs per
+//! request is saved as it was resolved. The attempt owns it: whatever ends
+//! the attempt before its download (a cancel, a storage error) drops it,
+//! and with it its connection.
+//!
 //! [`http`] serves direct links and [`telegram`] message links; [`Sources`]
 //! holds the ones this worker has.
 
@@ -159,11 +168,33 @@ impl std::fmt::Debug for Download {
     }
 }
 
+/// What [`Source::resolve_and_open`] found.
+#[derive(Debug)]
+pub struct Resolved {
+    /// The files the task stands for, as [`Source::resolve`] returns them.
+    pub files: Vec<RemoteFile>,
+    /// The first file's download from its first byte, when resolving
+    /// already opened it (the http source); `None` when it did not
+    /// (Telegram). It is what [`Source::open`] of that file at offset 0
+    /// would return. Dropping it closes its connection.
+    pub opened: Option<Download>,
+}
+
 /// Where bytes come from.
 #[async_trait]
 pub trait Source: Send + Sync {
     /// The files `task` stands for (one for a direct link; an album may be several).
     async fn resolve(&self, task: &Task) -> Result<Vec<RemoteFile>, SourceError>;
+
+    /// [`Source::resolve`], with the first file's download from byte 0 when
+    /// resolving had to open it anyway ([`Resolved::opened`]). The default
+    /// opens nothing.
+    async fn resolve_and_open(&self, task: &Task) -> Result<Resolved, SourceError> {
+        Ok(Resolved {
+            files: self.resolve(task).await?,
+            opened: None,
+        })
+    }
 
     /// Streams `file` of `task` from `offset` (0 for the whole file).
     async fn open(&self, task: &Task, file: &RemoteFile, offset: u64) -> Result<Download, SourceError>;
