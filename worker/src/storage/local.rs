@@ -277,6 +277,11 @@ impl LocalStorage {
             .and_then(|walked| walked)
             .map_err(|error| match error {
                 WalkError::Io { action, source } => self.io_error(action, dir, source),
+                WalkError::NotADirectory { component } => StorageError::NotADirectory {
+                    storage: self.name.clone(),
+                    dir: dir.to_string(),
+                    component,
+                },
                 WalkError::Escapes { symlink, target } => self.escapes(format!(
                     "{dir} (through the symlink {symlink}, to {target}: replace it with a directory, \
                      or point it at one inside the base path)"
@@ -467,6 +472,9 @@ enum WalkError {
     /// `symlink` (its path from the base path) leads to `target`, which is
     /// not inside the base path.
     Escapes { symlink: String, target: String },
+    /// `component` (its path from the base path as walked) is a file, where
+    /// a directory must be.
+    NotADirectory { component: String },
     Io {
         action: &'static str,
         source: std::io::Error,
@@ -521,6 +529,8 @@ enum StepKind {
 enum Found {
     Directory(OwnedFd),
     Symlink(OsString),
+    /// A file, or anything else that is neither a directory nor a symlink.
+    NotADirectory,
     Nothing,
 }
 
@@ -626,6 +636,7 @@ fn walk(
                 levels.push(Level { relative, identity });
                 current = Some(descriptor);
             }
+            Found::NotADirectory => return Err(WalkError::NotADirectory { component: relative }),
             Found::Nothing => {
                 return match (through, missing) {
                     (Some(through), Missing::Make) => Err(WalkError::symlink(
@@ -781,7 +792,8 @@ fn look(parent: BorrowedFd<'_>, name: &OsString, missing: Missing) -> Result<Fou
             Err(errno) if no_directory(errno) => {
                 match rustix::fs::readlinkat(parent, name.as_os_str(), Vec::new()) {
                     Ok(target) => return Ok(Found::Symlink(OsString::from_vec(target.into_bytes()))),
-                    Err(Errno::INVAL) => return Err(io("resolve the directory")(Errno::NOTDIR)),
+                    // No symlink: a file, or something else, in the way.
+                    Err(Errno::INVAL) => return Ok(Found::NotADirectory),
                     // Gone since it was opened: looked at again.
                     Err(errno @ Errno::NOENT) => last = errno,
                     Err(errno) => return Err(io("resolve the directory")(errno)),
@@ -2887,7 +2899,7 @@ mod tests {
         assert_eq!(inside.to_string(), "/inside/sub/f");
         assert!(storage.base_path().join("real/sub/f.part").exists());
         assert!(
-            matches!(under_a_file, Err(StorageError::Io { .. })),
+            matches!(under_a_file, Err(StorageError::NotADirectory { .. })),
             "{under_a_file:?}"
         );
     }
@@ -3151,6 +3163,50 @@ mod tests {
             error
                 .to_string()
                 .starts_with("storage local1: cannot create the base path"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_file_where_the_dir_path_names_a_directory_fails_the_task_saying_which_and_what_to_change() {
+        // Arrange
+        let dir = tempfile::tempdir().unwrap();
+        let storage = storage(&dir);
+        save(&storage, &task(), "/", "small.txt", b"x").await;
+
+        // Act
+        let error = storage
+            .reserve(&task(), &storage_dir("/small.txt/sub"), &name("f.bin"), &[])
+            .await
+            .unwrap_err();
+
+        // Assert
+        assert!(matches!(error, StorageError::NotADirectory { .. }), "{error:?}");
+        assert!(error.is_permanent(), "{error}");
+        assert_eq!(
+            error.to_string(),
+            "storage local1: cannot use the directory /small.txt/sub: /small.txt is a file, not a \
+             directory: create the task with a dir_path that does not go through it, or move the file \
+             out of the way"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_file_a_symlinks_target_goes_through_is_named_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = storage(&dir);
+        std::fs::create_dir(storage.base_path().join("a")).unwrap();
+        std::fs::write(storage.base_path().join("a/file"), b"x").unwrap();
+        std::os::unix::fs::symlink("a/file/deeper", storage.base_path().join("link")).unwrap();
+
+        let error = storage
+            .reserve(&task(), &storage_dir("/link/sub"), &name("f.bin"), &[])
+            .await
+            .unwrap_err();
+
+        assert!(error.is_permanent(), "{error}");
+        assert!(
+            error.to_string().contains(": /a/file is a file, not a directory"),
             "{error}"
         );
     }

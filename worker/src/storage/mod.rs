@@ -66,7 +66,8 @@ pub enum StorageError {
     /// not write and marked them clean, and a later sync reports nothing.
     /// So it was discarded, and the next attempt starts over from byte 0.
     #[error(
-        "storage {storage}: cannot {action} {path}: {source}; the partial file was discarded, to start over"
+        "storage {storage}: cannot {action} {path}: {source}{}; the partial file was discarded, to start over",
+        advice(source)
     )]
     Discarded {
         storage: String,
@@ -114,8 +115,22 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
+    /// A file is where the `dir_path` (or a symlink's target on the way)
+    /// names a directory: no attempt gets further until someone moves it,
+    /// so the task fails rather than retry.
+    #[error(
+        "storage {storage}: cannot use the directory {dir}: {component} is a file, not a directory: \
+         create the task with a dir_path that does not go through it, or move the file out of the way"
+    )]
+    NotADirectory {
+        storage: String,
+        dir: String,
+        /// The path, from the base path as walked, of the file in the way.
+        component: String,
+    },
     /// A read or write failed: a full disk, a permission, an I/O error.
-    #[error("storage {storage}: cannot {action} {path}: {source}")]
+    /// The message says what to do about the common ones ([`advice`]).
+    #[error("storage {storage}: cannot {action} {path}: {source}{}", advice(source))]
     Io {
         storage: String,
         action: &'static str,
@@ -136,6 +151,7 @@ impl StorageError {
             | StorageError::NoFreeName { .. }
             | StorageError::Occupied { .. }
             | StorageError::TooLarge { .. }
+            | StorageError::NotADirectory { .. }
             | StorageError::Untrusted { .. } => true,
             StorageError::Interleaved { .. }
             | StorageError::Replaced { .. }
@@ -144,6 +160,30 @@ impl StorageError {
                 source.kind() == std::io::ErrorKind::FileTooLarge
             }
         }
+    }
+}
+
+/// What to do about an I/O error of a storage, for its message: `""` for
+/// most, a clause starting with `; ` for those an operator must act on.
+/// Each of these is retried (another worker, or a later attempt, may find
+/// the disk mended), so each says so.
+fn advice(source: &std::io::Error) -> String {
+    let errno = source.raw_os_error().map(rustix::io::Errno::from_raw_os_error);
+    match errno {
+        Some(rustix::io::Errno::ROFS) => "; the storage's file system is mounted read-only on this worker: \
+             remount it read-write, or remove the storage from config.toml here (the task is retried)"
+            .to_owned(),
+        Some(rustix::io::Errno::NOSPC) => "; the storage's disk is full: free space on it, or give the \
+             storage a bigger disk (the task is retried)"
+            .to_owned(),
+        Some(rustix::io::Errno::DQUOT) => "; the worker's disk quota on the storage is used up: free \
+             space, or raise the quota (the task is retried)"
+            .to_owned(),
+        Some(rustix::io::Errno::ACCESS | rustix::io::Errno::PERM) => format!(
+            "; this worker (uid {}) may not write there: give it write permission (the task is retried)",
+            rustix::process::geteuid().as_raw()
+        ),
+        _ => String::new(),
     }
 }
 
@@ -268,5 +308,52 @@ impl Storages {
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Storage>> {
         self.by_name.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io(errno: rustix::io::Errno) -> StorageError {
+        StorageError::Io {
+            storage: "local1".to_owned(),
+            action: "create the directory",
+            path: "/a".to_owned(),
+            source: errno.into(),
+        }
+    }
+
+    #[test]
+    fn a_read_only_or_full_disk_says_so_and_what_to_do_and_is_retried() {
+        for (errno, says) in [
+            (
+                rustix::io::Errno::ROFS,
+                "mounted read-only on this worker: remount it read-write",
+            ),
+            (
+                rustix::io::Errno::NOSPC,
+                "the storage's disk is full: free space on it",
+            ),
+            (rustix::io::Errno::DQUOT, "disk quota on the storage is used up"),
+            (
+                rustix::io::Errno::ACCESS,
+                "may not write there: give it write permission",
+            ),
+        ] {
+            let error = io(errno);
+
+            let text = error.to_string();
+
+            assert!(!error.is_permanent(), "{text}");
+            assert!(
+                text.starts_with("storage local1: cannot create the directory /a: "),
+                "{text}"
+            );
+            assert!(text.contains(says), "{text}");
+            assert!(text.ends_with("(the task is retried)"), "{text}");
+        }
+        let plain = io(rustix::io::Errno::IO).to_string();
+        assert!(plain.ends_with("Input/output error (os error 5)"), "{plain}");
     }
 }
