@@ -15,6 +15,7 @@ use poem_openapi::types::Example;
 use poem_openapi::{Enum, Object};
 use savestream_shared::config::StorageConfig;
 use savestream_shared::event::EventKind;
+use savestream_shared::store::webhooks::{TaskWebhook, WebhookState};
 use savestream_shared::store::{LoggedEvent, Progress, TaskList, TaskRecord, TaskSummary, WorkerInfo};
 use savestream_shared::task::{Millis, SourceKind, TaskStatus};
 use serde_json::{Map, Value};
@@ -464,10 +465,80 @@ pub struct TaskDetails {
     pub path: String,
     /// How many times a worker has started the task. Example: `1`.
     pub attempts: u32,
-    /// How many retryable failures the task has had. Example: `0`.
+    /// How many of its retries the task has used up: one per retryable failure; a wait the source
+    /// asked for (Telegram's FLOOD_WAIT) uses none. Example: `0`.
     pub retries: u32,
     /// Download progress of the current attempt.
     pub progress: ProgressBody,
+    /// The delivery of the task's outcome to the webhook, once the task ended and a webhook
+    /// dispatcher recorded it; absent before, and when no `webhook_url` is configured.
+    #[oai(skip_serializing_if_is_none)]
+    pub webhook: Option<WebhookBody>,
+}
+
+/// Where the delivery of a task's outcome to `[api] webhook_url` stands.
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[oai(rename = "WebhookState", rename_all = "snake_case")]
+pub enum WebhookStateWire {
+    /// Recorded, not tried yet.
+    Pending,
+    /// Tried without a 2xx; the next try waits out its backoff.
+    Retrying,
+    /// The receiver answered 2xx.
+    Delivered,
+    /// Given up: the tries or the time span (`[webhook]`) were used up, or the receiver answered
+    /// 410 Gone (then `last_status` is 410).
+    GaveUp,
+}
+
+impl From<WebhookState> for WebhookStateWire {
+    fn from(state: WebhookState) -> Self {
+        match state {
+            WebhookState::Pending => WebhookStateWire::Pending,
+            WebhookState::Retrying => WebhookStateWire::Retrying,
+            WebhookState::Delivered => WebhookStateWire::Delivered,
+            WebhookState::GaveUp | WebhookState::Gone => WebhookStateWire::GaveUp,
+        }
+    }
+}
+
+/// The delivery of a task's outcome to the webhook.
+#[derive(Object, Debug, Clone)]
+#[oai(rename = "WebhookDelivery", example)]
+pub struct WebhookBody {
+    /// The `webhook-id` header of every try, which the receiver dedupes on.
+    /// Example: `msg_d4mq2nk0h9pc73b0qpag_1705638600000-0`.
+    pub webhook_id: String,
+    // No doc comment: see `TaskDetails::status`.
+    pub state: WebhookStateWire,
+    /// Tries made so far. Example: `1`.
+    pub attempts: u32,
+    /// The HTTP status of the receiver's last answer; absent before the first answer, and when
+    /// the last try got none (a timeout, a refused connection). Example: `200`.
+    #[oai(skip_serializing_if_is_none)]
+    pub last_status: Option<u32>,
+}
+
+impl Example for WebhookBody {
+    fn example() -> Self {
+        WebhookBody {
+            webhook_id: format!("msg_{EXAMPLE_TASK_ID}_1705638600000-0"),
+            state: WebhookStateWire::Delivered,
+            attempts: 1,
+            last_status: Some(200),
+        }
+    }
+}
+
+impl From<TaskWebhook> for WebhookBody {
+    fn from(webhook: TaskWebhook) -> Self {
+        WebhookBody {
+            webhook_id: webhook.webhook_id,
+            state: webhook.state.into(),
+            attempts: webhook.attempts,
+            last_status: webhook.last_status.map(u32::from),
+        }
+    }
 }
 
 impl Example for TaskDetails {
@@ -491,6 +562,7 @@ impl Example for TaskDetails {
                 total_bytes: Some(4_194_304),
                 bytes_per_second: 0,
             },
+            webhook: Some(WebhookBody::example()),
         }
     }
 }
@@ -513,6 +585,7 @@ impl From<TaskRecord> for TaskDetails {
             attempts: task.attempt,
             retries: task.retries,
             progress: record.progress.into(),
+            webhook: record.webhook.map(Into::into),
         }
     }
 }

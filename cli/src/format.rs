@@ -2,7 +2,7 @@
 //! Only text for people; nothing here talks to the API.
 
 use indicatif::HumanBytes;
-use savestream_client::types::{Task, TaskStatus};
+use savestream_client::types::{Task, TaskStatus, WebhookDelivery};
 
 /// `1.50 MiB`.
 pub fn bytes(count: u64) -> String {
@@ -50,12 +50,28 @@ pub fn task(task: &Task) -> String {
     if !task.error.is_empty() {
         lines.push(("error", task.error.clone()));
     }
+    if let Some(webhook) = &task.webhook {
+        lines.push(("webhook", webhook_delivery(webhook)));
+    }
     let width = lines.iter().map(|(label, _)| label.len()).max().unwrap_or(0);
     lines
         .iter()
         .map(|(label, value)| format!("{label:<width$}  {value}"))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// `delivered (1 try, last answer 200)`.
+fn webhook_delivery(webhook: &WebhookDelivery) -> String {
+    let tries = match webhook.attempts {
+        1 => "1 try".to_owned(),
+        count => format!("{count} tries"),
+    };
+    match webhook.last_status {
+        Some(status) => format!("{} ({tries}, last answer {status})", webhook.state),
+        None if webhook.attempts > 0 => format!("{} ({tries}, no answer)", webhook.state),
+        None => webhook.state.to_string(),
+    }
 }
 
 /// The file's path in its storage once known, else the directory it goes into.
@@ -113,6 +129,8 @@ pub fn count(value: i64) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use savestream_client::types::WebhookState;
+
     use super::*;
 
     #[test]
@@ -121,6 +139,28 @@ mod tests {
         assert_eq!(
             progress(1024 * 1024, Some(4 * 1024 * 1024), 512 * 1024),
             "1.00 MiB of 4.00 MiB (25%) at 512.00 KiB/s"
+        );
+    }
+
+    #[test]
+    fn a_webhook_delivery_says_its_state_tries_and_last_answer() {
+        let delivery = |state, attempts, last_status| WebhookDelivery {
+            webhook_id: "msg_x_1-0".to_owned(),
+            state,
+            attempts,
+            last_status,
+        };
+        assert_eq!(
+            webhook_delivery(&delivery(WebhookState::Delivered, 1, Some(200))),
+            "delivered (1 try, last answer 200)"
+        );
+        assert_eq!(
+            webhook_delivery(&delivery(WebhookState::GaveUp, 10, None)),
+            "gave_up (10 tries, no answer)"
+        );
+        assert_eq!(
+            webhook_delivery(&delivery(WebhookState::Pending, 0, None)),
+            "pending"
         );
     }
 

@@ -272,6 +272,25 @@ async fn a_completed_task_is_posted_once_signed_with_the_contract_body() {
     );
     let keys: Vec<&str> = body.as_object().unwrap().keys().map(String::as_str).collect();
     assert_eq!(keys.len(), 5, "{keys:?}");
+    // The API shows where the delivery stands, under the id the receiver got.
+    let shown = eventually(
+        "the delivery to be recorded as delivered",
+        Duration::from_secs(10),
+        || async {
+            let (_, task) = app.get_task(&task_id).await;
+            (task["webhook"]["state"] == "delivered").then_some(task)
+        },
+    )
+    .await;
+    assert_eq!(
+        shown["webhook"],
+        json!({
+            "webhook_id": delivery.header("webhook-id"),
+            "state": "delivered",
+            "attempts": 1,
+            "last_status": 200,
+        })
+    );
     drop(workers);
 }
 

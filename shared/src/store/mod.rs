@@ -162,6 +162,8 @@ pub struct Progress {
 pub struct TaskRecord {
     pub task: Task,
     pub progress: Progress,
+    /// The delivery of the task's webhook, once a dispatcher recorded one.
+    pub webhook: Option<webhooks::TaskWebhook>,
 }
 
 /// One line of `GET /api/v1/tasks`.
@@ -430,6 +432,7 @@ impl Store {
         Ok(Some(TaskRecord {
             task: task_from_hash(task_id, &fields)?,
             progress: progress_from_hash(&fields),
+            webhook: webhooks::webhook_from_hash(&fields),
         }))
     }
 

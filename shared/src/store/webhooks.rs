@@ -176,6 +176,18 @@ pub struct TaskWebhook {
     pub last_status: Option<u16>,
 }
 
+/// The `webhook_*` fields of a task's hash, or `None` when it has no
+/// delivery (or an unreadable state).
+pub(crate) fn webhook_from_hash(fields: &HashMap<String, String>) -> Option<TaskWebhook> {
+    let field = |name: &str| fields.get(name).map(String::as_str).unwrap_or_default();
+    Some(TaskWebhook {
+        state: WebhookState::parse(field("webhook_state"))?,
+        webhook_id: field("webhook_id").to_owned(),
+        attempts: field("webhook_attempts").parse().unwrap_or_default(),
+        last_status: field("webhook_last_status").parse().ok(),
+    })
+}
+
 impl Store {
     /// Creates the `webhooks` group on `events` if missing, at the end of
     /// the stream (`$`): a new deployment does not replay the history of
@@ -600,28 +612,10 @@ impl Store {
     /// The task's webhook fields, or `None` when the task has no delivery
     /// (not ended, no dispatcher running, or no such task).
     pub async fn task_webhook(&self, task_id: &TaskId) -> Result<Option<TaskWebhook>, StoreError> {
-        let values: Vec<Option<String>> = self
-            .client()
-            .hmget(
-                self.keys().task(task_id),
-                vec![
-                    "webhook_id",
-                    "webhook_state",
-                    "webhook_attempts",
-                    "webhook_last_status",
-                ],
-            )
-            .await?;
-        let field = |index: usize| values.get(index).cloned().flatten().unwrap_or_default();
-        let Some(state) = WebhookState::parse(&field(1)) else {
-            return Ok(None);
-        };
-        Ok(Some(TaskWebhook {
-            webhook_id: field(0),
-            state,
-            attempts: field(2).parse().unwrap_or_default(),
-            last_status: field(3).parse().ok(),
-        }))
+        // Read apart from the task's other fields, which may be unreadable
+        // (a task the dispatcher skipped still shows its webhook fields).
+        let fields: HashMap<String, String> = self.client().hgetall(self.keys().task(task_id)).await?;
+        Ok(webhook_from_hash(&fields))
     }
 
     /// Deletes consumers of the `webhooks` group that hold nothing and have
