@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, field, info, warn, Instrument};
 
 use crate::context::Context;
-use crate::lease::{count_redis_error, Reaper};
+use crate::lease::{count_redis_error, Reaper, DEATHS_IN_A_ROW};
 use crate::metrics::{self, Ended};
 use crate::pipeline::{self, Outcome};
 use crate::source::shown_link;
@@ -194,7 +194,13 @@ pub async fn run_job(context: &Context, job: Job) {
             metrics::task_waited(source, Duration::from_millis(waited as u64));
         }
         let started = std::time::Instant::now();
-        let outcome = pipeline::process(context, &lease, &running.signals).await;
+        // Every claim in a row stands for one attempt that died: the one
+        // that read the item first, then each takeover but this one.
+        let outcome = if job.takeovers >= DEATHS_IN_A_ROW {
+            pipeline::fail_deaths_in_a_row(context, &lease, &running.signals, job.takeovers).await
+        } else {
+            pipeline::process(context, &lease, &running.signals).await
+        };
         observe(&outcome, source, started.elapsed());
         if outcome == Outcome::Vanished {
             running.signals.ending();

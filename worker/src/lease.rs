@@ -43,6 +43,15 @@ const PROMOTE_BATCH: usize = 100;
 pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(60 * 60);
 /// A consumer idle this long with nothing pending belongs to a gone worker.
 pub const IDLE_CONSUMER_AGE: Duration = Duration::from_secs(60 * 60);
+/// How many attempts in a row may die under their worker (each taken over
+/// once its lease expired) before the task fails instead of starting again.
+/// A file that crashes or freezes the worker that runs it would otherwise
+/// take down the whole fleet, one worker per lease, forever; an attempt
+/// that fails or is released queues a new work item and starts the count
+/// again. Five leaves room for a worker killed by its host and for a Redis
+/// outage longer than a lease, which also expires the leases of the
+/// attempts under way.
+pub const DEATHS_IN_A_ROW: u32 = 5;
 
 /// Renews the leases of the items this process holds and registers
 /// `registration` (with the tasks held now), at once and then every third

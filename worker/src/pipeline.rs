@@ -231,6 +231,39 @@ pub async fn process(context: &Context, lease: &Lease, signals: &AttemptSignals)
     }
 }
 
+/// Fails the task of `lease` instead of running it: its work item was
+/// taken over `takeovers` times in a row, so every attempt so far died under
+/// its worker (see [`crate::lease::DEATHS_IN_A_ROW`]). The partial files they
+/// left are removed, as for any failure.
+pub async fn fail_deaths_in_a_row(
+    context: &Context,
+    lease: &Lease,
+    signals: &AttemptSignals,
+    takeovers: u32,
+) -> Outcome {
+    let mut attempt = Attempt {
+        context,
+        lease,
+        signals,
+        placements: Vec::new(),
+        partials: None,
+    };
+    if let (Some(storage), Ok(dir)) = (
+        context.storages.get(&lease.task.storage),
+        StorageDir::parse(&lease.task.dir),
+    ) {
+        attempt.partials = Some((storage.clone(), dir));
+    }
+    let error = TaskError::permanent(format!(
+        "the task was not started again: its last {takeovers} attempts in a row ended with their worker \
+         (each worker stopped renewing the lease: it was killed, froze, or lost Redis for longer \
+         than [queue] lease_seconds), and a file that crashes the worker running it would take the \
+         fleet down one worker at a time; look in the workers' logs for what ended them (the task \
+         id is on every line), then add the task again"
+    ));
+    attempt.record_failure(error).await
+}
+
 struct Attempt<'a> {
     context: &'a Context,
     lease: &'a Lease,

@@ -17,6 +17,7 @@ use savestream_shared::title;
 use savestream_testkit::{eventually, RedisServer};
 use savestream_tests::file_server::{FileServer, ServedFile};
 use savestream_worker::context::Context;
+use savestream_worker::lease::DEATHS_IN_A_ROW;
 use savestream_worker::pipeline::{self, Outcome, RELEASED_MESSAGE};
 use savestream_worker::running::{AttemptSignals, RunningTasks};
 use savestream_worker::source::http::HttpSource;
@@ -1363,4 +1364,64 @@ async fn a_work_item_whose_task_was_canceled_before_it_started_removes_what_earl
     savestream_worker::consumer::run_job(&harness.context, job).await;
 
     assert_eq!(harness.names_on_disk(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_task_whose_attempts_died_five_times_in_a_row_fails_and_leaves_no_partial_file() {
+    let harness = Harness::start().await;
+    harness.files.add("/f.bin", ServedFile::new(vec![3u8; 1000]));
+    let task_id = harness.create("/f.bin").await;
+    // An earlier attempt reserved the file and died.
+    harness
+        .storage()
+        .reserve(
+            &task_id,
+            &StorageDir::parse("/").unwrap(),
+            &FileName::parse("f.bin").unwrap(),
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut job = harness
+        .reader
+        .read_jobs(CONSUMER, 1, Duration::from_secs(2))
+        .await
+        .unwrap()
+        .remove(0);
+    // Claimed as the reaper claims an item whose worker died: the fifth
+    // claim in a row, after five attempts that died.
+    job.takeovers = DEATHS_IN_A_ROW;
+
+    savestream_worker::consumer::run_job(&harness.context, job).await;
+
+    let record = harness.record(&task_id).await;
+    assert_eq!(record.task.status, TaskStatus::Failed);
+    assert!(
+        record
+            .task
+            .error
+            .contains("its last 5 attempts in a row ended with their worker"),
+        "{}",
+        record.task.error
+    );
+    assert_eq!(harness.names_on_disk(), Vec::<String>::new());
+    assert!(harness.files.requests_for("/f.bin").is_empty(), "not downloaded");
+}
+
+#[tokio::test]
+async fn a_task_whose_attempts_died_four_times_in_a_row_runs_again() {
+    let harness = Harness::start().await;
+    harness.files.add("/f.bin", ServedFile::new(vec![3u8; 1000]));
+    let task_id = harness.create("/f.bin").await;
+    let mut job = harness
+        .reader
+        .read_jobs(CONSUMER, 1, Duration::from_secs(2))
+        .await
+        .unwrap()
+        .remove(0);
+    job.takeovers = DEATHS_IN_A_ROW - 1;
+
+    savestream_worker::consumer::run_job(&harness.context, job).await;
+
+    assert_eq!(harness.record(&task_id).await.task.status, TaskStatus::Completed);
 }
