@@ -41,7 +41,7 @@ use crate::running::RunningTasks;
 use crate::source::http::HttpSource;
 use crate::source::telegram::TelegramSource;
 use crate::source::{Source, Sources};
-use crate::storage::{StorageError, Storages};
+use crate::storage::{Storages, STORAGE_USABLE_METRIC};
 use crate::{cancel, consumer, lease};
 
 /// What a worker process runs.
@@ -102,8 +102,6 @@ pub enum StartupError {
     Redis(RedisConnectError),
     #[error("cannot subscribe to cancellations at {url}: {error}")]
     Subscribe { url: String, error: fred::error::Error },
-    #[error("{0}")]
-    Storage(StorageError),
     #[error("cannot set up the http client: {0}")]
     Http(reqwest::Error),
     #[error("{0}")]
@@ -154,12 +152,6 @@ pub const RELEASE_WAIT: Duration = Duration::from_secs(5);
 /// that does not answer held the exit for each call's command timeout in
 /// turn (16 s).
 pub const BACKGROUND_WAIT: Duration = Duration::from_secs(1);
-
-impl From<StorageError> for StartupError {
-    fn from(error: StorageError) -> StartupError {
-        StartupError::Storage(error)
-    }
-}
 
 /// A worker, connected and ready to run.
 pub struct Application {
@@ -243,7 +235,9 @@ impl Application {
                     url: shown_url.clone(),
                     error,
                 })?;
-            let storages = Storages::from_config(&config)?;
+            // One that cannot be set up here is logged and stands in for
+            // itself, failing its tasks retryably (see `UnusableStorage`).
+            let storages = Storages::from_config(&config);
             let http = HttpSource::new(&config.http).map_err(StartupError::Http)?;
             if telegram.is_none() {
                 info!("[telegram] has no credentials: Telegram tasks fail at once, saying so");
@@ -277,6 +271,14 @@ impl Application {
             }
             None => None,
         };
+        if metrics.is_some() {
+            // Set once the recorder is installed: an unusable storage sets
+            // its own to 1 when it works.
+            for storage in storages.iter() {
+                let usable = if storage.is_usable() { 1.0 } else { 0.0 };
+                ::metrics::gauge!(STORAGE_USABLE_METRIC, "storage" => storage.name().to_owned()).set(usable);
+            }
+        }
         let gauges = match &metrics {
             // The gauges are only worth a connection when someone scrapes them.
             Some(_) => match QueueGauges::connect(&store).await {

@@ -322,6 +322,48 @@ async fn an_idle_worker_picks_tasks_up_at_once_and_runs_them_side_by_side() {
 }
 
 #[tokio::test]
+async fn a_worker_starts_without_a_storage_it_cannot_use_retries_its_tasks_and_uses_it_once_it_works() {
+    // Arrange: the base path cannot be made (a file is where its parent
+    // should be), as a mount that is missing or read-only cannot be used.
+    let harness = Harness::start().await;
+    harness.files.add("/f.bin", ServedFile::new(body(50_000)));
+    let blocked = harness.storage_dir.path().join("mount");
+    std::fs::write(&blocked, b"not a directory").unwrap();
+    let base = blocked.join("base");
+    let worker = Worker::start(config(&harness.redis.url(), &base, 1, 10)).await;
+
+    // Act
+    let task_id = harness.create("/f.bin").await;
+
+    // Assert: retried, saying why and that another worker may take it...
+    let error = eventually("the attempt to fail", Duration::from_secs(10), || async {
+        harness
+            .events(&task_id)
+            .await
+            .into_iter()
+            .find_map(|(_, kind)| match kind {
+                EventKind::Retrying { error, .. } => Some(error),
+                _ => None,
+            })
+    })
+    .await;
+    assert!(
+        error.starts_with("storage local1 is unusable on this worker: cannot create the base path")
+            && error.ends_with("the task is retried, for a worker where the storage works"),
+        "{error}"
+    );
+    // ...and saved by the next attempt once the mount works.
+    std::fs::remove_file(&blocked).unwrap();
+    std::fs::create_dir(&blocked).unwrap();
+    harness
+        .wait_for(&task_id, TaskStatus::Completed, Duration::from_secs(15))
+        .await;
+    assert_eq!(std::fs::read(base.join("f.bin")).unwrap(), body(50_000));
+
+    worker.shut_down(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
 async fn a_cancel_message_reaches_the_token_of_the_running_task() {
     let harness = Harness::start().await;
     let running = RunningTasks::default();

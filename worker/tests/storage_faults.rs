@@ -9,6 +9,9 @@
 //! swaps a directory a task works in for a symlink out of it, at such an
 //! instant: nothing is made or linked where the symlink leads.
 //!
+//! And a base path the worker may not write in, or on a file system
+//! without hard links: the storage says which, and what to do.
+//!
 //! The disk is made to fail, and the worker to stop or wait, at the
 //! storage's fail points (the `fail` crate's, compiled in by the worker's
 //! dev-dependencies). A fail point is
@@ -22,7 +25,7 @@ use bytes::Bytes;
 use fail::FailScenario;
 use savestream_shared::task::TaskId;
 use savestream_worker::storage::{
-    FileName, LocalStorage, PartialFile, Storage, StorageDir, StorageError, StoragePath,
+    FileName, LocalStorage, PartialFile, Storage, StorageDir, StorageError, StoragePath, Storages,
 };
 
 /// Task `owner`'s file `/f.bin`, reserved, in a storage of its own.
@@ -840,5 +843,92 @@ async fn a_directory_swapped_for_a_symlink_while_partial_files_are_looked_for_is
         "a partial file outside the base path was reported: {owners:?}"
     );
     assert!(owners.is_empty(), "{owners:?}");
+    scenario.teardown();
+}
+
+#[test]
+fn a_base_path_the_worker_may_not_write_says_so_not_that_it_cannot_make_hard_links() {
+    let scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("x");
+    fail::cfg("local::check_hard_links", "return(write)").unwrap();
+
+    let error = LocalStorage::new("ro", &base).unwrap_err();
+
+    assert!(matches!(error, StorageError::NotWritable { .. }), "{error:?}");
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "storage ro: the base path {} is not writable by this worker (uid {}): Read-only file system \
+             (os error 30); make it writable, or remove the storage from config.toml",
+            base.display(),
+            rustix::process::geteuid().as_raw()
+        )
+    );
+    assert!(!error.is_permanent(), "{error}");
+    scenario.teardown();
+}
+
+#[test]
+fn a_base_path_on_a_file_system_without_hard_links_says_so_and_what_to_do() {
+    let scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    fail::cfg("local::check_hard_links", "return(link)").unwrap();
+
+    let error = LocalStorage::new("fat", &dir.path().join("x")).unwrap_err();
+
+    assert!(matches!(error, StorageError::NoHardLinks { .. }), "{error:?}");
+    let text = error.to_string();
+    assert!(
+        text.contains("cannot make hard links, which the local storage needs: Operation not permitted")
+            && text.ends_with("put the base path on a Unix file system (not FAT or exFAT), or remove the storage from config.toml"),
+        "{text}"
+    );
+    scenario.teardown();
+}
+
+#[tokio::test]
+async fn a_storage_that_cannot_be_set_up_fails_each_call_retryably_until_it_can_then_works() {
+    let scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("x");
+    let text = format!(
+        "[[storages]]\nname = \"ro\"\ntype = \"local\"\nbase_path = \"{}\"\n\
+         [[users]]\nid = 1\nstorages = [\"ro\"]\n",
+        base.display()
+    );
+    let config = savestream_shared::config::Config::from_toml_str(&text, "test.toml", Vec::new())
+        .unwrap()
+        .config;
+    fail::cfg("local::check_hard_links", "return(write)").unwrap();
+
+    let storages = Storages::from_config(&config);
+    let storage = storages
+        .get("ro")
+        .expect("the storage stands in for itself")
+        .clone();
+    let owner = TaskId::generate();
+    let (dir_root, file) = (StorageDir::parse("/").unwrap(), FileName::parse("f.bin").unwrap());
+    let refused = storage.reserve(&owner, &dir_root, &file, &[]).await.unwrap_err();
+
+    assert!(!storage.is_usable());
+    assert!(!refused.is_permanent(), "{refused}");
+    assert!(
+        refused.to_string().starts_with(&format!(
+            "storage ro is unusable on this worker: the base path {} is not writable by this worker",
+            base.display()
+        )) && refused
+            .to_string()
+            .ends_with("the task is retried, for a worker where the storage works"),
+        "{refused}"
+    );
+
+    fail::remove("local::check_hard_links");
+    let path = storage.reserve(&owner, &dir_root, &file, &[]).await.unwrap();
+    assert!(storage.is_usable());
+    let mut partial = storage.open(&owner, &path).await.unwrap();
+    partial.write(Bytes::from_static(b"saved")).await.unwrap();
+    assert_eq!(partial.finish().await.unwrap(), 5);
+    assert_eq!(std::fs::read(base.join("f.bin")).unwrap(), b"saved");
     scenario.teardown();
 }

@@ -30,8 +30,10 @@
 //! link is a partial file of a worker from before own partial files, which
 //! the task that recorded its path adopts.
 //!
-//! The base path must be on a file system with hard links (any Unix one,
-//! not FAT): [`LocalStorage::new`] checks. A task's files are never
+//! The base path must be writable by the worker and on a file system with
+//! hard links (any Unix one, not FAT): [`LocalStorage::new`] checks, and
+//! says which is wrong ([`StorageError::NotWritable`],
+//! [`StorageError::NoHardLinks`]). A task's files are never
 //! reached by a path (see *Directories*), and partial files are opened
 //! without following symlinks. Before a file is reported
 //! finished (by `finish`, or by [`Storage::finished`] for an earlier
@@ -95,7 +97,8 @@
 //! worker runs as root) cannot swap a directory for a symlink, once it was
 //! walked, and have a file made, linked or removed where that leads
 //! (`/etc`): the task goes on in the directory it walked, wherever that was
-//! renamed to.
+//! renamed to. A file met where the walk needs a directory fails the task
+//! ([`StorageError::NotADirectory`], naming it): no retry moves it.
 //!
 //! A download holds that one descriptor, whatever its depth (a
 //! `dir_path` may have 512 components), not one per directory walked
@@ -197,7 +200,19 @@ impl LocalStorage {
         };
         std::fs::create_dir_all(base_path).map_err(|source| io("create the base path", source))?;
         let base = std::fs::canonicalize(base_path).map_err(|source| io("resolve the base path", source))?;
-        check_hard_links(&base).map_err(|source| io("make hard links in the base path", source))?;
+        check_hard_links(&base).map_err(|failed| match failed {
+            HardLinkCheck::Write(source) => StorageError::NotWritable {
+                storage: name.to_owned(),
+                base: base_path.display().to_string(),
+                uid: rustix::process::geteuid().as_raw(),
+                source,
+            },
+            HardLinkCheck::Link(source) => StorageError::NoHardLinks {
+                storage: name.to_owned(),
+                base: base_path.display().to_string(),
+                source,
+            },
+        })?;
         let configured =
             std::path::absolute(base_path).map_err(|source| io("resolve the base path", source))?;
         Ok(LocalStorage {
@@ -1272,19 +1287,39 @@ fn writer(file: std::fs::File, offset: u64) -> std::io::Result<(Arc<std::fs::Fil
     Ok((descriptor, WriteBehind::start(file, offset, "partial-writer")?))
 }
 
-/// Fails unless files under `base` can be hard linked, which holding names
-/// and finishing files rely on: better at start-up than at the first task.
-fn check_hard_links(base: &Path) -> std::io::Result<()> {
+/// What [`check_hard_links`] could not do.
+enum HardLinkCheck {
+    /// Make a file in the base path at all: it is not writable.
+    Write(std::io::Error),
+    /// Link the file it made.
+    Link(std::io::Error),
+}
+
+/// Fails unless files under `base` can be made and hard linked, which
+/// holding names and finishing files rely on: better at start-up than at
+/// the first task.
+fn check_hard_links(base: &Path) -> Result<(), HardLinkCheck> {
+    // Where tests make the base path read-only (`write`) or its file
+    // system one without hard links (`link`).
+    fail::fail_point!("local::check_hard_links", |failed| match failed.as_deref() {
+        Some("link") => Err(HardLinkCheck::Link(std::io::Error::from_raw_os_error(
+            libc::EPERM
+        ))),
+        _ => Err(HardLinkCheck::Write(std::io::Error::from_raw_os_error(
+            libc::EROFS
+        ))),
+    });
     let probe = base.join(format!(".savestream-link-check-{}", xid::new()));
     let link = base.join(format!(".savestream-link-check-{}", xid::new()));
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .open(&probe)?;
+        .open(&probe)
+        .map_err(HardLinkCheck::Write)?;
     let linked = std::fs::hard_link(&probe, &link);
     let _ = std::fs::remove_file(&link);
     let _ = std::fs::remove_file(&probe);
-    linked
+    linked.map_err(HardLinkCheck::Link)
 }
 
 #[async_trait]

@@ -13,10 +13,15 @@
 //! removes whatever partial files it still has.
 //!
 //! Storages are built from `[[storages]]` in [`Storages::from_config`];
-//! `local` is the only kind today.
+//! `local` is the only kind today. One that cannot be set up on this worker
+//! (a base path read-only or not writable here) does not stop the worker:
+//! an [`UnusableStorage`] stands in for it, failing its tasks retryably so
+//! that a worker where it works takes them, and taking it into use once it
+//! works.
 
 mod local;
 pub mod path;
+mod unusable;
 mod write_behind;
 
 use std::collections::HashMap;
@@ -29,6 +34,7 @@ use savestream_shared::task::TaskId;
 
 pub use local::LocalStorage;
 pub use path::{FileName, PathError, StorageDir, StoragePath};
+pub use unusable::{UnusableStorage, STORAGE_USABLE_METRIC};
 
 /// What a storage call can answer besides success.
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +134,39 @@ pub enum StorageError {
         /// The path, from the base path as walked, of the file in the way.
         component: String,
     },
+    /// The base path exists, but this worker may not make a file in it
+    /// (a read-only mount, or owned by another user).
+    #[error(
+        "storage {storage}: the base path {base} is not writable by this worker (uid {uid}): {source}; \
+         make it writable, or remove the storage from config.toml"
+    )]
+    NotWritable {
+        storage: String,
+        base: String,
+        uid: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The base path's file system cannot make hard links (FAT, exFAT),
+    /// which holding names and finishing files rely on.
+    #[error(
+        "storage {storage}: the file system of the base path {base} cannot make hard links, which the \
+         local storage needs: {source}; put the base path on a Unix file system (not FAT or exFAT), or \
+         remove the storage from config.toml"
+    )]
+    NoHardLinks {
+        storage: String,
+        base: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The storage could not be set up on this worker ([`UnusableStorage`]):
+    /// another worker, where it works, may take the task.
+    #[error(
+        "storage {storage} is unusable on this worker: {reason}; the task is retried, for a worker where \
+         the storage works"
+    )]
+    Unusable { storage: String, reason: String },
     /// A read or write failed: a full disk, a permission, an I/O error.
     /// The message says what to do about the common ones ([`advice`]).
     #[error("storage {storage}: cannot {action} {path}: {source}{}", advice(source))]
@@ -154,6 +193,9 @@ impl StorageError {
             | StorageError::NotADirectory { .. }
             | StorageError::Untrusted { .. } => true,
             StorageError::Interleaved { .. }
+            | StorageError::NotWritable { .. }
+            | StorageError::NoHardLinks { .. }
+            | StorageError::Unusable { .. }
             | StorageError::Replaced { .. }
             | StorageError::Unsynced { .. } => false,
             StorageError::Io { source, .. } | StorageError::Discarded { source, .. } => {
@@ -192,6 +234,12 @@ fn advice(source: &std::io::Error) -> String {
 pub trait Storage: Send + Sync + std::fmt::Debug {
     /// The `[[storages]] name`.
     fn name(&self) -> &str;
+
+    /// Whether the storage works on this worker: `false` for one that
+    /// could not be set up yet ([`UnusableStorage`]), whose calls fail.
+    fn is_usable(&self) -> bool {
+        true
+    }
 
     /// The largest file this storage accepts, if it has a limit.
     fn max_file_size(&self) -> Option<u64> {
@@ -284,18 +332,25 @@ pub struct Storages {
 
 impl Storages {
     /// Builds every enabled `[[storages]]` entry, creating base paths that
-    /// do not exist yet.
-    pub fn from_config(config: &Config) -> Result<Storages, StorageError> {
+    /// do not exist yet. One that cannot be set up is an
+    /// [`UnusableStorage`] (logged as an error), never a failed start: one
+    /// bad mount must not keep every worker, and every other storage's
+    /// tasks, from running.
+    pub fn from_config(config: &Config) -> Storages {
         let mut storages = Storages::default();
         for storage in config.storages.iter().filter(|storage| storage.enable) {
             match storage.kind {
-                StorageKind::Local => {
-                    let local = LocalStorage::new(&storage.name, &storage.base_path)?;
-                    storages.insert(Arc::new(local));
-                }
+                StorageKind::Local => match LocalStorage::new(&storage.name, &storage.base_path) {
+                    Ok(local) => storages.insert(Arc::new(local)),
+                    Err(error) => storages.insert(Arc::new(UnusableStorage::new(
+                        &storage.name,
+                        storage.base_path.clone(),
+                        error,
+                    ))),
+                },
             }
         }
-        Ok(storages)
+        storages
     }
 
     pub fn insert(&mut self, storage: Arc<dyn Storage>) {
