@@ -52,6 +52,9 @@ pub struct ServedFile {
     /// `Content-Range` (of at most `range_cap` bytes), as servers that cap
     /// every answer do.
     pub partial_without_range: bool,
+    /// Send at most this many bytes of each answer's body, then end it short
+    /// of its `Content-Length`: the connection breaks off mid-body.
+    pub break_off_after: Option<u64>,
     /// Send at most this many bytes per second; `None` sends at full speed.
     pub bytes_per_second: Option<u64>,
     /// Answer 500 to this many requests before serving the file.
@@ -85,6 +88,7 @@ impl ServedFile {
             ranges: true,
             range_cap: None,
             partial_without_range: false,
+            break_off_after: None,
             bytes_per_second: None,
             fail_first: 0,
             status: None,
@@ -143,6 +147,13 @@ impl ServedFile {
     pub fn partial_even_without_range(mut self, bytes: u64) -> ServedFile {
         self.range_cap = Some(bytes);
         self.partial_without_range = true;
+        self
+    }
+
+    /// Every answer breaks off after `bytes` bytes of its body (a link
+    /// whose connection drops every so often).
+    pub fn breaking_off_after(mut self, bytes: u64) -> ServedFile {
+        self.break_off_after = Some(bytes);
         self
     }
 
@@ -474,6 +485,10 @@ fn serve(file: &ServedFile, range: Option<&str>) -> (Response<Body>, Option<(Byt
     if let Some(date) = &file.last_modified {
         insert(&mut response, LAST_MODIFIED, date);
     }
+    let bytes = match file.break_off_after {
+        Some(cap) => bytes.slice(..bytes.len().min(cap as usize)),
+        None => bytes,
+    };
     (response, Some((bytes, file.bytes_per_second)))
 }
 

@@ -136,7 +136,9 @@ struct TaskError {
     /// The least the retry waits (a source's FLOOD_WAIT or `Retry-After`).
     retry_after: Option<Duration>,
     /// Whether the retry uses up one of the task's retries: not when the
-    /// source only asked to wait ([`SourceErrorKind::RateLimited`]).
+    /// source only asked to wait ([`SourceErrorKind::RateLimited`]), nor
+    /// when the download moved the file on before it broke off
+    /// ([`progress_kept`]).
     counted: bool,
 }
 
@@ -229,6 +231,32 @@ pub async fn process(context: &Context, lease: &Lease, signals: &AttemptSignals)
         Err(Stop::Failed(error)) => attempt.record_failure(error).await,
         Err(Stop::Interrupted(interrupt)) => attempt.interrupted(interrupt).await,
     }
+}
+
+/// How much a broken download must have moved its file on for the retry
+/// to use up none of the task's retries.
+pub const PROGRESS_WORTH_A_TRY: u64 = 1024 * 1024;
+
+/// The stop for a download that broke off (`error`) after `arrived` bytes
+/// of its own. One that moved the file on by [`PROGRESS_WORTH_A_TRY`] and
+/// keeps them for the next attempt was a connection that broke, not a try
+/// that failed: its retry uses up no retry, so a big file on a link that
+/// drops every few minutes is not given up while it is still coming in.
+/// Each such retry must get further than the one before, so the file's
+/// size bounds them; an attempt that started over (`started_over`: the
+/// source could not resume) keeps nothing new and always counts.
+fn progress_kept(error: SourceError, arrived: u64, started_over: bool) -> Stop {
+    let mut stop = Stop::from(error);
+    if let Stop::Failed(failure) = &mut stop {
+        if !failure.permanent && !started_over && arrived >= PROGRESS_WORTH_A_TRY {
+            debug!(
+                arrived,
+                "the download moved on before it broke off: no retry used"
+            );
+            failure.counted = false;
+        }
+    }
+    stop
 }
 
 /// Fails the task of `lease` instead of running it: its work item was
@@ -698,6 +726,10 @@ impl Attempt<'_> {
         if download.offset != offset || replacing.is_some() {
             partial.truncate().await?;
         }
+        // Where this attempt's own bytes begin, and whether it threw away
+        // bytes an earlier attempt left (a source that cannot resume).
+        let started_at = partial.len();
+        let started_over = offset > 0 && download.offset != offset;
         // The partial file is empty now, and not one byte of the stream is
         // written before the new validator is recorded (see there).
         if let Some((resolution, now)) = replacing {
@@ -771,7 +803,8 @@ impl Attempt<'_> {
                         // A retry resumes from the partial file's length:
                         // what arrived before the source failed is kept.
                         keep_what_arrived(partial).await;
-                        return Err(error.into());
+                        let arrived = partial.len().saturating_sub(started_at);
+                        return Err(progress_kept(error, arrived, started_over));
                     }
                     None => return Ok(partial.len()),
                 },
@@ -969,9 +1002,10 @@ impl Attempt<'_> {
                 Err(Stop::Failed(_)) => Outcome::StoreUnavailable,
             };
         }
-        // A wait the source asked for is its pacing, not the task's fault:
-        // it uses up no retry, and its backoff is the first retry's, so
-        // the retry number (and the next failure's backoff) stays.
+        // A wait the source asked for is its pacing, and a download that
+        // broke off after moving the file on is a dropped connection, not
+        // a try that failed: neither uses up a retry, and the retry number
+        // (and the next failure's backoff) stays.
         let retry_number = self.lease.task.retries + u32::from(error.counted);
         // Never sooner than the source asked (Telegram's FLOOD_WAIT): an
         // earlier attempt would only be refused again.
@@ -988,7 +1022,7 @@ impl Attempt<'_> {
             .await;
         match result {
             Ok(RetryOutcome::Retrying) if !error.counted => {
-                warn!(error = %error.message, "the source asked to wait: retrying in {delay:?}, no retry used");
+                warn!(error = %error.message, "failed: retrying in {delay:?}, no retry used");
                 Outcome::Retrying {
                     delay,
                     error: error.message,

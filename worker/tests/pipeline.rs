@@ -18,7 +18,7 @@ use savestream_testkit::{eventually, RedisServer};
 use savestream_tests::file_server::{FileServer, ServedFile};
 use savestream_worker::context::Context;
 use savestream_worker::lease::DEATHS_IN_A_ROW;
-use savestream_worker::pipeline::{self, Outcome, RELEASED_MESSAGE};
+use savestream_worker::pipeline::{self, Outcome, PROGRESS_WORTH_A_TRY, RELEASED_MESSAGE};
 use savestream_worker::running::{AttemptSignals, RunningTasks};
 use savestream_worker::source::http::HttpSource;
 use savestream_worker::source::Sources;
@@ -1424,4 +1424,40 @@ async fn a_task_whose_attempts_died_four_times_in_a_row_runs_again() {
     savestream_worker::consumer::run_job(&harness.context, job).await;
 
     assert_eq!(harness.record(&task_id).await.task.status, TaskStatus::Completed);
+}
+
+#[tokio::test]
+async fn a_download_that_broke_off_after_moving_the_file_on_uses_up_no_retry() {
+    let harness = Harness::start().await;
+    let body: Vec<u8> = (0..5 * 1024 * 1024).map(|index| (index % 251) as u8).collect();
+    let kept = PROGRESS_WORTH_A_TRY + PROGRESS_WORTH_A_TRY / 2;
+    harness
+        .files
+        .add("/big.bin", ServedFile::new(body).breaking_off_after(kept));
+    let task_id = harness.create("/big.bin").await;
+
+    let outcome = harness.process(&harness.lease().await).await;
+
+    assert!(matches!(outcome, Outcome::Retrying { .. }), "{outcome:?}");
+    let record = harness.record(&task_id).await;
+    assert_eq!(record.task.status, TaskStatus::Queued);
+    assert_eq!(
+        record.task.retries, 0,
+        "1.5 MiB arrived and are kept: no retry used"
+    );
+}
+
+#[tokio::test]
+async fn a_download_that_broke_off_before_moving_the_file_on_much_uses_up_a_retry() {
+    let harness = Harness::start().await;
+    let body: Vec<u8> = (0..5 * 1024 * 1024).map(|index| (index % 251) as u8).collect();
+    harness
+        .files
+        .add("/big.bin", ServedFile::new(body).breaking_off_after(100_000));
+    let task_id = harness.create("/big.bin").await;
+
+    let outcome = harness.process(&harness.lease().await).await;
+
+    assert!(matches!(outcome, Outcome::Retrying { .. }), "{outcome:?}");
+    assert_eq!(harness.record(&task_id).await.task.retries, 1);
 }
