@@ -89,6 +89,18 @@ impl Sender {
                     .into(),
             });
         }
+        // url's parser accepts what the HTTP stack refuses to send (a URI
+        // of 64 KiB or more): every try would fail with "not a valid Uri"
+        // for a day, so it is refused at start instead.
+        if http::Uri::try_from(url.as_str()).is_err() {
+            return Err(WebhookError::UnusableUrl {
+                problem: format!(
+                    "the HTTP client cannot send a request to it ({} bytes long, where URIs stop at \
+                     65,534): shorten it",
+                    url.as_str().len()
+                ),
+            });
+        }
         let authorization = if token.is_empty() {
             None
         } else {
@@ -265,6 +277,19 @@ mod tests {
         for secret in ["hook-user", "hook-password", "the-api-token"] {
             assert!(!message.contains(secret), "{secret} in {message}");
         }
+    }
+
+    #[test]
+    fn a_url_too_long_to_send_is_refused_at_start() {
+        let options = DispatcherOptions::from_config(&savestream_shared::config::Config::default());
+        let url = Url::parse(&format!("https://example.com/{}", "a".repeat(70_000))).unwrap();
+
+        let error = Sender::new(url, "", None, &options).unwrap_err();
+
+        assert!(matches!(error, WebhookError::UnusableUrl { .. }), "{error}");
+        assert!(error.to_string().contains("shorten it"), "{error}");
+        let fits = Url::parse(&format!("https://example.com/{}", "a".repeat(60_000))).unwrap();
+        assert!(Sender::new(fits, "", None, &options).is_ok());
     }
 
     #[test]
