@@ -409,7 +409,7 @@ pub struct ProgressBody {
     /// The file's size in bytes; absent while it is unknown. Example: `4194304`.
     #[oai(skip_serializing_if_is_none)]
     pub total_bytes: Option<i64>,
-    /// Recent download speed in bytes per second. Example: `524288`.
+    /// Recent download speed in bytes per second; 0 once the task ended. Example: `524288`.
     pub bytes_per_second: i64,
 }
 
@@ -584,7 +584,16 @@ impl From<TaskRecord> for TaskDetails {
             path: task.path.unwrap_or_default(),
             attempts: task.attempt,
             retries: task.retries,
-            progress: record.progress.into(),
+            progress: ProgressBody {
+                // The speed is of the attempt under way; an ended task
+                // downloads nothing, whatever its last progress write said.
+                bytes_per_second: if task.status.is_terminal() {
+                    0
+                } else {
+                    int64(record.progress.bytes_per_second)
+                },
+                ..record.progress.into()
+            },
             webhook: record.webhook.map(Into::into),
         }
     }
@@ -1023,6 +1032,48 @@ mod tests {
 
     fn parse(body: &str) -> Result<CreateTaskRequest, String> {
         CreateTaskRequest::from_json(body.as_bytes())
+    }
+
+    #[test]
+    fn an_ended_task_shows_no_download_speed_and_a_running_one_its_last() {
+        let record = |status| TaskRecord {
+            task: savestream_shared::task::Task {
+                id: savestream_shared::task::TaskId::generate(),
+                status,
+                source: SourceKind::Http,
+                link: "https://example.com/f.bin".into(),
+                user_id: 1,
+                storage: "local1".into(),
+                dir: "/".into(),
+                title: String::new(),
+                file_name: None,
+                size: None,
+                path: None,
+                validator: None,
+                created_at: 0,
+                updated_at: 0,
+                started_at: None,
+                ended_at: None,
+                attempt: 1,
+                retries: 0,
+                error: String::new(),
+                worker: None,
+            },
+            progress: Progress {
+                downloaded_bytes: 2048,
+                total_bytes: Some(4096),
+                bytes_per_second: 512,
+            },
+            webhook: None,
+        };
+
+        let running = TaskDetails::from(record(TaskStatus::Running));
+        assert_eq!(running.progress.bytes_per_second, 512);
+        for status in [TaskStatus::Completed, TaskStatus::Failed, TaskStatus::Canceled] {
+            let ended = TaskDetails::from(record(status));
+            assert_eq!(ended.progress.bytes_per_second, 0, "{status:?}");
+            assert_eq!(ended.progress.downloaded_bytes, 2048, "{status:?}");
+        }
     }
 
     #[test]
