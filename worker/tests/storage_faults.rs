@@ -9,6 +9,8 @@
 //! swaps a directory a task works in for a symlink out of it, at such an
 //! instant: nothing is made or linked where the symlink leads.
 //!
+//! And a disk without room for a file: refused before it is written, when
+//! its size is known, else said to be full when a write fills it.
 //! And a base path the worker may not write in, or on a file system
 //! without hard links: the storage says which, and what to do.
 //!
@@ -930,5 +932,69 @@ async fn a_storage_that_cannot_be_set_up_fails_each_call_retryably_until_it_can_
     partial.write(Bytes::from_static(b"saved")).await.unwrap();
     assert_eq!(partial.finish().await.unwrap(), 5);
     assert_eq!(std::fs::read(base.join("f.bin")).unwrap(), b"saved");
+    scenario.teardown();
+}
+
+#[tokio::test]
+async fn a_file_larger_than_the_free_space_is_refused_before_it_is_written_naming_the_storage_and_both_sizes()
+{
+    let scenario = FailScenario::setup();
+    let (_reserved, mut partial) = opened().await;
+    fail::cfg("local::free_space", "return(1000)").unwrap();
+
+    let refused = partial.check_space(5000).await.unwrap_err();
+
+    assert!(matches!(refused, StorageError::NoSpace { .. }), "{refused:?}");
+    assert!(!refused.is_permanent(), "{refused}");
+    assert_eq!(
+        refused.to_string(),
+        "storage local1: /f.bin needs 5000 more bytes, and the storage's disk has 1000 bytes free: free \
+         space on it, or give the storage a bigger disk (the task is retried)"
+    );
+    // What the partial file holds already (a resume) needs no more room.
+    partial.write(Bytes::from(vec![b'a'; 3000])).await.unwrap();
+    partial.flush().await.unwrap();
+    assert!(partial.check_space(3900).await.is_ok());
+    assert!(partial.check_space(4001).await.is_err());
+    scenario.teardown();
+}
+
+#[tokio::test]
+async fn the_free_space_is_that_of_the_real_file_system() {
+    let scenario = FailScenario::setup();
+    let (_reserved, mut partial) = opened().await;
+
+    let refused = partial.check_space(u64::MAX).await.unwrap_err();
+
+    assert!(
+        matches!(refused, StorageError::NoSpace { needed: u64::MAX, free, .. } if free < u64::MAX),
+        "{refused:?}"
+    );
+    assert!(partial.check_space(1).await.is_ok());
+    scenario.teardown();
+}
+
+#[tokio::test]
+async fn a_write_that_fills_the_disk_says_the_storages_disk_is_full() {
+    let scenario = FailScenario::setup();
+    let (reserved, mut partial) = opened().await;
+    fail::cfg("write_behind::write", "return(28)").unwrap();
+
+    let error = write_all(partial.as_mut(), vec![Bytes::from(vec![b'a'; 1000])])
+        .await
+        .unwrap_err();
+
+    let text = error.to_string();
+    assert!(
+        text.starts_with(
+            "storage local1: cannot write the partial file of /f.bin: No space left on device (os error 28); \
+             the storage's disk is full: free space on it"
+        ),
+        "{text}"
+    );
+    assert!(!error.is_permanent(), "{text}");
+    fail::remove("write_behind::write");
+    drop(partial);
+    reserved.assert_the_next_attempt_starts_over().await;
     scenario.teardown();
 }

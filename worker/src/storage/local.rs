@@ -65,6 +65,15 @@
 //! 0 without changing its length, as a resume with `Range` alone may
 //! splice two files.
 //!
+//! ## Free space
+//! A file whose size is known is checked against the free space of its
+//! file system before it is written ([`PartialFile::check_space`]: what
+//! an unprivileged writer may still use, less what the partial file holds
+//! already), so a file that cannot fit fails its attempt at once, naming
+//! the storage and both numbers, instead of filling a shared disk on every
+//! attempt. It is a check, not a reservation; a disk that fills anyway
+//! fails the write with `ENOSPC`, whose message says the disk is full.
+//!
 //! ## A failed write or sync
 //! When writing the partial file, the disk's writeback of it or its `fsync`
 //! fails (EIO, ENOSPC on some file systems, a network file system), Linux
@@ -1867,6 +1876,34 @@ impl PartialFile for LocalPartialFile {
         sync_own_names(&self.directory)
             .await
             .map_err(|source| self.io_error("sync the directory of", source))
+    }
+
+    /// Asks the file system of the partial file (`fstatvfs` on its own
+    /// descriptor) how many bytes an unprivileged writer may still use.
+    async fn check_space(&mut self, size: u64) -> Result<(), StorageError> {
+        let needed = size.saturating_sub(self.len);
+        if needed == 0 {
+            return Ok(());
+        }
+        let descriptor = self.descriptor.clone();
+        let free = blocking(move || {
+            fail::fail_point!("local::free_space", |free| Ok(free
+                .and_then(|free| free.parse().ok())
+                .unwrap_or(0)));
+            let stat = rustix::fs::fstatvfs(descriptor.as_fd())?;
+            Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+        })
+        .await
+        .map_err(|source| self.io_error("check the free space for", source))?;
+        if needed > free {
+            return Err(StorageError::NoSpace {
+                storage: self.storage.clone(),
+                path: self.path.clone(),
+                needed,
+                free,
+            });
+        }
+        Ok(())
     }
 
     async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError> {

@@ -167,6 +167,20 @@ pub enum StorageError {
          the storage works"
     )]
     Unusable { storage: String, reason: String },
+    /// The rest of a file of known size does not fit in the free space
+    /// of the storage's disk: refused before it is written, rather than
+    /// written until the disk is full (on every attempt, for every other
+    /// user of a shared disk). Retryable: space may be freed meanwhile.
+    #[error(
+        "storage {storage}: {path} needs {needed} more bytes, and the storage's disk has {free} bytes \
+         free: free space on it, or give the storage a bigger disk (the task is retried)"
+    )]
+    NoSpace {
+        storage: String,
+        path: String,
+        needed: u64,
+        free: u64,
+    },
     /// A read or write failed: a full disk, a permission, an I/O error.
     /// The message says what to do about the common ones ([`advice`]).
     #[error("storage {storage}: cannot {action} {path}: {source}{}", advice(source))]
@@ -196,6 +210,7 @@ impl StorageError {
             | StorageError::NotWritable { .. }
             | StorageError::NoHardLinks { .. }
             | StorageError::Unusable { .. }
+            | StorageError::NoSpace { .. }
             | StorageError::Replaced { .. }
             | StorageError::Unsynced { .. } => false,
             StorageError::Io { source, .. } | StorageError::Discarded { source, .. } => {
@@ -210,18 +225,20 @@ impl StorageError {
 /// Each of these is retried (another worker, or a later attempt, may find
 /// the disk mended), so each says so.
 fn advice(source: &std::io::Error) -> String {
-    let errno = source.raw_os_error().map(rustix::io::Errno::from_raw_os_error);
-    match errno {
-        Some(rustix::io::Errno::ROFS) => "; the storage's file system is mounted read-only on this worker: \
+    // By kind, not by number: an error the writing thread hands back is
+    // made again from its kind and text, without the number.
+    use std::io::ErrorKind;
+    match source.kind() {
+        ErrorKind::ReadOnlyFilesystem => "; the storage's file system is mounted read-only on this worker: \
              remount it read-write, or remove the storage from config.toml here (the task is retried)"
             .to_owned(),
-        Some(rustix::io::Errno::NOSPC) => "; the storage's disk is full: free space on it, or give the \
-             storage a bigger disk (the task is retried)"
+        ErrorKind::StorageFull => "; the storage's disk is full: free space on it, or give the storage a \
+             bigger disk (the task is retried)"
             .to_owned(),
-        Some(rustix::io::Errno::DQUOT) => "; the worker's disk quota on the storage is used up: free \
-             space, or raise the quota (the task is retried)"
+        ErrorKind::QuotaExceeded => "; the worker's disk quota on the storage is used up: free space, or \
+             raise the quota (the task is retried)"
             .to_owned(),
-        Some(rustix::io::Errno::ACCESS | rustix::io::Errno::PERM) => format!(
+        ErrorKind::PermissionDenied => format!(
             "; this worker (uid {}) may not write there: give it write permission (the task is retried)",
             rustix::process::geteuid().as_raw()
         ),
@@ -297,6 +314,17 @@ pub trait PartialFile: Send {
 
     fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Fails early ([`StorageError::NoSpace`], retryable) when the rest of
+    /// a file of `size` bytes, what it holds already counted, does not fit
+    /// in the storage's free space. A check, not a reservation: another
+    /// download may take the space meanwhile, and a full disk is then
+    /// reported by the write that meets it. Storages that cannot tell
+    /// accept every size.
+    async fn check_space(&mut self, size: u64) -> Result<(), StorageError> {
+        let _ = size;
+        Ok(())
     }
 
     /// Drops everything written, to start over (the source could not

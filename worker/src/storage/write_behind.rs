@@ -357,9 +357,9 @@ fn start_writeback(_file: &File, _offset: u64, _len: u64) -> io::Result<()> {
 /// Writes every byte of `batch` at `offset` on, in as few system calls as
 /// the kernel allows, and returns how many that was.
 fn write_at(file: &File, batch: &[Bytes], offset: u64) -> io::Result<u64> {
-    fail::fail_point!("write_behind::write", |_| Err(io::Error::from_raw_os_error(
-        libc::EIO
-    )));
+    fail::fail_point!("write_behind::write", |errno: Option<String>| Err(
+        io::Error::from_raw_os_error(errno.and_then(|errno| errno.parse().ok()).unwrap_or(libc::EIO))
+    ));
     let mut slices: Vec<IoSlice<'_>> = batch.iter().map(|chunk| IoSlice::new(chunk)).collect();
     let mut remaining: &mut [IoSlice<'_>] = &mut slices;
     let mut at = offset;
