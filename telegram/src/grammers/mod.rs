@@ -1,9 +1,11 @@
 //! [`GrammersApi`]: [`TelegramApi`] over the network with grammers-client 0.11.
 //!
 //! This module is the only place that talks to Telegram. It owns the connection (made once per
-//! process, on first use, and reused), sign-in (bot token, or the user session file copied per
-//! process; see [`settings`]), the retry policy (grammers' is `NoRetries`, so every flood wait
-//! reaches [`crate::Downloader`], which decides), link resolution and `upload.getFile`.
+//! process, on first use, and reused; a failed attempt is remembered and not repeated until its
+//! back-off runs out, see [`GrammersApi::connection`]), sign-in (bot token, or the user session
+//! file copied per process; see [`settings`]), the retry policy (grammers' is `NoRetries`, so
+//! every flood wait reaches [`crate::Downloader`], which decides), link resolution and
+//! `upload.getFile`.
 //!
 //! Compiled and unit-tested (its pure parts live in [`convert`], [`settings`] and
 //! [`crate::rpc`]); its behaviour is exercised through [`crate::fake::FakeTelegram`], because
@@ -71,6 +73,10 @@ struct Limits {
     /// `initConnection`: five round trips, through a proxy maybe); one stuck longer than this
     /// is stuck for good.
     probe: Duration,
+    /// How long after a failed connect no new one is made, doubling with each failure in a row
+    /// up to `connect_backoff_max`. A flood wait on the sign-in waits what Telegram asked for.
+    connect_backoff: Duration,
+    connect_backoff_max: Duration,
 }
 
 impl Limits {
@@ -78,7 +84,22 @@ impl Limits {
         request: REQUEST_TIMEOUT,
         dialog_scan: Duration::from_secs(REQUEST_TIMEOUT.as_secs() * 4),
         probe: Duration::from_secs(10),
+        connect_backoff: Duration::from_secs(1),
+        connect_backoff_max: Duration::from_secs(60),
     };
+
+    /// How long no new connect is made after `failures_in_a_row` failed ones, the last with
+    /// `error`.
+    fn connect_backoff(&self, error: &TelegramError, failures_in_a_row: u32) -> Duration {
+        if let Some(flood_wait) = error.retry_after() {
+            return flood_wait;
+        }
+        // Past 2^16 the doubling is far beyond any maximum; the cap keeps the shift defined.
+        let doublings = failures_in_a_row.saturating_sub(1).min(16);
+        self.connect_backoff
+            .saturating_mul(1 << doublings)
+            .min(self.connect_backoff_max)
+    }
 }
 
 /// The Telegram source's real client. Cheap to clone; clones share one connection.
@@ -93,9 +114,11 @@ struct Inner {
     /// Where each data centre is, when not where grammers knows Telegram's to be: empty in
     /// production; tests point grammers at local listeners that misbehave.
     dc_options: Vec<DcOption>,
-    /// The process's connection, made on first use. A tokio mutex because connecting awaits;
-    /// callers that arrive meanwhile wait for the same connection instead of making their own.
-    connection: Mutex<Option<Arc<Connection>>>,
+    /// The process's connection, made on first use, or the last failed attempt to make one. A
+    /// tokio mutex held across the attempt because connecting awaits: callers that arrive
+    /// meanwhile wait for its outcome (the connection, or its failure) instead of making their
+    /// own.
+    connection: Mutex<ConnectionSlot>,
     /// `contacts.resolveUsername` is expensive and flood-limited; a username resolves once per
     /// process. Keys are lowercase.
     usernames: StdMutex<HashMap<String, PeerRef>>,
@@ -103,6 +126,41 @@ struct Inner {
     /// the first scan and then find the chat in the cache it filled. The scan's task holds it,
     /// so it is free only once no scan runs, whoever gave up waiting for one.
     dialog_scan: Arc<Mutex<()>>,
+}
+
+#[derive(Default)]
+struct ConnectionSlot {
+    connection: Option<Arc<Connection>>,
+    /// Set when the last attempt to connect failed; cleared by one that succeeds.
+    failed: Option<FailedConnect>,
+}
+
+/// A failed attempt to connect and sign in. Every attempt is a new key exchange and, for a bot,
+/// a new `auth.importBotAuthorization`, which Telegram answers with ever longer flood waits when
+/// repeated: until `retry_at` callers get `error` again instead of a new attempt.
+struct FailedConnect {
+    error: TelegramError,
+    retry_at: Instant,
+    /// Failed attempts in a row, this one included: the back-off doubles with each.
+    failures_in_a_row: u32,
+}
+
+impl FailedConnect {
+    /// The error for a caller at `now`, before `retry_at`: the same one, except that a flood
+    /// wait asks for what is left of it, so the caller waits just that.
+    fn error_at(&self, now: Instant) -> TelegramError {
+        match &self.error {
+            TelegramError::FloodWait { premium, .. } => {
+                let left = self.retry_at.saturating_duration_since(now);
+                let whole_seconds = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+                TelegramError::FloodWait {
+                    seconds: u32::try_from(whole_seconds.max(1)).unwrap_or(u32::MAX),
+                    premium: *premium,
+                }
+            }
+            other => other.clone(),
+        }
+    }
 }
 
 struct Connection {
@@ -191,7 +249,7 @@ impl GrammersApi {
                 settings,
                 limits,
                 dc_options,
-                connection: Mutex::new(None),
+                connection: Mutex::new(ConnectionSlot::default()),
                 usernames: StdMutex::new(HashMap::new()),
                 dialog_scan: Arc::new(Mutex::new(())),
             }),
@@ -204,19 +262,60 @@ impl GrammersApi {
         self.connection().await.map(|_| ())
     }
 
+    /// The process's connection, made now if there is none alive.
+    ///
+    /// A failed attempt is remembered: until its back-off runs out ([`Limits::connect_backoff`],
+    /// doubling with each failure in a row up to [`Limits::connect_backoff_max`], or the flood
+    /// wait Telegram answered the sign-in with) every caller gets its error again, a flood wait
+    /// with the seconds left, without connecting. Otherwise every queued task would sign in
+    /// again, each drawing a longer flood wait. The slot's lock is held across the attempt, so
+    /// concurrent callers share one attempt and its outcome.
     async fn connection(&self) -> Result<Arc<Connection>, TelegramError> {
         let mut slot = self.inner.connection.lock().await;
-        if let Some(connection) = slot.as_ref() {
+        if let Some(connection) = slot.connection.take() {
             if connection.is_alive() {
-                return Ok(connection.clone());
+                slot.connection = Some(connection.clone());
+                return Ok(connection);
             }
             if !connection.stopped.load(Ordering::SeqCst) {
                 tracing::warn!("the Telegram connection pool stopped; reconnecting");
             }
         }
-        let connection = Arc::new(connect(&self.inner).await?);
-        *slot = Some(connection.clone());
-        Ok(connection)
+        if let Some(failed) = &slot.failed {
+            let now = Instant::now();
+            if now < failed.retry_at {
+                return Err(failed.error_at(now));
+            }
+        }
+        match connect(&self.inner).await {
+            Ok(connection) => {
+                let connection = Arc::new(connection);
+                slot.connection = Some(connection.clone());
+                slot.failed = None;
+                Ok(connection)
+            }
+            Err(error) => {
+                let failures_in_a_row = slot
+                    .failed
+                    .as_ref()
+                    .map_or(1, |failed| failed.failures_in_a_row.saturating_add(1));
+                let backoff = self.inner.limits.connect_backoff(&error, failures_in_a_row);
+                // The error's text names no secret: it is built from Telegram's answer or the
+                // socket's error, never from the token, the app hash or the session.
+                tracing::warn!(
+                    failures_in_a_row,
+                    backoff_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
+                    "connecting to Telegram failed: {error}; no new attempt for {:.1} s",
+                    backoff.as_secs_f64()
+                );
+                slot.failed = Some(FailedConnect {
+                    error: error.clone(),
+                    retry_at: Instant::now() + backoff,
+                    failures_in_a_row,
+                });
+                Err(error)
+            }
+        }
     }
 
     /// Runs one request with [`Limits::request`], mapping its failure about `subject`; a
@@ -703,7 +802,7 @@ impl TelegramApi for GrammersApi {
 
     fn drop_connection(&self, dc: i32) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let connection = self.inner.connection.lock().await.clone();
+            let connection = self.inner.connection.lock().await.connection.clone();
             let Some(connection) = connection.filter(|connection| connection.is_alive()) else {
                 return;
             };

@@ -42,7 +42,7 @@ async fn a_dropped_request_keeps_the_connection_and_its_sign_in() {
     let api = GrammersApi::from_settings(bot_settings());
     let settings = bot_settings();
     let connection = Arc::new(start(Arc::new(MemorySession::default()), &settings, None, true));
-    *api.inner.connection.lock().await = Some(connection.clone());
+    api.inner.connection.lock().await.connection = Some(connection.clone());
 
     let error = api
         .call(&connection, Subject::File, async {
@@ -52,7 +52,7 @@ async fn a_dropped_request_keeps_the_connection_and_its_sign_in() {
         .unwrap_err();
 
     assert!(error.is_retryable());
-    let kept = api.inner.connection.lock().await.clone();
+    let kept = api.inner.connection.lock().await.connection.clone();
     assert!(
         kept.is_some_and(|kept| Arc::ptr_eq(&kept, &connection)),
         "a dropped request threw the client (and its session and sign-in) away"
@@ -64,6 +64,8 @@ const SHORT: Limits = Limits {
     request: Duration::from_millis(300),
     dialog_scan: Duration::from_millis(300),
     probe: Duration::from_millis(300),
+    connect_backoff: Duration::from_secs(1),
+    connect_backoff_max: Duration::from_secs(4),
 };
 
 fn user_settings() -> Settings {
@@ -116,6 +118,27 @@ async fn silent_listener() -> (u16, tokio::sync::mpsc::UnboundedReceiver<()>) {
     (port, accepted_rx)
 }
 
+/// A data centre that takes connections and closes them at once, before any answer. Each
+/// accepted connection is reported on the receiver before it is closed, so a client that saw
+/// the close has been counted.
+async fn closing_listener() -> (u16, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binding a local port");
+    let port = listener
+        .local_addr()
+        .expect("a bound listener has an address")
+        .port();
+    let (accepted_tx, accepted_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let _ = accepted_tx.send(());
+            drop(socket);
+        }
+    });
+    (port, accepted_rx)
+}
+
 fn local_api(settings: Settings, dc_options: Vec<DcOption>) -> GrammersApi {
     GrammersApi::with_limits(settings, SHORT, dc_options)
 }
@@ -128,7 +151,7 @@ async fn install(api: &GrammersApi, is_bot: bool) -> Arc<Connection> {
         .await
         .expect("a memory session takes any option");
     let connection = Arc::new(start(session, &api.inner.settings, None, is_bot));
-    *api.inner.connection.lock().await = Some(connection.clone());
+    api.inner.connection.lock().await.connection = Some(connection.clone());
     connection
 }
 
@@ -229,4 +252,109 @@ async fn a_data_centre_that_never_answers_a_connect_does_not_block_requests_to_t
     );
     assert!(matches!(second, TelegramError::Disconnected(_)), "{second:?}");
     assert!(started.elapsed() < SHORT.request, "took {:?}", started.elapsed());
+}
+
+#[test]
+fn the_connect_back_off_doubles_up_to_its_maximum_and_a_flood_wait_waits_what_telegram_asked() {
+    let refused = TelegramError::Disconnected("refused".into());
+    let backoffs: Vec<u64> = (1..=8)
+        .map(|failures| Limits::DEFAULT.connect_backoff(&refused, failures).as_secs())
+        .collect();
+    assert_eq!(backoffs, [1, 2, 4, 8, 16, 32, 60, 60]);
+    assert_eq!(
+        Limits::DEFAULT.connect_backoff(&refused, u32::MAX),
+        Duration::from_secs(60)
+    );
+    let flood_wait = TelegramError::FloodWait {
+        seconds: 300,
+        premium: false,
+    };
+    assert_eq!(
+        Limits::DEFAULT.connect_backoff(&flood_wait, 1),
+        Duration::from_secs(300)
+    );
+}
+
+#[tokio::test]
+async fn a_failed_connect_is_not_repeated_until_its_back_off_runs_out() {
+    // Arrange: a bot whose home data centre takes connections and closes them at once.
+    let (port, mut accepted) = closing_listener().await;
+    let api = local_api(bot_settings(), vec![local_dc(2, port)]);
+
+    // Act: two tasks ask for the connection at once.
+    let (first, second) = tokio::join!(api.connect(), api.connect());
+
+    // Assert: one attempt, whose error both got, retryably.
+    let first = first.unwrap_err();
+    assert!(matches!(first, TelegramError::Disconnected(_)), "{first:?}");
+    assert_eq!(second.unwrap_err(), first);
+    accepted.recv().await.expect("the first attempt connects");
+    assert!(
+        accepted.try_recv().is_err(),
+        "the second caller connected (and would have signed in) again"
+    );
+
+    // Act: later, but within the back-off, a task asks again. The clock is moved rather than
+    // waited for; it runs on again for the connects, which need real sockets.
+    tokio::time::pause();
+    tokio::time::advance(SHORT.connect_backoff - Duration::from_millis(1)).await;
+    tokio::time::resume();
+    let within = api.connect().await.unwrap_err();
+
+    // Assert: the same error, without a new attempt.
+    assert_eq!(within, first);
+    assert!(
+        accepted.try_recv().is_err(),
+        "connected again within the back-off"
+    );
+
+    // Act: the back-off runs out, and a task asks again.
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_millis(1)).await;
+    tokio::time::resume();
+    let after = api.connect().await.unwrap_err();
+
+    // Assert: a new attempt was made, and failed again: the next back-off is twice as long.
+    assert!(matches!(after, TelegramError::Disconnected(_)), "{after:?}");
+    accepted
+        .recv()
+        .await
+        .expect("the attempt after the back-off connects");
+    let slot = api.inner.connection.lock().await;
+    let failed = slot.failed.as_ref().expect("the second failure is remembered");
+    assert_eq!(failed.failures_in_a_row, 2);
+    let left = failed.retry_at.saturating_duration_since(Instant::now());
+    assert!(
+        left > SHORT.connect_backoff && left <= 2 * SHORT.connect_backoff,
+        "{left:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_sign_in_flood_wait_is_waited_out_without_connecting() {
+    // Arrange: the last sign-in got FLOOD_WAIT_120, 100 s ago.
+    let (port, mut accepted) = closing_listener().await;
+    let api = local_api(bot_settings(), vec![local_dc(2, port)]);
+    api.inner.connection.lock().await.failed = Some(FailedConnect {
+        error: TelegramError::FloodWait {
+            seconds: 120,
+            premium: false,
+        },
+        retry_at: Instant::now() + Duration::from_secs(20),
+        failures_in_a_row: 1,
+    });
+
+    // Act
+    let error = api.connect().await.unwrap_err();
+
+    // Assert: the 20 s left, as a flood wait (the worker waits it out without using a retry),
+    // and no connection was made.
+    assert_eq!(
+        error,
+        TelegramError::FloodWait {
+            seconds: 20,
+            premium: false
+        }
+    );
+    assert!(accepted.try_recv().is_err(), "connected during the flood wait");
 }
