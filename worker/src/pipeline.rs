@@ -173,13 +173,21 @@ impl From<SourceError> for Stop {
     }
 }
 
+/// How long a task waits after it met a storage this worker cannot use:
+/// time for another worker, where the storage works, to take it.
+pub const UNUSABLE_STORAGE_WAIT: Duration = Duration::from_secs(10);
+
 impl From<StorageError> for Stop {
     fn from(error: StorageError) -> Stop {
+        // A storage this worker could not set up is the worker's fault, not
+        // the task's: one bad mount must not use up the retries of every
+        // task that lands on it.
+        let unusable = matches!(error, StorageError::Unusable { .. });
         Stop::Failed(TaskError {
             permanent: error.is_permanent(),
             message: error.to_string(),
-            retry_after: None,
-            counted: true,
+            retry_after: unusable.then_some(UNUSABLE_STORAGE_WAIT),
+            counted: !unusable,
         })
     }
 }
@@ -445,6 +453,9 @@ impl Attempt<'_> {
         }
 
         let mut partial = storage.open(&task.id, &path).await?;
+        if let Some(size) = file.size {
+            partial.check_space(size).await?;
+        }
         let bytes = self
             .download(
                 source.as_ref(),
@@ -559,6 +570,9 @@ impl Attempt<'_> {
                 continue;
             }
             let mut partial = storage.open(&task.id, path).await?;
+            if let Some(size) = file.size {
+                partial.check_space(size).await?;
+            }
             // Nothing to record again: every attempt resolves afresh, and
             // a file's validator is only ever that of the attempt's own
             // `resolve` (none from Telegram).

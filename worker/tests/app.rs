@@ -352,12 +352,16 @@ async fn a_worker_starts_without_a_storage_it_cannot_use_retries_its_tasks_and_u
             && error.ends_with("the task is retried, for a worker where the storage works"),
         "{error}"
     );
+    // ...using up none of its retries (one bad mount must not exhaust the
+    // retries of every task that lands on it)...
+    assert_eq!(harness.record(&task_id).await.task.retries, 0);
     // ...and saved by the next attempt once the mount works.
     std::fs::remove_file(&blocked).unwrap();
     std::fs::create_dir(&blocked).unwrap();
-    harness
-        .wait_for(&task_id, TaskStatus::Completed, Duration::from_secs(15))
+    let record = harness
+        .wait_for(&task_id, TaskStatus::Completed, Duration::from_secs(20))
         .await;
+    assert_eq!(record.task.retries, 0);
     assert_eq!(std::fs::read(base.join("f.bin")).unwrap(), body(50_000));
 
     worker.shut_down(Duration::from_secs(5)).await;
