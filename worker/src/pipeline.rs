@@ -227,13 +227,7 @@ async fn keep_what_arrived(partial: &mut dyn PartialFile) {
 /// the task is canceled while it runs, `signals.lease_lost` when another
 /// attempt holds its work item now.
 pub async fn process(context: &Context, lease: &Lease, signals: &AttemptSignals) -> Outcome {
-    let mut attempt = Attempt {
-        context,
-        lease,
-        signals,
-        placements: Vec::new(),
-        partials: None,
-    };
+    let mut attempt = Attempt::new(context, lease, signals);
     match attempt.run().await {
         Ok(outcome) => outcome,
         Err(Stop::Failed(error)) => attempt.record_failure(error).await,
@@ -277,18 +271,9 @@ pub async fn fail_deaths_in_a_row(
     signals: &AttemptSignals,
     takeovers: u32,
 ) -> Outcome {
-    let mut attempt = Attempt {
-        context,
-        lease,
-        signals,
-        placements: Vec::new(),
-        partials: None,
-    };
-    if let (Some(storage), Ok(dir)) = (
-        context.storages.get(&lease.task.storage),
-        StorageDir::parse(&lease.task.dir),
-    ) {
-        attempt.partials = Some((storage.clone(), dir));
+    let mut attempt = Attempt::new(context, lease, signals);
+    if let Some(storage) = context.storages.get(&lease.task.storage) {
+        attempt.know_partials(storage);
     }
     let error = TaskError::permanent(format!(
         "the task was not started again: its last {takeovers} attempts in a row ended with their worker \
@@ -310,6 +295,27 @@ struct Attempt<'a> {
     /// The storage and directory of the task's partial files, once known:
     /// what is cleaned up when the task ends.
     partials: Option<(Arc<dyn Storage>, StorageDir)>,
+}
+
+impl<'a> Attempt<'a> {
+    fn new(context: &'a Context, lease: &'a Lease, signals: &'a AttemptSignals) -> Attempt<'a> {
+        Attempt {
+            context,
+            lease,
+            signals,
+            placements: Vec::new(),
+            partials: None,
+        }
+    }
+
+    /// Notes where the task's partial files are, in `storage`: what a
+    /// failure or a cancel cleans up. Every file of the task is in its
+    /// directory; one that does not parse holds none.
+    fn know_partials(&mut self, storage: &Arc<dyn Storage>) {
+        if let Ok(dir) = StorageDir::parse(&self.lease.task.dir) {
+            self.partials = Some((storage.clone(), dir));
+        }
+    }
 }
 
 /// A file of a multi-file attempt and the path it is saved at.
@@ -359,11 +365,8 @@ impl Attempt<'_> {
             )))
         })?;
         // Known before anything can stop the attempt, so that a cancel
-        // finds the partial files earlier attempts left. Every file of the
-        // task is in its directory; one that does not parse holds none.
-        if let Ok(dir) = StorageDir::parse(&task.dir) {
-            self.partials = Some((storage.clone(), dir));
-        }
+        // finds the partial files earlier attempts left.
+        self.know_partials(&storage);
         if source.resolves_every_attempt() {
             return self.run_files(source.as_ref(), storage).await;
         }

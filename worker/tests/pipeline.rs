@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use savestream_shared::config::{HttpConfig, QueueConfig, RedisConfig};
 use savestream_shared::event::EventKind;
-use savestream_shared::store::queue::RetryKind;
+use savestream_shared::store::queue::{Job, RetryKind};
 use savestream_shared::store::{Lease, NewTask, Store, TaskRecord};
 use savestream_shared::task::{SourceKind, TaskId, TaskStatus};
 use savestream_shared::title;
@@ -162,6 +162,25 @@ impl Harness {
             .await
             .unwrap();
         self.lease().await
+    }
+
+    /// Reserves `name` in the storage's root for `task_id`, as an earlier
+    /// attempt that got that far leaves it, and reads the task's work item.
+    async fn reserved_and_read(&self, task_id: &TaskId, name: &str) -> Job {
+        self.storage()
+            .reserve(
+                task_id,
+                &StorageDir::parse("/").unwrap(),
+                &FileName::parse(name).unwrap(),
+                &[],
+            )
+            .await
+            .unwrap();
+        self.reader
+            .read_jobs(CONSUMER, 1, Duration::from_secs(2))
+            .await
+            .unwrap()
+            .remove(0)
     }
 
     async fn process(&self, lease: &Lease) -> Outcome {
@@ -1340,22 +1359,7 @@ async fn a_work_item_whose_task_was_canceled_before_it_started_removes_what_earl
     let harness = Harness::start().await;
     let task_id = harness.create("/f.bin").await;
     // An earlier attempt reserved the file and was released: the task waits in the queue.
-    harness
-        .storage()
-        .reserve(
-            &task_id,
-            &StorageDir::parse("/").unwrap(),
-            &FileName::parse("f.bin").unwrap(),
-            &[],
-        )
-        .await
-        .unwrap();
-    let job = harness
-        .reader
-        .read_jobs(CONSUMER, 1, Duration::from_secs(2))
-        .await
-        .unwrap()
-        .remove(0);
+    let job = harness.reserved_and_read(&task_id, "f.bin").await;
     // Canceled after this worker read the item and before it started it:
     // this worker's cancel listener took the task for one it runs, so only
     // the start's answer tells the worker to clean up.
@@ -1372,22 +1376,7 @@ async fn a_task_whose_attempts_died_five_times_in_a_row_fails_and_leaves_no_part
     harness.files.add("/f.bin", ServedFile::new(vec![3u8; 1000]));
     let task_id = harness.create("/f.bin").await;
     // An earlier attempt reserved the file and died.
-    harness
-        .storage()
-        .reserve(
-            &task_id,
-            &StorageDir::parse("/").unwrap(),
-            &FileName::parse("f.bin").unwrap(),
-            &[],
-        )
-        .await
-        .unwrap();
-    let mut job = harness
-        .reader
-        .read_jobs(CONSUMER, 1, Duration::from_secs(2))
-        .await
-        .unwrap()
-        .remove(0);
+    let mut job = harness.reserved_and_read(&task_id, "f.bin").await;
     // Claimed as the reaper claims an item whose worker died: the fifth
     // claim in a row, after five attempts that died.
     job.takeovers = DEATHS_IN_A_ROW;
