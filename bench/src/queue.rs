@@ -42,7 +42,12 @@ pub async fn throughput(url: &str, tasks: usize, slots: usize, lanes: usize) -> 
         lanes > 0 && slots >= lanes,
         "slots ({slots}) must be at least the number of lanes ({lanes}), which is at least 1"
     );
-    let prefix = format!("bench-throughput-{}", std::process::id());
+    // A keyspace per run: a lane's blocked read of the run before, aborted
+    // in the client but still waiting in Redis for up to its 100 ms, would
+    // otherwise take the next run's first items and leave them unprocessed.
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let prefix = format!("bench-throughput-{}-{run}", std::process::id());
     let store = bench_store(url, &prefix).await?;
     let info = redis_stats::info_client(url).await?;
     let cpu_before = redis_stats::cpu_seconds(&info).await?;
@@ -68,14 +73,14 @@ pub async fn throughput(url: &str, tasks: usize, slots: usize, lanes: usize) -> 
     drop(creations);
     let created = Instant::now();
 
-    let mut handles = Vec::new();
+    let mut lanes_running = tokio::task::JoinSet::new();
     let (done_sender, mut done) = mpsc::unbounded_channel::<usize>();
     for lane in 0..lanes {
         let reader = store.with_own_connection().await?;
         let done_sender = done_sender.clone();
         // The slots split as evenly as they go: 64 in 3 lanes are 22, 21, 21.
         let lane_slots = slots / lanes + usize::from(lane < slots % lanes);
-        handles.push(tokio::spawn(async move {
+        lanes_running.spawn(async move {
             let consumer = "bench";
             loop {
                 let jobs = reader
@@ -89,19 +94,25 @@ pub async fn throughput(url: &str, tasks: usize, slots: usize, lanes: usize) -> 
                     return anyhow::Ok(());
                 }
             }
-        }));
+        });
     }
+    drop(done_sender);
     let mut processed = 0;
     while processed < tasks {
-        processed += done
-            .recv()
-            .await
-            .ok_or_else(|| anyhow::anyhow!("every consumer stopped"))?;
+        tokio::select! {
+            completed = done.recv() => {
+                processed += completed.ok_or_else(|| anyhow::anyhow!("every consumer lane stopped"))?;
+            }
+            // A lane only ends on an error: the rest cannot finish its
+            // items, so the run stops with that error instead of waiting.
+            Some(ended) = lanes_running.join_next() => {
+                ended??;
+                anyhow::bail!("a consumer lane stopped with {processed} of {tasks} tasks processed");
+            }
+        }
     }
     let ended = Instant::now();
-    for handle in handles {
-        handle.abort();
-    }
+    lanes_running.abort_all();
     let cpu_after = redis_stats::cpu_seconds(&info).await?;
     let client_cpu_seconds = crate::process::cpu_seconds(std::process::id())? - client_before;
     let total_seconds = (ended - started).as_secs_f64();
