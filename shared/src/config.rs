@@ -351,7 +351,7 @@ impl fmt::Debug for RedisConfig {
     // The URL may carry a password.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisConfig")
-            .field("url", &redact_url_password(&self.url))
+            .field("url", &self.shown_url())
             .field("prefix", &self.prefix)
             .field("startup_wait_seconds", &self.startup_wait_seconds)
             .finish()
@@ -359,26 +359,15 @@ impl fmt::Debug for RedisConfig {
 }
 
 impl RedisConfig {
-    /// `url` with its password, if any, replaced by `[redacted]`: the form
-    /// logs and error messages show.
+    /// `url` as logs and error messages show it: its password, if any, as
+    /// `***` ([`shown_redis_url`](crate::store::shown_redis_url), the one
+    /// form every message uses).
     pub fn shown_url(&self) -> String {
-        redact_url_password(&self.url)
+        crate::store::shown_redis_url(&self.url)
     }
 
     pub fn startup_wait(&self) -> Duration {
         Duration::from_secs(self.startup_wait_seconds)
-    }
-}
-
-fn redact_url_password(text: &str) -> String {
-    match Url::parse(text) {
-        Ok(mut url) if url.password().is_some() => {
-            // set_password only fails for URLs that cannot have one, and this one has one.
-            let _ = url.set_password(Some("[redacted]"));
-            url.to_string()
-        }
-        Ok(_) => text.to_owned(),
-        Err(_) => "[unparsable url]".to_owned(),
     }
 }
 
@@ -1668,6 +1657,7 @@ mod tests {
         };
         let printed = format!("{redis:?}");
         assert!(!printed.contains("hunter2"), "{printed}");
-        assert!(printed.contains("localhost"), "{printed}");
+        assert!(printed.contains("redis://user:***@localhost:6379/0"), "{printed}");
+        assert_eq!(redis.shown_url(), "redis://user:***@localhost:6379/0");
     }
 }
