@@ -16,6 +16,9 @@
 //!   did not answer;
 //! - `savestream_queue_depth{state}` and `savestream_jobs_pending`: gauges
 //!   sampled every [`SAMPLE_INTERVAL`] (the names and labels the API uses);
+//! - `savestream_storage_usable{storage}`: 1 when this worker can write to
+//!   the storage, 0 while it cannot (set by the worker's start-up and by
+//!   `UnusableStorage`);
 //! - `savestream_webhook_deliveries_total{outcome}`: recorded by the webhook
 //!   crate when the dispatcher runs in this process.
 //!
@@ -38,6 +41,8 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use savestream_shared::store::{QueueDepth, Store, StoreError};
 use savestream_shared::task::SourceKind;
 use savestream_webhook::dispatcher::{DELIVERIES_METRIC, DELIVERY_OUTCOMES};
+
+use crate::storage::STORAGE_USABLE_METRIC;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -169,6 +174,11 @@ fn describe() {
     metrics::describe_gauge!(
         JOBS_PENDING,
         "Work items read by a worker and not yet acknowledged, sampled"
+    );
+    metrics::describe_gauge!(
+        STORAGE_USABLE_METRIC,
+        "1 when this worker can write to the storage, 0 while it cannot (tasks for it wait for a \
+         worker that can), by storage"
     );
 }
 

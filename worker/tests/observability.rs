@@ -6,7 +6,7 @@
 //! share one: counter checks compare a scrape after with a scrape before,
 //! and accept more (another test's task) but never less.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -382,6 +382,19 @@ async fn metrics_parse_as_prometheus_text_and_move_when_a_task_completes() {
             "{state}:\n{text}"
         );
     }
+    // Every family says what it is: a scraper shows the HELP text beside it.
+    let named = |kind: &str| -> BTreeSet<String> {
+        text.lines()
+            .filter_map(|line| line.strip_prefix(&format!("# {kind} ")))
+            .filter_map(|rest| rest.split(' ').next().map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(
+        named("HELP"),
+        named("TYPE"),
+        "families without a HELP line:\n{text}"
+    );
+    assert!(named("TYPE").contains("savestream_storage_usable"), "{text}");
     assert!(!text.contains(task_id.as_str()), "no task id in the metrics");
     assert!(!text.contains("/m.bin"), "no link in the metrics");
     let not_found = reqwest::get(format!("http://127.0.0.1:{}/other", address.port()))
