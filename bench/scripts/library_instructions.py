@@ -47,10 +47,14 @@ while len(leases)<N:
     ents=rep[0][1]; args=[];keys=[]
     for jid,f in ents:
         t=f[b"task"].decode(); keys.append(K("task:"+t)); args+=[t,jid.decode(),"w1"]
-    # As Store::start_batch does: the task hashes read right behind the call.
+    # As Store::start_batch does: the task hashes read right behind the
+    # call, for the items that do not carry their task's fields (an item a
+    # create queued does, in its `carried` field; before 2026-11-28's
+    # library none did).
     pl=r.pipeline(transaction=False)
     pl.fcall("savestream_start_batch", len(shared)+len(keys), *shared, *keys, *args)
-    for k in keys: pl.hgetall(k)
+    for k,(jid,f) in zip(keys,ents):
+        if b"carried" not in f: pl.hgetall(k)
     res=pl.execute()[0]
     for (jid,f),x in zip(ents,res):
         leases.append((f[b"task"].decode(), x[0] if isinstance(x,list) else 1))

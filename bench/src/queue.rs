@@ -134,12 +134,8 @@ async fn run_batch(
     consumer: &str,
     jobs: Vec<savestream_shared::store::Job>,
 ) -> anyhow::Result<usize> {
-    let to_start: Vec<(String, TaskId)> = jobs
-        .into_iter()
-        .filter_map(|job| job.task_id.ok().map(|task_id| (job.job_id, task_id)))
-        .collect();
     let leases: Vec<Lease> = store
-        .start_batch(&to_start, consumer)
+        .start_batch(&jobs, consumer)
         .await?
         .into_iter()
         .collect::<Result<_, _>>()?;
@@ -177,8 +173,11 @@ pub async fn latency(url: &str, tasks: usize) -> anyhow::Result<Latency> {
                 .read_jobs("bench-latency", 1, Duration::from_secs(5))
                 .await?;
             for job in jobs {
-                let Ok(task_id) = job.task_id else { continue };
-                let lease = reader.start(&job.job_id, &task_id, "bench-latency").await?;
+                let Ok(task_id) = job.task_id.clone() else {
+                    continue;
+                };
+                // As a worker starts an item it read (`savestream-worker`'s intake).
+                let lease = reader.start_job(&job, "bench-latency").await?;
                 let started = Instant::now();
                 reader.complete(&lease, Some(0), "/downloads/file.bin").await?;
                 if sender.send((task_id, started, Instant::now())).is_err() {
@@ -259,11 +258,7 @@ pub async fn phases(url: &str, tasks: usize, batch: usize) -> anyhow::Result<Pha
         let jobs = reader
             .read_jobs("bench-phases", batch, Duration::from_millis(100))
             .await?;
-        let to_start: Vec<(String, TaskId)> = jobs
-            .into_iter()
-            .filter_map(|job| job.task_id.ok().map(|task_id| (job.job_id, task_id)))
-            .collect();
-        for result in store.start_batch(&to_start, "bench-phases").await? {
+        for result in store.start_batch(&jobs, "bench-phases").await? {
             leases.push(result?);
         }
     }

@@ -66,12 +66,8 @@ pub async fn scale(url: &str, tasks: usize, samples: usize) -> anyhow::Result<Sc
         let jobs = reader
             .read_jobs("bench-scale", 1000, Duration::from_millis(100))
             .await?;
-        let to_start: Vec<(String, TaskId)> = jobs
-            .into_iter()
-            .filter_map(|job| job.task_id.ok().map(|task_id| (job.job_id, task_id)))
-            .collect();
         let leases: Vec<_> = reader
-            .start_batch(&to_start, "bench-scale")
+            .start_batch(&jobs, "bench-scale")
             .await?
             .into_iter()
             .collect::<Result<_, _>>()?;

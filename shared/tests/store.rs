@@ -12,7 +12,7 @@ use savestream_shared::config::{QueueConfig, RedisConfig};
 use savestream_shared::event::EventKind;
 use savestream_shared::store::queue::RetryKind;
 use savestream_shared::store::webhooks::{ClaimedWebhook, TaskWebhook, WebhookResult, WebhookState};
-use savestream_shared::store::{Lease, NewTask, Progress, RetryOutcome, Store, StoreError};
+use savestream_shared::store::{Job, Lease, NewTask, Progress, RetryOutcome, Store, StoreError};
 use savestream_shared::task::{SourceKind, TaskId, TaskStatus};
 use savestream_shared::title;
 use savestream_testkit::{eventually, RedisServer};
@@ -1185,7 +1185,14 @@ async fn a_task_whose_hash_cannot_be_read_at_its_start_fails_with_the_reason_ins
     let started = harness.store.start(&jobs[0].job_id, &single, WORKER).await;
     let started_in_batch = harness
         .store
-        .start_batch(&[(jobs[1].job_id.clone(), batched.clone())], WORKER)
+        // As an item that carries no task fields is: its lease comes from the hash.
+        .start_batch(
+            &[Job {
+                carried: None,
+                ..jobs[1].clone()
+            }],
+            WORKER,
+        )
         .await
         .unwrap();
 
@@ -1699,6 +1706,96 @@ async fn a_redis_error_in_one_task_of_a_batch_fails_that_task_only() {
     assert_eq!(queued, vec![tasks[0].task_id.clone(), tasks[2].task_id.clone()]);
 }
 
+/// What the task hash holds for the task a lease is of: the lease a start
+/// that reads the hash would give.
+async fn task_in_hash(harness: &Harness, lease: &Lease) -> savestream_shared::task::Task {
+    harness
+        .store
+        .get(&lease.task.id)
+        .await
+        .unwrap()
+        .expect("the task exists")
+        .task
+}
+
+#[tokio::test]
+async fn a_first_start_takes_the_task_from_its_work_item_as_the_hash_holds_it() {
+    let harness = Harness::start().await;
+    let single = harness.create().await;
+    let new_tasks: Vec<NewTask> = (0..3).map(numbered_task).collect();
+    for created in harness
+        .store
+        .create_batch(new_tasks.iter().map(|new_task| (new_task, None)))
+        .await
+        .unwrap()
+    {
+        created.unwrap();
+    }
+    let jobs = harness
+        .reader
+        .read_jobs(WORKER, 4, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 4);
+    assert!(jobs.iter().all(|job| job.carried.is_some()), "{jobs:?}");
+    assert_eq!(jobs[0].task_id.as_ref().unwrap(), &single);
+
+    let alone = harness.store.start_job(&jobs[0], WORKER).await.unwrap();
+    let batched: Vec<Lease> = harness
+        .store
+        .start_batch(&jobs[1..], WORKER)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .unwrap();
+
+    for lease in std::iter::once(&alone).chain(&batched) {
+        assert_eq!(lease.attempt, 1);
+        assert_eq!(lease.task, task_in_hash(&harness, lease).await);
+        assert_eq!(lease.progress, Progress::default());
+    }
+    let titles: Vec<&str> = batched.iter().map(|lease| lease.task.title.as_str()).collect();
+    let created_titles: Vec<&str> = new_tasks.iter().map(|new_task| new_task.title.as_str()).collect();
+    assert_eq!(titles, created_titles);
+}
+
+#[tokio::test]
+async fn a_work_item_that_carries_fields_still_reads_the_hash_past_the_first_attempt() {
+    let harness = Harness::start().await;
+    let task_id = harness.create().await;
+    let jobs = harness
+        .reader
+        .read_jobs(WORKER, 1, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let job = jobs.into_iter().next().expect("a work item");
+    assert!(job.carried.is_some());
+    let first = harness.store.start_job(&job, WORKER).await.unwrap();
+    let progress = Progress {
+        downloaded_bytes: 500,
+        total_bytes: Some(1000),
+        bytes_per_second: 10,
+    };
+    harness.store.progress(&first, &progress).await.unwrap();
+
+    // The same item again, as a worker that read it and was not told of a
+    // takeover would present it: the start is the second attempt, whose
+    // lease must hold what the first left, which only the hash has.
+    let second = harness.store.start_job(&job, "second-worker").await.unwrap();
+    assert_eq!(second.attempt, 2);
+    assert_eq!(second.progress, progress);
+    assert_eq!(second.task, task_in_hash(&harness, &second).await);
+    assert_eq!(second.task.worker.as_deref(), Some("second-worker"));
+    assert_eq!(second.task.id, task_id);
+
+    // So does a batch.
+    let third = harness.store.start_batch(&[job], "third-worker").await.unwrap();
+    let third = third.into_iter().next().unwrap().unwrap();
+    assert_eq!(third.attempt, 3);
+    assert_eq!(third.progress, progress);
+}
+
 #[tokio::test]
 async fn batches_apply_the_same_rules_task_by_task() {
     let harness = Harness::start().await;
@@ -1721,11 +1818,13 @@ async fn batches_apply_the_same_rules_task_by_task() {
         .await
         .unwrap();
     assert_eq!(jobs.len(), 4);
-    let mut to_start: Vec<(String, TaskId)> = jobs
-        .into_iter()
-        .map(|job| (job.job_id, job.task_id.expect("decodable")))
-        .collect();
-    to_start.push(("0-1".into(), canceled.clone()));
+    let mut to_start = jobs;
+    to_start.push(Job {
+        job_id: "0-1".into(),
+        task_id: Ok(canceled.clone()),
+        takeovers: 0,
+        carried: None,
+    });
     let started = harness.store.start_batch(&to_start, WORKER).await.unwrap();
 
     assert_eq!(started.iter().filter(|result| result.is_ok()).count(), 4);

@@ -144,7 +144,7 @@ pub async fn run_job(context: &Context, job: Job) {
     async move {
         // Registered before the start, so the lease is renewed from the first moment.
         let running = context.running.register(&job.job_id, &task_id);
-        let lease = match context.store.start(&job.job_id, &task_id, &context.consumer).await {
+        let lease = match context.store.start_job(&job, &context.consumer).await {
             Ok(lease) => lease,
             Err(StoreError::Ended { status, .. }) => {
                 debug!(%status, "the task has ended already: discarding its work item");

@@ -9,7 +9,7 @@
 use fred::prelude::{HashesInterface, KeysInterface};
 use fred::types::Value;
 
-use super::queue::Lease;
+use super::queue::{Job, Lease};
 use super::{idempotency_digest, Created, NewTask, Store, StoreError};
 use crate::task::TaskId;
 
@@ -168,33 +168,64 @@ impl Store {
             .collect())
     }
 
-    /// Starts the attempts that many work items stand for, as [`Store::start`] does one.
+    /// Starts the attempts that many work items stand for, as
+    /// [`Store::start_job`] does one: the task hashes of the items that do
+    /// not carry their task's fields are read with `HGETALL`s pipelined
+    /// behind the call. The answers are in the order of `jobs`; an item
+    /// that names no valid task is answered `Corrupt` and not sent.
     pub async fn start_batch(
         &self,
-        jobs: &[(String, TaskId)],
+        jobs: &[Job],
         worker: &str,
     ) -> Result<Vec<Result<Lease, StoreError>>, StoreError> {
-        if jobs.is_empty() {
-            return Ok(Vec::new());
+        let named: Vec<(&Job, &TaskId)> = jobs
+            .iter()
+            .filter_map(|job| job.task_id.as_ref().ok().map(|task_id| (job, task_id)))
+            .collect();
+        let mut started = Vec::with_capacity(named.len());
+        if let Some((_, anchor)) = named.first() {
+            let task_ids: Vec<&TaskId> = named.iter().map(|(_, task_id)| *task_id).collect();
+            let to_read: Vec<&TaskId> = named
+                .iter()
+                .filter(|(job, _)| job.carried_for_start().is_none())
+                .map(|(_, task_id)| *task_id)
+                .collect();
+            let mut args = Vec::with_capacity(named.len() * 3);
+            for (job, task_id) in &named {
+                args.extend([task_id.to_string(), job.job_id.clone(), worker.to_owned()]);
+            }
+            let keys = self.batch_keys(task_ids.iter().copied());
+            let (reply, hashes) = self
+                .call_then_read(anchor, &to_read, "savestream_start_batch", keys, args)
+                .await?;
+            let results = self.per_task("savestream_start_batch", &task_ids, reply)?;
+            let mut hashes = hashes.into_iter();
+            for (result, (job, task_id)) in results.into_iter().zip(&named) {
+                let carried = job.carried_for_start();
+                // The hashes come in the order of the items that needed one.
+                let read = if carried.is_none() { hashes.next() } else { None };
+                started.push(match result {
+                    Ok(reply) => {
+                        self.lease_of_start(task_id, &job.job_id, worker, carried, reply, read)
+                            .await
+                    }
+                    Err(error) => Err(error),
+                });
+            }
         }
-        let task_ids: Vec<&TaskId> = jobs.iter().map(|(_, task_id)| task_id).collect();
-        let mut args = Vec::with_capacity(jobs.len() * 3);
-        for (job_id, task_id) in jobs {
-            args.extend([task_id.to_string(), job_id.clone(), worker.to_owned()]);
-        }
-        let keys = self.batch_keys(task_ids.iter().copied());
-        let (reply, hashes) = self
-            .call_then_read(&task_ids, "savestream_start_batch", keys, args)
-            .await?;
-        let results = self.per_task("savestream_start_batch", &task_ids, reply)?;
-        let mut leases = Vec::with_capacity(jobs.len());
-        for ((result, (job_id, task_id)), fields) in results.into_iter().zip(jobs).zip(hashes) {
-            leases.push(match result {
-                Ok(reply) => self.lease_or_fail(task_id, job_id, reply, fields).await,
-                Err(error) => Err(error),
-            });
-        }
-        Ok(leases)
+        let mut started = started.into_iter();
+        Ok(jobs
+            .iter()
+            .map(|job| match &job.task_id {
+                Ok(_) => started.next().unwrap_or_else(|| {
+                    Err(StoreError::Corrupt(format!(
+                        "work item {} was not started",
+                        job.job_id
+                    )))
+                }),
+                Err(raw) => Err(super::queue::unnamed_task(&job.job_id, raw)),
+            })
+            .collect())
     }
 
     /// Completes many attempts in one call, as [`Store::complete`] does one.

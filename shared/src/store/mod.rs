@@ -23,7 +23,7 @@ use fred::prelude::*;
 use fred::types::Value;
 
 pub use error::{redis_host, shown_redis_url, RedisConnectError, StoreError};
-pub use queue::{Job, Lease, RetryOutcome};
+pub use queue::{Carried, Job, Lease, RetryOutcome};
 
 use crate::config::{QueueConfig, RedisConfig};
 use crate::event::TaskEvent;
@@ -341,16 +341,17 @@ impl Store {
     /// (the link, the storage, an earlier attempt's file and progress) change
     /// only under the lease this call just took, and a cancel in between is
     /// refused at the worker's next fenced transition.
+    ///
+    /// `anchor` is the task a failure of the call itself is reported for.
     async fn call_then_read(
         &self,
+        anchor: &TaskId,
         task_ids: &[&TaskId],
         function: &str,
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<(Value, Vec<HashMap<String, String>>), StoreError> {
-        let Some(first) = task_ids.first() else {
-            return Ok((Value::Null, Vec::new()));
-        };
+        let first = anchor;
         let keys: Vec<fred::types::Key> = keys.into_iter().map(Into::into).collect();
         let args: Vec<Value> = args.into_iter().map(Into::into).collect();
         let mut reloaded = false;

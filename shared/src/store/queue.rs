@@ -2,7 +2,9 @@
 //! their [`Lease`]s, and the fenced transitions of a running attempt.
 //!
 //! A work item is an entry `{task: <id>}` on the `jobs` stream, read by the
-//! `workers` consumer group. The entry stays pending while a worker holds it;
+//! `workers` consumer group; the one a create queues also carries the
+//! task's fields that never change ([`Carried`]), so the start of a first
+//! attempt reads no task hash. The entry stays pending while a worker holds it;
 //! [`Store::heartbeat`] keeps its idle time low, and [`Store::claim_expired`]
 //! hands entries idle past the lease (their worker died) to a live worker.
 
@@ -30,6 +32,59 @@ pub struct Job {
     /// or a release queues a new item, so this counts takeovers in a row,
     /// with no failure recorded in between.
     pub takeovers: u32,
+    /// The task's fields that never change, when the item carries them:
+    /// the item a create queued does, a retry's or a promotion's does not.
+    pub carried: Option<Carried>,
+}
+
+/// What a task's first work item carries beside the task id: the fields of
+/// the task that never change, written by the create. With them the start
+/// of the task's first attempt builds its lease without reading the task
+/// hash, which a first attempt's start finds holding exactly these and what
+/// the start itself wrote: one command fewer per task, where every task
+/// passes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Carried {
+    /// The projection's `request` field (source, link, user, storage, dir).
+    request: String,
+    title: String,
+    /// When the task was created, in milliseconds, as the hash keeps it.
+    created: String,
+}
+
+impl Carried {
+    /// The item's `carried` field: created, request and title, the first
+    /// two ended by a newline (the library's `create` writes it). `None`
+    /// when it is not that: the start then reads the hash, as for an item
+    /// that carries nothing.
+    fn parse(text: &str) -> Option<Carried> {
+        let mut parts = text.splitn(3, '\n');
+        let created = parts.next().filter(|created| created.parse::<i64>().is_ok())?;
+        let request = parts.next()?;
+        let title = parts.next()?;
+        Some(Carried {
+            request: request.to_owned(),
+            title: title.to_owned(),
+            created: created.to_owned(),
+        })
+    }
+
+    /// The task hash as the start of the first attempt left it, by
+    /// `worker` at `started` (the fields [`task_from_hash`] reads).
+    fn first_attempt_hash(&self, worker: &str, started: &str) -> HashMap<String, String> {
+        [
+            ("status", TaskStatus::Running.as_str()),
+            ("created", self.created.as_str()),
+            ("request", self.request.as_str()),
+            ("title", self.title.as_str()),
+            ("attempt", "1"),
+            ("worker", worker),
+            ("started", started),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect()
+    }
 }
 
 /// The right to run one attempt of a task. Every transition a worker makes
@@ -240,31 +295,78 @@ impl Store {
             .collect())
     }
 
-    /// Starts the attempt a work item stands for. `LeaseLost`, `Ended` and
-    /// `NotFound` mean the item is obsolete: [`Store::discard_job`] it.
+    /// Starts the attempt a work item stands for, reading the task hash for
+    /// the lease. `LeaseLost`, `Ended` and `NotFound` mean the item is
+    /// obsolete: [`Store::discard_job`] it.
     pub async fn start(&self, job_id: &str, task_id: &TaskId, worker: &str) -> Result<Lease, StoreError> {
         let args = vec![task_id.to_string(), job_id.to_owned(), worker.to_owned()];
         let (reply, mut hashes) = self
-            .call_then_read(&[task_id], "savestream_start", self.task_keys(task_id), args)
+            .call_then_read(
+                task_id,
+                &[task_id],
+                "savestream_start",
+                self.task_keys(task_id),
+                args,
+            )
             .await?;
-        self.lease_or_fail(task_id, job_id, reply, hashes.pop().unwrap_or_default())
+        self.lease_of_start(task_id, job_id, worker, None, reply, hashes.pop())
             .await
     }
 
-    /// The lease a start answered, or, when the task's hash cannot be
+    /// [`Store::start`] for a work item as it was read: an item that
+    /// carries its task's fields and was not taken over starts without
+    /// reading the task hash, unless the start finds it is not the task's
+    /// first attempt.
+    pub async fn start_job(&self, job: &Job, worker: &str) -> Result<Lease, StoreError> {
+        let task_id = job
+            .task_id
+            .as_ref()
+            .map_err(|raw| unnamed_task(&job.job_id, raw))?;
+        let Some(carried) = job.carried_for_start() else {
+            return self.start(&job.job_id, task_id, worker).await;
+        };
+        let args = vec![task_id.to_string(), job.job_id.clone(), worker.to_owned()];
+        let reply = self
+            .call(task_id, "savestream_start", self.task_keys(task_id), args)
+            .await?;
+        self.lease_of_start(task_id, &job.job_id, worker, Some(carried), reply, None)
+            .await
+    }
+
+    /// The lease a start answered (`reply`), from the task hash read with
+    /// it (`read`), or from the fields the work item carried when the start
+    /// was the task's first attempt; otherwise the hash is read now.
+    pub(crate) async fn lease_of_start(
+        &self,
+        task_id: &TaskId,
+        job_id: &str,
+        worker: &str,
+        carried: Option<&Carried>,
+        reply: Value,
+        read: Option<HashMap<String, String>>,
+    ) -> Result<Lease, StoreError> {
+        let (attempt, started) = started_attempt(task_id, reply)?;
+        let fields = match (read, carried) {
+            (Some(fields), _) => fields,
+            (None, Some(carried)) if attempt == 1 => carried.first_attempt_hash(worker, &started),
+            (None, _) => self.client().hgetall(self.keys().task(task_id)).await?,
+        };
+        self.lease_or_fail(task_id, job_id, attempt, fields).await
+    }
+
+    /// The lease of a started attempt, or, when the task's hash cannot be
     /// decoded (a field written by another build, a hand edit), the task
     /// failed with the reason as its error. The start has run by then: a
     /// task left `running` with its work item discarded would never end,
     /// and one whose item was kept would be taken over again every lease.
     /// Answers [`StoreError::Ended`] once the task is failed.
-    pub(crate) async fn lease_or_fail(
+    async fn lease_or_fail(
         &self,
         task_id: &TaskId,
         job_id: &str,
-        reply: Value,
+        attempt: u32,
         fields: HashMap<String, String>,
     ) -> Result<Lease, StoreError> {
-        let attempt = started_attempt(task_id, reply)?;
         let why = match lease_from(task_id, job_id, attempt, &fields) {
             Err(StoreError::Corrupt(why)) => why,
             answer => return answer,
@@ -491,22 +593,39 @@ fn job_from_entry((job_id, fields): (String, std::collections::HashMap<String, S
         Some(text) => TaskId::parse(text).map_err(|_| text.clone()),
         None => Err(format!("{fields:?}")),
     };
+    let carried = fields.get("carried").and_then(|text| Carried::parse(text));
     Job {
         job_id,
         task_id,
         takeovers: 0,
+        carried,
     }
 }
 
-/// The attempt a start answered (`{attempt, at}`).
-fn started_attempt(task_id: &TaskId, reply: Value) -> Result<u32, StoreError> {
-    reply
-        .into_array()
-        .into_iter()
-        .next()
-        .and_then(|value| value.as_u64())
-        .map(|attempt| attempt as u32)
-        .ok_or_else(|| StoreError::Corrupt(format!("the start of task {task_id} answered no attempt")))
+impl Job {
+    /// The fields this item carries, when a start may build its lease from
+    /// them: not for an item taken over, whose task has had an attempt.
+    pub(crate) fn carried_for_start(&self) -> Option<&Carried> {
+        self.carried.as_ref().filter(|_| self.takeovers == 0)
+    }
+}
+
+/// A work item whose task id cannot be read, refused before any start.
+pub(crate) fn unnamed_task(job_id: &str, raw: &str) -> StoreError {
+    StoreError::Corrupt(format!("work item {job_id} names no valid task: {raw}"))
+}
+
+/// The attempt a start answered and when it started (`{attempt, at}`).
+fn started_attempt(task_id: &TaskId, reply: Value) -> Result<(u32, String), StoreError> {
+    let mut parts = reply.into_array().into_iter();
+    let attempt = parts.next().and_then(|value| value.as_u64());
+    let started = parts.next().and_then(|value| value.as_string());
+    match (attempt, started) {
+        (Some(attempt), Some(started)) => Ok((attempt as u32, started)),
+        _ => Err(StoreError::Corrupt(format!(
+            "the start of task {task_id} answered no attempt and time"
+        ))),
+    }
 }
 
 /// The lease of a started attempt, from the task hash read right behind the start.
@@ -526,4 +645,37 @@ fn lease_from(
         job_id: job_id.to_owned(),
         progress: super::progress_from_hash(fields),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_carried_field_splits_at_its_first_two_newlines_only() {
+        let carried =
+            Carried::parse("1700000000000\n[\"http\",\"https://a/b\",1,\"s\",\"\"]\nline one\nline two")
+                .expect("a well-formed field");
+        assert_eq!(carried.created, "1700000000000");
+        assert_eq!(carried.request, r#"["http","https://a/b",1,"s",""]"#);
+        assert_eq!(carried.title, "line one\nline two");
+        assert_eq!(
+            Carried::parse("17\nrequest\n").map(|carried| carried.title),
+            Some(String::new())
+        );
+    }
+
+    #[test]
+    fn a_malformed_carried_field_is_as_if_the_item_carried_nothing() {
+        assert_eq!(Carried::parse("not a time\nrequest\ntitle"), None);
+        assert_eq!(Carried::parse("1700000000000\nrequest"), None);
+        let job = job_from_entry((
+            "1-0".to_owned(),
+            HashMap::from([
+                ("task".to_owned(), TaskId::generate().to_string()),
+                ("carried".to_owned(), "garbage".to_owned()),
+            ]),
+        ));
+        assert_eq!(job.carried, None);
+    }
 }
