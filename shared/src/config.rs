@@ -141,6 +141,7 @@ const ENV_KEYS: &[(&str, EnvKind)] = &[
     ("queue.retention_hours", EnvKind::Int),
     ("http.allow_private_networks", EnvKind::Bool),
     ("worker.metrics_port", EnvKind::OptPort),
+    ("worker.metrics_host", EnvKind::Str),
     ("worker.shutdown_grace_seconds", EnvKind::Int),
     ("webhook.max_attempts", EnvKind::Int),
     ("webhook.span_hours", EnvKind::Int),
@@ -402,6 +403,10 @@ pub struct HttpConfig {
 pub struct WorkerConfig {
     /// Prometheus endpoint port; `None` serves no metrics.
     pub metrics_port: Option<u16>,
+    /// The address `/metrics` listens on: every interface (`0.0.0.0`, the
+    /// default, for a Prometheus outside the container) or one of them
+    /// (`127.0.0.1` for this machine only).
+    pub metrics_host: std::net::IpAddr,
     /// How long a stopping worker lets running tasks finish (0..=3600, default 30).
     pub shutdown_grace_seconds: u64,
 }
@@ -494,6 +499,7 @@ impl Default for WorkerConfig {
     fn default() -> WorkerConfig {
         WorkerConfig {
             metrics_port: None,
+            metrics_host: std::net::IpAddr::from([0, 0, 0, 0]),
             shutdown_grace_seconds: 30,
         }
     }
@@ -1419,10 +1425,21 @@ fn read_http(mut s: Section<'_, '_>) -> Result<HttpConfig, ConfigError> {
 fn read_worker(mut s: Section<'_, '_>) -> Result<WorkerConfig, ConfigError> {
     let d = WorkerConfig::default();
     let metrics_port = s.opt_port("metrics_port")?;
+    let metrics_host_text = s.string("metrics_host", &d.metrics_host.to_string())?;
+    let metrics_host = metrics_host_text.trim().parse().map_err(|_| {
+        s.error(
+            "metrics_host",
+            format!(
+                "{metrics_host_text:?} is not an IP address: use 0.0.0.0 (every interface) or the address of one, \
+                 such as 127.0.0.1 (this machine only)"
+            ),
+        )
+    })?;
     let shutdown_grace_seconds = s.int("shutdown_grace_seconds", d.shutdown_grace_seconds, 0..=3600)?;
     s.finish()?;
     Ok(WorkerConfig {
         metrics_port,
+        metrics_host,
         shutdown_grace_seconds,
     })
 }
@@ -1485,6 +1502,7 @@ mod tests {
         allow_private_networks = false
         [worker]
         metrics_port = 9100
+        metrics_host = "0.0.0.0"
         shutdown_grace_seconds = 30
         [webhook]
         max_attempts = 10
@@ -1646,6 +1664,32 @@ mod tests {
             !error.contains("bot-6a1f"),
             "the error printed the token: {error}"
         );
+    }
+
+    #[test]
+    fn metrics_listen_on_every_interface_unless_told_one() {
+        let load = |host: &str| {
+            let text = FULL.replace(r#"metrics_host = "0.0.0.0""#, host);
+            Config::from_toml_str(&text, "config.toml", std::iter::empty())
+        };
+        let every = load("").unwrap().config.worker.metrics_host;
+        assert_eq!(every, std::net::IpAddr::from([0, 0, 0, 0]));
+        let local = load(r#"metrics_host = "127.0.0.1""#)
+            .unwrap()
+            .config
+            .worker
+            .metrics_host;
+        assert_eq!(local, std::net::IpAddr::from([127, 0, 0, 1]));
+        let v6 = load(r#"metrics_host = "::1""#)
+            .unwrap()
+            .config
+            .worker
+            .metrics_host;
+        assert!(v6.is_loopback());
+        let error = load(r#"metrics_host = "localhost""#).unwrap_err().to_string();
+        assert!(error.starts_with("config.toml: worker.metrics_host: "), "{error}");
+        assert!(error.contains("is not an IP address"), "{error}");
+        assert!(error.contains("127.0.0.1"), "{error}");
     }
 
     #[test]

@@ -112,8 +112,14 @@ pub enum StartupError {
     WebhookGroup { url: String, error: WebhookError },
     #[error("--role webhooks runs only the webhook dispatcher, and [api] webhook_url is not set: set it, or run another role")]
     NothingToRun,
-    #[error("cannot listen for /metrics on port {port} ([worker] metrics_port): {error}")]
-    Metrics { port: u16, error: std::io::Error },
+    #[error(
+        "cannot listen for /metrics on {address} ([worker] metrics_host and metrics_port): {error}; \
+         free the port or choose another"
+    )]
+    Metrics {
+        address: std::net::SocketAddr,
+        error: std::io::Error,
+    },
 }
 
 /// Why a running worker stopped on its own. Like [`StartupError`], each
@@ -261,12 +267,18 @@ impl Application {
         let metrics = match config.worker.metrics_port {
             Some(port) => {
                 let handle = metrics::install();
-                let server = MetricsServer::bind(port, handle)
-                    .await
-                    .map_err(|error| StartupError::Metrics { port, error })?;
-                let address = server
-                    .local_addr()
-                    .map_err(|error| StartupError::Metrics { port, error })?;
+                let wanted = std::net::SocketAddr::new(config.worker.metrics_host, port);
+                let server =
+                    MetricsServer::bind(wanted, handle)
+                        .await
+                        .map_err(|error| StartupError::Metrics {
+                            address: wanted,
+                            error,
+                        })?;
+                let address = server.local_addr().map_err(|error| StartupError::Metrics {
+                    address: wanted,
+                    error,
+                })?;
                 Some((server, address))
             }
             None => None,

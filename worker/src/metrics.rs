@@ -1,5 +1,6 @@
 //! The worker's Prometheus metrics: what it counts, the queue gauges it
-//! samples from Redis, and the `/metrics` endpoint (`[worker] metrics_port`).
+//! samples from Redis, and the `/metrics` endpoint (`[worker] metrics_port`
+//! and `metrics_host`).
 //!
 //! Counters and histograms are recorded where things happen, through the
 //! functions here, so metric and label names are spelled in one module:
@@ -290,10 +291,11 @@ pub struct MetricsServer {
 }
 
 impl MetricsServer {
-    /// Binds `0.0.0.0:port` (every interface: Prometheus scrapes from outside
-    /// the container); port 0 picks a free one.
-    pub async fn bind(port: u16, handle: PrometheusHandle) -> std::io::Result<MetricsServer> {
-        let listener = TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))).await?;
+    /// Binds `address` (`[worker] metrics_host` and `metrics_port`: every
+    /// interface unless told one, as Prometheus scrapes from outside the
+    /// container); port 0 picks a free one.
+    pub async fn bind(address: SocketAddr, handle: PrometheusHandle) -> std::io::Result<MetricsServer> {
+        let listener = TcpListener::bind(address).await?;
         Ok(MetricsServer { listener, handle })
     }
 

@@ -404,6 +404,31 @@ async fn metrics_parse_as_prometheus_text_and_move_when_a_task_completes() {
     worker.shut_down().await;
 }
 
+#[tokio::test]
+async fn metrics_listen_on_the_configured_address_and_a_taken_one_stops_the_start() {
+    let harness = Harness::start().await;
+    let worker = Worker::start(
+        harness.config("", "metrics_port = 0\nmetrics_host = \"127.0.0.1\""),
+        Role::All,
+    )
+    .await;
+    let address = worker.metrics.expect("metrics_port is set");
+    assert_eq!(address.ip(), std::net::IpAddr::from([127, 0, 0, 1]));
+    let (text, _) = scrape(address).await;
+    assert!(text.contains("savestream_tasks_started_total"), "{text}");
+
+    // The address is taken (by this worker): a second start names it.
+    let extra = format!("metrics_port = {}\nmetrics_host = \"127.0.0.1\"", address.port());
+    let refused = Application::build_with_role(harness.config("", &extra), Role::All).await;
+    let error = refused
+        .err()
+        .expect("a taken address stops the start")
+        .to_string();
+    assert!(error.contains(&address.to_string()), "{error}");
+    assert!(error.contains("metrics_host and metrics_port"), "{error}");
+    worker.shut_down().await;
+}
+
 #[test]
 fn the_exposition_check_refuses_what_a_scraper_would() {
     let valid = "# HELP a_total A counter\n# TYPE a_total counter\na_total{source=\"http\"} 3\n\n\
