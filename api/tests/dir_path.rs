@@ -6,8 +6,9 @@
 //! The API runs in this process (`Application::build` on port 0) against a
 //! private `redis-server`.
 
+mod support;
+
 use savestream_api::Application;
-use savestream_shared::config::Config;
 use savestream_testkit::RedisServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -48,16 +49,7 @@ async fn a_dir_path_with_a_directory_name_longer_than_a_storage_accepts_is_refus
     // Arrange
     let redis = RedisServer::start();
     let storage = tempfile::tempdir().expect("a storage dir");
-    let text = format!(
-        "[api]\nhost = \"127.0.0.1\"\nport = 0\ntoken = \"t\"\n[redis]\nurl = \"{}\"\n\
-         [[storages]]\nname = \"local1\"\ntype = \"local\"\nbase_path = \"{}\"\n\
-         [[users]]\nid = 1\nstorages = [\"local1\"]\n",
-        redis.url(),
-        storage.path().display()
-    );
-    let config = Config::from_toml_str(&text, "config.toml", std::iter::empty())
-        .expect("the test config loads")
-        .config;
+    let config = support::minimal_config(&redis.url(), storage.path());
     let app = Application::build(config).await.expect("building the API");
     let address = format!("127.0.0.1:{}", app.port());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -7,11 +7,12 @@
 //! The API runs in this process (`Application::build` on port 0) against a
 //! private `redis-server`.
 
+mod support;
+
 use std::time::Duration;
 
 use fred::prelude::{Builder, ClientLike, Config as RedisConfig, HashesInterface};
 use savestream_api::Application;
-use savestream_shared::config::Config;
 use savestream_shared::keys::Keys;
 use savestream_shared::store::Store;
 use savestream_testkit::RedisServer;
@@ -24,16 +25,7 @@ async fn an_api_is_registered_with_its_pid_and_address_before_its_first_answer_a
     // Arrange
     let redis = RedisServer::start();
     let storage = tempfile::tempdir().expect("a storage dir");
-    let text = format!(
-        "[api]\nhost = \"127.0.0.1\"\nport = 0\ntoken = \"t\"\n[redis]\nurl = \"{}\"\n\
-         [[storages]]\nname = \"local1\"\ntype = \"local\"\nbase_path = \"{}\"\n\
-         [[users]]\nid = 1\nstorages = [\"local1\"]\n",
-        redis.url(),
-        storage.path().display()
-    );
-    let config = Config::from_toml_str(&text, "config.toml", std::iter::empty())
-        .expect("the test config loads")
-        .config;
+    let config = support::minimal_config(&redis.url(), storage.path());
     let store = Store::connect(&config.redis, &config.queue)
         .await
         .expect("connecting the store");
