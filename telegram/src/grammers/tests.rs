@@ -97,9 +97,8 @@ fn closed_port() -> u16 {
         .port()
 }
 
-/// A data centre black-holed after the TCP handshake: accepts connections, keeps them open and
-/// never writes. Each accepted connection is reported on the receiver.
-async fn silent_listener() -> (u16, tokio::sync::mpsc::UnboundedReceiver<()>) {
+/// A listener on a free loopback port, and the port.
+async fn local_listener() -> (tokio::net::TcpListener, u16) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("binding a local port");
@@ -107,6 +106,13 @@ async fn silent_listener() -> (u16, tokio::sync::mpsc::UnboundedReceiver<()>) {
         .local_addr()
         .expect("a bound listener has an address")
         .port();
+    (listener, port)
+}
+
+/// A data centre black-holed after the TCP handshake: accepts connections, keeps them open and
+/// never writes. Each accepted connection is reported on the receiver.
+async fn silent_listener() -> (u16, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    let (listener, port) = local_listener().await;
     let (accepted_tx, accepted_rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut held = Vec::new();
@@ -122,13 +128,7 @@ async fn silent_listener() -> (u16, tokio::sync::mpsc::UnboundedReceiver<()>) {
 /// accepted connection is reported on the receiver before it is closed, so a client that saw
 /// the close has been counted.
 async fn closing_listener() -> (u16, tokio::sync::mpsc::UnboundedReceiver<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("binding a local port");
-    let port = listener
-        .local_addr()
-        .expect("a bound listener has an address")
-        .port();
+    let (listener, port) = local_listener().await;
     let (accepted_tx, accepted_rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Ok((socket, _)) = listener.accept().await {
