@@ -37,8 +37,11 @@ dump("setup")
 for s in range(0,N,B):
     ids=range(s,min(N,s+B)); args=[]
     for i in ids:
-        args+= [tid(i),"http",f"https://example.com/files/{i}.bin","123456789","local1","/downloads",f"{i}.bin → local1:/downloads","",
-                f'["http","https://example.com/files/{i}.bin",123456789,"local1","/downloads"]']
+        # As NewTask::create_args gives them (before 2026-11-28's format 2
+        # of the `created` event, source, link, user, storage and dir came
+        # as five arguments before the title as well).
+        args+= [tid(i),f'["http","https://example.com/files/{i}.bin",123456789,"local1","/downloads"]',
+                f"{i}.bin → local1:/downloads",""]
     r.fcall("savestream_create_batch", len(shared)+len(ids), *shared, *[K("task:"+tid(i)) for i in ids], *args)
 dump("create")
 leases=[]

@@ -10,13 +10,22 @@
 //! A field added later is optional and absent when empty (`resolved`'s
 //! `validator`): entries written before it still decode, and readers that
 //! predate it pass over it.
+//!
+//! Format 2 (2026-11-28) changed one event: `created` holds the request's
+//! source, link, user, storage and dir as one field, `request`
+//! ([`crate::request`]), as the task hash does, where format 1 had five
+//! (`source`, `link`, `user`, `storage`, `dir`). Every other event is the
+//! same in both, and entries of format 1 still decode.
 
 use std::collections::HashMap;
 
+use crate::request::{request_field, TaskRequest};
 use crate::task::{Millis, SourceKind, TaskId};
 
-/// The `v` field of every event entry.
-pub const EVENT_FORMAT_VERSION: &str = "1";
+/// The `v` field of every event entry written now.
+pub const EVENT_FORMAT_VERSION: &str = "2";
+/// The format before `created` took one `request` field; still read.
+const FIVE_FIELD_CREATED_VERSION: &str = "1";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TaskEvent {
@@ -113,11 +122,7 @@ impl TaskEvent {
                 dir,
                 title,
             } => fields.extend([
-                ("source", source.as_str().to_owned()),
-                ("link", link.clone()),
-                ("user", user_id.to_string()),
-                ("storage", storage.clone()),
-                ("dir", dir.clone()),
+                ("request", request_field(*source, link, *user_id, storage, dir)),
                 ("title", title.clone()),
             ]),
             EventKind::Resolved {
@@ -195,21 +200,34 @@ impl TaskEvent {
                 .map_err(|_| DecodeError(format!("field `size` is not a size: {value:?}")))
         };
         let version = text("v")?;
-        if version != EVENT_FORMAT_VERSION {
+        if version != EVENT_FORMAT_VERSION && version != FIVE_FIELD_CREATED_VERSION {
             return Err(DecodeError(format!("unknown event format version {version:?}")));
         }
         let task_id = TaskId::parse(&text("task")?).map_err(|error| DecodeError(error.to_string()))?;
         let at = number("at")?;
         let kind = match text("type")?.as_str() {
-            "created" => EventKind::Created {
-                source: SourceKind::parse(&text("source")?)
-                    .ok_or_else(|| DecodeError("field `source` is not a source kind".into()))?,
-                link: text("link")?,
-                user_id: number("user")?,
-                storage: text("storage")?,
-                dir: text("dir")?,
-                title: text("title")?,
-            },
+            "created" => {
+                let request = if version == FIVE_FIELD_CREATED_VERSION {
+                    TaskRequest {
+                        source: SourceKind::parse(&text("source")?)
+                            .ok_or_else(|| DecodeError("field `source` is not a source kind".into()))?,
+                        link: text("link")?,
+                        user_id: number("user")?,
+                        storage: text("storage")?,
+                        dir: text("dir")?,
+                    }
+                } else {
+                    TaskRequest::parse(&text("request")?).map_err(DecodeError)?
+                };
+                EventKind::Created {
+                    source: request.source,
+                    link: request.link,
+                    user_id: request.user_id,
+                    storage: request.storage,
+                    dir: request.dir,
+                    title: text("title")?,
+                }
+            }
             "resolved" => EventKind::Resolved {
                 attempt: attempt()?,
                 file_name: text("file")?,
@@ -359,6 +377,66 @@ mod tests {
     }
 
     #[test]
+    fn a_created_event_of_format_1_with_five_request_fields_still_decodes() {
+        // As the library wrote it before format 2.
+        let task_id = TaskId::generate();
+        let fields: HashMap<String, String> = [
+            ("v", "1"),
+            ("type", "created"),
+            ("task", task_id.as_str()),
+            ("at", "1700000000123"),
+            ("source", "http"),
+            ("link", "https://example.com/a.bin"),
+            ("user", "123456789"),
+            ("storage", "local1"),
+            ("dir", "/downloads"),
+            ("title", "a.bin"),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect();
+        assert_eq!(
+            TaskEvent::from_fields(&fields),
+            Ok(TaskEvent {
+                task_id,
+                at: 1_700_000_000_123,
+                kind: EventKind::Created {
+                    source: SourceKind::Http,
+                    link: "https://example.com/a.bin".into(),
+                    user_id: 123456789,
+                    storage: "local1".into(),
+                    dir: "/downloads".into(),
+                    title: "a.bin".into(),
+                },
+            })
+        );
+    }
+
+    #[test]
+    fn a_created_event_holds_its_request_as_the_task_hash_does() {
+        let kind = EventKind::Created {
+            source: SourceKind::Telegram,
+            link: "https://t.me/channel/123".into(),
+            user_id: 7,
+            storage: "local1".into(),
+            dir: "/d".into(),
+            title: "t".into(),
+        };
+        let fields = TaskEvent {
+            task_id: TaskId::generate(),
+            at: 1,
+            kind,
+        }
+        .to_fields();
+        let names: Vec<&str> = fields.iter().map(|(name, _)| *name).collect();
+        assert_eq!(names, ["v", "type", "task", "at", "request", "title"]);
+        assert_eq!(
+            fields[4].1,
+            r#"["telegram","https://t.me/channel/123",7,"local1","/d"]"#
+        );
+    }
+
+    #[test]
     fn an_entry_of_another_format_version_is_refused() {
         let mut fields: HashMap<String, String> = TaskEvent {
             task_id: TaskId::generate(),
@@ -369,7 +447,7 @@ mod tests {
         .into_iter()
         .map(|(name, value)| (name.to_owned(), value))
         .collect();
-        fields.insert("v".into(), "2".into());
+        fields.insert("v".into(), "3".into());
         let error = TaskEvent::from_fields(&fields).unwrap_err();
         assert!(error.0.contains("version"), "{error}");
     }

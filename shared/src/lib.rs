@@ -9,6 +9,7 @@
 //! - [`dir_path`]: `dir_path` values parsed into [`dir_path::DirPath`], absolute and unable to escape the storage.
 //! - [`task`]: `TaskId`, `TaskStatus` and `Task::apply`, the Rust mirror of the transition rules.
 //! - [`event`]: `TaskEvent` and its wire form on the `events` stream.
+//! - [`request`]: `TaskRequest`, a task's source, link, user, storage and dir, and their one-field form.
 //! - [`keys`]: every Redis key name, under one hash tag.
 //! - [`store`]: `Store`, the door to Redis; `store/library.lua` holds every transition.
 //! - [`retry_after`]: `Retry-After` headers read as a delay.
@@ -21,6 +22,7 @@ pub mod dir_path;
 pub mod event;
 pub mod keys;
 pub mod link;
+pub mod request;
 pub mod retry_after;
 pub mod shutdown;
 pub mod store;

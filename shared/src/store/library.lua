@@ -24,6 +24,8 @@ KEYS, in this order, for every per-task function (built by `Store::task_keys`):
 
 local LIBRARY_VERSION = '__LIBRARY_VERSION__'
 local GROUP = 'workers'
+-- The `v` of every event written: `EVENT_FORMAT_VERSION` in shared/src/event.rs.
+local EVENT_FORMAT_VERSION = '2'
 
 -- Inside a batch call these hold the call's clock (one TIME per batch) and
 -- the set operations gathered from every task of the batch (one ZADD, ZREM
@@ -114,7 +116,7 @@ end
 -- id, for the task's `log` field. The pairs are passed on as varargs: a
 -- table per event and its unpack were measurable in a batch.
 local function append_event(keys, task_id, event_type, at, ...)
-  return redis.call('XADD', keys[2], '*', 'v', '1', 'type', event_type, 'task', task_id, 'at', at, ...)
+  return redis.call('XADD', keys[2], '*', 'v', EVENT_FORMAT_VERSION, 'type', event_type, 'task', task_id, 'at', at, ...)
 end
 
 -- The task's `log` field with `id` added.
@@ -209,12 +211,12 @@ local function ended_by(state, status, attempt)
   return state ~= nil and state[1] == status and tonumber(state[2]) == tonumber(attempt)
 end
 
--- ARGV: task_id, source, link, user_id, storage, dir, title, idempotency_ttl_ms, request
--- `request` is source, link, user, storage and dir as the projection keeps
--- them: one field, encoded by the Rust store (`request_field`), since they
--- never change and are always read together; five fields cost a search and
--- a reallocation each in every write of the hash. The `created` event keeps
--- them as fields of their own.
+-- ARGV: task_id, request, title, idempotency_ttl_ms
+-- `request` is source, link, user, storage and dir as one field, encoded by
+-- the Rust store (`request_field`), since they never change and are always
+-- read together: the hash, the `created` event and the work item each hold
+-- it as it is, and one argument and one field cost Redis less than five
+-- everywhere they are passed, written or searched.
 -- Returns {task_id, 1} when created, {existing_task_id, 0} for a repeated idempotency key
 -- with the same `request`, and REUSED <existing_task_id> for one with another.
 local function create(keys, args)
@@ -232,7 +234,7 @@ local function create(keys, args)
         -- A repeat must be the same request: a key reused for another
         -- link (a client's bug, or a script's reused key) would otherwise
         -- be answered with a task that is not the one asked for.
-        if first_request and first_request ~= args[9] then
+        if first_request and first_request ~= args[2] then
           return fail_with('REUSED', existing)
         end
         return { existing, 0 }
@@ -243,8 +245,7 @@ local function create(keys, args)
     return fail_with('EXISTS', task_id)
   end
   local at = now_text()
-  local event = append_event(keys, task_id, 'created', at, 'source', args[2], 'link', args[3], 'user', args[4],
-    'storage', args[5], 'dir', args[6], 'title', args[7])
+  local event = append_event(keys, task_id, 'created', at, 'request', args[2], 'title', args[3])
   -- The first work item carries the task's fields that never change, so
   -- the start of the first attempt needs no read of the task hash (see
   -- `Carried` in shared/src/store/queue.rs): `carried` is created, request
@@ -252,15 +253,15 @@ local function create(keys, args)
   -- whose strings hold no raw newline). One field costs Redis less than
   -- three, here and in every read of the item. Later items (a retry's, a
   -- promotion's) carry the task id alone: their task has had an attempt.
-  local job = redis.call('XADD', keys[3], '*', 'task', task_id, 'carried', at .. '\n' .. args[9] .. '\n' .. args[7])
+  local job = redis.call('XADD', keys[3], '*', 'task', task_id, 'carried', at .. '\n' .. args[2] .. '\n' .. args[3])
   -- `attempt`, `retries`, `error` and `updated` are absent until they are
   -- not 0 / empty / later than every other timestamp, which keeps a queued
   -- task small.
-  redis.call('HSET', keys[1], 'status', 'queued', 'created', at, 'job', job, 'log', event, 'request', args[9],
-    'title', args[7])
+  redis.call('HSET', keys[1], 'status', 'queued', 'created', at, 'job', job, 'log', event, 'request', args[2],
+    'title', args[3])
   write_set('ZADD', keys[4], nil, at, task_id)
   if keys[7] then
-    redis.call('SET', keys[7], task_id, 'PX', args[8])
+    redis.call('SET', keys[7], task_id, 'PX', args[4])
   end
   return { task_id, 1 }
 end
@@ -562,7 +563,7 @@ end
 -- In a batch, a create has an idempotency key exactly when it gives the
 -- key's time to live.
 local function has_idempotency_key(args)
-  return args[8] ~= ''
+  return args[4] ~= ''
 end
 
 local function version()
@@ -579,7 +580,7 @@ redis.register_function('savestream_retry', retry)
 redis.register_function('savestream_cancel', cancel)
 redis.register_function('savestream_promote', promote)
 redis.register_function('savestream_heartbeat', heartbeat)
-redis.register_function('savestream_create_batch', batch_of(create, 9, has_idempotency_key, true))
+redis.register_function('savestream_create_batch', batch_of(create, 4, has_idempotency_key, true))
 redis.register_function('savestream_start_batch', batch_of(start, 3))
 redis.register_function('savestream_complete_batch', batch_of(complete, 5))
 redis.register_function { function_name = 'savestream_version', callback = version, flags = { 'no-writes' } }

@@ -28,6 +28,8 @@ pub use queue::{Carried, Job, Lease, RetryOutcome};
 use crate::config::{QueueConfig, RedisConfig};
 use crate::event::TaskEvent;
 use crate::keys::{Keys, WORKERS_GROUP};
+pub(crate) use crate::request::request_field;
+use crate::request::TaskRequest;
 use crate::task::{Millis, SourceKind, Task, TaskId, TaskStatus};
 
 /// Runs `attempt` until it succeeds, answers an error no wait can cure,
@@ -720,32 +722,15 @@ pub(crate) fn pairs(flat: Vec<Value>) -> HashMap<String, String> {
     map
 }
 
-/// The request's fields the projection keeps as one hash field, `request`:
-/// a JSON array `[source, link, user, storage, dir]`. They never change and
-/// are always read together, and each hash field costs Redis a search and a
-/// reallocation in every write of the hash.
-pub(crate) fn request_field(
-    source: SourceKind,
-    link: &str,
-    user_id: i64,
-    storage: &str,
-    dir: &str,
-) -> String {
-    // A tuple serializes as the same array without building a `Value`
-    // first, which cost several times the serializing.
-    serde_json::to_string(&(source.as_str(), link, user_id, storage, dir))
-        .expect("strings and a number always serialize")
-}
-
 impl NewTask {
     fn request_field(&self) -> String {
         request_field(self.source, &self.link, self.user_id, &self.storage, &self.dir)
     }
 
-    /// The library's `create` ARGV for this task; the idempotency key's
-    /// time to live is given only with a key (a batch reads it as "a key
-    /// follows this task's hash in KEYS").
-    pub(crate) fn create_args(&self, with_idempotency_key: bool) -> [String; 9] {
+    /// The library's `create` ARGV for this task: its id, `request`, title
+    /// and the idempotency key's time to live, which is given only with a
+    /// key (a batch reads it as "a key follows this task's hash in KEYS").
+    pub(crate) fn create_args(&self, with_idempotency_key: bool) -> [String; 4] {
         let idempotency_ttl = if with_idempotency_key {
             IDEMPOTENCY_WINDOW.as_millis().to_string()
         } else {
@@ -753,14 +738,9 @@ impl NewTask {
         };
         [
             self.task_id.to_string(),
-            self.source.as_str().to_owned(),
-            self.link.clone(),
-            self.user_id.to_string(),
-            self.storage.clone(),
-            self.dir.clone(),
+            self.request_field(),
             self.title.clone(),
             idempotency_ttl,
-            self.request_field(),
         ]
     }
 }
@@ -794,16 +774,18 @@ pub(crate) fn task_from_hash(task_id: &TaskId, fields: &HashMap<String, String>)
         .into_iter()
         .flatten()
         .fold(created_at, i64::max);
-    let (source, link, user_id, storage, dir): (String, String, i64, String, String) =
-        serde_json::from_str(fields.get("request").map_or("", String::as_str)).map_err(|error| {
-            corrupt(&format!(
-                "field `request` is not [source, link, user, storage, dir]: {error}"
-            ))
-        })?;
+    let TaskRequest {
+        source,
+        link,
+        user_id,
+        storage,
+        dir,
+    } = TaskRequest::parse(fields.get("request").map_or("", String::as_str))
+        .map_err(|error| corrupt(&error))?;
     Ok(Task {
         id: task_id.clone(),
         status: TaskStatus::parse(&text("status")).ok_or_else(|| corrupt("unknown status"))?,
-        source: SourceKind::parse(&source).ok_or_else(|| corrupt("unknown source"))?,
+        source,
         link,
         user_id,
         storage,

@@ -1095,7 +1095,7 @@ async fn the_step_functions_deliver_without_the_loop() {
 async fn a_terminal_event_of_another_format_version_is_delivered_and_an_unreadable_entry_is_left_pending() {
     // Arrange: a completed task whose own events were consumed elsewhere,
     // then entries a newer build might write: its terminal event in format
-    // version 2 with a field this build does not know, an entry with no
+    // version 3 with a field this build does not know, an entry with no
     // type, and a terminal entry with no valid task.
     let harness = Harness::start().await;
     let receiver = Receiver::start().await;
@@ -1117,7 +1117,7 @@ async fn a_terminal_event_of_another_format_version_is_delivered_and_an_unreadab
         &events,
         "*",
         "v",
-        "2",
+        "3",
         "type",
         "completed",
         "task",
@@ -1133,7 +1133,7 @@ async fn a_terminal_event_of_another_format_version_is_delivered_and_an_unreadab
         "checksum",
         "sha256:00",
     ]);
-    harness.redis_cli(&["XADD", &events, "*", "v", "2", "note", "no type"]);
+    harness.redis_cli(&["XADD", &events, "*", "v", "3", "note", "no type"]);
     harness.redis_cli(&[
         "XADD",
         &events,
@@ -1186,7 +1186,7 @@ async fn a_terminal_event_of_another_format_version_is_delivered_and_an_unreadab
     .await
     .unwrap();
     let late = Dispatcher::with_options(no_retention.clone(), &config, fast(&config)).unwrap();
-    let old_entry = harness.redis_cli(&["XADD", &events, "*", "v", "2", "note", "no type either"]);
+    let old_entry = harness.redis_cli(&["XADD", &events, "*", "v", "3", "note", "no type either"]);
     // Past a retention of 0 once the clock has left the entry's millisecond.
     let written_at: i64 = old_entry.split('-').next().unwrap().parse().unwrap();
     while Store::now_ms() <= written_at {
