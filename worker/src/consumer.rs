@@ -231,12 +231,15 @@ fn observe(outcome: &Outcome, source: savestream_shared::task::SourceKind, elaps
         metrics::task_ended(source, ended, elapsed);
     }
     match outcome {
-        Outcome::Completed { bytes } => {
+        Outcome::Completed { bytes, fetched } => {
             let seconds = elapsed.as_secs_f64().max(0.001);
+            // The speed of what this attempt fetched in `elapsed`: the bytes
+            // a resumed attempt found in its partial files came earlier.
             info!(
                 bytes,
+                fetched,
                 seconds = (seconds * 1000.0).round() / 1000.0,
-                bytes_per_second = (*bytes as f64 / seconds) as u64,
+                bytes_per_second = (*fetched as f64 / seconds) as u64,
                 "completed"
             );
         }

@@ -89,7 +89,14 @@ pub const RELEASED_MESSAGE: &str = "worker shut down before the task finished";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// The file is saved and `completed` recorded.
-    Completed { bytes: u64 },
+    Completed {
+        /// The task's size: all of its files.
+        bytes: u64,
+        /// What this attempt downloaded of them: less than `bytes` when it
+        /// resumed partial files an earlier attempt left (0 when it found
+        /// them finished), so it, not `bytes`, measures this attempt's speed.
+        fetched: u64,
+    },
     /// A retryable failure; the task is queued again after `delay`.
     Retrying { delay: Duration, error: String },
     /// A permanent failure, or the retries were used up.
@@ -336,6 +343,16 @@ struct Resolution {
     title: String,
 }
 
+/// What [`Attempt::download`] leaves in a partial file.
+#[derive(Debug)]
+struct Downloaded {
+    /// The partial file's size, finished.
+    size: u64,
+    /// The bytes of it this attempt wrote: not those an earlier attempt
+    /// left, which a resume continues from.
+    fetched: u64,
+}
+
 /// A path an earlier attempt recorded in a `resolved` event.
 #[derive(Debug)]
 struct Recorded {
@@ -452,14 +469,14 @@ impl Attempt<'_> {
         // recording it.
         if let Some(size) = self.finished(storage.as_ref(), &path, file.size).await? {
             info!(bytes = size, "the file was already saved by an earlier attempt");
-            return self.complete(size, &path.to_string()).await;
+            return self.complete(size, 0, &path.to_string()).await;
         }
 
         let mut partial = storage.open(&task.id, &path).await?;
         if let Some(size) = file.size {
             partial.check_space(size).await?;
         }
-        let bytes = self
+        let Downloaded { size: bytes, fetched } = self
             .download(
                 source.as_ref(),
                 &file,
@@ -488,7 +505,7 @@ impl Attempt<'_> {
         }
         self.still_held()?;
         partial.finish().await?;
-        self.complete(bytes, &path.to_string()).await
+        self.complete(bytes, fetched, &path.to_string()).await
     }
 
     /// The attempt of a source that resolves every time: one file or
@@ -564,6 +581,7 @@ impl Attempt<'_> {
         }
 
         let mut done: u64 = 0;
+        let mut fetched: u64 = 0;
         for (index, Placed { file, path }) in placed.iter().enumerate() {
             // An earlier attempt may have finished this file (and died
             // before the next one, or before recording `completed`).
@@ -579,9 +597,11 @@ impl Attempt<'_> {
             // Nothing to record again: every attempt resolves afresh, and
             // a file's validator is only ever that of the attempt's own
             // `resolve` (none from Telegram).
-            let bytes = self
+            let downloaded = self
                 .download(source, file, partial.as_mut(), done, total, None, None)
                 .await?;
+            let bytes = downloaded.size;
+            fetched += downloaded.fetched;
             if let Some(size) = file.size {
                 if bytes != size {
                     return Err(Stop::Failed(TaskError::retryable(format!(
@@ -610,7 +630,7 @@ impl Attempt<'_> {
             [only] => only.path.to_string(),
             _ => dir.to_string(),
         };
-        self.complete(done, &completed_path).await
+        self.complete(done, fetched, &completed_path).await
     }
 
     /// The paths earlier attempts recorded, from the task's `resolved` events.
@@ -674,7 +694,8 @@ impl Attempt<'_> {
     }
 
     /// Streams the file into `partial`, from its length when the source can
-    /// resume there. Returns the size of the finished partial file.
+    /// resume there. Returns the size of the finished partial file and how
+    /// much of it this attempt downloaded.
     ///
     /// Progress counts `before` bytes of earlier files of the task and, when
     /// given, `task_total` as the whole (an album); else the file's size.
@@ -699,7 +720,7 @@ impl Attempt<'_> {
         task_total: Option<u64>,
         resolution: Option<&Resolution>,
         opened: Option<Download>,
-    ) -> Result<u64, Stop> {
+    ) -> Result<Downloaded, Stop> {
         let task = &self.lease.task;
         if let Some(size) = file.size {
             if partial.len() > size {
@@ -707,7 +728,7 @@ impl Attempt<'_> {
             }
             if size > 0 && partial.len() == size {
                 debug!(bytes = size, "the partial file is complete already");
-                return Ok(size);
+                return Ok(Downloaded { size, fetched: 0 });
             }
         }
         let offset = partial.len();
@@ -823,7 +844,12 @@ impl Attempt<'_> {
                         let arrived = partial.len().saturating_sub(started_at);
                         return Err(progress_kept(error, arrived, started_over));
                     }
-                    None => return Ok(partial.len()),
+                    None => {
+                        return Ok(Downloaded {
+                            size: partial.len(),
+                            fetched: partial.len().saturating_sub(started_at),
+                        })
+                    }
                 },
             }
         }
@@ -910,8 +936,9 @@ impl Attempt<'_> {
     }
 
     /// Records `completed` with the task's size and its path (the file's,
-    /// or the directory of an album).
-    async fn complete(&mut self, bytes: u64, path_text: &str) -> Result<Outcome, Stop> {
+    /// or the directory of an album). `fetched` is what this attempt
+    /// downloaded of the task's files, for [`Outcome::Completed`].
+    async fn complete(&mut self, bytes: u64, fetched: u64, path_text: &str) -> Result<Outcome, Stop> {
         // An earlier attempt may have reserved a file this one did not use
         // (the source named it differently this time); once the task has
         // ended nothing would remove it. This attempt's own files are all
@@ -924,7 +951,7 @@ impl Attempt<'_> {
             .persist(|| self.context.store.complete(self.lease, Some(bytes), path_text))
             .await
         {
-            Ok(()) => Ok(Outcome::Completed { bytes }),
+            Ok(()) => Ok(Outcome::Completed { bytes, fetched }),
             Err(Stop::Interrupted(Interrupt::Canceled)) => {
                 // Canceled in the instant between finishing the files and
                 // recording it: the cancel wins, and takes the files with it.

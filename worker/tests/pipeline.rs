@@ -333,7 +333,13 @@ async fn process_saves_a_direct_link_and_records_its_title_path_and_progress() {
 
     let outcome = harness.process(&lease).await;
 
-    assert_eq!(outcome, Outcome::Completed { bytes: 200_000 });
+    assert_eq!(
+        outcome,
+        Outcome::Completed {
+            bytes: 200_000,
+            fetched: 200_000
+        }
+    );
     assert_eq!(
         std::fs::read(harness.stored("/docs/report.pdf")).unwrap(),
         body(200_000)
@@ -369,9 +375,21 @@ async fn a_taken_name_gets_a_number_and_a_hostile_name_is_sanitised() {
     let evil = harness.create("/evil").await;
 
     let first = harness.lease().await;
-    assert_eq!(harness.process(&first).await, Outcome::Completed { bytes: 10 });
+    assert_eq!(
+        harness.process(&first).await,
+        Outcome::Completed {
+            bytes: 10,
+            fetched: 10
+        }
+    );
     let second = harness.lease().await;
-    assert_eq!(harness.process(&second).await, Outcome::Completed { bytes: 20 });
+    assert_eq!(
+        harness.process(&second).await,
+        Outcome::Completed {
+            bytes: 20,
+            fetched: 20
+        }
+    );
 
     assert_eq!(
         harness.record(&taken).await.task.path.as_deref(),
@@ -396,7 +414,13 @@ async fn a_resumed_attempt_continues_its_part_file_with_a_range_request() {
 
     let outcome = harness.process(&lease).await;
 
-    assert_eq!(outcome, Outcome::Completed { bytes: 100_000 });
+    assert_eq!(
+        outcome,
+        Outcome::Completed {
+            bytes: 100_000,
+            fetched: 70_000
+        }
+    );
     assert_eq!(std::fs::read(harness.stored("/f.bin")).unwrap(), body(100_000));
     let requests = harness.files.requests_for("/f.bin");
     assert_eq!(
@@ -408,6 +432,39 @@ async fn a_resumed_attempt_continues_its_part_file_with_a_range_request() {
     assert_eq!(requests[0].sent, 70_000);
     assert_eq!(harness.record(&task_id).await.task.status, TaskStatus::Completed);
     assert_eq!(harness.names_on_disk(), vec!["f.bin"]);
+}
+
+#[tokio::test]
+async fn a_resumed_attempt_reports_as_fetched_only_the_bytes_it_downloaded_not_those_it_resumed_from() {
+    // What the earlier attempt left in the partial file, and what this one
+    // must then say it fetched: the completed log's speed is fetched bytes
+    // over this attempt's time.
+    for (kept, expected_fetched) in [(0, 100_000), (30_000, 70_000), (100_000, 0)] {
+        let harness = Harness::start().await;
+        harness.files.add("/f.bin", ServedFile::new(body(100_000)));
+        let task_id = harness.create("/f.bin").await;
+        let lease = harness.resolved_and_released("f.bin", 100_000, "/f.bin").await;
+        std::fs::write(harness.own_partial(&task_id, "f.bin"), &body(100_000)[..kept]).unwrap();
+
+        let outcome = harness.process(&lease).await;
+
+        assert_eq!(
+            outcome,
+            Outcome::Completed {
+                bytes: 100_000,
+                fetched: expected_fetched
+            },
+            "{kept} bytes kept"
+        );
+        let sent: u64 = harness
+            .files
+            .requests_for("/f.bin")
+            .iter()
+            .map(|request| request.sent)
+            .sum();
+        assert_eq!(sent, expected_fetched, "{kept} bytes kept: what the server sent");
+        assert_eq!(std::fs::read(harness.stored("/f.bin")).unwrap(), body(100_000));
+    }
 }
 
 /// Another file of the same size as [`body`]'s: what the server has at the
@@ -440,7 +497,13 @@ async fn the_first_attempt_records_the_servers_validator_and_a_weak_etag_falls_b
         let task_id = harness.create("/f.bin").await;
         let lease = harness.lease().await;
 
-        assert_eq!(harness.process(&lease).await, Outcome::Completed { bytes: 1_000 });
+        assert_eq!(
+            harness.process(&lease).await,
+            Outcome::Completed {
+                bytes: 1_000,
+                fetched: 1_000
+            }
+        );
 
         let record = harness.record(&task_id).await;
         assert_eq!(record.task.validator.as_deref(), expected, "{served:?}");
@@ -487,7 +550,14 @@ async fn a_resumed_attempt_of_a_file_replaced_by_another_of_the_same_size_starts
 
         let outcome = harness.process(&lease).await;
 
-        assert_eq!(outcome, Outcome::Completed { bytes: SIZE as u64 }, "{how}");
+        assert_eq!(
+            outcome,
+            Outcome::Completed {
+                bytes: SIZE as u64,
+                fetched: SIZE as u64
+            },
+            "{how}"
+        );
         let stored = std::fs::read(harness.stored("/f.bin")).unwrap();
         assert!(
             stored == other_body(SIZE),
@@ -534,7 +604,14 @@ async fn a_resumed_attempt_whose_validator_still_matches_continues_with_a_range_
 
         let outcome = harness.process(&lease).await;
 
-        assert_eq!(outcome, Outcome::Completed { bytes: SIZE as u64 }, "{how}");
+        assert_eq!(
+            outcome,
+            Outcome::Completed {
+                bytes: SIZE as u64,
+                fetched: 70_000
+            },
+            "{how}"
+        );
         assert_eq!(
             std::fs::read(harness.stored("/f.bin")).unwrap(),
             body(SIZE),
@@ -577,7 +654,13 @@ async fn a_file_replaced_on_the_server_is_resumed_under_its_new_validator_once_i
 
     let outcome = harness.process(&third).await;
 
-    assert_eq!(outcome, Outcome::Completed { bytes: SIZE as u64 });
+    assert_eq!(
+        outcome,
+        Outcome::Completed {
+            bytes: SIZE as u64,
+            fetched: SIZE as u64 - kept_of_b
+        }
+    );
     let stored = std::fs::read(harness.stored("/f.bin")).unwrap();
     assert!(
         stored == other_body(SIZE),
@@ -642,7 +725,10 @@ async fn a_first_attempt_saves_the_response_it_resolved_so_a_file_replaced_since
 
     assert_eq!(
         harness.process(&lease).await,
-        Outcome::Completed { bytes: SIZE as u64 }
+        Outcome::Completed {
+            bytes: SIZE as u64,
+            fetched: SIZE as u64
+        }
     );
 
     assert!(std::fs::read(harness.stored("/f.bin")).unwrap() == body(SIZE));
@@ -666,7 +752,13 @@ async fn a_single_use_link_is_saved_from_the_one_request_that_resolved_it() {
 
     let outcome = harness.process(&lease).await;
 
-    assert_eq!(outcome, Outcome::Completed { bytes: 200_000 });
+    assert_eq!(
+        outcome,
+        Outcome::Completed {
+            bytes: 200_000,
+            fetched: 200_000
+        }
+    );
     assert!(std::fs::read(harness.stored("/once.bin")).unwrap() == body(200_000));
     assert_eq!(harness.record(&task_id).await.task.status, TaskStatus::Completed);
     let requests = harness.files.requests_for("/once.bin");
@@ -732,7 +824,10 @@ async fn a_late_write_of_an_earlier_attempt_never_reaches_a_replaced_file_downlo
 
     assert_eq!(
         harness.process(&lease).await,
-        Outcome::Completed { bytes: SIZE as u64 }
+        Outcome::Completed {
+            bytes: SIZE as u64,
+            fetched: SIZE as u64
+        }
     );
     // The frozen attempt wakes up and writes what it had of A.
     frozen
@@ -766,7 +861,10 @@ async fn a_download_that_starts_over_from_a_file_without_a_validator_keeps_the_r
 
     assert_eq!(
         harness.process(&lease).await,
-        Outcome::Completed { bytes: SIZE as u64 }
+        Outcome::Completed {
+            bytes: SIZE as u64,
+            fetched: SIZE as u64
+        }
     );
 
     assert!(std::fs::read(harness.stored("/f.bin")).unwrap() == other_body(SIZE));
@@ -794,7 +892,10 @@ async fn a_resumed_attempt_of_a_task_recorded_without_a_validator_sends_no_if_ra
 
     assert_eq!(
         harness.process(&lease).await,
-        Outcome::Completed { bytes: 100_000 }
+        Outcome::Completed {
+            bytes: 100_000,
+            fetched: 70_000
+        }
     );
 
     assert_eq!(std::fs::read(harness.stored("/f.bin")).unwrap(), body(100_000));
@@ -824,7 +925,10 @@ async fn a_resumed_attempt_that_gets_a_capped_range_starts_over_rather_than_savi
 
         assert_eq!(
             outcome,
-            Outcome::Completed { bytes: 100_000 },
+            Outcome::Completed {
+                bytes: 100_000,
+                fetched: 100_000
+            },
             "recorded size {recorded_size:?}"
         );
         assert_eq!(
@@ -949,7 +1053,13 @@ async fn a_reservation_an_attempt_could_not_record_keeps_its_name_for_the_next_a
 
     let outcome = harness.process(&lease).await;
 
-    assert_eq!(outcome, Outcome::Completed { bytes: 1_000 });
+    assert_eq!(
+        outcome,
+        Outcome::Completed {
+            bytes: 1_000,
+            fetched: 1_000
+        }
+    );
     assert_eq!(
         harness.record(&task_id).await.task.path.as_deref(),
         Some("/f.bin")
@@ -987,7 +1097,13 @@ async fn a_completed_task_removes_a_reservation_an_earlier_attempt_made_and_it_d
 
     let outcome = harness.process(&lease).await;
 
-    assert_eq!(outcome, Outcome::Completed { bytes: 1_000 });
+    assert_eq!(
+        outcome,
+        Outcome::Completed {
+            bytes: 1_000,
+            fetched: 1_000
+        }
+    );
     assert_eq!(harness.names_on_disk(), vec!["f.bin"]);
 }
 
@@ -1003,7 +1119,13 @@ async fn a_resumed_attempt_starts_over_when_the_server_ignores_range() {
 
     let outcome = harness.process(&lease).await;
 
-    assert_eq!(outcome, Outcome::Completed { bytes: 50_000 });
+    assert_eq!(
+        outcome,
+        Outcome::Completed {
+            bytes: 50_000,
+            fetched: 50_000
+        }
+    );
     assert_eq!(std::fs::read(harness.stored("/f.bin")).unwrap(), body(50_000));
     let requests = harness.files.requests_for("/f.bin");
     assert_eq!(requests[0].range.as_deref(), Some("bytes=20000-"));
@@ -1022,7 +1144,13 @@ async fn a_file_finished_before_a_crash_is_completed_without_downloading_again()
 
     let outcome = harness.process(&lease).await;
 
-    assert_eq!(outcome, Outcome::Completed { bytes: 1_000 });
+    assert_eq!(
+        outcome,
+        Outcome::Completed {
+            bytes: 1_000,
+            fetched: 0
+        }
+    );
     assert!(harness.files.requests().is_empty());
     assert_eq!(
         harness.record(&task_id).await.task.path.as_deref(),
@@ -1156,7 +1284,13 @@ async fn a_server_that_answers_a_plain_get_with_part_of_the_file_gets_the_whole_
 
     let outcome = harness.process(&lease).await;
 
-    assert_eq!(outcome, Outcome::Completed { bytes: 300_000 });
+    assert_eq!(
+        outcome,
+        Outcome::Completed {
+            bytes: 300_000,
+            fetched: 300_000
+        }
+    );
     assert!(std::fs::read(harness.stored("/f.bin")).unwrap() == body(300_000));
     assert_eq!(harness.record(&task_id).await.task.size, Some(300_000));
 }

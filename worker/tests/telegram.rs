@@ -273,13 +273,29 @@ impl Harness {
     }
 }
 
-/// Asserts that an attempt completed with `bytes`.
+/// Asserts that an attempt completed with `bytes`, all of which it
+/// downloaded itself.
 fn assert_completed(outcome: &Outcome, bytes: usize) {
     assert_eq!(
         outcome,
-        &Outcome::Completed { bytes: bytes as u64 },
+        &Outcome::Completed {
+            bytes: bytes as u64,
+            fetched: bytes as u64
+        },
         "the attempt should have completed"
     );
+}
+
+/// Asserts that an attempt completed with `bytes`; returns how many of them
+/// it downloaded itself (a resumed attempt: not those it found on disk).
+fn assert_resumed(outcome: &Outcome, bytes: usize) -> u64 {
+    match outcome {
+        Outcome::Completed {
+            bytes: completed,
+            fetched,
+        } if *completed == bytes as u64 => *fetched,
+        other => panic!("the attempt should have completed with {bytes} bytes: {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -513,7 +529,11 @@ async fn a_flood_wait_longer_than_the_lease_allows_releases_the_task_and_a_later
     let next = harness.next_attempt(Duration::from_secs(10)).await;
     let outcome = harness.process(&next).await;
 
-    assert_completed(&outcome, bytes.len());
+    let fetched = assert_resumed(&outcome, bytes.len());
+    assert!(
+        fetched <= (bytes.len() - MIB) as u64,
+        "part 0 was on disk already, yet fetched {fetched}"
+    );
     assert_eq!(harness.read("/f.bin"), bytes);
     assert_eq!(
         harness.files(),
@@ -604,7 +624,8 @@ async fn after_a_fault_at_any_part_the_next_attempt_resumes_from_the_first_missi
         let next = harness.next_attempt(Duration::from_secs(10)).await;
         let outcome = harness.process(&next).await;
 
-        assert_completed(&outcome, size);
+        let fetched = assert_resumed(&outcome, size);
+        assert_eq!(fetched, size as u64 - kept, "part {failing_part}");
         assert_eq!(harness.read("/f.bin"), bytes, "part {failing_part}");
         assert_eq!(harness.files(), vec!["/f.bin"], "part {failing_part}");
         let resumed = harness.part_calls_for(file, calls_before);
@@ -645,7 +666,11 @@ async fn a_killed_attempt_is_resumed_from_its_partial_file_by_the_next_one() {
     let next = harness.lease().await;
     let outcome = harness.process(&next).await;
 
-    assert_completed(&outcome, size);
+    let fetched = assert_resumed(&outcome, size);
+    assert!(
+        fetched <= (size - 2 * MIB) as u64,
+        "parts 0 and 1 were on disk already, yet fetched {fetched}"
+    );
     assert_eq!(harness.read("/big.bin"), bytes);
     assert_eq!(harness.files(), vec!["/big.bin"]);
     let resumed = harness.part_calls_for(file, calls_before);
@@ -688,7 +713,11 @@ async fn a_killed_album_keeps_its_names_and_does_not_download_finished_files_aga
     let next = harness.lease().await;
     let outcome = harness.process(&next).await;
 
-    assert_completed(&outcome, total);
+    let fetched = assert_resumed(&outcome, total);
+    assert!(
+        fetched <= (files[2].2.len() - 2 * MIB) as u64,
+        "only the rest of the last file was fetched, not {fetched} bytes"
+    );
     assert_eq!(
         harness.files(),
         vec![
