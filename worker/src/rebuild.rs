@@ -18,14 +18,16 @@
 use std::time::Duration;
 
 use savestream_shared::config::Config;
-use savestream_shared::store::{ApiInfo, RebuildReport, Store, StoreError, WorkerInfo};
+use savestream_shared::store::{ApiInfo, RebuildReport, RedisConnectError, Store, StoreError, WorkerInfo};
 
 /// Why a rebuild did not run, or did not finish. Each message is complete on
 /// its own line, saying what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum RebuildError {
-    #[error("cannot connect to redis at {url}: {error}")]
-    Connect { url: String, error: StoreError },
+    /// The worker's and the API's own start-up message, advice included,
+    /// so an operator meets one wording for one fault.
+    #[error("{0}")]
+    Connect(RedisConnectError),
     #[error("cannot read the registries of live processes on redis at {url}: {error}; nothing was rebuilt")]
     Registry { url: String, error: StoreError },
     #[error(
@@ -65,9 +67,11 @@ pub async fn run(config: &Config, force: bool) -> Result<RebuildReport, RebuildE
     let url = config.redis.shown_url();
     let store = Store::connect(&config.redis, &config.queue)
         .await
-        .map_err(|error| RebuildError::Connect {
-            url: url.clone(),
-            error,
+        .map_err(|error| {
+            RebuildError::Connect(RedisConnectError {
+                at: url.clone(),
+                error,
+            })
         })?;
     let registry_error = |error| RebuildError::Registry {
         url: url.clone(),

@@ -702,6 +702,50 @@ fn rebuild_with_an_unreachable_redis_exits_1_naming_it_without_its_password() {
 }
 
 #[test]
+fn rebuild_with_an_unreachable_redis_says_what_to_do_in_the_words_of_the_workers_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(dir.path(), &format!("redis://:hunter2@127.0.0.1:{port}"));
+    let text = std::fs::read_to_string(&config).unwrap();
+    // Not waited for: the first refused connection is the answer.
+    std::fs::write(
+        &config,
+        text.replace("[redis]\n", "[redis]\nstartup_wait_seconds = 0\n"),
+    )
+    .unwrap();
+    let last_line = |output: &Output| stderr_lines(output).last().cloned().unwrap_or_default();
+
+    let rebuild = worker()
+        .arg("--config")
+        .arg(&config)
+        .arg("rebuild")
+        .output()
+        .unwrap();
+    let start = worker().arg("--config").arg(&config).output().unwrap();
+
+    assert_eq!(rebuild.status.code(), Some(1), "{rebuild:?}");
+    assert_eq!(start.status.code(), Some(1), "{start:?}");
+    let rebuild_says = last_line(&rebuild);
+    let start_says = last_line(&start);
+    assert_eq!(
+        rebuild_says.strip_prefix("error: "),
+        start_says.strip_prefix("error: starting the worker: "),
+        "rebuild: {rebuild:?}\nstart: {start:?}"
+    );
+    assert!(
+        rebuild_says.starts_with(&format!(
+            "error: cannot connect to redis at redis://:***@127.0.0.1:{port}"
+        )) && rebuild_says
+            .contains("start redis there, or point [redis] url (SAVESTREAM_REDIS_URL) at a running one"),
+        "{rebuild_says}"
+    );
+    assert!(
+        !rebuild_says.contains("hunter2"),
+        "the password leaked: {rebuild_says}"
+    );
+}
+
+#[test]
 fn rebuild_with_a_missing_config_or_an_unknown_flag_exits_2() {
     let dir = tempfile::tempdir().unwrap();
     let missing = worker()
