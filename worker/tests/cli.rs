@@ -45,6 +45,17 @@ fn write_config(dir: &std::path::Path, redis_url: &str) -> std::path::PathBuf {
     path
 }
 
+/// A config whose Redis is a free port with nothing listening, its URL
+/// holding the password `hunter2`, waited for `wait_seconds` at start.
+fn unreachable_redis_config(dir: &std::path::Path, wait_seconds: u64) -> (std::path::PathBuf, u16) {
+    let port = free_port();
+    let config = write_config(dir, &format!("redis://:hunter2@127.0.0.1:{port}"));
+    let text = std::fs::read_to_string(&config).unwrap();
+    let waited = format!("[redis]\nstartup_wait_seconds = {wait_seconds}\n");
+    std::fs::write(&config, text.replace("[redis]\n", &waited)).unwrap();
+    (config, port)
+}
+
 /// A worker process that a failing test does not leave running.
 struct KilledOnDrop(std::process::Child);
 
@@ -89,14 +100,7 @@ fn an_invalid_config_exits_2_naming_the_key() {
 #[test]
 fn an_unreachable_redis_is_waited_for_then_exits_1_naming_it() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = write_config(dir.path(), &format!("redis://:hunter2@127.0.0.1:{port}"));
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        text.replace("[redis]\n", "[redis]\nstartup_wait_seconds = 1\n"),
-    )
-    .unwrap();
+    let (config, port) = unreachable_redis_config(dir.path(), 1);
     let output = worker().arg("--config").arg(&config).output().unwrap();
 
     assert_eq!(output.status.code(), Some(1));
@@ -670,14 +674,7 @@ async fn rebuild_refuses_while_an_api_process_is_registered_naming_it_and_runs_w
 #[test]
 fn rebuild_with_an_unreachable_redis_exits_1_naming_it_without_its_password() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = write_config(dir.path(), &format!("redis://:hunter2@127.0.0.1:{port}"));
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        text.replace("[redis]\n", "[redis]\nstartup_wait_seconds = 1\n"),
-    )
-    .unwrap();
+    let (config, port) = unreachable_redis_config(dir.path(), 1);
 
     let output = worker()
         .arg("--config")
@@ -704,15 +701,8 @@ fn rebuild_with_an_unreachable_redis_exits_1_naming_it_without_its_password() {
 #[test]
 fn rebuild_with_an_unreachable_redis_says_what_to_do_in_the_words_of_the_workers_start() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = write_config(dir.path(), &format!("redis://:hunter2@127.0.0.1:{port}"));
-    let text = std::fs::read_to_string(&config).unwrap();
     // Not waited for: the first refused connection is the answer.
-    std::fs::write(
-        &config,
-        text.replace("[redis]\n", "[redis]\nstartup_wait_seconds = 0\n"),
-    )
-    .unwrap();
+    let (config, port) = unreachable_redis_config(dir.path(), 0);
     let last_line = |output: &Output| stderr_lines(output).last().cloned().unwrap_or_default();
 
     let rebuild = worker()
