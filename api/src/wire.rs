@@ -448,7 +448,8 @@ pub struct TaskDetails {
     pub title: String,
     /// When the task was created, RFC 3339 in UTC. Example: `2024-01-19T04:30:00Z`.
     pub created_at: String,
-    /// Why the task failed, or the last retryable error while it is retried; empty when none.
+    /// Why the task failed, or, while it is queued to be tried again, why its last attempt ended;
+    /// empty otherwise (a running attempt shows none).
     pub error: String,
     /// When the task last changed, RFC 3339 in UTC. Example: `2024-01-19T04:31:12Z`.
     pub updated_at: String,

@@ -299,6 +299,8 @@ impl Task {
                 task.attempt = *attempt;
                 task.worker = Some(worker.clone());
                 task.started_at = Some(at);
+                // The error of the retry or release before it is not this attempt's.
+                task.error = String::new();
             }
             EventKind::Resolved {
                 attempt,
@@ -530,6 +532,21 @@ mod tests {
             Err("carries attempt 1, but the current attempt is 2"),
         );
         check(vec![started(2)], Err("carries attempt 2"));
+    }
+
+    #[test]
+    fn a_retry_or_release_shows_its_error_until_the_next_attempt_starts() {
+        let task_id = TaskId::generate();
+        let mut events = vec![created(&task_id), event(&task_id, 2, started(1))];
+        events.push(event(&task_id, 3, retrying(1)));
+        let queued = Task::fold(&events).unwrap().unwrap();
+        assert_eq!((queued.status, queued.error.as_str()), (TaskStatus::Queued, "e"));
+        events.push(event(&task_id, 4, started(2)));
+        let running = Task::fold(&events).unwrap().unwrap();
+        assert_eq!(
+            (running.status, running.error.as_str()),
+            (TaskStatus::Running, "")
+        );
     }
 
     #[test]

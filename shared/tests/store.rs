@@ -12,7 +12,7 @@ use savestream_shared::config::{QueueConfig, RedisConfig};
 use savestream_shared::event::EventKind;
 use savestream_shared::store::queue::RetryKind;
 use savestream_shared::store::webhooks::{ClaimedWebhook, TaskWebhook, WebhookResult, WebhookState};
-use savestream_shared::store::{Job, Lease, NewTask, Progress, RetryOutcome, Store, StoreError};
+use savestream_shared::store::{Job, Lease, NewTask, Progress, RetryOutcome, Store, StoreError, TaskRecord};
 use savestream_shared::task::{SourceKind, TaskId, TaskStatus};
 use savestream_shared::title;
 use savestream_testkit::{eventually, RedisServer};
@@ -750,6 +750,53 @@ async fn a_release_requeues_at_once_without_using_a_retry() {
     let lease = harness.start_next().await;
     assert_eq!(lease.task.id, task_id);
     assert_eq!(lease.task.retries, 0);
+}
+
+#[tokio::test]
+async fn a_started_attempt_shows_no_error_of_the_release_or_retry_before_it() {
+    let harness = Harness::start().await;
+    let task_id = harness.create().await;
+    let error_of = |record: Option<TaskRecord>| {
+        let task = record.unwrap().task;
+        (task.status, task.error)
+    };
+
+    for (kind, error) in [
+        (RetryKind::Release, "worker shutting down"),
+        (RetryKind::Failure { max_retries: 3 }, "source timed out"),
+    ] {
+        let lease = harness.start_next().await;
+        harness
+            .store
+            .retry(&lease, error, kind, Duration::ZERO)
+            .await
+            .unwrap();
+        // Queued again, the task says why.
+        assert_eq!(
+            error_of(harness.store.get(&task_id).await.unwrap()),
+            (TaskStatus::Queued, error.to_owned())
+        );
+
+        let lease = harness.start_next().await;
+
+        // Running, it shows no error: neither in the lease nor when read.
+        assert_eq!(lease.task.error, "", "{kind:?}");
+        assert_eq!(
+            error_of(harness.store.get(&task_id).await.unwrap()),
+            (TaskStatus::Running, String::new())
+        );
+        harness
+            .store
+            .retry(&lease, "again", RetryKind::Release, Duration::ZERO)
+            .await
+            .unwrap();
+    }
+    // The projection is still the fold of the log.
+    let folded = harness.store.fold_log().await.unwrap();
+    assert_eq!(
+        folded.tasks[&task_id].task,
+        harness.store.get(&task_id).await.unwrap().unwrap().task
+    );
 }
 
 #[tokio::test]

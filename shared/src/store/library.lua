@@ -274,7 +274,7 @@ end
 -- Lua and back.
 local function start(keys, args)
   local task_id, job, worker = args[1], args[2], args[3]
-  local state = redis.call('HMGET', keys[1], 'status', 'attempt', 'job', 'log')
+  local state = redis.call('HMGET', keys[1], 'status', 'attempt', 'job', 'log', 'error')
   local status, current_job = state[1], state[3]
   if not status then
     return fail_with('NOTFOUND', task_id)
@@ -291,6 +291,12 @@ local function start(keys, args)
   local event = append_event(keys, task_id, 'started', at, 'attempt', attempt_text, 'worker', worker)
   redis.call('HSET', keys[1], 'status', 'running', 'attempt', attempt_text, 'worker', worker, 'started', at,
     'log', logged(state[4], event))
+  -- The error of the retry or release before this attempt is not this
+  -- attempt's: a running task shows none. Only a task that has had an
+  -- attempt can hold one, so a first start pays for the read alone.
+  if state[5] then
+    redis.call('HDEL', keys[1], 'error')
+  end
   write_set('ZREM', keys[4], nil, task_id)
   write_set('ZADD', keys[5], nil, at, task_id)
   return { attempt, at }
