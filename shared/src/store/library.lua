@@ -274,7 +274,7 @@ end
 -- Lua and back.
 local function start(keys, args)
   local task_id, job, worker = args[1], args[2], args[3]
-  local state = redis.call('HMGET', keys[1], 'status', 'attempt', 'job', 'log', 'error')
+  local state = redis.call('HMGET', keys[1], 'status', 'attempt', 'job', 'log')
   local status, current_job = state[1], state[3]
   if not status then
     return fail_with('NOTFOUND', task_id)
@@ -293,8 +293,9 @@ local function start(keys, args)
     'log', logged(state[4], event))
   -- The error of the retry or release before this attempt is not this
   -- attempt's: a running task shows none. Only a task that has had an
-  -- attempt can hold one, so a first start pays for the read alone.
-  if state[5] then
+  -- attempt can hold one, so a first start (most of them) neither reads
+  -- nor deletes it: a field a hash lacks is searched end to end.
+  if state[2] then
     redis.call('HDEL', keys[1], 'error')
   end
   write_set('ZREM', keys[4], nil, task_id)
