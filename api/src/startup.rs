@@ -11,7 +11,7 @@ use std::time::Duration;
 use poem::listener::{Acceptor, TcpAcceptor};
 use poem::{EndpointExt, IntoEndpoint, Route, Server};
 use savestream_shared::config::Config;
-use savestream_shared::store::{redis_host, RedisConnectError, Store};
+use savestream_shared::store::{RedisConnectError, Store};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::metrics_endpoint;
@@ -41,7 +41,7 @@ impl Application {
             .await
             .map_err(|error| {
                 StartupError::Redis(RedisConnectError {
-                    at: redis_host(&config.redis.url),
+                    at: config.redis.shown_url(),
                     error,
                 })
             })?;

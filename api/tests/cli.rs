@@ -149,7 +149,9 @@ fn unreachable_redis_is_waited_for_then_exits_1_naming_the_host_and_what_to_do()
         explain(&output)
     );
     assert!(
-        stderr.contains(&format!("cannot connect to redis at 127.0.0.1:{redis_port}")),
+        stderr.contains(&format!(
+            "cannot connect to redis at redis://:***@127.0.0.1:{redis_port}"
+        )),
         "{}",
         explain(&output)
     );

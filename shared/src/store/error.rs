@@ -136,23 +136,10 @@ pub fn shown_redis_url(url: &str) -> String {
     }
 }
 
-/// `host:port` of a Redis URL (6379 when it names none), for messages:
-/// never the password.
-pub fn redis_host(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(parsed) => {
-            let host = parsed.host_str().unwrap_or("localhost");
-            let port = parsed.port().unwrap_or(6379);
-            format!("{host}:{port}")
-        }
-        Err(_) => "the configured [redis] url".to_owned(),
-    }
-}
-
 /// A process could not connect to Redis at start-up ([`super::Store::connect`],
 /// or a connection made right after it): one line that says where, why and
 /// what to do, the same for every process. `at` names Redis without its
-/// password ([`shown_redis_url`] or [`redis_host`]).
+/// password: [`shown_redis_url`], as `RedisConfig::shown_url` gives it.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot connect to redis at {at}: {error}; {}", connect_advice(.error))]
 pub struct RedisConnectError {
@@ -226,11 +213,6 @@ mod tests {
         for (url, shown) in cases {
             assert_eq!(shown_redis_url(url), shown, "{url}");
         }
-        assert_eq!(
-            redis_host("redis://:hunter2@cache.internal:6380/0"),
-            "cache.internal:6380"
-        );
-        assert_eq!(redis_host("redis://127.0.0.1"), "127.0.0.1:6379");
     }
 
     #[test]

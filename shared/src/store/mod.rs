@@ -22,7 +22,7 @@ use std::time::Duration;
 use fred::prelude::*;
 use fred::types::Value;
 
-pub use error::{redis_host, shown_redis_url, RedisConnectError, StoreError};
+pub use error::{shown_redis_url, RedisConnectError, StoreError};
 pub use queue::{Carried, Job, Lease, RetryOutcome};
 
 use crate::config::{QueueConfig, RedisConfig};
