@@ -25,6 +25,8 @@ r=redis.Redis(port=PORT, socket_timeout=600)
 for _ in range(600):
     try: r.ping(); break
     except Exception: time.sleep(0.1)
+# The library registers its functions under their names and its version
+# (here "x"): savestream_create_batch_x and so on.
 src=open(lib).read().replace("__LIBRARY_VERSION__","x")
 r.function_load(src, replace=True)
 pre="{bench}:"; K=lambda n: pre+n
@@ -42,7 +44,7 @@ for s in range(0,N,B):
         # as five arguments before the title as well).
         args+= [tid(i),f'["http","https://example.com/files/{i}.bin",123456789,"local1","/downloads"]',
                 f"{i}.bin → local1:/downloads",""]
-    r.fcall("savestream_create_batch", len(shared)+len(ids), *shared, *[K("task:"+tid(i)) for i in ids], *args)
+    r.fcall("savestream_create_batch_x", len(shared)+len(ids), *shared, *[K("task:"+tid(i)) for i in ids], *args)
 dump("create")
 leases=[]
 while len(leases)<N:
@@ -55,7 +57,7 @@ while len(leases)<N:
     # create queued does, in its `carried` field; before 2026-11-28's
     # library none did).
     pl=r.pipeline(transaction=False)
-    pl.fcall("savestream_start_batch", len(shared)+len(keys), *shared, *keys, *args)
+    pl.fcall("savestream_start_batch_x", len(shared)+len(keys), *shared, *keys, *args)
     for k,(jid,f) in zip(keys,ents):
         if b"carried" not in f: pl.hgetall(k)
     res=pl.execute()[0]
@@ -65,7 +67,7 @@ dump("start")
 for s in range(0,N,B):
     chunk=leases[s:s+B]; args=[]
     for t,a in chunk: args+=[t,str(a),"0","/downloads/file.bin","3600000"]
-    r.fcall("savestream_complete_batch", len(shared)+len(chunk), *shared, *[K("task:"+t) for t,_ in chunk], *args)
+    r.fcall("savestream_complete_batch_x", len(shared)+len(chunk), *shared, *[K("task:"+t) for t,_ in chunk], *args)
 dump("complete")
 r.shutdown(nosave=True); p.wait()
 tot={}

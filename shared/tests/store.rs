@@ -1660,6 +1660,41 @@ async fn the_library_is_reloaded_when_redis_loses_it() {
     assert_eq!(harness.status(&task_id).await, TaskStatus::Queued);
 }
 
+#[tokio::test]
+async fn a_call_never_runs_in_another_builds_library_but_loads_its_own_first() {
+    let harness = Harness::start().await;
+    let raw = harness.raw().await;
+    // Another build's library, loaded by one of its processes: the same
+    // library name, and functions of the names this build calls that would
+    // take its arguments otherwise (an earlier build's create took 9 a task).
+    let other_build = "#!lua name=savestream\n\
+        local function other() return redis.error_reply('ERR ran in the other build') end\n\
+        redis.register_function('savestream_create', other)\n\
+        redis.register_function('savestream_create_batch', other)\n\
+        redis.register_function('savestream_start', other)\n\
+        redis.register_function{function_name = 'savestream_version', \
+          callback = function() return 'another build' end, flags = {'no-writes'}}\n";
+    let _: String = raw.function_load(true, other_build).await.unwrap();
+
+    let task_id = harness.create().await;
+
+    assert_eq!(harness.status(&task_id).await, TaskStatus::Queued);
+    let loaded: String = raw
+        .fcall("savestream_version", Vec::<String>::new(), Vec::<String>::new())
+        .await
+        .unwrap();
+    assert_eq!(loaded, Store::library_version());
+    // And the other build, calling again, finds none of its functions
+    // rather than this build's under its names.
+    let refused: Result<Value, _> = raw.fcall("savestream_create", vec!["k"], vec!["a"]).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|error| error.details().contains("Function not found")),
+        "{refused:?}"
+    );
+}
+
 /// A new direct-link task, its link and title numbered `index`.
 fn numbered_task(index: usize) -> NewTask {
     NewTask {

@@ -22,7 +22,19 @@ KEYS, in this order, for every per-task function (built by `Store::task_keys`):
   7 idempotency key (create only)
 ]]
 
+-- Every function but `savestream_version` is registered under its name and
+-- this library's version (`savestream_create_<version>`), and the Rust store
+-- calls it so. A process of another build, whose calls may not fit these
+-- functions (another number or order of arguments), finds none of its
+-- names here: it gets "Function not found", loads its own library and
+-- calls again, instead of running its arguments through functions that
+-- would misread them.
+
 local LIBRARY_VERSION = '__LIBRARY_VERSION__'
+
+local function register(name, callback)
+  redis.register_function(name .. '_' .. LIBRARY_VERSION, callback)
+end
 local GROUP = 'workers'
 -- The `v` of every event written: `EVENT_FORMAT_VERSION` in shared/src/event.rs.
 local EVENT_FORMAT_VERSION = '2'
@@ -577,19 +589,19 @@ local function version()
   return LIBRARY_VERSION
 end
 
-redis.register_function('savestream_create', create)
-redis.register_function('savestream_start', start)
-redis.register_function('savestream_resolve', resolve)
-redis.register_function('savestream_progress', progress)
-redis.register_function('savestream_complete', complete)
-redis.register_function('savestream_fail', fail)
-redis.register_function('savestream_retry', retry)
-redis.register_function('savestream_cancel', cancel)
-redis.register_function('savestream_promote', promote)
-redis.register_function('savestream_heartbeat', heartbeat)
-redis.register_function('savestream_create_batch', batch_of(create, 4, has_idempotency_key, true))
-redis.register_function('savestream_start_batch', batch_of(start, 3))
-redis.register_function('savestream_complete_batch', batch_of(complete, 5))
+register('savestream_create', create)
+register('savestream_start', start)
+register('savestream_resolve', resolve)
+register('savestream_progress', progress)
+register('savestream_complete', complete)
+register('savestream_fail', fail)
+register('savestream_retry', retry)
+register('savestream_cancel', cancel)
+register('savestream_promote', promote)
+register('savestream_heartbeat', heartbeat)
+register('savestream_create_batch', batch_of(create, 4, has_idempotency_key, true))
+register('savestream_start_batch', batch_of(start, 3))
+register('savestream_complete_batch', batch_of(complete, 5))
 redis.register_function { function_name = 'savestream_version', callback = version, flags = { 'no-writes' } }
 
 --[[
@@ -743,7 +755,7 @@ local function webhook_record(keys, args)
   return status
 end
 
-redis.register_function('savestream_webhook_enqueue', webhook_enqueue)
-redis.register_function('savestream_webhook_claim', webhook_claim)
-redis.register_function('savestream_webhook_record', webhook_record)
-redis.register_function('savestream_webhook_give_up', webhook_give_up)
+register('savestream_webhook_enqueue', webhook_enqueue)
+register('savestream_webhook_claim', webhook_claim)
+register('savestream_webhook_record', webhook_record)
+register('savestream_webhook_give_up', webhook_give_up)

@@ -79,6 +79,9 @@ where
 /// The function library's source. Its version is a hash of the text, so a
 /// process loads it only when the one in Redis differs.
 const LIBRARY_SOURCE: &str = include_str!("library.lua");
+/// This build's library version: a digest of its text.
+static LIBRARY_VERSION: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| hex_digest(LIBRARY_SOURCE)[..16].to_owned());
 
 /// How long an `Idempotency-Key` keeps returning the task it created.
 pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
@@ -283,7 +286,14 @@ impl Store {
 
     /// The version of the library this build carries: a digest of its text.
     pub fn library_version() -> String {
-        hex_digest(LIBRARY_SOURCE)[..16].to_owned()
+        LIBRARY_VERSION.clone()
+    }
+
+    /// The name `function` has in this build's library: its own and the
+    /// library's version (see library.lua), so that a call never runs in
+    /// another build's library, whose functions may take other arguments.
+    fn versioned(function: &str) -> String {
+        format!("{function}_{}", *LIBRARY_VERSION)
     }
 
     /// Loads the function library with `FUNCTION LOAD REPLACE` unless Redis
@@ -303,7 +313,7 @@ impl Store {
     }
 
     /// Calls a library function, reloading the library once if Redis lost it
-    /// (a restart without persistence).
+    /// (a restart without persistence) or holds another build's.
     async fn call(
         &self,
         task_id: &TaskId,
@@ -315,11 +325,12 @@ impl Store {
         // clone is a reference count, a `String` clone a copy.
         let keys: Vec<fred::types::Key> = keys.into_iter().map(Into::into).collect();
         let args: Vec<Value> = args.into_iter().map(Into::into).collect();
+        let name = Store::versioned(function);
         let mut reloaded = false;
         loop {
             match self
                 .client
-                .fcall::<Value, _, _, _>(function, keys.clone(), args.clone())
+                .fcall::<Value, _, _, _>(name.as_str(), keys.clone(), args.clone())
                 .await
             {
                 Ok(value) => return Ok(value),
@@ -334,7 +345,7 @@ impl Store {
 
     /// Calls a library function and reads the hashes of `task_ids` with
     /// plain `HGETALL`s pipelined right behind it, reloading the library
-    /// once if Redis lost it. Redis answers an `HGETALL` straight from the
+    /// once if Redis lost it or holds another build's. Redis answers an `HGETALL` straight from the
     /// hash; returned from inside the function, every field would be
     /// converted to Lua and back, which cost a third of a start.
     ///
@@ -356,10 +367,11 @@ impl Store {
         let first = anchor;
         let keys: Vec<fred::types::Key> = keys.into_iter().map(Into::into).collect();
         let args: Vec<Value> = args.into_iter().map(Into::into).collect();
+        let name = Store::versioned(function);
         let mut reloaded = false;
         loop {
             let pipeline = self.client.pipeline();
-            let _: () = pipeline.fcall(function, keys.clone(), args.clone()).await?;
+            let _: () = pipeline.fcall(name.as_str(), keys.clone(), args.clone()).await?;
             for task_id in task_ids {
                 let _: () = pipeline.hgetall(self.keys.task(task_id)).await?;
             }
