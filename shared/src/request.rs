@@ -45,11 +45,6 @@ impl TaskRequest {
             dir,
         })
     }
-
-    /// This request's `request` field.
-    pub fn to_field(&self) -> String {
-        request_field(self.source, &self.link, self.user_id, &self.storage, &self.dir)
-    }
 }
 
 #[cfg(test)]
@@ -65,7 +60,14 @@ mod tests {
             storage: "ünïcode".into(),
             dir: "/a/b c".into(),
         };
-        assert_eq!(TaskRequest::parse(&request.to_field()), Ok(request));
+        let field = request_field(
+            request.source,
+            &request.link,
+            request.user_id,
+            &request.storage,
+            &request.dir,
+        );
+        assert_eq!(TaskRequest::parse(&field), Ok(request));
     }
 
     #[test]

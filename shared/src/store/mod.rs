@@ -28,8 +28,7 @@ pub use queue::{Carried, Job, Lease, RetryOutcome};
 use crate::config::{QueueConfig, RedisConfig};
 use crate::event::TaskEvent;
 use crate::keys::{Keys, WORKERS_GROUP};
-pub(crate) use crate::request::request_field;
-use crate::request::TaskRequest;
+use crate::request::{request_field, TaskRequest};
 use crate::task::{Millis, SourceKind, Task, TaskId, TaskStatus};
 
 /// Runs `attempt` until it succeeds, answers an error no wait can cure,
@@ -345,9 +344,10 @@ impl Store {
 
     /// Calls a library function and reads the hashes of `task_ids` with
     /// plain `HGETALL`s pipelined right behind it, reloading the library
-    /// once if Redis lost it or holds another build's. Redis answers an `HGETALL` straight from the
-    /// hash; returned from inside the function, every field would be
-    /// converted to Lua and back, which cost a third of a start.
+    /// once if Redis lost it or holds another build's. Redis answers an
+    /// `HGETALL` straight from the hash; returned from inside the function,
+    /// every field would be converted to Lua and back, which cost a third
+    /// of a start.
     ///
     /// Another client's command may run between the call and the reads; for
     /// the start of an attempt that is harmless: the fields a worker uses
@@ -364,7 +364,6 @@ impl Store {
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<(Value, Vec<HashMap<String, String>>), StoreError> {
-        let first = anchor;
         let keys: Vec<fred::types::Key> = keys.into_iter().map(Into::into).collect();
         let args: Vec<Value> = args.into_iter().map(Into::into).collect();
         let name = Store::versioned(function);
@@ -384,7 +383,7 @@ impl Store {
                     self.load_library().await?;
                     reloaded = true;
                 }
-                Err(error) => return Err(StoreError::from_reply(first, error)),
+                Err(error) => return Err(StoreError::from_reply(anchor, error)),
                 Ok(reply) => {
                     let hashes = results
                         .map(|hash| Ok(hash?.convert::<HashMap<String, String>>()?))

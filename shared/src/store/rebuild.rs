@@ -38,9 +38,10 @@ use futures::TryStreamExt;
 use super::error::is_wrong_type;
 use super::groups::StreamId;
 use super::webhooks::WebhookState;
-use super::{now_ms, request_field, stream_entries, task_from_hash, Store, StoreError};
+use super::{now_ms, stream_entries, task_from_hash, Store, StoreError};
 use crate::event::EventKind;
 use crate::keys::WORKERS_GROUP;
+use crate::request::request_field;
 use crate::task::{Task, TaskId, TaskStatus};
 
 /// One task as the log tells it.
