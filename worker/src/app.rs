@@ -268,17 +268,12 @@ impl Application {
             Some(port) => {
                 let handle = metrics::install();
                 let wanted = std::net::SocketAddr::new(config.worker.metrics_host, port);
-                let server =
-                    MetricsServer::bind(wanted, handle)
-                        .await
-                        .map_err(|error| StartupError::Metrics {
-                            address: wanted,
-                            error,
-                        })?;
-                let address = server.local_addr().map_err(|error| StartupError::Metrics {
+                let metrics_error = |error| StartupError::Metrics {
                     address: wanted,
                     error,
-                })?;
+                };
+                let server = MetricsServer::bind(wanted, handle).await.map_err(metrics_error)?;
+                let address = server.local_addr().map_err(metrics_error)?;
                 Some((server, address))
             }
             None => None,

@@ -42,12 +42,12 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use savestream_shared::store::{QueueDepth, Store, StoreError};
 use savestream_shared::task::SourceKind;
 use savestream_webhook::dispatcher::{DELIVERIES_METRIC, DELIVERY_OUTCOMES};
-
-use crate::storage::STORAGE_USABLE_METRIC;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
+
+use crate::storage::STORAGE_USABLE_METRIC;
 
 pub const TASKS_STARTED: &str = "savestream_tasks_started_total";
 pub const TASKS_COMPLETED: &str = "savestream_tasks_completed_total";
