@@ -25,7 +25,7 @@
 //! and every later call gives the same failure.
 //! A writeback the disk refuses and a failed sync stop it the same way.
 //! After any of them the file's bytes cannot be trusted, whatever its
-//! length says (see [`start_writeback`]); what becomes of the file is its
+//! length says (see [`writeback`]); what becomes of the file is its
 //! owner's business.
 //!
 //! Tests make the disk fail at the fail points `write_behind::write`,
@@ -41,6 +41,18 @@
 //! file of a few GiB may never reach: the final sync then wrote the whole
 //! file out after the download had ended. With it, that sync took 7 ms for
 //! the 2 GiB file of the download benchmark.
+//!
+//! Once a stretch is on the disk, the thread drops its pages from the page
+//! cache (`posix_fadvise(DONTNEED)`), waiting for the writeback of the
+//! stretch before the one it just started. A download so holds about
+//! [`IN_WRITEBACK`] stretches of [`WRITEBACK_BYTES`] of the page cache,
+//! however large its file: a 50 GiB file no longer pushes everything else
+//! the machine had cached out of memory, and each stretch is written into
+//! pages the kernel just freed. Writing into pages the machine had not
+//! touched for a while is what made the download benchmark slow and uneven
+//! on a virtual machine: 575–944 MB/s over HTTP, against 1.8–2.3 GB/s
+//! since (BENCHMARKS.md, benchmark 4). The wait only holds a writer that
+//! runs ahead of its disk, which could not keep that pace anyway.
 //!
 //! Dropping it abandons what is still queued, as dropping a buffered writer
 //! would: the thread finishes the write it is in and closes the file, so a
@@ -67,6 +79,11 @@ pub const QUEUED_BATCHES: usize = 2;
 /// The thread asks the kernel to start writing back every this many bytes
 /// written.
 pub const WRITEBACK_BYTES: u64 = 8 * 1024 * 1024;
+
+/// How many stretches of [`WRITEBACK_BYTES`] may be in writeback at once:
+/// when a stretch is started, those before the last ones are waited for
+/// and dropped from the page cache.
+pub const IN_WRITEBACK: u64 = 2;
 
 /// How many slices one vectored write takes at most (Linux's `UIO_MAXIOV`).
 const MAX_SLICES: usize = 1024;
@@ -273,9 +290,11 @@ fn reply<T>(answer: oneshot::Sender<io::Result<T>>, result: io::Result<T>) -> io
     outcome
 }
 
-/// Where the writes have got to and how much of it the kernel was asked to
-/// write back.
+/// Where the writes have got to, how much of it the kernel was asked to
+/// write back, and how much of that is on the disk and out of the page
+/// cache: `dropped_up_to <= started_up_to <= end`.
 struct Writeback {
+    dropped_up_to: u64,
     started_up_to: u64,
     end: u64,
 }
@@ -283,38 +302,56 @@ struct Writeback {
 impl Writeback {
     fn at(end: u64) -> Writeback {
         Writeback {
+            dropped_up_to: end,
             started_up_to: end,
             end,
         }
     }
 
-    /// Counts `written` more bytes written at `end`, and starts the
-    /// writeback of what was written since the last start once that is
-    /// [`WRITEBACK_BYTES`]; fails when the disk refuses it.
+    /// Counts `written` more bytes written at `end`. Once what was written
+    /// since the last start is [`WRITEBACK_BYTES`], starts its writeback,
+    /// and drops what is more than [`IN_WRITEBACK`] stretches behind from
+    /// the page cache once it is on the disk. Fails when the disk refuses
+    /// a writeback.
     fn wrote(&mut self, file: &File, written: u64) -> io::Result<()> {
         self.end += written;
-        if self.end - self.started_up_to >= WRITEBACK_BYTES {
-            start_writeback(file, self.started_up_to, self.end - self.started_up_to).map_err(|error| {
-                io::Error::new(error.kind(), format!("the disk's writeback failed: {error}"))
-            })?;
-            self.started_up_to = self.end;
+        if self.end - self.started_up_to < WRITEBACK_BYTES {
+            return Ok(());
+        }
+        let failed =
+            |error: io::Error| io::Error::new(error.kind(), format!("the disk's writeback failed: {error}"));
+        writeback(file, self.started_up_to, self.end - self.started_up_to, Wait::No).map_err(failed)?;
+        self.started_up_to = self.end;
+        let drop_up_to = self.started_up_to.saturating_sub(IN_WRITEBACK * WRITEBACK_BYTES);
+        if drop_up_to > self.dropped_up_to {
+            let len = drop_up_to - self.dropped_up_to;
+            writeback(file, self.dropped_up_to, len, Wait::Yes).map_err(failed)?;
+            drop_cached(file, self.dropped_up_to, len);
+            self.dropped_up_to = drop_up_to;
         }
         Ok(())
     }
 }
 
-/// Asks the kernel to start writing `len` bytes at `offset` to the disk,
-/// without waiting for them. A file the kernel does not write back this
-/// way (a pipe, a device) only goes without the hint, and so does a kernel
-/// short of memory for the request (`ENOMEM`: nothing was written, nor
-/// dropped). Any other failure (EIO, ENOSPC, a network file system's
+/// Whether [`writeback`] returns once the pages are on the disk.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    No,
+    Yes,
+}
+
+/// Asks the kernel to write `len` bytes at `offset` to the disk, and with
+/// [`Wait::Yes`] waits until they are there. A file the kernel does not
+/// write back this way (a pipe, a device) only goes without, and so does a
+/// kernel short of memory for the request (`ENOMEM`: nothing was written,
+/// nor dropped). Any other failure (EIO, ENOSPC, a network file system's
 /// error) is the disk's, and fails the file: the kernel may already have
 /// dropped the pages it could not write, keeping the file's length, and
 /// the final sync is not sure to hear of it again (Linux reports a
 /// writeback error once, if at all).
 #[cfg(target_os = "linux")]
-fn start_writeback(file: &File, offset: u64, len: u64) -> io::Result<()> {
-    match sync_file_range(file, offset, len) {
+fn writeback(file: &File, offset: u64, len: u64, wait: Wait) -> io::Result<()> {
+    match sync_file_range(file, offset, len, wait) {
         Err(error)
             if matches!(
                 error.raw_os_error(),
@@ -327,10 +364,11 @@ fn start_writeback(file: &File, offset: u64, len: u64) -> io::Result<()> {
     }
 }
 
-/// `sync_file_range(SYNC_FILE_RANGE_WRITE)`. Its fail point answers the
-/// error number it is given (`return(12)`), EIO when given none.
+/// `sync_file_range(SYNC_FILE_RANGE_WRITE)`, waiting before and after it
+/// with [`Wait::Yes`]. Its fail point answers the error number it is given
+/// (`return(12)`), EIO when given none.
 #[cfg(target_os = "linux")]
-fn sync_file_range(file: &File, offset: u64, len: u64) -> io::Result<()> {
+fn sync_file_range(file: &File, offset: u64, len: u64, wait: Wait) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     fail::fail_point!("write_behind::writeback", |errno: Option<String>| Err(
         io::Error::from_raw_os_error(errno.and_then(|errno| errno.parse().ok()).unwrap_or(libc::EIO))
@@ -338,11 +376,16 @@ fn sync_file_range(file: &File, offset: u64, len: u64) -> io::Result<()> {
     let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
         return Ok(());
     };
+    let flags = match wait {
+        Wait::No => libc::SYNC_FILE_RANGE_WRITE,
+        Wait::Yes => {
+            libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER
+        }
+    };
     // SAFETY: the descriptor is open for as long as `file` is borrowed, and
     // sync_file_range reads no memory of ours.
-    let started =
-        unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE) };
-    if started == 0 {
+    let written = unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, flags) };
+    if written == 0 {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
@@ -350,9 +393,26 @@ fn sync_file_range(file: &File, offset: u64, len: u64) -> io::Result<()> {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn start_writeback(_file: &File, _offset: u64, _len: u64) -> io::Result<()> {
+fn writeback(_file: &File, _offset: u64, _len: u64, _wait: Wait) -> io::Result<()> {
     Ok(())
 }
+
+/// Drops `len` bytes at `offset` from the page cache, where they are
+/// written back (the kernel keeps any page that is not). Only advice: if
+/// the kernel cannot take it, the pages stay cached, as they would have.
+#[cfg(target_os = "linux")]
+fn drop_cached(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return;
+    };
+    // SAFETY: the descriptor is open for as long as `file` is borrowed, and
+    // posix_fadvise reads no memory of ours.
+    unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_DONTNEED) };
+}
+
+#[cfg(not(target_os = "linux"))]
+fn drop_cached(_file: &File, _offset: u64, _len: u64) {}
 
 /// Writes every byte of `batch` at `offset` on, in as few system calls as
 /// the kernel allows, and returns how many that was.
@@ -515,6 +575,78 @@ mod tests {
 
         for error in [&flushed, &again, &synced] {
             assert_eq!(error.kind(), io::ErrorKind::StorageFull, "{error}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_large_file_leaves_only_its_last_stretches_in_the_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        if on_tmpfs(dir.path()) {
+            // tmpfs pages are the file itself: there is no disk to drop them to.
+            eprintln!("skipped: {} is on tmpfs", dir.path().display());
+            return;
+        }
+        let path = dir.path().join("f");
+        let mut file = at_end(&path);
+        let stretches = 3 * IN_WRITEBACK + 2;
+        let size = stretches * WRITEBACK_BYTES;
+        let chunk = Bytes::from(vec![7u8; BATCH_BYTES]);
+
+        for _ in 0..size / BATCH_BYTES as u64 {
+            file.write(chunk.clone()).await.unwrap();
+        }
+        file.flush().await.unwrap();
+
+        // Everything but the stretches still in writeback is out of the
+        // cache; without dropping, the whole file would still be there.
+        let cached = cached_bytes(&path);
+        assert!(
+            cached <= IN_WRITEBACK * WRITEBACK_BYTES,
+            "{cached} bytes of the {size}-byte file are still cached, more than the last {IN_WRITEBACK} \
+             stretches of {WRITEBACK_BYTES}"
+        );
+        let metadata = file.sync().await.unwrap();
+        assert_eq!(metadata.len(), size);
+        let written = std::fs::read(&path).unwrap();
+        assert!(written.iter().all(|&byte| byte == 7), "the file differs");
+    }
+
+    /// Whether `path` is on tmpfs (Linux's `TMPFS_MAGIC`).
+    fn on_tmpfs(path: &std::path::Path) -> bool {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: `path` is a valid C string, and `stats` is written by the call.
+        let mut stats: libc::statfs = unsafe { std::mem::zeroed() };
+        let result = unsafe { libc::statfs(path.as_ptr(), &mut stats) };
+        assert_eq!(result, 0, "statfs: {}", io::Error::last_os_error());
+        stats.f_type == libc::TMPFS_MAGIC
+    }
+
+    /// How many bytes of the file at `path` are in the page cache (`mincore`
+    /// over a mapping of it).
+    fn cached_bytes(path: &std::path::Path) -> u64 {
+        use std::os::fd::AsRawFd;
+        let file = File::open(path).unwrap();
+        let len = file.metadata().unwrap().len() as usize;
+        // SAFETY: sysconf reads no memory of ours.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        // SAFETY: a read-only shared mapping of an open file, unmapped below;
+        // mincore writes one byte per page into `resident`, which has that many.
+        unsafe {
+            let mapping = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            );
+            assert_ne!(mapping, libc::MAP_FAILED, "mmap: {}", io::Error::last_os_error());
+            let mut resident = vec![0u8; len.div_ceil(page)];
+            let result = libc::mincore(mapping, len, resident.as_mut_ptr());
+            libc::munmap(mapping, len);
+            assert_eq!(result, 0, "mincore: {}", io::Error::last_os_error());
+            resident.iter().filter(|&&flags| flags & 1 == 1).count() as u64 * page as u64
         }
     }
 
