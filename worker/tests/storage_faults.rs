@@ -237,6 +237,30 @@ async fn a_partial_file_whose_writeback_fails_is_discarded_so_the_next_attempt_s
     scenario.teardown();
 }
 
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_partial_file_whose_writeback_fails_while_it_is_waited_for_is_discarded() {
+    let scenario = FailScenario::setup();
+    let (reserved, mut partial) = opened().await;
+    // The writing thread starts the writeback of each 8 MiB (calls 1, 2
+    // and 3 by 24 MiB) and then waits for the oldest stretch, to drop it
+    // from the page cache (call 4): that wait is what fails here.
+    fail::cfg("write_behind::writeback", "3*off->return").unwrap();
+
+    let chunks = (0..25).map(|_| Bytes::from(vec![b'a'; 1 << 20])).collect();
+    let error = write_all(partial.as_mut(), chunks).await.unwrap_err();
+
+    assert_names(
+        &error,
+        "write the partial file of /f.bin: the disk's writeback failed: Input/output error (os error 5)",
+    );
+    fail::remove("write_behind::writeback");
+    drop(partial);
+    reserved.assert_the_next_attempt_starts_over().await;
+    assert_discarded(&error);
+    scenario.teardown();
+}
+
 #[tokio::test]
 async fn emptying_a_partial_file_is_synced_and_one_whose_sync_fails_is_discarded() {
     let scenario = FailScenario::setup();
