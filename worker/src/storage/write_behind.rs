@@ -44,15 +44,16 @@
 //!
 //! Once a stretch is on the disk, the thread drops its pages from the page
 //! cache (`posix_fadvise(DONTNEED)`), waiting for the writeback of the
-//! stretch before the one it just started. A download so holds about
-//! [`IN_WRITEBACK`] stretches of [`WRITEBACK_BYTES`] of the page cache,
-//! however large its file: a 50 GiB file no longer pushes everything else
-//! the machine had cached out of memory, and each stretch is written into
-//! pages the kernel just freed. Writing into pages the machine had not
-//! touched for a while is what made the download benchmark slow and uneven
-//! on a virtual machine: 575–944 MB/s over HTTP, against 1.8–2.3 GB/s
-//! since (BENCHMARKS.md, benchmark 4). The wait only holds a writer that
-//! runs ahead of its disk, which could not keep that pace anyway.
+//! stretch before the one it just started. A download so holds at most
+//! [`IN_WRITEBACK`] stretches of [`WRITEBACK_BYTES`] of the page cache and
+//! the one being written (24 MiB), however large its file: a 50 GiB file
+//! no longer pushes everything else the machine had cached out of memory,
+//! and each stretch is written into pages the kernel just freed. Writing
+//! into pages the machine had not touched for a while is what made the
+//! download benchmark slow and uneven on a virtual machine: 575–944 MB/s
+//! over HTTP, against 1.6–2.3 GB/s since (BENCHMARKS.md, benchmark 4). The
+//! wait only holds a writer that runs ahead of its disk, which could not
+//! keep that pace anyway.
 //!
 //! Dropping it abandons what is still queued, as dropping a buffered writer
 //! would: the thread finishes the write it is in and closes the file, so a
