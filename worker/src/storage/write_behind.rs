@@ -385,8 +385,8 @@ fn sync_file_range(file: &File, offset: u64, len: u64, wait: Wait) -> io::Result
     };
     // SAFETY: the descriptor is open for as long as `file` is borrowed, and
     // sync_file_range reads no memory of ours.
-    let written = unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, flags) };
-    if written == 0 {
+    let status = unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, flags) };
+    if status == 0 {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
