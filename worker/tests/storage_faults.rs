@@ -218,36 +218,29 @@ async fn a_partial_file_whose_write_fails_is_discarded_so_the_next_attempt_start
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn a_partial_file_whose_writeback_fails_is_discarded_so_the_next_attempt_starts_over() {
-    let scenario = FailScenario::setup();
-    let (reserved, mut partial) = opened().await;
-    fail::cfg("write_behind::writeback", "return").unwrap();
-
     // Past the 8 MiB after which the writing thread starts the writeback.
-    let chunks = (0..9).map(|_| Bytes::from(vec![b'a'; 1 << 20])).collect();
-    let error = write_all(partial.as_mut(), chunks).await.unwrap_err();
-
-    assert_names(
-        &error,
-        "write the partial file of /f.bin: the disk's writeback failed: Input/output error (os error 5)",
-    );
-    fail::remove("write_behind::writeback");
-    drop(partial);
-    reserved.assert_the_next_attempt_starts_over().await;
-    assert_discarded(&error);
-    scenario.teardown();
+    assert_a_failed_writeback_discards_the_partial_file("return", 9).await;
 }
 
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn a_partial_file_whose_writeback_fails_while_it_is_waited_for_is_discarded() {
-    let scenario = FailScenario::setup();
-    let (reserved, mut partial) = opened().await;
     // The writing thread starts the writeback of each 8 MiB (calls 1, 2
     // and 3 by 24 MiB) and then waits for the oldest stretch, to drop it
     // from the page cache (call 4): that wait is what fails here.
-    fail::cfg("write_behind::writeback", "3*off->return").unwrap();
+    assert_a_failed_writeback_discards_the_partial_file("3*off->return", 25).await;
+}
 
-    let chunks = (0..25).map(|_| Bytes::from(vec![b'a'; 1 << 20])).collect();
+/// Writes `mebibytes` MiB into a new partial file while the fail point
+/// `write_behind::writeback` does `action`, and checks that the write fails
+/// as the disk's writeback and that the next attempt starts over.
+#[cfg(target_os = "linux")]
+async fn assert_a_failed_writeback_discards_the_partial_file(action: &str, mebibytes: usize) {
+    let scenario = FailScenario::setup();
+    let (reserved, mut partial) = opened().await;
+    fail::cfg("write_behind::writeback", action).unwrap();
+
+    let chunks = (0..mebibytes).map(|_| Bytes::from(vec![b'a'; 1 << 20])).collect();
     let error = write_all(partial.as_mut(), chunks).await.unwrap_err();
 
     assert_names(
