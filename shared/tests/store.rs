@@ -12,8 +12,10 @@ use savestream_shared::config::{QueueConfig, RedisConfig};
 use savestream_shared::event::EventKind;
 use savestream_shared::store::queue::RetryKind;
 use savestream_shared::store::webhooks::{ClaimedWebhook, TaskWebhook, WebhookResult, WebhookState};
-use savestream_shared::store::{Job, Lease, NewTask, Progress, RetryOutcome, Store, StoreError, TaskRecord};
-use savestream_shared::task::{SourceKind, TaskId, TaskStatus};
+use savestream_shared::store::{
+    Job, Lease, NewTask, Progress, RetryOutcome, Store, StoreError, TaskRecord, LIBRARIES_IN_USE,
+};
+use savestream_shared::task::{Millis, SourceKind, TaskId, TaskStatus};
 use savestream_shared::title;
 use savestream_testkit::{eventually, RedisServer};
 
@@ -1660,39 +1662,146 @@ async fn the_library_is_reloaded_when_redis_loses_it() {
     assert_eq!(harness.status(&task_id).await, TaskStatus::Queued);
 }
 
+/// Loads a library as a process of another build would: named after its
+/// `version`, with a create of that version that answers "other build".
+async fn load_other_build(raw: &Client, version: &str) {
+    let source = format!(
+        "#!lua name=savestream_{version}\n\
+         redis.register_function('savestream_create_{version}', function() return 'other build' end)\n"
+    );
+    let _: String = raw.function_load(false, source).await.unwrap();
+}
+
+/// The time now, as Redis scores heartbeats: Unix milliseconds.
+fn now() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as Millis
+}
+
+/// The savestream libraries loaded in Redis, by name, sorted.
+async fn loaded_libraries(raw: &Client) -> Vec<String> {
+    let listed: Vec<Vec<Value>> = raw.function_list(Some("savestream*"), false).await.unwrap();
+    let mut names: Vec<String> = listed
+        .into_iter()
+        .map(|fields| fields[1].as_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
 #[tokio::test]
-async fn a_call_never_runs_in_another_builds_library_but_loads_its_own_first() {
+async fn the_libraries_of_two_live_builds_stay_loaded_side_by_side() {
     let harness = Harness::start().await;
     let raw = harness.raw().await;
-    // Another build's library, loaded by one of its processes: the same
-    // library name, and functions of the names this build calls that would
-    // take its arguments otherwise (an earlier build's create took 9 a task).
-    let other_build = "#!lua name=savestream\n\
-        local function other() return redis.error_reply('ERR ran in the other build') end\n\
-        redis.register_function('savestream_create', other)\n\
-        redis.register_function('savestream_create_batch', other)\n\
-        redis.register_function('savestream_start', other)\n\
-        redis.register_function{function_name = 'savestream_version', \
-          callback = function() return 'another build' end, flags = {'no-writes'}}\n";
-    let _: String = raw.function_load(true, other_build).await.unwrap();
+    // A process of another build is running: it loaded its library and
+    // stamped its heartbeat.
+    let other = "0123456789abcdef";
+    load_other_build(&raw, other).await;
+    let _: i64 = raw
+        .zadd(LIBRARIES_IN_USE, None, None, false, false, (now() as f64, other))
+        .await
+        .unwrap();
+
+    // A process of this build starts, and works.
+    harness.store.load_library().await.unwrap();
+    let task_id = harness.create().await;
+
+    assert_eq!(harness.status(&task_id).await, TaskStatus::Queued);
+    let mut expected = vec![format!("savestream_{other}"), Store::library_name()];
+    expected.sort();
+    assert_eq!(loaded_libraries(&raw).await, expected);
+    let answer: String = raw
+        .fcall(
+            format!("savestream_create_{other}"),
+            Vec::<String>::new(),
+            Vec::<String>::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer, "other build");
+}
+
+#[tokio::test]
+async fn loading_deletes_the_libraries_no_live_process_runs() {
+    let harness = Harness::start().await;
+    let raw = harness.raw().await;
+    // One build last heard of two hours ago, one never stamped, and one
+    // from before versioned libraries, under the bare name.
+    let gone = "00000000000000aa";
+    let unstamped = "00000000000000bb";
+    load_other_build(&raw, gone).await;
+    load_other_build(&raw, unstamped).await;
+    let two_hours_ago = now() - 2 * 60 * 60 * 1000;
+    let _: i64 = raw
+        .zadd(
+            LIBRARIES_IN_USE,
+            None,
+            None,
+            false,
+            false,
+            (two_hours_ago as f64, gone),
+        )
+        .await
+        .unwrap();
+    let legacy = "#!lua name=savestream\n\
+        redis.register_function('savestream_create', function() return 'legacy' end)\n";
+    let _: String = raw.function_load(false, legacy).await.unwrap();
+
+    harness.store.load_library().await.unwrap();
+
+    assert_eq!(loaded_libraries(&raw).await, vec![Store::library_name()]);
+    let stamps: Vec<String> = raw
+        .zrange(LIBRARIES_IN_USE, 0, -1, None, false, None, false)
+        .await
+        .unwrap();
+    assert!(!stamps.contains(&gone.to_owned()), "{stamps:?}");
+    // This build, which no process has stamped yet, still works.
+    let task_id = harness.create().await;
+    assert_eq!(harness.status(&task_id).await, TaskStatus::Queued);
+}
+
+#[tokio::test]
+async fn a_heartbeat_stamps_the_build_whose_library_the_process_runs() {
+    let harness = Harness::start().await;
+    let raw = harness.raw().await;
+    let before = now();
+
+    harness
+        .store
+        .register_api(&savestream_shared::store::ApiInfo {
+            name: "api-1".into(),
+            host: "host".into(),
+            pid: 1,
+            address: "127.0.0.1:8080".into(),
+            started_at: before,
+            seen_at: 0,
+        })
+        .await
+        .unwrap();
+
+    let stamp: Option<f64> = raw
+        .zscore(LIBRARIES_IN_USE, Store::library_version())
+        .await
+        .unwrap();
+    let stamp = stamp.expect("this build's version is stamped") as Millis;
+    assert!(
+        stamp >= before && stamp <= now(),
+        "{stamp} not within [{before}, now]"
+    );
+}
+
+#[tokio::test]
+async fn a_call_finds_its_library_again_after_another_process_deleted_it() {
+    let harness = Harness::start().await;
+    let raw = harness.raw().await;
+    let _: Value = raw.function_delete(Store::library_name()).await.unwrap();
 
     let task_id = harness.create().await;
 
     assert_eq!(harness.status(&task_id).await, TaskStatus::Queued);
-    let loaded: String = raw
-        .fcall("savestream_version", Vec::<String>::new(), Vec::<String>::new())
-        .await
-        .unwrap();
-    assert_eq!(loaded, Store::library_version());
-    // And the other build, calling again, finds none of its functions
-    // rather than this build's under its names.
-    let refused: Result<Value, _> = raw.fcall("savestream_create", vec!["k"], vec!["a"]).await;
-    assert!(
-        refused
-            .as_ref()
-            .is_err_and(|error| error.details().contains("Function not found")),
-        "{refused:?}"
-    );
+    assert_eq!(loaded_libraries(&raw).await, vec![Store::library_name()]);
 }
 
 /// A new direct-link task, its link and title numbered `index`.

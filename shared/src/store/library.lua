@@ -1,4 +1,4 @@
-#!lua name=savestream
+#!lua name=savestream___LIBRARY_VERSION__
 --[[
 The savestream function library: the only code that changes a task's state.
 
@@ -22,13 +22,13 @@ KEYS, in this order, for every per-task function (built by `Store::task_keys`):
   7 idempotency key (create only)
 ]]
 
--- Every function but `savestream_version` is registered under its name and
--- this library's version (`savestream_create_<version>`), and the Rust store
--- calls it so. A process of another build, whose calls may not fit these
--- functions (another number or order of arguments), finds none of its
--- names here: it gets "Function not found", loads its own library and
--- calls again, instead of running its arguments through functions that
--- would misread them.
+-- The library is named after this build's version (`savestream_<version>`)
+-- and so is every function in it (`savestream_create_<version>`); the Rust
+-- store calls them so (shared/src/store/library.rs). The libraries of two
+-- builds therefore sit side by side in one Redis, as a rolling upgrade
+-- needs, and a process never runs its arguments through another build's
+-- functions, which may take others: finding none of its names, it loads
+-- its own library and calls again.
 
 local LIBRARY_VERSION = '__LIBRARY_VERSION__'
 
@@ -585,10 +585,6 @@ local function has_idempotency_key(args)
   return args[4] ~= ''
 end
 
-local function version()
-  return LIBRARY_VERSION
-end
-
 register('savestream_create', create)
 register('savestream_start', start)
 register('savestream_resolve', resolve)
@@ -602,7 +598,6 @@ register('savestream_heartbeat', heartbeat)
 register('savestream_create_batch', batch_of(create, 4, has_idempotency_key, true))
 register('savestream_start_batch', batch_of(start, 3))
 register('savestream_complete_batch', batch_of(complete, 5))
-redis.register_function { function_name = 'savestream_version', callback = version, flags = { 'no-writes' } }
 
 --[[
 Webhook deliveries (shared/src/store/webhooks.rs calls these).

@@ -8,6 +8,8 @@
 mod batch;
 mod error;
 mod groups;
+mod library;
+pub use library::{LIBRARIES_IN_USE, LIBRARY_HORIZON};
 pub mod queue;
 mod registry;
 pub use registry::{host_name, process_name, ApiInfo, WorkerInfo};
@@ -74,13 +76,6 @@ where
     }
     Ok(())
 }
-
-/// The function library's source. Its version is a hash of the text, so a
-/// process loads it only when the one in Redis differs.
-const LIBRARY_SOURCE: &str = include_str!("library.lua");
-/// This build's library version: a digest of its text.
-static LIBRARY_VERSION: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| hex_digest(LIBRARY_SOURCE)[..16].to_owned());
 
 /// How long an `Idempotency-Key` keeps returning the task it created.
 pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
@@ -280,34 +275,6 @@ impl Store {
     /// rather than when the last clone drops.
     pub async fn quit(&self) -> Result<(), StoreError> {
         self.client.quit().await?;
-        Ok(())
-    }
-
-    /// The version of the library this build carries: a digest of its text.
-    pub fn library_version() -> String {
-        LIBRARY_VERSION.clone()
-    }
-
-    /// The name `function` has in this build's library: its own and the
-    /// library's version (see library.lua), so that a call never runs in
-    /// another build's library, whose functions may take other arguments.
-    fn versioned(function: &str) -> String {
-        format!("{function}_{}", *LIBRARY_VERSION)
-    }
-
-    /// Loads the function library with `FUNCTION LOAD REPLACE` unless Redis
-    /// already has this very version.
-    pub async fn load_library(&self) -> Result<(), StoreError> {
-        let version = Store::library_version();
-        let loaded: Result<String, _> = self
-            .client
-            .fcall("savestream_version", Vec::<String>::new(), Vec::<String>::new())
-            .await;
-        if loaded.as_deref().ok() == Some(version.as_str()) {
-            return Ok(());
-        }
-        let source = LIBRARY_SOURCE.replace("__LIBRARY_VERSION__", &version);
-        let _: String = self.client.function_load(true, source).await?;
         Ok(())
     }
 

@@ -10,6 +10,8 @@
 //! (and pruned by the next live process that registers). The registries are
 //! for operators and for `savestream-worker rebuild`, which refuses to run
 //! while any process that writes is live; no transition depends on them.
+//! Each heartbeat also stamps the process's build in the libraries in use,
+//! which keeps that build's function library loaded (store/library.rs).
 
 use std::time::Duration;
 
@@ -188,6 +190,18 @@ impl Store {
                 false,
                 false,
                 (now as f64, info.name()),
+            )
+            .await?;
+        // Keeps this build's function library loaded while the process
+        // lives (see store/library.rs).
+        let _: () = pipeline
+            .zadd(
+                super::LIBRARIES_IN_USE,
+                None,
+                None,
+                false,
+                false,
+                (now as f64, Store::library_version()),
             )
             .await?;
         if !dead.is_empty() {

@@ -96,9 +96,14 @@ pub async fn logged_events(app: &TestApp) -> u64 {
         .expect("XLEN on the event log")
 }
 
-/// The API process's own entry in the registry of live API processes:
-/// written before it answers its first request, never by a request.
-const API_REGISTRY_KEYS: [&str; 2] = ["{savestream}:apis", "{savestream}:apis:seen"];
+/// The API process's own entry in the registry of live API processes, and
+/// the stamp of its build's function library: written before it answers
+/// its first request, and by its heartbeats, never by a request.
+const API_REGISTRY_KEYS: [&str; 3] = [
+    "{savestream}:apis",
+    "{savestream}:apis:seen",
+    "savestream:libraries",
+];
 
 /// How many keys Redis holds besides the API process's registry entry: the
 /// keys requests write.
