@@ -1793,6 +1793,68 @@ async fn a_heartbeat_stamps_the_build_whose_library_the_process_runs() {
 }
 
 #[tokio::test]
+async fn a_redis_user_that_may_not_prune_libraries_still_starts_registers_and_creates() {
+    let harness = Harness::start().await;
+    let raw = harness.raw().await;
+    let stale = "00000000000000cc";
+    load_other_build(&raw, stale).await;
+    // A user confined to the deployment's keys, who may load libraries but
+    // not delete them.
+    let _: Value = raw
+        .custom(
+            fred::cmd!("ACL"),
+            vec![
+                "SETUSER",
+                "confined",
+                "on",
+                ">secret",
+                "~{test}:*",
+                "+@all",
+                "-function|delete",
+            ],
+        )
+        .await
+        .unwrap();
+    let url = harness
+        .redis
+        .url()
+        .replacen("redis://", "redis://confined:secret@", 1);
+    let queue = QueueConfig {
+        lease_seconds: 30,
+        retention_hours: 1,
+    };
+    let redis = RedisConfig {
+        url,
+        prefix: "test".into(),
+        startup_wait_seconds: 0,
+    };
+
+    let store = Store::connect(&redis, &queue)
+        .await
+        .expect("connecting as the confined user");
+    store
+        .register_api(&savestream_shared::store::ApiInfo {
+            name: "api-1".into(),
+            host: "host".into(),
+            pid: 1,
+            address: "127.0.0.1:8080".into(),
+            started_at: now(),
+            seen_at: 0,
+        })
+        .await
+        .expect("registering as the confined user");
+    let created = store
+        .create(&numbered_task(1), None)
+        .await
+        .expect("creating as the confined user");
+
+    assert_eq!(harness.status(&created.task_id).await, TaskStatus::Queued);
+    assert!(loaded_libraries(&raw)
+        .await
+        .contains(&format!("savestream_{stale}")));
+}
+
+#[tokio::test]
 async fn a_call_finds_its_library_again_after_another_process_deleted_it() {
     let harness = Harness::start().await;
     let raw = harness.raw().await;

@@ -178,8 +178,7 @@ fn connect_advice(error: &StoreError) -> &'static str {
         }
         _ if details.starts_with("NOPERM") => {
             "the redis user of [redis] url may not run a command savestream needs: allow it FUNCTION, \
-             FCALL and the stream, hash and sorted-set commands on savestream's keys ({<prefix>}:* and \
-             savestream:libraries)"
+             FCALL and the stream, hash and sorted-set commands on savestream's keys ({<prefix>}:*)"
         }
         _ => {
             "check that it is redis 7 or later (savestream loads a function library) and that it \

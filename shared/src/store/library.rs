@@ -77,7 +77,37 @@ impl Store {
             Err(error) if error.details().contains("already exists") => {}
             Err(error) => return Err(error.into()),
         }
-        self.prune_libraries().await
+        // Housekeeping: a library left behind costs a little memory, while
+        // a process that cannot start costs its fleet.
+        if let Err(error) = self.prune_libraries().await {
+            tracing::warn!(
+                %error,
+                "could not delete the function libraries of builds no process runs: they stay \
+                 loaded (allow the redis user FUNCTION and the sorted-set commands on {LIBRARIES_IN_USE})"
+            );
+        }
+        Ok(())
+    }
+
+    /// Stamps this build's version in [`LIBRARIES_IN_USE`] at `now`, with
+    /// each registry heartbeat. Best effort: unstamped, the library may be
+    /// deleted by another build's process, and this one's next call then
+    /// loads it again.
+    pub(super) async fn stamp_library(&self, now: Millis) {
+        let stamped: Result<i64, _> = self
+            .client
+            .zadd(
+                LIBRARIES_IN_USE,
+                None,
+                None,
+                false,
+                false,
+                (now as f64, VERSION.as_str()),
+            )
+            .await;
+        if let Err(error) = stamped {
+            tracing::warn!(%error, "could not stamp this build's function library as in use in {LIBRARIES_IN_USE}");
+        }
     }
 
     /// Deletes every savestream library but this build's whose version has

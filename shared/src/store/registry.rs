@@ -192,23 +192,12 @@ impl Store {
                 (now as f64, info.name()),
             )
             .await?;
-        // Keeps this build's function library loaded while the process
-        // lives (see store/library.rs).
-        let _: () = pipeline
-            .zadd(
-                super::LIBRARIES_IN_USE,
-                None,
-                None,
-                false,
-                false,
-                (now as f64, Store::library_version()),
-            )
-            .await?;
         if !dead.is_empty() {
             let _: () = pipeline.hdel(&registry.entries, dead.clone()).await?;
             let _: () = pipeline.zrem(&registry.seen, dead).await?;
         }
         let _: Vec<fred::types::Value> = pipeline.all().await?;
+        self.stamp_library(now).await;
         Ok(())
     }
 
