@@ -1672,6 +1672,27 @@ async fn load_other_build(raw: &Client, version: &str) {
     let _: String = raw.function_load(false, source).await.unwrap();
 }
 
+/// Stamps library `version` as last used `at`, as a heartbeat of a process
+/// of that build would.
+async fn stamp(raw: &Client, version: &str, at: Millis) {
+    let _: i64 = raw
+        .zadd(LIBRARIES_IN_USE, None, None, false, false, (at as f64, version))
+        .await
+        .unwrap();
+}
+
+/// An API process's registry entry.
+fn an_api_process() -> savestream_shared::store::ApiInfo {
+    savestream_shared::store::ApiInfo {
+        name: "api-1".into(),
+        host: "host".into(),
+        pid: 1,
+        address: "127.0.0.1:8080".into(),
+        started_at: now(),
+        seen_at: 0,
+    }
+}
+
 /// The time now, as Redis scores heartbeats: Unix milliseconds.
 fn now() -> Millis {
     std::time::SystemTime::now()
@@ -1699,10 +1720,7 @@ async fn the_libraries_of_two_live_builds_stay_loaded_side_by_side() {
     // stamped its heartbeat.
     let other = "0123456789abcdef";
     load_other_build(&raw, other).await;
-    let _: i64 = raw
-        .zadd(LIBRARIES_IN_USE, None, None, false, false, (now() as f64, other))
-        .await
-        .unwrap();
+    stamp(&raw, other, now()).await;
 
     // A process of this build starts, and works.
     harness.store.load_library().await.unwrap();
@@ -1733,18 +1751,7 @@ async fn loading_deletes_the_libraries_no_live_process_runs() {
     let unstamped = "00000000000000bb";
     load_other_build(&raw, gone).await;
     load_other_build(&raw, unstamped).await;
-    let two_hours_ago = now() - 2 * 60 * 60 * 1000;
-    let _: i64 = raw
-        .zadd(
-            LIBRARIES_IN_USE,
-            None,
-            None,
-            false,
-            false,
-            (two_hours_ago as f64, gone),
-        )
-        .await
-        .unwrap();
+    stamp(&raw, gone, now() - 2 * 60 * 60 * 1000).await;
     let legacy = "#!lua name=savestream\n\
         redis.register_function('savestream_create', function() return 'legacy' end)\n";
     let _: String = raw.function_load(false, legacy).await.unwrap();
@@ -1768,18 +1775,7 @@ async fn a_heartbeat_stamps_the_build_whose_library_the_process_runs() {
     let raw = harness.raw().await;
     let before = now();
 
-    harness
-        .store
-        .register_api(&savestream_shared::store::ApiInfo {
-            name: "api-1".into(),
-            host: "host".into(),
-            pid: 1,
-            address: "127.0.0.1:8080".into(),
-            started_at: before,
-            seen_at: 0,
-        })
-        .await
-        .unwrap();
+    harness.store.register_api(&an_api_process()).await.unwrap();
 
     let stamp: Option<f64> = raw
         .zscore(LIBRARIES_IN_USE, Store::library_version())
@@ -1833,14 +1829,7 @@ async fn a_redis_user_that_may_not_prune_libraries_still_starts_registers_and_cr
         .await
         .expect("connecting as the confined user");
     store
-        .register_api(&savestream_shared::store::ApiInfo {
-            name: "api-1".into(),
-            host: "host".into(),
-            pid: 1,
-            address: "127.0.0.1:8080".into(),
-            started_at: now(),
-            seen_at: 0,
-        })
+        .register_api(&an_api_process())
         .await
         .expect("registering as the confined user");
     let created = store
