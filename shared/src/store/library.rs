@@ -105,8 +105,17 @@ impl Store {
                 (now as f64, VERSION.as_str()),
             )
             .await;
+        // Said once a process: the heartbeat repeats every few seconds.
+        static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
         if let Err(error) = stamped {
-            tracing::warn!(%error, "could not stamp this build's function library as in use in {LIBRARIES_IN_USE}");
+            if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(
+                    %error,
+                    "could not stamp this build's function library as in use in {LIBRARIES_IN_USE}: \
+                     a process of another build may delete it, and this process then loads it again \
+                     (allow the redis user ZADD on {LIBRARIES_IN_USE} to keep it loaded)"
+                );
+            }
         }
     }
 
