@@ -14,6 +14,7 @@ use savestream_shared::store::queue::RetryKind;
 use savestream_shared::store::webhooks::{ClaimedWebhook, TaskWebhook, WebhookResult, WebhookState};
 use savestream_shared::store::{
     Job, Lease, NewTask, Progress, RetryOutcome, Store, StoreError, TaskRecord, LIBRARIES_IN_USE,
+    LIBRARY_HORIZON,
 };
 use savestream_shared::task::{Millis, SourceKind, TaskId, TaskStatus};
 use savestream_shared::title;
@@ -1745,13 +1746,13 @@ async fn the_libraries_of_two_live_builds_stay_loaded_side_by_side() {
 async fn loading_deletes_the_libraries_no_live_process_runs() {
     let harness = Harness::start().await;
     let raw = harness.raw().await;
-    // One build last heard of two hours ago, one never stamped, and one
+    // One build last heard of two horizons ago, one never stamped, and one
     // from before versioned libraries, under the bare name.
     let gone = "00000000000000aa";
     let unstamped = "00000000000000bb";
     load_other_build(&raw, gone).await;
     load_other_build(&raw, unstamped).await;
-    stamp(&raw, gone, now() - 2 * 60 * 60 * 1000).await;
+    stamp(&raw, gone, now() - 2 * LIBRARY_HORIZON.as_millis() as Millis).await;
     let legacy = "#!lua name=savestream\n\
         redis.register_function('savestream_create', function() return 'legacy' end)\n";
     let _: String = raw.function_load(false, legacy).await.unwrap();

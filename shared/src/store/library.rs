@@ -163,33 +163,18 @@ fn library_version(name: &str) -> Option<&str> {
     well_formed.then_some(version)
 }
 
-/// The library names in a `FUNCTION LIST` reply: one entry per library, each
-/// a flat list of field names and values (`library_name`, `engine`,
-/// `functions`), or a map under RESP3.
+/// The library names in a `FUNCTION LIST` reply: one entry per library,
+/// its fields (`library_name`, `engine`, `functions`) a flat list of names
+/// and values under RESP2, a map under RESP3; `into_map` reads either.
 fn library_names(listed: Value) -> Vec<String> {
-    let Value::Array(libraries) = listed else {
-        return Vec::new();
-    };
-    libraries
+    listed
+        .into_array()
         .into_iter()
         .filter_map(|library| {
-            let fields: Vec<Value> = match library {
-                Value::Array(fields) => fields,
-                Value::Map(map) => map
-                    .inner()
-                    .into_iter()
-                    .flat_map(|(key, value)| [Value::from(key), value])
-                    .collect(),
-                _ => return None,
-            };
-            let mut fields = fields.into_iter();
-            while let Some(field) = fields.next() {
-                let value = fields.next()?;
-                if field.as_str().as_deref() == Some("library_name") {
-                    return value.into_string();
-                }
-            }
-            None
+            let mut fields = library.into_map().ok()?.inner();
+            fields
+                .remove(&fred::types::Key::from("library_name"))?
+                .into_string()
         })
         .collect()
 }
