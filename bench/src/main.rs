@@ -3,7 +3,7 @@
 //! with `--json`). Build with `--release`; see BENCHMARKS.md.
 
 use clap::{Parser, Subcommand};
-use savestream_bench::{api, download, median_of_rounds, peer, queue, scale};
+use savestream_bench::{api, download, median_of_rounds, peer, process, queue, scale};
 use savestream_testkit::RedisServer;
 
 #[derive(Parser)]
@@ -42,6 +42,11 @@ enum Benchmark {
     Latency {
         #[arg(long, default_value_t = 10_000)]
         tasks: usize,
+        /// Rounds of savestream then BullMQ, one after the other; the
+        /// summary is the median of the rounds' p99s. A tail is as long as
+        /// the machine's longest pauses, which come and go.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// 3. API: requests/s and latency of create, batch create and status next to /health (needs wrk).
     Api {
@@ -160,30 +165,54 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        Benchmark::Latency { tasks } => {
-            let ours = queue::latency(&url, tasks).await?;
-            println!("{}", serde_json::to_string(&ours)?);
-            println!("| system | tasks | created→started p50 | p99 | created→completed p50 | p99 | max |");
-            println!("|---|---|---|---|---|---|---|");
-            println!(
-                "| savestream | {} | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms |",
-                ours.tasks,
-                ours.started_p50_ms,
-                ours.started_p99_ms,
-                ours.completed_p50_ms,
-                ours.completed_p99_ms,
-                ours.completed_max_ms
-            );
-            if peer::available() {
-                let bullmq = peer::run("latency.mjs", &[redis.port().to_string(), tasks.to_string()])?;
+        Benchmark::Latency { tasks, rounds } => {
+            anyhow::ensure!(rounds > 0, "--rounds must be at least 1");
+            println!("| round | system | tasks | created→started p50 | p99 | created→completed p50 | p99 | max | host steal |");
+            println!("|---|---|---|---|---|---|---|---|---|");
+            let (mut our_p99s, mut peer_p99s, mut steals) = (Vec::new(), Vec::new(), Vec::new());
+            for round in 1..=rounds {
+                let (ours, steal) = process::with_steal(queue::latency(&url, tasks)).await?;
+                eprintln!("{}", serde_json::to_string(&ours)?);
                 println!(
-                    "| BullMQ (add→completed) | {} | | | {:.3} ms | {:.3} ms | {:.3} ms |",
-                    tasks,
+                    "| {round} | savestream | {} | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms | {steal:.1}% |",
+                    ours.tasks,
+                    ours.started_p50_ms,
+                    ours.started_p99_ms,
+                    ours.completed_p50_ms,
+                    ours.completed_p99_ms,
+                    ours.completed_max_ms
+                );
+                our_p99s.push(ours.completed_p99_ms);
+                steals.push(steal);
+                if !peer::available() {
+                    continue;
+                }
+                let (bullmq, steal) = process::with_steal(async {
+                    peer::run("latency.mjs", &[redis.port().to_string(), tasks.to_string()])
+                })
+                .await?;
+                eprintln!("{bullmq}");
+                let p99 = bullmq["p99_ms"].as_f64().unwrap_or(f64::NAN);
+                println!(
+                    "| {round} | BullMQ (add→completed) | {tasks} | | | {:.3} ms | {p99:.3} ms | {:.3} ms | {steal:.1}% |",
                     bullmq["p50_ms"].as_f64().unwrap_or(f64::NAN),
-                    bullmq["p99_ms"].as_f64().unwrap_or(f64::NAN),
                     bullmq["max_ms"].as_f64().unwrap_or(f64::NAN)
                 );
+                peer_p99s.push(p99);
+                steals.push(steal);
             }
+            println!();
+            if let Some(summary) = median_of_rounds(&our_p99s, " ms") {
+                println!("savestream created→completed p99: {summary}");
+            }
+            if let Some(summary) = median_of_rounds(&peer_p99s, " ms") {
+                println!("BullMQ add→completed p99: {summary}");
+            }
+            let most_stolen = steals.iter().copied().fold(0.0, f64::max);
+            println!(
+                "the host kept the cores from running for up to {most_stolen:.1}% of a run's time \
+                 (steal, /proc/stat); a tail includes those pauses"
+            );
         }
         Benchmark::Api {
             seconds,

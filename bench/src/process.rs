@@ -1,7 +1,8 @@
 //! The processes a benchmark runs or measures: the release binaries next to
 //! the benchmark's own (`sibling`), a child that is killed when dropped
-//! (`Killed`), a process's CPU time from `/proc` (`cpu_seconds`) and the
-//! time the machine's cores sat idle (`idle_seconds`).
+//! (`Killed`), a process's CPU time from `/proc` (`cpu_seconds`), the
+//! time the machine's cores sat idle (`idle_seconds`) and the time the
+//! hypervisor gave them to others (`steal_seconds`).
 
 use std::path::PathBuf;
 use std::process::Child;
@@ -57,19 +58,52 @@ fn ticks_per_second() -> f64 {
 /// readings it tells how much of the machine a run left unused: time in
 /// which no process had work, because each waited on another.
 pub fn idle_seconds() -> anyhow::Result<f64> {
+    let times = machine_cpu_times()?;
+    Ok(times[IDLE] + times[IOWAIT])
+}
+
+/// Seconds the hypervisor kept the machine's virtual cores from running
+/// although they had work ("steal"), summed over the cores, from the `cpu`
+/// line of `/proc/stat`; 0 on a machine of its own. A latency's tail is
+/// as long as the host's longest pause, so a run reports it beside the
+/// figures.
+pub fn steal_seconds() -> anyhow::Result<f64> {
+    Ok(machine_cpu_times()?[STEAL])
+}
+
+// Columns of the `cpu` line of `/proc/stat`, after its name: user nice
+// system idle iowait irq softirq steal ...
+const IDLE: usize = 3;
+const IOWAIT: usize = 4;
+const STEAL: usize = 7;
+
+/// The `cpu` line of `/proc/stat` (every core together), in seconds.
+fn machine_cpu_times() -> anyhow::Result<Vec<f64>> {
     let stat = std::fs::read_to_string("/proc/stat")?;
     let line = stat
         .lines()
         .find(|line| line.starts_with("cpu "))
         .ok_or_else(|| anyhow::anyhow!("/proc/stat has no `cpu` line"))?;
-    // cpu user nice system idle iowait ...
-    let fields: Vec<f64> = line
+    let times: Vec<f64> = line
         .split_whitespace()
         .skip(1)
-        .map(str::parse)
+        .map(|ticks| ticks.parse::<f64>().map(|ticks| ticks / ticks_per_second()))
         .collect::<Result<_, _>>()?;
-    anyhow::ensure!(fields.len() >= 5, "/proc/stat's `cpu` line is short: {line}");
-    Ok((fields[3] + fields[4]) / ticks_per_second())
+    anyhow::ensure!(times.len() > STEAL, "/proc/stat's `cpu` line is short: {line}");
+    Ok(times)
+}
+
+/// What share of the machine's cores the hypervisor took while `run` ran,
+/// in percent, with what `run` returned: [`steal_seconds`] over the wall
+/// time times the cores.
+pub async fn with_steal<T>(
+    run: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<(T, f64)> {
+    let cores = std::thread::available_parallelism()?.get() as f64;
+    let (steal_before, started) = (steal_seconds()?, std::time::Instant::now());
+    let value = run.await?;
+    let stolen = steal_seconds()? - steal_before;
+    Ok((value, stolen * 100.0 / (started.elapsed().as_secs_f64() * cores)))
 }
 
 #[cfg(test)]
@@ -86,6 +120,17 @@ mod tests {
         }
         let used = cpu_seconds(std::process::id()).unwrap() - before;
         assert!(used >= 0.05, "spinning 100 ms counted {used} s of CPU");
+    }
+
+    #[test]
+    fn steal_time_is_read_and_never_goes_back() {
+        let before = steal_seconds().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let after = steal_seconds().unwrap();
+        assert!(
+            before >= 0.0 && after >= before,
+            "steal went from {before} s to {after} s"
+        );
     }
 
     #[test]

@@ -35,6 +35,16 @@ pub struct Throughput {
     pub client_cpu_seconds: f64,
 }
 
+/// A keyspace of its own for each run of a benchmark in this process. A
+/// consumer's blocked read of the run before, aborted in the client but
+/// still waiting in Redis until its timeout, would otherwise take the next
+/// run's first item and leave it unprocessed.
+fn run_prefix(benchmark: &str) -> String {
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("bench-{benchmark}-{}-{run}", std::process::id())
+}
+
 /// Creates `tasks` tasks in batches of 1,000, then processes them all with
 /// one consumer of `slots` slots, split into `lanes` lanes.
 pub async fn throughput(url: &str, tasks: usize, slots: usize, lanes: usize) -> anyhow::Result<Throughput> {
@@ -42,12 +52,7 @@ pub async fn throughput(url: &str, tasks: usize, slots: usize, lanes: usize) -> 
         lanes > 0 && slots >= lanes,
         "slots ({slots}) must be at least the number of lanes ({lanes}), which is at least 1"
     );
-    // A keyspace per run: a lane's blocked read of the run before, aborted
-    // in the client but still waiting in Redis for up to its 100 ms, would
-    // otherwise take the next run's first items and leave them unprocessed.
-    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let prefix = format!("bench-throughput-{}-{run}", std::process::id());
+    let prefix = run_prefix("throughput");
     let store = bench_store(url, &prefix).await?;
     let info = redis_stats::info_client(url).await?;
     let cpu_before = redis_stats::cpu_seconds(&info).await?;
@@ -163,7 +168,7 @@ pub struct Latency {
 /// time and measures, for each, the time from just before `create` to the
 /// consumer's `start` returning and to its `complete` returning.
 pub async fn latency(url: &str, tasks: usize) -> anyhow::Result<Latency> {
-    let prefix = format!("bench-latency-{}", std::process::id());
+    let prefix = run_prefix("latency");
     let store = bench_store(url, &prefix).await?;
     let reader = store.with_own_connection().await?;
     let (sender, mut receiver) = mpsc::unbounded_channel::<(TaskId, Instant, Instant)>();

@@ -38,6 +38,24 @@ async fn the_latency_benchmark_measures_every_task() {
 }
 
 #[tokio::test]
+async fn back_to_back_latency_runs_each_measure_every_task() {
+    // Rounds of the latency benchmark run in one process: the first run's
+    // consumer, aborted with its read still blocked in Redis, must not take
+    // the second run's first item (that run then failed: "the consumer
+    // stopped").
+    let redis = RedisServer::start();
+    let url = redis.url();
+    for _ in 0..2 {
+        let run = queue::latency(&url, 50);
+        let figures = tokio::time::timeout(std::time::Duration::from_secs(60), run)
+            .await
+            .expect("a run right after another measured every task")
+            .unwrap();
+        assert_eq!(figures.tasks, 50);
+    }
+}
+
+#[tokio::test]
 async fn the_scale_benchmark_measures_memory_per_task() {
     let redis = RedisServer::start();
     let figures = scale::scale(&redis.url(), 2_000, 20).await.unwrap();
