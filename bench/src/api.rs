@@ -38,6 +38,10 @@ pub struct Endpoint {
     /// Core time the machine left idle per request, in microseconds: with
     /// every process waiting on another, nobody had work.
     pub idle_us: f64,
+    /// Core time the host kept from the machine per request, in
+    /// microseconds (steal): time the machine's processes wanted and did
+    /// not get, which a run's rates and tails pay for.
+    pub steal_us: f64,
     /// Function calls (`FCALL`) Redis ran per request: below 1 when
     /// concurrent creates share a batch call.
     pub fcalls: f64,
@@ -158,6 +162,7 @@ async fn run_endpoint(
     let redis_before = crate::redis_stats::cpu_seconds(info).await?;
     crate::redis_stats::reset_command_stats(info).await?;
     let idle_before = process::idle_seconds()?;
+    let steal_before = process::steal_seconds()?;
     let mut command = Command::new("wrk");
     command
         .arg(format!("-t{}", load.threads))
@@ -172,6 +177,7 @@ async fn run_endpoint(
         .output()
         .map_err(|error| anyhow::anyhow!("running wrk ({error}): apt-get install wrk"))?;
     let idle = process::idle_seconds()? - idle_before;
+    let steal = process::steal_seconds()? - steal_before;
     let api_cpu = process::cpu_seconds(api.0.id())? - api_before;
     let redis_cpu = crate::redis_stats::cpu_seconds(info).await? - redis_before;
     let fcalls = crate::redis_stats::command_stats(info)
@@ -195,6 +201,7 @@ async fn run_endpoint(
         api_cpu_us: api_cpu * 1e6 / requests,
         redis_cpu_us: redis_cpu * 1e6 / requests,
         idle_us: idle * 1e6 / requests,
+        steal_us: steal * 1e6 / requests,
         fcalls: fcalls / requests,
     })
 }
@@ -271,6 +278,7 @@ mod tests {
             api_cpu_us: 0.0,
             redis_cpu_us: 0.0,
             idle_us: 0.0,
+            steal_us: 0.0,
             fcalls: 0.0,
         }
     }

@@ -93,14 +93,14 @@ async fn main() -> anyhow::Result<()> {
             rounds,
         } => {
             anyhow::ensure!(rounds > 0, "--rounds must be at least 1");
-            println!("| round | system | tasks | slots | tasks/s | wall s | Redis CPU s | client CPU s |");
-            println!("|---|---|---|---|---|---|---|---|");
+            println!("| round | system | tasks | slots | tasks/s | wall s | Redis CPU s | client CPU s | host steal |");
+            println!("|---|---|---|---|---|---|---|---|---|");
             let mut ratios = Vec::new();
             for round in 1..=rounds {
-                let ours = queue::throughput(&url, tasks, slots, lanes).await?;
+                let (ours, steal) = process::with_steal(queue::throughput(&url, tasks, slots, lanes)).await?;
                 eprintln!("{}", serde_json::to_string(&ours)?);
                 println!(
-                    "| {round} | savestream | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} |",
+                    "| {round} | savestream | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {steal:.1}% |",
                     ours.tasks,
                     ours.slots,
                     ours.tasks_per_second,
@@ -111,14 +111,17 @@ async fn main() -> anyhow::Result<()> {
                 if !peer::available() {
                     continue;
                 }
-                let bullmq = peer::run(
-                    "throughput.mjs",
-                    &[redis.port().to_string(), tasks.to_string(), slots.to_string()],
-                )?;
+                let (bullmq, steal) = process::with_steal(async {
+                    peer::run(
+                        "throughput.mjs",
+                        &[redis.port().to_string(), tasks.to_string(), slots.to_string()],
+                    )
+                })
+                .await?;
                 eprintln!("{bullmq}");
                 let rate = bullmq["tasks_per_second"].as_f64().unwrap_or(f64::NAN);
                 println!(
-                    "| {round} | BullMQ | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} |",
+                    "| {round} | BullMQ | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {steal:.1}% |",
                     tasks,
                     slots,
                     rate,
@@ -223,11 +226,11 @@ async fn main() -> anyhow::Result<()> {
             anyhow::ensure!(rounds > 0, "--rounds must be at least 1");
             let endpoints = api::api(&url, seconds, connections, threads, rounds).await?;
             println!("{}", serde_json::to_string(&endpoints)?);
-            println!("| round | endpoint | requests/s | p50 | p99 | API CPU per request | Redis CPU per request | idle per request | FCALLs per request |");
-            println!("|---|---|---|---|---|---|---|---|---|");
+            println!("| round | endpoint | requests/s | p50 | p99 | API CPU per request | Redis CPU per request | idle per request | host steal per request | FCALLs per request |");
+            println!("|---|---|---|---|---|---|---|---|---|---|");
             for endpoint in &endpoints {
                 println!(
-                    "| {} | {} | {:.0} | {:.3} ms | {:.3} ms | {:.1} µs | {:.1} µs | {:.1} µs | {:.3} |",
+                    "| {} | {} | {:.0} | {:.3} ms | {:.3} ms | {:.1} µs | {:.1} µs | {:.1} µs | {:.1} µs | {:.3} |",
                     endpoint.round,
                     endpoint.name,
                     endpoint.requests_per_second,
@@ -236,6 +239,7 @@ async fn main() -> anyhow::Result<()> {
                     endpoint.api_cpu_us,
                     endpoint.redis_cpu_us,
                     endpoint.idle_us,
+                    endpoint.steal_us,
                     endpoint.fcalls
                 );
             }
