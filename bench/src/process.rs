@@ -64,9 +64,8 @@ pub fn idle_seconds() -> anyhow::Result<f64> {
 
 /// Seconds the hypervisor kept the machine's virtual cores from running
 /// although they had work ("steal"), summed over the cores, from the `cpu`
-/// line of `/proc/stat`; 0 on a machine of its own. A latency's tail is
-/// as long as the host's longest pause, so a run reports it beside the
-/// figures.
+/// line of `/proc/stat`; 0 on a machine of its own. A latency's tail
+/// includes the host's pauses, so a run reports them beside its figures.
 pub fn steal_seconds() -> anyhow::Result<f64> {
     Ok(machine_cpu_times()?[STEAL])
 }
@@ -95,11 +94,16 @@ fn machine_cpu_times() -> anyhow::Result<Vec<f64>> {
 
 /// What share of the machine's cores the hypervisor took while `run` ran,
 /// in percent, with what `run` returned: [`steal_seconds`] over the wall
-/// time times the cores.
+/// time times the cores `/proc/stat` sums over (`cpu0`, `cpu1`, ...).
 pub async fn with_steal<T>(
     run: impl std::future::Future<Output = anyhow::Result<T>>,
 ) -> anyhow::Result<(T, f64)> {
-    let cores = std::thread::available_parallelism()?.get() as f64;
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let cores = stat
+        .lines()
+        .filter(|line| line.starts_with("cpu") && !line.starts_with("cpu "))
+        .count()
+        .max(1) as f64;
     let (steal_before, started) = (steal_seconds()?, std::time::Instant::now());
     let value = run.await?;
     let stolen = steal_seconds()? - steal_before;
