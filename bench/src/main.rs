@@ -246,6 +246,9 @@ async fn main() -> anyhow::Result<()> {
             if let Some(summary) = median_of_rounds(&api::create_health_ratios(&endpoints), "") {
                 println!("\ncreate / health: {summary}");
             }
+            if let Some(summary) = median_of_rounds(&api::refused_health_ratios(&endpoints), "") {
+                println!("create refused before its store call / health: {summary}");
+            }
             if let Some(summary) = median_of_rounds(&api::batch_create_ratios(&endpoints), "x") {
                 println!(
                     "tasks created per second in batches of {} / one per request: {summary}",
