@@ -98,6 +98,21 @@ pub async fn api(
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let task_id = created["task_id"].as_str().unwrap_or_default().to_owned();
+    // wrk counts any answer but 2xx and 3xx as refused: make sure it is the
+    // 403 the row is named for, not an error.
+    let refused = client
+        .post(format!("{base}/api/v1/tasks"))
+        .bearer_auth("bench-token")
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(REFUSED_BODY)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        refused.status() == reqwest::StatusCode::FORBIDDEN,
+        "{REFUSED}: the API answered {} ({}), not 403",
+        refused.status(),
+        refused.text().await.unwrap_or_default()
+    );
     let post_script = dir.path().join("post.lua");
     std::fs::write(&post_script, post_script_text(TASK_BODY))?;
     let refused_script = dir.path().join("refused.lua");
