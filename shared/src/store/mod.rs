@@ -19,6 +19,7 @@ pub mod webhooks;
 pub use rebuild::{FoldedLog, FoldedTask, RebuildReport};
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use fred::prelude::*;
@@ -237,16 +238,25 @@ impl Store {
             lease: queue.lease(),
         };
         let shown_url = shown_redis_url(&redis.url);
-        wait_for_redis(redis.startup_wait(), &shown_url, || store.connect_once()).await?;
+        let started = AtomicBool::new(false);
+        wait_for_redis(redis.startup_wait(), &shown_url, || store.connect_once(&started)).await?;
         Ok(store)
     }
 
     /// One try at what [`connect`](Store::connect) needs: the connection
-    /// (kept once made) and the library.
-    async fn connect_once(&self) -> Result<(), StoreError> {
-        if !self.client.is_connected() {
-            // A failed `init` stops its connection task, so it can run again.
+    /// task (`started` once it is up) and the library.
+    async fn connect_once(&self, started: &AtomicBool) -> Result<(), StoreError> {
+        // Only until the connection task is up: a failed `init` stops its
+        // task, so it can run again, but once one succeeded that task
+        // reconnects on its own (the reconnect policy) whenever Redis goes
+        // away. Another `init` beside it, while it reconnects, would start a
+        // second task over the same command channel, and when that one
+        // failed it would close the channel under the first: every command
+        // after it failed with "Failed to send command to router", and the
+        // process gave up on a Redis that was coming back.
+        if !started.load(Ordering::Relaxed) {
             self.client.init().await?;
+            started.store(true, Ordering::Relaxed);
         }
         self.load_library().await
     }
