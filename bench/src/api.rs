@@ -85,13 +85,7 @@ pub async fn api(
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     let created = loop {
-        let attempt = client
-            .post(format!("{base}/api/v1/tasks"))
-            .bearer_auth("bench-token")
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(TASK_BODY)
-            .send()
-            .await;
+        let attempt = post_task(&client, &base, TASK_BODY).send().await;
         if let Ok(response) = attempt {
             break response.json::<serde_json::Value>().await?;
         }
@@ -100,13 +94,7 @@ pub async fn api(
     let task_id = created["task_id"].as_str().unwrap_or_default().to_owned();
     // wrk counts any answer but 2xx and 3xx as refused: make sure it is the
     // 403 the row is named for, not an error.
-    let refused = client
-        .post(format!("{base}/api/v1/tasks"))
-        .bearer_auth("bench-token")
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(REFUSED_BODY)
-        .send()
-        .await?;
+    let refused = post_task(&client, &base, REFUSED_BODY).send().await?;
     anyhow::ensure!(
         refused.status() == reqwest::StatusCode::FORBIDDEN,
         "{REFUSED}: the API answered {} ({}), not 403",
@@ -164,6 +152,16 @@ const TASK_BODY: &str = r#"{"url":"https://example.com/a.bin","user_id":12345678
 /// [`TASK_BODY`] for a user the run's config does not have (as many digits,
 /// so the request is as long).
 const REFUSED_BODY: &str = r#"{"url":"https://example.com/a.bin","user_id":987654321}"#;
+
+/// `POST /api/v1/tasks` with `body` and the run's token, as the `wrk`
+/// scripts send it.
+fn post_task(client: &reqwest::Client, base: &str, body: &'static str) -> reqwest::RequestBuilder {
+    client
+        .post(format!("{base}/api/v1/tasks"))
+        .bearer_auth("bench-token")
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body)
+}
 
 /// A `wrk` script that posts `body` (JSON, no `'`) with the run's token.
 fn post_script_text(body: &str) -> String {
